@@ -1,0 +1,160 @@
+// Package backend is the contract between lockd's HTTP service and the stores
+// that hold lock state (etcd, ZooKeeper, Redis, Redlock).
+//
+// Every promise of the contract is written on the method that keeps it, and
+// backend/backendtest checks each promise against every implementation on a
+// real server. Nothing above this package imports a client library, and no
+// implementation may keep state that matters only in process memory: several
+// lockd replicas over one store must behave as one service, and a restarted
+// lockd must honour the grants it made before.
+//
+// Inputs are validated by the caller (keys, TTL ranges, owner length); a
+// backend may assume them valid.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Implementations wrap native errors with %w around one of
+// these so that callers can map them with errors.Is.
+var (
+	// ErrHeld: the lock was not granted within the wait; somebody else holds
+	// it or is ahead in the queue. The error is usually a *HeldError carrying
+	// the holder.
+	ErrHeld = errors.New("lock held")
+	// ErrLeaseExpired: the lease no longer holds the lock: it expired, was
+	// released, or never existed. A renew or release with it changes nothing.
+	ErrLeaseExpired = errors.New("lease expired")
+	// ErrUnavailable: the store could not be reached or did not answer in
+	// time. The operation left no half-made state the caller must clean up
+	// (a half-made grant, if any, expires or is removed by the backend).
+	ErrUnavailable = errors.New("backend unavailable")
+)
+
+// HeldError is returned (wrapping ErrHeld) when an acquire gives up. Holder
+// is nil when the lock was freed between the last try and the give-up, or the
+// backend could not read it.
+type HeldError struct {
+	Key    string
+	Holder *Holder
+}
+
+func (e *HeldError) Error() string {
+	if e.Holder == nil {
+		return fmt.Sprintf("lock %q held", e.Key)
+	}
+	return fmt.Sprintf("lock %q held by %q (token %d)", e.Key, e.Holder.Owner, e.Holder.Token)
+}
+
+func (e *HeldError) Unwrap() error { return ErrHeld }
+
+// Holder describes the current holder of a lock, as shown to other callers.
+// It never carries the lease id: that is the holder's capability.
+type Holder struct {
+	Owner     string
+	Token     uint64
+	ExpiresAt time.Time
+}
+
+// AcquireRequest asks for a lock.
+type AcquireRequest struct {
+	Key   string
+	Owner string        // free text shown in inspection; may be empty
+	TTL   time.Duration // lease length, counted from the grant
+	// Wait is how long to queue for the lock. Zero means a single try.
+	// Waiters are served in arrival order (FIFO) unless the backend's
+	// conformance run declares otherwise.
+	Wait time.Duration
+}
+
+// Grant is a held lock.
+type Grant struct {
+	Key string
+	// LeaseID is the capability to renew and release: an opaque string of
+	// URL-safe characters ([A-Za-z0-9._~-], at most 128 bytes) holding at
+	// least 128 random bits. Nobody can renew or release without it.
+	LeaseID string
+	// Token is the fencing token: strictly greater than every token ever
+	// granted for Key before, across restarts and replicas (within the
+	// backend's stated limits).
+	Token     uint64
+	Owner     string
+	TTL       time.Duration
+	ExpiresAt time.Time
+}
+
+// LockState is what inspection shows of one key.
+type LockState struct {
+	Key     string
+	Held    bool
+	Holder  *Holder // nil when not held
+	Waiters int     // queued acquirers, when the backend can count them
+}
+
+// Backend holds lock state. All methods are safe for concurrent use.
+// Every blocking method takes ctx first and returns promptly with an error
+// wrapping ctx.Err() when it is cancelled.
+type Backend interface {
+	// Acquire grants req.Key to the caller when nobody holds an unexpired
+	// lease on it, waiting up to req.Wait in FIFO order. The returned grant's
+	// TTL starts at the grant; its ExpiresAt is computed from the grant.
+	//
+	// Errors: ErrHeld (as *HeldError) when not granted within req.Wait;
+	// ErrUnavailable when the store cannot be reached; ctx's error when ctx
+	// ends first, in which case the waiter has left the queue and nothing is
+	// left behind (if a grant raced with the cancellation, it is released).
+	//
+	// Waiting is woken by the store's own notification (watch, pub/sub)
+	// or by a timer set at the holder's known expiry, never by polling —
+	// unless the backend documents otherwise.
+	Acquire(ctx context.Context, req AcquireRequest) (Grant, error)
+
+	// Renew extends an unexpired lease to ttl from now, keeping its token.
+	// It never resurrects an expired lease.
+	//
+	// Errors: ErrLeaseExpired when leaseID does not hold key (expired,
+	// released, foreign or unknown — indistinguishable to the caller);
+	// ErrUnavailable.
+	Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (Grant, error)
+
+	// Release frees key if leaseID holds it; the next waiter is woken.
+	//
+	// Errors: ErrLeaseExpired as for Renew (a foreign or stale lease never
+	// releases the true holder); ErrUnavailable.
+	Release(ctx context.Context, key, leaseID string) error
+
+	// Inspect shows the key's holder (when its lease is unexpired) and how
+	// many acquirers wait. An unknown key is simply not held.
+	Inspect(ctx context.Context, key string) (LockState, error)
+
+	// List returns held locks whose keys start with prefix, ordered by key,
+	// starting after the key `after` (empty: from the start), at most limit
+	// of them. Expired grants not yet removed are left out.
+	List(ctx context.Context, prefix, after string, limit int) ([]LockState, error)
+
+	// Ping reports whether the store is reachable (ErrUnavailable if not).
+	Ping(ctx context.Context) error
+
+	// Close releases the backend's connections. It never releases locks:
+	// their leases run on in the store.
+	Close() error
+}
+
+// Hooks lets the service observe what a backend notices on its own. Every
+// field may be nil. Backends embed it in their options.
+type Hooks struct {
+	// OnExpire is called when this backend removes a grant whose lease ran
+	// out (a holder that stopped renewing).
+	OnExpire func(key string)
+}
+
+// Expired calls OnExpire when set.
+func (h Hooks) Expired(key string) {
+	if h.OnExpire != nil {
+		h.OnExpire(key)
+	}
+}
