@@ -1,0 +1,44 @@
+package testserver
+
+import (
+	"testing"
+	"time"
+)
+
+// The ensemble elects a leader, survives the loss of its leader, and a
+// restarted member serves again.
+func TestZooKeeperEnsembleKillRestart(t *testing.T) {
+	start := time.Now()
+	z := ZooKeeper(t, 3)
+	t.Logf("3-member ensemble serving after %v", time.Since(start))
+	leader := z.Leader()
+	if leader < 0 {
+		t.Fatalf("no leader among %v", z.Addrs())
+	}
+	if err := z.Kill(leader); err != nil {
+		t.Fatalf("Kill(%d): %v", leader, err)
+	}
+	if _, err := z.Mode(leader); err == nil {
+		t.Fatalf("killed member %d still answers", leader)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for z.Leader() < 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no new leader 30s after killing member %d", leader)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := z.Restart(leader); err != nil {
+		t.Fatalf("Restart(%d): %v", leader, err)
+	}
+	if mode, err := z.Mode(leader); err != nil || mode != "follower" {
+		t.Errorf("restarted member mode = %q, %v; want follower", mode, err)
+	}
+}
+
+func TestZooKeeperStandalone(t *testing.T) {
+	z := ZooKeeper(t, 1)
+	if mode, err := z.Mode(0); err != nil || mode != "standalone" {
+		t.Errorf("mode = %q, %v; want standalone", mode, err)
+	}
+}
