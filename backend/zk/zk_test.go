@@ -1,0 +1,787 @@
+package zk
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/backendtest"
+	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+// ZooKeeper's JVM takes a second or two to start: one standalone server and
+// one ensemble serve every test that does not kill members.
+var shared struct {
+	mu       sync.Mutex
+	servers  map[int]*testserver.ZK
+	failures map[int]error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	shared.mu.Lock()
+	for _, z := range shared.servers {
+		z.Close()
+	}
+	shared.mu.Unlock()
+	os.Exit(code)
+}
+
+// requireZK skips (or fails, in CI) when ZooKeeper is not installed.
+func requireZK(t testing.TB) {
+	t.Helper()
+	if !testserver.ZooKeeperAvailable() {
+		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" {
+			t.Fatalf("%v (LOCKD_REQUIRE_SERVERS=1)", testserver.ErrZooKeeperMissing)
+		}
+		t.Skip(testserver.ErrZooKeeperMissing)
+	}
+}
+
+// sharedZK returns the shared server (n == 1) or ensemble (n == 3).
+func sharedZK(t testing.TB, n int) *testserver.ZK {
+	t.Helper()
+	requireZK(t)
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.servers == nil {
+		shared.servers, shared.failures = map[int]*testserver.ZK{}, map[int]error{}
+	}
+	if z := shared.servers[n]; z != nil {
+		return z
+	}
+	if err := shared.failures[n]; err != nil {
+		t.Fatalf("start ZooKeeper (%d members): %v", n, err)
+	}
+	z, err := testserver.StartZooKeeper(n)
+	if err != nil {
+		shared.failures[n] = err
+		t.Fatalf("start ZooKeeper (%d members): %v", n, err)
+	}
+	shared.servers[n] = z
+	return z
+}
+
+const sessionTimeout = 10 * time.Second
+
+func dial(t testing.TB, addrs []string, opts ...func(*zk.Conn)) *zk.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var (
+		conn *zk.Conn
+		err  error
+	)
+	if len(opts) == 0 {
+		conn, err = Dial(ctx, addrs, sessionTimeout)
+	} else {
+		conn, err = dialWith(ctx, addrs, opts...)
+	}
+	if err != nil {
+		t.Fatalf("Dial %v: %v", addrs, err)
+	}
+	return conn
+}
+
+// dialWith is Dial with extra client options (a fault-injecting dialer).
+func dialWith(ctx context.Context, addrs []string, opts ...func(*zk.Conn)) (*zk.Conn, error) {
+	zopts := []func(*zk.Conn){zk.WithLogInfo(false)}
+	zopts = append(zopts, opts...)
+	conn, events, err := zk.Connect(addrs, sessionTimeout, func(c *zk.Conn) {
+		for _, o := range zopts {
+			o(c)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	for conn.State() != zk.StateHasSession {
+		select {
+		case <-events:
+		case <-ctx.Done():
+			conn.Close()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return conn, nil
+}
+
+func newBackend(t testing.TB, addrs []string, opts Options) *Backend {
+	t.Helper()
+	b := New(dial(t, addrs), opts)
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func factory(addrs []string, opts Options) backendtest.Factory {
+	return func(t *testing.T) backend.Backend { return newBackend(t, addrs, opts) }
+}
+
+func TestConformanceStandalone(t *testing.T) {
+	z := sharedZK(t, 1)
+	backendtest.Run(t, factory(z.Addrs(), Options{}), backendtest.Options{})
+}
+
+func TestConformanceEnsemble(t *testing.T) {
+	z := sharedZK(t, 3)
+	backendtest.Run(t, factory(z.Addrs(), Options{Root: "/lockd-ensemble"}), backendtest.Options{})
+}
+
+func ctxFor(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func uniqueKey(t testing.TB) string {
+	return fmt.Sprintf("%s-%s", t.Name(), lease.NewID()[:8])
+}
+
+// One release wakes exactly one of 50 waiters: each watches only its
+// predecessor, and the handoff does not touch the node the next waiter
+// watches.
+func TestOneReleaseWakesOneWaiter(t *testing.T) {
+	z := sharedZK(t, 1)
+	holderB := newBackend(t, z.Addrs(), Options{})
+	waiters := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: time.Minute})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	const n = 50
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	granted := make(chan backend.Grant, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, err := waiters.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: time.Minute, Wait: time.Minute})
+			if err == nil {
+				granted <- w
+			}
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+		if err != nil {
+			t.Fatalf("Inspect: %v", err)
+		}
+		if st.Waiters == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters queued, want %d", st.Waiters, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // every waiter has set its watch
+	before := waiters.wakes.Load()
+	if err := holderB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	var next backend.Grant
+	select {
+	case next = <-granted:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no waiter granted 10s after the release")
+	}
+	time.Sleep(500 * time.Millisecond) // let any herd show itself
+	if woken := waiters.wakes.Load() - before; woken != 1 {
+		t.Errorf("one release woke %d waiters, want exactly 1", woken)
+	}
+	if extra := len(granted); extra != 0 {
+		t.Errorf("%d more waiters granted after one release, want 0", extra)
+	}
+	if next.Token <= g.Token {
+		t.Errorf("token %d after %d, want greater", next.Token, g.Token)
+	}
+	st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+	if err != nil {
+		t.Fatalf("Inspect: %v", err)
+	}
+	if !st.Held || st.Holder.Token != next.Token || st.Waiters != n-1 {
+		t.Errorf("after one handoff Inspect = held %v holder %+v waiters %d, want held by token %d with %d waiters", st.Held, st.Holder, st.Waiters, next.Token, n-1)
+	}
+	cancel()
+	wg.Wait()
+	if err := waiters.Release(ctxFor(t, 10*time.Second), key, next.LeaseID); err != nil {
+		t.Errorf("Release: %v", err)
+	}
+}
+
+// critical is a register that the holders of one lock write to: it notices
+// two holders at once and a token lower than one it already accepted.
+type critical struct {
+	mu       sync.Mutex
+	inside   int
+	maxToken uint64
+	grants   int
+	problems []string
+	last     time.Time     // of the latest grant
+	maxGap   time.Duration // longest time between two grants
+}
+
+func (c *critical) enter(g backend.Grant) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inside++
+	c.grants++
+	if now := time.Now(); !c.last.IsZero() {
+		c.maxGap = max(c.maxGap, now.Sub(c.last))
+		c.last = now
+	} else {
+		c.last = now
+	}
+	if c.inside != 1 {
+		c.problems = append(c.problems, fmt.Sprintf("%d holders at once (token %d)", c.inside, g.Token))
+	}
+	if g.Token <= c.maxToken {
+		c.problems = append(c.problems, fmt.Sprintf("token %d granted after token %d", g.Token, c.maxToken))
+	}
+	c.maxToken = g.Token
+}
+
+func (c *critical) leave() {
+	c.mu.Lock()
+	c.inside--
+	c.mu.Unlock()
+}
+
+func (c *critical) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.grants
+}
+
+// contend runs workers that take the lock, write the register, and release,
+// until stop closes. ZooKeeper being briefly unreachable is expected; every
+// other error is reported.
+func contend(t *testing.T, bs []*Backend, key string, reg *critical, stop <-chan struct{}) (wait func() (unavailable int)) {
+	var (
+		wg    sync.WaitGroup
+		unav  atomic.Int64
+		mu    sync.Mutex
+		other []error
+	)
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func(b *Backend) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				g, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: 15 * time.Second, Wait: 20 * time.Second})
+				cancel()
+				if errors.Is(err, backend.ErrUnavailable) || errors.Is(err, backend.ErrHeld) {
+					unav.Add(1)
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				if err != nil {
+					mu.Lock()
+					other = append(other, err)
+					mu.Unlock()
+					return
+				}
+				reg.enter(g)
+				time.Sleep(2 * time.Millisecond)
+				reg.leave()
+				// Releasing may have to wait for the client to reconnect;
+				// a release that fails leaves the lease to run out, which
+				// is also safe (the register sees any overlap).
+				for i := 0; i < 50; i++ {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					err = b.Release(ctx, key, g.LeaseID)
+					cancel()
+					if !errors.Is(err, backend.ErrUnavailable) {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if err != nil && !errors.Is(err, backend.ErrLeaseExpired) {
+					mu.Lock()
+					other = append(other, fmt.Errorf("release: %w", err))
+					mu.Unlock()
+				}
+			}
+		}(bs[w%len(bs)])
+	}
+	return func() int {
+		wg.Wait()
+		for _, err := range other {
+			t.Errorf("worker: %v", err)
+		}
+		return int(unav.Load())
+	}
+}
+
+// Killing an ensemble member (the leader, the worst case) while clients
+// contend: service continues, and the register never sees two holders or a
+// token going backwards.
+func TestKillEnsembleMemberWhileContending(t *testing.T) {
+	requireZK(t)
+	z := testserver.ZooKeeper(t, 3)
+	bs := []*Backend{newBackend(t, z.Addrs(), Options{}), newBackend(t, z.Addrs(), Options{})}
+	key := uniqueKey(t)
+	reg := &critical{}
+	stop := make(chan struct{})
+	wait := contend(t, bs, key, reg, stop)
+
+	time.Sleep(time.Second)
+	beforeKill := reg.count()
+	leader := z.Leader()
+	if leader < 0 {
+		t.Fatalf("no leader")
+	}
+	if err := z.Kill(leader); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	killedAt := reg.count()
+	deadline := time.Now().Add(30 * time.Second)
+	for reg.count() < killedAt+20 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	unav := wait()
+	after := reg.count() - killedAt
+	t.Logf("grants: %d before the kill, %d after; %d tries refused or unavailable", beforeKill, after, unav)
+	if beforeKill == 0 {
+		t.Errorf("no grants before the kill")
+	}
+	if after < 20 {
+		t.Errorf("%d grants in 30s after killing the leader, want the service to continue (>= 20)", after)
+	}
+	for _, p := range reg.problems {
+		t.Error(p)
+	}
+	// An orphaned node (a create whose reply was lost, queued again) would
+	// hold the lock for its whole TTL of 15s.
+	if reg.maxGap > 7*time.Second {
+		t.Errorf("the lock went %v without a grant, want the failover to take well under the 15s TTL", reg.maxGap)
+	}
+	t.Logf("longest time between two grants: %v", reg.maxGap)
+}
+
+// faultyConn lets a test lose the reply to one create: the request reaches
+// the server, the reply never reaches the client, and the connection drops.
+type faultyConn struct {
+	net.Conn
+	f *faults
+}
+
+type faults struct {
+	armed    atomic.Bool // lose the reply to the next create
+	dropRead atomic.Bool
+	creates  atomic.Int64
+}
+
+const opCreate = 1 // ZooKeeper's opcode for create
+
+func (c *faultyConn) Write(p []byte) (int, error) {
+	// A request: 4-byte length, 4-byte xid, 4-byte opcode.
+	if len(p) >= 12 && int32(binary.BigEndian.Uint32(p[8:12])) == opCreate {
+		c.f.creates.Add(1)
+		if c.f.armed.CompareAndSwap(true, false) {
+			c.f.dropRead.Store(true)
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *faultyConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.f.dropRead.CompareAndSwap(true, false) {
+		c.Conn.Close()
+		return 0, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// When the reply to a create is lost, the acquirer finds its node by the
+// protected prefix instead of queueing a second one behind an orphan.
+func TestLostCreateReplyLeavesNoOrphan(t *testing.T) {
+	z := sharedZK(t, 1)
+	f := &faults{}
+	conn := dial(t, z.Addrs(), zk.WithDialer(func(network, addr string, timeout time.Duration) (net.Conn, error) {
+		c, err := net.DialTimeout(network, addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return &faultyConn{Conn: c, f: f}, nil
+	}))
+	b := New(conn, Options{})
+	t.Cleanup(func() { b.Close() })
+	key := uniqueKey(t)
+	// The key's container exists, so the next create is the queue node's.
+	g, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if err := b.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	creates := f.creates.Load()
+	f.armed.Store(true)
+	g, err = b.Acquire(ctxFor(t, 20*time.Second), backend.AcquireRequest{Key: key, Owner: "lost-reply", TTL: 10 * time.Second, Wait: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire with a lost create reply: %v", err)
+	}
+	if f.armed.Load() {
+		t.Fatalf("the fault never fired")
+	}
+	if got := f.creates.Load() - creates; got != 1 {
+		t.Errorf("%d creates sent, want 1 (the node whose reply was lost, adopted)", got)
+	}
+	names, _, err := conn.Children(b.keyPath(key))
+	if err != nil {
+		t.Fatalf("Children: %v", err)
+	}
+	if len(names) != 1 {
+		t.Errorf("queue = %v, want exactly the one node", names)
+	}
+	if _, err := b.Renew(ctxFor(t, 10*time.Second), key, g.LeaseID, 10*time.Second); err != nil {
+		t.Errorf("Renew of the adopted grant: %v", err)
+	}
+}
+
+// Kill the member a lockd's client is connected to while it holds a grant
+// and has a waiter queued: the client reconnects to another member, the
+// grant is still its own (renewable, refused to others), and the waiter gets
+// the lock once it is released — never twice.
+func TestKillConnectedMember(t *testing.T) {
+	requireZK(t)
+	z := testserver.ZooKeeper(t, 3)
+	b1 := newBackend(t, z.Addrs(), Options{})
+	b2 := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := b1.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "b1", TTL: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	type result struct {
+		g   backend.Grant
+		err error
+	}
+	waiter := make(chan result, 1)
+	go func() {
+		w, err := b1.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "b1-waiter", TTL: 20 * time.Second, Wait: 45 * time.Second})
+		waiter <- result{w, err}
+	}()
+	waitFor(t, func() bool {
+		st, err := b2.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the waiter to queue")
+
+	victim := -1
+	for i, a := range z.Addrs() {
+		if a == b1.conn.Server() {
+			victim = i
+		}
+	}
+	if victim < 0 {
+		t.Fatalf("b1 connected to %q, not a member of %v", b1.conn.Server(), z.Addrs())
+	}
+	if err := z.Kill(victim); err != nil {
+		t.Fatalf("Kill(%d): %v", victim, err)
+	}
+	// The grant is refused to others and renewed by its owner once the
+	// client has reconnected.
+	waitFor(t, func() bool {
+		_, err := b2.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: time.Second})
+		var he *backend.HeldError
+		if errors.As(err, &he) && he.Holder != nil && he.Holder.Token == g.Token {
+			return true
+		}
+		if err == nil {
+			t.Fatalf("another replica was granted the held lock")
+		}
+		return false
+	}, "another replica to see the grant")
+	waitFor(t, func() bool {
+		_, err := b1.Renew(ctxFor(t, 10*time.Second), key, g.LeaseID, 20*time.Second)
+		if err != nil && !errors.Is(err, backend.ErrUnavailable) {
+			t.Fatalf("Renew after the kill: %v", err)
+		}
+		return err == nil
+	}, "the renew after the kill")
+	if b1.conn.Server() == z.Addr(victim) {
+		t.Errorf("client still names the killed member %s", z.Addr(victim))
+	}
+	select {
+	case r := <-waiter:
+		t.Fatalf("waiter returned before the release: %+v %v", r.g, r.err)
+	default:
+	}
+	waitFor(t, func() bool {
+		err := b1.Release(ctxFor(t, 10*time.Second), key, g.LeaseID)
+		if err != nil && !errors.Is(err, backend.ErrUnavailable) {
+			t.Fatalf("Release after the kill: %v", err)
+		}
+		return err == nil
+	}, "the release after the kill")
+	r := <-waiter
+	if r.err != nil {
+		t.Fatalf("waiter: %v", r.err)
+	}
+	if r.g.Token <= g.Token {
+		t.Errorf("waiter's token %d after %d, want greater", r.g.Token, g.Token)
+	}
+	st, err := b2.Inspect(ctxFor(t, 10*time.Second), key)
+	if err != nil {
+		t.Fatalf("Inspect: %v", err)
+	}
+	if !st.Held || st.Holder.Token != r.g.Token || st.Waiters != 0 {
+		t.Errorf("Inspect = held %v holder %+v waiters %d, want held by the waiter (token %d) alone", st.Held, st.Holder, st.Waiters, r.g.Token)
+	}
+	if err := z.Restart(victim); err != nil {
+		t.Fatalf("Restart(%d): %v", victim, err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A restarted lockd (a new Backend on a new session) renews and releases the
+// grants the old one made, and tokens keep increasing.
+func TestRestartedLockdHonoursGrants(t *testing.T) {
+	z := sharedZK(t, 1)
+	old := newBackend(t, z.Addrs(), Options{})
+	keys := []string{uniqueKey(t) + "-a", uniqueKey(t) + "-b", uniqueKey(t) + "-c"}
+	var grants []backend.Grant
+	for _, k := range keys {
+		g, err := old.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: k, Owner: "old", TTL: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("Acquire %s: %v", k, err)
+		}
+		grants = append(grants, g)
+	}
+	old.Close()
+	restarted := newBackend(t, z.Addrs(), Options{})
+	for i, g := range grants {
+		if _, err := restarted.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: g.Key, TTL: time.Second}); !errors.Is(err, backend.ErrHeld) {
+			t.Errorf("%s: single try on the restarted lockd: %v, want ErrHeld", g.Key, err)
+		}
+		r, err := restarted.Renew(ctxFor(t, 10*time.Second), g.Key, g.LeaseID, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s: Renew after restart: %v", g.Key, err)
+		}
+		if r.Token != g.Token || r.Owner != "old" {
+			t.Errorf("%s: renewed {token %d owner %q}, want {%d %q}", g.Key, r.Token, r.Owner, g.Token, "old")
+		}
+		if i == 2 {
+			continue // left to expire
+		}
+		if err := restarted.Release(ctxFor(t, 10*time.Second), g.Key, g.LeaseID); err != nil {
+			t.Fatalf("%s: Release after restart: %v", g.Key, err)
+		}
+		n, err := restarted.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: g.Key, TTL: time.Second})
+		if err != nil {
+			t.Fatalf("%s: Acquire after release: %v", g.Key, err)
+		}
+		if n.Token <= g.Token {
+			t.Errorf("%s: token %d after %d, want greater", g.Key, n.Token, g.Token)
+		}
+	}
+}
+
+// A lockd that died while waiting leaves a node in the queue; once its wait
+// (plus the grace) is over the node is skipped, so it neither receives the
+// lock nor blocks the waiter behind it.
+func TestAbandonedWaiterIsSkipped(t *testing.T) {
+	z := sharedZK(t, 1)
+	b := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	// What a waiting lockd leaves when it dies: its node, with a wait that
+	// ended (plus grace) a moment from now.
+	dead := nodeData{Owner: "dead", TTL: 30000, Deadline: time.Now().Add(30 * time.Second).UnixMilli(), WaitUntil: time.Now().Add(300 * time.Millisecond).UnixMilli()}
+	if _, err := b.conn.Create(b.keyPath(key)+"/"+nodePrefix(nodeHash(lease.NewID())), dead.encode(), zk.FlagSequence, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	done := make(chan error, 1)
+	var got backend.Grant
+	go func() {
+		var err error
+		got, err = b.Acquire(ctxFor(t, 30*time.Second), backend.AcquireRequest{Key: key, Owner: "live", TTL: 10 * time.Second, Wait: 20 * time.Second})
+		done <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	released := time.Now()
+	if err := b.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("live waiter: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("live waiter behind an abandoned node not granted 5s after the release")
+	}
+	if took := time.Since(released); took > time.Second {
+		t.Errorf("live waiter granted %v after the release, want promptly", took)
+	}
+	if got.Owner != "live" {
+		t.Errorf("granted to %q, want the live waiter", got.Owner)
+	}
+	names, _, err := b.conn.Children(b.keyPath(key))
+	if err != nil {
+		t.Fatalf("Children: %v", err)
+	}
+	if len(names) != 1 {
+		t.Errorf("queue = %v, want only the live holder (the abandoned node removed)", names)
+	}
+}
+
+// Once its queue is empty, a key's node is reaped by ZooKeeper (a container
+// node); the key's next grant still gets a larger token although the
+// sequence counter started again — why the token is the czxid.
+func TestEmptyKeyNodeIsReaped(t *testing.T) {
+	z := sharedZK(t, 1)
+	b := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if err := b.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	waitFor(t, func() bool {
+		ok, _, err := b.conn.Exists(b.keyPath(key))
+		return err == nil && !ok
+	}, "the empty key node to be reaped")
+	g2, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire after the reap: %v", err)
+	}
+	seq := func(id string) string { return id[len(id)-10:] }
+	if seq(g2.LeaseID) != seq(g.LeaseID) {
+		t.Logf("sequence numbers %s then %s", seq(g.LeaseID), seq(g2.LeaseID))
+	}
+	if g2.Token <= g.Token {
+		t.Errorf("token %d after %d across a reaped key node, want greater", g2.Token, g.Token)
+	}
+}
+
+// BenchmarkHandoff measures release → next holder's grant with two clients
+// alternating on one key, for this backend and for go-zookeeper's own Lock on
+// the same server.
+func BenchmarkHandoff(b *testing.B) {
+	z := sharedZK(b, 1)
+	b.Run("lockd-zk", func(b *testing.B) {
+		bs := []*Backend{newBackend(b, z.Addrs(), Options{}), newBackend(b, z.Addrs(), Options{})}
+		key := uniqueKey(b)
+		ctx := context.Background()
+		alternate(b, func(i int) (func(), error) {
+			g, err := bs[i].Acquire(ctx, backend.AcquireRequest{Key: key, TTL: time.Minute, Wait: time.Minute})
+			if err != nil {
+				return nil, err
+			}
+			return func() {
+				if err := bs[i].Release(ctx, key, g.LeaseID); err != nil {
+					b.Error(err)
+				}
+			}, nil
+		})
+	})
+	b.Run("zk.Lock", func(b *testing.B) {
+		conns := []*zk.Conn{dial(b, z.Addrs()), dial(b, z.Addrs())}
+		for _, c := range conns {
+			b.Cleanup(c.Close)
+		}
+		p := "/zklock-bench/" + uniqueKey(b)
+		alternate(b, func(i int) (func(), error) {
+			l := zk.NewLock(conns[i], p, zk.WorldACL(zk.PermAll))
+			if err := l.Lock(); err != nil {
+				return nil, err
+			}
+			return func() {
+				if err := l.Unlock(); err != nil {
+					b.Error(err)
+				}
+			}, nil
+		})
+	})
+}
+
+// alternate runs two clients that take turns on one lock b.N times and
+// reports the time from the start of each release to the other client's
+// grant.
+func alternate(b *testing.B, lock func(client int) (unlock func(), err error)) {
+	var (
+		mu        sync.Mutex
+		releasing time.Time
+		handoffs  []time.Duration
+		wg        sync.WaitGroup
+		turns     atomic.Int64
+	)
+	b.ResetTimer()
+	for c := 0; c < 2; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for turns.Add(1) <= int64(b.N) {
+				unlock, err := lock(c)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				if !releasing.IsZero() {
+					handoffs = append(handoffs, now.Sub(releasing))
+				}
+				releasing = time.Now()
+				mu.Unlock()
+				unlock()
+			}
+		}(c)
+	}
+	wg.Wait()
+	b.StopTimer()
+	if len(handoffs) == 0 {
+		return
+	}
+	sort.Slice(handoffs, func(i, j int) bool { return handoffs[i] < handoffs[j] })
+	var sum time.Duration
+	for _, h := range handoffs {
+		sum += h
+	}
+	b.ReportMetric(float64(sum.Microseconds())/float64(len(handoffs)), "µs/handoff")
+	b.ReportMetric(float64(handoffs[len(handoffs)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(handoffs[len(handoffs)*99/100].Microseconds()), "p99-µs")
+}
