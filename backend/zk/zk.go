@@ -6,13 +6,18 @@
 //
 // # Layout
 //
-//	<Root>/<key>                                   container node, one per key
-//	<Root>/<key>/_c_<hash>-lock-<seq>              persistent sequential, one per acquirer
+//	<Root>/<key>                                       container node, one per key
+//	<Root>/<key>/_c_<hash>-<ttl>-<until>-<owner>-lock-<seq>   persistent sequential, one per acquirer
 //
-// The key's node is a container node (ZooKeeper 3.5.3 and later): the server
-// deletes it once its last child is gone, so millions of distinct keys over
-// time do not grow ZooKeeper forever. A create that finds the container reaped
-// under it recreates it and tries again.
+// The key's node is a container node (ZooKeeper 3.5.3 and later; Debian 12
+// ships 3.8): the server deletes it once its last child is gone, so millions
+// of distinct keys over time do not grow ZooKeeper forever. A create that
+// finds the container reaped under it recreates it and tries again.
+//
+// A queue node's name carries what never changes (see node.go): the TTL
+// asked for, the time after which the node, if still queued, counts as
+// abandoned ("until": the end of its wait plus Options.WaiterGrace), and the
+// owner. Its data carries what changes: the lease deadline and TTL.
 //
 // # Leases are node data, not ephemeral nodes
 //
@@ -20,28 +25,30 @@
 // both too early (a lockd restart would drop grants whose TTL still runs; the
 // contract says they survive) and too late (a lockd that lives on keeps a
 // grant whose holder stopped renewing). So queue nodes are persistent, and
-// each carries JSON data written with it: the owner, the TTL, the lease
-// deadline and the time after which the node, if it is still queued, counts
-// as abandoned ("wait until": the end of its wait plus Options.WaiterGrace).
-// The head of the queue holds the lock until its deadline (Unix ms, taken
-// from the clock of the lockd that wrote it, so replicas' clocks must agree
-// to well under a TTL).
+// the head of the queue holds the lock until the deadline in its data (Unix
+// ms, from the clock of the lockd that wrote it: replicas' clocks must agree
+// to well under a TTL, and under WaiterGrace).
 //
-// When a node becomes the head by someone else removing its predecessor
-// (a release, or the removal of an expired or abandoned node), the remover
-// sets the successor's deadline to now + its TTL in the same multi-op that
-// deletes the predecessor, with version checks on both: the grant is recorded
-// atomically with the handoff and costs no extra write on the handoff path.
-// A node created into an empty queue is granted at its creation, and the
-// deadline it was created with is already right.
+// A node is created with the deadline it would have if it headed the queue at
+// once (now + TTL, counted from before the create, so never later than a
+// deadline the client counts from sending its request). A waiter that comes
+// to head the queue keeps that deadline when at least nine tenths of its TTL
+// remain (a short wait: the handoff costs no write but the release's), and
+// otherwise restarts its lease with a versioned setData. Release is one
+// versioned delete; Renew one versioned setData, which never touches a node
+// whose deadline has passed.
 //
 // Whoever notices an expired head deletes it (with a version check, so a
-// concurrent renew wins or loses as a whole) and promotes the next live
-// waiter: the waiter right behind it, which sets a timer at the head's
-// deadline; any acquirer that finds it; a release or renew that comes too
-// late. Abandoned waiters (their lockd died mid-wait) are skipped and
-// deleted the same way. Renew rewrites the deadline with a versioned setData
-// and never touches a node whose deadline has passed.
+// concurrent renew wins or loses as a whole) and, in the same multi-op,
+// deletes the abandoned waiters behind it and writes a fresh deadline on the
+// first live one. Noticing is the job of the waiter right behind the head
+// (it watches the head's data and deletion, and sets a timer at its
+// deadline), of any acquirer that reads the queue, and of a late release.
+// A waiter further back sets a timer at the earliest moment its predecessor
+// could stop counting (abandoned, or promoted and expired), so it never
+// needs to be woken by a handoff ahead of it. A lockd that dies while
+// waiting may still be handed the lock, which is then free again after at
+// most that node's TTL.
 //
 // # Fencing token: czxid, not the sequence number
 //
@@ -68,19 +75,16 @@
 // does not reveal the capability to renew or release.
 //
 // This package must never keep state that matters only in its own memory:
-// every decision is made from what ZooKeeper holds.
+// every decision is made from what ZooKeeper holds. (The instance that made
+// or renewed a grant remembers its node and version to save a read; each use
+// is a versioned write that ZooKeeper checks, and any other instance reads.)
 package zk
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,6 +130,12 @@ type Backend struct {
 	// wakes counts watch events that woke a waiter; tests use it to check
 	// that a release wakes one waiter, not the herd.
 	wakes atomic.Int64
+
+	// grants remembers where this instance's grants live, to save a round
+	// trip on renew and release. It is only a hint: every use is checked by
+	// ZooKeeper (a versioned write), and another replica, or this one after
+	// a restart, finds the node by reading the queue.
+	grants grantCache
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -177,80 +187,6 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// nodeData is what every queue node carries.
-type nodeData struct {
-	Owner string `json:"owner,omitempty"`
-	TTL   int64  `json:"ttl_ms"`
-	// Deadline (Unix ms) is when the lease runs out while this node is the
-	// head of the queue.
-	Deadline int64 `json:"deadline_ms"`
-	// WaitUntil (Unix ms): a node still queued behind the head after this is
-	// abandoned.
-	WaitUntil int64 `json:"wait_until_ms"`
-}
-
-func (d nodeData) encode() []byte {
-	b, _ := json.Marshal(d) // plain struct: cannot fail
-	return b
-}
-
-func (d nodeData) expired(now time.Time) bool   { return d.Deadline <= now.UnixMilli() }
-func (d nodeData) abandoned(now time.Time) bool { return d.WaitUntil <= now.UnixMilli() }
-
-// child is one queue node.
-type child struct {
-	name string
-	seq  int64
-}
-
-const (
-	protectedPrefix = "_c_"
-	lockMarker      = "-lock-"
-)
-
-// nodeHash is what a node name shows of the lease's secret.
-func nodeHash(secret string) string {
-	sum := sha256.Sum256([]byte("lockd/zk/" + secret))
-	return hex.EncodeToString(sum[:16])
-}
-
-func nodePrefix(hash string) string { return protectedPrefix + hash + lockMarker }
-
-// parseLease splits a lease id into the node name it stands for. ok is false
-// for anything this backend never made.
-func parseLease(id string) (name string, ok bool) {
-	secret, seq, found := strings.Cut(id, ".")
-	if !found || len(secret) != 22 || len(seq) != 10 || !lease.ValidID(id) {
-		return "", false
-	}
-	if _, err := strconv.ParseUint(seq, 10, 32); err != nil {
-		return "", false
-	}
-	return nodePrefix(nodeHash(secret)) + seq, true
-}
-
-// parseChild reads a queue node's name; ok is false for foreign nodes.
-func parseChild(name string) (child, bool) {
-	i := strings.LastIndex(name, lockMarker)
-	if !strings.HasPrefix(name, protectedPrefix) || i < 0 {
-		return child{}, false
-	}
-	seq, err := strconv.ParseInt(name[i+len(lockMarker):], 10, 64)
-	if err != nil {
-		return child{}, false
-	}
-	return child{name: name, seq: seq}, true
-}
-
-func indexOf(q []child, name string) int {
-	for i, c := range q {
-		if c.name == name {
-			return i
-		}
-	}
-	return -1
-}
-
 func (b *Backend) keyPath(key string) string { return b.root + "/" + key }
 
 // call runs one ZooKeeper request, giving up when ctx ends (the request
@@ -259,6 +195,9 @@ func call[T any](ctx context.Context, f func() (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
+	}
+	if ctx.Done() == nil {
+		return f() // a context that never ends: no need for a goroutine
 	}
 	type result struct {
 		v   T
@@ -319,11 +258,6 @@ func (b *Backend) queue(ctx context.Context, kp string) ([]child, error) {
 	return q, nil
 }
 
-type nodeRead struct {
-	data nodeData
-	stat *zk.Stat
-}
-
 // read returns a node's data; zk.ErrNoNode when it is gone.
 func (b *Backend) read(ctx context.Context, p string) (nodeRead, error) {
 	return call(ctx, func() (nodeRead, error) {
@@ -331,11 +265,8 @@ func (b *Backend) read(ctx context.Context, p string) (nodeRead, error) {
 		if err != nil {
 			return nodeRead{}, err
 		}
-		var d nodeData
-		if err := json.Unmarshal(raw, &d); err != nil {
-			return nodeRead{}, fmt.Errorf("zk: node %s holds no lockd data: %w", p, err)
-		}
-		return nodeRead{d, st}, nil
+		d, err := decodeData(p, raw)
+		return nodeRead{d, st}, err
 	})
 }
 
@@ -350,13 +281,27 @@ func (b *Backend) readW(ctx context.Context, p string) (nodeRead, <-chan zk.Even
 		if err != nil {
 			return res{}, err
 		}
-		var d nodeData
-		if err := json.Unmarshal(raw, &d); err != nil {
-			return res{}, fmt.Errorf("zk: node %s holds no lockd data: %w", p, err)
-		}
-		return res{nodeRead{d, st}, ch}, nil
+		d, err := decodeData(p, raw)
+		return res{nodeRead{d, st}, ch}, err
 	})
 	return r.r, r.ch, err
+}
+
+// queueAndRead reads the key's queue and one node of it at once (one round
+// trip instead of two on the handoff path).
+func (b *Backend) queueAndRead(ctx context.Context, kp, name string) ([]child, nodeRead, error, error) {
+	var (
+		r    nodeRead
+		rErr error
+		done = make(chan struct{})
+	)
+	go func() {
+		r, rErr = b.read(ctx, kp+"/"+name)
+		close(done)
+	}()
+	q, qErr := b.queue(ctx, kp)
+	<-done
+	return q, r, qErr, rErr
 }
 
 // watchDeletion watches a node for its deletion only (a children watch fires
@@ -369,30 +314,30 @@ func (b *Backend) watchDeletion(ctx context.Context, p string) (<-chan zk.Event,
 	})
 }
 
+func (b *Backend) delete(ctx context.Context, p string, version int32) error {
+	_, err := call(ctx, func() (struct{}, error) { return struct{}{}, b.conn.Delete(p, version) })
+	return err
+}
+
 // removeHead deletes the head of q (at version v) and, in the same multi-op,
 // deletes the abandoned waiters right behind it and grants the lock to the
-// first live one by writing its deadline. A conflict (someone changed the
-// queue) comes back as an error for which isConflict is true.
+// first live one by writing its deadline. Everything it needs is in the node
+// names, so a handoff costs one write. A conflict (the queue changed since q
+// was read) comes back as an error for which isConflict is true.
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
 	ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
 	now := time.Now()
 	for _, c := range q[1:] {
+		// A node that never headed the queue was never written to: its
+		// data version is 0.
 		p := kp + "/" + c.name
-		r, err := b.read(ctx, p)
-		if errors.Is(err, zk.ErrNoNode) {
+		if c.abandoned(now) {
+			ops = append(ops, &zk.DeleteRequest{Path: p, Version: 0})
 			continue
 		}
-		if err != nil {
-			return err
-		}
-		if r.data.abandoned(now) {
-			ops = append(ops, &zk.DeleteRequest{Path: p, Version: r.stat.Version})
-			continue
-		}
-		d := r.data
-		d.Deadline = lease.Deadline(now, time.Duration(d.TTL)*time.Millisecond).UnixMilli()
-		ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: r.stat.Version})
+		d := nodeData{Deadline: lease.Deadline(now, c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
+		ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
 		break
 	}
 	_, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
@@ -432,596 +377,54 @@ func (b *Backend) ensureKey(ctx context.Context, kp string) error {
 	return create()
 }
 
-// Acquire implements backend.Backend.
-func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
-	if err := ctx.Err(); err != nil {
-		return backend.Grant{}, err
-	}
-	secret := lease.NewID()
-	a := &acquirer{
-		b:       b,
-		req:     req,
-		kp:      b.keyPath(req.Key),
-		secret:  secret,
-		prefix:  nodePrefix(nodeHash(secret)),
-		waitEnd: time.Now().Add(req.Wait),
-	}
-	return a.run(ctx)
+// cached is what a grant's instance remembers of it.
+type cached struct {
+	key      string
+	name     string
+	owner    string
+	version  int32
+	deadline int64 // Unix ms
+	token    int64
 }
 
-// acquirer is one Acquire call.
-type acquirer struct {
-	b       *Backend
-	req     backend.AcquireRequest
-	kp      string
-	secret  string
-	prefix  string // our node's name without the sequence number
-	waitEnd time.Time
-	name    string // our node, once it exists
-	// unknown: a create's reply was lost; our node may exist.
-	unknown bool
+type grantCache struct {
+	mu sync.Mutex
+	m  map[string]cached // by lease id
 }
 
-// retryDelay is the pause before trying again after ZooKeeper could not be
-// reached (the client reconnects meanwhile).
-const retryDelay = 100 * time.Millisecond
+// maxCached bounds the hint: beyond it, entries of expired leases go first,
+// then everything (the slow path still works).
+const maxCached = 100000
 
-func (a *acquirer) run(ctx context.Context) (backend.Grant, error) {
-	var lastErr error
-	for {
-		if lastErr != nil {
-			// ZooKeeper failed us: try again while the wait lasts.
-			if isCtx(lastErr) || !time.Now().Add(retryDelay).Before(a.waitEnd) {
-				return backend.Grant{}, a.fail(lastErr)
-			}
-			select {
-			case <-ctx.Done():
-				return backend.Grant{}, a.fail(ctx.Err())
-			case <-time.After(retryDelay):
-			}
-			lastErr = nil
-		}
-		g, done, err := a.step(ctx)
-		if done {
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			return g, nil
-		}
-		lastErr = err
+func (c *grantCache) put(id string, g cached) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]cached{}
 	}
-}
-
-// fail ends an acquire that did not get the lock because of err (ZooKeeper
-// unreachable, or ctx ended): our node, if any, leaves the queue — now if
-// possible, else in the background — and nothing is left behind.
-func (a *acquirer) fail(err error) error {
-	cleanup, cancel := context.WithTimeout(a.b.life, 5*time.Second)
-	defer cancel()
-	if a.name != "" {
-		if lerr := a.b.leave(cleanup, a.req.Key, a.name, nil); lerr == nil {
-			return unavailableOr(err)
-		}
-	}
-	a.b.cleanupLater(a.kp, a.prefix)
-	return unavailableOr(err)
-}
-
-func unavailableOr(err error) error {
-	if isCtx(err) || errors.Is(err, backend.ErrUnavailable) {
-		return err
-	}
-	return unavailable("acquire", err)
-}
-
-// step makes one pass: create our node if needed, read the queue, and either
-// hold the lock, clear an expired or abandoned node ahead of us, give up, or
-// wait for a change. done reports that the acquire is over (granted or
-// failed with err); otherwise err, if any, is a ZooKeeper failure to retry.
-func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err error) {
-	if a.name == "" {
-		if err := a.create(ctx); err != nil {
-			if isCtx(err) {
-				return g, true, a.fail(err)
-			}
-			return g, false, err
-		}
-	}
-	q, err := a.b.queue(ctx, a.kp)
-	if err != nil {
-		return g, false, err
-	}
-	i := indexOf(q, a.name)
-	if i < 0 {
-		// Our node is gone: removed as abandoned by a replica whose clock
-		// runs ahead, or by hand. Queue again while the wait lasts.
-		a.name = ""
-		if !time.Now().Before(a.waitEnd) {
-			return g, true, a.held(ctx, q)
-		}
-		return g, false, nil
-	}
-	if i == 0 {
-		g, ok, err := a.holding(ctx)
-		if err != nil && !isConflict(err) {
-			return g, false, err
-		}
-		return g, ok, nil
-	}
-
-	// Clear what stands in our way: an expired head, an abandoned waiter
-	// right ahead of us. Then wait for our predecessor to go, with a timer
-	// at the earliest moment it could stop counting.
-	waiting := time.Now().Before(a.waitEnd)
-	headPath := a.kp + "/" + q[0].name
-	var (
-		head  nodeRead
-		watch <-chan zk.Event
-	)
-	if i == 1 && waiting {
-		// The head is our predecessor: watch its data too, so that a renew
-		// moves our expiry timer.
-		head, watch, err = a.b.readW(ctx, headPath)
-	} else {
-		head, err = a.b.read(ctx, headPath)
-	}
-	if errors.Is(err, zk.ErrNoNode) {
-		return g, false, nil // the queue moved: look again
-	}
-	if err != nil {
-		return g, false, err
-	}
-	now := time.Now()
-	if head.data.expired(now) {
-		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version); err != nil && !isConflict(err) {
-			return g, false, err
-		}
-		return g, false, nil
-	}
-	dies := head.data.Deadline // when our predecessor stops counting, Unix ms
-	pred := a.kp + "/" + q[i-1].name
-	if i > 1 {
-		r, err := a.b.read(ctx, pred)
-		if errors.Is(err, zk.ErrNoNode) {
-			return g, false, nil
-		}
-		if err != nil {
-			return g, false, err
-		}
-		if r.data.abandoned(now) {
-			_, err := call(ctx, func() (struct{}, error) { return struct{}{}, a.b.conn.Delete(pred, r.stat.Version) })
-			if err != nil && !isConflict(err) {
-				return g, false, err
-			}
-			return g, false, nil
-		}
-		// A queued predecessor promoted later than now holds the lock until
-		// at least now + its TTL; look again then (or when it is abandoned).
-		// Watching its data instead would wake us at every handoff ahead.
-		dies = min(r.data.WaitUntil, now.Add(time.Duration(r.data.TTL)*time.Millisecond).UnixMilli())
-	}
-	if !waiting {
-		return a.giveUp(ctx, head)
-	}
-	if watch == nil {
-		watch, err = a.b.watchDeletion(ctx, pred)
-		if errors.Is(err, zk.ErrNoNode) {
-			return g, false, nil
-		}
-		if err != nil {
-			return g, false, err
-		}
-	}
-	expiry := time.NewTimer(time.Until(time.UnixMilli(dies)) + time.Millisecond)
-	defer expiry.Stop()
-	waitOver := time.NewTimer(time.Until(a.waitEnd))
-	defer waitOver.Stop()
-	select {
-	case <-watch:
-		a.b.wakes.Add(1)
-	case <-expiry.C:
-	case <-waitOver.C:
-	case <-ctx.Done():
-		return g, true, a.fail(ctx.Err())
-	}
-	return g, false, nil
-}
-
-// create adds our node to the queue. When the reply to a create is lost, the
-// node may exist all the same: look for it by its protected prefix before
-// creating another, and until the look-up answers, create nothing.
-func (a *acquirer) create(ctx context.Context) error {
-	if a.unknown {
-		if found, err := a.adopt(ctx); err != nil || found {
-			return err
-		}
-	}
-	for attempt := 0; ; attempt++ {
-		now := time.Now()
-		data := nodeData{
-			Owner:     a.req.Owner,
-			TTL:       a.req.TTL.Milliseconds(),
-			Deadline:  lease.Deadline(now, a.req.TTL).UnixMilli(),
-			WaitUntil: a.waitEnd.Add(a.b.grace).UnixMilli(),
-		}
-		p, err := call(ctx, func() (string, error) {
-			return a.b.conn.Create(a.kp+"/"+a.prefix, data.encode(), zk.FlagSequence, a.b.acl)
-		})
-		switch {
-		case err == nil:
-			a.name = path.Base(p)
-			return nil
-		case errors.Is(err, zk.ErrNoNode) && attempt < 5:
-			// No container for the key yet, or it was just reaped.
-			if err := a.b.ensureKey(ctx, a.kp); err != nil {
-				return err
-			}
-		case isCtx(err) || attempt >= 5:
-			return err
-		default:
-			a.unknown = true
-			if found, ferr := a.adopt(ctx); ferr != nil || found {
-				if ferr != nil {
-					return err
-				}
-				return nil
+	if len(c.m) >= maxCached {
+		now := time.Now().UnixMilli()
+		for k, v := range c.m {
+			if v.deadline <= now {
+				delete(c.m, k)
 			}
 		}
+		if len(c.m) >= maxCached {
+			clear(c.m)
+		}
 	}
+	c.m[id] = g
 }
 
-// adopt looks for our node after a create whose outcome is unknown.
-func (a *acquirer) adopt(ctx context.Context) (found bool, err error) {
-	name, err := a.b.findNode(ctx, a.kp, a.prefix)
-	if err != nil {
-		return false, err
-	}
-	a.unknown = false
-	if name != "" {
-		a.name = name
-		return true, nil
-	}
-	return false, nil
+func (c *grantCache) get(id, key string) (cached, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g, ok := c.m[id]
+	return g, ok && g.key == key
 }
 
-// findNode looks for the node whose name starts with prefix. It syncs first:
-// the member we read from may not yet have applied a create that another
-// member committed before our connection dropped.
-func (b *Backend) findNode(ctx context.Context, kp, prefix string) (string, error) {
-	_, err := call(ctx, func() (string, error) { return b.conn.Sync(kp) })
-	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		return "", err
-	}
-	q, err := b.queue(ctx, kp)
-	if err != nil {
-		return "", err
-	}
-	for _, c := range q {
-		if strings.HasPrefix(c.name, prefix) {
-			return c.name, nil
-		}
-	}
-	return "", nil
-}
-
-// holding is called when our node heads the queue: it is the grant, once its
-// deadline is right.
-func (a *acquirer) holding(ctx context.Context) (backend.Grant, bool, error) {
-	p := a.kp + "/" + a.name
-	r, err := a.b.read(ctx, p)
-	if errors.Is(err, zk.ErrNoNode) {
-		a.name = ""
-		return backend.Grant{}, false, nil
-	}
-	if err != nil {
-		return backend.Grant{}, false, err
-	}
-	now := time.Now()
-	if remaining := time.UnixMilli(r.data.Deadline).Sub(now); remaining < a.req.TTL/2 {
-		// Nobody recorded our grant (the node ahead vanished without a
-		// handoff, or the remover read the queue before we joined it): start
-		// the lease now. A competing removal of our node wins or loses
-		// against this as a whole, by version.
-		d := r.data
-		d.Deadline = lease.Deadline(now, a.req.TTL).UnixMilli()
-		st, err := call(ctx, func() (*zk.Stat, error) { return a.b.conn.Set(p, d.encode(), r.stat.Version) })
-		if err != nil {
-			return backend.Grant{}, false, err
-		}
-		r = nodeRead{d, st}
-	}
-	return a.grant(r), true, nil
-}
-
-func (a *acquirer) grant(r nodeRead) backend.Grant {
-	return backend.Grant{
-		Key:       a.req.Key,
-		LeaseID:   a.secret + "." + a.name[len(a.name)-10:],
-		Token:     uint64(r.stat.Czxid),
-		Owner:     r.data.Owner,
-		TTL:       time.Duration(r.data.TTL) * time.Millisecond,
-		ExpiresAt: time.UnixMilli(r.data.Deadline),
-	}
-}
-
-// giveUp ends a wait that ran out: our node leaves the queue and the caller
-// learns who holds the lock. If a handoff to us raced with the give-up, the
-// grant stands.
-func (a *acquirer) giveUp(ctx context.Context, head nodeRead) (backend.Grant, bool, error) {
-	holder := &backend.Holder{Owner: head.data.Owner, Token: uint64(head.stat.Czxid), ExpiresAt: time.UnixMilli(head.data.Deadline)}
-	g, granted, err := a.leaveKeeping(ctx)
-	if err != nil {
-		return backend.Grant{}, false, err
-	}
-	if granted {
-		return g, true, nil
-	}
-	return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
-}
-
-// held reports the key held by whoever heads q.
-func (a *acquirer) held(ctx context.Context, q []child) error {
-	var holder *backend.Holder
-	if len(q) > 0 {
-		if r, err := a.b.read(ctx, a.kp+"/"+q[0].name); err == nil && !r.data.expired(time.Now()) {
-			holder = &backend.Holder{Owner: r.data.Owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
-		}
-	}
-	return &backend.HeldError{Key: a.req.Key, Holder: holder}
-}
-
-// leaveKeeping takes our node out of the queue unless it already holds the
-// lock, in which case the grant is returned.
-func (a *acquirer) leaveKeeping(ctx context.Context) (backend.Grant, bool, error) {
-	var g backend.Grant
-	granted := false
-	err := a.b.leave(ctx, a.req.Key, a.name, func(r nodeRead) bool {
-		g, granted = a.grant(r), true
-		return true
-	})
-	return g, granted, err
-}
-
-// leave removes node name from key's queue. When the node heads the queue
-// with an unexpired deadline and keep is set, keep decides whether it stays
-// (it holds the lock; keep returns true) instead.
-func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRead) bool) error {
-	kp := b.keyPath(key)
-	p := kp + "/" + name
-	for attempt := 0; attempt < 20; attempt++ {
-		q, err := b.queue(ctx, kp)
-		if err != nil {
-			return err
-		}
-		i := indexOf(q, name)
-		if i < 0 {
-			return nil
-		}
-		r, err := b.read(ctx, p)
-		if errors.Is(err, zk.ErrNoNode) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if i == 0 {
-			if keep != nil && !r.data.expired(time.Now()) && keep(r) {
-				return nil
-			}
-			err = b.removeHead(ctx, key, q, r.stat.Version)
-		} else {
-			_, err = call(ctx, func() (struct{}, error) { return struct{}{}, b.conn.Delete(p, r.stat.Version) })
-		}
-		if err == nil || errors.Is(err, zk.ErrNoNode) && i > 0 {
-			return nil
-		}
-		if !isConflict(err) {
-			return err
-		}
-	}
-	return fmt.Errorf("zk: leave %s: the queue kept changing", p)
-}
-
-// cleanupLater removes, in the background, the node whose name starts with
-// prefix, once ZooKeeper answers again: the reply to its create may have been
-// lost, or the create may still be on its way.
-func (b *Backend) cleanupLater(kp, prefix string) {
-	key := strings.TrimPrefix(kp, b.root+"/")
-	b.bg.Add(1)
-	go func() {
-		defer b.bg.Done()
-		ctx, cancel := context.WithTimeout(b.life, time.Minute)
-		defer cancel()
-		// A create abandoned by a cancelled context may land a moment later:
-		// look twice, a second apart, after the last failure.
-		misses := 0
-		for misses < 2 {
-			name, err := b.findNode(ctx, kp, prefix)
-			if err == nil && name != "" {
-				err = b.leave(ctx, key, name, nil)
-			}
-			if err == nil && name == "" {
-				misses++
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-		}
-	}()
-}
-
-// Renew implements backend.Backend.
-func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
-	name, ok := parseLease(leaseID)
-	if !ok {
-		return backend.Grant{}, fmt.Errorf("zk renew %q: %w", key, backend.ErrLeaseExpired)
-	}
-	p := b.keyPath(key) + "/" + name
-	for attempt := 0; attempt < 10; attempt++ {
-		r, err := b.read(ctx, p)
-		if errors.Is(err, zk.ErrNoNode) {
-			return backend.Grant{}, fmt.Errorf("zk renew %q: %w", key, backend.ErrLeaseExpired)
-		}
-		if err != nil {
-			return backend.Grant{}, unavailable("renew", err)
-		}
-		now := time.Now()
-		if r.data.expired(now) {
-			return backend.Grant{}, fmt.Errorf("zk renew %q: %w", key, backend.ErrLeaseExpired)
-		}
-		d := r.data
-		d.TTL = ttl.Milliseconds()
-		d.Deadline = lease.Deadline(now, ttl).UnixMilli()
-		st, err := call(ctx, func() (*zk.Stat, error) { return b.conn.Set(p, d.encode(), r.stat.Version) })
-		switch {
-		case err == nil:
-			return backend.Grant{
-				Key: key, LeaseID: leaseID, Token: uint64(st.Czxid), Owner: d.Owner,
-				TTL: ttl, ExpiresAt: time.UnixMilli(d.Deadline),
-			}, nil
-		case errors.Is(err, zk.ErrNoNode):
-			return backend.Grant{}, fmt.Errorf("zk renew %q: %w", key, backend.ErrLeaseExpired)
-		case errors.Is(err, zk.ErrBadVersion):
-			continue // a concurrent renew: read again
-		default:
-			return backend.Grant{}, unavailable("renew", err)
-		}
-	}
-	return backend.Grant{}, unavailable("renew", errors.New("the lease kept changing"))
-}
-
-// Release implements backend.Backend.
-func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
-	name, ok := parseLease(leaseID)
-	if !ok {
-		return fmt.Errorf("zk release %q: %w", key, backend.ErrLeaseExpired)
-	}
-	kp := b.keyPath(key)
-	p := kp + "/" + name
-	for attempt := 0; attempt < 20; attempt++ {
-		// The node and the queue are read at once: the handoff is the
-		// latency that matters.
-		var (
-			q     []child
-			qErr  error
-			ready = make(chan struct{})
-		)
-		go func() {
-			q, qErr = b.queue(ctx, kp)
-			close(ready)
-		}()
-		r, err := b.read(ctx, p)
-		<-ready
-		if errors.Is(err, zk.ErrNoNode) {
-			return fmt.Errorf("zk release %q: %w", key, backend.ErrLeaseExpired)
-		}
-		if err == nil {
-			err = qErr
-		}
-		if err != nil {
-			return unavailable("release", err)
-		}
-		if indexOf(q, name) != 0 {
-			// Read between two changes of the queue; a lease's node, once
-			// granted, heads the queue until it is deleted.
-			continue
-		}
-		if r.data.expired(time.Now()) {
-			// Too late: the lease ran out. Clear it for the next waiter.
-			if err := b.expireHead(ctx, key, q, r.stat.Version); err != nil && !isConflict(err) {
-				return unavailable("release", err)
-			}
-			return fmt.Errorf("zk release %q: %w", key, backend.ErrLeaseExpired)
-		}
-		err = b.removeHead(ctx, key, q, r.stat.Version)
-		if err == nil {
-			return nil
-		}
-		if !isConflict(err) {
-			return unavailable("release", err)
-		}
-	}
-	return unavailable("release", errors.New("the queue kept changing"))
-}
-
-// Inspect implements backend.Backend.
-func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
-	st, err := b.inspect(ctx, key)
-	if err != nil {
-		return backend.LockState{}, unavailable("inspect", err)
-	}
-	return st, nil
-}
-
-func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, error) {
-	kp := b.keyPath(key)
-	for attempt := 0; ; attempt++ {
-		q, err := b.queue(ctx, kp)
-		if err != nil || len(q) == 0 {
-			return backend.LockState{Key: key}, err
-		}
-		r, err := b.read(ctx, kp+"/"+q[0].name)
-		if errors.Is(err, zk.ErrNoNode) && attempt < 10 {
-			continue
-		}
-		if err != nil {
-			return backend.LockState{}, err
-		}
-		st := backend.LockState{Key: key, Waiters: len(q) - 1}
-		if !r.data.expired(time.Now()) {
-			st.Held = true
-			st.Holder = &backend.Holder{Owner: r.data.Owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
-		}
-		return st, nil
-	}
-}
-
-// List implements backend.Backend. It reads every key node under Root whose
-// name matches, so its cost grows with the number of keys with a queue.
-func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
-	names, err := call(ctx, func() ([]string, error) {
-		names, _, err := b.conn.Children(b.root)
-		return names, err
-	})
-	if errors.Is(err, zk.ErrNoNode) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, unavailable("list", err)
-	}
-	sort.Strings(names)
-	var out []backend.LockState
-	for _, k := range names {
-		if len(out) >= limit {
-			break
-		}
-		if !strings.HasPrefix(k, prefix) || k <= after {
-			continue
-		}
-		st, err := b.inspect(ctx, k)
-		if err != nil {
-			return nil, unavailable("list", err)
-		}
-		if st.Held {
-			out = append(out, st)
-		}
-	}
-	return out, nil
-}
-
-// Ping implements backend.Backend.
-func (b *Backend) Ping(ctx context.Context) error {
-	if s := b.conn.State(); s != zk.StateHasSession {
-		return fmt.Errorf("zk ping: %w: client state %v", backend.ErrUnavailable, s)
-	}
-	_, err := call(ctx, func() (bool, error) {
-		ok, _, err := b.conn.Exists(b.root)
-		return ok, err
-	})
-	if err != nil {
-		return unavailable("ping", err)
-	}
-	return nil
+func (c *grantCache) drop(id string) {
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -147,8 +148,9 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
+// uniqueKey makes a valid key ([A-Za-z0-9._:-]) from the test's name.
 func uniqueKey(t testing.TB) string {
-	return fmt.Sprintf("%s-%s", t.Name(), lease.NewID()[:8])
+	return strings.NewReplacer("/", ".", "#", "-").Replace(t.Name()) + "-" + lease.NewID()[:8]
 }
 
 // One release wakes exactly one of 50 waiters: each watches only its
@@ -627,8 +629,9 @@ func TestAbandonedWaiterIsSkipped(t *testing.T) {
 	}
 	// What a waiting lockd leaves when it dies: its node, with a wait that
 	// ended (plus grace) a moment from now.
-	dead := nodeData{Owner: "dead", TTL: 30000, Deadline: time.Now().Add(30 * time.Second).UnixMilli(), WaitUntil: time.Now().Add(300 * time.Millisecond).UnixMilli()}
-	if _, err := b.conn.Create(b.keyPath(key)+"/"+nodePrefix(nodeHash(lease.NewID())), dead.encode(), zk.FlagSequence, zk.WorldACL(zk.PermAll)); err != nil {
+	deadName := nodeName(lease.NewID(), 30*time.Second, time.Now().Add(300*time.Millisecond), "dead")
+	dead := nodeData{Deadline: time.Now().Add(30 * time.Second).UnixMilli(), TTL: 30000}
+	if _, err := b.conn.Create(b.keyPath(key)+"/"+deadName, dead.encode(), zk.FlagSequence, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	done := make(chan error, 1)

@@ -1,0 +1,432 @@
+package zk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// Acquire implements backend.Backend.
+func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	if err := ctx.Err(); err != nil {
+		return backend.Grant{}, err
+	}
+	secret := lease.NewID()
+	a := &acquirer{
+		b:       b,
+		req:     req,
+		kp:      b.keyPath(req.Key),
+		secret:  secret,
+		waitEnd: time.Now().Add(req.Wait),
+	}
+	return a.run(ctx)
+}
+
+// acquirer is one Acquire call.
+type acquirer struct {
+	b       *Backend
+	req     backend.AcquireRequest
+	kp      string
+	secret  string
+	waitEnd time.Time
+	name    string // our node, once it exists
+	// unknown: a create's reply was lost; our node may exist.
+	unknown bool
+	// headGone: the head, right ahead of us, was deleted. Nothing can come
+	// between (sequence numbers only grow), so our node now heads the queue.
+	headGone bool
+}
+
+// retryDelay is the pause before trying again after ZooKeeper could not be
+// reached (the client reconnects meanwhile).
+const retryDelay = 100 * time.Millisecond
+
+func (a *acquirer) run(ctx context.Context) (backend.Grant, error) {
+	var lastErr error
+	for {
+		if lastErr != nil {
+			// ZooKeeper failed us: try again while the wait lasts.
+			if isCtx(lastErr) || !time.Now().Add(retryDelay).Before(a.waitEnd) {
+				return backend.Grant{}, a.fail(lastErr)
+			}
+			select {
+			case <-ctx.Done():
+				return backend.Grant{}, a.fail(ctx.Err())
+			case <-time.After(retryDelay):
+			}
+			lastErr = nil
+		}
+		g, done, err := a.step(ctx)
+		if done {
+			if err != nil {
+				return backend.Grant{}, err
+			}
+			return g, nil
+		}
+		lastErr = err
+	}
+}
+
+// fail ends an acquire that did not get the lock because of err (ZooKeeper
+// unreachable, or ctx ended): our node, if any, leaves the queue — now if
+// possible, else in the background — and nothing is left behind.
+func (a *acquirer) fail(err error) error {
+	if !isCtx(err) && !errors.Is(err, backend.ErrUnavailable) {
+		err = unavailable("acquire", err)
+	}
+	cleanup, cancel := context.WithTimeout(a.b.life, 5*time.Second)
+	defer cancel()
+	if a.name != "" && a.b.leave(cleanup, a.req.Key, a.name, nil) == nil {
+		return err
+	}
+	if a.name != "" || a.unknown {
+		a.b.cleanupLater(a.kp, protected(a.secret))
+	}
+	return err
+}
+
+// step makes one pass: create our node if needed, read the queue, and either
+// hold the lock, clear an expired or abandoned node ahead of us, give up, or
+// wait for a change. done reports that the acquire is over (granted or
+// failed with err); otherwise err, if any, is a ZooKeeper failure to retry.
+func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err error) {
+	if a.name == "" {
+		if err := a.create(ctx); err != nil {
+			if isCtx(err) {
+				return g, true, a.fail(err)
+			}
+			return g, false, err
+		}
+	}
+	if a.headGone {
+		// The handoff: one read of our own node, as go-zookeeper's Lock
+		// makes one read of the queue.
+		a.headGone = false
+		self, err := a.b.read(ctx, a.kp+"/"+a.name)
+		if err == nil {
+			g, err := a.holding(ctx, self)
+			if err == nil {
+				return g, true, nil
+			}
+		}
+		if err != nil && !isConflict(err) {
+			return g, false, err
+		}
+	}
+	// Our node is read along with the queue: when we head it, that is the
+	// grant.
+	q, self, err, selfErr := a.b.queueAndRead(ctx, a.kp, a.name)
+	if err != nil {
+		return g, false, err
+	}
+	i := indexOf(q, a.name)
+	if i < 0 || errors.Is(selfErr, zk.ErrNoNode) {
+		// Our node is gone: removed as abandoned by a replica whose clock
+		// runs ahead, or by hand. Queue again while the wait lasts.
+		a.name = ""
+		if !time.Now().Before(a.waitEnd) {
+			return g, true, a.held(ctx, q)
+		}
+		return g, false, nil
+	}
+	if selfErr != nil {
+		return g, false, selfErr
+	}
+	if i == 0 {
+		g, err := a.holding(ctx, self)
+		if err != nil {
+			if isConflict(err) {
+				return g, false, nil
+			}
+			return g, false, err
+		}
+		return g, true, nil
+	}
+
+	// Clear what stands in our way: an expired head, an abandoned waiter
+	// right ahead of us. Then wait for our predecessor to go, with a timer
+	// at the earliest moment it could stop counting.
+	waiting := time.Now().Before(a.waitEnd)
+	var (
+		head  nodeRead
+		watch <-chan zk.Event
+	)
+	headPath := a.kp + "/" + q[0].name
+	if i == 1 && waiting {
+		// The head is our predecessor: watch its data too, so that a renew
+		// moves our expiry timer.
+		head, watch, err = a.b.readW(ctx, headPath)
+	} else {
+		head, err = a.b.read(ctx, headPath)
+	}
+	if errors.Is(err, zk.ErrNoNode) {
+		return g, false, nil // the queue moved: look again
+	}
+	if err != nil {
+		return g, false, err
+	}
+	now := time.Now()
+	if head.data.expired(now) {
+		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version); err != nil && !isConflict(err) {
+			return g, false, err
+		}
+		return g, false, nil
+	}
+	dies := head.data.Deadline // when our predecessor stops counting, Unix ms
+	pred := q[i-1]
+	if i > 1 {
+		if pred.abandoned(now) {
+			if err := a.b.delete(ctx, a.kp+"/"+pred.name, 0); err != nil && !isConflict(err) {
+				return g, false, err
+			}
+			return g, false, nil
+		}
+		// A queued predecessor promoted later than now holds the lock until
+		// at least now + its TTL: look again then (or when it is abandoned).
+		// Watching its data instead would wake us at every handoff ahead.
+		dies = min(pred.waitUntil, now.Add(pred.ttl).UnixMilli())
+	}
+	if !waiting {
+		return a.giveUp(ctx, q[0], head)
+	}
+	if watch == nil {
+		watch, err = a.b.watchDeletion(ctx, a.kp+"/"+pred.name)
+		if errors.Is(err, zk.ErrNoNode) {
+			return g, false, nil
+		}
+		if err != nil {
+			return g, false, err
+		}
+	}
+	expiry := time.NewTimer(time.Until(time.UnixMilli(dies)) + time.Millisecond)
+	defer expiry.Stop()
+	waitOver := time.NewTimer(time.Until(a.waitEnd))
+	defer waitOver.Stop()
+	select {
+	case ev := <-watch:
+		a.b.wakes.Add(1)
+		a.headGone = i == 1 && ev.Type == zk.EventNodeDeleted
+	case <-expiry.C:
+	case <-waitOver.C:
+	case <-ctx.Done():
+		return g, true, a.fail(ctx.Err())
+	}
+	return g, false, nil
+}
+
+// create adds our node to the queue. When the reply to a create is lost, the
+// node may exist all the same: look for it by its protected prefix before
+// creating another, and until the look-up answers, create nothing.
+func (a *acquirer) create(ctx context.Context) error {
+	if a.unknown {
+		if found, err := a.adopt(ctx); err != nil || found {
+			return err
+		}
+	}
+	name := nodeName(a.secret, a.req.TTL, a.waitEnd.Add(a.b.grace), a.req.Owner)
+	for attempt := 0; ; attempt++ {
+		data := nodeData{Deadline: lease.Deadline(time.Now(), a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
+		p, err := call(ctx, func() (string, error) {
+			return a.b.conn.Create(a.kp+"/"+name, data.encode(), zk.FlagSequence, a.b.acl)
+		})
+		switch {
+		case err == nil:
+			a.name = path.Base(p)
+			return nil
+		case errors.Is(err, zk.ErrNoNode) && attempt < 5:
+			// No container for the key yet, or it was just reaped.
+			if err := a.b.ensureKey(ctx, a.kp); err != nil {
+				return err
+			}
+		case isCtx(err):
+			a.unknown = true // the create may still land
+			return err
+		case attempt >= 5:
+			return err
+		default:
+			a.unknown = true
+			found, ferr := a.adopt(ctx)
+			if ferr != nil {
+				return err
+			}
+			if found {
+				return nil
+			}
+		}
+	}
+}
+
+// adopt looks for our node after a create whose outcome is unknown.
+func (a *acquirer) adopt(ctx context.Context) (found bool, err error) {
+	name, err := a.b.findNode(ctx, a.kp, protected(a.secret))
+	if err != nil {
+		return false, err
+	}
+	a.unknown = false
+	if name != "" {
+		a.name = name
+		return true, nil
+	}
+	return false, nil
+}
+
+// findNode looks for the node whose name starts with prefix. It syncs first:
+// the member we read from may not yet have applied a create that another
+// member committed before our connection dropped.
+func (b *Backend) findNode(ctx context.Context, kp, prefix string) (string, error) {
+	_, err := call(ctx, func() (string, error) { return b.conn.Sync(kp) })
+	if err != nil && !errors.Is(err, zk.ErrNoNode) {
+		return "", err
+	}
+	q, err := b.queue(ctx, kp)
+	if err != nil {
+		return "", err
+	}
+	for _, c := range q {
+		if strings.HasPrefix(c.name, prefix) {
+			return c.name, nil
+		}
+	}
+	return "", nil
+}
+
+// holding is called when our node heads the queue: it is the grant. The
+// lease runs to the deadline our node carries: the one it was created with
+// (counted from when it joined the queue, so never later than a deadline the
+// client counts from sending its request) or one a handoff wrote. When that
+// leaves less than nine tenths of the TTL, the lease is restarted now, with
+// a versioned write: a competing removal of our node wins or loses against
+// it as a whole.
+func (a *acquirer) holding(ctx context.Context, r nodeRead) (backend.Grant, error) {
+	now := time.Now()
+	if remaining := time.UnixMilli(r.data.Deadline).Sub(now); remaining < a.req.TTL*9/10 {
+		d := nodeData{Deadline: lease.Deadline(now, a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
+		st, err := call(ctx, func() (*zk.Stat, error) { return a.b.conn.Set(a.kp+"/"+a.name, d.encode(), r.stat.Version) })
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		r = nodeRead{d, st}
+	}
+	return a.grant(r), nil
+}
+
+// grant is the Grant for our node read as r, remembered for renew and
+// release.
+func (a *acquirer) grant(r nodeRead) backend.Grant {
+	g := backend.Grant{
+		Key:       a.req.Key,
+		LeaseID:   leaseID(a.secret, a.name),
+		Token:     uint64(r.stat.Czxid),
+		Owner:     a.req.Owner,
+		TTL:       time.Duration(r.data.TTL) * time.Millisecond,
+		ExpiresAt: time.UnixMilli(r.data.Deadline),
+	}
+	a.b.grants.put(g.LeaseID, cached{
+		key: a.req.Key, name: a.name, owner: a.req.Owner,
+		version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid,
+	})
+	return g
+}
+
+// giveUp ends a wait that ran out: our node leaves the queue and the caller
+// learns who holds the lock. If a handoff to us raced with the give-up, the
+// grant stands.
+func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.Grant, bool, error) {
+	holder := &backend.Holder{Owner: head.owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+	var g backend.Grant
+	granted := false
+	err := a.b.leave(ctx, a.req.Key, a.name, func(r nodeRead) bool {
+		g, granted = a.grant(r), true
+		return true
+	})
+	if err != nil {
+		return backend.Grant{}, false, err
+	}
+	if granted {
+		return g, true, nil
+	}
+	return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
+}
+
+// held reports the key held by whoever heads q.
+func (a *acquirer) held(ctx context.Context, q []child) error {
+	var holder *backend.Holder
+	if len(q) > 0 {
+		if r, err := a.b.read(ctx, a.kp+"/"+q[0].name); err == nil && !r.data.expired(time.Now()) {
+			holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+		}
+	}
+	return &backend.HeldError{Key: a.req.Key, Holder: holder}
+}
+
+// leave removes node name from key's queue, handing the lock on if the node
+// held it. When the node heads the queue unexpired and keep is given, keep
+// may claim it instead (by returning true) and the node stays.
+func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRead) bool) error {
+	kp := b.keyPath(key)
+	for attempt := 0; attempt < 20; attempt++ {
+		q, r, err, rErr := b.queueAndRead(ctx, kp, name)
+		if err != nil {
+			return err
+		}
+		i := indexOf(q, name)
+		if i < 0 || errors.Is(rErr, zk.ErrNoNode) {
+			return nil
+		}
+		if rErr != nil {
+			return rErr
+		}
+		if i == 0 {
+			if keep != nil && !r.data.expired(time.Now()) && keep(r) {
+				return nil
+			}
+			err = b.removeHead(ctx, key, q, r.stat.Version)
+		} else {
+			err = b.delete(ctx, kp+"/"+name, r.stat.Version)
+		}
+		if err == nil || errors.Is(err, zk.ErrNoNode) && i > 0 {
+			return nil
+		}
+		if !isConflict(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("zk: leave %s/%s: the queue kept changing", kp, name)
+}
+
+// cleanupLater removes, in the background, the node whose name starts with
+// prefix, once ZooKeeper answers again: the reply to its create may have been
+// lost, or the create may still be on its way.
+func (b *Backend) cleanupLater(kp, prefix string) {
+	key := strings.TrimPrefix(kp, b.root+"/")
+	b.bg.Add(1)
+	go func() {
+		defer b.bg.Done()
+		ctx, cancel := context.WithTimeout(b.life, time.Minute)
+		defer cancel()
+		// A create abandoned with its caller's context may land a moment
+		// later: stop after two clean looks a second apart.
+		for misses := 0; misses < 2; {
+			name, err := b.findNode(ctx, kp, prefix)
+			if err == nil && name != "" {
+				err = b.leave(ctx, key, name, nil)
+			}
+			if err == nil && name == "" {
+				misses++
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}

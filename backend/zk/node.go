@@ -1,0 +1,153 @@
+package zk
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// A queue node's name carries what never changes once it is queued, so that
+// whoever reads the queue (one getChildren) can hand the lock on without
+// reading each waiter:
+//
+//	_c_<hash>-<ttl ms>-<wait until, Unix ms>-<owner, base64url>-lock-<seq>
+//
+// "_c_<hash>-" is Curator's protected prefix: hash is 128 bits of SHA-256
+// of the lease's secret. The node's data holds what changes: the lease
+// deadline and the TTL it was last set with (nodeData).
+const (
+	protectedPrefix = "_c_"
+	lockMarker      = "-lock-"
+	hashLen         = 32 // hex characters
+)
+
+// nodeData is the changing part of a queue node: written at creation (the
+// deadline it holds if it heads the queue at once), by the handoff that
+// promotes it, and by every renew. Its data version is 0 until then.
+type nodeData struct {
+	// Deadline (Unix ms) is when the lease runs out while the node heads
+	// the queue.
+	Deadline int64 `json:"deadline_ms"`
+	TTL      int64 `json:"ttl_ms"`
+}
+
+func (d nodeData) encode() []byte {
+	b, _ := json.Marshal(d) // plain struct: cannot fail
+	return b
+}
+
+func (d nodeData) expired(now time.Time) bool { return d.Deadline <= now.UnixMilli() }
+
+func decodeData(p string, raw []byte) (nodeData, error) {
+	var d nodeData
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return d, fmt.Errorf("zk: node %s holds no lockd data: %w", p, err)
+	}
+	return d, nil
+}
+
+// child is one parsed queue node.
+type child struct {
+	name      string
+	seq       int64
+	ttl       time.Duration
+	waitUntil int64 // Unix ms: queued behind the head after this, it is abandoned
+	owner     string
+}
+
+func (c child) abandoned(now time.Time) bool { return c.waitUntil <= now.UnixMilli() }
+
+// nodeHash is what a node name shows of the lease's secret.
+func nodeHash(secret string) string {
+	sum := sha256.Sum256([]byte("lockd/zk/" + secret))
+	return hex.EncodeToString(sum[:hashLen/2])
+}
+
+// protected is the start of the name of every node made for secret.
+func protected(secret string) string { return protectedPrefix + nodeHash(secret) + "-" }
+
+// nodeName is the name, without the sequence number ZooKeeper appends, of the
+// node an acquire creates.
+func nodeName(secret string, ttl time.Duration, waitUntil time.Time, owner string) string {
+	return fmt.Sprintf("%s%d-%d-%s%s", protected(secret), ttl.Milliseconds(), waitUntil.UnixMilli(),
+		base64.RawURLEncoding.EncodeToString([]byte(owner)), lockMarker)
+}
+
+// parseChild reads a queue node's name; ok is false for foreign nodes.
+func parseChild(name string) (c child, ok bool) {
+	rest, found := strings.CutPrefix(name, protectedPrefix)
+	if !found || len(rest) < hashLen+1 {
+		return c, false
+	}
+	rest = rest[hashLen+1:]
+	i := strings.LastIndex(rest, lockMarker)
+	if i < 0 {
+		return c, false
+	}
+	seq, err := strconv.ParseInt(rest[i+len(lockMarker):], 10, 64)
+	if err != nil {
+		return c, false
+	}
+	parts := strings.SplitN(rest[:i], "-", 3)
+	if len(parts) != 3 {
+		return c, false
+	}
+	ttl, err1 := strconv.ParseInt(parts[0], 10, 64)
+	waitUntil, err2 := strconv.ParseInt(parts[1], 10, 64)
+	owner, err3 := base64.RawURLEncoding.DecodeString(parts[2])
+	if err1 != nil || err2 != nil || err3 != nil {
+		return c, false
+	}
+	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner)}, true
+}
+
+// leaseID is "<secret>.<seq>": the capability, and where its node is.
+func leaseID(secret, name string) string { return secret + "." + name[len(name)-10:] }
+
+// parseLease splits a lease id into its secret and sequence number; ok is
+// false for anything this backend never made.
+func parseLease(id string) (secret, seq string, ok bool) {
+	secret, seq, found := strings.Cut(id, ".")
+	if !found || len(secret) != 22 || len(seq) != 10 || !lease.ValidID(id) {
+		return "", "", false
+	}
+	if _, err := strconv.ParseUint(seq, 10, 32); err != nil {
+		return "", "", false
+	}
+	return secret, seq, true
+}
+
+// byLease finds the lease's node in q.
+func byLease(q []child, secret, seq string) (int, bool) {
+	prefix := protected(secret)
+	for i, c := range q {
+		if strings.HasPrefix(c.name, prefix) && strings.HasSuffix(c.name, seq) {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+func indexOf(q []child, name string) int {
+	for i, c := range q {
+		if c.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// nodeRead is a node's data and stat.
+type nodeRead struct {
+	data nodeData
+	stat *zk.Stat
+}

@@ -1,0 +1,220 @@
+package zk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+func leaseExpired(op, key string) error {
+	return fmt.Errorf("zk %s %q: %w", op, key, backend.ErrLeaseExpired)
+}
+
+// Renew implements backend.Backend.
+func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	secret, seq, ok := parseLease(leaseID)
+	if !ok {
+		return backend.Grant{}, leaseExpired("renew", key)
+	}
+	kp := b.keyPath(key)
+	for attempt := 0; attempt < 10; attempt++ {
+		c, ok := b.grants.get(leaseID, key)
+		if !ok || attempt > 0 {
+			// Find the node and read it: the lease may have been granted
+			// or renewed by another replica.
+			q, err := b.queue(ctx, kp)
+			if err != nil {
+				return backend.Grant{}, unavailable("renew", err)
+			}
+			i, found := byLease(q, secret, seq)
+			if !found {
+				b.grants.drop(leaseID)
+				return backend.Grant{}, leaseExpired("renew", key)
+			}
+			r, err := b.read(ctx, kp+"/"+q[i].name)
+			if errors.Is(err, zk.ErrNoNode) {
+				b.grants.drop(leaseID)
+				return backend.Grant{}, leaseExpired("renew", key)
+			}
+			if err != nil {
+				return backend.Grant{}, unavailable("renew", err)
+			}
+			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
+		}
+		now := time.Now()
+		if c.deadline <= now.UnixMilli() {
+			b.grants.drop(leaseID)
+			return backend.Grant{}, leaseExpired("renew", key)
+		}
+		d := nodeData{Deadline: lease.Deadline(now, ttl).UnixMilli(), TTL: ttl.Milliseconds()}
+		st, err := call(ctx, func() (*zk.Stat, error) { return b.conn.Set(kp+"/"+c.name, d.encode(), c.version) })
+		switch {
+		case err == nil:
+			c.version, c.deadline = st.Version, d.Deadline
+			b.grants.put(leaseID, c)
+			return backend.Grant{
+				Key: key, LeaseID: leaseID, Token: uint64(c.token), Owner: c.owner,
+				TTL: ttl, ExpiresAt: time.UnixMilli(d.Deadline),
+			}, nil
+		case errors.Is(err, zk.ErrNoNode):
+			b.grants.drop(leaseID)
+			return backend.Grant{}, leaseExpired("renew", key)
+		case errors.Is(err, zk.ErrBadVersion):
+			continue // renewed elsewhere meanwhile: read it again
+		default:
+			return backend.Grant{}, unavailable("renew", err)
+		}
+	}
+	return backend.Grant{}, unavailable("renew", errors.New("the lease kept changing"))
+}
+
+// Release implements backend.Backend. The release itself is one versioned
+// delete of the lease's node, which wakes the one waiter watching it; that
+// waiter records its own grant.
+func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
+	secret, seq, ok := parseLease(leaseID)
+	if !ok {
+		return leaseExpired("release", key)
+	}
+	kp := b.keyPath(key)
+	c, cachedOK := b.grants.get(leaseID, key)
+	for attempt := 0; attempt < 20; attempt++ {
+		if !cachedOK {
+			// Granted or renewed elsewhere: find the node and read it.
+			q, err := b.queue(ctx, kp)
+			if err != nil {
+				return unavailable("release", err)
+			}
+			i, found := byLease(q, secret, seq)
+			if !found || i != 0 {
+				// Gone, or (never granted) not heading the queue.
+				b.grants.drop(leaseID)
+				return leaseExpired("release", key)
+			}
+			r, err := b.read(ctx, kp+"/"+q[0].name)
+			if errors.Is(err, zk.ErrNoNode) {
+				continue
+			}
+			if err != nil {
+				return unavailable("release", err)
+			}
+			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline}
+		}
+		cachedOK = false
+		if c.deadline <= time.Now().UnixMilli() {
+			// Too late: the lease ran out. Clear it for the next waiter.
+			b.grants.drop(leaseID)
+			if q, err := b.queue(ctx, kp); err == nil && len(q) > 0 && q[0].name == c.name {
+				if err := b.expireHead(ctx, key, q, c.version); err != nil && !isConflict(err) {
+					return unavailable("release", err)
+				}
+			}
+			return leaseExpired("release", key)
+		}
+		// The version proves the node still holds the deadline just checked.
+		err := b.delete(ctx, kp+"/"+c.name, c.version)
+		switch {
+		case err == nil:
+			b.grants.drop(leaseID)
+			return nil
+		case errors.Is(err, zk.ErrNoNode):
+			b.grants.drop(leaseID)
+			return leaseExpired("release", key)
+		case errors.Is(err, zk.ErrBadVersion):
+			continue // renewed elsewhere meanwhile: read it again
+		default:
+			return unavailable("release", err)
+		}
+	}
+	return unavailable("release", errors.New("the lease kept changing"))
+}
+
+// Inspect implements backend.Backend.
+func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	st, err := b.inspect(ctx, key)
+	if err != nil {
+		return backend.LockState{}, unavailable("inspect", err)
+	}
+	return st, nil
+}
+
+func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, error) {
+	kp := b.keyPath(key)
+	for attempt := 0; ; attempt++ {
+		q, err := b.queue(ctx, kp)
+		if err != nil || len(q) == 0 {
+			return backend.LockState{Key: key}, err
+		}
+		r, err := b.read(ctx, kp+"/"+q[0].name)
+		if errors.Is(err, zk.ErrNoNode) && attempt < 10 {
+			continue
+		}
+		if err != nil {
+			return backend.LockState{}, err
+		}
+		st := backend.LockState{Key: key, Waiters: len(q) - 1}
+		if !r.data.expired(time.Now()) {
+			st.Held = true
+			st.Holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+		}
+		return st, nil
+	}
+}
+
+// List implements backend.Backend. It lists every key node under Root and
+// inspects those that match, so its cost grows with the number of keys that
+// have a queue (and getChildren of Root must fit ZooKeeper's jute.maxbuffer,
+// 1 MB by default: a few thousand keys).
+func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
+	names, err := call(ctx, func() ([]string, error) {
+		names, _, err := b.conn.Children(b.root)
+		return names, err
+	})
+	if errors.Is(err, zk.ErrNoNode) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, unavailable("list", err)
+	}
+	sort.Strings(names)
+	var out []backend.LockState
+	for _, k := range names {
+		if len(out) >= limit {
+			break
+		}
+		if !strings.HasPrefix(k, prefix) || k <= after {
+			continue
+		}
+		st, err := b.inspect(ctx, k)
+		if err != nil {
+			return nil, unavailable("list", err)
+		}
+		if st.Held {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// Ping implements backend.Backend.
+func (b *Backend) Ping(ctx context.Context) error {
+	if s := b.conn.State(); s != zk.StateHasSession {
+		return fmt.Errorf("zk ping: %w: client state %v", backend.ErrUnavailable, s)
+	}
+	_, err := call(ctx, func() (bool, error) {
+		ok, _, err := b.conn.Exists(b.root)
+		return ok, err
+	})
+	if err != nil {
+		return unavailable("ping", err)
+	}
+	return nil
+}
