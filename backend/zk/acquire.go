@@ -189,10 +189,11 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 			}
 			return g, false, nil
 		}
-		// A queued predecessor promoted later than now holds the lock until
-		// at least now + its TTL: look again then (or when it is abandoned).
-		// Watching its data instead would wake us at every handoff ahead.
-		dies = min(pred.waitUntil, now.Add(pred.ttl).UnixMilli())
+		// A queued predecessor that comes to head the queue after now holds
+		// the lock until at least now + nine tenths of its TTL (see
+		// holding): look again then, or when it is abandoned. Watching its
+		// data instead would wake us at every handoff ahead of us.
+		dies = min(pred.waitUntil, now.Add(pred.ttl*9/10).UnixMilli())
 	}
 	if !waiting {
 		return a.giveUp(ctx, q[0], head)

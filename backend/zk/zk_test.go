@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/go-zookeeper/zk"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
 	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/backend/backendtest"
@@ -99,9 +102,13 @@ func dial(t testing.TB, addrs []string, opts ...func(*zk.Conn)) *zk.Conn {
 
 // dialWith is Dial with extra client options (a fault-injecting dialer).
 func dialWith(ctx context.Context, addrs []string, opts ...func(*zk.Conn)) (*zk.Conn, error) {
+	return dialSession(ctx, addrs, sessionTimeout, opts...)
+}
+
+func dialSession(ctx context.Context, addrs []string, timeout time.Duration, opts ...func(*zk.Conn)) (*zk.Conn, error) {
 	zopts := []func(*zk.Conn){zk.WithLogInfo(false)}
 	zopts = append(zopts, opts...)
-	conn, events, err := zk.Connect(addrs, sessionTimeout, func(c *zk.Conn) {
+	conn, events, err := zk.Connect(addrs, timeout, func(c *zk.Conn) {
 		for _, o := range zopts {
 			o(c)
 		}
@@ -787,4 +794,110 @@ func alternate(b *testing.B, lock func(client int) (unlock func(), err error)) {
 	b.ReportMetric(float64(sum.Microseconds())/float64(len(handoffs)), "µs/handoff")
 	b.ReportMetric(float64(handoffs[len(handoffs)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(handoffs[len(handoffs)*99/100].Microseconds()), "p99-µs")
+}
+
+// A session expiry loses no lock: no grant or queue place depends on the
+// session. The waiter's client is cut off (a real TCP proxy, stopped) for
+// longer than its session timeout, so ZooKeeper expires the session; the
+// holder releases meanwhile; once the proxy is back the client gets a new
+// session, the lost watch is reported, and the waiter takes the lock from the
+// place in the queue it never lost.
+func TestSessionExpiryLosesNoLock(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk", "127.0.0.1:0", z.Addr(0))
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+
+	var expired atomic.Bool
+	conn, err := dialSession(ctxFor(t, 30*time.Second), []string{proxy.Listen}, time.Second, zk.WithEventCallback(func(ev zk.Event) {
+		if ev.State == zk.StateExpired {
+			expired.Store(true)
+		}
+	}))
+	if err != nil {
+		t.Fatalf("dial through the proxy: %v", err)
+	}
+	waiterB := New(conn, Options{})
+	t.Cleanup(func() { waiterB.Close() })
+	holderB := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	type result struct {
+		g   backend.Grant
+		err error
+	}
+	waiter := make(chan result, 1)
+	go func() {
+		w, err := waiterB.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "expired-session", TTL: 30 * time.Second, Wait: 45 * time.Second})
+		waiter <- result{w, err}
+	}()
+	waitFor(t, func() bool {
+		st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the waiter to queue")
+	time.Sleep(100 * time.Millisecond) // its watch is set
+
+	proxy.Stop()
+	time.Sleep(3 * time.Second) // three session timeouts: ZooKeeper expires it
+	if err := holderB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy restart: %v", err)
+	}
+	var r result
+	select {
+	case r = <-waiter:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("waiter not granted 20s after its client could reach ZooKeeper again")
+	}
+	if r.err != nil {
+		t.Fatalf("waiter: %v", r.err)
+	}
+	if !expired.Load() {
+		t.Errorf("the client never saw its session expire: the test did not test expiry")
+	}
+	if r.g.Token <= g.Token {
+		t.Errorf("token %d after %d, want greater", r.g.Token, g.Token)
+	}
+	st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+	if err != nil {
+		t.Fatalf("Inspect: %v", err)
+	}
+	if !st.Held || st.Holder.Owner != "expired-session" || st.Waiters != 0 {
+		t.Errorf("Inspect = held %v holder %+v waiters %d, want held by the waiter alone", st.Held, st.Holder, st.Waiters)
+	}
+}
+
+// The backend that removes an expired grant tells its OnExpire hook.
+func TestExpiryHook(t *testing.T) {
+	z := sharedZK(t, 1)
+	expired := make(chan string, 4)
+	b := newBackend(t, z.Addrs(), Options{Hooks: backend.Hooks{OnExpire: func(key string) { expired <- key }}})
+	gone := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := gone.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	n, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: time.Second, Wait: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if n.Token <= g.Token {
+		t.Errorf("token %d after %d, want greater", n.Token, g.Token)
+	}
+	select {
+	case k := <-expired:
+		if k != key {
+			t.Errorf("OnExpire(%q), want %q", k, key)
+		}
+	default:
+		t.Errorf("OnExpire not called by the backend that removed the expired grant")
+	}
 }
