@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// workload is the correctness workload: clients loop acquire(wait) →
+// read-modify-write the registers → release, on one key, while a fault
+// scenario runs beside them.
+type workload struct {
+	Clients  int
+	TTL      time.Duration
+	Wait     time.Duration
+	Hold     time.Duration // mean think time inside the critical section
+	Duration time.Duration
+	Seed     uint64
+
+	// locker returns the lock service client i talks to now; it may change
+	// during the run (a replica died and the client moved on).
+	locker func(client int) Locker
+	// onError is told when client's call failed other than by ErrHeld, so
+	// a scenario can move that client elsewhere.
+	onError func(client int, err error)
+	// stall, when set, is asked after each grant how long the client must
+	// stall before writing (a GC pause); zero means no stall.
+	stall func(client int, grantedAt time.Time) time.Duration
+	// vanish, when set, is asked before each acquire whether this waiter's
+	// client disappears mid-wait, and after how long.
+	vanish func(client int) (time.Duration, bool)
+}
+
+// opKind of a history entry.
+type opKind int
+
+const (
+	opAcquire opKind = iota
+	opRMW
+)
+
+// histOp is one operation of the recorded history.
+type histOp struct {
+	Kind   opKind
+	Client int
+	Call   time.Time
+	Return time.Time
+	// acquire
+	Granted bool
+	Unknown bool // the call failed in a way that may hide a grant
+	Token   uint64
+	// rmw
+	FRead, URead         int64
+	FAccepted, UAccepted bool
+}
+
+// death is an instant after which a holder stopped acting (paused, its
+// lockd killed); time to free is measured from it to the next grant to
+// another client.
+type death struct {
+	Client int
+	At     time.Time
+}
+
+type workloadResult struct {
+	Started, Ended  time.Time
+	Attempts        int64
+	Granted         int64
+	TimedOut        int64 // ErrHeld after the full wait
+	Errors          int64 // unavailable, transport, cancelled
+	Vanished        int64
+	FirstError      string
+	Fenced          registerStats
+	Unfenced        registerStats
+	History         []histOp
+	Deaths          []death
+	LongestUnavail  time.Duration
+	TimeToFree      []time.Duration
+	StalledHandoffs int64 // gaps > TTL/2 right after a vanished waiter
+	// Overran counts acquires that returned more than overrunSlack after
+	// their wait ran out (including calls cut off only by the end of the run).
+	Overran     int64
+	LongestCall time.Duration
+}
+
+const overrunSlack = time.Second
+
+func (w *workload) run(ctx context.Context, progress func(done float64)) workloadResult {
+	fenced, unfenced := newRegister(true), newRegister(false)
+	res := workloadResult{Started: time.Now()}
+	var mu sync.Mutex // guards res fields written by clients
+	const key = "compare-correctness"
+	runCtx, cancel := context.WithTimeout(ctx, w.Duration)
+	defer cancel()
+
+	var vanishTimes []time.Time
+	var wg sync.WaitGroup
+	for c := 0; c < w.Clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(w.Seed, uint64(c)))
+			owner := fmt.Sprintf("client-%d", c)
+			for runCtx.Err() == nil {
+				l := w.locker(c)
+				actx, acancel := context.WithCancel(runCtx)
+				vanishing := false
+				if w.vanish != nil {
+					if after, ok := w.vanish(c); ok {
+						vanishing = true
+						time.AfterFunc(after, acancel)
+					}
+				}
+				call := time.Now()
+				lease, err := l.Acquire(actx, key, owner, w.TTL, w.Wait)
+				ret := time.Now()
+				acancel()
+				op := histOp{Kind: opAcquire, Client: c, Call: call, Return: ret}
+				switch {
+				case err == nil:
+					op.Granted, op.Token = true, lease.Token
+				case errors.Is(err, backend.ErrHeld):
+				default:
+					op.Unknown = true
+				}
+				mu.Lock()
+				counted := err == nil || runCtx.Err() == nil
+				switch {
+				case err == nil:
+					res.Granted++
+				case vanishing && actx.Err() != nil && runCtx.Err() == nil:
+					// A vanished client did not ask to be served.
+					res.Vanished++
+					counted = false
+					vanishTimes = append(vanishTimes, ret)
+				case runCtx.Err() != nil:
+				case errors.Is(err, backend.ErrHeld):
+					res.TimedOut++
+				default:
+					res.Errors++
+					if res.FirstError == "" {
+						res.FirstError = err.Error()
+					}
+				}
+				if counted {
+					res.Attempts++
+				}
+				// A call may not outlive its wait by much: the contract
+				// bounds an acquire by req.Wait.
+				if took := ret.Sub(call); !vanishing && took > w.Wait+overrunSlack {
+					res.Overran++
+					res.LongestCall = max(res.LongestCall, took)
+				}
+				res.History = append(res.History, op)
+				mu.Unlock()
+				if err != nil {
+					if !errors.Is(err, backend.ErrHeld) && runCtx.Err() == nil && !vanishing && w.onError != nil {
+						w.onError(c, err)
+					}
+					sleepCtx(runCtx, time.Duration(5+rng.IntN(10))*time.Millisecond)
+					continue
+				}
+				// The critical section: read, think, write, on both registers.
+				start := time.Now()
+				fr := fenced.read(c, lease.Deadline(), start)
+				ur := unfenced.read(c, lease.Deadline(), start)
+				think := time.Duration(rng.Int64N(int64(2*w.Hold) + 1))
+				if w.stall != nil {
+					if d := w.stall(c, ret); d > 0 {
+						mu.Lock()
+						res.Deaths = append(res.Deaths, death{Client: c, At: time.Now()})
+						mu.Unlock()
+						think = d
+					}
+				}
+				time.Sleep(think)
+				end := time.Now()
+				fa, _ := fenced.write(c, lease.Token, fr, end)
+				ua, _ := unfenced.write(c, lease.Token, ur, end)
+				mu.Lock()
+				res.History = append(res.History, histOp{Kind: opRMW, Client: c, Call: start, Return: time.Now(),
+					Token: lease.Token, FRead: fr, URead: ur, FAccepted: fa, UAccepted: ua})
+				mu.Unlock()
+				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				if err := l.Release(rctx, lease); err != nil && !errors.Is(err, backend.ErrLeaseExpired) && w.onError != nil {
+					w.onError(c, err)
+				}
+				rcancel()
+			}
+		}(c)
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		case <-tick.C:
+			if progress != nil {
+				progress(float64(time.Since(res.Started)) / float64(w.Duration))
+			}
+		}
+	}
+	res.Ended = time.Now()
+	res.Fenced, res.Unfenced = fenced.stats(), unfenced.stats()
+	sort.Slice(res.History, func(i, j int) bool { return res.History[i].Call.Before(res.History[j].Call) })
+	res.LongestUnavail = longestGap(res.History, res.Started, res.Ended)
+	res.TimeToFree = timesToFree(res.History, res.Deaths)
+	res.StalledHandoffs = stalledAfter(res.History, vanishTimes, w.TTL/2)
+	return res
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func grantTimes(h []histOp) []time.Time {
+	var ts []time.Time
+	for _, op := range h {
+		if op.Kind == opAcquire && op.Granted {
+			ts = append(ts, op.Return)
+		}
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
+	return ts
+}
+
+// longestGap is the longest stretch of the run with no grant at all: while
+// it lasted, every client that asked for the lock went without.
+func longestGap(h []histOp, start, end time.Time) time.Duration {
+	prev, longest := start, time.Duration(0)
+	for _, t := range append(grantTimes(h), end) {
+		if d := t.Sub(prev); d > longest {
+			longest = d
+		}
+		prev = t
+	}
+	return longest
+}
+
+// timesToFree measures, for every dead holder, how long until another
+// client was granted the lock.
+func timesToFree(h []histOp, deaths []death) []time.Duration {
+	var out []time.Duration
+	for _, d := range deaths {
+		for _, op := range h {
+			if op.Kind == opAcquire && op.Granted && op.Client != d.Client && op.Return.After(d.At) {
+				out = append(out, op.Return.Sub(d.At))
+				break
+			}
+		}
+	}
+	return out
+}
+
+// stalledAfter counts vanished waiters after which the lock sat unused for
+// longer than limit: a slot the vanished client left behind.
+func stalledAfter(h []histOp, vanished []time.Time, limit time.Duration) int64 {
+	gs := grantTimes(h)
+	var n int64
+	for _, v := range vanished {
+		i := sort.Search(len(gs), func(i int) bool { return gs[i].After(v) })
+		if i < len(gs) && gs[i].Sub(v) > limit {
+			n++
+		}
+	}
+	return n
+}

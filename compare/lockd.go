@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// lockdHandler builds lockd's HTTP API over a backend. It is nil while
+// internal/httpapi is not in the tree; lockd is then driven through the
+// backend contract in process, and the report says so.
+var lockdHandler func(b backend.Backend) http.Handler
+
+// viaLockd names how lockd was driven in this build.
+func viaLockd() string {
+	if lockdHandler != nil {
+		return "lockd (HTTP)"
+	}
+	return "lockd (contract, no HTTP)"
+}
+
+// lockdReplica is one lockd: the backend under test behind lockd's HTTP API
+// on a loopback port, in this process.
+type lockdReplica struct {
+	b   backend.Backend
+	srv *http.Server
+	url string
+
+	mu     sync.Mutex
+	killed bool
+	locker Locker
+}
+
+func startLockd(b backend.Backend) (*lockdReplica, error) {
+	r := &lockdReplica{b: b}
+	if lockdHandler == nil {
+		r.locker = &guardedLocker{r: r, Locker: contractLocker{b: b}}
+		return r, nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	r.srv = &http.Server{Handler: lockdHandler(b), ReadHeaderTimeout: 5 * time.Second}
+	r.url = "http://" + ln.Addr().String()
+	go r.srv.Serve(ln)
+	r.locker = newHTTPLocker(r.url)
+	return r, nil
+}
+
+// Locker returns a client of this replica. Over HTTP each call returns a
+// fresh client (its own connection pool), as separate processes would have.
+func (r *lockdReplica) Locker() Locker {
+	if r.srv != nil {
+		return newHTTPLocker(r.url)
+	}
+	return r.locker
+}
+
+// kill stops the replica abruptly: connections are cut, in-flight long
+// polls die, the backend's connections close. Its grants live on in the
+// store.
+func (r *lockdReplica) kill() {
+	r.mu.Lock()
+	r.killed = true
+	r.mu.Unlock()
+	if r.srv != nil {
+		r.srv.Close()
+	}
+	r.b.Close()
+}
+
+// stop shuts the replica down gracefully.
+func (r *lockdReplica) stop() {
+	if r.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r.srv.Shutdown(ctx)
+		cancel()
+	}
+	r.b.Close()
+}
+
+// guardedLocker makes a killed in-process replica refuse calls like a dead
+// process would, instead of calling into a closed backend.
+type guardedLocker struct {
+	r *lockdReplica
+	Locker
+}
+
+func (g *guardedLocker) dead() bool {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	return g.r.killed
+}
+
+func (g *guardedLocker) Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error) {
+	if g.dead() {
+		return nil, errReplicaDead
+	}
+	return g.Locker.Acquire(ctx, key, owner, ttl, wait)
+}
+
+func (g *guardedLocker) Release(ctx context.Context, l *Lease) error {
+	if g.dead() {
+		return errReplicaDead
+	}
+	return g.Locker.Release(ctx, l)
+}
+
+var errReplicaDead = &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "lockd replica killed"}}

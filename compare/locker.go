@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// Locker is what every workload drives. lockd (through its HTTP API, or
+// through the backend contract when the HTTP layer is absent) and each direct
+// client library implement it, so the same workload code measures all of
+// them.
+type Locker interface {
+	// Acquire waits up to wait for key. Not granted in time: an error
+	// wrapping backend.ErrHeld.
+	Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error)
+	Release(ctx context.Context, l *Lease) error
+	Close() error
+}
+
+// Lease is a held lock as a workload sees it.
+type Lease struct {
+	Key   string
+	ID    string
+	Token uint64
+	// Sent is when the acquire request left the client: the client's own
+	// deadline is Sent + TTL (the lock service's clock is not trusted).
+	Sent time.Time
+	TTL  time.Duration
+	// handle carries a direct library's own lock object.
+	handle any
+}
+
+// Deadline is the last instant the holder may believe it holds the lock.
+func (l *Lease) Deadline() time.Time { return l.Sent.Add(l.TTL) }
+
+// contractLocker drives a backend.Backend directly, in process: lockd
+// without its HTTP layer.
+type contractLocker struct{ b backend.Backend }
+
+func (c contractLocker) Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error) {
+	sent := time.Now()
+	g, err := c.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: owner, TTL: ttl, Wait: wait})
+	if err != nil {
+		return nil, err
+	}
+	return &Lease{Key: key, ID: g.LeaseID, Token: g.Token, Sent: sent, TTL: ttl}, nil
+}
+
+func (c contractLocker) Release(ctx context.Context, l *Lease) error {
+	return c.b.Release(ctx, l.Key, l.ID)
+}
+
+func (c contractLocker) Close() error { return nil }
+
+// httpLocker speaks lockd's v1 HTTP API with plain net/http, exactly as
+// issue 2 writes it: a client that knows nothing of lockd's Go packages.
+type httpLocker struct {
+	base string
+	hc   *http.Client
+}
+
+func newHTTPLocker(base string) *httpLocker {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 512
+	tr.MaxConnsPerHost = 0
+	return &httpLocker{base: base, hc: &http.Client{Transport: tr}}
+}
+
+type problem struct {
+	Status int    `json:"status"`
+	Code   string `json:"code"`
+	Detail string `json:"detail"`
+}
+
+func (h *httpLocker) post(ctx context.Context, key, op string, body any) (*http.Response, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/locks/"+url.PathEscape(key)+"/"+op, bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := h.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, errors.Join(err, ctx.Err())
+		}
+		return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+	}
+	return resp, nil
+}
+
+// errorFrom maps a problem+json answer back onto the contract's sentinels.
+func errorFrom(resp *http.Response) error {
+	var p problem
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	_ = json.Unmarshal(body, &p)
+	switch {
+	case resp.StatusCode == http.StatusConflict:
+		return fmt.Errorf("%w: %s", backend.ErrHeld, p.Detail)
+	case resp.StatusCode == http.StatusGone:
+		return fmt.Errorf("%w: %s", backend.ErrLeaseExpired, p.Detail)
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return fmt.Errorf("%w: %s %s", backend.ErrUnavailable, p.Code, p.Detail)
+	default:
+		return fmt.Errorf("lockd: HTTP %d %s %s", resp.StatusCode, p.Code, p.Detail)
+	}
+}
+
+func (h *httpLocker) Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error) {
+	sent := time.Now()
+	resp, err := h.post(ctx, key, "acquire", map[string]any{
+		"ttl_ms": ttl.Milliseconds(), "wait_ms": wait.Milliseconds(), "owner": owner,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, errorFrom(resp)
+	}
+	var g struct {
+		LeaseID string `json:"lease_id"`
+		Token   uint64 `json:"token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&g); err != nil {
+		return nil, fmt.Errorf("lockd: decode grant: %w", err)
+	}
+	return &Lease{Key: key, ID: g.LeaseID, Token: g.Token, Sent: sent, TTL: ttl}, nil
+}
+
+func (h *httpLocker) Release(ctx context.Context, l *Lease) error {
+	resp, err := h.post(ctx, l.Key, "release", map[string]any{"lease_id": l.ID})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
+		return errorFrom(resp)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+func (h *httpLocker) Close() error {
+	h.hc.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,542 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+)
+
+// targetSpec is a goal from issue 5, checked against this run's numbers.
+type targetSpec struct {
+	Backend string
+	What    string
+	Limit   float64
+	Unit    string
+	measure func(br *BackendRun) (float64, string, bool) // value, how it was computed, ok
+}
+
+func findLatency(br *BackendRun, via string) *Percentiles {
+	for _, c := range br.Latency {
+		if c.Via == via && c.Lat != nil {
+			return c.Lat
+		}
+	}
+	return nil
+}
+
+func findHandoff(br *BackendRun, via string, waiters int) *Percentiles {
+	for _, c := range br.Handoff {
+		if c.Via == via && c.Waiters == waiters && c.Lat != nil {
+			return c.Lat
+		}
+	}
+	return nil
+}
+
+func overheadTarget(backend, direct string, limit float64) targetSpec {
+	return targetSpec{Backend: backend, What: "lockd/" + direct + " uncontended p50", Limit: limit, Unit: "×",
+		measure: func(br *BackendRun) (float64, string, bool) {
+			l, d := findLatency(br, res0Via(br)), findLatency(br, direct)
+			if l == nil || d == nil {
+				return 0, "", false
+			}
+			return l.P50 / d.P50, fmt.Sprintf("%s / %s", fmtUS(l.P50), fmtUS(d.P50)), true
+		}}
+}
+
+// res0Via is how lockd was driven in the run that produced br.
+func res0Via(br *BackendRun) string {
+	for _, c := range br.Latency {
+		if strings.HasPrefix(c.Via, "lockd") {
+			return c.Via
+		}
+	}
+	for _, c := range br.Handoff {
+		if strings.HasPrefix(c.Via, "lockd") {
+			return c.Via
+		}
+	}
+	return viaLockd()
+}
+
+func targetSpecs() []targetSpec {
+	return []targetSpec{
+		overheadTarget("etcd", "concurrency.Mutex", 1.25),
+		overheadTarget("zk", "zk.Lock", 1.25),
+		overheadTarget("redis", "SET NX PX", 2),
+		{Backend: "redis", What: "handoff p50, 1 waiter", Limit: 1000, Unit: "µs", measure: func(br *BackendRun) (float64, string, bool) {
+			h := findHandoff(br, res0Via(br), 1)
+			if h == nil {
+				return 0, "", false
+			}
+			return h.P50, "", true
+		}},
+		{Backend: "etcd", What: "handoff p99, 1 waiter", Limit: 10000, Unit: "µs", measure: func(br *BackendRun) (float64, string, bool) {
+			h := findHandoff(br, res0Via(br), 1)
+			if h == nil {
+				return 0, "", false
+			}
+			return h.P99, "", true
+		}},
+		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", measure: func(br *BackendRun) (float64, string, bool) {
+			l, d := findHandoff(br, res0Via(br), 1), findHandoff(br, "zk.Lock", 1)
+			if l == nil || d == nil {
+				return 0, "", false
+			}
+			return l.P50 / d.P50, fmt.Sprintf("%s / %s", fmtUS(l.P50), fmtUS(d.P50)), true
+		}},
+	}
+}
+
+func fmtUS(us float64) string {
+	switch {
+	case us >= 1e6:
+		return fmt.Sprintf("%.2f s", us/1e6)
+	case us >= 1000:
+		return fmt.Sprintf("%.2f ms", us/1000)
+	default:
+		return fmt.Sprintf("%.0f µs", us)
+	}
+}
+
+func fmtTarget(v float64, unit string) string {
+	if unit == "µs" {
+		return fmtUS(v)
+	}
+	return fmt.Sprintf("%.2f%s", v, unit)
+}
+
+func markdownReport(r *Results) string { return buildReport(r).markdown() }
+func htmlReport(r *Results) string     { return buildReport(r).html() }
+
+func buildReport(r *Results) *doc {
+	d := &doc{}
+	d.h1("lockd backends compared")
+	mode := "full"
+	if r.Quick {
+		mode = "quick (-quick: scaled down, a smoke run; do not quote its numbers)"
+	}
+	meta := []string{
+		fmt.Sprintf("Run: %s, took %s, mode %s", r.Started.UTC().Format(time.RFC3339), r.Finished.Sub(r.Started).Round(time.Second), mode),
+		fmt.Sprintf("Machine: %s, %d cores, %s memory, %s", r.Machine.CPU, r.Machine.Cores, r.Machine.MemoryGB, r.Machine.OS),
+		fmt.Sprintf("Go: %s; seed %d; measuring time per cell %s", r.GoVersion, r.Seed, r.Duration),
+		fmt.Sprintf("lockd driven as: **%s**", r.Lockd),
+	}
+	for _, br := range r.Backends {
+		if br.Skipped != "" {
+			meta = append(meta, fmt.Sprintf("%s: **skipped** (%s); install: `%s`", br.Name, br.Skipped, br.Install))
+		} else {
+			meta = append(meta, fmt.Sprintf("%s: %s, %s", br.Name, br.Server, br.Version))
+		}
+	}
+	d.list(meta...)
+	if r.Lockd != "lockd (HTTP)" {
+		d.p("**lockd's HTTP layer (internal/httpapi) was not in this build**: the lockd columns measure the backend contract called in process, without HTTP. Overhead ratios therefore leave out HTTP's cost.")
+	}
+	if len(r.Scaled) > 0 {
+		d.p("Scaled down in this run:")
+		d.list(r.Scaled...)
+	}
+	d.p("Numbers compare only within this run on this machine. Every number below was measured in this run; a cell that could not be measured says why.")
+
+	ran := []*BackendRun{}
+	for _, br := range r.Backends {
+		if br.Skipped == "" {
+			ran = append(ran, br)
+		}
+	}
+	verdicts(d, r, ran)
+	targetsSection(d, ran)
+	latencySection(d, ran)
+	handoffSection(d, ran)
+	throughputSection(d, ran)
+	correctnessSection(d, ran)
+	meaningSection(d, ran)
+	d.h2("Not measured by this version of compare")
+	d.list(
+		"Memory with 100,000 held leases being renewed and with 10,000 clients long-polling one key: not implemented yet.",
+		"Backend round trips per acquire (counting wrapper on each client): not implemented yet.",
+		"Clock jumps on one Redis node: not injected (it cannot be done safely on a shared machine).",
+	)
+	d.h2("How each scenario works")
+	var items []string
+	for _, s := range allScenarios {
+		if contains(r.Scenarios, s.Name) {
+			items = append(items, fmt.Sprintf("**%s** (`%s`): %s.", s.Title, s.Name, s.About))
+		}
+	}
+	d.list(items...)
+	d.p("Correctness workload: clients loop acquire (waiting) → read a counter → think (0..2 ms) → write counter+1 → release, on one key. Every critical section touches two registers at once: a fenced one that refuses a token lower than the highest it accepted, and an unfenced one that accepts everything, so one run measures both modes. A mutual-exclusion violation is a critical section entered while another client is inside its own and both leases are unexpired by their holders' own clocks (deadline = when the acquire was sent + TTL). The whole history is checked with porcupine against a fenced-mutex model (grants in real-time order carry increasing tokens; each critical section is one atomic read-modify-write; in fenced mode a refused write changes nothing); acquires that failed or timed out constrain nothing (unknown outcome).")
+	return d
+}
+
+func correctnessCell(br *BackendRun, scen string) *CorrectnessCell {
+	for i := range br.Correctness {
+		if br.Correctness[i].Scenario == scen {
+			return &br.Correctness[i]
+		}
+	}
+	return nil
+}
+
+func verdicts(d *doc, r *Results, ran []*BackendRun) {
+	d.h2("Verdict")
+	if len(ran) == 0 {
+		d.p("No backend could run: nothing was measured.")
+		return
+	}
+	head := []string{"scenario"}
+	for _, br := range ran {
+		head = append(head, br.Name)
+	}
+	var rows [][]tcell
+	for _, s := range allScenarios {
+		if s.Perf || !contains(r.Scenarios, s.Name) {
+			continue
+		}
+		row := []tcell{plain(s.Title)}
+		for _, br := range ran {
+			c := correctnessCell(br, s.Name)
+			switch {
+			case c == nil:
+				row = append(row, plain("not run"))
+			case c.Unmeasured != "":
+				row = append(row, plain("not measured: "+c.Unmeasured))
+			default:
+				cls, v := "pass", "safe with fencing"
+				if !c.Pass {
+					cls, v = "fail", "UNSAFE: "+strings.Join(c.Why, "; ")
+				}
+				txt := fmt.Sprintf("%s\navailability %.1f%%, longest outage %s\nME violations %d; fenced: %d stale refused\nunfenced: %d stale accepted, %d lost",
+					v, 100*c.Availability, fmtMS(c.LongestUnavailMs), c.Overlaps, c.Fenced.StaleRejected, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements)
+				if len(c.TimeToFreeMs) > 0 {
+					txt += fmt.Sprintf("\nfree after holder death: %s", fmtMSList(c.TimeToFreeMs))
+				}
+				if c.Overran > 0 {
+					txt += fmt.Sprintf("\n%d acquires overran their wait (longest %s)", c.Overran, fmtMS(c.LongestCallMs))
+				}
+				row = append(row, tcell{text: txt, class: cls})
+			}
+		}
+		rows = append(rows, row)
+	}
+	for _, t := range targetSpecs() {
+		row := []tcell{plain("target: " + t.What)}
+		any := false
+		for _, br := range ran {
+			if br.Name != t.Backend {
+				row = append(row, plain("—"))
+				continue
+			}
+			any = true
+			v, how, ok := t.measure(br)
+			if !ok {
+				row = append(row, plain("not measured (a latency or handoff cell is missing)"))
+				continue
+			}
+			cls := "pass"
+			if v > t.Limit {
+				cls = "fail"
+			}
+			txt := fmt.Sprintf("%s (target ≤ %s)", fmtTarget(v, t.Unit), fmtTarget(t.Limit, t.Unit))
+			if how != "" {
+				txt += "\n" + how
+			}
+			row = append(row, tcell{text: txt, class: cls})
+		}
+		if any {
+			rows = append(rows, row)
+		}
+	}
+	d.table(head, rows)
+	d.p("Green: with fencing, no mutual-exclusion violation, no stale write accepted, no increment lost, and the history checks as linearizable. The unfenced numbers show what the same lock history would have done to a resource that does not check tokens.")
+}
+
+func fmtMS(v float64) string { return fmtUS(v * 1000) }
+
+func fmtMSList(vs []float64) string {
+	var s []string
+	for _, v := range vs {
+		s = append(s, fmtMS(v))
+	}
+	return strings.Join(s, ", ")
+}
+
+func targetsSection(d *doc, ran []*BackendRun) {
+	d.h2("Targets (issue 5)")
+	var items []string
+	for _, t := range targetSpecs() {
+		var br *BackendRun
+		for _, b := range ran {
+			if b.Name == t.Backend {
+				br = b
+			}
+		}
+		if br == nil {
+			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not measured (backend not run).", t.Backend, t.What, fmtTarget(t.Limit, t.Unit)))
+			continue
+		}
+		v, how, ok := t.measure(br)
+		switch {
+		case !ok:
+			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not measured (a needed cell is missing).", t.Backend, t.What, fmtTarget(t.Limit, t.Unit)))
+		case v <= t.Limit:
+			items = append(items, fmt.Sprintf("%s — %s: **%s, met** (target ≤ %s) %s", t.Backend, t.What, fmtTarget(v, t.Unit), fmtTarget(t.Limit, t.Unit), how))
+		default:
+			items = append(items, fmt.Sprintf("%s — %s: **%s, MISSED** (target ≤ %s) %s", t.Backend, t.What, fmtTarget(v, t.Unit), fmtTarget(t.Limit, t.Unit), how))
+		}
+	}
+	d.list(items...)
+}
+
+func latencySection(d *doc, ran []*BackendRun) {
+	d.h2("Uncontended acquire + release latency")
+	for _, br := range ran {
+		if len(br.Latency) == 0 {
+			continue
+		}
+		d.h3(br.Name)
+		lockd := findLatency(br, res0Via(br))
+		var rows [][]tcell
+		var ss []series
+		for _, c := range br.Latency {
+			if c.Lat == nil {
+				rows = append(rows, []tcell{plain(c.Via), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain(""), plain(""), plain(""), plain("")})
+				continue
+			}
+			ratio := "—"
+			if lockd != nil && !strings.HasPrefix(c.Via, "lockd") {
+				ratio = fmt.Sprintf("%.2f×", lockd.P50/c.Lat.P50)
+			}
+			rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Lat.N)), plain(fmtUS(c.Lat.P50)), plain(fmtUS(c.Lat.P90)),
+				plain(fmtUS(c.Lat.P99)), plain(fmtUS(c.Lat.P999)), plain(fmtUS(c.Lat.Max)), plain(ratio)})
+			ss = append(ss, series{Name: c.Via, Pts: c.CDF})
+		}
+		d.table([]string{"via", "samples", "p50", "p90", "p99", "p99.9", "max", "lockd p50 / this p50"}, rows)
+		d.chart(chart{Title: br.Name + ": acquire+release latency CDF", XLabel: "latency (µs, log scale)", YLabel: "fraction ≤ x", LogX: true, YMax: 1, Series: ss})
+	}
+}
+
+func handoffSection(d *doc, ran []*BackendRun) {
+	d.h2("Contended handoff")
+	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a *different* client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", fifoSlack)
+	for _, br := range ran {
+		if len(br.Handoff) == 0 {
+			continue
+		}
+		d.h3(br.Name)
+		var rows [][]tcell
+		var ss []series
+		for _, c := range br.Handoff {
+			if c.Lat == nil {
+				rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain(""), plain(""), plain(""), plain("")})
+				continue
+			}
+			rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain(fmt.Sprint(c.Handoffs)), plain(fmtUS(c.Lat.P50)),
+				plain(fmtUS(c.Lat.P99)), plain(fmtUS(c.Lat.Max)), plain(fmt.Sprintf("%d of %d", c.ReWins, c.Grants)), plain(fmt.Sprint(c.FIFOViolations)), plain(fmtMS(c.LongestWaitMs))})
+			ss = append(ss, series{Name: fmt.Sprintf("%s, %d w", c.Via, c.Waiters), Pts: c.CDF})
+		}
+		d.table([]string{"via", "waiters", "handoffs", "p50", "p99", "max", "re-wins", "FIFO violations", "longest wait"}, rows)
+		d.chart(chart{Title: br.Name + ": handoff latency CDF", XLabel: "handoff latency (µs, log scale)", YLabel: "fraction ≤ x", LogX: true, YMax: 1, Series: ss})
+	}
+}
+
+func throughputSection(d *doc, ran []*BackendRun) {
+	d.h2("Throughput")
+	d.p("Closed loop: each client acquires (waiting up to 5 s) a key drawn at random among the keys, then releases it. CPU is this whole process's (getrusage) per 1,000 grants: load generator plus lockd, plus the embedded server for etcd; the direct rows show the same load generator without lockd, so the difference is lockd's share.")
+	for _, br := range ran {
+		if len(br.Throughput) == 0 {
+			continue
+		}
+		d.h3(br.Name)
+		var rows [][]tcell
+		byKeys := map[int]map[string][][2]float64{}
+		for _, c := range br.Throughput {
+			if c.Unmeasured != "" {
+				rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Clients)), plain(fmt.Sprint(c.Keys)), plain("not measured: " + c.Unmeasured), plain(""), plain("")})
+				continue
+			}
+			rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Clients)), plain(fmt.Sprint(c.Keys)), plain(fmt.Sprintf("%.0f", c.PerSec)),
+				plain(fmt.Sprintf("%.3f", c.CPUPer1000)), plain(fmt.Sprint(c.Errors))})
+			if byKeys[c.Keys] == nil {
+				byKeys[c.Keys] = map[string][][2]float64{}
+			}
+			byKeys[c.Keys][c.Via] = append(byKeys[c.Keys][c.Via], [2]float64{float64(c.Clients), c.PerSec})
+		}
+		d.table([]string{"via", "clients", "keys", "grants/s", "process CPU s / 1,000 grants", "errors"}, rows)
+		var keys []int
+		for k := range byKeys {
+			keys = append(keys, k)
+		}
+		sort.Ints(keys)
+		for _, k := range keys {
+			var ss []series
+			var vias []string
+			for v := range byKeys[k] {
+				vias = append(vias, v)
+			}
+			sort.Strings(vias)
+			for _, v := range vias {
+				ss = append(ss, series{Name: v, Pts: byKeys[k][v]})
+			}
+			d.chart(chart{Title: fmt.Sprintf("%s: grants/s vs clients, %d key(s)", br.Name, k), XLabel: "clients (log scale)", YLabel: "grants/s", LogX: true, Series: ss})
+		}
+	}
+}
+
+func correctnessSection(d *doc, ran []*BackendRun) {
+	d.h2("Correctness details")
+	for _, br := range ran {
+		if len(br.Correctness) == 0 {
+			continue
+		}
+		d.h3(br.Name)
+		var rows [][]tcell
+		for _, c := range br.Correctness {
+			if c.Unmeasured != "" {
+				rows = append(rows, []tcell{plain(c.Scenario), plain("not measured: " + c.Unmeasured)})
+				continue
+			}
+			free := "—"
+			if len(c.TimeToFreeMs) > 0 {
+				free = fmtMSList(c.TimeToFreeMs)
+			}
+			rows = append(rows, []tcell{plain(c.Scenario), plain(fmt.Sprintf(
+				"%d attempts, %d granted, %d timed out, %d failed, %d vanished; availability %.1f%%; longest outage %s; free after holder death %s\n"+
+					"ME violations %d (overlaps after the holder's lease ran out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
+					"fenced: %d writes, %d stale refused, %d stale accepted, %d lost; check %s (%d ops)\n"+
+					"unfenced: %d writes, %d stale accepted, %d lost; check %s",
+				c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished, 100*c.Availability, fmtMS(c.LongestUnavailMs), free,
+				c.Overlaps, c.ExpiredOverlaps, c.StalledVanish, c.Overran, fmtMS(c.LongestCallMs),
+				c.Fenced.Writes, c.Fenced.StaleRejected, c.Fenced.StaleAccepted, c.Fenced.LostIncrements, c.Fenced.Check.Result, c.Fenced.Check.Ops,
+				c.Unfenced.Writes, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements, c.Unfenced.Check.Result))})
+		}
+		d.table([]string{"scenario", "measured"}, rows)
+		for _, c := range br.Correctness {
+			var lines []string
+			lines = append(lines, c.Events...)
+			if c.FirstError != "" {
+				lines = append(lines, "first failed acquire: "+c.FirstError)
+			}
+			if c.FirstOverlap != "" {
+				lines = append(lines, "first mutual-exclusion violation: "+c.FirstOverlap)
+			}
+			if c.Fenced.Check.FirstViolation != "" {
+				lines = append(lines, "fenced history, first violating interleaving:\n"+c.Fenced.Check.FirstViolation)
+			}
+			if c.Unfenced.Check.FirstViolation != "" {
+				lines = append(lines, "unfenced history, first violating interleaving:\n"+c.Unfenced.Check.FirstViolation)
+			}
+			if len(lines) > 0 {
+				d.p("**%s / %s**:", br.Name, c.Scenario)
+				d.pre(strings.Join(lines, "\n"))
+			}
+		}
+	}
+}
+
+// meaningSection states, backend by backend, only what the numbers above
+// show.
+func meaningSection(d *doc, ran []*BackendRun) {
+	d.h2("What this means for choosing a backend")
+	if len(ran) == 0 {
+		d.p("Nothing ran, so nothing can be said.")
+		return
+	}
+	var items []string
+	// Safety.
+	for _, br := range ran {
+		var unsafe, safe []string
+		for _, c := range br.Correctness {
+			if c.Unmeasured != "" {
+				continue
+			}
+			if c.Pass {
+				safe = append(safe, c.Scenario)
+			} else {
+				unsafe = append(unsafe, fmt.Sprintf("%s (%s)", c.Scenario, strings.Join(c.Why, "; ")))
+			}
+		}
+		switch {
+		case len(unsafe) > 0:
+			items = append(items, fmt.Sprintf("**%s** was unsafe in this run under: %s.", br.Name, strings.Join(unsafe, ", ")))
+		case len(safe) > 0:
+			items = append(items, fmt.Sprintf("**%s** kept locks safe (with fencing) in every scenario run: %s.", br.Name, strings.Join(safe, ", ")))
+		}
+		var saved []string
+		for _, c := range br.Correctness {
+			if c.Unmeasured == "" && c.Unfenced.StaleAccepted > 0 {
+				saved = append(saved, fmt.Sprintf("%s: %d stale writes, %d lost increments", c.Scenario, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements))
+			}
+		}
+		if len(saved) > 0 {
+			items = append(items, fmt.Sprintf("On %s, a resource that ignores tokens would have accepted %s — fencing refused them.", br.Name, strings.Join(saved, "; ")))
+		}
+	}
+	// Speed: rank lockd's uncontended p50 and 1-waiter handoff p50.
+	type rank struct {
+		name string
+		v    float64
+	}
+	var lat, hand []rank
+	for _, br := range ran {
+		if l := findLatency(br, res0Via(br)); l != nil {
+			lat = append(lat, rank{br.Name, l.P50})
+		}
+		if h := findHandoff(br, res0Via(br), 1); h != nil {
+			hand = append(hand, rank{br.Name, h.P50})
+		}
+	}
+	order := func(rs []rank) string {
+		sort.Slice(rs, func(i, j int) bool { return rs[i].v < rs[j].v })
+		var s []string
+		for _, r := range rs {
+			s = append(s, fmt.Sprintf("%s %s", r.name, fmtUS(r.v)))
+		}
+		return strings.Join(s, " < ")
+	}
+	if len(lat) > 1 {
+		items = append(items, "Uncontended acquire+release through lockd, p50: "+order(lat)+".")
+	} else if len(lat) == 1 {
+		items = append(items, fmt.Sprintf("Uncontended acquire+release through lockd on %s: p50 %s (only one backend ran, nothing to rank).", lat[0].name, fmtUS(lat[0].v)))
+	}
+	if len(hand) > 1 {
+		items = append(items, "Handoff to the next waiter through lockd, p50 with 1 waiter: "+order(hand)+".")
+	} else if len(hand) == 1 {
+		items = append(items, fmt.Sprintf("Handoff through lockd on %s, p50 with 1 waiter: %s.", hand[0].name, fmtUS(hand[0].v)))
+	}
+	var best []rank
+	for _, br := range ran {
+		top := 0.0
+		for _, c := range br.Throughput {
+			if strings.HasPrefix(c.Via, "lockd") && c.PerSec > top {
+				top = c.PerSec
+			}
+		}
+		if top > 0 {
+			best = append(best, rank{br.Name, top})
+		}
+	}
+	if len(best) > 0 {
+		sort.Slice(best, func(i, j int) bool { return best[i].v > best[j].v })
+		var s []string
+		for _, r := range best {
+			s = append(s, fmt.Sprintf("%s %.0f/s", r.name, r.v))
+		}
+		items = append(items, "Highest lockd throughput seen in the matrix: "+strings.Join(s, ", ")+".")
+	}
+	for _, br := range ran {
+		for _, c := range br.Handoff {
+			if c.FIFOViolations > 0 && c.Lat != nil {
+				items = append(items, fmt.Sprintf("%s via %s served waiters out of arrival order %d times with %d waiters (longest wait %s).", br.Name, c.Via, c.FIFOViolations, c.Waiters, fmtMS(c.LongestWaitMs)))
+			}
+		}
+	}
+	if len(items) == 0 {
+		items = append(items, "No cell was measured, so nothing can be said.")
+	}
+	d.list(items...)
+	_ = math.NaN
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"fmt"
+	"time"
+)
+
+// Results is everything one run measured; results.json is this value.
+type Results struct {
+	Started   time.Time     `json:"started"`
+	Finished  time.Time     `json:"finished"`
+	Machine   Machine       `json:"machine"`
+	GoVersion string        `json:"go_version"`
+	Seed      uint64        `json:"seed"`
+	Duration  string        `json:"duration_per_cell"`
+	Quick     bool          `json:"quick"`
+	Lockd     string        `json:"lockd_driven_as"`
+	Scenarios []string      `json:"scenarios"`
+	Scaled    []string      `json:"scaled_down,omitempty"`
+	Backends  []*BackendRun `json:"backends"`
+}
+
+// BackendRun is one column: everything measured on one backend.
+type BackendRun struct {
+	Name        string            `json:"name"`
+	Server      string            `json:"server"`
+	Version     string            `json:"version,omitempty"`
+	Skipped     string            `json:"skipped,omitempty"`
+	Install     string            `json:"install,omitempty"`
+	Notes       []string          `json:"notes,omitempty"`
+	Latency     []LatencyCell     `json:"latency,omitempty"`
+	Handoff     []HandoffCell     `json:"handoff,omitempty"`
+	Throughput  []ThroughputCell  `json:"throughput,omitempty"`
+	Correctness []CorrectnessCell `json:"correctness,omitempty"`
+}
+
+// LatencyCell: uncontended acquire+release through one way of locking.
+type LatencyCell struct {
+	Via        string       `json:"via"`
+	Lat        *Percentiles `json:"latency,omitempty"`
+	CDF        [][2]float64 `json:"cdf,omitempty"`
+	Unmeasured string       `json:"unmeasured,omitempty"`
+}
+
+// HandoffCell: contended handoff with Waiters waiters on one key.
+type HandoffCell struct {
+	Via            string       `json:"via"`
+	Waiters        int          `json:"waiters"`
+	Grants         int64        `json:"grants"`
+	Handoffs       int64        `json:"handoffs"`
+	ReWins         int64        `json:"rewins"`
+	Lat            *Percentiles `json:"handoff_latency,omitempty"`
+	FIFOViolations int64        `json:"fifo_violations"`
+	LongestWaitMs  float64      `json:"longest_wait_ms"`
+	CDF            [][2]float64 `json:"cdf,omitempty"`
+	Error          string       `json:"error,omitempty"`
+	Unmeasured     string       `json:"unmeasured,omitempty"`
+}
+
+// ThroughputCell: closed-loop grants per second.
+type ThroughputCell struct {
+	Via     string  `json:"via"`
+	Clients int     `json:"clients"`
+	Keys    int     `json:"keys"`
+	Grants  int64   `json:"grants"`
+	Errors  int64   `json:"errors"`
+	PerSec  float64 `json:"grants_per_s"`
+	// CPUPer1000 is this process's CPU seconds per 1,000 grants: the load
+	// generator and lockd (and, for etcd, the embedded server) together.
+	CPUPer1000 float64 `json:"process_cpu_s_per_1000_grants"`
+	Unmeasured string  `json:"unmeasured,omitempty"`
+}
+
+// ModeResult is what the resource saw in one mode (fenced or unfenced).
+type ModeResult struct {
+	Writes         int64       `json:"writes_accepted"`
+	StaleRejected  int64       `json:"stale_writes_rejected"`
+	StaleAccepted  int64       `json:"stale_writes_accepted"`
+	LostIncrements int64       `json:"lost_increments"`
+	Check          checkResult `json:"history_check"`
+}
+
+// CorrectnessCell: one backend × fault scenario.
+type CorrectnessCell struct {
+	Scenario  string  `json:"scenario"`
+	Clients   int     `json:"clients"`
+	TTLms     float64 `json:"ttl_ms"`
+	WaitMs    float64 `json:"wait_ms"`
+	DurationS float64 `json:"duration_s"`
+
+	Attempts int64 `json:"acquires_attempted"`
+	Granted  int64 `json:"acquires_granted"`
+	TimedOut int64 `json:"acquires_timed_out"`
+	Errors   int64 `json:"acquires_failed"`
+	Vanished int64 `json:"waiters_vanished"`
+	// Availability = granted / attempted (vanished waits not counted).
+	Availability     float64   `json:"availability"`
+	LongestUnavailMs float64   `json:"longest_unavailability_ms"`
+	TimeToFreeMs     []float64 `json:"time_to_free_ms,omitempty"`
+	FirstError       string    `json:"first_error,omitempty"`
+	// Overlaps: critical sections that overlapped while both holders'
+	// leases were unexpired (mutual-exclusion violations).
+	Overlaps        int64  `json:"mutual_exclusion_violations"`
+	ExpiredOverlaps int64  `json:"overlaps_after_holder_expired"`
+	FirstOverlap    string `json:"first_overlap,omitempty"`
+	StalledVanish   int64  `json:"stalls_after_vanished_waiter"`
+	// Overran: acquires that returned more than 1 s after their wait ran
+	// out (the contract bounds an acquire by its wait).
+	Overran       int64   `json:"acquires_overran_wait"`
+	LongestCallMs float64 `json:"longest_overrun_call_ms,omitempty"`
+
+	Fenced   ModeResult `json:"fenced"`
+	Unfenced ModeResult `json:"unfenced"`
+
+	Pass       bool     `json:"pass"`
+	Why        []string `json:"why,omitempty"`
+	Events     []string `json:"events,omitempty"`
+	Unmeasured string   `json:"unmeasured,omitempty"`
+}
+
+func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
+	c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished = r.Attempts, r.Granted, r.TimedOut, r.Errors, r.Vanished
+	if r.Attempts > 0 {
+		c.Availability = float64(r.Granted) / float64(r.Attempts)
+	}
+	c.LongestUnavailMs = ms64(r.LongestUnavail)
+	for _, d := range r.TimeToFree {
+		c.TimeToFreeMs = append(c.TimeToFreeMs, ms64(d))
+	}
+	c.FirstError = r.FirstError
+	c.Overlaps, c.ExpiredOverlaps, c.FirstOverlap = r.Fenced.Overlaps, r.Fenced.ExpiredOverlaps, r.Fenced.FirstOverlap
+	c.StalledVanish = r.StalledHandoffs
+	c.Overran, c.LongestCallMs = r.Overran, ms64(r.LongestCall)
+	mode := func(s registerStats, fenced bool) ModeResult {
+		return ModeResult{Writes: s.Accepted, StaleRejected: s.StaleRejected, StaleAccepted: s.StaleAccepted,
+			LostIncrements: s.LostIncrements, Check: checkHistory(r.History, fenced, r.Started, cfg.CheckFor)}
+	}
+	c.Fenced, c.Unfenced = mode(r.Fenced, true), mode(r.Unfenced, false)
+
+	// The verdict is about safety with fencing, plus progress at all.
+	if c.Overlaps > 0 {
+		c.Why = append(c.Why, fmt.Sprintf("%d mutual-exclusion violations (both leases unexpired)", c.Overlaps))
+	}
+	if c.Fenced.StaleAccepted > 0 {
+		c.Why = append(c.Why, fmt.Sprintf("%d stale writes accepted with fencing", c.Fenced.StaleAccepted))
+	}
+	if c.Fenced.LostIncrements > 0 {
+		c.Why = append(c.Why, fmt.Sprintf("%d increments lost with fencing", c.Fenced.LostIncrements))
+	}
+	if c.Fenced.Check.Result != "linearizable" {
+		c.Why = append(c.Why, "fenced history "+c.Fenced.Check.Result)
+	}
+	if c.Granted == 0 {
+		c.Why = append(c.Why, "no acquire was granted in the whole run")
+	}
+	c.Pass = len(c.Why) == 0
+}

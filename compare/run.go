@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// runTarget measures one backend: every requested scenario, lockd and the
+// direct libraries, on servers it starts and stops itself.
+func runTarget(ctx context.Context, t target, cfg config, sz sizes, stderr io.Writer) *BackendRun {
+	br := &BackendRun{Name: t.Name, Server: t.Server}
+	if why := t.missing(); why != "" {
+		br.Skipped, br.Install = why, t.Install
+		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" && t.start != nil {
+			br.Skipped += " (LOCKD_REQUIRE_SERVERS=1: this is a failure)"
+		}
+		fmt.Fprintf(stderr, "[%s] skipped: %s; install: %s\n", t.Name, why, t.Install)
+		return br
+	}
+	fmt.Fprintf(stderr, "[%s] starting %s (%d member(s))\n", t.Name, t.Server, t.PerfMembers)
+	d, err := t.start(t.PerfMembers)
+	if err != nil {
+		br.Skipped = "could not start the server: " + err.Error()
+		br.Install = t.Install
+		fmt.Fprintf(stderr, "[%s] %s\n", t.Name, br.Skipped)
+		return br
+	}
+	defer d.close()
+	br.Version, br.Notes = d.Version, append(br.Notes, d.notes...)
+
+	for _, name := range cfg.Scenarios {
+		if ctx.Err() != nil {
+			return br
+		}
+		sc, _ := scenarioByName(name)
+		b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
+		switch sc.Name {
+		case "latency":
+			br.Latency = runLatency(ctx, d, cfg, b)
+			b.done("")
+		case "handoff":
+			br.Handoff = runHandoff(ctx, d, cfg, sz, b)
+			b.done("")
+		case "throughput":
+			br.Throughput = runThroughput(ctx, d, cfg, sz, b)
+			b.done("")
+		case "member-kill":
+			// A fresh deployment: the kill must not disturb the store the
+			// other scenarios use, and it needs FaultMembers members.
+			fd, err := t.start(t.FaultMembers)
+			if err != nil {
+				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
+				b.done("not measured: " + err.Error())
+				continue
+			}
+			cell := runCorrectness(ctx, sc, fd, sz.correct, b.set)
+			fd.close()
+			br.Correctness = append(br.Correctness, cell)
+			b.done(cellStatus(cell))
+		default:
+			cell := runCorrectness(ctx, sc, d, sz.correct, b.set)
+			br.Correctness = append(br.Correctness, cell)
+			b.done(cellStatus(cell))
+		}
+	}
+	return br
+}
+
+func cellStatus(c CorrectnessCell) string {
+	if c.Unmeasured != "" {
+		return "not measured: " + c.Unmeasured
+	}
+	verdict := "PASS"
+	if !c.Pass {
+		verdict = "FAIL"
+	}
+	return fmt.Sprintf("%s: %d grants, availability %.1f%%, ME violations %d, fenced stale rejected %d, unfenced stale accepted %d, unfenced lost %d, fenced check %s",
+		verdict, c.Granted, 100*c.Availability, c.Overlaps, c.Fenced.StaleRejected, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements, c.Fenced.Check.Result)
+}
+
+// via is one way of locking on a deployment: lockd or a direct library.
+type via struct {
+	name      string
+	newClient clientFactory
+	close     func()
+}
+
+// vias returns lockd (one replica over a fresh backend) and then every
+// direct library, limited to maxDirect of them.
+func vias(d *deployment, maxDirect int) ([]via, error) {
+	b, err := d.newBackend(d.Addrs)
+	if err != nil {
+		return nil, fmt.Errorf("connect lockd to the store: %w", err)
+	}
+	r, err := startLockd(b)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	out := []via{{name: viaLockd(), newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop}}
+	for i, dl := range d.directs {
+		if i >= maxDirect {
+			break
+		}
+		out = append(out, via{name: dl.Name, newClient: func() (Locker, error) { return dl.New(d.Addrs) }, close: func() {}})
+	}
+	return out, nil
+}
+
+func closeVias(vs []via) {
+	for _, v := range vs {
+		v.close()
+	}
+}
+
+func runLatency(ctx context.Context, d *deployment, cfg config, b *bar) []LatencyCell {
+	vs, err := vias(d, len(d.directs))
+	if err != nil {
+		return []LatencyCell{{Via: viaLockd(), Unmeasured: err.Error()}}
+	}
+	defer closeVias(vs)
+	var cells []LatencyCell
+	for i, v := range vs {
+		h, err := measureLatency(ctx, v.newClient, cfg.Duration, b.part(i, len(vs)))
+		c := LatencyCell{Via: v.name}
+		if h != nil {
+			c.Lat, c.CDF = percentiles(h), cdf(h)
+		}
+		if err != nil {
+			c.Unmeasured = err.Error()
+		} else if c.Lat == nil {
+			c.Unmeasured = "no sample in the run"
+		}
+		cells = append(cells, c)
+	}
+	return cells
+}
+
+func runHandoff(ctx context.Context, d *deployment, cfg config, sz sizes, b *bar) []HandoffCell {
+	vs, err := vias(d, len(d.directs))
+	if err != nil {
+		return []HandoffCell{{Via: viaLockd(), Unmeasured: err.Error()}}
+	}
+	defer closeVias(vs)
+	var cells []HandoffCell
+	n, i := len(vs)*len(sz.handoffWaiters), 0
+	for _, w := range sz.handoffWaiters {
+		for _, v := range vs {
+			r, err := measureHandoff(ctx, v.newClient, w, cfg.Duration, b.part(i, n))
+			i++
+			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins,
+				FIFOViolations: r.FIFOViolations, LongestWaitMs: ms64(r.LongestWait)}
+			if r.Hist != nil {
+				c.Lat, c.CDF = percentiles(r.Hist), cdf(r.Hist)
+			}
+			if err != nil {
+				c.Error = err.Error()
+			}
+			if c.Lat == nil {
+				c.Unmeasured = fmt.Sprintf("no handoff in %s (%d grants)", cfg.Duration, r.Grants)
+				if err != nil {
+					c.Unmeasured += ": " + err.Error()
+				}
+			}
+			cells = append(cells, c)
+		}
+	}
+	return cells
+}
+
+func runThroughput(ctx context.Context, d *deployment, cfg config, sz sizes, b *bar) []ThroughputCell {
+	vs, err := vias(d, sz.tputDirects)
+	if err != nil {
+		return []ThroughputCell{{Via: viaLockd(), Unmeasured: err.Error()}}
+	}
+	defer closeVias(vs)
+	cellDur := cfg.Duration / 2
+	if !cfg.Quick {
+		cellDur = cfg.Duration * 2 / 5
+	}
+	cellDur = max(cellDur, 500*time.Millisecond)
+	var cells []ThroughputCell
+	n, i := len(vs)*len(sz.tputClients)*len(sz.tputKeys), 0
+	for _, keys := range sz.tputKeys {
+		for _, clients := range sz.tputClients {
+			for _, v := range vs {
+				r, err := measureThroughput(ctx, v.newClient, clients, keys, cellDur, b.part(i, n))
+				i++
+				c := ThroughputCell{Via: v.name, Clients: clients, Keys: keys, Grants: r.Grants, Errors: r.Errors}
+				if err != nil {
+					c.Unmeasured = err.Error()
+				} else {
+					c.PerSec = float64(r.Grants) / r.Elapsed.Seconds()
+					c.CPUPer1000 = r.CPUSeconds / float64(r.Grants) * 1000
+				}
+				cells = append(cells, c)
+			}
+		}
+	}
+	return cells
+}

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// scenario is a row of the report.
+type scenario struct {
+	Name  string
+	Title string
+	Perf  bool
+	// About says what the scenario does, for the report.
+	About string
+}
+
+var allScenarios = []scenario{
+	{Name: "latency", Perf: true, Title: "Uncontended latency", About: "one client, single-try acquire + release on its own key, back to back"},
+	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
+	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
+	{Name: "nofault", Title: "No fault", About: "the correctness workload with no fault: the control row"},
+	{Name: "pause", Title: "Holder pause > TTL", About: "a holder stalls for 2×TTL after its grant (a GC pause), then writes"},
+	{Name: "member-kill", Title: "Store member SIGKILL + restart", About: "one store member (the leader where there is one) is killed with SIGKILL and restarted without its data being fsynced beyond the server's defaults"},
+	{Name: "partition", Title: "lockd ↔ store partition", About: "toxiproxy between lockd and every store member: latency spikes (100±50 ms), then a cut (timeout toxic 0) longer than the TTL, then healed"},
+	{Name: "replica-kill", Title: "lockd replica killed", About: "two lockd replicas over one store, clients split between them; one replica is killed while clients hold and wait; its clients move to the other"},
+	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
+}
+
+func scenarioByName(name string) (scenario, bool) {
+	for _, s := range allScenarios {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return scenario{}, false
+}
+
+// correctnessConfig sizes the correctness runs.
+type correctnessConfig struct {
+	Clients  int
+	TTL      time.Duration
+	Wait     time.Duration
+	Hold     time.Duration
+	Duration time.Duration
+	Seed     uint64
+	CheckFor time.Duration // porcupine's time limit
+}
+
+// timeline records when the scenario did what, for the report.
+type timeline struct {
+	start time.Time
+	mu    sync.Mutex
+	evs   []string
+}
+
+func (t *timeline) add(format string, args ...any) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.evs = append(t.evs, fmt.Sprintf("%6.2fs ", time.Since(t.start).Seconds())+fmt.Sprintf(format, args...))
+}
+
+// at runs f at offset into the run unless ctx ends first.
+func at(ctx context.Context, wg *sync.WaitGroup, offset time.Duration, f func()) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTimer(offset)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			f()
+		}
+	}()
+}
+
+// runCorrectness runs one correctness scenario against d.
+func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correctnessConfig, progress func(float64)) CorrectnessCell {
+	cell := CorrectnessCell{Scenario: sc.Name, Clients: cfg.Clients, TTLms: ms64(cfg.TTL), WaitMs: ms64(cfg.Wait), DurationS: cfg.Duration.Seconds()}
+	addrs := d.Addrs
+	var px *proxies
+	if sc.Name == "partition" {
+		var err error
+		if px, err = newProxies(d.Addrs); err != nil {
+			cell.Unmeasured = "toxiproxy: " + err.Error()
+			return cell
+		}
+		defer px.close()
+		addrs = px.addrs()
+	}
+	nReplicas := 1
+	if sc.Name == "replica-kill" {
+		nReplicas = 2
+	}
+	var replicas []*lockdReplica
+	defer func() {
+		for _, r := range replicas {
+			r.stop()
+		}
+	}()
+	for i := 0; i < nReplicas; i++ {
+		b, err := d.newBackend(addrs)
+		if err != nil {
+			cell.Unmeasured = "connect lockd to the store: " + err.Error()
+			return cell
+		}
+		r, err := startLockd(b)
+		if err != nil {
+			b.Close()
+			cell.Unmeasured = "start lockd: " + err.Error()
+			return cell
+		}
+		replicas = append(replicas, r)
+	}
+	// Each client has its own lock client on its replica.
+	lockers := make([]atomic.Pointer[lockerRef], cfg.Clients)
+	for c := range lockers {
+		r := replicas[c%len(replicas)]
+		lockers[c].Store(&lockerRef{l: r.Locker(), replica: c % len(replicas)})
+	}
+	defer func() {
+		for c := range lockers {
+			lockers[c].Load().l.Close()
+		}
+	}()
+	// holding tracks who is between grant and release, so a kill knows whose
+	// holder died.
+	var holdingMu sync.Mutex
+	holding := map[int]bool{}
+
+	w := &workload{Clients: cfg.Clients, TTL: cfg.TTL, Wait: cfg.Wait, Hold: cfg.Hold, Duration: cfg.Duration, Seed: cfg.Seed}
+	w.locker = func(c int) Locker { return lockers[c].Load().l }
+	var deaths []death
+	var deathsMu sync.Mutex
+	tl := &timeline{}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var faults sync.WaitGroup
+	switch sc.Name {
+	case "pause":
+		// One stall at a quarter of the run and one at 60 %, each by the
+		// first client granted after that instant.
+		var stalls atomic.Int32
+		started := time.Now()
+		w.stall = func(c int, grantedAt time.Time) time.Duration {
+			el := grantedAt.Sub(started)
+			n := stalls.Load()
+			if (n == 0 && el > cfg.Duration/4) || (n == 1 && el > cfg.Duration*6/10) {
+				if stalls.CompareAndSwap(n, n+1) {
+					tl.add("client %d stalls for %s holding its grant", c, 2*cfg.TTL)
+					return 2 * cfg.TTL
+				}
+			}
+			return 0
+		}
+	case "waiter-vanish":
+		var mu sync.Mutex
+		rng := rand.New(rand.NewPCG(cfg.Seed, 99))
+		w.vanish = func(c int) (time.Duration, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if rng.IntN(3) != 0 {
+				return 0, false
+			}
+			return time.Duration(rng.Int64N(int64(cfg.Wait/2))) + time.Millisecond, true
+		}
+	case "replica-kill":
+		w.onError = func(c int, err error) {
+			ref := lockers[c].Load()
+			if ref.replica != 0 {
+				if lockers[c].CompareAndSwap(ref, &lockerRef{l: replicas[0].Locker(), replica: 0}) {
+					tl.add("client %d moves to replica 0 (%v)", c, short(err))
+				}
+			}
+		}
+		at(runCtx, &faults, cfg.Duration/3, func() {
+			holdingMu.Lock()
+			for c := range holding {
+				if lockers[c].Load().replica == 1 {
+					deathsMu.Lock()
+					deaths = append(deaths, death{Client: c, At: time.Now()})
+					deathsMu.Unlock()
+				}
+			}
+			holdingMu.Unlock()
+			replicas[1].kill()
+			tl.add("replica 1 killed")
+		})
+	case "member-kill":
+		victim := d.victim()
+		at(runCtx, &faults, cfg.Duration/3, func() {
+			if err := d.kill(victim); err != nil {
+				tl.add("kill member %d failed: %v", victim, err)
+				return
+			}
+			tl.add("member %d killed (SIGKILL)", victim)
+		})
+		at(runCtx, &faults, cfg.Duration*2/3, func() {
+			if err := d.restart(victim); err != nil {
+				tl.add("restart member %d failed: %v", victim, err)
+				return
+			}
+			tl.add("member %d serving again", victim)
+		})
+	case "partition":
+		spike := cfg.Duration / 5
+		cut := max(cfg.Duration/5, cfg.TTL*3/2)
+		at(runCtx, &faults, spike, func() {
+			if err := px.add("spike", "latency", `{"latency":100,"jitter":50}`); err != nil {
+				tl.add("%v", err)
+				return
+			}
+			tl.add("latency spike on (100±50 ms each way)")
+		})
+		at(runCtx, &faults, 2*spike, func() {
+			px.remove("spike")
+			tl.add("latency spike off")
+			if err := px.add("cut", "timeout", `{"timeout":0}`); err != nil {
+				tl.add("%v", err)
+				return
+			}
+			tl.add("network cut (timeout toxic 0) for %s", cut)
+		})
+		at(runCtx, &faults, 2*spike+cut, func() {
+			px.remove("cut")
+			tl.add("network healed")
+		})
+	}
+	// Wrap the release path so that a client whose replica died releases
+	// through the one it moved to (any replica may release any lease).
+	inner := w.locker
+	w.locker = func(c int) Locker {
+		return trackingLocker{Locker: inner(c), c: c, holding: holding, mu: &holdingMu, retry: func() Locker { return inner(c) }, onError: w.onError}
+	}
+	tl.start = time.Now()
+	res := w.run(runCtx, progress)
+	cancel()
+	faults.Wait()
+	res.Deaths = append(res.Deaths, deaths...)
+	res.TimeToFree = timesToFree(res.History, res.Deaths)
+
+	cell.Events = tl.evs
+	cell.fill(res, cfg)
+	return cell
+}
+
+type lockerRef struct {
+	l       Locker
+	replica int
+}
+
+// trackingLocker records who holds, and retries a failed release once on the
+// client's current locker (after onError may have moved it).
+type trackingLocker struct {
+	Locker
+	c       int
+	holding map[int]bool
+	mu      *sync.Mutex
+	retry   func() Locker
+	onError func(int, error)
+}
+
+func (t trackingLocker) Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error) {
+	l, err := t.Locker.Acquire(ctx, key, owner, ttl, wait)
+	if err == nil {
+		t.mu.Lock()
+		t.holding[t.c] = true
+		t.mu.Unlock()
+	}
+	return l, err
+}
+
+func (t trackingLocker) Release(ctx context.Context, l *Lease) error {
+	defer func() {
+		t.mu.Lock()
+		delete(t.holding, t.c)
+		t.mu.Unlock()
+	}()
+	err := t.Locker.Release(ctx, l)
+	if err != nil && !errors.Is(err, backend.ErrLeaseExpired) && t.onError != nil {
+		t.onError(t.c, err)
+		if next := t.retry(); next != t.Locker {
+			return next.Release(ctx, l)
+		}
+	}
+	return err
+}
+
+func short(err error) string {
+	s := err.Error()
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return s
+}
+
+func ms64(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+	zkb "github.com/lockd/lockd/backend/zk"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+// target is one column of the report: a backend of lockd, the store it needs,
+// and the direct client libraries it is compared with.
+type target struct {
+	Name    string
+	Server  string
+	Install string // the command that installs the missing server
+	// missing says why the server cannot run here ("" when it can).
+	missing func() string
+	// PerfMembers and FaultMembers size the deployments: the one every
+	// scenario uses, and the one the member-kill scenario uses.
+	PerfMembers, FaultMembers int
+	start                     func(members int) (*deployment, error)
+}
+
+// deployment is a running store and how to reach it.
+type deployment struct {
+	Addrs   []string
+	Version string
+	// newBackend connects a new lockd backend to the store through addrs
+	// (the members' addresses, or proxies in front of them).
+	newBackend func(addrs []string) (backend.Backend, error)
+	directs    []directLib
+	kill       func(i int) error
+	restart    func(i int) error
+	// victim picks the member a member-kill scenario kills (the leader
+	// where the store has one).
+	victim func() int
+	close  func() error
+	// notes are facts about this deployment the report must state.
+	notes []string
+}
+
+// directLib is a direct client library baseline.
+type directLib struct {
+	Name string
+	New  func(addrs []string) (Locker, error)
+}
+
+func targets() []target {
+	return []target{
+		{
+			Name: "etcd", Server: "etcd (embedded, in process)", Install: "none needed (embedded)",
+			missing:     func() string { return "backend/etcd and internal/testserver/etcd.go are not in this tree yet" },
+			PerfMembers: 1, FaultMembers: 3,
+		},
+		{
+			Name: "zk", Server: "ZooKeeper (Debian package)", Install: "apt-get install -y zookeeper default-jre-headless",
+			missing: func() string {
+				if !testserver.ZooKeeperAvailable() {
+					return testserver.ErrZooKeeperMissing.Error()
+				}
+				return ""
+			},
+			PerfMembers: 1, FaultMembers: 3,
+			start: startZK,
+		},
+		{
+			Name: "redis", Server: "redis-server (Debian package)", Install: "apt-get install -y redis-server",
+			missing:     func() string { return "backend/redis and internal/testserver/redis.go are not in this tree yet" },
+			PerfMembers: 1, FaultMembers: 1,
+		},
+		{
+			Name: "redlock", Server: "5 × redis-server (Debian package)", Install: "apt-get install -y redis-server",
+			missing: func() string {
+				return "backend/redis (redlock) and internal/testserver/redis.go are not in this tree yet"
+			},
+			PerfMembers: 5, FaultMembers: 5,
+		},
+	}
+}
+
+func startZK(members int) (*deployment, error) {
+	z, err := testserver.StartZooKeeper(members)
+	if err != nil {
+		return nil, err
+	}
+	d := &deployment{
+		Addrs: z.Addrs(),
+		newBackend: func(addrs []string) (backend.Backend, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			conn, err := zkb.Dial(ctx, addrs, 4*time.Second)
+			if err != nil {
+				return nil, err
+			}
+			return zkb.New(conn, zkb.Options{Root: "/lockd-compare"}), nil
+		},
+		directs: []directLib{{Name: "zk.Lock", New: newZKLock}},
+		kill:    z.Kill,
+		restart: z.Restart,
+		victim: func() int {
+			if l := z.Leader(); l >= 0 {
+				return l
+			}
+			return 0
+		},
+		close: z.Close,
+		notes: []string{"lockd's zk backend dials with a 4 s session timeout; zk.Lock with 10 s."},
+	}
+	d.Version = zkVersion(z.Addrs()[0])
+	return d, nil
+}
+
+// zkVersion asks a server with the srvr four-letter word.
+func zkVersion(addr string) string {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	fmt.Fprint(c, "srvr")
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Zookeeper version: "); ok {
+			v = strings.SplitN(v, ",", 2)[0]
+			v, _, _ = strings.Cut(v, "-${") // an unexpanded build placeholder in Debian's jar
+			return "ZooKeeper " + v
+		}
+	}
+	return "unknown (srvr gave no version)"
+}
