@@ -45,6 +45,8 @@ type acquirer struct {
 	headGone bool
 }
 
+var errClosed = errors.New("backend closed")
+
 // retryDelay is the pause before trying again after ZooKeeper could not be
 // reached (the client reconnects meanwhile).
 const retryDelay = 100 * time.Millisecond
@@ -60,6 +62,8 @@ func (a *acquirer) run(ctx context.Context) (backend.Grant, error) {
 			select {
 			case <-ctx.Done():
 				return backend.Grant{}, a.fail(ctx.Err())
+			case <-a.b.life.Done():
+				return backend.Grant{}, a.fail(errClosed)
 			case <-time.After(retryDelay):
 			}
 			lastErr = nil
@@ -219,6 +223,8 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	case <-waitOver.C:
 	case <-ctx.Done():
 		return g, true, a.fail(ctx.Err())
+	case <-a.b.life.Done():
+		return g, true, a.fail(errClosed)
 	}
 	return g, false, nil
 }
@@ -408,6 +414,11 @@ func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRea
 // lost, or the create may still be on its way.
 func (b *Backend) cleanupLater(kp, prefix string) {
 	key := strings.TrimPrefix(kp, b.root+"/")
+	b.bgMu.Lock()
+	defer b.bgMu.Unlock()
+	if b.closed {
+		return // a stopped lockd's queue nodes are abandoned once their wait ends
+	}
 	b.bg.Add(1)
 	go func() {
 		defer b.bg.Done()

@@ -124,6 +124,8 @@ type Backend struct {
 	// life ends on Close; background cleanups run on it.
 	life      context.Context
 	stop      context.CancelFunc
+	bgMu      sync.Mutex // guards closed against bg.Add after Close began
+	closed    bool
 	bg        sync.WaitGroup
 	closeOnce sync.Once
 
@@ -176,10 +178,14 @@ func Dial(ctx context.Context, servers []string, sessionTimeout time.Duration) (
 	return conn, nil
 }
 
-// Close stops background work and closes the connection. Grants live on in
-// ZooKeeper until their deadlines.
+// Close stops background work and closes the connection; acquires still
+// waiting return ErrUnavailable. Grants live on in ZooKeeper until their
+// deadlines.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
+		b.bgMu.Lock()
+		b.closed = true
+		b.bgMu.Unlock()
 		b.stop()
 		b.bg.Wait()
 		b.conn.Close()

@@ -901,3 +901,38 @@ func TestExpiryHook(t *testing.T) {
 		t.Errorf("OnExpire not called by the backend that removed the expired grant")
 	}
 }
+
+// Closing a backend (lockd stopping) ends its waiting acquires at once with
+// ErrUnavailable, and leaves the grants it made to run on.
+func TestCloseEndsWaits(t *testing.T) {
+	z := sharedZK(t, 1)
+	b := New(dial(t, z.Addrs()), Options{})
+	other := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, TTL: time.Second, Wait: 30 * time.Second})
+		done <- err
+	}()
+	waitFor(t, func() bool {
+		st, err := other.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the waiter to queue")
+	closed := time.Now()
+	b.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, backend.ErrUnavailable) {
+			t.Errorf("waiting acquire after Close: %v, want ErrUnavailable", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("waiting acquire still waiting %v after Close", time.Since(closed))
+	}
+	if _, err := other.Renew(ctxFor(t, 10*time.Second), key, g.LeaseID, 20*time.Second); err != nil {
+		t.Errorf("the closed backend's grant: Renew elsewhere: %v", err)
+	}
+}
