@@ -188,7 +188,15 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	pred := q[i-1]
 	if i > 1 {
 		if pred.abandoned(now) {
-			if err := a.b.delete(ctx, a.kp+"/"+pred.name, 0); err != nil && !isConflict(err) {
+			// Only while a node is still ahead of it: a node that has come
+			// to head the queue may hold the lock (our queue read may be old
+			// by the time the delete lands).
+			_, err := call(ctx, func() ([]zk.MultiResponse, error) {
+				return a.b.conn.Multi(
+					&zk.CheckVersionRequest{Path: a.kp + "/" + q[i-2].name, Version: -1},
+					&zk.DeleteRequest{Path: a.kp + "/" + pred.name, Version: 0})
+			})
+			if err != nil && !isConflict(err) {
 				return g, false, err
 			}
 			return g, false, nil
