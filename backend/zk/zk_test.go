@@ -936,3 +936,71 @@ func TestCloseEndsWaits(t *testing.T) {
 		t.Errorf("the closed backend's grant: Renew elsewhere: %v", err)
 	}
 }
+
+// A waiter two places back is not woken by the handoff ahead of it, yet
+// when the new holder's lockd dies right after its grant, that waiter gets
+// the lock within the holder's TTL (+1 s): it set a timer at the earliest
+// moment its predecessor could stop counting.
+func TestWaiterBehindDeadNewHolder(t *testing.T) {
+	z := sharedZK(t, 1)
+	holderB := newBackend(t, z.Addrs(), Options{})
+	dying := newBackend(t, z.Addrs(), Options{})
+	last := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	g, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	const ttl = 1500 * time.Millisecond
+	first := make(chan backend.Grant, 1)
+	go func() {
+		w, err := dying.Acquire(ctxFor(t, 30*time.Second), backend.AcquireRequest{Key: key, Owner: "dies", TTL: ttl, Wait: 20 * time.Second})
+		if err == nil {
+			first <- w
+		}
+		dying.Close() // granted, then its lockd is gone: nobody renews or releases
+	}()
+	waitFor(t, func() bool {
+		st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the first waiter to queue")
+	second := make(chan backend.Grant, 1)
+	go func() {
+		w, err := last.Acquire(ctxFor(t, 30*time.Second), backend.AcquireRequest{Key: key, Owner: "last", TTL: 10 * time.Second, Wait: 20 * time.Second})
+		if err != nil {
+			t.Errorf("last waiter: %v", err)
+		}
+		second <- w
+	}()
+	waitFor(t, func() bool {
+		st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 2
+	}, "the second waiter to queue")
+	time.Sleep(100 * time.Millisecond)
+	wakes := last.wakes.Load()
+	if err := holderB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	var w1 backend.Grant
+	select {
+	case w1 = <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("first waiter not granted")
+	}
+	if woken := last.wakes.Load() - wakes; woken != 0 {
+		t.Errorf("the handoff to the first waiter woke the waiter behind it %d times, want 0", woken)
+	}
+	var w2 backend.Grant
+	select {
+	case w2 = <-second:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("last waiter not granted 20s after the first holder's lockd died")
+	}
+	limit := w1.ExpiresAt.Add(time.Second)
+	if at := time.Now(); at.After(limit) {
+		t.Errorf("last waiter granted at %v, want by %v (the dead holder's expiry + 1s)", at.Format(time.StampMilli), limit.Format(time.StampMilli))
+	}
+	if w2.Token <= w1.Token {
+		t.Errorf("token %d after %d, want greater", w2.Token, w1.Token)
+	}
+}
