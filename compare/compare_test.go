@@ -71,7 +71,7 @@ func TestQuickRun(t *testing.T) {
 	if got := strings.Count(string(html), "<svg"); got == 0 {
 		t.Errorf("report.html has no SVG chart")
 	}
-	for _, banned := range []string{"<script", "http://", "https://"} {
+	for _, banned := range []string{"<script", "<link", "src=", "href=", "@import", "url("} {
 		if strings.Contains(string(html), banned) {
 			t.Errorf("report.html contains %q: it must be self-contained", banned)
 		}
@@ -115,6 +115,15 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 			for _, c := range br.Throughput {
 				if c.Unmeasured == "" && !(c.PerSec > 0) {
 					t.Errorf("%s throughput %s %d/%d: no rate and no reason", br.Name, c.Via, c.Clients, c.Keys)
+				}
+			}
+		case "roundtrips":
+			if len(br.RoundTrips) != nVias {
+				t.Errorf("%s round trips: got %d cells, want %d", br.Name, len(br.RoundTrips), nVias)
+			}
+			for _, c := range br.RoundTrips {
+				if c.Unmeasured == "" && !(c.PerAcquire >= 1) {
+					t.Errorf("%s round trips %s: %.2f requests per acquire; a lock needs at least one", br.Name, c.Via, c.PerAcquire)
 				}
 			}
 		default:

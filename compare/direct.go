@@ -33,8 +33,8 @@ type etcdMutex struct {
 	sess *concurrency.Session
 }
 
-func newEtcdMutex(endpoints []string) (Locker, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+func newEtcdMutex(endpoints []string, rt *rtCounter) (Locker, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), DialOptions: grpcCounting(rt)})
 	if err != nil {
 		return nil, err
 	}
@@ -83,8 +83,8 @@ func (e *etcdMutex) Close() error {
 // no timeout and no context: Acquire waits until granted whatever wait says.
 type zkLock struct{ conn *zk.Conn }
 
-func newZKLock(servers []string) (Locker, error) {
-	conn, ev, err := zk.Connect(servers, 10*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}))
+func newZKLock(servers []string, rt *rtCounter) (Locker, error) {
+	conn, ev, err := zk.Connect(servers, 10*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}), zk.WithDialer(zkCountingDialer(rt)))
 	if err != nil {
 		return nil, err
 	}
@@ -137,11 +137,14 @@ type redsyncLock struct {
 	rs      *redsync.Redsync
 }
 
-func newRedsync(addrs []string) (Locker, error) {
+func newRedsync(addrs []string, rt *rtCounter) (Locker, error) {
 	r := &redsyncLock{}
 	var pools []rsredis.Pool
 	for _, a := range addrs {
 		c := goredislib.NewClient(&goredislib.Options{Addr: a})
+		if rt != nil {
+			c.AddHook(redisHook{c: rt})
+		}
 		r.clients = append(r.clients, c)
 		pools = append(pools, goredis.NewPool(c))
 	}
@@ -196,8 +199,12 @@ const setNXRetry = 5 * time.Millisecond
 
 var releaseScript = goredislib.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
 
-func newSetNX(addr string) (Locker, error) {
-	return &setNXLock{c: goredislib.NewClient(&goredislib.Options{Addr: addr, PoolSize: 300})}, nil
+func newSetNX(addrs []string, rt *rtCounter) (Locker, error) {
+	c := goredislib.NewClient(&goredislib.Options{Addr: addrs[0], PoolSize: 300})
+	if rt != nil {
+		c.AddHook(redisHook{c: rt})
+	}
+	return &setNXLock{c: c}, nil
 }
 
 func (s *setNXLock) Acquire(ctx context.Context, key, _ string, ttl, wait time.Duration) (*Lease, error) {

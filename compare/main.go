@@ -161,6 +161,7 @@ type sizes struct {
 	tputClients    []int
 	tputKeys       []int
 	tputDirects    int // how many direct libraries the throughput matrix covers
+	rtSamples      int
 	correct        correctnessConfig
 	scaled         []string
 }
@@ -171,6 +172,7 @@ func sizesFor(cfg config) sizes {
 		tputClients:    []int{1, 4, 16, 64, 256},
 		tputKeys:       []int{1, 100, 10000},
 		tputDirects:    2,
+		rtSamples:      200,
 		correct: correctnessConfig{Clients: 5, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
 			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second},
 	}
@@ -179,6 +181,7 @@ func sizesFor(cfg config) sizes {
 		s.tputClients = []int{1, 16}
 		s.tputKeys = []int{1, 100}
 		s.tputDirects = 1
+		s.rtSamples = 30
 		s.correct = correctnessConfig{Clients: 4, TTL: 300 * time.Millisecond, Wait: 600 * time.Millisecond, Hold: time.Millisecond,
 			Duration: max(cfg.Duration*5/2, 2500*time.Millisecond), Seed: cfg.Seed, CheckFor: 10 * time.Second}
 		s.scaled = []string{

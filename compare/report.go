@@ -152,12 +152,12 @@ func buildReport(r *Results) *doc {
 	latencySection(d, ran)
 	handoffSection(d, ran)
 	throughputSection(d, ran)
+	roundTripSection(d, ran)
 	correctnessSection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.list(
 		"Memory with 100,000 held leases being renewed and with 10,000 clients long-polling one key: not implemented yet.",
-		"Backend round trips per acquire (counting wrapper on each client): not implemented yet.",
 		"Clock jumps on one Redis node: not injected (it cannot be done safely on a shared machine).",
 	)
 	d.h2("How each scenario works")
@@ -539,4 +539,29 @@ func meaningSection(d *doc, ran []*BackendRun) {
 	}
 	d.list(items...)
 	_ = math.NaN
+}
+
+func roundTripSection(d *doc, ran []*BackendRun) {
+	d.h2("Store round trips per lock")
+	d.p("Requests sent to the store per uncontended acquire and per release, counted inside the real client, averaged over the samples. The floor for a safe lock is one linearizable write per acquire. Background traffic in the window (session pings, lease keep-alives) is included.")
+	for _, br := range ran {
+		if len(br.RoundTrips) == 0 {
+			continue
+		}
+		d.h3(br.Name)
+		var rows [][]tcell
+		how := ""
+		for _, c := range br.RoundTrips {
+			how = c.Counted
+			if c.Unmeasured != "" {
+				rows = append(rows, []tcell{plain(c.Via), plain("not measured: " + c.Unmeasured), plain(""), plain("")})
+				continue
+			}
+			rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprintf("%.2f", c.PerAcquire)), plain(fmt.Sprintf("%.2f", c.PerRelease)), plain(fmt.Sprint(c.Samples))})
+		}
+		d.table([]string{"via", "requests / acquire", "requests / release", "samples"}, rows)
+		if how != "" {
+			d.p("Counted by: %s.", how)
+		}
+	}
 }

@@ -31,6 +31,7 @@ type BackendRun struct {
 	Latency     []LatencyCell     `json:"latency,omitempty"`
 	Handoff     []HandoffCell     `json:"handoff,omitempty"`
 	Throughput  []ThroughputCell  `json:"throughput,omitempty"`
+	RoundTrips  []RoundTripCell   `json:"round_trips,omitempty"`
 	Correctness []CorrectnessCell `json:"correctness,omitempty"`
 }
 

@@ -47,6 +47,9 @@ func runTarget(ctx context.Context, t target, cfg config, sz sizes, stderr io.Wr
 		case "throughput":
 			br.Throughput = runThroughput(ctx, d, cfg, sz, b)
 			b.done("")
+		case "roundtrips":
+			br.RoundTrips = runRoundTrips(ctx, d, sz, b)
+			b.done("")
 		case "member-kill":
 			// A fresh deployment: the kill must not disturb the store the
 			// other scenarios use, and it needs FaultMembers members.
@@ -91,7 +94,7 @@ type via struct {
 // vias returns lockd (one replica over a fresh backend) and then every
 // direct library, limited to maxDirect of them.
 func vias(d *deployment, maxDirect int) ([]via, error) {
-	b, err := d.newBackend(d.Addrs)
+	b, err := d.newBackend(d.Addrs, nil)
 	if err != nil {
 		return nil, fmt.Errorf("connect lockd to the store: %w", err)
 	}
@@ -105,7 +108,7 @@ func vias(d *deployment, maxDirect int) ([]via, error) {
 		if i >= maxDirect {
 			break
 		}
-		out = append(out, via{name: dl.Name, newClient: func() (Locker, error) { return dl.New(d.Addrs) }, close: func() {}})
+		out = append(out, via{name: dl.Name, newClient: func() (Locker, error) { return dl.New(d.Addrs, nil) }, close: func() {}})
 	}
 	return out, nil
 }
@@ -199,6 +202,55 @@ func runThroughput(ctx context.Context, d *deployment, cfg config, sz sizes, b *
 				cells = append(cells, c)
 			}
 		}
+	}
+	return cells
+}
+
+func runRoundTrips(ctx context.Context, d *deployment, sz sizes, b *bar) []RoundTripCell {
+	type one struct {
+		name string
+		make func(rt *rtCounter) (Locker, func(), error)
+	}
+	ways := []one{{name: viaLockd(), make: func(rt *rtCounter) (Locker, func(), error) {
+		bk, err := d.newBackend(d.Addrs, rt)
+		if err != nil {
+			return nil, nil, err
+		}
+		r, err := startLockd(bk)
+		if err != nil {
+			bk.Close()
+			return nil, nil, err
+		}
+		l := r.Locker()
+		return l, func() { l.Close(); r.stop() }, nil
+	}}}
+	for _, dl := range d.directs {
+		ways = append(ways, one{name: dl.Name, make: func(rt *rtCounter) (Locker, func(), error) {
+			l, err := dl.New(d.Addrs, rt)
+			if err != nil {
+				return nil, nil, err
+			}
+			return l, func() { l.Close() }, nil
+		}})
+	}
+	var cells []RoundTripCell
+	for i, w := range ways {
+		b.set(float64(i) / float64(len(ways)))
+		c := RoundTripCell{Via: w.name, Samples: sz.rtSamples, Counted: d.rtHow}
+		rt := &rtCounter{}
+		l, closeFn, err := w.make(rt)
+		if err != nil {
+			c.Unmeasured = err.Error()
+			cells = append(cells, c)
+			continue
+		}
+		c.PerAcquire, c.PerRelease, err = measureRoundTrips(ctx, l, rt, sz.rtSamples)
+		closeFn()
+		if err != nil {
+			c.Unmeasured = err.Error()
+			c.PerAcquire, c.PerRelease = 0, 0
+		}
+		cells = append(cells, c)
 	}
 	return cells
 }

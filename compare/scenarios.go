@@ -25,6 +25,7 @@ var allScenarios = []scenario{
 	{Name: "latency", Perf: true, Title: "Uncontended latency", About: "one client, single-try acquire + release on its own key, back to back"},
 	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
 	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
+	{Name: "roundtrips", Perf: true, Title: "Store round trips", About: "requests each client sends to the store per uncontended acquire and per release, counted inside the real client; the floor is one linearizable write per acquire"},
 	{Name: "nofault", Title: "No fault", About: "the correctness workload with no fault: the control row"},
 	{Name: "pause", Title: "Holder pause > TTL", About: "a holder stalls for 2×TTL after its grant (a GC pause), then writes"},
 	{Name: "member-kill", Title: "Store member SIGKILL + restart", About: "one store member (the leader where there is one) is killed with SIGKILL and restarted without its data being fsynced beyond the server's defaults"},
@@ -106,7 +107,7 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 		}
 	}()
 	for i := 0; i < nReplicas; i++ {
-		b, err := d.newBackend(addrs)
+		b, err := d.newBackend(addrs, nil)
 		if err != nil {
 			cell.Unmeasured = "connect lockd to the store: " + err.Error()
 			return cell

@@ -2,11 +2,12 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"strings"
 	"time"
+
+	"github.com/go-zookeeper/zk"
 
 	"github.com/lockd/lockd/backend"
 	zkb "github.com/lockd/lockd/backend/zk"
@@ -33,10 +34,13 @@ type deployment struct {
 	Version string
 	// newBackend connects a new lockd backend to the store through addrs
 	// (the members' addresses, or proxies in front of them).
-	newBackend func(addrs []string) (backend.Backend, error)
-	directs    []directLib
-	kill       func(i int) error
-	restart    func(i int) error
+	// rt, when not nil, counts the requests the backend's client sends.
+	newBackend func(addrs []string, rt *rtCounter) (backend.Backend, error)
+	// rtHow says how requests are counted on this store's clients.
+	rtHow   string
+	directs []directLib
+	kill    func(i int) error
+	restart func(i int) error
 	// victim picks the member a member-kill scenario kills (the leader
 	// where the store has one).
 	victim func() int
@@ -48,7 +52,7 @@ type deployment struct {
 // directLib is a direct client library baseline.
 type directLib struct {
 	Name string
-	New  func(addrs []string) (Locker, error)
+	New  func(addrs []string, rt *rtCounter) (Locker, error)
 }
 
 func targets() []target {
@@ -91,15 +95,18 @@ func startZK(members int) (*deployment, error) {
 	}
 	d := &deployment{
 		Addrs: z.Addrs(),
-		newBackend: func(addrs []string) (backend.Backend, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			conn, err := zkb.Dial(ctx, addrs, 4*time.Second)
+		newBackend: func(addrs []string, rt *rtCounter) (backend.Backend, error) {
+			conn, ev, err := zk.Connect(addrs, 4*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}), zk.WithDialer(zkCountingDialer(rt)))
 			if err != nil {
+				return nil, err
+			}
+			if err := waitZKConnected(ev, 15*time.Second); err != nil {
+				conn.Close()
 				return nil, err
 			}
 			return zkb.New(conn, zkb.Options{Root: "/lockd-compare"}), nil
 		},
+		rtHow:   "writes on a counting net.Conn under go-zookeeper (one per request; session pings included)",
 		directs: []directLib{{Name: "zk.Lock", New: newZKLock}},
 		kill:    z.Kill,
 		restart: z.Restart,
