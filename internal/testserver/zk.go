@@ -93,6 +93,20 @@ func StartZooKeeper(n int) (*ZK, error) {
 	if !ZooKeeperAvailable() {
 		return nil, ErrZooKeeperMissing
 	}
+	// The free ports are found before the JVMs bind them; on a machine
+	// where other tests take ports too, one may be gone by then. Such a
+	// start fails fast (the member exits): try again on other ports.
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var z *ZK
+		if z, err = startZooKeeper(n); err == nil {
+			return z, nil
+		}
+	}
+	return nil, err
+}
+
+func startZooKeeper(n int) (*ZK, error) {
 	dir, err := os.MkdirTemp("", "lockd-zk-")
 	if err != nil {
 		return nil, err
