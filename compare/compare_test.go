@@ -117,6 +117,15 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 					t.Errorf("%s throughput %s %d/%d: no rate and no reason", br.Name, c.Via, c.Clients, c.Keys)
 				}
 			}
+		case "scale":
+			if len(br.Scale) != 2 {
+				t.Errorf("%s scale: got %d cells, want 2", br.Name, len(br.Scale))
+			}
+			for _, c := range br.Scale {
+				if c.Unmeasured == "" && c.Reached == 0 {
+					t.Errorf("%s scale %q: nothing reached and no reason", br.Name, c.What)
+				}
+			}
 		case "roundtrips":
 			if len(br.RoundTrips) != nVias {
 				t.Errorf("%s round trips: got %d cells, want %d", br.Name, len(br.RoundTrips), nVias)

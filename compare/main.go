@@ -162,6 +162,9 @@ type sizes struct {
 	tputKeys       []int
 	tputDirects    int // how many direct libraries the throughput matrix covers
 	rtSamples      int
+	scaleLeases    int
+	scalePolls     int
+	scaleBudget    time.Duration // per step
 	correct        correctnessConfig
 	scaled         []string
 }
@@ -173,6 +176,9 @@ func sizesFor(cfg config) sizes {
 		tputKeys:       []int{1, 100, 10000},
 		tputDirects:    2,
 		rtSamples:      200,
+		scaleLeases:    100000,
+		scalePolls:     10000,
+		scaleBudget:    90 * time.Second,
 		correct: correctnessConfig{Clients: 5, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
 			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second},
 	}
@@ -182,11 +188,13 @@ func sizesFor(cfg config) sizes {
 		s.tputKeys = []int{1, 100}
 		s.tputDirects = 1
 		s.rtSamples = 30
+		s.scaleLeases, s.scalePolls, s.scaleBudget = 2000, 200, 10*time.Second
 		s.correct = correctnessConfig{Clients: 4, TTL: 300 * time.Millisecond, Wait: 600 * time.Millisecond, Hold: time.Millisecond,
 			Duration: max(cfg.Duration*5/2, 2500*time.Millisecond), Seed: cfg.Seed, CheckFor: 10 * time.Second}
 		s.scaled = []string{
 			"handoff: 1 and 10 waiters (full run: 1, 10, 100)",
 			"throughput: 1 and 16 clients over 1 and 100 keys, lockd and the first direct library only (full run: 1..256 clients over 1, 100, 10,000 keys, two direct libraries)",
+			"scale: 2,000 held leases and 200 long polls (full run: 100,000 and 10,000)",
 			fmt.Sprintf("correctness: %d clients, TTL %s, cells of %s (full run: 5 clients, TTL 1s, cells of 1.5 × duration)", s.correct.Clients, s.correct.TTL, s.correct.Duration),
 		}
 	}

@@ -153,11 +153,11 @@ func buildReport(r *Results) *doc {
 	handoffSection(d, ran)
 	throughputSection(d, ran)
 	roundTripSection(d, ran)
+	scaleSection(d, ran)
 	correctnessSection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.list(
-		"Memory with 100,000 held leases being renewed and with 10,000 clients long-polling one key: not implemented yet.",
 		"Clock jumps on one Redis node: not injected (it cannot be done safely on a shared machine).",
 	)
 	d.h2("How each scenario works")
@@ -563,5 +563,31 @@ func roundTripSection(d *doc, ran []*BackendRun) {
 		if how != "" {
 			d.p("Counted by: %s.", how)
 		}
+	}
+}
+
+func scaleSection(d *doc, ran []*BackendRun) {
+	d.h2("Scale: memory")
+	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd). Store memory is the resident set of the store's server processes.")
+	var rows [][]tcell
+	for _, br := range ran {
+		for _, c := range br.Scale {
+			if c.Unmeasured != "" {
+				rows = append(rows, []tcell{plain(br.Name), plain(c.What), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain("")})
+				continue
+			}
+			store := c.StoreRSSNote
+			if c.StoreRSSMB > 0 {
+				store = fmt.Sprintf("%.1f MB (%+.1f MB)", c.StoreRSSMB, c.StoreRSSDeltaMB)
+			}
+			reached := fmt.Sprintf("%d of %d", c.Reached, c.Wanted)
+			if c.Renewals > 0 {
+				reached += fmt.Sprintf(", %d renewals", c.Renewals)
+			}
+			rows = append(rows, []tcell{plain(br.Name), plain(c.What), plain(reached), plain(fmt.Sprintf("%+.1f MB", c.ProcessMB)), plain(store), plain(c.Note)})
+		}
+	}
+	if len(rows) > 0 {
+		d.table([]string{"backend", "what", "reached", "process (lockd + clients)", "store RSS (change)", "note"}, rows)
 	}
 }

@@ -32,6 +32,7 @@ type BackendRun struct {
 	Handoff     []HandoffCell     `json:"handoff,omitempty"`
 	Throughput  []ThroughputCell  `json:"throughput,omitempty"`
 	RoundTrips  []RoundTripCell   `json:"round_trips,omitempty"`
+	Scale       []ScaleCell       `json:"scale,omitempty"`
 	Correctness []CorrectnessCell `json:"correctness,omitempty"`
 }
 

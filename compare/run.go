@@ -47,6 +47,9 @@ func runTarget(ctx context.Context, t target, cfg config, sz sizes, stderr io.Wr
 		case "throughput":
 			br.Throughput = runThroughput(ctx, d, cfg, sz, b)
 			b.done("")
+		case "scale":
+			br.Scale = runScale(ctx, d, sz, b)
+			b.done("")
 		case "roundtrips":
 			br.RoundTrips = runRoundTrips(ctx, d, sz, b)
 			b.done("")

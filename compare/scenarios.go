@@ -25,6 +25,7 @@ var allScenarios = []scenario{
 	{Name: "latency", Perf: true, Title: "Uncontended latency", About: "one client, single-try acquire + release on its own key, back to back"},
 	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
 	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
+	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 	{Name: "roundtrips", Perf: true, Title: "Store round trips", About: "requests each client sends to the store per uncontended acquire and per release, counted inside the real client; the floor is one linearizable write per acquire"},
 	{Name: "nofault", Title: "No fault", About: "the correctness workload with no fault: the control row"},
 	{Name: "pause", Title: "Holder pause > TTL", About: "a holder stalls for 2×TTL after its grant (a GC pause), then writes"},

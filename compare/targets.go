@@ -45,6 +45,8 @@ type deployment struct {
 	// where the store has one).
 	victim func() int
 	close  func() error
+	// inProcess: the store runs inside this process (embedded etcd).
+	inProcess bool
 	// notes are facts about this deployment the report must state.
 	notes []string
 }

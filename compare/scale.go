@@ -1,0 +1,377 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// renewer is the part of lockd's API the scale scenario needs beyond
+// acquire and release.
+type renewer interface {
+	Renew(ctx context.Context, l *Lease, ttl time.Duration) error
+}
+
+func (c contractLocker) Renew(ctx context.Context, l *Lease, ttl time.Duration) error {
+	_, err := c.b.Renew(ctx, l.Key, l.ID, ttl)
+	return err
+}
+
+func (g *guardedLocker) Renew(ctx context.Context, l *Lease, ttl time.Duration) error {
+	if g.dead() {
+		return errReplicaDead
+	}
+	return g.Locker.(renewer).Renew(ctx, l, ttl)
+}
+
+func (h *httpLocker) Renew(ctx context.Context, l *Lease, ttl time.Duration) error {
+	resp, err := h.post(ctx, l.Key, "renew", map[string]any{"lease_id": l.ID, "ttl_ms": ttl.Milliseconds()})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return errorFrom(resp)
+	}
+	return nil
+}
+
+// ScaleCell: memory with many held leases being renewed, and with many
+// clients long-polling one key.
+type ScaleCell struct {
+	What     string `json:"what"`
+	Wanted   int    `json:"wanted"`
+	Reached  int    `json:"reached"`
+	Renewals int64  `json:"renewals,omitempty"`
+	// ProcessMB: Go heap + stacks in use in this process after a GC, minus
+	// the same before the step: lockd and the clients it serves (and, for
+	// etcd, the embedded server), all in one process.
+	ProcessMB float64 `json:"process_go_mem_mb"`
+	// StoreRSSMB: resident memory of the store's server processes (sum over
+	// members) after the step, and its growth during it.
+	StoreRSSMB      float64 `json:"store_rss_mb,omitempty"`
+	StoreRSSDeltaMB float64 `json:"store_rss_delta_mb,omitempty"`
+	StoreRSSNote    string  `json:"store_rss_note,omitempty"`
+	Note            string  `json:"note,omitempty"`
+	Unmeasured      string  `json:"unmeasured,omitempty"`
+}
+
+func goMemMB() float64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
+}
+
+// fdBudget is how many long polls this process can hold: each is two
+// sockets here (the client's end and lockd's end), under the open-file limit.
+func fdBudget() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 1000
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+	return max(int(rl.Cur)-2000, 0) / 2
+}
+
+func runScale(ctx context.Context, d *deployment, sz sizes, b *bar) []ScaleCell {
+	bk, err := d.newBackend(d.Addrs, nil)
+	if err != nil {
+		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
+	}
+	r, err := startLockd(bk)
+	if err != nil {
+		bk.Close()
+		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
+	}
+	defer r.stop()
+	cells := []ScaleCell{scaleLeases(ctx, r, d, sz, b.part(0, 2)), scalePolls(ctx, r, d, sz, b.part(1, 2))}
+	return cells
+}
+
+// scaleLeases acquires many keys, renews every lease once (a full renewal
+// sweep), and measures memory.
+func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, progress func(float64)) ScaleCell {
+	c := ScaleCell{What: "held leases, each renewed", Wanted: sz.scaleLeases}
+	const ttl = 10 * time.Minute
+	const workers = 32
+	mem0 := goMemMB()
+	rss0, _ := storeRSS(d)
+	deadline := time.Now().Add(sz.scaleBudget)
+	leases := make([]*Lease, sz.scaleLeases)
+	var next, reached atomic.Int64
+	var firstErr atomic.Value
+	prefix := fmt.Sprintf("compare-scale-%d-", time.Now().UnixNano())
+	var wg sync.WaitGroup
+	clients := make([]Locker, workers)
+	for w := range clients {
+		clients[w] = r.Locker()
+	}
+	defer func() {
+		for _, l := range clients {
+			l.Close()
+		}
+	}()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(l Locker) {
+			defer wg.Done()
+			for ctx.Err() == nil && time.Now().Before(deadline) {
+				i := next.Add(1) - 1
+				if i >= int64(len(leases)) {
+					return
+				}
+				lease, err := l.Acquire(ctx, prefix+strconv.FormatInt(i, 10), "scale", ttl, 0)
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				leases[i] = lease
+				if n := reached.Add(1); n%256 == 0 {
+					progress(0.5 * float64(n) / float64(len(leases)))
+				}
+			}
+		}(clients[w])
+	}
+	wg.Wait()
+	c.Reached = int(reached.Load())
+	// One renewal sweep over every held lease.
+	var renewed atomic.Int64
+	var idx atomic.Int64
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(l Locker) {
+			defer wg.Done()
+			rn, ok := l.(renewer)
+			if !ok {
+				return
+			}
+			for ctx.Err() == nil && time.Now().Before(deadline.Add(sz.scaleBudget/2)) {
+				i := idx.Add(1) - 1
+				if i >= int64(len(leases)) {
+					return
+				}
+				if leases[i] == nil {
+					continue
+				}
+				if err := rn.Renew(ctx, leases[i], ttl); err == nil {
+					if n := renewed.Add(1); n%256 == 0 {
+						progress(0.5 + 0.5*float64(n)/float64(max(c.Reached, 1)))
+					}
+				} else {
+					firstErr.CompareAndSwap(nil, "renew: "+err.Error())
+				}
+			}
+		}(clients[w])
+	}
+	wg.Wait()
+	c.Renewals = renewed.Load()
+	c.ProcessMB = goMemMB() - mem0
+	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
+	if rss0 > 0 && c.StoreRSSMB > 0 {
+		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
+	}
+	if c.Reached < c.Wanted {
+		c.Note = fmt.Sprintf("reached %d of %d leases within the %s budget", c.Reached, c.Wanted, sz.scaleBudget)
+	}
+	if s, ok := firstErr.Load().(string); ok {
+		c.Note = strings.TrimSpace(c.Note + "; first error: " + s)
+	}
+	if c.Reached == 0 {
+		c.Unmeasured = "no lease could be acquired: " + c.Note
+	}
+	// Leave nothing behind for the scenarios after this one.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sz.scaleBudget)
+	defer cancel()
+	var ri atomic.Int64
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(l Locker) {
+			defer wg.Done()
+			for rctx.Err() == nil {
+				i := ri.Add(1) - 1
+				if i >= int64(len(leases)) {
+					return
+				}
+				if leases[i] != nil {
+					_ = l.Release(rctx, leases[i])
+				}
+			}
+		}(clients[w])
+	}
+	wg.Wait()
+	return c
+}
+
+// scalePolls parks many waiters on one held key and measures memory while
+// they wait.
+func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, progress func(float64)) ScaleCell {
+	want := sz.scalePolls
+	c := ScaleCell{What: "clients long-polling one key", Wanted: want}
+	if r.srv != nil {
+		if budget := fdBudget(); budget < want {
+			c.Note = fmt.Sprintf("scaled to %d: the open-file limit allows about that many HTTP long polls with both ends in this process", budget)
+			want = budget
+		}
+	}
+	key := fmt.Sprintf("compare-polls-%d", time.Now().UnixNano())
+	holder := r.Locker()
+	defer holder.Close()
+	hl, err := holder.Acquire(ctx, key, "holder", 10*time.Minute, 0)
+	if err != nil {
+		c.Unmeasured = "holder: " + err.Error()
+		return c
+	}
+	mem0 := goMemMB()
+	rss0, _ := storeRSS(d)
+	pctx, cancel := context.WithCancel(ctx)
+	var started, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	var clients []Locker
+	shared := r.Locker()
+	defer shared.Close()
+	for i := 0; i < want; i++ {
+		// Over HTTP one client (one pool) per 100 pollers is enough: each
+		// long poll holds its own connection anyway.
+		l := shared
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started.Add(1)
+			_, err := l.Acquire(pctx, key, "poller", time.Minute, 4*time.Minute)
+			if err != nil && pctx.Err() == nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}()
+		if i%200 == 199 {
+			progress(0.8 * float64(i) / float64(want))
+			time.Sleep(20 * time.Millisecond) // let the store keep up with the queue
+		}
+	}
+	_ = clients
+	// Let every poller reach the store's queue before measuring.
+	settle := time.Now().Add(sz.scaleBudget / 2)
+	for time.Now().Before(settle) && ctx.Err() == nil {
+		st, err := r.b.Inspect(ctx, key)
+		if err == nil && st.Waiters >= want-int(failed.Load()) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	st, ierr := r.b.Inspect(ctx, key)
+	c.ProcessMB = goMemMB() - mem0
+	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
+	if rss0 > 0 && c.StoreRSSMB > 0 {
+		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
+	}
+	c.Reached = want - int(failed.Load())
+	if ierr == nil {
+		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; the store counted %d waiters", st.Waiters), "; ")
+	}
+	if s, ok := firstErr.Load().(string); ok {
+		c.Note += "; first failed poll: " + s
+	}
+	cancel()
+	wg.Wait()
+	_ = holder.Release(context.WithoutCancel(ctx), hl)
+	progress(1)
+	if c.Reached == 0 {
+		c.Unmeasured = "no poll could be started: " + c.Note
+	}
+	return c
+}
+
+// storeRSS sums the resident memory of the processes listening on the
+// store's addresses. An in-process store (embedded etcd) has none.
+func storeRSS(d *deployment) (float64, string) {
+	if d.inProcess {
+		return 0, "the store runs inside this process: its memory is in the process figure"
+	}
+	var total float64
+	for _, a := range d.Addrs {
+		pid, err := listenerPID(a)
+		if err != nil {
+			return 0, "store RSS not read: " + err.Error()
+		}
+		kb, err := vmRSS(pid)
+		if err != nil {
+			return 0, "store RSS not read: " + err.Error()
+		}
+		total += float64(kb) / 1024
+	}
+	return total, ""
+}
+
+// listenerPID finds the process listening on addr (127.0.0.1:port) from
+// /proc/net/tcp and the processes' open sockets.
+func listenerPID(addr string) (int, error) {
+	_, ps, _ := strings.Cut(addr, ":")
+	port, err := strconv.Atoi(ps)
+	if err != nil {
+		return 0, err
+	}
+	var lines []string
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		if raw, err := os.ReadFile(f); err == nil {
+			lines = append(lines, strings.Split(string(raw), "\n")[1:]...)
+		}
+	}
+	var inode string
+	for _, line := range lines {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" {
+			continue
+		}
+		_, hexPort, _ := strings.Cut(f[1], ":")
+		if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil && int(p) == port {
+			inode = f[9]
+			break
+		}
+	}
+	if inode == "" {
+		return 0, fmt.Errorf("no listener on %s", addr)
+	}
+	target := "socket:[" + inode + "]"
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		fds, _ := os.ReadDir(p + "/fd")
+		for _, fd := range fds {
+			if l, err := os.Readlink(p + "/fd/" + fd.Name()); err == nil && l == target {
+				return strconv.Atoi(filepath.Base(p))
+			}
+		}
+	}
+	return 0, errors.New("listener's process not found")
+}
+
+func vmRSS(pid int) (int, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+var _ = backend.ErrHeld
