@@ -100,7 +100,8 @@ var _ backend.Backend = (*Backend)(nil)
 
 // Options configures a Backend. The zero value works.
 type Options struct {
-	// Root is the znode under which lock nodes live. Default "/lockd".
+	// Root is the znode under which lock nodes live, created when missing.
+	// Default "/lockd".
 	Root string
 	// ACL is given to every node the backend creates. Default
 	// zk.WorldACL(zk.PermAll).
@@ -146,6 +147,9 @@ func New(conn *zk.Conn, opts Options) *Backend {
 	root := strings.TrimRight(opts.Root, "/")
 	if root == "" {
 		root = "/lockd"
+	}
+	if !strings.HasPrefix(root, "/") {
+		root = "/" + root
 	}
 	acl := opts.ACL
 	if len(acl) == 0 {
@@ -328,8 +332,10 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 // removeHead deletes the head of q (at version v) and, in the same multi-op,
 // deletes the abandoned waiters right behind it and grants the lock to the
 // first live one by writing its deadline. Everything it needs is in the node
-// names, so a handoff costs one write. A conflict (the queue changed since q
-// was read) comes back as an error for which isConflict is true.
+// names, so it costs one write. It serves the removal of an expired holder and
+// a holder leaving through a cancelled acquire; Release itself is a plain
+// versioned delete. A conflict (the queue changed since q was read) comes back
+// as an error for which isConflict is true.
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
 	ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
