@@ -359,8 +359,10 @@ func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.
 	var g backend.Grant
 	granted := false
 	err := a.b.leave(ctx, a.req.Key, a.name, func(r nodeRead) bool {
-		g, granted = a.grant(r), true
-		return true
+		var err error
+		g, err = a.holding(ctx, r)
+		granted = err == nil
+		return granted
 	})
 	if err != nil {
 		return backend.Grant{}, false, err
