@@ -358,7 +358,13 @@ func TestKillEnsembleMemberWhileContending(t *testing.T) {
 	stop := make(chan struct{})
 	wait := contend(t, bs, key, reg, stop)
 
-	time.Sleep(time.Second)
+	// Let the service warm up: a cold ensemble on a busy machine may take a
+	// while for its first grants.
+	started := time.Now()
+	for reg.count() < 10 && time.Since(started) < 30*time.Second {
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("%d grants in the first %v", reg.count(), time.Since(started))
 	beforeKill := reg.count()
 	leader := z.Leader()
 	if leader < 0 {
