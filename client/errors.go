@@ -1,0 +1,69 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrHeld: the lock was not granted within the wait. The *Error carries
+	// the holder when the server knows it.
+	ErrHeld = errors.New("lockd: lock held")
+	// ErrLeaseExpired: the lease no longer holds the lock (expired, released,
+	// or never existed), as the server said with 410, or as the client knows
+	// because its own deadline for the lease has passed.
+	ErrLeaseExpired = errors.New("lockd: lease expired")
+	// ErrUnavailable: the server's backend was unreachable (503).
+	ErrUnavailable = errors.New("lockd: backend unavailable")
+	// ErrOutcomeUnknown: an acquire reached the server but its reply was
+	// lost (connection reset, timeout). The server may have granted the lock
+	// to a lease this client never learned: nobody else can hold the key
+	// while that lease runs, and it expires after its TTL because nobody
+	// renews it. The client does not retry such an acquire on its own (see
+	// Client.AcquireLease).
+	ErrOutcomeUnknown = errors.New("lockd: outcome unknown")
+	// ErrReleased is Lock.Err after Lock.Release.
+	ErrReleased = errors.New("lockd: lock released")
+)
+
+// Error is an error reply of the server (application/problem+json).
+type Error struct {
+	Status int    // HTTP status
+	Code   string // machine-readable code, e.g. "lock_held", "lease_expired"
+	Type   string
+	Title  string
+	Detail string
+	// Holder is the current holder for a "lock_held" reply, when known.
+	Holder *Holder
+	// RetryAfter is the server's Retry-After, when it sent one.
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	msg := fmt.Sprintf("lockd: %d %s", e.Status, e.Code)
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	} else if e.Title != "" {
+		msg += ": " + e.Title
+	}
+	if e.Holder != nil {
+		msg += fmt.Sprintf(" (held by %q, token %d, until %s)", e.Holder.Owner, e.Holder.Token, e.Holder.ExpiresAt.Format(time.RFC3339Nano))
+	}
+	return msg
+}
+
+// Is maps the server's codes (and, failing a code, its statuses) onto the
+// sentinels.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case ErrHeld:
+		return e.Code == "lock_held" || e.Code == "" && e.Status == 409
+	case ErrLeaseExpired:
+		return e.Code == "lease_expired" || e.Code == "" && e.Status == 410
+	case ErrUnavailable:
+		return e.Code == "backend_unavailable" || e.Status == 503
+	}
+	return false
+}

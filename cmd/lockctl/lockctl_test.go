@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lockd/lockd/internal/lockdtest"
+)
+
+var lockctlBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lockctl-test-")
+	if err != nil {
+		panic(err)
+	}
+	lockctlBin = filepath.Join(dir, "lockctl")
+	if out, err := exec.Command("go", "build", "-o", lockctlBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building lockctl: %v\n%s", err, out)
+		os.Exit(2)
+	}
+	lockdtest.Main(m, func() {
+		if shared.srv != nil {
+			shared.srv.Close()
+		}
+		os.RemoveAll(dir)
+	})
+}
+
+var shared struct {
+	once sync.Once
+	srv  *lockdtest.Server
+	err  error
+}
+
+// sharedServer is one lockd for the tests that do not pause or kill it.
+func sharedServer(t *testing.T) *lockdtest.Server {
+	t.Helper()
+	shared.once.Do(func() {
+		bin, err := lockdtest.BuildBinary()
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.srv, shared.err = lockdtest.StartServer(bin, lockdtest.Options{})
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.srv
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// lockctl runs the real binary against srv.
+func lockctl(t *testing.T, srv *lockdtest.Server, args ...string) result {
+	t.Helper()
+	cmd := command(t, srv, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("lockctl %v: %v", args, err)
+	}
+	return result{cmd.ProcessState.ExitCode(), out.String(), errb.String()}
+}
+
+func command(t *testing.T, srv *lockdtest.Server, args ...string) *exec.Cmd {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, lockctlBin, args...)
+	cmd.Env = append(os.Environ(), "LOCKD_ADDR="+srv.Addr, "PATH="+filepath.Dir(lockctlBin)+":"+os.Getenv("PATH"))
+	return cmd
+}
+
+func wantCode(t *testing.T, r result, want int) {
+	t.Helper()
+	if r.code != want {
+		t.Fatalf("exit code %d, want %d\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	srv := sharedServer(t)
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"run", "k"},
+		{"acquire"},
+		{"acquire", "k", "extra"},
+		{"acquire", "k", "--ttl", "1ms"},
+		{"run", "k", "--ttl", "1s", "--grace", "900ms", "--", "true"},
+		{"status"},
+	} {
+		wantCode(t, lockctl(t, srv, args...), exitUsage)
+	}
+	wantCode(t, lockctl(t, srv, "run", "ctl-nocmd", "--", "no-such-command-xyz"), exitNotFound)
+}
+
+func TestScriptCommands(t *testing.T) {
+	srv := sharedServer(t)
+	r := lockctl(t, srv, "acquire", "ctl-script", "--ttl", "10s", "--owner", "script", "--json")
+	wantCode(t, r, exitOK)
+	var g struct {
+		LeaseID string `json:"lease_id"`
+		Token   uint64 `json:"token"`
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatalf("acquire --json: %v\n%s", err, r.stdout)
+	}
+	json.Unmarshal([]byte(r.stdout), &g)
+	if raw["key"] != "ctl-script" || g.LeaseID == "" || g.Token == 0 || raw["deadline"] == nil {
+		t.Fatalf("acquire --json output %s", r.stdout)
+	}
+
+	// Held: a single try exits with the "held" code and names the holder.
+	r = lockctl(t, srv, "acquire", "ctl-script")
+	wantCode(t, r, exitHeld)
+	if !strings.Contains(r.stderr, "script") {
+		t.Errorf("held message does not name the holder: %s", r.stderr)
+	}
+
+	r = lockctl(t, srv, "status", "ctl-script")
+	wantCode(t, r, exitOK)
+	if !strings.Contains(r.stdout, `held by "script", token `+strconv.FormatUint(g.Token, 10)) {
+		t.Errorf("status: %s", r.stdout)
+	}
+	r = lockctl(t, srv, "list", "--prefix", "ctl-script", "--json")
+	wantCode(t, r, exitOK)
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list) != 1 || list[0]["key"] != "ctl-script" {
+		t.Fatalf("list --json: %v %s", err, r.stdout)
+	}
+	r = lockctl(t, srv, "list", "--prefix", "ctl-script")
+	wantCode(t, r, exitOK)
+	if !strings.Contains(r.stdout, "ctl-script") || !strings.Contains(r.stdout, "script") {
+		t.Errorf("list: %s", r.stdout)
+	}
+
+	r = lockctl(t, srv, "renew", "ctl-script", g.LeaseID, "--ttl", "5s")
+	wantCode(t, r, exitOK)
+	if !strings.Contains(r.stdout, "LOCKD_TOKEN="+strconv.FormatUint(g.Token, 10)) {
+		t.Errorf("renew output: %s", r.stdout)
+	}
+	wantCode(t, lockctl(t, srv, "renew", "ctl-script", "AAAAAAAAAAAAAAAAAAAAAA"), exitLeaseLost)
+
+	r = lockctl(t, srv, "release", "ctl-script", g.LeaseID)
+	wantCode(t, r, exitOK)
+	wantCode(t, lockctl(t, srv, "release", "ctl-script", g.LeaseID), exitLeaseLost)
+	r = lockctl(t, srv, "status", "--json", "ctl-script")
+	wantCode(t, r, exitOK)
+	if !strings.Contains(r.stdout, `"held": false`) {
+		t.Errorf("status after release: %s", r.stdout)
+	}
+
+	// The human acquire output is shell-evaluable NAME=value lines.
+	r = lockctl(t, srv, "acquire", "ctl-script", "--ttl", "5s")
+	wantCode(t, r, exitOK)
+	cmd := command(t, srv, "release")
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		cmd.Env = append(cmd.Env, line)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("release from $LOCKD_KEY/$LOCKD_LEASE_ID: %v %s", err, out)
+	}
+
+	wantCode(t, lockctl(t, srv, "acquire", "bad key!"), exitInvalid)
+	wantCode(t, lockctl(t, srv, "--server", "127.0.0.1:1", "status", "x"), exitUnavailable)
+}
+
+func TestRunPassesEnvAndStatus(t *testing.T) {
+	srv := sharedServer(t)
+	r := lockctl(t, srv, "run", "ctl-env", "--ttl", "5s", "--", "sh", "-c",
+		`echo "key=$LOCKD_KEY token=$LOCKD_TOKEN lease=$LOCKD_LEASE_ID deadline=$LOCKD_DEADLINE"; exit 3`)
+	wantCode(t, r, 3)
+	for _, want := range []string{"key=ctl-env ", "token=", "lease=", "deadline=20"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("child output %q lacks %q", r.stdout, want)
+		}
+	}
+	if strings.Contains(r.stdout, "token= ") || strings.Contains(r.stdout, "lease= ") {
+		t.Errorf("empty variable in %q", r.stdout)
+	}
+	// Released when the child exited.
+	wantCode(t, lockctl(t, srv, "acquire", "ctl-env", "--ttl", "1s"), exitOK)
+}
+
+func TestRunHeldExitsWithHeldCode(t *testing.T) {
+	srv := sharedServer(t)
+	wantCode(t, lockctl(t, srv, "acquire", "ctl-held", "--ttl", "10s"), exitOK)
+	marker := filepath.Join(t.TempDir(), "ran")
+	r := lockctl(t, srv, "run", "ctl-held", "--wait", "200ms", "--", "touch", marker)
+	wantCode(t, r, exitHeld)
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran without the lock")
+	}
+}
+
+// Two `lockctl run` on one key never run their commands at the same time.
+func TestTwoRunsSerialise(t *testing.T) {
+	srv := sharedServer(t)
+	log := filepath.Join(t.TempDir(), "log")
+	script := `echo "start $LOCKD_TOKEN" >> "$LOG"; sleep 0.5; echo "end $LOCKD_TOKEN" >> "$LOG"`
+	var wg sync.WaitGroup
+	codes := make([]int, 3)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := command(t, srv, "run", "ctl-serial", "--ttl", "2s", "--wait", "30s", "--", "sh", "-c", script)
+			cmd.Env = append(cmd.Env, "LOG="+log)
+			cmd.Run()
+			codes[i] = cmd.ProcessState.ExitCode()
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 0 {
+			t.Fatalf("run %d exited %d", i, c)
+		}
+	}
+	b, _ := os.ReadFile(log)
+	lines := strings.Fields(strings.ReplaceAll(string(b), "\n", " "))
+	if len(lines) != 12 {
+		t.Fatalf("log %q: want 6 lines", b)
+	}
+	var last uint64
+	for i := 0; i < len(lines); i += 4 {
+		start, tok, end, tok2 := lines[i], lines[i+1], lines[i+2], lines[i+3]
+		if start != "start" || end != "end" || tok != tok2 {
+			t.Fatalf("commands overlapped:\n%s", b)
+		}
+		n, _ := strconv.ParseUint(tok, 10, 64)
+		if n <= last {
+			t.Fatalf("tokens not increasing:\n%s", b)
+		}
+		last = n
+	}
+}
+
+// SIGTERM to lockctl reaches the child; lockctl exits with its status and
+// releases the lock.
+func TestRunForwardsSignals(t *testing.T) {
+	srv := sharedServer(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := command(t, srv, "run", "ctl-signal", "--ttl", "5s", "--", "sh", "-c",
+		`trap 'exit 5' TERM; touch "$READY"; while :; do sleep 0.05; done`)
+	cmd.Env = append(cmd.Env, "READY="+ready)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, ready)
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if got := cmd.ProcessState.ExitCode(); got != 5 {
+		t.Fatalf("exit %d, want the child's 5", got)
+	}
+	wantCode(t, lockctl(t, srv, "acquire", "ctl-signal", "--ttl", "1s"), exitOK)
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s never appeared", path)
+}
+
+// The lease is released out from under the command (with the lease id from
+// its own environment): the next renew is refused, and the command — which
+// ignores SIGTERM — is killed; lockctl exits with the lease-lost code.
+func TestRunStopsChildWhenRenewRefused(t *testing.T) {
+	srv := sharedServer(t)
+	start := time.Now()
+	r := lockctl(t, srv, "run", "ctl-refused", "--ttl", "3s", "--", "sh", "-c",
+		`trap '' TERM; lockctl release >/dev/null; sleep 60`)
+	wantCode(t, r, exitLeaseLost)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("took %v to stop the command, want well under the 3 s TTL", took)
+	}
+	if !strings.Contains(r.stderr, "lost") {
+		t.Errorf("stderr does not say the lease was lost: %s", r.stderr)
+	}
+}
+
+// lockd stops answering (SIGSTOP): renewals fail, and the command is
+// stopped — SIGTERM ignored, so SIGKILL — before the deadline counted from
+// the last renew that could have succeeded.
+func TestRunStopsChildBeforeDeadlineWhenServerUnreachable(t *testing.T) {
+	srv := lockdtest.Start(t, nil)
+	dir := t.TempDir()
+	ticks, ready := filepath.Join(dir, "ticks"), filepath.Join(dir, "ready")
+	const ttl = 2 * time.Second
+	cmd := command(t, srv, "run", "ctl-paused", "--ttl", ttl.String(), "--", "sh", "-c",
+		`trap '' TERM; touch "$READY"; while :; do date +%s%N >> "$TICKS"; sleep 0.02; done`)
+	cmd.Env = append(cmd.Env, "READY="+ready, "TICKS="+ticks)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, ready)
+	paused := time.Now()
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Resume() })
+	cmd.Wait()
+	exited := time.Now()
+	if got := cmd.ProcessState.ExitCode(); got != exitLeaseLost {
+		t.Fatalf("exit %d, want %d (stderr: %s)", got, exitLeaseLost, stderr.String())
+	}
+	// No renew sent after `paused` can have succeeded, so the lease's
+	// deadline is at most paused+ttl: the command must be gone by then.
+	b, _ := os.ReadFile(ticks)
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatal("command never ticked")
+	}
+	ns, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+	lastTick := time.Unix(0, ns)
+	if deadline := paused.Add(ttl); !lastTick.Before(deadline) {
+		t.Fatalf("command still ran at %v, after the deadline %v", lastTick, deadline)
+	}
+	t.Logf("paused at 0, command's last tick at %v, lockctl exited at %v (ttl %v)", lastTick.Sub(paused), exited.Sub(paused), ttl)
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/lockd/lockd/client"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+func defaultOwner() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return "lockctl " + name + "@" + host + ":" + strconv.Itoa(os.Getpid())
+}
+
+// stopTimes returns, for a TTL and a --grace, how long before the deadline
+// the child is sent SIGTERM (margin) and how long before it SIGKILL comes at
+// the latest (safety). Both count back from the deadline computed from when
+// the last successful renew was SENT.
+func stopTimes(ttl, grace time.Duration) (margin, safety time.Duration) {
+	safety = max(ttl/10, 10*time.Millisecond)
+	return grace + safety, safety
+}
+
+func defaultGrace(ttl time.Duration) time.Duration {
+	return min(ttl/5, 10*time.Second)
+}
+
+func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
+	var a acquireFlags
+	grace := time.Duration(-1)
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	a.register(fs, getenv)
+	fs.DurationVar(&grace, "grace", -1, "time between SIGTERM and SIGKILL on lease loss (default TTL/5, at most 10s)")
+	pos, command, err := parse(g, fs, args, 1)
+	if err != nil {
+		return usageErr(g, "run: %v", err)
+	}
+	if len(pos) != 1 || len(command) == 0 {
+		return usageErr(g, "run: want KEY [flags] -- CMD [ARGS...]")
+	}
+	if code := a.check(g); code != exitOK {
+		return code
+	}
+	if grace < 0 {
+		grace = defaultGrace(a.ttl)
+	}
+	renewEvery := a.ttl / 3
+	margin, safety := stopTimes(a.ttl, grace)
+	// Renewals need time to succeed before the child is stopped: at least
+	// one renew period plus one more try.
+	if margin > a.ttl-renewEvery-renewEvery/2 {
+		return usageErr(g, "run: --grace %v too long for --ttl %v (at most %v)", grace, a.ttl, a.ttl-renewEvery-renewEvery/2-safety)
+	}
+	path, err := exec.LookPath(command[0])
+	if err != nil {
+		fmt.Fprintf(g.stderr, "lockctl: run: %v\n", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return exitNotFound
+		}
+		return exitNoExec
+	}
+
+	// Signals arriving while we wait for the lock cancel the wait; once the
+	// child runs they are forwarded to it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	actx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-actx.Done():
+		}
+	}()
+
+	c, err := g.client()
+	if err != nil {
+		cancel()
+		return usageErr(g, "%v", err)
+	}
+	key := pos[0]
+	l, err := c.Acquire(actx, key, client.AcquireOptions{
+		TTL: a.ttl, Wait: a.wait, Owner: a.owner, Margin: margin, RenewEvery: renewEvery,
+	})
+	cancel()
+	if err != nil {
+		return fail(g, "acquire "+key, err)
+	}
+
+	cmd := exec.Command(path, command[1:]...)
+	cmd.Args[0] = command[0]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(),
+		"LOCKD_KEY="+l.Key(),
+		"LOCKD_TOKEN="+strconv.FormatUint(l.Token(), 10),
+		"LOCKD_LEASE_ID="+l.LeaseID(),
+		"LOCKD_DEADLINE="+lease.Format(l.Deadline()),
+		"LOCKD_ADDR="+g.server,
+	)
+	// Its own process group: lockctl decides which signals reach the child,
+	// and a lease loss stops the child's children too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		releaseQuietly(l)
+		fmt.Fprintf(g.stderr, "lockctl: run: %v\n", err)
+		return exitNoExec
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	pgid := cmd.Process.Pid
+	group := func(sig syscall.Signal) { _ = syscall.Kill(-pgid, sig) }
+
+	lost := l.Lost()
+	var killTimer <-chan time.Time
+	leaseLost := false
+	for {
+		select {
+		case s := <-sigs:
+			group(s.(syscall.Signal))
+		case <-lost:
+			lost = nil
+			leaseLost = true
+			fmt.Fprintf(g.stderr, "lockctl: lease on %s lost (%v); stopping the command\n", key, l.Err())
+			group(syscall.SIGTERM)
+			// SIGKILL after the grace, and in any case `safety` before the
+			// deadline counted from the last renew's send.
+			wait := min(grace, time.Until(l.Deadline().Add(-safety)))
+			killTimer = time.After(max(wait, 0))
+		case <-killTimer:
+			killTimer = nil
+			group(syscall.SIGKILL)
+		case <-exited:
+			if leaseLost {
+				group(syscall.SIGKILL) // leave no grandchild running past the lease
+				releaseQuietly(l)
+				return exitLeaseLost
+			}
+			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := l.Release(rctx)
+			rcancel()
+			if err != nil && !errors.Is(err, client.ErrLeaseExpired) {
+				fmt.Fprintf(g.stderr, "lockctl: release %s: %v (the lease runs out on its own)\n", key, err)
+			}
+			return exitStatus(cmd.ProcessState)
+		}
+	}
+}
+
+func releaseQuietly(l *client.Lock) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = l.Release(ctx)
+}
+
+// exitStatus is the shell's convention: the exit code, or 128+N for a child
+// killed by signal N.
+func exitStatus(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
