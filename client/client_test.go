@@ -31,7 +31,7 @@ var shared struct {
 	err  error
 }
 
-func sharedServer(t *testing.T) *lockdtest.Server {
+func sharedServer(t testing.TB) *lockdtest.Server {
 	t.Helper()
 	shared.once.Do(func() {
 		bin, err := lockdtest.BuildBinary()
