@@ -321,7 +321,7 @@ func latencySection(d *doc, ran []*BackendRun) {
 
 func handoffSection(d *doc, ran []*BackendRun) {
 	d.h2("Contended handoff")
-	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a *different* client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", fifoSlack)
+	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", fifoSlack)
 	for _, br := range ran {
 		if len(br.Handoff) == 0 {
 			continue
@@ -568,7 +568,7 @@ func roundTripSection(d *doc, ran []*BackendRun) {
 
 func scaleSection(d *doc, ran []*BackendRun) {
 	d.h2("Scale: memory")
-	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd). Store memory is the resident set of the store's server processes.")
+	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd); the peak is the highest sample (every 100 ms) during the step. A step stops early when the process passes %d MB (the machine is shared). Store memory is the resident set of the store's server processes.", memCap>>20)
 	var rows [][]tcell
 	for _, br := range ran {
 		for _, c := range br.Scale {
@@ -584,7 +584,7 @@ func scaleSection(d *doc, ran []*BackendRun) {
 			if c.Renewals > 0 {
 				reached += fmt.Sprintf(", %d renewals", c.Renewals)
 			}
-			rows = append(rows, []tcell{plain(br.Name), plain(c.What), plain(reached), plain(fmt.Sprintf("%+.1f MB", c.ProcessMB)), plain(store), plain(c.Note)})
+			rows = append(rows, []tcell{plain(br.Name), plain(c.What), plain(reached), plain(fmt.Sprintf("%+.1f MB (peak %.0f MB)", c.ProcessMB, c.PeakMB)), plain(store), plain(c.Note)})
 		}
 	}
 	if len(rows) > 0 {

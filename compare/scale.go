@@ -58,6 +58,9 @@ type ScaleCell struct {
 	// the same before the step: lockd and the clients it serves (and, for
 	// etcd, the embedded server), all in one process.
 	ProcessMB float64 `json:"process_go_mem_mb"`
+	// PeakMB: the highest Go heap + stacks in use sampled during the step
+	// (every 100 ms), before any GC forced for measuring.
+	PeakMB float64 `json:"process_peak_mb"`
 	// StoreRSSMB: resident memory of the store's server processes (sum over
 	// members) after the step, and its growth during it.
 	StoreRSSMB      float64 `json:"store_rss_mb,omitempty"`
@@ -65,6 +68,63 @@ type ScaleCell struct {
 	StoreRSSNote    string  `json:"store_rss_note,omitempty"`
 	Note            string  `json:"note,omitempty"`
 	Unmeasured      string  `json:"unmeasured,omitempty"`
+}
+
+// memCap stops a scale step whose process memory passes it: the machine is
+// shared, and a backend that needs more than this is a finding in itself.
+const memCap = 2 << 30
+
+// memWatch samples the Go heap every 100 ms until stopped, keeps the peak,
+// and closes over when the heap passes memCap.
+type memWatch struct {
+	peak atomic.Uint64
+	over chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+func watchMem() *memWatch {
+	w := &memWatch{over: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		tripped := false
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-tick.C:
+			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			used := ms.HeapInuse + ms.StackInuse
+			if used > w.peak.Load() {
+				w.peak.Store(used)
+			}
+			if used > memCap && !tripped {
+				tripped = true
+				close(w.over)
+			}
+		}
+	}()
+	return w
+}
+
+func (w *memWatch) tripped() bool {
+	select {
+	case <-w.over:
+		return true
+	default:
+		return false
+	}
+}
+
+// end stops sampling and returns the peak in MB.
+func (w *memWatch) end() float64 {
+	close(w.stop)
+	<-w.done
+	return float64(w.peak.Load()) / (1 << 20)
 }
 
 func goMemMB() float64 {
@@ -111,6 +171,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 	const ttl = 10 * time.Minute
 	const workers = 32
 	mem0 := goMemMB()
+	mw := watchMem()
 	rss0, _ := storeRSS(d)
 	deadline := time.Now().Add(sz.scaleBudget)
 	leases := make([]*Lease, sz.scaleLeases)
@@ -131,7 +192,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 		wg.Add(1)
 		go func(l Locker) {
 			defer wg.Done()
-			for ctx.Err() == nil && time.Now().Before(deadline) {
+			for ctx.Err() == nil && time.Now().Before(deadline) && !mw.tripped() {
 				i := next.Add(1) - 1
 				if i >= int64(len(leases)) {
 					return
@@ -161,7 +222,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 			if !ok {
 				return
 			}
-			for ctx.Err() == nil && time.Now().Before(deadline.Add(sz.scaleBudget/2)) {
+			for ctx.Err() == nil && time.Now().Before(deadline.Add(sz.scaleBudget/2)) && !mw.tripped() {
 				i := idx.Add(1) - 1
 				if i >= int64(len(leases)) {
 					return
@@ -181,13 +242,17 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 	}
 	wg.Wait()
 	c.Renewals = renewed.Load()
+	c.PeakMB = mw.end()
 	c.ProcessMB = goMemMB() - mem0
+	if mw.tripped() {
+		c.Note = fmt.Sprintf("stopped: process memory passed %d MB", memCap>>20)
+	}
 	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
 	if rss0 > 0 && c.StoreRSSMB > 0 {
 		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
 	}
 	if c.Reached < c.Wanted {
-		c.Note = fmt.Sprintf("reached %d of %d leases within the %s budget", c.Reached, c.Wanted, sz.scaleBudget)
+		c.Note = strings.TrimPrefix(c.Note+"; ", "; ") + fmt.Sprintf("reached %d of %d leases within the %s budget", c.Reached, c.Wanted, sz.scaleBudget)
 	}
 	if s, ok := firstErr.Load().(string); ok {
 		c.Note = strings.TrimSpace(c.Note + "; first error: " + s)
@@ -239,16 +304,28 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 	}
 	mem0 := goMemMB()
 	rss0, _ := storeRSS(d)
+	mw := watchMem()
 	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		// Past the cap, every poller leaves at once.
+		select {
+		case <-mw.over:
+			cancel()
+		case <-pctx.Done():
+		}
+	}()
 	var started, failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	var clients []Locker
 	shared := r.Locker()
 	defer shared.Close()
-	for i := 0; i < want; i++ {
-		// Over HTTP one client (one pool) per 100 pollers is enough: each
-		// long poll holds its own connection anyway.
+	launched := 0
+	for i := 0; i < want && !mw.tripped() && ctx.Err() == nil; i++ {
+		launched++
+		// One client (one connection pool) for all: each long poll holds
+		// its own connection anyway.
 		l := shared
 		wg.Add(1)
 		go func() {
@@ -268,20 +345,23 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 	_ = clients
 	// Let every poller reach the store's queue before measuring.
 	settle := time.Now().Add(sz.scaleBudget / 2)
-	for time.Now().Before(settle) && ctx.Err() == nil {
+	for time.Now().Before(settle) && ctx.Err() == nil && !mw.tripped() {
 		st, err := r.b.Inspect(ctx, key)
-		if err == nil && st.Waiters >= want-int(failed.Load()) {
+		if err == nil && st.Waiters >= launched-int(failed.Load()) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	st, ierr := r.b.Inspect(ctx, key)
+	if mw.tripped() {
+		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; stopped after %d pollers: process memory passed %d MB", launched, memCap>>20), "; ")
+	}
 	c.ProcessMB = goMemMB() - mem0
 	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
 	if rss0 > 0 && c.StoreRSSMB > 0 {
 		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
 	}
-	c.Reached = want - int(failed.Load())
+	c.Reached = launched - int(failed.Load())
 	if ierr == nil {
 		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; the store counted %d waiters", st.Waiters), "; ")
 	}
@@ -290,6 +370,7 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 	}
 	cancel()
 	wg.Wait()
+	c.PeakMB = mw.end()
 	_ = holder.Release(context.WithoutCancel(ctx), hl)
 	progress(1)
 	if c.Reached == 0 {

@@ -25,7 +25,7 @@ type chart struct {
 var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"}
 
 func (c chart) svg() string {
-	const W, H, left, right, top, bottom = 640.0, 340.0, 70.0, 180.0, 30.0, 50.0
+	const W, H, left, right, top, bottom = 720.0, 340.0, 70.0, 260.0, 30.0, 50.0
 	pw, ph := W-left-right, H-top-bottom
 	xmin, xmax, ymin, ymax := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
 	for _, s := range c.Series {
@@ -107,9 +107,15 @@ func (c chart) svg() string {
 func ticks(lo, hi float64, log bool) []float64 {
 	var out []float64
 	if log {
+		mults := []float64{1}
+		if math.Log10(hi/lo) < 3 {
+			mults = []float64{1, 2, 5}
+		}
 		for e := math.Floor(math.Log10(lo)); e <= math.Ceil(math.Log10(hi)); e++ {
-			if v := math.Pow(10, e); v >= lo*0.999 && v <= hi*1.001 {
-				out = append(out, v)
+			for _, m := range mults {
+				if v := m * math.Pow(10, e); v >= lo*0.999 && v <= hi*1.001 {
+					out = append(out, v)
+				}
 			}
 		}
 		if len(out) < 2 {
