@@ -345,7 +345,7 @@ func handoffSection(d *doc, ran []*BackendRun) {
 
 func throughputSection(d *doc, ran []*BackendRun) {
 	d.h2("Throughput")
-	d.p("Closed loop: each client acquires (waiting up to 5 s) a key drawn at random among the keys, then releases it. CPU is this whole process's (getrusage) per 1,000 grants: load generator plus lockd, plus the embedded server for etcd; the direct rows show the same load generator without lockd, so the difference is lockd's share.")
+	d.p("Through lockd and the first direct library of each backend. Closed loop: each client acquires (waiting up to 5 s) a key drawn at random among the keys, then releases it. CPU is this whole process's (getrusage) per 1,000 grants: load generator plus lockd, plus the embedded server for etcd; the direct rows show the same load generator without lockd, so the difference is lockd's share.")
 	for _, br := range ran {
 		if len(br.Throughput) == 0 {
 			continue

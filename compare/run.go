@@ -185,7 +185,7 @@ func runThroughput(ctx context.Context, d *deployment, cfg config, sz sizes, b *
 	defer closeVias(vs)
 	cellDur := cfg.Duration / 2
 	if !cfg.Quick {
-		cellDur = cfg.Duration * 2 / 5
+		cellDur = max(cfg.Duration/4, 1500*time.Millisecond)
 	}
 	cellDur = max(cellDur, 500*time.Millisecond)
 	var cells []ThroughputCell

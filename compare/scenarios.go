@@ -25,7 +25,6 @@ var allScenarios = []scenario{
 	{Name: "latency", Perf: true, Title: "Uncontended latency", About: "one client, single-try acquire + release on its own key, back to back"},
 	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
 	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
-	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 	{Name: "roundtrips", Perf: true, Title: "Store round trips", About: "requests each client sends to the store per uncontended acquire and per release, counted inside the real client; the floor is one linearizable write per acquire"},
 	{Name: "nofault", Title: "No fault", About: "the correctness workload with no fault: the control row"},
 	{Name: "pause", Title: "Holder pause > TTL", About: "a holder stalls for 2×TTL after its grant (a GC pause), then writes"},
@@ -33,6 +32,7 @@ var allScenarios = []scenario{
 	{Name: "partition", Title: "lockd ↔ store partition", About: "toxiproxy between lockd and every store member: latency spikes (100±50 ms), then a cut (timeout toxic 0) longer than the TTL, then healed"},
 	{Name: "replica-kill", Title: "lockd replica killed", About: "two lockd replicas over one store, clients split between them; one replica is killed while clients hold and wait; its clients move to the other"},
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
+	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 
 func scenarioByName(name string) (scenario, bool) {
