@@ -1,0 +1,435 @@
+// Package redis keeps lockd's locks in one Redis (or a Sentinel or cluster
+// setup through go-redis's UniversalClient), in the manner of Redisson's fair
+// lock: every state change is one Lua script, so each acquire, renew and
+// release is one atomic round trip, and waiters queue in Redis in arrival
+// order and are woken by pub/sub, not by polling.
+//
+// # Layout (one hash tag per lock key, so one cluster slot)
+//
+//	<Prefix>{<key>}:lock   hash {id, owner, token, exp}, PX = the lease's TTL
+//	<Prefix>{<key>}:fence  counter, INCR'd by every grant: the fencing token
+//	<Prefix>{<key>}:q      list of waiter ids in arrival order
+//	<Prefix>{<key>}:qt     zset waiter id -> heartbeat deadline (Redis ms)
+//	<Prefix>wake           pub/sub channel; a message is the waiter id to wake
+//
+// The lock hash expires with the lease (PEXPIRE), so an abandoned grant frees
+// itself in Redis with no lockd alive. Deadlines are Redis's clock (TIME in
+// the scripts): replicas of lockd agree on them whatever their own clocks.
+//
+// The fencing counter never expires: one small key per distinct lock key
+// ever used. It only moves forward while Redis keeps its data; a Redis that
+// restarts without persistence, or fails over to a replica that had not
+// received the last INCR, hands out a token that is not larger than one
+// already given — and can grant a held lock a second time. This backend is
+// exactly as safe as the Redis deployment's durability.
+//
+// # Waiting
+//
+// A waiter pushes its id on the queue and keeps a heartbeat deadline in the
+// zset (refreshed every HeartbeatTimeout/3 by re-running the acquire
+// script). Only the head of the queue may take a free lock; a single try
+// (Wait 0) never jumps the queue. A release, or a waiter leaving, publishes
+// the id of the first live waiter; each Backend holds ONE subscription and
+// hands the message to the waiting goroutine with that id, so a release
+// wakes one waiter, not the herd. A holder that never releases is noticed by
+// a timer at its expiry (the acquire script returns the holder's deadline).
+// A waiter whose lockd died stops beating and is dropped when it reaches the
+// head, after at most HeartbeatTimeout; a pub/sub message lost to a
+// reconnect is made up for by the next heartbeat.
+//
+// This package must never keep state that matters only in its memory: the
+// waiter registry is only a mailbox for wake-ups; every decision is made by a
+// script from what Redis holds.
+package redis
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+var _ backend.Backend = (*Backend)(nil)
+
+var (
+	//go:embed scripts/prelude.lua
+	prelude string
+	//go:embed scripts/acquire.lua
+	acquireLua string
+	//go:embed scripts/renew.lua
+	renewLua string
+	//go:embed scripts/release.lua
+	releaseLua string
+	//go:embed scripts/abandon.lua
+	abandonLua string
+	//go:embed scripts/inspect.lua
+	inspectLua string
+
+	acquireScript = goredis.NewScript(prelude + acquireLua)
+	renewScript   = goredis.NewScript(prelude + renewLua)
+	releaseScript = goredis.NewScript(prelude + releaseLua)
+	abandonScript = goredis.NewScript(prelude + abandonLua)
+	inspectScript = goredis.NewScript(prelude + inspectLua)
+)
+
+// Options configures a Backend. The zero value works.
+type Options struct {
+	// Prefix starts every Redis key and the wake channel. Default "lockd:".
+	Prefix string
+	// HeartbeatTimeout is how long a queued waiter keeps its place without
+	// refreshing it; it refreshes every third of it. It bounds how long a
+	// waiter whose lockd died delays the queue. Default 3s.
+	HeartbeatTimeout time.Duration
+
+	backend.Hooks
+}
+
+// Backend is the Redis implementation of backend.Backend.
+type Backend struct {
+	client  goredis.UniversalClient
+	prefix  string
+	channel string
+	beat    time.Duration
+
+	sub     *goredis.PubSub
+	subDone chan struct{}
+
+	mu      sync.Mutex
+	waiters map[string]chan struct{} // waiter id -> wake-up mailbox
+	closed  bool
+	active  sync.WaitGroup // acquires in flight, waited for by Close
+
+	life      context.Context // ends on Close: waiting acquires give up
+	stop      context.CancelFunc
+	closeOnce sync.Once
+}
+
+// New returns a Backend over client, which it owns from now on (Close closes
+// it). It subscribes to the wake channel before returning, so that no
+// wake-up is missed by an acquire made through it.
+func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Backend, error) {
+	if opts.Prefix == "" {
+		opts.Prefix = "lockd:"
+	}
+	if opts.HeartbeatTimeout <= 0 {
+		opts.HeartbeatTimeout = 3 * time.Second
+	}
+	b := &Backend{
+		client:  client,
+		prefix:  opts.Prefix,
+		channel: opts.Prefix + "wake",
+		beat:    opts.HeartbeatTimeout,
+		waiters: map[string]chan struct{}{},
+		subDone: make(chan struct{}),
+	}
+	b.sub = client.Subscribe(ctx, b.channel)
+	if _, err := b.sub.Receive(ctx); err != nil { // the subscription's confirmation
+		_ = b.sub.Close()
+		return nil, unavailable(ctx, "subscribe", err)
+	}
+	b.life, b.stop = context.WithCancel(context.Background())
+	go b.dispatch()
+	return b, nil
+}
+
+// dispatch hands each wake message to the waiter it names. go-redis
+// resubscribes after a reconnect; messages published meanwhile are lost, and
+// the waiters' heartbeats make up for them.
+func (b *Backend) dispatch() {
+	defer close(b.subDone)
+	for msg := range b.sub.Channel() {
+		b.mu.Lock()
+		ch := b.waiters[msg.Payload]
+		b.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// Close ends waiting acquires (with ErrUnavailable), drops the subscription
+// and closes the client. Leases run on in Redis.
+func (b *Backend) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		b.closed = true
+		b.mu.Unlock()
+		b.stop()
+		b.active.Wait()
+		_ = b.sub.Close()
+		<-b.subDone
+		err = b.client.Close()
+	})
+	return err
+}
+
+func (b *Backend) keys(key string) []string {
+	base := b.prefix + "{" + key + "}:"
+	return []string{base + "lock", base + "fence", base + "q", base + "qt"}
+}
+
+// unavailable wraps a failed Redis call: ctx's error when ctx ended (the
+// caller gave up), ErrUnavailable otherwise.
+func unavailable(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return errors.Join(ctx.Err(), fmt.Errorf("redis %s: %w", op, err))
+	}
+	return fmt.Errorf("redis %s: %w: %w", op, backend.ErrUnavailable, err)
+}
+
+var errClosed = fmt.Errorf("redis: %w: backend closed", backend.ErrUnavailable)
+
+func ms(d time.Duration) int64 {
+	m := d.Milliseconds()
+	if m < 1 {
+		m = 1
+	}
+	return m
+}
+
+func toInt(v any) int64 {
+	n, _ := v.(int64)
+	return n
+}
+
+func toStr(v any) string {
+	s, _ := v.(string)
+	return s
+}
+
+// Acquire implements backend.Backend.
+func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	if err := ctx.Err(); err != nil {
+		return backend.Grant{}, err
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return backend.Grant{}, errClosed
+	}
+	b.active.Add(1)
+	var waiter string
+	var wake chan struct{}
+	if req.Wait > 0 {
+		// Registered before the first script call, so that a release right
+		// after we queue finds our mailbox.
+		waiter = lease.NewID()
+		wake = make(chan struct{}, 1)
+		b.waiters[waiter] = wake
+	}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.waiters, waiter)
+		b.mu.Unlock()
+		b.active.Done()
+	}()
+
+	keys := b.keys(req.Key)
+	id := lease.NewID()
+	giveUpAt := time.Now().Add(req.Wait)
+	timer := time.NewTimer(0)
+	<-timer.C
+	defer timer.Stop()
+	for {
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat)).Slice()
+		if err != nil {
+			// The script may have run (a lost reply): undo whatever it did.
+			b.abandon(keys, waiter, id)
+			return backend.Grant{}, unavailable(ctx, "acquire", err)
+		}
+		if toInt(res[0]) == 1 {
+			g := backend.Grant{
+				Key: req.Key, LeaseID: id, Token: uint64(toInt(res[2])), Owner: req.Owner,
+				TTL: req.TTL, ExpiresAt: time.UnixMilli(toInt(res[3])),
+			}
+			if err := ctx.Err(); err != nil { // granted as the caller gave up
+				b.abandon(keys, "", id)
+				return backend.Grant{}, err
+			}
+			return g, nil
+		}
+		var holder *backend.Holder
+		next := b.beat / 3
+		if toInt(res[5]) == 1 {
+			exp := toInt(res[3])
+			holder = &backend.Holder{Owner: toStr(res[1]), Token: uint64(toInt(res[2])), ExpiresAt: time.UnixMilli(exp)}
+			// Wake up when the holder's lease runs out, in Redis's time.
+			if d := time.Duration(exp-toInt(res[4])+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
+		left := time.Until(giveUpAt)
+		if left <= 0 {
+			if waiter != "" {
+				b.abandon(keys, waiter, id)
+			}
+			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: holder}
+		}
+		if left < next {
+			next = left
+		}
+		timer.Reset(next)
+		select {
+		case <-wake:
+			if !timer.Stop() {
+				<-timer.C
+			}
+		case <-timer.C:
+		case <-ctx.Done():
+			b.abandon(keys, waiter, id)
+			return backend.Grant{}, ctx.Err()
+		case <-b.life.Done():
+			b.abandon(keys, waiter, id)
+			return backend.Grant{}, errClosed
+		}
+	}
+}
+
+// abandon leaves the queue and releases a grant made under id, if any, on
+// its own short deadline: the caller's context may be over.
+func (b *Backend) abandon(keys []string, waiter, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	// A failure leaves at most a queue entry that stops beating and a
+	// grant that expires: both free themselves.
+	_ = abandonScript.Run(ctx, b.client, keys, waiter, id, b.channel).Err()
+}
+
+// Renew implements backend.Backend.
+func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	v, err := renewScript.Run(ctx, b.client, b.keys(key), leaseID, ms(ttl)).Result()
+	if err != nil {
+		return backend.Grant{}, unavailable(ctx, "renew", err)
+	}
+	res, ok := v.([]any)
+	if !ok {
+		return backend.Grant{}, fmt.Errorf("redis renew %q: %w", key, backend.ErrLeaseExpired)
+	}
+	return backend.Grant{
+		Key: key, LeaseID: leaseID, Owner: toStr(res[0]), Token: uint64(toInt(res[1])),
+		TTL: ttl, ExpiresAt: time.UnixMilli(toInt(res[2])),
+	}, nil
+}
+
+// Release implements backend.Backend.
+func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
+	n, err := releaseScript.Run(ctx, b.client, b.keys(key), leaseID, b.channel).Int()
+	if err != nil {
+		return unavailable(ctx, "release", err)
+	}
+	if n != 1 {
+		return fmt.Errorf("redis release %q: %w", key, backend.ErrLeaseExpired)
+	}
+	return nil
+}
+
+// Inspect implements backend.Backend.
+func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	res, err := inspectScript.Run(ctx, b.client, b.keys(key)).Slice()
+	if err != nil {
+		return backend.LockState{}, unavailable(ctx, "inspect", err)
+	}
+	st := backend.LockState{Key: key, Waiters: int(toInt(res[3]))}
+	if tok := toInt(res[1]); tok != 0 {
+		st.Held = true
+		st.Holder = &backend.Holder{Owner: toStr(res[0]), Token: uint64(tok), ExpiresAt: time.UnixMilli(toInt(res[2]))}
+	}
+	return st, nil
+}
+
+// List implements backend.Backend. Redis has no ordered index of keys: each
+// page SCANs every key matching the prefix (on every master of a cluster),
+// sorts the names and reads the first `limit` after `after`. A page costs
+// O(keys in Redis) on the server and O(matching keys) in lockd; fine for
+// operators' listings, not for a hot path.
+func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
+	head, tail := b.prefix+"{", "}:lock"
+	pattern := globEscape(head+prefix) + "*" + globEscape(tail)
+	var (
+		mu    sync.Mutex
+		names []string
+	)
+	scan := func(ctx context.Context, c goredis.UniversalClient) error {
+		it := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for it.Next(ctx) {
+			k := strings.TrimSuffix(strings.TrimPrefix(it.Val(), head), tail)
+			if strings.HasPrefix(k, prefix) && k > after {
+				mu.Lock()
+				names = append(names, k)
+				mu.Unlock()
+			}
+		}
+		return it.Err()
+	}
+	var err error
+	if cc, ok := b.client.(*goredis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error { return scan(ctx, c) })
+	} else {
+		err = scan(ctx, b.client)
+	}
+	if err != nil {
+		return nil, unavailable(ctx, "list", err)
+	}
+	sort.Strings(names)
+	names = dedup(names) // SCAN may return a key twice
+	var out []backend.LockState
+	for len(names) > 0 && len(out) < limit {
+		batch := names[:min(len(names), limit-len(out))]
+		names = names[len(batch):]
+		for _, k := range batch {
+			// Expired but not yet evicted keys read as free and are left out.
+			st, err := b.Inspect(ctx, k)
+			if err != nil {
+				return nil, err
+			}
+			if st.Held {
+				out = append(out, st)
+			}
+		}
+	}
+	return out, nil
+}
+
+func dedup(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func globEscape(s string) string {
+	var sb strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\', '^', '-':
+			sb.WriteByte('\\')
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+// Ping implements backend.Backend.
+func (b *Backend) Ping(ctx context.Context) error {
+	if err := b.client.Ping(ctx).Err(); err != nil {
+		return unavailable(ctx, "ping", err)
+	}
+	return nil
+}
