@@ -12,7 +12,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -221,5 +220,3 @@ func writeOutputs(dir string, res *Results) error {
 	}
 	return os.WriteFile(filepath.Join(dir, "report.html"), []byte(htmlReport(res)), 0o644)
 }
-
-var errSkipped = errors.New("skipped")

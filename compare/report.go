@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"sort"
 	"strings"
 	"time"
@@ -538,7 +537,6 @@ func meaningSection(d *doc, ran []*BackendRun) {
 		items = append(items, "No cell was measured, so nothing can be said.")
 	}
 	d.list(items...)
-	_ = math.NaN
 }
 
 func roundTripSection(d *doc, ran []*BackendRun) {

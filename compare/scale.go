@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/lockd/lockd/backend"
 )
 
 // renewer is the part of lockd's API the scale scenario needs beyond
@@ -300,7 +298,6 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 	var started, failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	var clients []Locker
 	shared := r.Locker()
 	defer shared.Close()
 	launched := 0
@@ -324,7 +321,6 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 			time.Sleep(20 * time.Millisecond) // let the store keep up with the queue
 		}
 	}
-	_ = clients
 	// Let every poller reach the store's queue before measuring.
 	settle := time.Now().Add(sz.scaleBudget / 2)
 	for time.Now().Before(settle) && ctx.Err() == nil && !mw.tripped() {
@@ -436,5 +432,3 @@ func vmRSS(pid int) (int, error) {
 	}
 	return 0, errors.New("no VmRSS")
 }
-
-var _ = backend.ErrHeld
