@@ -87,6 +87,9 @@ type workloadResult struct {
 	// their wait ran out (including calls cut off only by the end of the run).
 	Overran     int64
 	LongestCall time.Duration
+	// TokenRegressions counts grants whose token was not above every token
+	// granted before them (in the order the grants returned).
+	TokenRegressions int64
 }
 
 const overrunSlack = time.Second
@@ -215,6 +218,7 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 	res.LongestUnavail = longestGap(res.History, res.Started, res.Ended)
 	res.TimeToFree = timesToFree(res.History, res.Deaths)
 	res.StalledHandoffs = stalledAfter(res.History, vanishTimes, w.TTL/2)
+	res.TokenRegressions = tokenRegressions(res.History)
 	return res
 }
 
@@ -276,6 +280,25 @@ func stalledAfter(h []histOp, vanished []time.Time, limit time.Duration) int64 {
 		if i < len(gs) && gs[i].Sub(v) > limit {
 			n++
 		}
+	}
+	return n
+}
+
+func tokenRegressions(h []histOp) int64 {
+	var gs []histOp
+	for _, op := range h {
+		if op.Kind == opAcquire && op.Granted {
+			gs = append(gs, op)
+		}
+	}
+	sort.Slice(gs, func(i, j int) bool { return gs[i].Return.Before(gs[j].Return) })
+	var n int64
+	var highest uint64
+	for _, g := range gs {
+		if g.Token <= highest {
+			n++
+		}
+		highest = max(highest, g.Token)
 	}
 	return n
 }

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 func main() {
@@ -143,6 +145,7 @@ func compare(ctx context.Context, cfg config, stderr io.Writer) (*Results, error
 	defer logf.Close()
 	log.SetOutput(logf)
 	defer log.SetOutput(os.Stderr)
+	goredis.SetLogger(fileLogger{logf})
 
 	sz := sizesFor(cfg)
 	res := &Results{Started: time.Now(), Machine: machine(), GoVersion: runtime.Version(), Seed: cfg.Seed,
@@ -205,6 +208,13 @@ func sizesFor(cfg config) sizes {
 		}
 	}
 	return s
+}
+
+// fileLogger sends go-redis's connection chatter to compare.log.
+type fileLogger struct{ w io.Writer }
+
+func (l fileLogger) Printf(_ context.Context, format string, v ...any) {
+	fmt.Fprintf(l.w, "go-redis: "+format+"\n", v...)
 }
 
 func writeOutputs(dir string, res *Results) error {

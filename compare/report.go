@@ -405,10 +405,11 @@ func correctnessSection(d *doc, ran []*BackendRun) {
 			rows = append(rows, []tcell{plain(c.Scenario), plain(fmt.Sprintf(
 				"%d attempts, %d granted, %d timed out, %d failed, %d vanished; availability %.1f%%; longest outage %s; free after holder death %s\n"+
 					"ME violations %d (overlaps after the holder's lease ran out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
+					"tokens not above an earlier grant's: %d\n"+
 					"fenced: %d writes, %d stale refused, %d stale accepted, %d lost; check %s (%d ops)\n"+
 					"unfenced: %d writes, %d stale accepted, %d lost; check %s",
 				c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished, 100*c.Availability, fmtMS(c.LongestUnavailMs), free,
-				c.Overlaps, c.ExpiredOverlaps, c.StalledVanish, c.Overran, fmtMS(c.LongestCallMs),
+				c.Overlaps, c.ExpiredOverlaps, c.StalledVanish, c.Overran, fmtMS(c.LongestCallMs), c.TokenRegressions,
 				c.Fenced.Writes, c.Fenced.StaleRejected, c.Fenced.StaleAccepted, c.Fenced.LostIncrements, c.Fenced.Check.Result, c.Fenced.Check.Ops,
 				c.Unfenced.Writes, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements, c.Unfenced.Check.Result))})
 		}

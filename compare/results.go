@@ -108,8 +108,11 @@ type CorrectnessCell struct {
 	StalledVanish   int64  `json:"stalls_after_vanished_waiter"`
 	// Overran: acquires that returned more than 1 s after their wait ran
 	// out (the contract bounds an acquire by its wait).
-	Overran       int64   `json:"acquires_overran_wait"`
-	LongestCallMs float64 `json:"longest_overrun_call_ms,omitempty"`
+	Overran int64 `json:"acquires_overran_wait"`
+	// TokenRegressions: grants whose fencing token was not above every
+	// token granted before them.
+	TokenRegressions int64   `json:"token_regressions"`
+	LongestCallMs    float64 `json:"longest_overrun_call_ms,omitempty"`
 
 	Fenced   ModeResult `json:"fenced"`
 	Unfenced ModeResult `json:"unfenced"`
@@ -133,6 +136,7 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
 	c.Overlaps, c.ExpiredOverlaps, c.FirstOverlap = r.Fenced.Overlaps, r.Fenced.ExpiredOverlaps, r.Fenced.FirstOverlap
 	c.StalledVanish = r.StalledHandoffs
 	c.Overran, c.LongestCallMs = r.Overran, ms64(r.LongestCall)
+	c.TokenRegressions = r.TokenRegressions
 	mode := func(s registerStats, fenced bool) ModeResult {
 		return ModeResult{Writes: s.Accepted, StaleRejected: s.StaleRejected, StaleAccepted: s.StaleAccepted,
 			LostIncrements: s.LostIncrements, Check: checkHistory(r.History, fenced, r.Started, cfg.CheckFor)}
@@ -140,6 +144,9 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
 	c.Fenced, c.Unfenced = mode(r.Fenced, true), mode(r.Unfenced, false)
 
 	// The verdict is about safety with fencing, plus progress at all.
+	if c.TokenRegressions > 0 {
+		c.Why = append(c.Why, fmt.Sprintf("%d grants with a fencing token not above an earlier one", c.TokenRegressions))
+	}
 	if c.Overlaps > 0 {
 		c.Why = append(c.Why, fmt.Sprintf("%d mutual-exclusion violations (both leases unexpired)", c.Overlaps))
 	}

@@ -2,14 +2,18 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
+	"os/exec"
 	"strings"
 	"time"
 
 	"github.com/go-zookeeper/zk"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockd/lockd/backend"
+	redisb "github.com/lockd/lockd/backend/redis"
 	zkb "github.com/lockd/lockd/backend/zk"
 	"github.com/lockd/lockd/internal/testserver"
 )
@@ -45,6 +49,9 @@ type deployment struct {
 	// where the store has one).
 	victim func() int
 	close  func() error
+	// noBackend, when set, says why lockd cannot run on this store in this
+	// build; the direct libraries are still measured.
+	noBackend string
 	// inProcess: the store runs inside this process (embedded etcd).
 	inProcess bool
 	// notes are facts about this deployment the report must state.
@@ -76,16 +83,16 @@ func targets() []target {
 			start: startZK,
 		},
 		{
-			Name: "redis", Server: "redis-server (Debian package)", Install: "apt-get install -y redis-server",
-			missing:     func() string { return "backend/redis and internal/testserver/redis.go are not in this tree yet" },
+			Name: "redis", Server: "redis-server (Debian package), no persistence", Install: "apt-get install -y redis-server",
+			missing:     redisMissing,
 			PerfMembers: 1, FaultMembers: 1,
+			start: startRedis,
 		},
 		{
-			Name: "redlock", Server: "5 × redis-server (Debian package)", Install: "apt-get install -y redis-server",
-			missing: func() string {
-				return "backend/redis (redlock) and internal/testserver/redis.go are not in this tree yet"
-			},
+			Name: "redlock", Server: "5 × redis-server (Debian package), no persistence", Install: "apt-get install -y redis-server",
+			missing:     redisMissing,
 			PerfMembers: 5, FaultMembers: 5,
+			start: startRedlock,
 		},
 	}
 }
@@ -143,4 +150,75 @@ func zkVersion(addr string) string {
 		}
 	}
 	return "unknown (srvr gave no version)"
+}
+
+func redisMissing() string {
+	if !testserver.RedisAvailable() {
+		return "redis-server is not installed"
+	}
+	return ""
+}
+
+func redisClient(addr string, rt *rtCounter) *goredis.Client {
+	c := goredis.NewClient(&goredis.Options{Addr: addr})
+	if rt != nil {
+		c.AddHook(redisHook{c: rt})
+	}
+	return c
+}
+
+func startRedisSet(n int) (*testserver.RedisSet, *deployment, error) {
+	set, err := testserver.StartRedis(n, testserver.RedisOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	d := &deployment{
+		Addrs:   set.Addrs(),
+		Version: redisVersion(),
+		kill:    set.Kill,
+		restart: set.Restart,
+		victim:  func() int { return 0 },
+		close:   set.Close,
+		rtHow:   "a go-redis hook (one per command, one per pipeline or script call)",
+		notes:   []string{"redis-server runs with --save \"\" --appendonly no: a restarted server has lost every key; go-redis client timeouts are its defaults."},
+	}
+	return set, d, nil
+}
+
+func startRedis(members int) (*deployment, error) {
+	_, d, err := startRedisSet(members)
+	if err != nil {
+		return nil, err
+	}
+	d.newBackend = func(addrs []string, rt *rtCounter) (backend.Backend, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return redisb.New(ctx, redisClient(addrs[0], rt), redisb.Options{Prefix: "lockd-compare:"})
+	}
+	d.directs = []directLib{{Name: "SET NX PX", New: newSetNX}, {Name: "redsync (1 Redis)", New: newRedsync}}
+	return d, nil
+}
+
+func startRedlock(members int) (*deployment, error) {
+	_, d, err := startRedisSet(members)
+	if err != nil {
+		return nil, err
+	}
+	d.directs = []directLib{{Name: "redsync (5 Redis)", New: newRedsync}}
+	d.noBackend = "backend/redis/redlock is not in this tree yet"
+	return d, nil
+}
+
+// redisVersion asks the installed server binary.
+func redisVersion() string {
+	out, err := exec.Command("redis-server", "--version").Output()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if v, ok := strings.CutPrefix(f, "v="); ok {
+			return "Redis " + v
+		}
+	}
+	return strings.TrimSpace(string(out))
 }
