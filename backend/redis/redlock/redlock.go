@@ -1,0 +1,578 @@
+// Package redlock keeps lockd's locks on N independent Redis masters with the
+// Redlock algorithm: a lock is held when a majority (N/2+1) of masters hold
+// it, and a grant is valid for TTL − elapsed acquire time − clock drift.
+//
+// # Why not redsync
+//
+// The algorithm is written here, not taken from go-redsync/redsync: a grant
+// must carry a fencing token (an INCR made in the same step as the per-master
+// SET, then raised to the majority's maximum), the holder's owner and
+// deadline for inspection, and a lease id chosen by lockd. redsync's per-master
+// scripts store only a value and cannot INCR a counter atomically with the
+// grant, so they would need a second, non-atomic step per master. The compare
+// suite still runs a plain redsync pair for reference.
+//
+// # Layout on each master
+//
+//	<Prefix>{<key>}:lock   hash {id, owner, token, exp}, PX = the lease's TTL
+//	<Prefix>{<key>}:fence  counter; never expires
+//
+// # Fencing tokens are NOT safe under failures
+//
+// Each master INCRs its own counter when it grants; the grant's token is the
+// largest value among the majority, written back to that majority's counters
+// (and their copies of the grant) before the grant is returned, so that the
+// next majority — which shares at least one master with this one — counts
+// past it. While every master keeps its data and clocks behave, tokens
+// strictly increase. They stop doing so, and mutual exclusion itself fails,
+// when (M. Kleppmann, "How to do distributed locking", 2016):
+//   - a master restarts without its data (no AOF fsync): it forgets both the
+//     grant and its counter, so a second majority can form while the first
+//     holder is still inside its validity, and its token may be smaller;
+//   - a master's clock jumps forward and its key expires early, with the same
+//     effect;
+//   - the holder pauses (GC, SIGSTOP) past its validity: Redlock has no way to
+//     stop it, and without a token the resource can check, nothing does.
+//
+// A resource that checks tokens (lockd's fence package) rejects the last case
+// only if the tokens it sees increase, which the first two cases break. Use
+// the redis or etcd/zk backends where fencing must hold.
+//
+// # Waiting
+//
+// Redlock has no queue: a waiter retries with jittered exponential back-off
+// (capped at the holder's known deadline), so handoff costs up to one back-off
+// step and a releaser that re-acquires at once usually wins again. Waiters are
+// not served in arrival order.
+package redlock
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+var _ backend.Backend = (*Backend)(nil)
+
+var (
+	//go:embed scripts/acquire.lua
+	acquireLua string
+	//go:embed scripts/fence.lua
+	fenceLua string
+	//go:embed scripts/renew.lua
+	renewLua string
+	//go:embed scripts/release.lua
+	releaseLua string
+
+	acquireScript = goredis.NewScript(acquireLua)
+	fenceScript   = goredis.NewScript(fenceLua)
+	renewScript   = goredis.NewScript(renewLua)
+	releaseScript = goredis.NewScript(releaseLua)
+)
+
+// Options configures a Backend. The zero value works.
+type Options struct {
+	// Prefix starts every Redis key. Default "lockd:rl:".
+	Prefix string
+	// NodeTimeout bounds each call to one master; a slow master counts as
+	// failed. It must be small against the TTLs in use (Redlock's authors
+	// suggest 5–50 ms for a 10 s TTL). Default 50ms.
+	NodeTimeout time.Duration
+	// DriftFactor is the share of the TTL allowed for clock drift between
+	// masters; 2 ms are added to it. Default 0.01.
+	DriftFactor float64
+	// MinRetryDelay and MaxRetryDelay bound a waiter's jittered exponential
+	// back-off. Defaults 5ms and 100ms.
+	MinRetryDelay, MaxRetryDelay time.Duration
+
+	backend.Hooks
+}
+
+// Backend is the Redlock implementation of backend.Backend.
+type Backend struct {
+	masters []goredis.UniversalClient
+	quorum  int
+	prefix  string
+	opts    Options
+
+	life      context.Context // ends on Close: waiting acquires give up
+	stop      context.CancelFunc
+	closeOnce sync.Once
+}
+
+// New returns a Backend over independent masters, which it owns from now on
+// (Close closes them). Use an odd number of masters.
+func New(masters []goredis.UniversalClient, opts Options) (*Backend, error) {
+	if len(masters) == 0 {
+		return nil, errors.New("redlock: no masters")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "lockd:rl:"
+	}
+	if opts.NodeTimeout <= 0 {
+		opts.NodeTimeout = 50 * time.Millisecond
+	}
+	if opts.DriftFactor <= 0 {
+		opts.DriftFactor = 0.01
+	}
+	if opts.MinRetryDelay <= 0 {
+		opts.MinRetryDelay = 5 * time.Millisecond
+	}
+	if opts.MaxRetryDelay < opts.MinRetryDelay {
+		opts.MaxRetryDelay = max(100*time.Millisecond, opts.MinRetryDelay)
+	}
+	b := &Backend{masters: masters, quorum: len(masters)/2 + 1, prefix: opts.Prefix, opts: opts}
+	b.life, b.stop = context.WithCancel(context.Background())
+	return b, nil
+}
+
+// Close ends waiting acquires and closes every master's client. Leases run
+// on in Redis.
+func (b *Backend) Close() error {
+	var errs []error
+	b.closeOnce.Do(func() {
+		b.stop()
+		for _, m := range b.masters {
+			errs = append(errs, m.Close())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func (b *Backend) keys(key string) []string {
+	base := b.prefix + "{" + key + "}:"
+	return []string{base + "lock", base + "fence"}
+}
+
+var errClosed = fmt.Errorf("redlock: %w: backend closed", backend.ErrUnavailable)
+
+// reply is one master's answer.
+type reply struct {
+	v   any
+	err error
+}
+
+// each calls f on every master at once, each call bounded by NodeTimeout,
+// and returns the replies in master order.
+func (b *Backend) each(ctx context.Context, f func(ctx context.Context, m goredis.UniversalClient) (any, error)) []reply {
+	out := make([]reply, len(b.masters))
+	var wg sync.WaitGroup
+	for i, m := range b.masters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, cancel := context.WithTimeout(ctx, b.opts.NodeTimeout)
+			defer cancel()
+			v, err := f(c, m)
+			out[i] = reply{v, err}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
+
+func toInt(v any) int64 {
+	n, _ := v.(int64)
+	return n
+}
+
+func toStr(v any) string {
+	s, _ := v.(string)
+	return s
+}
+
+// drift is the clock drift allowed for a lease of ttl.
+func (b *Backend) drift(ttl time.Duration) time.Duration {
+	return time.Duration(float64(ttl)*b.opts.DriftFactor) + 2*time.Millisecond
+}
+
+// failed is the result of one acquire attempt that did not grant.
+type failed struct {
+	holder      *backend.Holder
+	unavailable error // set when fewer than a quorum of masters answered
+	// split: no lease held a majority (concurrent acquirers each took
+	// some masters and all gave back). The lock is not held, so even a
+	// single try tries again rather than report it held.
+	split bool
+}
+
+// maxSplitRetries bounds the extra attempts past the wait after split
+// votes; contenders back off at random, so one soon wins a majority.
+const maxSplitRetries = 32
+
+// Acquire implements backend.Backend.
+func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	if err := ctx.Err(); err != nil {
+		return backend.Grant{}, err
+	}
+	giveUpAt := time.Now().Add(req.Wait)
+	delay := b.opts.MinRetryDelay
+	splits := 0
+	for {
+		g, f, err := b.try(ctx, req)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if f == nil {
+			return g, nil
+		}
+		left := time.Until(giveUpAt)
+		if left <= 0 && f.split && f.unavailable == nil && splits < maxSplitRetries {
+			splits++
+			left = delay
+		}
+		if left <= 0 {
+			if f.unavailable != nil {
+				return backend.Grant{}, f.unavailable
+			}
+			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: f.holder}
+		}
+		// Jittered exponential back-off, but no later than just after the
+		// holder's deadline nor the end of the wait.
+		sleep := delay/2 + rand.N(delay/2+1)
+		delay = min(2*delay, b.opts.MaxRetryDelay)
+		if f.holder != nil {
+			if d := time.Until(f.holder.ExpiresAt) + time.Millisecond; d > 0 && d < sleep {
+				sleep = d
+			}
+		}
+		sleep = min(sleep, left)
+		t := time.NewTimer(sleep)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return backend.Grant{}, ctx.Err()
+		case <-b.life.Done():
+			t.Stop()
+			return backend.Grant{}, errClosed
+		}
+	}
+}
+
+// try makes one Redlock attempt. It returns a grant, or why none was made
+// (having undone any partial grant), or ctx's error.
+func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.Grant, *failed, error) {
+	keys := b.keys(req.Key)
+	id := lease.NewID()
+	start := time.Now()
+	deadline := lease.Deadline(start, req.TTL)
+	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+		return acquireScript.Run(c, m, keys, id, req.Owner, ms(req.TTL), deadline.UnixMilli()).Slice()
+	})
+	var (
+		granted  []int // masters that granted
+		tokens   = make([]uint64, len(b.masters))
+		maxToken uint64
+		holders  = map[string]*backend.Holder{}
+		votes    = map[string]int{}
+		errs     []error
+	)
+	for i, r := range replies {
+		if r.err != nil {
+			errs = append(errs, r.err)
+			continue
+		}
+		res := r.v.([]any)
+		if toInt(res[0]) == 1 {
+			granted = append(granted, i)
+			tokens[i] = uint64(toInt(res[1]))
+			maxToken = max(maxToken, tokens[i])
+			continue
+		}
+		hid := toStr(res[1])
+		votes[hid]++
+		if h := holders[hid]; h == nil || uint64(toInt(res[3])) > h.Token {
+			holders[hid] = &backend.Holder{Owner: toStr(res[2]), Token: uint64(toInt(res[3])), ExpiresAt: time.UnixMilli(toInt(res[4]))}
+		}
+	}
+	giveUp := func(f *failed) (backend.Grant, *failed, error) {
+		if len(granted) > 0 || len(errs) > 0 { // a timed-out master may have granted
+			b.releaseAll(keys, id)
+		}
+		if err := ctx.Err(); err != nil {
+			return backend.Grant{}, nil, err
+		}
+		return backend.Grant{}, f, nil
+	}
+	if len(granted) < b.quorum {
+		f := &failed{}
+		best := 0
+		for hid, n := range votes {
+			if n > best {
+				best, f.holder = n, holders[hid]
+			}
+		}
+		f.split = best < b.quorum
+		if len(b.masters)-len(errs) < b.quorum {
+			f.unavailable = fmt.Errorf("redlock acquire %q: %w: %d of %d masters answered, %d needed: %w",
+				req.Key, backend.ErrUnavailable, len(b.masters)-len(errs), len(b.masters), b.quorum, errors.Join(errs...))
+		}
+		return giveUp(f)
+	}
+	// Raise the masters that counted lower to the chosen token.
+	var behind []int
+	for _, i := range granted {
+		if tokens[i] < maxToken {
+			behind = append(behind, i)
+		}
+	}
+	if len(behind) > 0 {
+		ok := len(granted) - len(behind)
+		raised := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+			for _, i := range behind {
+				if b.masters[i] == m {
+					return fenceScript.Run(c, m, keys, id, maxToken).Int()
+				}
+			}
+			return 0, nil
+		})
+		for _, i := range behind {
+			if raised[i].err == nil && raised[i].v.(int) == 1 {
+				ok++
+			}
+		}
+		if ok < b.quorum {
+			return giveUp(&failed{unavailable: fmt.Errorf("redlock acquire %q: %w: the token reached %d masters, %d needed",
+				req.Key, backend.ErrUnavailable, ok, b.quorum)})
+		}
+	}
+	if validity := req.TTL - time.Since(start) - b.drift(req.TTL); validity <= 0 {
+		// The majority was won too slowly to be worth anything.
+		return giveUp(&failed{})
+	}
+	g := backend.Grant{Key: req.Key, LeaseID: id, Token: maxToken, Owner: req.Owner, TTL: req.TTL, ExpiresAt: deadline}
+	if err := ctx.Err(); err != nil { // granted as the caller gave up
+		b.releaseAll(keys, id)
+		return backend.Grant{}, nil, err
+	}
+	return g, nil, nil
+}
+
+// releaseAll deletes id's grant on every master, on its own deadline: the
+// caller's context may be over. A master that misses it lets it expire.
+func (b *Backend) releaseAll(keys []string, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*b.opts.NodeTimeout)
+	defer cancel()
+	b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+		return releaseScript.Run(c, m, keys[:1], id).Int()
+	})
+}
+
+// Renew implements backend.Backend: it extends the lease on every master
+// that still holds it, and succeeds when a majority did within the new
+// validity. A lease that no longer holds a majority is released everywhere.
+func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	keys := b.keys(key)
+	start := time.Now()
+	deadline := lease.Deadline(start, ttl)
+	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+		return renewScript.Run(c, m, keys[:1], leaseID, ms(ttl), deadline.UnixMilli()).Result()
+	})
+	g := backend.Grant{Key: key, LeaseID: leaseID, TTL: ttl, ExpiresAt: deadline}
+	held, errs := 0, 0
+	for _, r := range replies {
+		if r.err != nil {
+			errs++
+			continue
+		}
+		if res, ok := r.v.([]any); ok {
+			held++
+			g.Owner = toStr(res[0])
+			g.Token = max(g.Token, uint64(toInt(res[1])))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return backend.Grant{}, err
+	}
+	if held >= b.quorum && ttl-time.Since(start)-b.drift(ttl) > 0 {
+		return g, nil
+	}
+	if held+errs >= b.quorum {
+		return backend.Grant{}, fmt.Errorf("redlock renew %q: %w: %d of %d masters renewed, %d did not answer",
+			key, backend.ErrUnavailable, held, len(b.masters), errs)
+	}
+	b.releaseAll(keys, leaseID)
+	return backend.Grant{}, fmt.Errorf("redlock renew %q: %w", key, backend.ErrLeaseExpired)
+}
+
+// Release implements backend.Backend.
+func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
+	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+		return releaseScript.Run(c, m, b.keys(key)[:1], leaseID).Int()
+	})
+	released, errs := 0, 0
+	for _, r := range replies {
+		switch {
+		case r.err != nil:
+			errs++
+		case r.v.(int) == 1:
+			released++
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	switch {
+	case released >= b.quorum:
+		return nil
+	case released+errs >= b.quorum:
+		return fmt.Errorf("redlock release %q: %w: %d of %d masters released, %d did not answer",
+			key, backend.ErrUnavailable, released, len(b.masters), errs)
+	default:
+		return fmt.Errorf("redlock release %q: %w", key, backend.ErrLeaseExpired)
+	}
+}
+
+// Inspect implements backend.Backend: the key is held when a majority of
+// masters hold the same lease. Waiters are not counted (there is no queue).
+func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	lockKey := b.keys(key)[0]
+	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+		return m.HMGet(c, lockKey, "id", "owner", "token", "exp").Result()
+	})
+	st := backend.LockState{Key: key}
+	votes := map[string]int{}
+	holders := map[string]*backend.Holder{}
+	answered := 0
+	for _, r := range replies {
+		if r.err != nil {
+			continue
+		}
+		answered++
+		res := r.v.([]any)
+		hid, ok := res[0].(string)
+		if !ok {
+			continue
+		}
+		votes[hid]++
+		h := holders[hid]
+		if h == nil {
+			h = &backend.Holder{Owner: toStr(res[1])}
+			holders[hid] = h
+		}
+		var tok, exp uint64
+		fmt.Sscan(toStr(res[2]), &tok)
+		fmt.Sscan(toStr(res[3]), &exp)
+		h.Token = max(h.Token, tok)
+		if e := time.UnixMilli(int64(exp)); h.ExpiresAt.IsZero() || e.Before(h.ExpiresAt) {
+			h.ExpiresAt = e
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
+	if answered < b.quorum {
+		return st, fmt.Errorf("redlock inspect %q: %w: %d of %d masters answered", key, backend.ErrUnavailable, answered, len(b.masters))
+	}
+	for hid, n := range votes {
+		if n >= b.quorum {
+			st.Held, st.Holder = true, holders[hid]
+		}
+	}
+	return st, nil
+}
+
+// List implements backend.Backend. Each page SCANs every master for keys
+// under the prefix, sorts the union of names and inspects the first `limit`
+// after `after`: O(keys on every master) per page — for operators, not for a
+// hot path.
+func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
+	head, tail := b.prefix+"{", "}:lock"
+	pattern := globEscape(head+prefix) + "*" + globEscape(tail)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	answered := 0
+	var wg sync.WaitGroup
+	for _, m := range b.masters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var names []string
+			it := m.Scan(ctx, 0, pattern, 1000).Iterator()
+			for it.Next(ctx) {
+				k := strings.TrimSuffix(strings.TrimPrefix(it.Val(), head), tail)
+				if strings.HasPrefix(k, prefix) && k > after {
+					names = append(names, k)
+				}
+			}
+			if it.Err() != nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			answered++
+			for _, k := range names {
+				seen[k] = true
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if answered < b.quorum {
+		return nil, fmt.Errorf("redlock list: %w: %d of %d masters answered", backend.ErrUnavailable, answered, len(b.masters))
+	}
+	names := make([]string, 0, len(seen))
+	for k := range seen {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var out []backend.LockState
+	for _, k := range names {
+		if len(out) == limit {
+			break
+		}
+		st, err := b.Inspect(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if st.Held {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+func globEscape(s string) string {
+	var sb strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\', '^', '-':
+			sb.WriteByte('\\')
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+// Ping implements backend.Backend: a majority of masters must answer.
+func (b *Backend) Ping(ctx context.Context) error {
+	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
+		return nil, m.Ping(c).Err()
+	})
+	ok := 0
+	for _, r := range replies {
+		if r.err == nil {
+			ok++
+		}
+	}
+	if ok < b.quorum {
+		return fmt.Errorf("redlock ping: %w: %d of %d masters answered", backend.ErrUnavailable, ok, len(b.masters))
+	}
+	return nil
+}

@@ -1,0 +1,42 @@
+package redlock
+
+import (
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/backendtest"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+// testOptions are the defaults but with a per-master timeout that survives a
+// loaded two-core machine running -race.
+var testOptions = Options{NodeTimeout: 500 * time.Millisecond}
+
+// newFactory returns a factory of backends (lockd replicas) over the masters
+// at addrs.
+func newFactory(addrs []string, opts Options) backendtest.Factory {
+	return func(t *testing.T) backend.Backend {
+		t.Helper()
+		var clients []goredis.UniversalClient
+		for _, a := range addrs {
+			clients = append(clients, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1}))
+		}
+		b, err := New(clients, opts)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+}
+
+func TestConformance(t *testing.T) {
+	srv := testserver.Redis(t, 5)
+	backendtest.Run(t, newFactory(srv.Addrs(), testOptions), backendtest.Options{
+		NoFIFO:        "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
+		NoWaiterCount: "Redlock has no queue, so nothing in Redis counts waiters",
+	})
+}
