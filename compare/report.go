@@ -128,6 +128,12 @@ func buildReport(r *Results) *doc {
 			meta = append(meta, fmt.Sprintf("%s: **skipped** (%s); install: `%s`", br.Name, br.Skipped, br.Install))
 		} else {
 			meta = append(meta, fmt.Sprintf("%s: %s, %s", br.Name, br.Server, br.Version))
+			if br.LockdMissing != "" {
+				meta = append(meta, fmt.Sprintf("%s: **lockd not measured** (%s); its direct libraries were", br.Name, br.LockdMissing))
+			}
+			for _, n := range br.Notes {
+				meta = append(meta, fmt.Sprintf("%s: %s", br.Name, n))
+			}
 		}
 	}
 	d.list(meta...)

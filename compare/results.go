@@ -22,18 +22,22 @@ type Results struct {
 
 // BackendRun is one column: everything measured on one backend.
 type BackendRun struct {
-	Name        string            `json:"name"`
-	Server      string            `json:"server"`
-	Version     string            `json:"version,omitempty"`
-	Skipped     string            `json:"skipped,omitempty"`
-	Install     string            `json:"install,omitempty"`
-	Notes       []string          `json:"notes,omitempty"`
-	Latency     []LatencyCell     `json:"latency,omitempty"`
-	Handoff     []HandoffCell     `json:"handoff,omitempty"`
-	Throughput  []ThroughputCell  `json:"throughput,omitempty"`
-	RoundTrips  []RoundTripCell   `json:"round_trips,omitempty"`
-	Scale       []ScaleCell       `json:"scale,omitempty"`
-	Correctness []CorrectnessCell `json:"correctness,omitempty"`
+	Name    string   `json:"name"`
+	Server  string   `json:"server"`
+	Version string   `json:"version,omitempty"`
+	Skipped string   `json:"skipped,omitempty"`
+	Install string   `json:"install,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
+	// LockdMissing says why lockd itself could not run on this store in
+	// this build (its backend is not in the tree); the direct libraries
+	// still were measured.
+	LockdMissing string            `json:"lockd_missing,omitempty"`
+	Latency      []LatencyCell     `json:"latency,omitempty"`
+	Handoff      []HandoffCell     `json:"handoff,omitempty"`
+	Throughput   []ThroughputCell  `json:"throughput,omitempty"`
+	RoundTrips   []RoundTripCell   `json:"round_trips,omitempty"`
+	Scale        []ScaleCell       `json:"scale,omitempty"`
+	Correctness  []CorrectnessCell `json:"correctness,omitempty"`
 }
 
 // LatencyCell: uncontended acquire+release through one way of locking.

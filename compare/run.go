@@ -32,9 +32,7 @@ func runTarget(ctx context.Context, t target, cfg config, sz sizes, stderr io.Wr
 	defer d.close()
 	br.Version, br.Notes = d.Version, append(br.Notes, d.notes...)
 
-	if d.noBackend != "" {
-		br.Notes = append(br.Notes, "lockd not measured: "+d.noBackend+"; the direct libraries were.")
-	}
+	br.LockdMissing = d.noBackend
 	for _, name := range cfg.Scenarios {
 		if ctx.Err() != nil {
 			return br

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lockd/lockd/backend"
 	redisb "github.com/lockd/lockd/backend/redis"
+	redlockb "github.com/lockd/lockd/backend/redis/redlock"
 	zkb "github.com/lockd/lockd/backend/zk"
 	"github.com/lockd/lockd/internal/testserver"
 )
@@ -204,8 +205,14 @@ func startRedlock(members int) (*deployment, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.newBackend = func(addrs []string, rt *rtCounter) (backend.Backend, error) {
+		var masters []goredis.UniversalClient
+		for _, a := range addrs {
+			masters = append(masters, redisClient(a, rt))
+		}
+		return redlockb.New(masters, redlockb.Options{Prefix: "lockd-compare:rl:"})
+	}
 	d.directs = []directLib{{Name: "redsync (5 Redis)", New: newRedsync}}
-	d.noBackend = "backend/redis/redlock is not in this tree yet"
 	return d, nil
 }
 
