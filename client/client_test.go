@@ -33,12 +33,8 @@ var shared struct {
 
 func sharedServer(t testing.TB) *lockdtest.Server {
 	t.Helper()
+	bin := lockdtest.Binary(t)
 	shared.once.Do(func() {
-		bin, err := lockdtest.BuildBinary()
-		if err != nil {
-			shared.err = err
-			return
-		}
 		shared.srv, shared.err = lockdtest.StartServer(bin, lockdtest.Options{})
 	})
 	if shared.err != nil {

@@ -48,12 +48,8 @@ var shared struct {
 // sharedServer is one lockd for the tests that do not pause or kill it.
 func sharedServer(t *testing.T) *lockdtest.Server {
 	t.Helper()
+	bin := lockdtest.Binary(t)
 	shared.once.Do(func() {
-		bin, err := lockdtest.BuildBinary()
-		if err != nil {
-			shared.err = err
-			return
-		}
 		shared.srv, shared.err = lockdtest.StartServer(bin, lockdtest.Options{})
 	})
 	if shared.err != nil {
