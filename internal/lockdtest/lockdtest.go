@@ -182,12 +182,17 @@ func StartServer(bin string, opts Options) (*Server, error) {
 		}
 		s.Addr = "127.0.0.1:" + strconv.Itoa(api)
 		s.URL = "http://" + s.Addr
-		s.args = append([]string{
-			"--listen", s.Addr,
-			"--data-dir", s.DataDir,
-			"--embed-etcd-client-url", "http://127.0.0.1:" + strconv.Itoa(etcdClient),
-			"--embed-etcd-peer-url", "http://127.0.0.1:" + strconv.Itoa(etcdPeer),
-		}, opts.Args...)
+		s.args = []string{"--listen", s.Addr, "--data-dir", s.DataDir}
+		// Only the flags this lockd has (its --help says which): the
+		// embedded etcd's ports must be free ones, or parallel test
+		// packages collide on the defaults.
+		help := helpText(bin)
+		for flag, port := range map[string]int{"--embed-etcd-client-url": etcdClient, "--embed-etcd-peer-url": etcdPeer} {
+			if strings.Contains(help, strings.TrimLeft(flag, "-")) {
+				s.args = append(s.args, flag, "http://127.0.0.1:"+strconv.Itoa(port))
+			}
+		}
+		s.args = append(s.args, opts.Args...)
 		if err = s.start(); err == nil {
 			return s, nil
 		}
@@ -339,6 +344,18 @@ func (s *Server) Log() string {
 		b = append([]byte("...\n"), b[len(b)-16<<10:]...)
 	}
 	return string(bytes.TrimSpace(b))
+}
+
+var helps sync.Map // binary path → its --help text
+
+// helpText returns what `bin --help` prints (stdout and stderr).
+func helpText(bin string) string {
+	if h, ok := helps.Load(bin); ok {
+		return h.(string)
+	}
+	out, _ := exec.Command(bin, "--help").CombinedOutput()
+	helps.Store(bin, string(out))
+	return string(out)
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
