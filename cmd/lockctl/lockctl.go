@@ -50,7 +50,8 @@ global flags (anywhere on the line):
   --json          machine-readable output
 
 exit codes:
-  0    success (run: the command's own status, 128+N if killed by signal N)
+  0    success (run: the command's own status, 128+N if killed by signal N;
+       130/143 when SIGINT/SIGTERM interrupted the wait for the lock)
   64   usage error
   65   request refused as invalid
   69   lockd or its backend unreachable, or an acquire's outcome unknown

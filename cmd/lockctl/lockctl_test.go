@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/client"
 	"github.com/lockd/lockd/internal/lockdtest"
 )
 
@@ -339,4 +340,33 @@ func TestRunStopsChildBeforeDeadlineWhenServerUnreachable(t *testing.T) {
 		t.Fatalf("command still ran at %v, after the deadline %v", lastTick, deadline)
 	}
 	t.Logf("paused at 0, command's last tick at %v, lockctl exited at %v (ttl %v)", lastTick.Sub(paused), exited.Sub(paused), ttl)
+}
+
+// SIGINT while waiting for the lock ends the wait with 128+SIGINT, and the
+// command never runs.
+func TestRunInterruptedWhileWaiting(t *testing.T) {
+	srv := sharedServer(t)
+	wantCode(t, lockctl(t, srv, "acquire", "ctl-interrupt", "--ttl", "30s"), exitOK)
+	marker := filepath.Join(t.TempDir(), "ran")
+	cmd := command(t, srv, "run", "ctl-interrupt", "--wait", "1m", "--", "touch", marker)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until lockctl is queued (when the server counts waiters; at
+	// most 5 s, long after lockctl's handlers are installed), then
+	// interrupt.
+	c, _ := client.New(srv.URL, nil)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if st, err := c.Inspect(t.Context(), "ctl-interrupt"); err == nil && st.Waiters > 0 {
+			break
+		}
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	if got := cmd.ProcessState.ExitCode(); got != 128+int(syscall.SIGINT) {
+		t.Fatalf("exit %d, want %d", got, 128+int(syscall.SIGINT))
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran without the lock")
+	}
 }

@@ -80,9 +80,11 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	actx, cancel := context.WithCancel(ctx)
+	interrupted := make(chan syscall.Signal, 1)
 	go func() {
 		select {
-		case <-sigs:
+		case s := <-sigs:
+			interrupted <- s.(syscall.Signal)
 			cancel()
 		case <-actx.Done():
 		}
@@ -99,6 +101,13 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	})
 	cancel()
 	if err != nil {
+		select {
+		case s := <-interrupted:
+			// Interrupted while waiting: the shell's convention.
+			fmt.Fprintf(g.stderr, "lockctl: acquire %s: interrupted by %v\n", key, s)
+			return 128 + int(s)
+		default:
+		}
 		return fail(g, "acquire "+key, err)
 	}
 
