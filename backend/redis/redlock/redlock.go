@@ -38,6 +38,13 @@
 // only if the tokens it sees increase, which the first two cases break. Use
 // the redis or etcd/zk backends where fencing must hold.
 //
+// # Clients
+//
+// Give each master its own client with MaxRetries -1 (a retry belongs to
+// the algorithm, not to one master), DialerRetries 1 (a dead master must
+// fail fast, not after go-redis's five dials) and ContextTimeoutEnabled. A
+// master that does not answer within NodeTimeout counts as failed either way.
+//
 // # Waiting
 //
 // Redlock has no queue: a waiter retries with jittered exponential back-off
@@ -163,22 +170,37 @@ type reply struct {
 	err error
 }
 
-// each calls f on every master at once, each call bounded by NodeTimeout,
-// and returns the replies in master order.
+// each calls f on every master at once and returns the replies in master
+// order. Each call is bounded by NodeTimeout whatever the client's own
+// timeouts (go-redis ignores context deadlines on sockets unless
+// ContextTimeoutEnabled): a master that has not answered by then counts as
+// failed, and its call ends in the background.
 func (b *Backend) each(ctx context.Context, f func(ctx context.Context, m goredis.UniversalClient) (any, error)) []reply {
-	out := make([]reply, len(b.masters))
-	var wg sync.WaitGroup
+	type indexed struct {
+		i int
+		reply
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.opts.NodeTimeout)
+	defer cancel()
+	ch := make(chan indexed, len(b.masters))
 	for i, m := range b.masters {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			c, cancel := context.WithTimeout(ctx, b.opts.NodeTimeout)
-			defer cancel()
-			v, err := f(c, m)
-			out[i] = reply{v, err}
+			v, err := f(ctx, m)
+			ch <- indexed{i, reply{v, err}}
 		}()
 	}
-	wg.Wait()
+	out := make([]reply, len(b.masters))
+	for i := range out {
+		out[i].err = fmt.Errorf("master %d: no answer within %v", i, b.opts.NodeTimeout)
+	}
+	for n := 0; n < len(b.masters); n++ {
+		select {
+		case r := <-ch:
+			out[r.i] = r.reply
+		case <-ctx.Done():
+			return out
+		}
+	}
 	return out
 }
 
@@ -352,7 +374,8 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 	}
 	if validity := req.TTL - time.Since(start) - b.drift(req.TTL); validity <= 0 {
 		// The majority was won too slowly to be worth anything.
-		return giveUp(&failed{})
+		return giveUp(&failed{unavailable: fmt.Errorf("redlock acquire %q: %w: majority won after %v, no validity left of a %v TTL",
+			req.Key, backend.ErrUnavailable, time.Since(start).Round(time.Millisecond), req.TTL)})
 	}
 	g := backend.Grant{Key: req.Key, LeaseID: id, Token: maxToken, Owner: req.Owner, TTL: req.TTL, ExpiresAt: deadline}
 	if err := ctx.Err(); err != nil { // granted as the caller gave up

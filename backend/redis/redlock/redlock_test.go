@@ -1,6 +1,8 @@
 package redlock
 
 import (
+	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -13,7 +15,7 @@ import (
 
 // testOptions are the defaults but with a per-master timeout that survives a
 // loaded two-core machine running -race.
-var testOptions = Options{NodeTimeout: 500 * time.Millisecond}
+var testOptions = Options{NodeTimeout: 2 * time.Second}
 
 // newFactory returns a factory of backends (lockd replicas) over the masters
 // at addrs.
@@ -22,7 +24,7 @@ func newFactory(addrs []string, opts Options) backendtest.Factory {
 		t.Helper()
 		var clients []goredis.UniversalClient
 		for _, a := range addrs {
-			clients = append(clients, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1}))
+			clients = append(clients, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, DialerRetries: 1, ContextTimeoutEnabled: true}))
 		}
 		b, err := New(clients, opts)
 		if err != nil {
@@ -39,4 +41,22 @@ func TestConformance(t *testing.T) {
 		NoFIFO:        "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
 		NoWaiterCount: "Redlock has no queue, so nothing in Redis counts waiters",
 	})
+}
+
+func directClient(t *testing.T, addr string) *goredis.Client {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// quietLog drops go-redis's pool log lines: the fault tests kill masters on
+// purpose and every redial would print one.
+type quietLog struct{}
+
+func (quietLog) Printf(context.Context, string, ...any) {}
+
+func TestMain(m *testing.M) {
+	goredis.SetLogger(quietLog{})
+	os.Exit(m.Run())
 }
