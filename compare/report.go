@@ -513,6 +513,29 @@ func meaningSection(d *doc, ran []*BackendRun) {
 	} else if len(hand) == 1 {
 		items = append(items, fmt.Sprintf("Handoff through lockd on %s, p50 with 1 waiter: %s.", hand[0].name, fmtUS(hand[0].v)))
 	}
+	for _, br := range ran {
+		l := findLatency(br, res0Via(br))
+		if l == nil {
+			continue
+		}
+		var parts []string
+		for _, c := range br.Latency {
+			if c.Lat != nil && !strings.HasPrefix(c.Via, "lockd") {
+				parts = append(parts, fmt.Sprintf("%.2f× that of %s", l.P50/c.Lat.P50, c.Via))
+			}
+		}
+		if len(parts) > 0 {
+			items = append(items, fmt.Sprintf("On %s, lockd's uncontended p50 (%s) is %s.", br.Name, fmtUS(l.P50), strings.Join(parts, " and ")))
+		}
+		for _, c := range br.Handoff {
+			if c.Waiters != 1 || c.Lat == nil || strings.HasPrefix(c.Via, "lockd") {
+				continue
+			}
+			if h := findHandoff(br, res0Via(br), 1); h != nil {
+				items = append(items, fmt.Sprintf("On %s, handing the lock to a waiting client takes %s p50 / %s p99 through lockd and %s / %s with %s.", br.Name, fmtUS(h.P50), fmtUS(h.P99), fmtUS(c.Lat.P50), fmtUS(c.Lat.P99), c.Via))
+			}
+		}
+	}
 	var best []rank
 	for _, br := range ran {
 		top := 0.0
@@ -534,10 +557,14 @@ func meaningSection(d *doc, ran []*BackendRun) {
 		items = append(items, "Highest lockd throughput seen in the matrix: "+strings.Join(s, ", ")+".")
 	}
 	for _, br := range ran {
+		var parts []string
 		for _, c := range br.Handoff {
-			if c.FIFOViolations > 0 && c.Lat != nil {
-				items = append(items, fmt.Sprintf("%s via %s served waiters out of arrival order %d times with %d waiters (longest wait %s).", br.Name, c.Via, c.FIFOViolations, c.Waiters, fmtMS(c.LongestWaitMs)))
+			if c.Lat != nil {
+				parts = append(parts, fmt.Sprintf("%s with %d waiter(s): %d of %d grants", c.Via, c.Waiters, c.FIFOViolations, c.Grants))
 			}
+		}
+		if len(parts) > 0 {
+			items = append(items, fmt.Sprintf("Out-of-arrival-order grants on %s — %s.", br.Name, strings.Join(parts, "; ")))
 		}
 	}
 	if len(items) == 0 {
