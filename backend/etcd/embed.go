@@ -1,0 +1,115 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// EmbedConfig describes an etcd server run inside the lockd process.
+type EmbedConfig struct {
+	DataDir string // where etcd keeps its data; required
+	Name    string // member name; default "lockd"
+	// ClientURL is where the member serves clients (a second lockd replica
+	// points --etcd-endpoints at it); default http://127.0.0.1:2379.
+	ClientURL string
+	// PeerURL is where the member talks to its peers; default
+	// http://127.0.0.1:2380.
+	PeerURL string
+	// InitialCluster lists every member as name=peerURL,...; default just
+	// this member. Ignored once DataDir holds data.
+	InitialCluster string
+	// ClusterToken keeps two clusters bootstrapped side by side apart;
+	// default "lockd".
+	ClusterToken string
+	// LogLevel is etcd's own log level; default "error" (etcd is chatty).
+	LogLevel string
+	// StartTimeout bounds the wait for the member to serve; default 60 s.
+	StartTimeout time.Duration
+}
+
+// Embedded is a running in-process etcd member.
+type Embedded struct {
+	etcd      *embed.Etcd
+	endpoints []string
+}
+
+// StartEmbedded starts an etcd member and returns once it serves clients.
+// Its data survives a restart on the same DataDir.
+func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
+	if c.DataDir == "" {
+		return nil, errors.New("embedded etcd: a data dir is required")
+	}
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.Name, "lockd")
+	def(&c.ClientURL, "http://127.0.0.1:2379")
+	def(&c.PeerURL, "http://127.0.0.1:2380")
+	def(&c.InitialCluster, c.Name+"="+c.PeerURL)
+	def(&c.ClusterToken, "lockd")
+	def(&c.LogLevel, "error")
+	if c.StartTimeout == 0 {
+		c.StartTimeout = time.Minute
+	}
+	curl, err := url.Parse(c.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: client url: %w", err)
+	}
+	purl, err := url.Parse(c.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: peer url: %w", err)
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = c.Name
+	cfg.Dir = c.DataDir
+	cfg.ListenClientUrls = []url.URL{*curl}
+	cfg.AdvertiseClientUrls = []url.URL{*curl}
+	cfg.ListenPeerUrls = []url.URL{*purl}
+	cfg.AdvertisePeerUrls = []url.URL{*purl}
+	cfg.InitialCluster = c.InitialCluster
+	cfg.InitialClusterToken = c.ClusterToken
+	cfg.LogLevel = c.LogLevel
+	cfg.Logger = "zap"
+	// The metrics and pprof listeners are not lockd's business.
+	cfg.Metrics = "basic"
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	timer := time.NewTimer(c.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-timer.C:
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: not serving after %v (a cluster waits for a quorum of its members)", c.StartTimeout)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	return &Embedded{etcd: e, endpoints: []string{curl.Host}}, nil
+}
+
+// Endpoints returns the member's client address(es) as host:port.
+func (e *Embedded) Endpoints() []string { return e.endpoints }
+
+// Err reports a fatal error of the running member.
+func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+
+// Close stops the member. It does not wait for leases to run out: they are
+// on disk and keep running when the member starts again.
+func (e *Embedded) Close() error {
+	e.etcd.Close()
+	return nil
+}

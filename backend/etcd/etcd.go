@@ -1,0 +1,638 @@
+// Package etcd keeps lockd's locks in etcd, with etcd's own primitives: a
+// queue of keys ordered by create revision, leases, transactions and watches.
+//
+// # Layout
+//
+// Every acquire of lock K is one key <prefix>q/<K>/<lease id>. Lock keys never
+// contain '/', so the range <prefix>q/<K>/ holds K's entries and no other
+// lock's. The entry with the lowest create revision is at the head of the
+// queue; it holds the lock when its record carries a deadline. Entries behind
+// it are waiters, served in create-revision order (FIFO).
+//
+// # Fencing token
+//
+// The token is the create revision of the grant's entry. Revisions grow over
+// the whole cluster's history. An entry is granted only when no entry with a
+// lower create revision is left in its range (the grant transaction checks
+// exactly that), so grants of one lock are made in create-revision order and
+// tokens strictly increase. A waiter that leaves the queue is never granted
+// (the grant also checks the entry still exists), so its revision is skipped,
+// never reused. Renewing rewrites the entry, which keeps its create revision.
+//
+// # Millisecond leases on whole-second etcd leases
+//
+// etcd leases have whole-second TTLs and a minimum of about two seconds, so
+// the contract's lease lives in the record: its deadline (unix ms, the
+// granting lockd's clock). The etcd lease attached to the entry only collects
+// garbage: it is chosen to outlive the deadline by at least two seconds, so
+// etcd never frees a lock early. Whoever notices an entry past its deadline (an
+// acquirer, the waiter behind it, whose timer fires at the deadline, a
+// release) removes it with a delete conditioned on its mod revision, so a
+// renew that won the race is never undone. Entries share etcd leases by the
+// second their garbage collection is due (see leasePool), so an acquire costs
+// one write, not a lease grant and a write.
+//
+// Waiters' entries hang on one short lease per Backend, kept alive while the
+// Backend lives: the queue entries of a lockd that died disappear within a
+// few seconds, and a waiter whose client left deletes its entry at once.
+//
+// # Wake-ups
+//
+// A waiter watches only the entry ahead of it. The watch is opened at the
+// current revision, which etcd serves at once; a watch opened at a past
+// revision is "unsynced" and served by a loop that runs every 100 ms — the
+// reason etcd's concurrency.Mutex hands a lock over in about 100 ms. The entry
+// right behind the holder also sets a timer at the holder's deadline; the
+// others at the deadline plus a grace, should that waiter be gone.
+//
+// Clocks: deadlines are written and read by lockd replicas; their clocks must
+// agree to well under a TTL.
+//
+// This package never releases a lock on Close: grants run on in etcd.
+package etcd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// Options configures a Backend. The zero value works.
+type Options struct {
+	// Prefix is put before every key lockd writes; default "/lockd/".
+	Prefix string
+	// OpTimeout bounds one round trip to etcd, after which the call fails
+	// with backend.ErrUnavailable; default 5 s.
+	OpTimeout time.Duration
+	// WaiterLeaseTTL is the etcd lease of queue entries, kept alive while
+	// this Backend runs: how long a dead lockd's waiters block a queue;
+	// default 5 s.
+	WaiterLeaseTTL time.Duration
+	backend.Hooks
+}
+
+// Backend implements backend.Backend on an etcd cluster.
+type Backend struct {
+	cli  *clientv3.Client
+	opts Options
+
+	leases *leasePool
+
+	life   context.Context // ends on Close
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	session clientv3.LeaseID // waiters' lease; 0 until the first wait or after it was lost
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New returns a Backend over cli. Close does not close cli: its owner does.
+func New(cli *clientv3.Client, opts Options) *Backend {
+	if opts.Prefix == "" {
+		opts.Prefix = "/lockd/"
+	}
+	if opts.OpTimeout == 0 {
+		opts.OpTimeout = 5 * time.Second
+	}
+	if opts.WaiterLeaseTTL == 0 {
+		opts.WaiterLeaseTTL = 5 * time.Second
+	}
+	life, cancel := context.WithCancel(context.Background())
+	return &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), life: life, cancel: cancel}
+}
+
+// record is the value of a queue entry.
+type record struct {
+	Owner    string `json:"o,omitempty"`
+	TTL      int64  `json:"t"`           // ms
+	Deadline int64  `json:"d,omitempty"` // unix ms; 0 while waiting
+}
+
+func (r record) held() bool { return r.Deadline != 0 }
+
+func (r record) expired(now time.Time) bool {
+	return r.held() && now.UnixMilli() >= r.Deadline
+}
+
+// entry is a queue entry as read from etcd.
+type entry struct {
+	key       string
+	leaseID   string
+	createRev int64
+	modRev    int64
+	rec       record
+}
+
+func (b *Backend) queue(key string) string { return b.opts.Prefix + "q/" + key + "/" }
+
+func (b *Backend) decode(kv []byte, k string, createRev, modRev int64) (entry, error) {
+	var rec record
+	if err := json.Unmarshal(kv, &rec); err != nil {
+		return entry{}, fmt.Errorf("etcd: corrupt record at %q: %w", k, err)
+	}
+	return entry{key: k, leaseID: k[strings.LastIndexByte(k, '/')+1:], createRev: createRev, modRev: modRev, rec: rec}, nil
+}
+
+func (b *Backend) entryFrom(resp *clientv3.GetResponse) (*entry, error) {
+	if resp == nil || len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	kv := resp.Kvs[0]
+	e, err := b.decode(kv.Value, string(kv.Key), kv.CreateRevision, kv.ModRevision)
+	return &e, err
+}
+
+func (e *entry) holder() *backend.Holder {
+	return &backend.Holder{Owner: e.rec.Owner, Token: uint64(e.createRev), ExpiresAt: time.UnixMilli(e.rec.Deadline)}
+}
+
+func (e *entry) grant(lockKey string) backend.Grant {
+	return backend.Grant{
+		Key: lockKey, LeaseID: e.leaseID, Token: uint64(e.createRev), Owner: e.rec.Owner,
+		TTL: time.Duration(e.rec.TTL) * time.Millisecond, ExpiresAt: time.UnixMilli(e.rec.Deadline),
+	}
+}
+
+func mustJSON(r record) string {
+	b, _ := json.Marshal(r)
+	return string(b)
+}
+
+// fail maps an etcd error: the caller's context first, then unavailability.
+func fail(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return errors.Join(ctx.Err(), fmt.Errorf("etcd %s: %w", op, err))
+	}
+	return fmt.Errorf("%w: etcd %s: %v", backend.ErrUnavailable, op, err)
+}
+
+func (b *Backend) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, b.opts.OpTimeout)
+}
+
+func (b *Backend) txn(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	resp, err := b.cli.Txn(c).If(cmps...).Then(then...).Else(els...).Commit()
+	if err != nil {
+		return nil, fail(ctx, op, err)
+	}
+	return resp, nil
+}
+
+// removeExpired deletes e if it is still the same expired entry.
+func (b *Backend) removeExpired(ctx context.Context, lockKey string, e *entry) error {
+	resp, err := b.txn(ctx, "remove expired",
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)},
+		[]clientv3.Op{clientv3.OpDelete(e.key)}, nil)
+	if err != nil {
+		return err
+	}
+	if resp.Succeeded {
+		b.opts.Hooks.Expired(lockKey)
+	}
+	return nil
+}
+
+// Acquire implements backend.Backend.
+func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	if err := ctx.Err(); err != nil {
+		return backend.Grant{}, err
+	}
+	q := b.queue(req.Key)
+	id := lease.NewID()
+	mine := q + id
+	giveUp := time.Now().Add(req.Wait)
+	for {
+		now := time.Now()
+		rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		// Granted at once only when the queue is empty; otherwise read the
+		// head to see whether it is an expired holder.
+		resp, err := b.txn(ctx, "acquire",
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
+			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))},
+			[]clientv3.Op{clientv3.OpGet(q, clientv3.WithFirstCreate()...)})
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if resp.Succeeded {
+			e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
+			return e.grant(req.Key), nil
+		}
+		head, err := b.entryFrom((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if head != nil && head.rec.expired(time.Now()) {
+			if err := b.removeExpired(ctx, req.Key, head); err != nil {
+				return backend.Grant{}, err
+			}
+			continue
+		}
+		if req.Wait <= 0 {
+			he := &backend.HeldError{Key: req.Key}
+			if head != nil && head.rec.held() {
+				he.Holder = head.holder()
+			}
+			return backend.Grant{}, he
+		}
+		return b.wait(ctx, req, id, giveUp)
+	}
+}
+
+// waiterLease returns the lease queue entries of this Backend hang on,
+// granting it and starting its keep-alive on first use.
+func (b *Backend) waiterLease(ctx context.Context) (clientv3.LeaseID, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.session != 0 {
+		return b.session, nil
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	g, err := b.cli.Grant(c, int64((b.opts.WaiterLeaseTTL+time.Second-1)/time.Second))
+	if err != nil {
+		return 0, fail(ctx, "grant waiter lease", err)
+	}
+	ch, err := b.cli.KeepAlive(b.life, g.ID)
+	if err != nil {
+		return 0, fail(ctx, "keep waiter lease alive", err)
+	}
+	b.session = g.ID
+	go func() {
+		for range ch {
+		}
+		// The lease is gone (Close, or lost to a partition): the next
+		// waiter grants a new one; waiters whose entries it took see them
+		// vanish and fail.
+		b.mu.Lock()
+		if b.session == g.ID {
+			b.session = 0
+		}
+		b.mu.Unlock()
+	}()
+	return g.ID, nil
+}
+
+// errEntryLost: a waiter's queue entry vanished under it (its lease was
+// lost to a partition).
+var errEntryLost = fmt.Errorf("%w: etcd: queue entry lost while waiting", backend.ErrUnavailable)
+
+func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id string, giveUp time.Time) (g backend.Grant, err error) {
+	q := b.queue(req.Key)
+	mine := q + id
+	wl, err := b.waiterLease(ctx)
+	if err != nil {
+		return backend.Grant{}, err
+	}
+	c, cancel := b.opCtx(ctx)
+	put, err := b.cli.Put(c, mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))
+	cancel()
+	if err != nil {
+		err = fail(ctx, "enqueue", err)
+	}
+	myRev := int64(0)
+	if err == nil {
+		myRev = put.Header.Revision
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Leave nothing behind: not a queue entry, and not a grant that
+		// raced with the give-up (its reply may have been lost).
+		c, cancel := context.WithTimeout(b.life, b.opts.OpTimeout)
+		defer cancel()
+		_, _ = b.cli.Delete(c, mine)
+	}()
+	if err != nil {
+		return backend.Grant{}, err
+	}
+
+	for {
+		if err := ctx.Err(); err != nil {
+			return backend.Grant{}, err
+		}
+		now := time.Now()
+		rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		// Granted when this entry still exists and nothing is ahead of it.
+		resp, err := b.txn(ctx, "grant waiter",
+			[]clientv3.Cmp{
+				clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
+				clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
+			},
+			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))},
+			[]clientv3.Op{
+				clientv3.OpGet(mine),
+				clientv3.OpGet(q, clientv3.WithFirstCreate()...),
+				clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(myRev-1))...),
+			})
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if resp.Succeeded {
+			e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
+			return e.grant(req.Key), nil
+		}
+		rs := resp.Responses
+		self, err := b.entryFrom((*clientv3.GetResponse)(rs[0].GetResponseRange()))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if self == nil || self.createRev != myRev {
+			return backend.Grant{}, errEntryLost
+		}
+		head, err := b.entryFrom((*clientv3.GetResponse)(rs[1].GetResponseRange()))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		pred, err := b.entryFrom((*clientv3.GetResponse)(rs[2].GetResponseRange()))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if pred == nil { // the one ahead left between the compare and the reads
+			continue
+		}
+		if head != nil && head.rec.expired(time.Now()) {
+			if err := b.removeExpired(ctx, req.Key, head); err != nil {
+				return backend.Grant{}, err
+			}
+			continue
+		}
+		if !time.Now().Before(giveUp) {
+			he := &backend.HeldError{Key: req.Key}
+			if head != nil && head.rec.held() {
+				he.Holder = head.holder()
+			}
+			return backend.Grant{}, he
+		}
+		// Wake on any change of the entry ahead, at the holder's deadline,
+		// or when the wait is over.
+		var expiry time.Time
+		if head != nil && head.rec.held() {
+			expiry = time.UnixMilli(head.rec.Deadline)
+			if head.key != pred.key {
+				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
+			}
+		}
+		if err := b.waitChange(ctx, pred, resp.Header.Revision, expiry, giveUp); err != nil {
+			return backend.Grant{}, err
+		}
+	}
+}
+
+// waitChange returns when the entry pred changes or goes, at expiry (if
+// set), at giveUp, or with ctx's error.
+func (b *Backend) waitChange(ctx context.Context, pred *entry, readRev int64, expiry, giveUp time.Time) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// Opened at the current revision, so etcd serves it at once.
+	wch := b.cli.Watch(wctx, pred.key, clientv3.WithCreatedNotify())
+	var created clientv3.WatchResponse
+	select {
+	case created = <-wch:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := created.Err(); err != nil || !created.Created {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: etcd watch: %v", backend.ErrUnavailable, created.Err())
+	}
+	// Anything written between our read and the watch's start is not in
+	// the watch: look again if the store moved on.
+	if created.Header.Revision != readRev {
+		c, cl := b.opCtx(ctx)
+		r, err := b.cli.Get(c, pred.key)
+		cl()
+		if err != nil {
+			return fail(ctx, "read predecessor", err)
+		}
+		if len(r.Kvs) == 0 || r.Kvs[0].ModRevision != pred.modRev {
+			return nil
+		}
+	}
+	wake := giveUp
+	if !expiry.IsZero() && expiry.Before(wake) {
+		wake = expiry
+	}
+	timer := time.NewTimer(time.Until(wake))
+	defer timer.Stop()
+	for {
+		select {
+		case resp, ok := <-wch:
+			if !ok {
+				return ctx.Err()
+			}
+			if err := resp.Err(); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("%w: etcd watch: %v", backend.ErrUnavailable, err)
+			}
+			if len(resp.Events) > 0 {
+				return nil
+			}
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.life.Done():
+			return fmt.Errorf("%w: etcd backend closed", backend.ErrUnavailable)
+		}
+	}
+}
+
+// get reads one queue entry.
+func (b *Backend) get(ctx context.Context, key, leaseID string) (*entry, error) {
+	if !lease.ValidID(leaseID) || strings.Contains(leaseID, "/") {
+		return nil, nil
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	resp, err := b.cli.Get(c, b.queue(key)+leaseID)
+	if err != nil {
+		return nil, fail(ctx, "read lease", err)
+	}
+	return b.entryFrom(resp)
+}
+
+// Renew implements backend.Backend.
+func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := b.get(ctx, key, leaseID)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if e == nil || !e.rec.held() {
+			return backend.Grant{}, backend.ErrLeaseExpired
+		}
+		now := time.Now()
+		if e.rec.expired(now) {
+			_ = b.removeExpired(ctx, key, e)
+			return backend.Grant{}, backend.ErrLeaseExpired
+		}
+		rec := e.rec
+		rec.TTL, rec.Deadline = ttl.Milliseconds(), lease.Deadline(now, ttl).UnixMilli()
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		// The entry must be exactly as read: an expiry removal or another
+		// renew in between wins, and this one looks again.
+		resp, err := b.txn(ctx, "renew",
+			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)},
+			[]clientv3.Op{clientv3.OpPut(e.key, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if resp.Succeeded {
+			e.rec = rec
+			return e.grant(key), nil
+		}
+	}
+	return backend.Grant{}, fmt.Errorf("%w: renew kept racing with other writers", backend.ErrUnavailable)
+}
+
+// Release implements backend.Backend.
+func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
+	if !lease.ValidID(leaseID) {
+		return backend.ErrLeaseExpired
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	resp, err := b.cli.Delete(c, b.queue(key)+leaseID, clientv3.WithPrevKV())
+	if err != nil {
+		return fail(ctx, "release", err)
+	}
+	if len(resp.PrevKvs) == 0 {
+		return backend.ErrLeaseExpired
+	}
+	prev := resp.PrevKvs[0]
+	e, err := b.decode(prev.Value, string(prev.Key), prev.CreateRevision, prev.ModRevision)
+	if err != nil {
+		return err
+	}
+	if !e.rec.held() {
+		return backend.ErrLeaseExpired // a waiter's entry: never a grant
+	}
+	if e.rec.expired(time.Now()) {
+		// It was no longer the holder's to release; removing it was
+		// right all the same.
+		b.opts.Hooks.Expired(key)
+		return backend.ErrLeaseExpired
+	}
+	return nil
+}
+
+// Inspect implements backend.Backend.
+func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	q := b.queue(key)
+	resp, err := b.txn(ctx, "inspect", nil,
+		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithFirstCreate()...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+	if err != nil {
+		return backend.LockState{}, err
+	}
+	st := backend.LockState{Key: key}
+	head, err := b.entryFrom((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
+	if err != nil {
+		return st, err
+	}
+	st.Waiters = int(resp.Responses[1].GetResponseRange().Count)
+	if head != nil && head.rec.held() {
+		st.Waiters-- // the holder's entry, expired or not, is no waiter
+		if !head.rec.expired(time.Now()) {
+			st.Held, st.Holder = true, head.holder()
+		}
+	}
+	return st, nil
+}
+
+// List implements backend.Backend. It reads every queue entry under the
+// prefix (a page of etcd keys at a time), so it costs in proportion to the
+// entries under the prefix, not to the page asked for: an operator's tool.
+func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
+	base := b.opts.Prefix + "q/"
+	start, end := base+prefix, clientv3.GetPrefixRangeEnd(base+prefix)
+	heads := map[string]*entry{}
+	now := time.Now()
+	for {
+		c, cancel := b.opCtx(ctx)
+		resp, err := b.cli.Get(c, start, clientv3.WithRange(end), clientv3.WithLimit(1000))
+		cancel()
+		if err != nil {
+			return nil, fail(ctx, "list", err)
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			rest := k[len(base):]
+			slash := strings.LastIndexByte(rest, '/')
+			if slash < 0 {
+				continue
+			}
+			lockKey := rest[:slash]
+			if lockKey <= after || !strings.HasPrefix(lockKey, prefix) {
+				continue
+			}
+			e, err := b.decode(kv.Value, k, kv.CreateRevision, kv.ModRevision)
+			if err != nil {
+				return nil, err
+			}
+			if h := heads[lockKey]; h == nil || e.createRev < h.createRev {
+				heads[lockKey] = &e
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	var out []backend.LockState
+	for k, h := range heads {
+		if h.rec.held() && !h.rec.expired(now) {
+			out = append(out, backend.LockState{Key: k, Held: true, Holder: h.holder()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// Ping implements backend.Backend: a linearizable read of one key.
+func (b *Backend) Ping(ctx context.Context) error {
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	if _, err := b.cli.Get(c, b.opts.Prefix+"ping"); err != nil {
+		return fail(ctx, "ping", err)
+	}
+	return nil
+}
+
+// Close stops this Backend's background work. Grants stay in etcd; waiters'
+// entries go with their lease within WaiterLeaseTTL if not removed first.
+func (b *Backend) Close() error {
+	b.cancel()
+	return nil
+}
