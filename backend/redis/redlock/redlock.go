@@ -229,6 +229,9 @@ type failed struct {
 	// some masters and all gave back). The lock is not held, so even a
 	// single try tries again rather than report it held.
 	split bool
+	// slow: a majority was won, but too late to leave any validity. Also
+	// tried again past the wait (a few times), since nobody holds the lock.
+	slow bool
 }
 
 // maxSplitRetries bounds the extra attempts past the wait after split
@@ -252,7 +255,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			return g, nil
 		}
 		left := time.Until(giveUpAt)
-		if left <= 0 && f.split && f.unavailable == nil && splits < maxSplitRetries {
+		if left <= 0 && splits < maxSplitRetries && (f.split && f.unavailable == nil || f.slow && splits < 3) {
 			splits++
 			left = delay
 		}
@@ -374,7 +377,7 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 	}
 	if validity := req.TTL - time.Since(start) - b.drift(req.TTL); validity <= 0 {
 		// The majority was won too slowly to be worth anything.
-		return giveUp(&failed{unavailable: fmt.Errorf("redlock acquire %q: %w: majority won after %v, no validity left of a %v TTL",
+		return giveUp(&failed{slow: true, unavailable: fmt.Errorf("redlock acquire %q: %w: majority won after %v, no validity left of a %v TTL",
 			req.Key, backend.ErrUnavailable, time.Since(start).Round(time.Millisecond), req.TTL)})
 	}
 	g := backend.Grant{Key: req.Key, LeaseID: id, Token: maxToken, Owner: req.Owner, TTL: req.TTL, ExpiresAt: deadline}
@@ -432,7 +435,11 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	return backend.Grant{}, fmt.Errorf("redlock renew %q: %w", key, backend.ErrLeaseExpired)
 }
 
-// Release implements backend.Backend.
+// Release implements backend.Backend. It deletes the lease's copy on every
+// master that answers and succeeds when the lease may have held a majority
+// and at least one copy was deleted: a master that did not answer keeps its
+// copy until it expires, and the masters that did can form a majority
+// without it.
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
 		return releaseScript.Run(c, m, b.keys(key)[:1], leaseID).Int()
@@ -450,13 +457,16 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 		return err
 	}
 	switch {
-	case released >= b.quorum:
-		return nil
-	case released+errs >= b.quorum:
-		return fmt.Errorf("redlock release %q: %w: %d of %d masters released, %d did not answer",
-			key, backend.ErrUnavailable, released, len(b.masters), errs)
-	default:
+	case released+errs < b.quorum:
+		// It cannot have held a majority; any copies left are gone now.
 		return fmt.Errorf("redlock release %q: %w", key, backend.ErrLeaseExpired)
+	case released > 0:
+		// Gone from every master that answered; copies on the others (at
+		// most a minority of the live masters) expire with the lease.
+		return nil
+	default:
+		return fmt.Errorf("redlock release %q: %w: none of %d masters released, %d did not answer",
+			key, backend.ErrUnavailable, len(b.masters), errs)
 	}
 }
 
