@@ -89,8 +89,9 @@ type Options struct {
 	// refreshing it; it refreshes every third of it. It bounds how long a
 	// waiter whose lockd died delays the queue. Default 3s.
 	HeartbeatTimeout time.Duration
-
-	backend.Hooks
+	// There are no backend.Hooks: Redis expires a lease's key by itself and
+	// no lockd sees it happen (keyspace notifications would need server
+	// configuration), so OnExpire could never be called.
 }
 
 // Backend is the Redis implementation of backend.Backend.

@@ -50,7 +50,11 @@
 // Redlock has no queue: a waiter retries with jittered exponential back-off
 // (capped at the holder's known deadline), so handoff costs up to one back-off
 // step and a releaser that re-acquires at once usually wins again. Waiters are
-// not served in arrival order.
+// not served in arrival order. Even a single try (Wait 0) tries again, a
+// bounded number of times, when nobody won a majority (concurrent acquirers
+// split the masters and all gave back) or when the majority came too late to
+// leave validity: in both cases nobody holds the lock, so "held" would be
+// wrong, and ErrUnavailable is kept for when it keeps happening.
 package redlock
 
 import (
@@ -102,8 +106,8 @@ type Options struct {
 	// MinRetryDelay and MaxRetryDelay bound a waiter's jittered exponential
 	// back-off. Defaults 5ms and 100ms.
 	MinRetryDelay, MaxRetryDelay time.Duration
-
-	backend.Hooks
+	// There are no backend.Hooks: every master expires its copy by itself
+	// and no lockd sees it happen, so OnExpire could never be called.
 }
 
 // Backend is the Redlock implementation of backend.Backend.
