@@ -54,6 +54,7 @@ type handoffStats struct {
 	releasedAt  time.Time
 	latency     *hdrhistogram.Histogram // µs from a release to the next grant
 	passLatency *hdrhistogram.Histogram // the same, only for passes
+	wait        *hdrhistogram.Histogram // µs from asking for the lock to the grant
 }
 
 func newHandoffStats() *handoffStats {
@@ -61,15 +62,17 @@ func newHandoffStats() *handoffStats {
 		last:        -1,
 		latency:     hdrhistogram.New(1, 60_000_000, 3),
 		passLatency: hdrhistogram.New(1, 60_000_000, 3),
+		wait:        hdrhistogram.New(1, 60_000_000, 3),
 	}
 }
 
 // granted is called by contender c right after its grant; it reports whether
 // the run has made n grants.
-func (s *handoffStats) granted(c, n int) bool {
+func (s *handoffStats) granted(c, n int, asked time.Time) bool {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	_ = s.wait.RecordValue(now.Sub(asked).Microseconds())
 	if s.last >= 0 {
 		us := now.Sub(s.releasedAt).Microseconds()
 		_ = s.latency.RecordValue(us)
@@ -97,6 +100,9 @@ func (s *handoffStats) report(b *testing.B) {
 	if s.passes > 0 {
 		b.ReportMetric(ms(s.passLatency.ValueAtQuantile(50)), "pass-p50-ms")
 	}
+	b.ReportMetric(ms(s.wait.ValueAtQuantile(50)), "wait-p50-ms")
+	b.ReportMetric(ms(s.wait.ValueAtQuantile(99)), "wait-p99-ms")
+	b.ReportMetric(ms(s.wait.Max()), "wait-max-ms") // starvation shows here
 }
 
 // runContenders runs one goroutine per locker, each taking the lock, holding
@@ -113,6 +119,7 @@ func runContenders(b *testing.B, lockers []locker, hold time.Duration) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
+				asked := time.Now()
 				release, err := lock(ctx)
 				if err != nil {
 					if ctx.Err() == nil {
@@ -121,7 +128,7 @@ func runContenders(b *testing.B, lockers []locker, hold time.Duration) {
 					}
 					return
 				}
-				done := s.granted(c, b.N)
+				done := s.granted(c, b.N, asked)
 				time.Sleep(hold)
 				s.releasing()
 				if err := release(); err != nil {
@@ -179,7 +186,8 @@ func benchRedsync(b *testing.B, addrs []string) *redsync.Redsync {
 // BenchmarkAlternating: two clients (two lockd replicas) take turns wanting
 // one key, holding it 100 µs each time. %passed is the share of grants that
 // went to the client that was waiting rather than back to the one that had
-// just released; p50/p99 are release→next grant. The redsync case is a plain
+// just released; p50/p99 are release→next grant; wait-p50/p99 are from
+// asking for the lock to getting it (what a waiter pays). The redsync case is a plain
 // redsync pair over the same five masters, for reference.
 func BenchmarkAlternating(b *testing.B) {
 	one := testserver.Redis(b, 1)
