@@ -242,8 +242,8 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	keys := b.keys(req.Key)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
-	timer := time.NewTimer(0)
-	<-timer.C
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
 	for {
 		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat)).Slice()
@@ -286,9 +286,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		timer.Reset(next)
 		select {
 		case <-wake:
-			if !timer.Stop() {
-				<-timer.C
-			}
+			timer.Stop() // Go 1.23+ timers: no stale tick after Stop or Reset
 		case <-timer.C:
 		case <-ctx.Done():
 			b.abandon(keys, waiter, id)
