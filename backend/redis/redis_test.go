@@ -90,3 +90,39 @@ func TestRestartWithoutPersistenceLosesLockAndCounter(t *testing.T) {
 		t.Errorf("Renew of the pre-restart lease: %v, want ErrLeaseExpired", err)
 	}
 }
+
+// With AOF fsync on every write, a SIGKILLed and restarted Redis keeps the
+// grant and the counter: the lock is still held and tokens go on increasing.
+// (The README's advice for running the redis backend rests on this.)
+func TestRestartWithAOFKeepsLockAndCounter(t *testing.T) {
+	srv := testserver.RedisWith(t, 1, testserver.RedisOptions{AOF: true})
+	b := newFactory(srv.Addr(0), Options{})(t)
+	key := "aof"
+	held, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "durable", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(0); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	for i := 0; i < 10; i++ {
+		if _, err = b.Acquire(ctx(t), backend.AcquireRequest{Key: key, TTL: time.Minute}); !errors.Is(err, backend.ErrUnavailable) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var he *backend.HeldError
+	if !errors.As(err, &he) || he.Holder == nil || he.Holder.Token != held.Token {
+		t.Fatalf("Acquire after the restart = %v; want ErrHeld naming token %d", err, held.Token)
+	}
+	if err := b.Release(ctx(t), key, held.LeaseID); err != nil {
+		t.Fatalf("Release of the pre-restart lease: %v", err)
+	}
+	g, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: key, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Token <= held.Token {
+		t.Errorf("token after the restart = %d, want above %d", g.Token, held.Token)
+	}
+}

@@ -136,3 +136,26 @@ func waitWaiters(t *testing.T, b backend.Backend, key string, n int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A holder that never releases wakes the waiter at its expiry through the
+// timer set from the holder's deadline, not at the waiter's next heartbeat
+// (here 10 s away).
+func TestExpiryWakesWaiterByTimer(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: 30 * time.Second})
+	key := "expiry-timer"
+	g, err := f(t).Acquire(ctx(t), backend.AcquireRequest{Key: key, TTL: 700 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := f(t).Acquire(ctx(t), backend.AcquireRequest{Key: key, TTL: time.Minute, Wait: 15 * time.Second})
+	if err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if late := time.Since(g.ExpiresAt); late > time.Second {
+		t.Errorf("waiter granted %v after the holder's expiry, want promptly (timer at the expiry)", late)
+	}
+	if w.Token <= g.Token {
+		t.Errorf("waiter's token %d, want above %d", w.Token, g.Token)
+	}
+}
