@@ -113,8 +113,9 @@ type Backend interface {
 	// unless the backend documents otherwise.
 	Acquire(ctx context.Context, req AcquireRequest) (Grant, error)
 
-	// Renew extends an unexpired lease to ttl from now, keeping its token.
-	// It never resurrects an expired lease.
+	// Renew extends an unexpired lease to ttl from now, keeping its token;
+	// ttl 0 keeps the lease's current TTL. It never resurrects an expired
+	// lease.
 	//
 	// Errors: ErrLeaseExpired when leaseID does not hold key (expired,
 	// released, foreign or unknown — indistinguishable to the caller);

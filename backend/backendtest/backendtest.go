@@ -375,8 +375,14 @@ func (s *suite) renewExtends(t *testing.T) {
 	time.Sleep(time.Until(g.ExpiresAt.Add(time.Second)))
 	_, err = s.tryAcquire(t, s.newBackend(t), key)
 	wantHeld(t, err, &g)
-	if _, err := b.Renew(ctxTimeout(t, 10*time.Second), key, g.LeaseID, time.Second); err != nil {
-		t.Fatalf("second Renew: %v", err)
+	// TTL 0 keeps the lease's TTL (the API's renew without ttl_ms).
+	before = time.Now()
+	r, err = b.Renew(ctxTimeout(t, 10*time.Second), key, g.LeaseID, 0)
+	if err != nil {
+		t.Fatalf("Renew keeping the TTL: %v", err)
+	}
+	if r.TTL != 3*time.Second || r.ExpiresAt.Before(before.Add(3*time.Second).Add(-time.Millisecond)) {
+		t.Errorf("Renew with TTL 0 = {ttl %v expires_at %v}, want the lease's 3s TTL from now (%v)", r.TTL, r.ExpiresAt, before.Add(3*time.Second))
 	}
 }
 

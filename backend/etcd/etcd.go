@@ -493,7 +493,10 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			return backend.Grant{}, backend.ErrLeaseExpired
 		}
 		rec := e.rec
-		rec.TTL, rec.Deadline = ttl.Milliseconds(), lease.Deadline(now, ttl).UnixMilli()
+		if ttl > 0 {
+			rec.TTL = ttl.Milliseconds()
+		}
+		rec.Deadline = lease.Deadline(now, time.Duration(rec.TTL)*time.Millisecond).UnixMilli()
 		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
 		if err != nil {
 			return backend.Grant{}, err

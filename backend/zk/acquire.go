@@ -346,7 +346,7 @@ func (a *acquirer) grant(r nodeRead) backend.Grant {
 	}
 	a.b.grants.put(g.LeaseID, cached{
 		key: a.req.Key, name: a.name, owner: a.req.Owner,
-		version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid,
+		version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid,
 	})
 	return g
 }

@@ -47,18 +47,22 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			if err != nil {
 				return backend.Grant{}, unavailable("renew", err)
 			}
-			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
+			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid}
 		}
 		now := time.Now()
 		if c.deadline <= now.UnixMilli() {
 			b.grants.drop(leaseID)
 			return backend.Grant{}, leaseExpired("renew", key)
 		}
+		ttl := ttl
+		if ttl <= 0 { // keep the lease's TTL
+			ttl = time.Duration(c.ttl) * time.Millisecond
+		}
 		d := nodeData{Deadline: lease.Deadline(now, ttl).UnixMilli(), TTL: ttl.Milliseconds()}
 		st, err := call(ctx, func() (*zk.Stat, error) { return b.conn.Set(kp+"/"+c.name, d.encode(), c.version) })
 		switch {
 		case err == nil:
-			c.version, c.deadline = st.Version, d.Deadline
+			c.version, c.deadline, c.ttl = st.Version, d.Deadline, d.TTL
 			b.grants.put(leaseID, c)
 			return backend.Grant{
 				Key: key, LeaseID: leaseID, Token: uint64(c.token), Owner: c.owner,

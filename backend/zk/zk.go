@@ -396,6 +396,7 @@ type cached struct {
 	owner    string
 	version  int32
 	deadline int64 // Unix ms
+	ttl      int64 // ms
 	token    int64
 }
 
