@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/lockd/lockd/backend"
+	etcdb "github.com/lockd/lockd/backend/etcd"
+	redisb "github.com/lockd/lockd/backend/redis"
+	"github.com/lockd/lockd/backend/redis/redlock"
+	zkb "github.com/lockd/lockd/backend/zk"
+	"github.com/lockd/lockd/internal/httpapi"
+)
+
+// config is everything lockd is told at start.
+type config struct {
+	listen          string
+	backend         string
+	dataDir         string
+	etcdEndpoints   string
+	etcdPrefix      string
+	embedClientURL  string
+	embedPeerURL    string
+	zkServers       string
+	zkRoot          string
+	zkSession       time.Duration
+	redisAddrs      string
+	redisPrefix     string
+	logLevel        string
+	shutdownTimeout time.Duration
+}
+
+// envName is the environment variable that sets a flag: LOCKD_ and the flag
+// name in upper snake case.
+func envName(flagName string) string {
+	return "LOCKD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("lockd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:7070", "address to serve the HTTP API on (port 0: any free port)")
+	fs.StringVar(&c.backend, "backend", "etcd", "lock store: etcd, zk, redis or redlock")
+	fs.StringVar(&c.dataDir, "data-dir", "./lockd-data", "embedded etcd's data directory (etcd without --etcd-endpoints)")
+	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "", "comma-separated host:port of an etcd cluster to use instead of the embedded one")
+	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "/lockd/", "prefix of every key lockd writes in etcd")
+	fs.StringVar(&c.embedClientURL, "embed-etcd-client-url", "http://127.0.0.1:2379", "where the embedded etcd serves clients; a second lockd replica can use it as --etcd-endpoints")
+	fs.StringVar(&c.embedPeerURL, "embed-etcd-peer-url", "http://127.0.0.1:2380", "the embedded etcd's peer URL")
+	fs.StringVar(&c.zkServers, "zk-servers", "", "comma-separated host:port of the ZooKeeper ensemble (--backend zk)")
+	fs.StringVar(&c.zkRoot, "zk-root", "/lockd", "znode under which lock nodes live (--backend zk)")
+	fs.DurationVar(&c.zkSession, "zk-session-timeout", 10*time.Second, "ZooKeeper session timeout (--backend zk)")
+	fs.StringVar(&c.redisAddrs, "redis-addrs", "", "comma-separated host:port: one Redis (or a Sentinel/cluster seed list) for --backend redis, the independent masters for --backend redlock")
+	fs.StringVar(&c.redisPrefix, "redis-prefix", "", "prefix of every Redis key lockd writes (default lockd: for redis, lockd:rl: for redlock)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stop waits for requests in flight")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(stderr, "  --%s (env %s, default %q)\n    \t%s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
+		})
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return c, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
+	}
+	return c, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// store is an opened backend and what to say about it and close after it.
+type store struct {
+	b        backend.Backend
+	describe string
+	closers  []func()
+}
+
+func (s *store) close() {
+	if s.b != nil {
+		_ = s.b.Close()
+	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+}
+
+// openStore connects the configured backend. Adding a backend is one case.
+func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Logger) (*store, error) {
+	st := &store{}
+	switch c.backend {
+	case "etcd":
+		endpoints := splitList(c.etcdEndpoints)
+		if len(endpoints) == 0 {
+			emb, err := etcdb.StartEmbedded(ctx, etcdb.EmbedConfig{DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL})
+			if err != nil {
+				return nil, err
+			}
+			st.closers = append(st.closers, func() { emb.Close() })
+			endpoints = emb.Endpoints()
+			abs, _ := filepath.Abs(c.dataDir)
+			st.describe = fmt.Sprintf("etcd, embedded, data in %s, etcd clients on %s", abs, c.embedClientURL)
+		} else {
+			st.describe = "etcd at " + strings.Join(endpoints, ",")
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Context: ctx})
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("etcd client: %w", err)
+		}
+		st.closers = append(st.closers, func() { cli.Close() })
+		st.b = etcdb.New(cli, etcdb.Options{Prefix: c.etcdPrefix, Hooks: hooks})
+	case "zk":
+		servers := splitList(c.zkServers)
+		if len(servers) == 0 {
+			return nil, errors.New("--backend zk needs --zk-servers host:port,...")
+		}
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		conn, err := zkb.Dial(dctx, servers, c.zkSession)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		st.b = zkb.New(conn, zkb.Options{Root: c.zkRoot, Hooks: hooks})
+		st.describe = "zk at " + strings.Join(servers, ",") + " under " + c.zkRoot
+	case "redis":
+		addrs := splitList(c.redisAddrs)
+		if len(addrs) == 0 {
+			return nil, errors.New("--backend redis needs --redis-addrs host:port")
+		}
+		cli := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs})
+		b, err := redisb.New(ctx, cli, redisb.Options{Prefix: c.redisPrefix})
+		if err != nil {
+			cli.Close()
+			return nil, err
+		}
+		st.b, st.describe = b, "redis at "+strings.Join(addrs, ",")
+	case "redlock":
+		addrs := splitList(c.redisAddrs)
+		if len(addrs) == 0 {
+			return nil, errors.New("--backend redlock needs --redis-addrs a,b,c,... (independent masters, an odd number)")
+		}
+		var masters []goredis.UniversalClient
+		for _, a := range addrs {
+			masters = append(masters, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, DialerRetries: 1, ContextTimeoutEnabled: true}))
+		}
+		b, err := redlock.New(masters, redlock.Options{Prefix: c.redisPrefix})
+		if err != nil {
+			for _, m := range masters {
+				m.Close()
+			}
+			return nil, err
+		}
+		st.b, st.describe = b, fmt.Sprintf("redlock over %d masters", len(addrs))
+	default:
+		return nil, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
+	}
+	log.Debug("backend open", "backend", st.describe)
+	return st, nil
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// run is lockd: config → wire → serve, until ctx ends.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	c, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(c.logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	metrics := httpapi.NewMetrics()
+	st, err := openStore(ctx, c, backend.Hooks{OnExpire: metrics.Expired}, log)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+
+	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log})
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.describe)
+	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -d '{\"ttl_ms\": 15000}'\n", url)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("stopping: long polls end with shutting_down; held leases keep running in the store")
+	api.Stopping()
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("requests still in flight at the stop were cut", "err", err)
+		_ = srv.Close()
+	}
+	return nil
+}

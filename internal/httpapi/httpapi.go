@@ -1,0 +1,388 @@
+// Package httpapi serves lockd's v1 HTTP/JSON API over a backend.Backend:
+// routing, strict request decoding, problem+json errors, long-poll waits and
+// metrics. It keeps no lock state of its own, and it must never release a
+// lock it was not asked to release: a stopping lockd leaves leases running.
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// Options configures a Server. The zero value works.
+type Options struct {
+	// Backend names the store in metrics and logs; default "unknown".
+	Backend string
+	// Metrics, when nil, are made by New.
+	Metrics *Metrics
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the HTTP handler of lockd.
+type Server struct {
+	b       backend.Backend
+	opts    Options
+	m       *Metrics
+	log     *slog.Logger
+	handler http.Handler
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed by Stopping: long polls end with shutting_down
+}
+
+// New returns the API over b.
+func New(b backend.Backend, opts Options) *Server {
+	if opts.Backend == "" {
+		opts.Backend = "unknown"
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
+	r := chi.NewRouter()
+	r.Use(s.recoverer, s.observe)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problemFor(&requestError{status: http.StatusNotFound, code: "not_found", detail: "no such route: " + r.URL.Path}))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problemFor(&requestError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", detail: r.Method + " is not allowed on " + r.URL.Path}))
+	})
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
+	r.Route("/v1/locks", func(r chi.Router) {
+		r.Get("/", s.list)
+		r.Get("/{key}", s.inspect)
+		r.Post("/{key}/acquire", s.acquire)
+		r.Post("/{key}/renew", s.renew)
+		r.Post("/{key}/release", s.release)
+	})
+	s.handler = r
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// Stopping ends every long poll with a shutting_down problem; call it before
+// http.Server.Shutdown so that waiters do not hold the shutdown up. Requests
+// that do not wait run to completion.
+func (s *Server) Stopping() { s.stopOnce.Do(func() { close(s.stopping) }) }
+
+// fail writes err as a problem and logs what the client cannot fix.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	p := problemFor(err)
+	if p.Status >= 500 {
+		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	}
+	writeProblem(w, p)
+}
+
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v))
+				writeProblem(w, problemFor(errors.New("panic")))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// observe records each request's latency by route and status, and logs it
+// at debug level (never with its body: lease ids are capabilities).
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		took := time.Since(start)
+		s.m.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Observe(took.Seconds())
+		s.log.Debug("request", "method", r.Method, "route", route, "key", chi.URLParam(r, "key"), "status", sw.status, "took", took)
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if err := s.b.Ping(ctx); err != nil {
+		if !errors.Is(err, backend.ErrUnavailable) {
+			err = fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+		}
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "backend": s.opts.Backend})
+}
+
+// grantJSON is the body of a successful acquire or renew.
+type grantJSON struct {
+	Key       string `json:"key"`
+	LeaseID   string `json:"lease_id"`
+	Token     uint64 `json:"token"`
+	Owner     string `json:"owner"`
+	TTLMs     int64  `json:"ttl_ms"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+func toGrantJSON(g backend.Grant) grantJSON {
+	return grantJSON{Key: g.Key, LeaseID: g.LeaseID, Token: g.Token, Owner: g.Owner, TTLMs: g.TTL.Milliseconds(), ExpiresAt: lease.Format(g.ExpiresAt)}
+}
+
+func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
+	key := chi.URLParam(r, "key")
+	var body acquireBody
+	err := checkKey(key)
+	if err == nil {
+		err = decode(w, r, &body)
+	}
+	var p acquireParams
+	if err == nil {
+		p, err = body.params()
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	if p.wait > 0 {
+		// A long poll: ended by the client leaving (r.Context) or by lockd
+		// stopping.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := context.AfterFunc(stoppingCtx{s.stopping}, func() { cancel(errShuttingDown) })
+		defer stop()
+		s.m.waiters.Inc()
+		defer s.m.waiters.Dec()
+	}
+	start := time.Now()
+	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait})
+	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
+	if err != nil {
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			err = fmt.Errorf("%w: the wait for %q was cut short", errShuttingDown, key)
+		}
+		if r.Context().Err() != nil {
+			return // the client left; nobody reads an answer
+		}
+		s.fail(w, r, err)
+		return
+	}
+	s.m.held.Inc()
+	writeJSON(w, http.StatusOK, toGrantJSON(g))
+}
+
+func outcome(err error) string {
+	switch {
+	case err == nil:
+		return "granted"
+	case errors.Is(err, backend.ErrHeld):
+		return "held"
+	case errors.Is(err, backend.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "cancelled"
+	}
+	return "error"
+}
+
+// stoppingCtx lets context.AfterFunc watch the stopping channel.
+type stoppingCtx struct{ done chan struct{} }
+
+func (c stoppingCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c stoppingCtx) Done() <-chan struct{}       { return c.done }
+func (c stoppingCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+func (c stoppingCtx) Value(any) any { return nil }
+
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
+	key := chi.URLParam(r, "key")
+	var body renewBody
+	err := checkKey(key)
+	if err == nil {
+		err = decode(w, r, &body)
+	}
+	var id string
+	if err == nil {
+		id, err = checkLeaseID(body.LeaseID)
+	}
+	var ttl time.Duration // zero: the lease keeps its TTL
+	if err == nil {
+		ttl, err = msField("ttl_ms", body.TTLMs, 0, lease.MinTTL, lease.MaxTTL)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	g, err := s.b.Renew(r.Context(), key, id, ttl)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toGrantJSON(g))
+}
+
+func (s *Server) release(w http.ResponseWriter, r *http.Request) {
+	key := chi.URLParam(r, "key")
+	var body releaseBody
+	err := checkKey(key)
+	if err == nil {
+		err = decode(w, r, &body)
+	}
+	var id string
+	if err == nil {
+		id, err = checkLeaseID(body.LeaseID)
+	}
+	if err == nil {
+		err = s.b.Release(r.Context(), key, id)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.m.held.Dec()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// lockJSON is one lock as inspection and listing show it.
+type lockJSON struct {
+	Key       string  `json:"key"`
+	Held      bool    `json:"held"`
+	Owner     *string `json:"owner,omitempty"`
+	Token     *uint64 `json:"token,omitempty"`
+	ExpiresAt *string `json:"expires_at,omitempty"`
+	Waiters   *int    `json:"waiters,omitempty"`
+}
+
+func toLockJSON(st backend.LockState, withWaiters bool) lockJSON {
+	l := lockJSON{Key: st.Key, Held: st.Held && st.Holder != nil}
+	if l.Held {
+		exp := lease.Format(st.Holder.ExpiresAt)
+		l.Owner, l.Token, l.ExpiresAt = &st.Holder.Owner, &st.Holder.Token, &exp
+	}
+	if withWaiters {
+		n := st.Waiters
+		l.Waiters = &n
+	}
+	return l
+}
+
+func (s *Server) inspect(w http.ResponseWriter, r *http.Request) {
+	key := chi.URLParam(r, "key")
+	if err := checkKey(key); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	st, err := s.b.Inspect(r.Context(), key)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toLockJSON(st, true))
+}
+
+const (
+	defaultListLimit = 100
+	maxListLimit     = 1000
+)
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	for name := range q {
+		if name != "prefix" && name != "after" && name != "limit" {
+			s.fail(w, r, badRequest("unknown_parameter", "unknown query parameter "+strconv.Quote(name)))
+			return
+		}
+	}
+	prefix, after := q.Get("prefix"), q.Get("after")
+	err := checkPrefix("prefix", prefix)
+	if err == nil {
+		err = checkPrefix("after", after)
+	}
+	limit := defaultListLimit
+	if err == nil && q.Has("limit") {
+		n, perr := strconv.Atoi(q.Get("limit"))
+		if perr != nil || n < 1 || n > maxListLimit {
+			err = badRequest("invalid_limit", fmt.Sprintf("limit must be an integer between 1 and %d", maxListLimit))
+		}
+		limit = n
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	states, err := s.b.List(r.Context(), prefix, after, limit)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := struct {
+		Locks []lockJSON `json:"locks"`
+		Next  string     `json:"next,omitempty"`
+	}{Locks: []lockJSON{}}
+	for _, st := range states {
+		out.Locks = append(out.Locks, toLockJSON(st, false))
+	}
+	if len(states) == limit {
+		out.Next = states[len(states)-1].Key
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,59 @@
+package httpapi
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are lockd's Prometheus metrics. Make them before the backend so
+// that its hooks can count expiries (Expired).
+type Metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.HistogramVec
+	acquires *prometheus.HistogramVec
+	held     prometheus.Gauge
+	waiters  prometheus.Gauge
+	expired  prometheus.Counter
+}
+
+// NewMetrics registers lockd's metrics, and the Go and process collectors,
+// in a registry of their own.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lockd_http_request_duration_seconds",
+			Help:    "HTTP requests by route, method and status.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 16),
+		}, []string{"route", "method", "status"}),
+		acquires: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lockd_acquire_duration_seconds",
+			Help:    "Acquire calls by backend and outcome (granted, held, unavailable, cancelled, error), waits included.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 18),
+		}, []string{"backend", "outcome"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockd_held_locks",
+			Help: "Leases granted through this replica minus those released through it or seen expiring by it; sum over replicas for the service.",
+		}),
+		waiters: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockd_waiters",
+			Help: "Acquire long polls waiting on this replica.",
+		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lockd_leases_expired_total",
+			Help: "Grants this replica found past their deadline and removed (holders that stopped renewing).",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Expired is the backend hook (backend.Hooks.OnExpire).
+func (m *Metrics) Expired(string) {
+	m.expired.Inc()
+	m.held.Dec()
+}
+
+// Registry is where the metrics live, for /metrics.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

@@ -1,0 +1,106 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// problemBase prefixes every problem type URI.
+const problemBase = "https://lockd.dev/problems/"
+
+// Problem is an RFC 9457 problem+json body, with lockd's machine-readable
+// code.
+type Problem struct {
+	Type   string  `json:"type"`
+	Title  string  `json:"title"`
+	Status int     `json:"status"`
+	Detail string  `json:"detail"`
+	Code   string  `json:"code"`
+	Holder *holder `json:"holder,omitempty"` // lock_held only
+}
+
+type holder struct {
+	Owner     string `json:"owner"`
+	Token     uint64 `json:"token"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+// errShuttingDown ends long polls when lockd stops.
+var errShuttingDown = errors.New("lockd is shutting down")
+
+// errorTable is the one place errors become HTTP statuses and codes.
+var errorTable = []struct {
+	err    error
+	status int
+	code   string
+	title  string
+}{
+	{backend.ErrHeld, http.StatusConflict, "lock_held", "Lock held by someone else"},
+	{backend.ErrLeaseExpired, http.StatusGone, "lease_expired", "Lease no longer holds the lock"},
+	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down", "lockd is shutting down"},
+	{backend.ErrUnavailable, http.StatusServiceUnavailable, "backend_unavailable", "Lock backend unavailable"},
+}
+
+// requestError is a problem with the request itself (4xx).
+type requestError struct {
+	status int
+	code   string
+	detail string
+}
+
+func (e *requestError) Error() string { return e.detail }
+
+func badRequest(code, detail string) error {
+	return &requestError{status: http.StatusBadRequest, code: code, detail: detail}
+}
+
+var requestTitles = map[int]string{
+	http.StatusBadRequest:            "Bad request",
+	http.StatusNotFound:              "Not found",
+	http.StatusMethodNotAllowed:      "Method not allowed",
+	http.StatusRequestEntityTooLarge: "Request body too large",
+	http.StatusUnauthorized:          "Unauthorized",
+	http.StatusForbidden:             "Forbidden",
+	http.StatusTooManyRequests:       "Too many requests",
+}
+
+// problemFor maps any error to its problem.
+func problemFor(err error) Problem {
+	var re *requestError
+	if errors.As(err, &re) {
+		return Problem{Type: problemBase + re.code, Title: requestTitles[re.status], Status: re.status, Detail: re.detail, Code: re.code}
+	}
+	for _, row := range errorTable {
+		if errors.Is(err, row.err) {
+			p := Problem{Type: problemBase + row.code, Title: row.title, Status: row.status, Detail: err.Error(), Code: row.code}
+			var he *backend.HeldError
+			if errors.As(err, &he) && he.Holder != nil {
+				p.Holder = &holder{Owner: he.Holder.Owner, Token: he.Holder.Token, ExpiresAt: lease.Format(he.Holder.ExpiresAt)}
+			}
+			return p
+		}
+	}
+	return Problem{Type: problemBase + "internal_error", Title: "Internal error", Status: http.StatusInternalServerError,
+		Detail: "an unexpected error occurred; see lockd's log", Code: "internal_error"}
+}
+
+func writeProblem(w http.ResponseWriter, p Problem) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	if p.Status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(int(time.Second/time.Second)))
+	}
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
