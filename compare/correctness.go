@@ -98,7 +98,9 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 	fenced, unfenced := newRegister(true), newRegister(false)
 	res := workloadResult{Started: time.Now()}
 	var mu sync.Mutex // guards res fields written by clients
-	const key = "compare-correctness"
+	// A key of its own: what an earlier run left in the store (a dead
+	// replica's queue entry) must not stall this one.
+	key := fmt.Sprintf("compare-correctness-%d", time.Now().UnixNano())
 	runCtx, cancel := context.WithTimeout(ctx, w.Duration)
 	defer cancel()
 

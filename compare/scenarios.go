@@ -197,20 +197,28 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 		})
 	case "member-kill":
 		victim := d.victim()
-		at(runCtx, &faults, cfg.Duration/3, func() {
+		faults.Add(1)
+		go func() {
+			// One goroutine, so that the restart never overtakes a slow kill.
+			defer faults.Done()
+			start := time.Now()
+			sleepCtx(runCtx, cfg.Duration/3)
+			if runCtx.Err() != nil {
+				return
+			}
+			tl.add("killing member %d", victim)
 			if err := d.kill(victim); err != nil {
 				tl.add("kill member %d failed: %v", victim, err)
 				return
 			}
-			tl.add("member %d killed (SIGKILL)", victim)
-		})
-		at(runCtx, &faults, cfg.Duration*2/3, func() {
+			tl.add("member %d is down", victim)
+			sleepCtx(runCtx, time.Until(start.Add(cfg.Duration*2/3)))
 			if err := d.restart(victim); err != nil {
 				tl.add("restart member %d failed: %v", victim, err)
 				return
 			}
 			tl.add("member %d serving again", victim)
-		})
+		}()
 	case "partition":
 		spike := cfg.Duration / 5
 		cut := max(cfg.Duration/5, cfg.TTL*3/2)
