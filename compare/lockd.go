@@ -2,18 +2,26 @@ package main
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/httpapi"
 )
 
-// lockdHandler builds lockd's HTTP API over a backend. It is nil while
-// internal/httpapi is not in the tree; lockd is then driven through the
-// backend contract in process, and the report says so.
-var lockdHandler func(b backend.Backend) http.Handler
+// lockdHandler builds lockd's HTTP API over a backend. When it is nil
+// (-no-http), lockd is driven through the backend contract in process, and
+// the report says so.
+var lockdHandler = func(b backend.Backend) http.Handler {
+	return httpapi.New(b, httpapi.Options{Backend: "compare", Logger: lockdLog})
+}
+
+// lockdLog receives lockd's own warnings (compare.log).
+var lockdLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // viaLockd names how lockd was driven in this build.
 func viaLockd() string {
@@ -74,9 +82,13 @@ func (r *lockdReplica) kill() {
 	r.b.Close()
 }
 
-// stop shuts the replica down gracefully.
+// stop shuts the replica down gracefully, as cmd/lockd does: long polls
+// end first, then the server.
 func (r *lockdReplica) stop() {
 	if r.srv != nil {
+		if s, ok := r.srv.Handler.(*httpapi.Server); ok {
+			s.Stopping()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		r.srv.Shutdown(ctx)
 		cancel()

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -44,6 +45,7 @@ type config struct {
 	Quick     bool
 	Out       string
 	Seed      uint64
+	NoHTTP    bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -62,11 +64,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	duration := fs.Duration("duration", 0, "measuring time per cell (default 6s; 1s with -quick)")
 	quick := fs.Bool("quick", false, "small sizes and short cells: the CI smoke run (under 3 minutes on 2 cores)")
 	out := fs.String("out", "compare-out", "directory for results.json, report.md and report.html")
+	noHTTP := fs.Bool("no-http", false, "drive lockd through the backend contract in process instead of its HTTP API (to separate HTTP's cost)")
 	seed := fs.Uint64("seed", 0, "seed of the workloads' random choices (default: from the clock; printed in the report)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
-	cfg := config{Duration: *duration, Quick: *quick, Out: *out, Seed: *seed}
+	cfg := config{Duration: *duration, Quick: *quick, Out: *out, Seed: *seed, NoHTTP: *noHTTP}
 	if cfg.Duration == 0 {
 		cfg.Duration = 6 * time.Second
 		if cfg.Quick {
@@ -146,6 +149,12 @@ func compare(ctx context.Context, cfg config, stderr io.Writer) (*Results, error
 	log.SetOutput(logf)
 	defer log.SetOutput(os.Stderr)
 	goredis.SetLogger(fileLogger{logf})
+	lockdLog = slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if cfg.NoHTTP {
+		saved := lockdHandler
+		lockdHandler = nil
+		defer func() { lockdHandler = saved }()
+	}
 
 	sz := sizesFor(cfg)
 	res := &Results{Started: time.Now(), Machine: machine(), GoVersion: runtime.Version(), Seed: cfg.Seed,

@@ -138,11 +138,14 @@ func buildReport(r *Results) *doc {
 	}
 	d.list(meta...)
 	if r.Lockd != "lockd (HTTP)" {
-		d.p("**lockd's HTTP layer (internal/httpapi) was not in this build**: the lockd columns measure the backend contract called in process, without HTTP. Overhead ratios therefore leave out HTTP's cost.")
+		d.p("**lockd was driven without its HTTP layer (-no-http)**: the lockd columns measure the backend contract called in process. Overhead ratios therefore leave out HTTP's cost.")
 	}
 	if len(r.Scaled) > 0 {
 		d.p("Scaled down in this run:")
 		d.list(r.Scaled...)
+	}
+	if r.Lockd == "lockd (HTTP)" {
+		d.p("lockd runs in this process: internal/httpapi over the backend under test, served on a loopback port; every lockd number is a real HTTP/1.1 request made with plain net/http, one connection pool per client.")
 	}
 	d.p("Numbers compare only within this run on this machine. Every number below was measured in this run; a cell that could not be measured says why.")
 
