@@ -310,7 +310,11 @@ func (b *Backend) abandon(keys []string, waiter, id string) {
 
 // Renew implements backend.Backend.
 func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
-	v, err := renewScript.Run(ctx, b.client, b.keys(key), leaseID, ms(ttl)).Result()
+	ttlMS := int64(0) // keep the lease's TTL
+	if ttl > 0 {
+		ttlMS = ms(ttl)
+	}
+	v, err := renewScript.Run(ctx, b.client, b.keys(key), leaseID, ttlMS).Result()
 	if err != nil {
 		return backend.Grant{}, unavailable(ctx, "renew", err)
 	}
@@ -320,7 +324,7 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	}
 	return backend.Grant{
 		Key: key, LeaseID: leaseID, Owner: toStr(res[0]), Token: uint64(toInt(res[1])),
-		TTL: ttl, ExpiresAt: time.UnixMilli(toInt(res[2])),
+		TTL: time.Duration(toInt(res[3])) * time.Millisecond, ExpiresAt: time.UnixMilli(toInt(res[2])),
 	}, nil
 }
 

@@ -408,11 +408,14 @@ func (b *Backend) releaseAll(keys []string, id string) {
 func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
 	keys := b.keys(key)
 	start := time.Now()
-	deadline := lease.Deadline(start, ttl)
+	ttlMS := int64(0) // keep the lease's TTL, as each master stored it
+	if ttl > 0 {
+		ttlMS = ms(ttl)
+	}
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return renewScript.Run(c, m, keys[:1], leaseID, ms(ttl), deadline.UnixMilli()).Result()
+		return renewScript.Run(c, m, keys[:1], leaseID, ttlMS, start.UnixMilli()).Result()
 	})
-	g := backend.Grant{Key: key, LeaseID: leaseID, TTL: ttl, ExpiresAt: deadline}
+	g := backend.Grant{Key: key, LeaseID: leaseID}
 	held, errs := 0, 0
 	for _, r := range replies {
 		if r.err != nil {
@@ -423,8 +426,11 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			held++
 			g.Owner = toStr(res[0])
 			g.Token = max(g.Token, uint64(toInt(res[1])))
+			g.TTL = max(g.TTL, time.Duration(toInt(res[2]))*time.Millisecond)
 		}
 	}
+	ttl = g.TTL
+	g.ExpiresAt = time.UnixMilli(start.UnixMilli() + ttl.Milliseconds())
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}

@@ -31,6 +31,6 @@ if head then
 end
 local token = redis.call('INCR', fence)
 local exp = now + tonumber(ARGV[3])
-redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp)
+redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3])
 redis.call('PEXPIRE', lock, ARGV[3])
 return {1, ARGV[2], token, exp, now, 0}

@@ -8,6 +8,6 @@ if h[1] then
   return {0, h[1], h[2], tonumber(h[3]), tonumber(h[4])}
 end
 local token = redis.call('INCR', fence)
-redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', ARGV[4])
+redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', ARGV[4], 'ttl', ARGV[3])
 redis.call('PEXPIRE', lock, ARGV[3])
 return {1, token}
