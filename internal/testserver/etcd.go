@@ -49,6 +49,7 @@ func StartEtcd(n int) (*Etcd, error) {
 			PeerURL:      fmt.Sprintf("http://127.0.0.1:%d", pp),
 			ClusterToken: filepath.Base(dir),
 			StartTimeout: 90 * time.Second,
+			LogLevel:     "fatal", // a stopped member logs its closed listeners as errors
 		}}
 		peers = append(peers, m.cfg.Name+"="+m.cfg.PeerURL)
 		e.members = append(e.members, m)
@@ -111,7 +112,9 @@ func (e *Etcd) Endpoints() []string {
 }
 
 // Endpoint returns member i's client address.
-func (e *Etcd) Endpoint(i int) string { return strings.TrimPrefix(e.members[i].cfg.ClientURL, "http://") }
+func (e *Etcd) Endpoint(i int) string {
+	return strings.TrimPrefix(e.members[i].cfg.ClientURL, "http://")
+}
 
 // StopMember stops member i's server, as a crashed member would be.
 func (e *Etcd) StopMember(i int) {
