@@ -126,7 +126,13 @@ func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Log
 	case "etcd":
 		endpoints := splitList(c.etcdEndpoints)
 		if len(endpoints) == 0 {
-			emb, err := etcdb.StartEmbedded(ctx, etcdb.EmbedConfig{DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL})
+			// etcd logs its own closed listeners as errors at every stop;
+			// its log is shown only when lockd's is at debug.
+			etcdLog := "fatal"
+			if c.logLevel == "debug" {
+				etcdLog = "warn"
+			}
+			emb, err := etcdb.StartEmbedded(ctx, etcdb.EmbedConfig{DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL, LogLevel: etcdLog})
 			if err != nil {
 				return nil, err
 			}
