@@ -58,8 +58,10 @@ func TestQuickRun(t *testing.T) {
 		if err != nil {
 			t.Fatalf("read %s: %v", name, err)
 		}
-		if s := string(b); strings.Contains(s, "NaN") || strings.Contains(s, "Inf") {
-			t.Errorf("%s mentions NaN or Inf", name)
+		// Infinities are caught by checkFinite above (and JSON cannot carry
+		// them); a NaN formatted into the text shows up here.
+		if strings.Contains(string(b), "NaN") {
+			t.Errorf("%s mentions NaN", name)
 		}
 	}
 	var back Results
