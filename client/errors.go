@@ -44,8 +44,10 @@ type Error struct {
 func (e *Error) Error() string {
 	msg := fmt.Sprintf("lockd: %d %s", e.Status, e.Code)
 	if e.Detail != "" {
-		msg += ": " + e.Detail
-	} else if e.Title != "" {
+		// The server's detail already says what there is to say.
+		return msg + ": " + e.Detail
+	}
+	if e.Title != "" {
 		msg += ": " + e.Title
 	}
 	if e.Holder != nil {
