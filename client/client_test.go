@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -63,12 +64,12 @@ func TestAcquireHeldReleaseReacquire(t *testing.T) {
 	ctx := ctxFor(t, time.Minute)
 
 	before := time.Now()
-	l, err := c.Acquire(ctx, "c-basic", client.AcquireOptions{TTL: 5 * time.Second, Owner: "first"})
+	l, err := c.Acquire(ctx, k(t, "c-basic"), client.AcquireOptions{TTL: 5 * time.Second, Owner: "first"})
 	after := time.Now()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Token() == 0 || l.LeaseID() == "" || l.Key() != "c-basic" || l.Owner() != "first" {
+	if l.Token() == 0 || l.LeaseID() == "" || l.Key() != k(t, "c-basic") || l.Owner() != "first" {
 		t.Fatalf("lock: key %q token %d lease %q owner %q", l.Key(), l.Token(), l.LeaseID(), l.Owner())
 	}
 	// The deadline counts from the send: between before+TTL and after+TTL.
@@ -76,7 +77,7 @@ func TestAcquireHeldReleaseReacquire(t *testing.T) {
 		t.Fatalf("deadline %v not within [%v, %v] + TTL", d, before, after)
 	}
 
-	_, err = c.Acquire(ctx, "c-basic", client.AcquireOptions{TTL: time.Second, Owner: "second"})
+	_, err = c.Acquire(ctx, k(t, "c-basic"), client.AcquireOptions{TTL: time.Second, Owner: "second"})
 	if !errors.Is(err, client.ErrHeld) {
 		t.Fatalf("second acquire: %v, want ErrHeld", err)
 	}
@@ -88,7 +89,7 @@ func TestAcquireHeldReleaseReacquire(t *testing.T) {
 		t.Fatalf("holder %+v, want owner first token %d", e.Holder, l.Token())
 	}
 
-	st, err := c.Inspect(ctx, "c-basic")
+	st, err := c.Inspect(ctx, k(t, "c-basic"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestAcquireHeldReleaseReacquire(t *testing.T) {
 	if !errors.Is(l.Err(), client.ErrReleased) {
 		t.Fatalf("Err after release: %v", l.Err())
 	}
-	l2, err := c.Acquire(ctx, "c-basic", client.AcquireOptions{TTL: time.Second})
+	l2, err := c.Acquire(ctx, k(t, "c-basic"), client.AcquireOptions{TTL: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestAcquireHeldReleaseReacquire(t *testing.T) {
 func TestRenewalKeepsLockPastTTL(t *testing.T) {
 	c := newClient(t, sharedServer(t).URL, nil)
 	ctx := ctxFor(t, time.Minute)
-	l, err := c.Acquire(ctx, "c-renew", client.AcquireOptions{TTL: 600 * time.Millisecond})
+	l, err := c.Acquire(ctx, k(t, "c-renew"), client.AcquireOptions{TTL: 600 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestRenewalKeepsLockPastTTL(t *testing.T) {
 	if !l.Deadline().After(first) {
 		t.Fatalf("deadline did not move: %v then %v", first, l.Deadline())
 	}
-	st, err := c.Inspect(ctx, "c-renew")
+	st, err := c.Inspect(ctx, k(t, "c-renew"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,7 @@ func TestRenewalKeepsLockPastTTL(t *testing.T) {
 func TestWaitGetsLockOnRelease(t *testing.T) {
 	c := newClient(t, sharedServer(t).URL, nil)
 	ctx := ctxFor(t, time.Minute)
-	l, err := c.Acquire(ctx, "c-wait", client.AcquireOptions{TTL: 10 * time.Second})
+	l, err := c.Acquire(ctx, k(t, "c-wait"), client.AcquireOptions{TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +157,7 @@ func TestWaitGetsLockOnRelease(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		l.Release(context.Background())
 	}()
-	l2, err := c.Acquire(ctx, "c-wait", client.AcquireOptions{TTL: time.Second, Wait: 20 * time.Second})
+	l2, err := c.Acquire(ctx, k(t, "c-wait"), client.AcquireOptions{TTL: time.Second, Wait: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("waiter: %v", err)
 	}
@@ -169,27 +170,27 @@ func TestWaitGetsLockOnRelease(t *testing.T) {
 func TestRawLeaseErrors(t *testing.T) {
 	c := newClient(t, sharedServer(t).URL, nil)
 	ctx := ctxFor(t, time.Minute)
-	g, err := c.AcquireLease(ctx, "c-raw", client.AcquireOptions{TTL: 200 * time.Millisecond})
+	g, err := c.AcquireLease(ctx, k(t, "c-raw"), client.AcquireOptions{TTL: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := c.RenewLease(ctx, "c-raw", g.LeaseID, time.Second)
+	r, err := c.RenewLease(ctx, k(t, "c-raw"), g.LeaseID, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Token != g.Token || r.TTL != time.Second {
 		t.Fatalf("renew: token %d ttl %v, want %d 1s", r.Token, r.TTL, g.Token)
 	}
-	if _, err := c.RenewLease(ctx, "c-raw", "AAAAAAAAAAAAAAAAAAAAAA", time.Second); !errors.Is(err, client.ErrLeaseExpired) {
+	if _, err := c.RenewLease(ctx, k(t, "c-raw"), "AAAAAAAAAAAAAAAAAAAAAA", time.Second); !errors.Is(err, client.ErrLeaseExpired) {
 		t.Fatalf("renew with a foreign lease: %v, want ErrLeaseExpired", err)
 	}
-	if err := c.ReleaseLease(ctx, "c-raw", "AAAAAAAAAAAAAAAAAAAAAA"); !errors.Is(err, client.ErrLeaseExpired) {
+	if err := c.ReleaseLease(ctx, k(t, "c-raw"), "AAAAAAAAAAAAAAAAAAAAAA"); !errors.Is(err, client.ErrLeaseExpired) {
 		t.Fatalf("release with a foreign lease: %v, want ErrLeaseExpired", err)
 	}
-	if err := c.ReleaseLease(ctx, "c-raw", g.LeaseID); err != nil {
+	if err := c.ReleaseLease(ctx, k(t, "c-raw"), g.LeaseID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.RenewLease(ctx, "c-raw", g.LeaseID, time.Second); !errors.Is(err, client.ErrLeaseExpired) {
+	if _, err := c.RenewLease(ctx, k(t, "c-raw"), g.LeaseID, time.Second); !errors.Is(err, client.ErrLeaseExpired) {
 		t.Fatalf("renew after release: %v, want ErrLeaseExpired", err)
 	}
 	_, err = c.AcquireLease(ctx, "bad key!", client.AcquireOptions{})
@@ -203,15 +204,15 @@ func TestListShowsHeldLocks(t *testing.T) {
 	c := newClient(t, sharedServer(t).URL, nil)
 	ctx := ctxFor(t, time.Minute)
 	var want []string
-	for _, k := range []string{"c-list:a", "c-list:b", "c-list:c"} {
-		l, err := c.Acquire(ctx, k, client.AcquireOptions{TTL: 10 * time.Second, Owner: "lister"})
+	for _, key := range []string{k(t, "c-list") + ":a", k(t, "c-list") + ":b", k(t, "c-list") + ":c"} {
+		l, err := c.Acquire(ctx, key, client.AcquireOptions{TTL: 10 * time.Second, Owner: "lister"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Release(context.Background())
-		want = append(want, k)
+		want = append(want, key)
 	}
-	got, err := c.List(ctx, "c-list:")
+	got, err := c.List(ctx, k(t, "c-list")+":")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,11 +233,11 @@ func TestListShowsHeldLocks(t *testing.T) {
 func TestLostWhenRenewRefused(t *testing.T) {
 	c := newClient(t, sharedServer(t).URL, nil)
 	ctx := ctxFor(t, time.Minute)
-	l, err := c.Acquire(ctx, "c-refused", client.AcquireOptions{TTL: 900 * time.Millisecond})
+	l, err := c.Acquire(ctx, k(t, "c-refused"), client.AcquireOptions{TTL: 900 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.ReleaseLease(ctx, "c-refused", l.LeaseID()); err != nil {
+	if err := c.ReleaseLease(ctx, k(t, "c-refused"), l.LeaseID()); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -260,7 +261,7 @@ func TestLostAtDeadlineWhenServerPaused(t *testing.T) {
 	c := newClient(t, srv.URL, &client.Options{RetryBackoff: 20 * time.Millisecond})
 	ctx := ctxFor(t, time.Minute)
 	const ttl = 1500 * time.Millisecond
-	l, err := c.Acquire(ctx, "c-paused", client.AcquireOptions{TTL: ttl})
+	l, err := c.Acquire(ctx, k(t, "c-paused"), client.AcquireOptions{TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +293,7 @@ func TestLostMargin(t *testing.T) {
 	c := newClient(t, srv.URL, nil)
 	ctx := ctxFor(t, time.Minute)
 	const ttl, margin = 2 * time.Second, 800 * time.Millisecond
-	l, err := c.Acquire(ctx, "c-margin", client.AcquireOptions{TTL: ttl, Margin: margin})
+	l, err := c.Acquire(ctx, k(t, "c-margin"), client.AcquireOptions{TTL: ttl, Margin: margin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +324,7 @@ func TestAcquireRetriedWhenServerDown(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		l, err := c.Acquire(ctx, "c-down", client.AcquireOptions{TTL: 5 * time.Second, Owner: "retrier"})
+		l, err := c.Acquire(ctx, k(t, "c-down"), client.AcquireOptions{TTL: 5 * time.Second, Owner: "retrier"})
 		done <- result{l, err}
 	}()
 	time.Sleep(300 * time.Millisecond) // a few refused dials
@@ -334,7 +335,7 @@ func TestAcquireRetriedWhenServerDown(t *testing.T) {
 	if r.err != nil {
 		t.Fatalf("acquire across a restart: %v", r.err)
 	}
-	st, err := c.Inspect(ctx, "c-down")
+	st, err := c.Inspect(ctx, k(t, "c-down"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,12 +363,12 @@ func TestAcquireReplyLostIsOutcomeUnknown(t *testing.T) {
 	c := newClient(t, "http://"+proxy.Listen, &client.Options{RetryBackoff: 10 * time.Millisecond})
 	ctx := ctxFor(t, time.Minute)
 	const ttl = time.Second
-	_, err := c.Acquire(ctx, "c-lostreply", client.AcquireOptions{TTL: ttl, Owner: "orphan"})
+	_, err := c.Acquire(ctx, k(t, "c-lostreply"), client.AcquireOptions{TTL: ttl, Owner: "orphan"})
 	if !errors.Is(err, client.ErrOutcomeUnknown) {
 		t.Fatalf("acquire with the reply lost: %v, want ErrOutcomeUnknown", err)
 	}
 	direct := newClient(t, srv.URL, nil)
-	st, err := direct.Inspect(ctx, "c-lostreply")
+	st, err := direct.Inspect(ctx, k(t, "c-lostreply"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +376,7 @@ func TestAcquireReplyLostIsOutcomeUnknown(t *testing.T) {
 		t.Fatalf("inspect %+v: want the orphan grant held (a retry would have queued behind it)", st)
 	}
 	// Nobody renews the orphan: the key is free within TTL (+1 s contract slack).
-	l, err := direct.Acquire(ctx, "c-lostreply", client.AcquireOptions{TTL: time.Second, Wait: ttl + 3*time.Second})
+	l, err := direct.Acquire(ctx, k(t, "c-lostreply"), client.AcquireOptions{TTL: time.Second, Wait: ttl + 3*time.Second})
 	if err != nil {
 		t.Fatalf("acquire after the orphan's TTL: %v", err)
 	}
@@ -388,7 +389,7 @@ func TestAcquireReplyLostIsOutcomeUnknown(t *testing.T) {
 func TestLongWaitGrantIsFreshened(t *testing.T) {
 	c := newClient(t, sharedServer(t).URL, nil)
 	ctx := ctxFor(t, time.Minute)
-	holder, err := c.Acquire(ctx, "c-longwait", client.AcquireOptions{TTL: 10 * time.Second})
+	holder, err := c.Acquire(ctx, k(t, "c-longwait"), client.AcquireOptions{TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +398,7 @@ func TestLongWaitGrantIsFreshened(t *testing.T) {
 		holder.Release(context.Background())
 	}()
 	const ttl = time.Second
-	l, err := c.Acquire(ctx, "c-longwait", client.AcquireOptions{TTL: ttl, Wait: 20 * time.Second})
+	l, err := c.Acquire(ctx, k(t, "c-longwait"), client.AcquireOptions{TTL: ttl, Wait: 20 * time.Second})
 	got := time.Now()
 	if err != nil {
 		t.Fatal(err)
@@ -411,4 +412,13 @@ func TestLongWaitGrantIsFreshened(t *testing.T) {
 		t.Fatalf("lost right after a long wait: %v", l.Err())
 	case <-time.After(1500 * time.Millisecond):
 	}
+}
+
+// keys gives each test run its own keys (suffix per *testing.T), so that
+// -count=N reruns on a shared server do not meet their own leftovers.
+var keys sync.Map
+
+func k(t *testing.T, name string) string {
+	v, _ := keys.LoadOrStore(t, strconv.FormatInt(time.Now().UnixNano()%1e9, 36))
+	return name + "-" + v.(string)
 }

@@ -107,12 +107,12 @@ func TestUsageErrors(t *testing.T) {
 	} {
 		wantCode(t, lockctl(t, srv, args...), exitUsage)
 	}
-	wantCode(t, lockctl(t, srv, "run", "ctl-nocmd", "--", "no-such-command-xyz"), exitNotFound)
+	wantCode(t, lockctl(t, srv, "run", k(t, "ctl-nocmd"), "--", "no-such-command-xyz"), exitNotFound)
 }
 
 func TestScriptCommands(t *testing.T) {
 	srv := sharedServer(t)
-	r := lockctl(t, srv, "acquire", "ctl-script", "--ttl", "10s", "--owner", "script", "--json")
+	r := lockctl(t, srv, "acquire", k(t, "ctl-script"), "--ttl", "10s", "--owner", "script", "--json")
 	wantCode(t, r, exitOK)
 	var g struct {
 		LeaseID string `json:"lease_id"`
@@ -123,52 +123,52 @@ func TestScriptCommands(t *testing.T) {
 		t.Fatalf("acquire --json: %v\n%s", err, r.stdout)
 	}
 	json.Unmarshal([]byte(r.stdout), &g)
-	if raw["key"] != "ctl-script" || g.LeaseID == "" || g.Token == 0 || raw["deadline"] == nil {
+	if raw["key"] != k(t, "ctl-script") || g.LeaseID == "" || g.Token == 0 || raw["deadline"] == nil {
 		t.Fatalf("acquire --json output %s", r.stdout)
 	}
 
 	// Held: a single try exits with the "held" code and names the holder.
-	r = lockctl(t, srv, "acquire", "ctl-script")
+	r = lockctl(t, srv, "acquire", k(t, "ctl-script"))
 	wantCode(t, r, exitHeld)
 	if !strings.Contains(r.stderr, "script") {
 		t.Errorf("held message does not name the holder: %s", r.stderr)
 	}
 
-	r = lockctl(t, srv, "status", "ctl-script")
+	r = lockctl(t, srv, "status", k(t, "ctl-script"))
 	wantCode(t, r, exitOK)
 	if !strings.Contains(r.stdout, `held by "script", token `+strconv.FormatUint(g.Token, 10)) {
 		t.Errorf("status: %s", r.stdout)
 	}
-	r = lockctl(t, srv, "list", "--prefix", "ctl-script", "--json")
+	r = lockctl(t, srv, "list", "--prefix", k(t, "ctl-script"), "--json")
 	wantCode(t, r, exitOK)
 	var list []map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list) != 1 || list[0]["key"] != "ctl-script" {
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list) != 1 || list[0]["key"] != k(t, "ctl-script") {
 		t.Fatalf("list --json: %v %s", err, r.stdout)
 	}
-	r = lockctl(t, srv, "list", "--prefix", "ctl-script")
+	r = lockctl(t, srv, "list", "--prefix", k(t, "ctl-script"))
 	wantCode(t, r, exitOK)
-	if !strings.Contains(r.stdout, "ctl-script") || !strings.Contains(r.stdout, "script") {
+	if !strings.Contains(r.stdout, k(t, "ctl-script")) || !strings.Contains(r.stdout, "script") {
 		t.Errorf("list: %s", r.stdout)
 	}
 
-	r = lockctl(t, srv, "renew", "ctl-script", g.LeaseID, "--ttl", "5s")
+	r = lockctl(t, srv, "renew", k(t, "ctl-script"), g.LeaseID, "--ttl", "5s")
 	wantCode(t, r, exitOK)
 	if !strings.Contains(r.stdout, "LOCKD_TOKEN="+strconv.FormatUint(g.Token, 10)) {
 		t.Errorf("renew output: %s", r.stdout)
 	}
-	wantCode(t, lockctl(t, srv, "renew", "ctl-script", "AAAAAAAAAAAAAAAAAAAAAA"), exitLeaseLost)
+	wantCode(t, lockctl(t, srv, "renew", k(t, "ctl-script"), "AAAAAAAAAAAAAAAAAAAAAA"), exitLeaseLost)
 
-	r = lockctl(t, srv, "release", "ctl-script", g.LeaseID)
+	r = lockctl(t, srv, "release", k(t, "ctl-script"), g.LeaseID)
 	wantCode(t, r, exitOK)
-	wantCode(t, lockctl(t, srv, "release", "ctl-script", g.LeaseID), exitLeaseLost)
-	r = lockctl(t, srv, "status", "--json", "ctl-script")
+	wantCode(t, lockctl(t, srv, "release", k(t, "ctl-script"), g.LeaseID), exitLeaseLost)
+	r = lockctl(t, srv, "status", "--json", k(t, "ctl-script"))
 	wantCode(t, r, exitOK)
 	if !strings.Contains(r.stdout, `"held": false`) {
 		t.Errorf("status after release: %s", r.stdout)
 	}
 
 	// The human acquire output is shell-evaluable NAME=value lines.
-	r = lockctl(t, srv, "acquire", "ctl-script", "--ttl", "5s")
+	r = lockctl(t, srv, "acquire", k(t, "ctl-script"), "--ttl", "5s")
 	wantCode(t, r, exitOK)
 	cmd := command(t, srv, "release")
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
@@ -185,10 +185,10 @@ func TestScriptCommands(t *testing.T) {
 
 func TestRunPassesEnvAndStatus(t *testing.T) {
 	srv := sharedServer(t)
-	r := lockctl(t, srv, "run", "ctl-env", "--ttl", "5s", "--", "sh", "-c",
+	r := lockctl(t, srv, "run", k(t, "ctl-env"), "--ttl", "5s", "--", "sh", "-c",
 		`echo "key=$LOCKD_KEY token=$LOCKD_TOKEN lease=$LOCKD_LEASE_ID deadline=$LOCKD_DEADLINE"; exit 3`)
 	wantCode(t, r, 3)
-	for _, want := range []string{"key=ctl-env ", "token=", "lease=", "deadline=20"} {
+	for _, want := range []string{"key=" + k(t, "ctl-env") + " ", "token=", "lease=", "deadline=20"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("child output %q lacks %q", r.stdout, want)
 		}
@@ -197,14 +197,14 @@ func TestRunPassesEnvAndStatus(t *testing.T) {
 		t.Errorf("empty variable in %q", r.stdout)
 	}
 	// Released when the child exited.
-	wantCode(t, lockctl(t, srv, "acquire", "ctl-env", "--ttl", "1s"), exitOK)
+	wantCode(t, lockctl(t, srv, "acquire", k(t, "ctl-env"), "--ttl", "1s"), exitOK)
 }
 
 func TestRunHeldExitsWithHeldCode(t *testing.T) {
 	srv := sharedServer(t)
-	wantCode(t, lockctl(t, srv, "acquire", "ctl-held", "--ttl", "10s"), exitOK)
+	wantCode(t, lockctl(t, srv, "acquire", k(t, "ctl-held"), "--ttl", "10s"), exitOK)
 	marker := filepath.Join(t.TempDir(), "ran")
-	r := lockctl(t, srv, "run", "ctl-held", "--wait", "200ms", "--", "touch", marker)
+	r := lockctl(t, srv, "run", k(t, "ctl-held"), "--wait", "200ms", "--", "touch", marker)
 	wantCode(t, r, exitHeld)
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the command ran without the lock")
@@ -222,7 +222,7 @@ func TestTwoRunsSerialise(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := command(t, srv, "run", "ctl-serial", "--ttl", "2s", "--wait", "30s", "--", "sh", "-c", script)
+			cmd := command(t, srv, "run", k(t, "ctl-serial"), "--ttl", "2s", "--wait", "30s", "--", "sh", "-c", script)
 			cmd.Env = append(cmd.Env, "LOG="+log)
 			cmd.Run()
 			codes[i] = cmd.ProcessState.ExitCode()
@@ -258,7 +258,7 @@ func TestTwoRunsSerialise(t *testing.T) {
 func TestRunForwardsSignals(t *testing.T) {
 	srv := sharedServer(t)
 	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := command(t, srv, "run", "ctl-signal", "--ttl", "5s", "--", "sh", "-c",
+	cmd := command(t, srv, "run", k(t, "ctl-signal"), "--ttl", "5s", "--", "sh", "-c",
 		`trap 'exit 5' TERM; touch "$READY"; while :; do sleep 0.05; done`)
 	cmd.Env = append(cmd.Env, "READY="+ready)
 	if err := cmd.Start(); err != nil {
@@ -270,7 +270,7 @@ func TestRunForwardsSignals(t *testing.T) {
 	if got := cmd.ProcessState.ExitCode(); got != 5 {
 		t.Fatalf("exit %d, want the child's 5", got)
 	}
-	wantCode(t, lockctl(t, srv, "acquire", "ctl-signal", "--ttl", "1s"), exitOK)
+	wantCode(t, lockctl(t, srv, "acquire", k(t, "ctl-signal"), "--ttl", "1s"), exitOK)
 }
 
 func waitFile(t *testing.T, path string) {
@@ -289,7 +289,7 @@ func waitFile(t *testing.T, path string) {
 func TestRunStopsChildWhenRenewRefused(t *testing.T) {
 	srv := sharedServer(t)
 	start := time.Now()
-	r := lockctl(t, srv, "run", "ctl-refused", "--ttl", "3s", "--", "sh", "-c",
+	r := lockctl(t, srv, "run", k(t, "ctl-refused"), "--ttl", "3s", "--", "sh", "-c",
 		`trap '' TERM; lockctl release >/dev/null; sleep 60`)
 	wantCode(t, r, exitLeaseLost)
 	if took := time.Since(start); took > 3*time.Second {
@@ -308,7 +308,7 @@ func TestRunStopsChildBeforeDeadlineWhenServerUnreachable(t *testing.T) {
 	dir := t.TempDir()
 	ticks, ready := filepath.Join(dir, "ticks"), filepath.Join(dir, "ready")
 	const ttl = 2 * time.Second
-	cmd := command(t, srv, "run", "ctl-paused", "--ttl", ttl.String(), "--", "sh", "-c",
+	cmd := command(t, srv, "run", k(t, "ctl-paused"), "--ttl", ttl.String(), "--", "sh", "-c",
 		`trap '' TERM; touch "$READY"; while :; do date +%s%N >> "$TICKS"; sleep 0.02; done`)
 	cmd.Env = append(cmd.Env, "READY="+ready, "TICKS="+ticks)
 	var stderr bytes.Buffer
@@ -346,9 +346,9 @@ func TestRunStopsChildBeforeDeadlineWhenServerUnreachable(t *testing.T) {
 // command never runs.
 func TestRunInterruptedWhileWaiting(t *testing.T) {
 	srv := sharedServer(t)
-	wantCode(t, lockctl(t, srv, "acquire", "ctl-interrupt", "--ttl", "30s"), exitOK)
+	wantCode(t, lockctl(t, srv, "acquire", k(t, "ctl-interrupt"), "--ttl", "30s"), exitOK)
 	marker := filepath.Join(t.TempDir(), "ran")
-	cmd := command(t, srv, "run", "ctl-interrupt", "--wait", "1m", "--", "touch", marker)
+	cmd := command(t, srv, "run", k(t, "ctl-interrupt"), "--wait", "1m", "--", "touch", marker)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +357,7 @@ func TestRunInterruptedWhileWaiting(t *testing.T) {
 	// interrupt.
 	c, _ := client.New(srv.URL, nil)
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if st, err := c.Inspect(t.Context(), "ctl-interrupt"); err == nil && st.Waiters > 0 {
+		if st, err := c.Inspect(t.Context(), k(t, "ctl-interrupt")); err == nil && st.Waiters > 0 {
 			break
 		}
 	}
@@ -369,4 +369,13 @@ func TestRunInterruptedWhileWaiting(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the command ran without the lock")
 	}
+}
+
+// keys gives each test run its own keys (suffix per *testing.T), so that
+// -count=N reruns on a shared server do not meet their own leftovers.
+var keys sync.Map
+
+func k(t *testing.T, name string) string {
+	v, _ := keys.LoadOrStore(t, strconv.FormatInt(time.Now().UnixNano()%1e9, 36))
+	return name + "-" + v.(string)
 }

@@ -79,7 +79,9 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	actx, cancel := context.WithCancel(ctx)
+	// run handles SIGINT/SIGTERM itself (the caller's ctx is cancelled by
+	// the same signals, and must not win the race to end the wait).
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	interrupted := make(chan syscall.Signal, 1)
 	go func() {
 		select {
