@@ -39,7 +39,8 @@ func (e *StaleError) Unwrap() error { return ErrStale }
 
 // Guard remembers the highest token per lock key. The zero value is ready to
 // use; a Guard must not be copied after first use. It is safe for concurrent
-// use.
+// use. It keeps one small entry per lock key it has seen, for its lifetime:
+// forgetting a key would let a stale token in again.
 type Guard struct {
 	mu   sync.Mutex
 	keys map[string]*keyState
