@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,8 +11,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -22,8 +27,56 @@ import (
 	redisb "github.com/lockd/lockd/backend/redis"
 	"github.com/lockd/lockd/backend/redis/redlock"
 	zkb "github.com/lockd/lockd/backend/zk"
+	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
 )
+
+// reloadOnHangup rereads the tokens file on SIGHUP; a broken file keeps the
+// tokens in force.
+func reloadOnHangup(ctx context.Context, st *auth.Store, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := st.Reload(); err != nil {
+				log.Error("tokens file not reloaded; the previous tokens stay in force", "err", err)
+			} else {
+				log.Info("tokens file reloaded", "tokens", st.Size())
+			}
+		}
+	}
+}
+
+// serverTLS builds the API's TLS config from the flags (nil: plain HTTP).
+func serverTLS(c config) (*tls.Config, error) {
+	if c.tlsCert == "" && c.tlsKey == "" {
+		if c.tlsClientCA != "" {
+			return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.tlsClientCA != "" {
+		pem, err := os.ReadFile(c.tlsClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-client-ca: no certificate in %s", c.tlsClientCA)
+		}
+		conf.ClientCAs, conf.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
+}
 
 // config is everything lockd is told at start.
 type config struct {
@@ -41,6 +94,11 @@ type config struct {
 	redisPrefix     string
 	logLevel        string
 	shutdownTimeout time.Duration
+	authFile        string
+	audit           bool
+	tlsCert         string
+	tlsKey          string
+	tlsClientCA     string
 }
 
 // envName is the environment variable that sets a flag: LOCKD_ and the flag
@@ -67,6 +125,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&c.redisPrefix, "redis-prefix", "", "prefix of every Redis key lockd writes (default lockd: for redis, lockd:rl: for redlock)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stop waits for requests in flight")
+	fs.StringVar(&c.authFile, "auth-file", "", "tokens file (JSON) with each token's key prefixes and rights; reloaded on SIGHUP. Without it anyone may do anything")
+	fs.BoolVar(&c.audit, "audit", false, "write one JSON audit line per grant, release, renew failure, expiry and refused request to stderr")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "the certificate's private key (PEM)")
+	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "require client certificates signed by this CA (PEM); their CN/DNS names map to cert_names in the tokens file")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -223,22 +286,52 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer ln.Close()
 
+	var authStore *auth.Store
+	if c.authFile != "" {
+		if authStore, err = auth.Load(c.authFile); err != nil {
+			return err
+		}
+		go reloadOnHangup(ctx, authStore, log)
+	} else {
+		log.Warn("NO --auth-file: every client may acquire, release and list every lock; give lockd a tokens file before sharing it")
+	}
+	var audit *slog.Logger
+	if c.audit {
+		audit = slog.New(slog.NewJSONHandler(stderr, nil)).With("log", "audit")
+	}
+	tlsConf, err := serverTLS(c)
+	if err != nil {
+		return err
+	}
+
 	metrics := httpapi.NewMetrics()
-	st, err := openStore(ctx, c, backend.Hooks{OnExpire: metrics.Expired}, log)
+	hooks := backend.Hooks{OnExpire: func(key string) {
+		metrics.Expired(key)
+		if audit != nil {
+			audit.Info("lock", "event", "expired", "key", key)
+		}
+	}}
+	st, err := openStore(ctx, c, hooks, log)
 	if err != nil {
 		return err
 	}
 	defer st.close()
 
-	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log})
+	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit})
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConf,
 	}
-	url := "http://" + ln.Addr().String()
+	scheme := "http"
+	if tlsConf != nil {
+		scheme = "https"
+		ln = tls.NewListener(ln, tlsConf)
+	}
+	url := scheme + "://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.describe)
 	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -d '{\"ttl_ms\": 15000}'\n", url)
 

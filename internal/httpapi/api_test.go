@@ -34,7 +34,7 @@ type specServer struct {
 	router routers.Router
 }
 
-func newSpecServer(t *testing.T) *specServer {
+func newSpecServer(t *testing.T, opts httpapi.Options) *specServer {
 	t.Helper()
 	e := testserver.EtcdCluster(t, 1)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
@@ -44,7 +44,8 @@ func newSpecServer(t *testing.T) *specServer {
 	t.Cleanup(func() { cli.Close() })
 	b := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { b.Close() })
-	api := httpapi.New(b, httpapi.Options{Backend: "etcd"})
+	opts.Backend = "etcd"
+	api := httpapi.New(b, opts)
 	ts := httptest.NewServer(api)
 	t.Cleanup(ts.Close)
 
@@ -74,11 +75,20 @@ type reply struct {
 // status must be documented for the operation and its body must match.
 func (s *specServer) do(method, path, body string) reply {
 	s.t.Helper()
+	return s.doAs("", method, path, body)
+}
+
+// doAs is do with a bearer token.
+func (s *specServer) doAs(token, method, path, body string) reply {
+	s.t.Helper()
 	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s %s: %v", method, path, err)
@@ -98,11 +108,12 @@ func (s *specServer) do(method, path, body string) reply {
 		return r
 	}
 	in := &openapi3filter.ResponseValidationInput{
-		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
-		Status:                 resp.StatusCode,
-		Header:                 resp.Header,
-		Body:                   io.NopCloser(bytes.NewReader(data)),
-		Options:                &openapi3filter.Options{IncludeResponseStatus: true},
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}},
+		Status:  resp.StatusCode,
+		Header:  resp.Header,
+		Body:    io.NopCloser(bytes.NewReader(data)),
+		Options: &openapi3filter.Options{IncludeResponseStatus: true},
 	}
 	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
 		s.t.Errorf("%s %s → %d %s: does not match the spec: %v", method, path, resp.StatusCode, data, err)
@@ -134,7 +145,7 @@ func (s *specServer) want(r reply, status int, code string) {
 }
 
 func TestResponsesMatchSpec(t *testing.T) {
-	s := newSpecServer(t)
+	s := newSpecServer(t, httpapi.Options{})
 
 	held := s.do("POST", "/v1/locks/spec.held/acquire", `{"ttl_ms": 30000, "owner": "holder"}`)
 	s.want(held, 200, "")

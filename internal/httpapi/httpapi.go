@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -29,6 +30,13 @@ type Options struct {
 	Metrics *Metrics
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Auth, when set, requires every call but /healthz and /readyz to
+	// authenticate and checks its rights on the key; nil lets everyone do
+	// everything (lockd says so loudly at start).
+	Auth *auth.Store
+	// Audit, when set, gets one line per grant, release, renew failure,
+	// expiry noticed and refused request.
+	Audit *slog.Logger
 }
 
 // Server is the HTTP handler of lockd.
@@ -56,7 +64,7 @@ func New(b backend.Backend, opts Options) *Server {
 	}
 	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.observe)
+	r.Use(s.recoverer, s.observe, s.authenticate)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problemFor(&requestError{status: http.StatusNotFound, code: "not_found", detail: "no such route: " + r.URL.Path}))
 	})
@@ -65,7 +73,12 @@ func New(b backend.Backend, opts Options) *Server {
 	})
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{})
+	r.Get("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		if s.allow(w, r, auth.RightAdmin, "") {
+			metrics.ServeHTTP(w, r)
+		}
+	})
 	r.Route("/v1/locks", func(r chi.Router) {
 		r.Get("/", s.list)
 		r.Get("/{key}", s.inspect)
@@ -195,6 +208,9 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if !s.allow(w, r, auth.RightLock, key) {
+		return
+	}
 	ctx := r.Context()
 	if p.wait > 0 {
 		// A long poll: ended by the client leaving (r.Context) or by lockd
@@ -221,6 +237,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.m.held.Inc()
+	s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())
 	writeJSON(w, http.StatusOK, toGrantJSON(g))
 }
 
@@ -272,8 +289,12 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if !s.allow(w, r, auth.RightLock, key) {
+		return
+	}
 	g, err := s.b.Renew(r.Context(), key, id, ttl)
 	if err != nil {
+		s.audit("renew_failed", r, "key", key, "lease", leaseHash(id), "code", problemFor(err).Code)
 		s.fail(w, r, err)
 		return
 	}
@@ -291,13 +312,18 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		id, err = checkLeaseID(body.LeaseID)
 	}
-	if err == nil {
-		err = s.b.Release(r.Context(), key, id)
-	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	if !s.allow(w, r, auth.RightLock, key) {
+		return
+	}
+	if err := s.b.Release(r.Context(), key, id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.audit("release", r, "key", key, "lease", leaseHash(id))
 	s.m.held.Dec()
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -329,6 +355,9 @@ func (s *Server) inspect(w http.ResponseWriter, r *http.Request) {
 	key := chi.URLParam(r, "key")
 	if err := checkKey(key); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if !s.allow(w, r, auth.RightRead, key) {
 		return
 	}
 	st, err := s.b.Inspect(r.Context(), key)
@@ -367,6 +396,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if p := principal(r); !p.CanList(prefix) {
+		s.refuse(w, r, p, &requestError{status: http.StatusForbidden, code: "forbidden",
+			detail: "this token may not list keys under this prefix; pass a prefix it may read"})
 		return
 	}
 	states, err := s.b.List(r.Context(), prefix, after, limit)
