@@ -379,3 +379,25 @@ func k(t *testing.T, name string) string {
 	v, _ := keys.LoadOrStore(t, strconv.FormatInt(time.Now().UnixNano()%1e9, 36))
 	return name + "-" + v.(string)
 }
+
+// With an auth file, lockctl sends its bearer token (--token or
+// $LOCKD_TOKEN_AUTH), and a refusal exits with the "not authorized" code.
+func TestAuthToken(t *testing.T) {
+	authFile := filepath.Join(t.TempDir(), "tokens.json")
+	const secret = "team-a-secret-0123456789"
+	if err := os.WriteFile(authFile, []byte(`{"tokens":[{"name":"team-a","token":"`+secret+`","prefixes":["a:"],"rights":["lock","read"]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := lockdtest.Start(t, &lockdtest.Options{Args: []string{"--auth-file", authFile}})
+
+	wantCode(t, lockctl(t, srv, "acquire", "a:job"), exitDenied) // no token
+	wantCode(t, lockctl(t, srv, "--token", "wrong-token-0123456789", "acquire", "a:job"), exitDenied)
+	wantCode(t, lockctl(t, srv, "--token", secret, "acquire", "b:job"), exitDenied) // outside the prefix
+	wantCode(t, lockctl(t, srv, "--token", secret, "acquire", "a:job", "--ttl", "5s"), exitOK)
+
+	cmd := command(t, srv, "run", "a:run", "--", "true")
+	cmd.Env = append(cmd.Env, "LOCKD_TOKEN_AUTH="+secret)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("run with $LOCKD_TOKEN_AUTH: %v", err)
+	}
+}
