@@ -29,7 +29,7 @@ func freeURL(t *testing.T) string {
 	return "http://" + l.Addr().String()
 }
 
-var listenRE = regexp.MustCompile(`lockd listening on (http://\S+) `)
+var listenRE = regexp.MustCompile(`lockd listening on (https?://\S+) `)
 
 // lineWriter hands the address lockd prints to whoever waits for it.
 type lineWriter struct {
