@@ -18,22 +18,59 @@ const gcMargin = 2 * time.Second
 type leasePool struct {
 	cli *clientv3.Client
 	mu  sync.Mutex
-	by  map[int64]clientv3.LeaseID // unix second the lease outlives → lease
+	by  map[int64]*pooled // unix second the lease outlives → lease
+}
+
+// pooled is one lease, or the grant of it in flight: ready closes when id
+// or err is set, so that a burst of acquires grants one lease, not one each.
+type pooled struct {
+	ready chan struct{}
+	id    clientv3.LeaseID
+	err   error
 }
 
 func newLeasePool(cli *clientv3.Client) *leasePool {
-	return &leasePool{cli: cli, by: map[int64]clientv3.LeaseID{}}
+	return &leasePool{cli: cli, by: map[int64]*pooled{}}
 }
 
 // get returns a lease that lasts until at least deadline + gcMargin.
 func (p *leasePool) get(ctx context.Context, opTimeout time.Duration, deadline time.Time) (clientv3.LeaseID, error) {
 	due := deadline.Add(gcMargin).Add(time.Second - 1).Truncate(time.Second).Unix()
 	p.mu.Lock()
-	id, ok := p.by[due]
+	e, ok := p.by[due]
+	if !ok {
+		now := time.Now().Unix()
+		for s, old := range p.by {
+			if s < now {
+				select {
+				case <-old.ready:
+					delete(p.by, s)
+				default: // still being granted: its waiters need it
+				}
+			}
+		}
+		e = &pooled{ready: make(chan struct{})}
+		p.by[due] = e
+	}
 	p.mu.Unlock()
 	if ok {
-		return id, nil
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		if e.err == nil {
+			return e.id, nil
+		}
+		// The grant failed for whoever made it: try once more ourselves.
+		return p.grant(ctx, opTimeout, due, nil)
 	}
+	return p.grant(ctx, opTimeout, due, e)
+}
+
+// grant asks etcd for a lease lasting until due and, when e is given,
+// publishes the result to the callers waiting on it.
+func (p *leasePool) grant(ctx context.Context, opTimeout time.Duration, due int64, e *pooled) (clientv3.LeaseID, error) {
 	// The lease's TTL starts when etcd grants it, after this moment, so
 	// counting from now is conservative.
 	ttl := due - time.Now().Unix() + 1
@@ -41,21 +78,23 @@ func (p *leasePool) get(ctx context.Context, opTimeout time.Duration, deadline t
 	defer cancel()
 	g, err := p.cli.Grant(c, ttl)
 	if err != nil {
-		return 0, fail(ctx, "grant lease", err)
+		err = fail(ctx, "grant lease", err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if other, ok := p.by[due]; ok {
-		// Another acquire granted one for the same second meanwhile; the
-		// spare lease holds nothing and simply runs out.
-		return other, nil
-	}
-	now := time.Now().Unix()
-	for s := range p.by {
-		if s < now {
-			delete(p.by, s)
+	if e != nil {
+		if err == nil {
+			e.id = g.ID
+		} else {
+			e.err = err
+			p.mu.Lock()
+			if p.by[due] == e {
+				delete(p.by, due) // let the next caller try again
+			}
+			p.mu.Unlock()
 		}
+		close(e.ready)
 	}
-	p.by[due] = g.ID
+	if err != nil {
+		return 0, err
+	}
 	return g.ID, nil
 }
