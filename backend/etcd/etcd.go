@@ -29,8 +29,8 @@
 // acquirer, the waiter behind it, whose timer fires at the deadline, a
 // release) removes it with a delete conditioned on its mod revision, so a
 // renew that won the race is never undone. Entries share etcd leases by the
-// second their garbage collection is due (see leasePool), so an acquire costs
-// one write, not a lease grant and a write.
+// ten seconds in which their garbage collection is due (see leasePool), so an
+// acquire costs one write, not a lease grant and a write.
 //
 // Waiters' entries hang on one short lease per Backend, kept alive while the
 // Backend lives: the queue entries of a lockd that died disappear within a

@@ -8,13 +8,18 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// gcMargin is how long an entry's etcd lease outlives the grant's deadline.
-const gcMargin = 2 * time.Second
+// gcMargin is how long an entry's etcd lease outlives the grant's deadline
+// at least; bucket is how many seconds of deadlines share one lease (at most
+// that much longer an expired entry waits for etcd to collect it).
+const (
+	gcMargin = 2 * time.Second
+	bucket   = 10 * time.Second
+)
 
 // leasePool hands out etcd leases that outlive a given deadline by at least
-// gcMargin. Entries whose collection falls due in the same second share one
-// lease, so a busy lockd grants about one etcd lease a second instead of one
-// per acquire.
+// gcMargin. Entries whose collection falls due in the same bucket share one
+// lease, so a busy lockd grants about one etcd lease per bucket and TTL
+// instead of one per acquire, and a handoff rarely waits for a lease grant.
 type leasePool struct {
 	cli *clientv3.Client
 	mu  sync.Mutex
@@ -35,7 +40,7 @@ func newLeasePool(cli *clientv3.Client) *leasePool {
 
 // get returns a lease that lasts until at least deadline + gcMargin.
 func (p *leasePool) get(ctx context.Context, opTimeout time.Duration, deadline time.Time) (clientv3.LeaseID, error) {
-	due := deadline.Add(gcMargin).Add(time.Second - 1).Truncate(time.Second).Unix()
+	due := deadline.Add(gcMargin).Add(bucket - 1).Truncate(bucket).Unix()
 	p.mu.Lock()
 	e, ok := p.by[due]
 	if !ok {
