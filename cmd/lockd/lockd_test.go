@@ -91,18 +91,7 @@ func TestRunInProcess(t *testing.T) {
 		"LOCKD_EMBED_ETCD_CLIENT_URL": freeURL(t),
 		"LOCKD_EMBED_ETCD_PEER_URL":   freeURL(t),
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	out := &lineWriter{addr: make(chan string, 1)}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out, io.Discard) }()
-	var base string
-	select {
-	case base = <-out.addr:
-	case err := <-done:
-		t.Fatalf("run ended early: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("lockd did not say where it listens; printed %q", out.String())
-	}
+	base, out, stop := startInProcess(t, env)
 	if !strings.Contains(out.String(), "try: curl") {
 		t.Errorf("start-up lines = %q, want an example curl", out.String())
 	}
@@ -117,15 +106,42 @@ func TestRunInProcess(t *testing.T) {
 	if code, r := post(t, base+"/v1/locks/e2e/release", `{"lease_id": "`+id+`"}`); code != 204 {
 		t.Fatalf("release: %d %v", code, r)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("run did not stop")
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
 	}
+}
+
+// startInProcess runs lockd's run with env as its environment and returns
+// the URL it serves, what it printed, and a stop that ends it and returns
+// run's error.
+func startInProcess(t *testing.T, env map[string]string) (base string, out *lineWriter, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	out = &lineWriter{addr: make(chan string, 1)}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out, io.Discard) }()
+	var once sync.Once
+	var stopErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(30 * time.Second):
+				stopErr = fmt.Errorf("run did not stop 30s after its context ended")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	select {
+	case base = <-out.addr:
+	case err := <-done:
+		t.Fatalf("run ended early: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("lockd did not say where it listens; printed %q", out.String())
+	}
+	return base, out, stop
 }
 
 func TestFlagsFromEnvAndHelp(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -90,19 +88,7 @@ func TestMutualTLS(t *testing.T) {
 		"LOCKD_EMBED_ETCD_CLIENT_URL": freeURL(t), "LOCKD_EMBED_ETCD_PEER_URL": freeURL(t),
 		"LOCKD_TLS_CERT": srvCert, "LOCKD_TLS_KEY": srvKey, "LOCKD_TLS_CLIENT_CA": caPath, "LOCKD_AUTH_FILE": tokens,
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	out := &lineWriter{addr: make(chan string, 1)}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out, io.Discard) }()
-	var base string
-	select {
-	case base = <-out.addr:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("lockd did not start: %q", out.String())
-	}
+	base, _, stop := startInProcess(t, env)
 	if !strings.HasPrefix(base, "https://") {
 		t.Fatalf("lockd serves %s, want https", base)
 	}
@@ -132,8 +118,7 @@ func TestMutualTLS(t *testing.T) {
 	if got := status(clientWith(), "/v1/locks/jobs:other/acquire"); got != -1 {
 		t.Errorf("a client without a certificate got an HTTP answer (%d), want a failed handshake", got)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("run: %v", err)
 	}
 }
