@@ -13,20 +13,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/lockd/lockd/backend"
-	etcdb "github.com/lockd/lockd/backend/etcd"
-	redisb "github.com/lockd/lockd/backend/redis"
-	"github.com/lockd/lockd/backend/redis/redlock"
-	zkb "github.com/lockd/lockd/backend/zk"
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
 )
@@ -82,16 +73,9 @@ func serverTLS(c config) (*tls.Config, error) {
 type config struct {
 	listen          string
 	backend         string
-	dataDir         string
-	etcdEndpoints   string
-	etcdPrefix      string
-	embedClientURL  string
-	embedPeerURL    string
-	zkServers       string
-	zkRoot          string
-	zkSession       time.Duration
-	redisAddrs      string
-	redisPrefix     string
+	etcd            etcdConfig
+	zk              zkConfig
+	redis           redisConfig
 	logLevel        string
 	shutdownTimeout time.Duration
 	authFile        string
@@ -113,16 +97,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:7070", "address to serve the HTTP API on (port 0: any free port)")
 	fs.StringVar(&c.backend, "backend", "etcd", "lock store: etcd, zk, redis or redlock")
-	fs.StringVar(&c.dataDir, "data-dir", "./lockd-data", "embedded etcd's data directory (etcd without --etcd-endpoints)")
-	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "", "comma-separated host:port of an etcd cluster to use instead of the embedded one")
-	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "/lockd/", "prefix of every key lockd writes in etcd")
-	fs.StringVar(&c.embedClientURL, "embed-etcd-client-url", "http://127.0.0.1:2379", "where the embedded etcd serves clients; a second lockd replica can use it as --etcd-endpoints")
-	fs.StringVar(&c.embedPeerURL, "embed-etcd-peer-url", "http://127.0.0.1:2380", "the embedded etcd's peer URL")
-	fs.StringVar(&c.zkServers, "zk-servers", "", "comma-separated host:port of the ZooKeeper ensemble (--backend zk)")
-	fs.StringVar(&c.zkRoot, "zk-root", "/lockd", "znode under which lock nodes live (--backend zk)")
-	fs.DurationVar(&c.zkSession, "zk-session-timeout", 10*time.Second, "ZooKeeper session timeout (--backend zk)")
-	fs.StringVar(&c.redisAddrs, "redis-addrs", "", "comma-separated host:port: one Redis (or a Sentinel/cluster seed list) for --backend redis, the independent masters for --backend redlock")
-	fs.StringVar(&c.redisPrefix, "redis-prefix", "", "prefix of every Redis key lockd writes (default lockd: for redis, lockd:rl: for redlock)")
+	c.etcd.register(fs)
+	c.zk.register(fs)
+	c.redis.register(fs)
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stop waits for requests in flight")
 	fs.StringVar(&c.authFile, "auth-file", "", "tokens file (JSON) with each token's key prefixes and rights; reloaded on SIGHUP. Without it anyone may do anything")
@@ -184,79 +161,24 @@ func (s *store) close() {
 
 // openStore connects the configured backend. Adding a backend is one case.
 func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Logger) (*store, error) {
-	st := &store{}
+	var (
+		st  *store
+		err error
+	)
 	switch c.backend {
 	case "etcd":
-		endpoints := splitList(c.etcdEndpoints)
-		if len(endpoints) == 0 {
-			// etcd logs its own closed listeners as errors at every stop;
-			// its log is shown only when lockd's is at debug.
-			etcdLog := "fatal"
-			if c.logLevel == "debug" {
-				etcdLog = "warn"
-			}
-			emb, err := etcdb.StartEmbedded(ctx, etcdb.EmbedConfig{DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL, LogLevel: etcdLog})
-			if err != nil {
-				return nil, err
-			}
-			st.closers = append(st.closers, func() { emb.Close() })
-			endpoints = emb.Endpoints()
-			abs, _ := filepath.Abs(c.dataDir)
-			st.describe = fmt.Sprintf("etcd, embedded, data in %s, etcd clients on %s", abs, c.embedClientURL)
-		} else {
-			st.describe = "etcd at " + strings.Join(endpoints, ",")
-		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Context: ctx})
-		if err != nil {
-			st.close()
-			return nil, fmt.Errorf("etcd client: %w", err)
-		}
-		st.closers = append(st.closers, func() { cli.Close() })
-		st.b = etcdb.New(cli, etcdb.Options{Prefix: c.etcdPrefix, Hooks: hooks})
+		st, err = openEtcd(ctx, c.etcd, c.logLevel, hooks)
 	case "zk":
-		servers := splitList(c.zkServers)
-		if len(servers) == 0 {
-			return nil, errors.New("--backend zk needs --zk-servers host:port,...")
-		}
-		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		conn, err := zkb.Dial(dctx, servers, c.zkSession)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		st.b = zkb.New(conn, zkb.Options{Root: c.zkRoot, Hooks: hooks})
-		st.describe = "zk at " + strings.Join(servers, ",") + " under " + c.zkRoot
+		st, err = openZK(ctx, c.zk, hooks)
 	case "redis":
-		addrs := splitList(c.redisAddrs)
-		if len(addrs) == 0 {
-			return nil, errors.New("--backend redis needs --redis-addrs host:port")
-		}
-		cli := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs})
-		b, err := redisb.New(ctx, cli, redisb.Options{Prefix: c.redisPrefix})
-		if err != nil {
-			cli.Close()
-			return nil, err
-		}
-		st.b, st.describe = b, "redis at "+strings.Join(addrs, ",")
+		st, err = openRedis(ctx, c.redis)
 	case "redlock":
-		addrs := splitList(c.redisAddrs)
-		if len(addrs) == 0 {
-			return nil, errors.New("--backend redlock needs --redis-addrs a,b,c,... (independent masters, an odd number)")
-		}
-		var masters []goredis.UniversalClient
-		for _, a := range addrs {
-			masters = append(masters, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, DialerRetries: 1, ContextTimeoutEnabled: true}))
-		}
-		b, err := redlock.New(masters, redlock.Options{Prefix: c.redisPrefix})
-		if err != nil {
-			for _, m := range masters {
-				m.Close()
-			}
-			return nil, err
-		}
-		st.b, st.describe = b, fmt.Sprintf("redlock over %d masters", len(addrs))
+		st, err = openRedlock(c.redis)
 	default:
 		return nil, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
+	}
+	if err != nil {
+		return nil, err
 	}
 	log.Debug("backend open", "backend", st.describe)
 	return st, nil
