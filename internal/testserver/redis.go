@@ -1,6 +1,7 @@
 package testserver
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -29,6 +31,27 @@ type RedisOptions struct {
 	// a killed and restarted server keeps what it acknowledged. Default off
 	// (--appendonly no, --save "": a restart loses everything).
 	AOF bool
+	// Password, when set, is the default user's password (--requirepass):
+	// a client must AUTH before any command. Default none.
+	Password string
+	// Users are ACL users, each one `user` directive of redis.conf without
+	// the word "user", e.g. "lockd on >secret ~lockd:* &lockd:* -@all +ping".
+	// Rules are separated by spaces, so a password cannot contain one.
+	// "default off" here disables the default user. Default none.
+	Users []string
+	// TLS, when set, makes the servers speak only TLS (--port 0) with a
+	// certificate from TLS.CA. Default plain TCP.
+	TLS *RedisTLS
+}
+
+// RedisTLS is how StartRedis serves TLS.
+type RedisTLS struct {
+	// CA issues the servers' certificate (valid for 127.0.0.1); clients
+	// trust it with CA.Pool() or CA.CertFile.
+	CA *CA
+	// AuthClients makes the servers require a client certificate signed by
+	// CA (tls-auth-clients yes). Default no: any TLS client is accepted.
+	AuthClients bool
 }
 
 // RedisSet is a set of independent redis-server processes on loopback ports,
@@ -37,6 +60,9 @@ type RedisSet struct {
 	dir     string
 	opts    RedisOptions
 	servers []*redisServer
+	// cert is the servers' certificate and probe a client certificate the
+	// readiness check presents; both nil without TLS.
+	cert, probe *Issued
 }
 
 type redisServer struct {
@@ -97,6 +123,22 @@ func StartRedis(n int, opts RedisOptions) (*RedisSet, error) {
 		return nil, err
 	}
 	r := &RedisSet{dir: dir, opts: opts}
+	if opts.TLS != nil {
+		if opts.TLS.CA == nil {
+			r.Close()
+			return nil, errors.New("testserver: RedisOptions.TLS needs a CA")
+		}
+		// Named after the set's dir: two sets may share a CA's dir.
+		name := "redis-" + filepath.Base(dir)
+		if r.cert, err = opts.TLS.CA.Issue(name, "redis-server", Loopback); err != nil {
+			r.Close()
+			return nil, err
+		}
+		if r.probe, err = opts.TLS.CA.Issue(name+"-probe", "testserver-probe"); err != nil {
+			r.Close()
+			return nil, err
+		}
+	}
 	for i := 0; i < n; i++ {
 		s := &redisServer{dir: filepath.Join(dir, strconv.Itoa(i))}
 		if err := os.Mkdir(s.dir, 0o700); err != nil {
@@ -108,7 +150,7 @@ func StartRedis(n int, opts RedisOptions) (*RedisSet, error) {
 		// redis-server's bind; the server then exits at once: try another.
 		for attempt := 0; ; attempt++ {
 			if s.port, err = freePort(); err == nil {
-				if err = s.start(opts); err == nil {
+				if err = s.start(r.args(s), r.ClientTLS()); err == nil {
 					break
 				}
 			}
@@ -132,21 +174,52 @@ func freePort() (int, error) {
 
 func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 
-func (s *redisServer) start(opts RedisOptions) error {
+// args is server s's command line.
+func (r *RedisSet) args(s *redisServer) []string {
 	args := []string{
 		"--bind", "127.0.0.1",
-		"--port", strconv.Itoa(s.port),
 		"--dir", s.dir,
 		"--save", "",
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--logfile", filepath.Join(s.dir, "redis.log"),
 	}
-	if opts.AOF {
+	if t := r.opts.TLS; t != nil {
+		auth := "no"
+		if t.AuthClients {
+			auth = "yes"
+		}
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", r.cert.CertFile, "--tls-key-file", r.cert.KeyFile,
+			"--tls-ca-cert-file", t.CA.CertFile, "--tls-auth-clients", auth)
+	} else {
+		args = append(args, "--port", strconv.Itoa(s.port))
+	}
+	if r.opts.AOF {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	if r.opts.Password != "" {
+		args = append(args, "--requirepass", r.opts.Password)
+	}
+	for _, u := range r.opts.Users {
+		args = append(args, "--user")
+		args = append(args, strings.Fields(u)...)
+	}
+	return args
+}
+
+// ClientTLS is a TLS config that trusts the servers' CA and presents a
+// client certificate from it; nil when the servers speak plain TCP.
+func (r *RedisSet) ClientTLS() *tls.Config {
+	if r.opts.TLS == nil {
+		return nil
+	}
+	return &tls.Config{RootCAs: r.opts.TLS.CA.Pool(), Certificates: []tls.Certificate{r.probe.TLS}, MinVersion: tls.VersionTLS12}
+}
+
+func (s *redisServer) start(args []string, tlsConf *tls.Config) error {
 	cmd := exec.Command("redis-server", args...)
 	if err := cmd.Start(); err != nil {
 		return err
@@ -158,7 +231,7 @@ func (s *redisServer) start(opts RedisOptions) error {
 	s.mu.Unlock()
 	deadline := time.Now().Add(redisStartTimeout)
 	for {
-		if err := redisPing(s.addr()); err == nil {
+		if err := redisProbe(s.addr(), tlsConf); err == nil {
 			return nil
 		}
 		select {
@@ -188,6 +261,27 @@ func redisPing(addr string) error {
 	if err != nil {
 		return err
 	}
+	return ping(c, addr, false)
+}
+
+// redisProbe is redisPing over TLS when tlsConf is set; it also takes
+// -NOAUTH as ready, since a server with a password answers that.
+func redisProbe(addr string, tlsConf *tls.Config) error {
+	if tlsConf == nil {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return ping(c, addr, true)
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, tlsConf)
+	if err != nil {
+		return err
+	}
+	return ping(c, addr, true)
+}
+
+func ping(c net.Conn, addr string, noauthOK bool) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Second))
 	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
@@ -198,7 +292,7 @@ func redisPing(addr string) error {
 	if err != nil {
 		return err
 	}
-	if string(buf[:n]) != "+PONG\r\n" {
+	if got := string(buf[:n]); got != "+PONG\r\n" && !(noauthOK && strings.HasPrefix(got, "-NOAUTH")) {
 		return fmt.Errorf("testserver: redis %s answered %q", addr, buf[:n])
 	}
 	return nil
@@ -253,7 +347,7 @@ func (r *RedisSet) Restart(i int) error {
 	// The port was just freed; another process could take it, but on
 	// loopback with SO_REUSEADDR (redis sets it) a rebind succeeds at once.
 	for attempt := 0; attempt < 5; attempt++ {
-		if err = s.start(r.opts); err == nil {
+		if err = s.start(r.args(s), r.ClientTLS()); err == nil {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
