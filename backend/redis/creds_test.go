@@ -1,0 +1,109 @@
+package redis
+
+import (
+	"strings"
+	"testing"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/backendtest"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+// lockdACL is the least-privilege ACL user this backend needs under the
+// default prefix "lockd:" (the README's ACL SETUSER line): its keys and wake
+// channel, EVAL/EVALSHA for the scripts and every command the scripts call,
+// SUBSCRIBE for wake-ups, SCAN for List, PING.
+const lockdACL = "lockd on >lockd-pw resetchannels ~lockd:* &lockd:* -@all " +
+	"+ping +eval +evalsha +subscribe +scan " +
+	"+time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish"
+
+// securedRedis starts one TLS-only Redis that requires client certificates,
+// whose default user is off, with lockd's least-privilege user and an admin.
+func securedRedis(t *testing.T) *testserver.RedisSet {
+	t.Helper()
+	return testserver.RedisWith(t, 1, testserver.RedisOptions{
+		Users: []string{"default off", lockdACL, "admin on >admin-pw ~* &* +@all"},
+		TLS:   &testserver.RedisTLS{CA: testserver.TestCA(t), AuthClients: true},
+	})
+}
+
+func securedClient(t *testing.T, srv *testserver.RedisSet, user, password string) *goredis.Client {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0), Username: user, Password: password, TLSConfig: srv.ClientTLS(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Every promise of the contract holds over TLS with client certificates and
+// the least-privilege ACL user: the ACL line is enough.
+func TestConformanceTLSWithLeastPrivilegeUser(t *testing.T) {
+	srv := securedRedis(t)
+	backendtest.Run(t, func(t *testing.T) backend.Backend {
+		t.Helper()
+		cli := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0), Username: "lockd", Password: "lockd-pw", TLSConfig: srv.ClientTLS(), ContextTimeoutEnabled: true})
+		b, err := New(t.Context(), cli, Options{})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}, backendtest.Options{})
+}
+
+// lockd's user reaches only its own keys, and a client without credentials
+// reaches nothing.
+func TestLeastPrivilegeUserIsConfined(t *testing.T) {
+	srv := securedRedis(t)
+	lockd := securedClient(t, srv, "lockd", "lockd-pw")
+	b, err := New(ctx(t), securedClient(t, srv, "lockd", "lockd-pw"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	g, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: "confined", TTL: 60e9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockKey := "lockd:{confined}:lock"
+
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"SET outside the prefix", lockd.Set(ctx(t), "other:x", "1", 0).Err()},
+		{"GET outside the prefix", lockd.Get(ctx(t), "other:x").Err()},
+		{"a script touching a key outside the prefix", lockd.Eval(ctx(t), "return redis.call('GET', KEYS[1])", []string{"other:x"}).Err()},
+		{"a script reaching outside its declared keys", lockd.Eval(ctx(t), "return redis.call('GET', 'other:x')", nil).Err()},
+		{"PUBLISH outside the prefix", lockd.Publish(ctx(t), "other:wake", "x").Err()},
+		{"a command not on the list (FLUSHALL)", lockd.FlushAll(ctx(t)).Err()},
+		{"a command not on the list (KEYS)", lockd.Keys(ctx(t), "*").Err()},
+		{"a command not on the list (CONFIG GET)", lockd.ConfigGet(ctx(t), "requirepass").Err()},
+	} {
+		if tc.err == nil || !strings.Contains(tc.err.Error(), "NOPERM") && !strings.Contains(tc.err.Error(), "can't run this command") {
+			t.Errorf("%s as lockd: %v, want NOPERM", tc.name, tc.err)
+		}
+		t.Logf("%s: %v", tc.name, tc.err)
+	}
+
+	// No credentials: the default user is off.
+	anon := securedClient(t, srv, "", "")
+	if err := anon.HGetAll(ctx(t), lockKey).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("HGETALL %s without credentials: %v, want NOAUTH", lockKey, err)
+	}
+	if err := anon.Del(ctx(t), lockKey).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("DEL %s without credentials: %v, want NOAUTH", lockKey, err)
+	}
+	wrong := securedClient(t, srv, "lockd", "guess")
+	if err := wrong.Del(ctx(t), lockKey).Err(); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Errorf("DEL %s with a wrong password: %v, want WRONGPASS", lockKey, err)
+	}
+	// The grant is untouched by all that.
+	if _, err := b.Renew(ctx(t), "confined", g.LeaseID, 0); err != nil {
+		t.Errorf("Renew after the refused attempts: %v", err)
+	}
+	if err := b.Release(ctx(t), "confined", g.LeaseID); err != nil {
+		t.Errorf("Release: %v", err)
+	}
+}
