@@ -74,6 +74,19 @@
 // number. The node name holds only a hash of the secret, so reading ZooKeeper
 // does not reveal the capability to renew or release.
 //
+// # Access control
+//
+// Every node the backend creates (Root and its missing parents, the key
+// containers, the queue nodes) gets Options.ACL. Without one it is
+// world:anyone with every right, so anyone who reaches ZooKeeper can read,
+// change or delete locks. A lockd given credentials uses Digest: the client
+// adds the digest identity to its session (go-zookeeper re-sends it after
+// every reconnect) and nodes carry Digest.ACL, every right for that user and
+// none for anyone else. CheckAccess, called at start, turns a credential
+// ZooKeeper will refuse into an error before the first request. Digest auth
+// is not encryption: the password is sent in clear unless the ensemble's
+// client port uses TLS, which this package does not set up.
+//
 // This package must never keep state that matters only in its own memory:
 // every decision is made from what ZooKeeper holds. (The instance that made
 // or renewed a grant remembers its node and version to save a read; each use
@@ -104,7 +117,9 @@ type Options struct {
 	// Default "/lockd".
 	Root string
 	// ACL is given to every node the backend creates. Default
-	// zk.WorldACL(zk.PermAll).
+	// zk.WorldACL(zk.PermAll): anyone may do anything. Digest.ACL gives one
+	// authenticated user everything and everyone else nothing; the conn
+	// must then carry that identity (Digest.AddAuth).
 	ACL []zk.ACL
 	// WaiterGrace is how long after the end of its wait a queued node counts
 	// as abandoned by a lockd that died while waiting. It must exceed the
@@ -378,15 +393,40 @@ func (b *Backend) ensureKey(ctx context.Context, kp string) error {
 	if !errors.Is(err, zk.ErrNoNode) {
 		return err
 	}
-	p := ""
-	for _, part := range strings.Split(strings.TrimPrefix(b.root, "/"), "/") {
-		p += "/" + part
-		_, err := call(ctx, func() (string, error) { return b.conn.Create(p, nil, zk.FlagPersistent, b.acl) })
-		if err != nil && !errors.Is(err, zk.ErrNodeExists) {
-			return err
-		}
+	if _, err := b.ensureRoot(ctx); err != nil {
+		return err
 	}
 	return create()
+}
+
+// ensureRoot creates Root, and its missing parents, with the backend's ACL.
+// Nodes that exist are left alone (and not created again: a create needs
+// the right to create in the parent, which lockd may lack above Root). p is
+// the node whose create failed.
+func (b *Backend) ensureRoot(ctx context.Context) (p string, err error) {
+	exists := func(p string) (bool, error) {
+		return call(ctx, func() (bool, error) {
+			ok, _, err := b.conn.Exists(p)
+			return ok, err
+		})
+	}
+	if ok, err := exists(b.root); ok || err != nil {
+		return b.root, err
+	}
+	for _, part := range strings.Split(strings.TrimPrefix(b.root, "/"), "/") {
+		p += "/" + part
+		if ok, err := exists(p); ok || err != nil {
+			if err != nil {
+				return p, err
+			}
+			continue
+		}
+		_, err := call(ctx, func() (string, error) { return b.conn.Create(p, nil, zk.FlagPersistent, b.acl) })
+		if err != nil && !errors.Is(err, zk.ErrNodeExists) {
+			return p, err
+		}
+	}
+	return b.root, nil
 }
 
 // cached is what a grant's instance remembers of it.
