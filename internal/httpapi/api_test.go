@@ -67,6 +67,7 @@ func newSpecServer(t *testing.T, opts httpapi.Options) *specServer {
 
 type reply struct {
 	status int
+	header http.Header
 	body   []byte
 	json   map[string]any
 }
@@ -95,7 +96,7 @@ func (s *specServer) doAs(token, method, path, body string) reply {
 	}
 	data, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	r := reply{status: resp.StatusCode, body: data}
+	r := reply{status: resp.StatusCode, header: resp.Header, body: data}
 	if ct := resp.Header.Get("Content-Type"); strings.Contains(ct, "json") {
 		if err := json.Unmarshal(data, &r.json); err != nil {
 			s.t.Fatalf("%s %s: body is not JSON: %q", method, path, data)

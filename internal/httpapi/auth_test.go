@@ -20,13 +20,18 @@ const (
 
 func authStore(t *testing.T) *auth.Store {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "tokens.json")
-	err := os.WriteFile(path, []byte(`{"tokens": [
+	return tokensFile(t, `{"tokens": [
 	  {"name": "tenant-a", "token": "`+tokA+`", "prefixes": ["a:"], "rights": ["lock", "read"]},
 	  {"name": "reader-a", "token": "`+tokReader+`", "prefixes": ["a:"], "rights": ["read"]},
 	  {"name": "admin", "token": "`+tokAdmin+`", "rights": ["admin"]}
-	]}`), 0o600)
-	if err != nil {
+	]}`)
+}
+
+// tokensFile loads a tokens file with the given contents.
+func tokensFile(t *testing.T, contents string) *auth.Store {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	if err := os.WriteFile(path, []byte(contents), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	st, err := auth.Load(path)

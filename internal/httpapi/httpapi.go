@@ -37,6 +37,9 @@ type Options struct {
 	// Audit, when set, gets one line per grant, release, renew failure,
 	// expiry noticed and refused request.
 	Audit *slog.Logger
+	// Limits bound waiters, leases and request rates; the zero value
+	// limits nothing.
+	Limits Limits
 }
 
 // Server is the HTTP handler of lockd.
@@ -46,6 +49,10 @@ type Server struct {
 	m       *Metrics
 	log     *slog.Logger
 	handler http.Handler
+
+	waiters waitGate
+	leases  leaseBook
+	rates   rateBook
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed by Stopping: long polls end with shutting_down
@@ -64,7 +71,7 @@ func New(b backend.Backend, opts Options) *Server {
 	}
 	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.observe, s.authenticate)
+	r.Use(s.recoverer, s.observe, s.authenticate, s.limitRate)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problemFor(&requestError{status: http.StatusNotFound, code: "not_found", detail: "no such route: " + r.URL.Path}))
 	})
@@ -213,6 +220,24 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	if p.wait > 0 {
+		leave, limit, err := s.waiters.enter(key, s.opts.Limits)
+		if err != nil {
+			s.m.limited.WithLabelValues(limit).Inc()
+			s.refuse(w, r, principal(r), err)
+			return
+		}
+		defer leave()
+	}
+	who := principal(r)
+	counted := s.leaseLimit(who) > 0
+	if counted {
+		if err := s.leases.reserve(who.Name, s.leaseLimit(who), time.Now()); err != nil {
+			s.m.limited.WithLabelValues("leases").Inc()
+			s.refuse(w, r, who, err)
+			return
+		}
+	}
+	if p.wait > 0 {
 		// A long poll: ended by the client leaving (r.Context) or by lockd
 		// stopping.
 		var cancel context.CancelCauseFunc
@@ -226,6 +251,13 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait})
 	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
+	if counted {
+		if err == nil {
+			s.leases.granted(who.Name, key, g.LeaseID, g.ExpiresAt)
+		} else {
+			s.leases.abandoned(who.Name)
+		}
+	}
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
 			err = fmt.Errorf("%w: the wait for %q was cut short", errShuttingDown, key)
@@ -298,6 +330,9 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if who := principal(r); s.leaseLimit(who) > 0 {
+		s.leases.renewed(who.Name, key, id, g.ExpiresAt)
+	}
 	writeJSON(w, http.StatusOK, toGrantJSON(g))
 }
 
@@ -324,6 +359,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit("release", r, "key", key, "lease", leaseHash(id))
+	s.leases.released(principal(r).Name, key, id)
 	s.m.held.Dec()
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -14,6 +14,8 @@ type Metrics struct {
 	held     prometheus.Gauge
 	waiters  prometheus.Gauge
 	expired  prometheus.Counter
+	limited  *prometheus.CounterVec
+	conns    prometheus.Gauge
 }
 
 // NewMetrics registers lockd's metrics, and the Go and process collectors,
@@ -43,8 +45,16 @@ func NewMetrics() *Metrics {
 			Name: "lockd_leases_expired_total",
 			Help: "Grants this replica found past their deadline and removed (holders that stopped renewing).",
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockd_limited_total",
+			Help: "Requests refused with 429 by the limit they hit (waiters, waiters_per_key, leases, rate), and connections closed at accept (connections).",
+		}, []string{"limit"}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockd_open_connections",
+			Help: "Client connections open on this replica.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired,
+	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/lockd/lockd/backend"
@@ -23,6 +22,8 @@ type Problem struct {
 	Detail string  `json:"detail"`
 	Code   string  `json:"code"`
 	Holder *holder `json:"holder,omitempty"` // lock_held only
+
+	retryAfter time.Duration // when to come back, for 429 and 503
 }
 
 type holder struct {
@@ -49,9 +50,10 @@ var errorTable = []struct {
 
 // requestError is a problem with the request itself (4xx).
 type requestError struct {
-	status int
-	code   string
-	detail string
+	status     int
+	code       string
+	detail     string
+	retryAfter time.Duration // 429: sent as Retry-After
 }
 
 func (e *requestError) Error() string { return e.detail }
@@ -74,11 +76,14 @@ var requestTitles = map[int]string{
 func problemFor(err error) Problem {
 	var re *requestError
 	if errors.As(err, &re) {
-		return Problem{Type: problemBase + re.code, Title: requestTitles[re.status], Status: re.status, Detail: re.detail, Code: re.code}
+		return Problem{Type: problemBase + re.code, Title: requestTitles[re.status], Status: re.status, Detail: re.detail, Code: re.code, retryAfter: re.retryAfter}
 	}
 	for _, row := range errorTable {
 		if errors.Is(err, row.err) {
 			p := Problem{Type: problemBase + row.code, Title: row.title, Status: row.status, Detail: err.Error(), Code: row.code}
+			if row.status == http.StatusServiceUnavailable {
+				p.retryAfter = time.Second
+			}
 			var he *backend.HeldError
 			if errors.As(err, &he) && he.Holder != nil {
 				p.Holder = &holder{Owner: he.Holder.Owner, Token: he.Holder.Token, ExpiresAt: lease.Format(he.Holder.ExpiresAt)}
@@ -92,8 +97,8 @@ func problemFor(err error) Problem {
 
 func writeProblem(w http.ResponseWriter, p Problem) {
 	w.Header().Set("Content-Type", "application/problem+json")
-	if p.Status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", strconv.Itoa(int(time.Second/time.Second)))
+	if p.retryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfter(p.retryAfter))
 	}
 	w.WriteHeader(p.Status)
 	_ = json.NewEncoder(w).Encode(p)
