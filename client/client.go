@@ -9,7 +9,9 @@
 // a lock alone cannot stop a paused holder from writing after its lease ran
 // out.
 //
-// Retries. Requests are retried with back-off after a 503 and after
+// Retries. Requests are retried with back-off (at least the server's
+// Retry-After) after a 503, after a 429 that waiting can cure (rate_limited,
+// too_many_waiters: the server refused before doing anything), and after
 // transport errors, but only where a retry cannot grant a lock twice or
 // leave a grant behind:
 //
@@ -441,9 +443,16 @@ func retryable(err error) bool {
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return e.Status == http.StatusServiceUnavailable
+		return refusedForNow(e)
 	}
 	return isTransport(err)
+}
+
+// refusedForNow reports whether the server answered that it did nothing and
+// that the same request may succeed later.
+func refusedForNow(e *Error) bool {
+	return e.Status == http.StatusServiceUnavailable ||
+		e.Status == http.StatusTooManyRequests && (e.Code == "rate_limited" || e.Code == "too_many_waiters")
 }
 
 func acquireRetryable(err error) bool {
@@ -452,7 +461,7 @@ func acquireRetryable(err error) bool {
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return e.Status == http.StatusServiceUnavailable
+		return refusedForNow(e)
 	}
 	return isTransport(err) && neverSent(err)
 }

@@ -17,6 +17,12 @@ var (
 	ErrLeaseExpired = errors.New("lockd: lease expired")
 	// ErrUnavailable: the server's backend was unreachable (503).
 	ErrUnavailable = errors.New("lockd: backend unavailable")
+	// ErrLimited: a limit of the server refused the request before it did
+	// anything (429: too_many_waiters, too_many_leases, rate_limited). The
+	// *Error's RetryAfter says when to come back. Calls retry rate_limited
+	// and too_many_waiters on their own; too_many_leases needs the caller
+	// to release a lease first.
+	ErrLimited = errors.New("lockd: limited")
 	// ErrOutcomeUnknown: an acquire reached the server but its reply was
 	// lost (connection reset, timeout). The server may have granted the lock
 	// to a lease this client never learned: nobody else can hold the key
@@ -66,6 +72,8 @@ func (e *Error) Is(target error) bool {
 		return e.Code == "lease_expired" || e.Code == "" && e.Status == 410
 	case ErrUnavailable:
 		return e.Code == "backend_unavailable" || e.Status == 503
+	case ErrLimited:
+		return e.Status == 429
 	}
 	return false
 }
