@@ -2,13 +2,20 @@ package testserver
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 
 	etcdb "github.com/lockd/lockd/backend/etcd"
 )
@@ -17,23 +24,52 @@ import (
 // loopback ports. Embedded etcd needs no binary, so it never skips.
 type Etcd struct {
 	dir     string
+	opts    EtcdOptions
+	server  *Issued // the members' client-facing certificate, with opts.CA
+	root    *Issued // root's client certificate, with opts.CA
 	mu      sync.Mutex
 	members []*etcdMember
 }
 
 type etcdMember struct {
-	cfg     etcdb.EmbedConfig
-	running *etcdb.Embedded // nil while stopped
+	cfg  etcdb.EmbedConfig
+	stop func() // nil while stopped
+}
+
+// EtcdOptions secures a cluster the way a production one is. The zero value
+// is the plain cluster StartEtcd makes.
+type EtcdOptions struct {
+	// CA, when set, makes every member serve clients on https:// with a
+	// certificate CA issues for 127.0.0.1, and require a client certificate
+	// CA issued (etcd's --client-cert-auth). Peers still talk plain HTTP.
+	CA *CA
+	// RootPassword, when set, creates user root with this password and turns
+	// etcd's authentication on (RBAC) before the cluster is handed over.
+	RootPassword string
 }
 
 // StartEtcd starts an n-member cluster in a temp dir and returns once every
 // member serves. Close stops it and removes the dir.
-func StartEtcd(n int) (*Etcd, error) {
+func StartEtcd(n int) (*Etcd, error) { return StartEtcdWith(n, EtcdOptions{}) }
+
+// StartEtcdWith is StartEtcd with client TLS and/or authentication on.
+func StartEtcdWith(n int, opts EtcdOptions) (*Etcd, error) {
 	dir, err := os.MkdirTemp("", "lockd-etcd-")
 	if err != nil {
 		return nil, err
 	}
-	e := &Etcd{dir: dir}
+	e := &Etcd{dir: dir, opts: opts}
+	scheme := "http"
+	if opts.CA != nil {
+		scheme = "https"
+		if e.server, err = opts.CA.Issue("etcd-server-"+filepath.Base(dir), "etcd", Loopback); err == nil {
+			e.root, err = opts.CA.Issue("etcd-root-"+filepath.Base(dir), "root")
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	var peers []string
 	for i := 0; i < n; i++ {
 		cp, err1 := freePort()
@@ -45,7 +81,7 @@ func StartEtcd(n int) (*Etcd, error) {
 		m := &etcdMember{cfg: etcdb.EmbedConfig{
 			DataDir:      filepath.Join(dir, fmt.Sprint("m", i)),
 			Name:         fmt.Sprint("m", i),
-			ClientURL:    fmt.Sprintf("http://127.0.0.1:%d", cp),
+			ClientURL:    fmt.Sprintf("%s://127.0.0.1:%d", scheme, cp),
 			PeerURL:      fmt.Sprintf("http://127.0.0.1:%d", pp),
 			ClusterToken: filepath.Base(dir),
 			StartTimeout: 90 * time.Second,
@@ -68,8 +104,12 @@ func StartEtcd(n int) (*Etcd, error) {
 		}()
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
+	if err := errors.Join(errs...); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if opts.RootPassword != "" {
+		if err := e.enableAuth(); err != nil {
 			e.Close()
 			return nil, err
 		}
@@ -77,10 +117,62 @@ func StartEtcd(n int) (*Etcd, error) {
 	return e, nil
 }
 
+// enableAuth creates root and turns authentication on, as an operator does
+// once per cluster; it is stored, so a restarted member keeps it.
+func (e *Etcd) enableAuth() error {
+	cli, err := e.Client("", "", e.root)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.UserAdd(ctx, "root", e.opts.RootPassword); err != nil {
+		return fmt.Errorf("testserver: etcd user add root: %w", err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		return fmt.Errorf("testserver: etcd grant root: %w", err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		return fmt.Errorf("testserver: etcd auth enable: %w", err)
+	}
+	return nil
+}
+
+// Client connects to every member as user (password auth; none when user is
+// empty) presenting cert (none when nil) and trusting only the cluster's CA
+// when it has one. The caller closes it.
+func (e *Etcd) Client(user, password string, cert *Issued) (*clientv3.Client, error) {
+	cfg := clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: user, Password: password}
+	if e.opts.CA != nil {
+		cfg.TLS = &tls.Config{RootCAs: e.opts.CA.Pool(), MinVersion: tls.VersionTLS12}
+		if cert != nil {
+			cfg.TLS.Certificates = []tls.Certificate{cert.TLS}
+		}
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("testserver: etcd client as %q: %w", user, err)
+	}
+	return cli, nil
+}
+
+// RootClient is a client logged in as root; only for a cluster started with
+// RootPassword.
+func (e *Etcd) RootClient() (*clientv3.Client, error) {
+	return e.Client("root", e.opts.RootPassword, e.root)
+}
+
 // EtcdCluster starts an n-member cluster for a test and stops it when the test ends.
 func EtcdCluster(tb testing.TB, n int) *Etcd {
 	tb.Helper()
-	e, err := StartEtcd(n)
+	return EtcdClusterWith(tb, n, EtcdOptions{})
+}
+
+// EtcdClusterWith is EtcdCluster with client TLS and/or authentication on.
+func EtcdClusterWith(tb testing.TB, n int, opts EtcdOptions) *Etcd {
+	tb.Helper()
+	e, err := StartEtcdWith(n, opts)
 	if err != nil {
 		tb.Fatalf("start etcd (%d members): %v", n, err)
 	}
@@ -92,39 +184,98 @@ func (e *Etcd) start(i int) error {
 	e.mu.Lock()
 	m := e.members[i]
 	e.mu.Unlock()
-	emb, err := etcdb.StartEmbedded(context.Background(), m.cfg)
-	if err != nil {
-		return fmt.Errorf("etcd member %d: %w", i, err)
+	var stop func()
+	if e.opts.CA == nil {
+		emb, err := etcdb.StartEmbedded(context.Background(), m.cfg)
+		if err != nil {
+			return fmt.Errorf("etcd member %d: %w", i, err)
+		}
+		stop = func() { emb.Close() }
+	} else {
+		emb, err := e.startTLS(m.cfg)
+		if err != nil {
+			return fmt.Errorf("etcd member %d: %w", i, err)
+		}
+		stop = emb.Close
 	}
 	e.mu.Lock()
-	m.running = emb
+	m.stop = stop
 	e.mu.Unlock()
 	return nil
+}
+
+// startTLS starts a member serving clients over TLS with client
+// certificates required. etcdb.EmbedConfig (lockd's own embedded etcd) has
+// no TLS on purpose: it listens on loopback only.
+func (e *Etcd) startTLS(c etcdb.EmbedConfig) (*embed.Etcd, error) {
+	curl, err := url.Parse(c.ClientURL)
+	if err != nil {
+		return nil, err
+	}
+	purl, err := url.Parse(c.PeerURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name, cfg.Dir = c.Name, c.DataDir
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*curl}, []url.URL{*curl}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*purl}, []url.URL{*purl}
+	cfg.InitialCluster, cfg.InitialClusterToken = c.InitialCluster, c.ClusterToken
+	cfg.LogLevel, cfg.Logger = c.LogLevel, "zap"
+	cfg.Metrics = "basic"
+	cfg.ClientTLSInfo.CertFile = e.server.CertFile
+	cfg.ClientTLSInfo.KeyFile = e.server.KeyFile
+	cfg.ClientTLSInfo.TrustedCAFile = e.opts.CA.CertFile
+	cfg.ClientTLSInfo.ClientCertAuth = true
+	emb, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-emb.Server.ReadyNotify():
+		return emb, nil
+	case err := <-emb.Err():
+		emb.Close()
+		return nil, err
+	case <-time.After(c.StartTimeout):
+		emb.Close()
+		return nil, fmt.Errorf("not serving after %v", c.StartTimeout)
+	}
 }
 
 // Endpoints returns every member's client address (host:port).
 func (e *Etcd) Endpoints() []string {
 	var out []string
+	for i := range e.members {
+		out = append(out, e.Endpoint(i))
+	}
+	return out
+}
+
+// URLs returns every member's client URL (http:// or https://).
+func (e *Etcd) URLs() []string {
+	var out []string
 	for _, m := range e.members {
-		out = append(out, strings.TrimPrefix(m.cfg.ClientURL, "http://"))
+		out = append(out, m.cfg.ClientURL)
 	}
 	return out
 }
 
 // Endpoint returns member i's client address.
 func (e *Etcd) Endpoint(i int) string {
-	return strings.TrimPrefix(e.members[i].cfg.ClientURL, "http://")
+	u := e.members[i].cfg.ClientURL
+	return strings.TrimPrefix(strings.TrimPrefix(u, "http://"), "https://")
 }
 
 // StopMember stops member i's server, as a crashed member would be.
 func (e *Etcd) StopMember(i int) {
 	e.mu.Lock()
 	m := e.members[i]
-	emb := m.running
-	m.running = nil
+	stop := m.stop
+	m.stop = nil
 	e.mu.Unlock()
-	if emb != nil {
-		emb.Close()
+	if stop != nil {
+		stop()
 	}
 }
 
@@ -137,4 +288,33 @@ func (e *Etcd) Close() error {
 		e.StopMember(i)
 	}
 	return os.RemoveAll(e.dir)
+}
+
+// AddUser creates an etcd user with password and, unless prefix is empty, a
+// role of the same name allowed to read and write the range of keys that
+// start with prefix, and nothing else: the least privilege lockd needs.
+func (e *Etcd) AddUser(name, password, prefix string) error {
+	cli, err := e.RootClient()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.UserAdd(ctx, name, password); err != nil {
+		return fmt.Errorf("testserver: etcd user add %s: %w", name, err)
+	}
+	if prefix == "" {
+		return nil
+	}
+	if _, err := cli.RoleAdd(ctx, name); err != nil {
+		return fmt.Errorf("testserver: etcd role add %s: %w", name, err)
+	}
+	if _, err := cli.RoleGrantPermission(ctx, name, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+		return fmt.Errorf("testserver: etcd role grant-permission %s: %w", name, err)
+	}
+	if _, err := cli.UserGrantRole(ctx, name, name); err != nil {
+		return fmt.Errorf("testserver: etcd user grant-role %s: %w", name, err)
+	}
+	return nil
 }
