@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"log/slog"
+	"os"
 	"strings"
 	"time"
+
+	"github.com/go-zookeeper/zk"
 
 	"github.com/lockd/lockd/backend"
 	zkb "github.com/lockd/lockd/backend/zk"
@@ -13,30 +18,96 @@ import (
 
 // zkConfig is what --backend zk is told.
 type zkConfig struct {
-	servers string
-	root    string
-	session time.Duration
+	servers      string
+	root         string
+	session      time.Duration
+	user         string
+	passwordFile string
 }
 
 func (c *zkConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.servers, "zk-servers", "", "comma-separated host:port of the ZooKeeper ensemble (--backend zk)")
 	fs.StringVar(&c.root, "zk-root", "/lockd", "znode under which lock nodes live (--backend zk)")
 	fs.DurationVar(&c.session, "zk-session-timeout", 10*time.Second, "ZooKeeper session timeout (--backend zk)")
+	fs.StringVar(&c.user, "zk-user", "", "ZooKeeper digest user; every znode lockd creates is then readable and writable by this user alone (needs --zk-password-file). Without it znodes are world-writable")
+	fs.StringVar(&c.passwordFile, "zk-password-file", "", "file holding the --zk-user password (one line; a trailing newline is ignored)")
 }
 
+// digest reads the credentials the flags name; nil when none are given.
+func (c zkConfig) digest() (*zkb.Digest, error) {
+	switch {
+	case c.user == "" && c.passwordFile == "":
+		return nil, nil
+	case c.user == "":
+		return nil, errors.New("--zk-password-file needs --zk-user")
+	case c.passwordFile == "":
+		return nil, fmt.Errorf("--zk-user %q needs --zk-password-file (lockd takes no password on its command line)", c.user)
+	}
+	raw, err := os.ReadFile(c.passwordFile)
+	if err != nil {
+		return nil, fmt.Errorf("--zk-password-file: %w", err)
+	}
+	d := &zkb.Digest{User: c.user, Password: strings.TrimSuffix(strings.TrimSuffix(string(raw), "\n"), "\r")}
+	if d.Password == "" {
+		return nil, fmt.Errorf("--zk-password-file %s is empty", c.passwordFile)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("--zk-user: %w", err)
+	}
+	return d, nil
+}
+
+// openZK connects to ZooKeeper, with digest auth when --zk-user is given,
+// and refuses to start unless lockd can create and read under --zk-root.
+//
+// Warnings go to slog's default logger: openStore does not pass lockd's.
 func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks) (*store, error) {
+	log := slog.Default()
 	servers := splitList(c.servers)
 	if len(servers) == 0 {
 		return nil, errors.New("--backend zk needs --zk-servers host:port,...")
 	}
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := zkb.Dial(dctx, servers, c.session)
-	cancel()
+	d, err := c.digest()
 	if err != nil {
 		return nil, err
 	}
-	return &store{
-		b:        zkb.New(conn, zkb.Options{Root: c.root, Hooks: hooks}),
-		describe: "zk at " + strings.Join(servers, ",") + " under " + c.root,
-	}, nil
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := zkb.Dial(dctx, servers, c.session)
+	if err != nil {
+		return nil, err
+	}
+	opts := zkb.Options{Root: c.root, Hooks: hooks}
+	describe := "zk at " + strings.Join(servers, ",") + " under " + c.root
+	if d != nil {
+		if err := d.AddAuth(conn); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		opts.ACL = d.ACL()
+		describe += " as digest user " + d.User
+	} else {
+		describe += " without auth: znodes world-writable"
+	}
+	b := zkb.New(conn, opts)
+	if err := b.CheckAccess(dctx); err != nil {
+		b.Close()
+		if d != nil {
+			return nil, fmt.Errorf("--zk-user %q (password from %s): %w", d.User, c.passwordFile, err)
+		}
+		if errors.Is(err, zkb.ErrNoPermission) {
+			return nil, fmt.Errorf("no --zk-user given, and %s is not open to clients without credentials: %w", c.root, err)
+		}
+		return nil, err
+	}
+	if d == nil {
+		log.Warn("NO --zk-user: every znode lockd creates is world-writable; anyone who reaches ZooKeeper can read, steal or delete locks. Give lockd --zk-user and --zk-password-file", "zk_root", c.root)
+	} else if acl, err := b.RootACL(dctx); err == nil {
+		for _, a := range acl {
+			if a.Scheme == "world" && a.Perms&(zk.PermCreate|zk.PermDelete) != 0 {
+				log.Warn("--zk-root is open to world:anyone: anyone can add or remove key nodes there (lock nodes lockd creates stay its own); restrict it with zkCli setAcl", "zk_root", c.root)
+			}
+		}
+	}
+	return &store{b: b, describe: describe}, nil
 }
