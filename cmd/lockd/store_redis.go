@@ -2,10 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -13,15 +21,284 @@ import (
 	"github.com/lockd/lockd/backend/redis/redlock"
 )
 
-// redisConfig is what --backend redis and --backend redlock are told.
+// redisConfig is what --backend redis and --backend redlock are told. The
+// credentials apply to every address (every Redlock master).
 type redisConfig struct {
-	addrs  string
-	prefix string
+	addrs        string
+	prefix       string
+	user         string
+	passwordFile string
+	tls          bool
+	ca           string
+	cert         string
+	key          string
 }
 
 func (c *redisConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addrs, "redis-addrs", "", "comma-separated host:port: one Redis (or a Sentinel/cluster seed list) for --backend redis, the independent masters for --backend redlock")
 	fs.StringVar(&c.prefix, "redis-prefix", "", "prefix of every Redis key lockd writes (default lockd: for redis, lockd:rl: for redlock)")
+	fs.StringVar(&c.user, "redis-user", "", "Redis ACL user lockd authenticates as (empty: the default user); needs --redis-password-file")
+	fs.StringVar(&c.passwordFile, "redis-password-file", "", "file holding the Redis password (requirepass, or the ACL user's); never pass a password itself")
+	fs.BoolVar(&c.tls, "redis-tls", false, "talk TLS to Redis (the server's tls-port)")
+	fs.StringVar(&c.ca, "redis-ca", "", "with --redis-tls: CA certificate (PEM) that signed the Redis servers' certificates (default: the system's roots)")
+	fs.StringVar(&c.cert, "redis-cert", "", "with --redis-tls: client certificate (PEM) for servers with tls-auth-clients yes")
+	fs.StringVar(&c.key, "redis-key", "", "with --redis-tls: the client certificate's private key (PEM)")
+}
+
+// redisCreds is how lockd authenticates to every Redis server.
+type redisCreds struct {
+	user, password string
+	tls            *tls.Config // nil: plain TCP
+}
+
+// creds reads the password file and the TLS files named by the flags.
+func (c redisConfig) creds() (redisCreds, error) {
+	var cr redisCreds
+	if c.user != "" && c.passwordFile == "" {
+		return cr, errors.New("--redis-user needs --redis-password-file (a user without a password would silently be Redis's default user)")
+	}
+	if c.passwordFile != "" {
+		b, err := os.ReadFile(c.passwordFile)
+		if err != nil {
+			return cr, fmt.Errorf("--redis-password-file: %w", err)
+		}
+		cr.user, cr.password = c.user, strings.TrimRight(string(b), "\r\n")
+		if cr.password == "" {
+			return cr, fmt.Errorf("--redis-password-file: %s is empty", c.passwordFile)
+		}
+	}
+	if !c.tls {
+		if c.ca != "" || c.cert != "" || c.key != "" {
+			return cr, errors.New("--redis-ca, --redis-cert and --redis-key need --redis-tls")
+		}
+		return cr, nil
+	}
+	cr.tls = &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.ca != "" {
+		pem, err := os.ReadFile(c.ca)
+		if err != nil {
+			return cr, fmt.Errorf("--redis-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return cr, fmt.Errorf("--redis-ca: no certificate in %s", c.ca)
+		}
+		cr.tls.RootCAs = pool
+	}
+	if (c.cert == "") != (c.key == "") {
+		return cr, errors.New("--redis-cert and --redis-key go together")
+	}
+	if c.cert != "" {
+		cert, err := tls.LoadX509KeyPair(c.cert, c.key)
+		if err != nil {
+			return cr, fmt.Errorf("--redis-cert/--redis-key: %w", err)
+		}
+		cr.tls.Certificates = []tls.Certificate{cert}
+	}
+	return cr, nil
+}
+
+// redisNeeds lists, as commands with sample arguments under prefix, what
+// lockd's Redis user must be allowed beyond PING and EVAL (which the startup
+// check runs itself): the commands the backend sends and the ones its Lua
+// scripts call, on the keys and channel they touch. Redis 7 checks a
+// script's commands and keys against the user's ACL as it runs them.
+// TestRedisNeedsCoverTheBackends keeps this in step with the backends.
+func redisNeeds(backendName, prefix string) [][]string {
+	base := prefix + "{lockd-startup-check}:"
+	lock, fence, queue, beats := base+"lock", base+"fence", base+"q", base+"qt"
+	if backendName == "redlock" {
+		return [][]string{
+			{"EVALSHA", "0000000000000000000000000000000000000000", "0"},
+			{"SCAN", "0"},
+			{"HMGET", lock, "id"},
+			{"HGET", lock, "id"},
+			{"HSET", lock, "id", "x"},
+			{"DEL", lock},
+			{"PEXPIRE", lock, "1"},
+			{"PTTL", lock},
+			{"INCR", fence},
+			{"GET", fence},
+			{"SET", fence, "1"},
+		}
+	}
+	wake := prefix + "wake"
+	return [][]string{
+		{"EVALSHA", "0000000000000000000000000000000000000000", "0"},
+		{"SUBSCRIBE", wake},
+		{"SCAN", "0"},
+		{"TIME"},
+		{"HGET", lock, "id"},
+		{"HMGET", lock, "id"},
+		{"HSET", lock, "id", "x"},
+		{"DEL", lock},
+		{"PEXPIRE", lock, "1"},
+		{"PTTL", lock},
+		{"INCR", fence},
+		{"LINDEX", queue, "0"},
+		{"LPOP", queue},
+		{"RPUSH", queue, "x"},
+		{"LREM", queue, "0", "x"},
+		{"ZADD", beats, "1", "x"},
+		{"ZREM", beats, "x"},
+		{"ZSCORE", beats, "x"},
+		{"ZCOUNT", beats, "0", "1"},
+		{"PUBLISH", wake, "x"},
+	}
+}
+
+// redisACL is the least-privilege ACL rule list for lockd's user: the
+// prefix's keys (and wake channel for redis), and only the commands lockd
+// uses.
+func redisACL(backendName, prefix string) string {
+	p := aclGlobEscape(prefix)
+	rules := []string{"resetchannels", "~" + p + "*"}
+	if backendName != "redlock" {
+		rules = append(rules, "&"+p+"*")
+	}
+	rules = append(rules, "-@all", "+ping", "+eval")
+	for _, n := range redisNeeds(backendName, prefix) {
+		rules = append(rules, "+"+strings.ToLower(n[0]))
+	}
+	return strings.Join(rules, " ")
+}
+
+func aclGlobEscape(s string) string {
+	var sb strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			sb.WriteByte('\\')
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+// aclCheckLua asks Redis, as lockd's user, which of the commands in ARGV
+// (each as a count then the command and its arguments) the user may NOT
+// run; it runs no command itself.
+const aclCheckLua = `
+local denied, i = {}, 1
+while i <= #ARGV do
+  local n, cmd = tonumber(ARGV[i]), {}
+  for j = 1, n do cmd[j] = ARGV[i + j] end
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(cmd))
+  if not ok or not allowed then denied[#denied + 1] = table.concat(cmd, ' ') end
+  i = i + n + 1
+end
+return denied`
+
+// errUnreachable marks a server that did not answer at all, as opposed to
+// one that refused lockd's credentials or TLS.
+var errUnreachable = errors.New("unreachable")
+
+// checkRedis makes sure the server at addr takes lockd's credentials and
+// lets lockd's user do what the backend needs. Its error starts with
+// "redis <addr>: " and names the cause.
+func checkRedis(ctx context.Context, addr, backendName, prefix string, cr redisCreds) error {
+	c := goredis.NewClient(&goredis.Options{
+		Addr: addr, Username: cr.user, Password: cr.password, TLSConfig: cr.tls,
+		MaxRetries: -1, DialerRetries: 1, DialTimeout: 3 * time.Second, ContextTimeoutEnabled: true,
+		PoolSize: 1,
+	})
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) || isTimeout(err) {
+			return fmt.Errorf("redis %s: %w: %w", addr, errUnreachable, err)
+		}
+		return fmt.Errorf("redis %s: %s", addr, explainRedisErr(err, cr))
+	}
+	var args []any
+	for _, n := range redisNeeds(backendName, prefix) {
+		args = append(args, len(n))
+		for _, a := range n {
+			args = append(args, a)
+		}
+	}
+	grant := fmt.Sprintf("grant lockd's user at least: ACL SETUSER %s %s", aclUserName(cr.user), redisACL(backendName, prefix))
+	denied, err := c.Eval(ctx, aclCheckLua, nil, args...).StringSlice()
+	if err != nil {
+		return fmt.Errorf("redis %s: %s; %s", addr, explainRedisErr(err, cr), grant)
+	}
+	if len(denied) > 0 {
+		return fmt.Errorf("redis %s: NOPERM user %s may not run: %s; %s", addr, aclUserName(cr.user), strings.Join(denied, ", "), grant)
+	}
+	return nil
+}
+
+func aclUserName(user string) string {
+	if user == "" {
+		return "default"
+	}
+	return user
+}
+
+// explainRedisErr turns a connection or command error into what an
+// operator has to fix. It never includes the password.
+func explainRedisErr(err error, cr redisCreds) string {
+	msg := err.Error()
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		alert     tls.AlertError
+		record    tls.RecordHeaderError
+	)
+	switch {
+	case strings.Contains(msg, "WRONGPASS"):
+		return fmt.Sprintf("%s (user %s: check --redis-user and --redis-password-file)", msg, aclUserName(cr.user))
+	case strings.Contains(msg, "NOAUTH"):
+		return msg + " (the server wants a password: give --redis-password-file, and --redis-user for an ACL user)"
+	case strings.Contains(msg, "NOPERM"):
+		return msg
+	case errors.As(err, &unknownCA):
+		return "TLS: the server's certificate is not signed by a CA lockd trusts (--redis-ca): " + msg
+	case errors.As(err, &hostname):
+		return "TLS: the server's certificate does not name this address: " + msg
+	case errors.As(err, &invalid):
+		return "TLS: the server's certificate is not valid: " + msg
+	case errors.As(err, &alert), strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"):
+		if cr.tls != nil && len(cr.tls.Certificates) == 0 {
+			return "TLS: the server wants a client certificate (tls-auth-clients yes): give --redis-cert and --redis-key: " + msg
+		}
+		return "TLS: the server refused lockd's client certificate (--redis-cert is not signed by the server's tls-ca-cert-file?): " + msg
+	case errors.As(err, &record):
+		return "TLS: the server does not speak TLS on this port (drop --redis-tls, or use its tls-port): " + msg
+	case cr.tls == nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+		return "the server closed a plain-TCP connection (a TLS-only server? then --redis-tls): " + msg
+	}
+	return msg
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// checkAll runs checkRedis on every address at once and returns the
+// addresses that did not answer at all and the first other failure.
+func checkAll(ctx context.Context, addrs []string, backendName, prefix string, cr redisCreds) (unreachable []error, err error) {
+	errs := make([]error, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = checkRedis(ctx, a, backendName, prefix, cr)
+		}()
+	}
+	wg.Wait()
+	for _, e := range errs {
+		switch {
+		case e == nil:
+		case errors.Is(e, errUnreachable):
+			unreachable = append(unreachable, e)
+		case err == nil:
+			err = e
+		}
+	}
+	return unreachable, err
 }
 
 func openRedis(ctx context.Context, c redisConfig) (*store, error) {
@@ -29,13 +306,44 @@ func openRedis(ctx context.Context, c redisConfig) (*store, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("--backend redis needs --redis-addrs host:port")
 	}
-	cli := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs})
-	b, err := redisb.New(ctx, cli, redisb.Options{Prefix: c.prefix})
+	cr, err := c.creds()
 	if err != nil {
-		cli.Close()
 		return nil, err
 	}
-	return &store{b: b, describe: "redis at " + strings.Join(addrs, ",")}, nil
+	prefix := c.prefix
+	if prefix == "" {
+		prefix = "lockd:"
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	unreachable, err := checkAll(cctx, addrs, "redis", prefix, cr)
+	if err == nil && len(unreachable) > 0 {
+		err = unreachable[0]
+	}
+	if err != nil {
+		return nil, err
+	}
+	cli := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs, Username: cr.user, Password: cr.password, TLSConfig: cr.tls})
+	b, err := redisb.New(ctx, cli, redisb.Options{Prefix: prefix})
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("redis %s: %w", strings.Join(addrs, ","), err)
+	}
+	return &store{b: b, describe: "redis at " + strings.Join(addrs, ",") + describeCreds(cr)}, nil
+}
+
+func describeCreds(cr redisCreds) string {
+	var parts []string
+	if cr.tls != nil {
+		parts = append(parts, "TLS")
+	}
+	if cr.password != "" {
+		parts = append(parts, "user "+aclUserName(cr.user))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 func openRedlock(c redisConfig) (*store, error) {
@@ -43,16 +351,44 @@ func openRedlock(c redisConfig) (*store, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("--backend redlock needs --redis-addrs a,b,c,... (independent masters, an odd number)")
 	}
+	cr, err := c.creds()
+	if err != nil {
+		return nil, err
+	}
+	prefix := c.prefix
+	if prefix == "" {
+		prefix = "lockd:rl:"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A master that refuses lockd's credentials, TLS or ACL is a mistake to
+	// fix before starting; a master that is down is what Redlock tolerates,
+	// as long as a majority is up.
+	unreachable, err := checkAll(ctx, addrs, "redlock", prefix, cr)
+	if err != nil {
+		return nil, err
+	}
+	if quorum := len(addrs)/2 + 1; len(addrs)-len(unreachable) < quorum {
+		return nil, fmt.Errorf("redlock: %d of %d masters answered, %d needed: %w", len(addrs)-len(unreachable), len(addrs), quorum, errors.Join(unreachable...))
+	}
 	var masters []goredis.UniversalClient
 	for _, a := range addrs {
-		masters = append(masters, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, DialerRetries: 1, ContextTimeoutEnabled: true}))
+		m := goredis.NewClient(&goredis.Options{Addr: a, Username: cr.user, Password: cr.password, TLSConfig: cr.tls, MaxRetries: -1, DialerRetries: 1, ContextTimeoutEnabled: true})
+		// One connection made now, so that the first acquire's short
+		// per-master timeout is not spent on a TLS handshake.
+		_ = m.Ping(ctx).Err()
+		masters = append(masters, m)
 	}
-	b, err := redlock.New(masters, redlock.Options{Prefix: c.prefix})
+	b, err := redlock.New(masters, redlock.Options{Prefix: prefix})
 	if err != nil {
 		for _, m := range masters {
 			m.Close()
 		}
 		return nil, err
 	}
-	return &store{b: b, describe: fmt.Sprintf("redlock over %d masters", len(addrs))}, nil
+	describe := fmt.Sprintf("redlock over %d masters%s", len(addrs), describeCreds(cr))
+	if len(unreachable) > 0 {
+		describe += fmt.Sprintf("; %d did not answer at start", len(unreachable))
+	}
+	return &store{b: b, describe: describe}, nil
 }

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+// The ACL lines the README gives operators; lockd prints the same in its
+// NOPERM errors.
+const (
+	readmeRedisACL   = "resetchannels ~lockd:* &lockd:* -@all +ping +eval +evalsha +subscribe +scan +time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish"
+	readmeRedlockACL = "resetchannels ~lockd:rl:* -@all +ping +eval +evalsha +scan +hmget +hget +hset +del +pexpire +pttl +incr +get +set"
+)
+
+func TestRedisACLLine(t *testing.T) {
+	if got := redisACL("redis", "lockd:"); got != readmeRedisACL {
+		t.Errorf("redis ACL =\n%s\nwant (the README's)\n%s", got, readmeRedisACL)
+	}
+	if got := redisACL("redlock", "lockd:rl:"); got != readmeRedlockACL {
+		t.Errorf("redlock ACL =\n%s\nwant (the README's)\n%s", got, readmeRedlockACL)
+	}
+	if got := redisACL("redis", "a*b:"); !strings.Contains(got, `~a\*b:* &a\*b:*`) {
+		t.Errorf("ACL for a prefix with a glob character = %s, want it escaped", got)
+	}
+}
+
+// redisNeeds (what the startup check asks Redis about, and the ACL lockd
+// suggests) names every command the backends send or their scripts call.
+func TestRedisNeedsCoverTheBackends(t *testing.T) {
+	callRE := regexp.MustCompile(`redis\.call\('([A-Z]+)'`)
+	goRE := regexp.MustCompile(`\b(?:client|c|m)\.([A-Z][A-Za-z]*)\((?:ctx|c)\b`)
+	for _, tc := range []struct{ backend, dir, src string }{
+		{"redis", "../../backend/redis", "redis.go"},
+		{"redlock", "../../backend/redis/redlock", "redlock.go"},
+	} {
+		need := map[string]bool{"PING": true, "EVAL": true}
+		for _, n := range redisNeeds(tc.backend, "p:") {
+			need[n[0]] = true
+		}
+		used := map[string]string{}
+		scripts, _ := filepath.Glob(filepath.Join(tc.dir, "scripts", "*.lua"))
+		if len(scripts) == 0 {
+			t.Fatalf("no scripts in %s/scripts", tc.dir)
+		}
+		for _, f := range scripts {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range callRE.FindAllStringSubmatch(string(b), -1) {
+				used[m[1]] = filepath.Base(f)
+			}
+		}
+		src, err := os.ReadFile(filepath.Join(tc.dir, tc.src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range goRE.FindAllStringSubmatch(string(src), -1) {
+			used[strings.ToUpper(m[1])] = tc.src
+		}
+		if strings.Contains(string(src), "Script.Run(") {
+			used["EVALSHA"], used["EVAL"] = tc.src+" (Script.Run)", tc.src+" (Script.Run)"
+		}
+		if len(used) < 5 {
+			t.Fatalf("%s: found only %v; the patterns no longer match the code", tc.backend, used)
+		}
+		for cmd, where := range used {
+			if !need[cmd] {
+				t.Errorf("%s: %s (in %s) is missing from redisNeeds: the startup check and the suggested ACL would miss it", tc.backend, cmd, where)
+			}
+		}
+	}
+}
+
+// securedRedisSet starts n TLS-only servers that want client certificates,
+// with the default user off, lockd's least-privilege user (password
+// "lockd-pw") and, for each command in lacks, a user "no<command>" (password
+// "weak-pw") with the same rights but that command.
+func securedRedisSet(t *testing.T, n int, backendName, prefix string, lacks ...string) (*testserver.RedisSet, *testserver.CA) {
+	t.Helper()
+	ca := testserver.TestCA(t)
+	acl := redisACL(backendName, prefix)
+	users := []string{"default off", "lockd on >lockd-pw " + acl}
+	for _, cmd := range lacks {
+		weak := strings.Replace(acl+" ", " +"+cmd+" ", " ", 1)
+		if weak == acl+" " {
+			t.Fatalf("%s is not in %s", cmd, acl)
+		}
+		users = append(users, "no"+cmd+" on >weak-pw "+weak)
+	}
+	srv := testserver.RedisWith(t, n, testserver.RedisOptions{
+		Users: users,
+		TLS:   &testserver.RedisTLS{CA: ca, AuthClients: true},
+	})
+	return srv, ca
+}
+
+func redisSecretFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// redisStartFails runs lockd with env and returns run's error; it fails the test
+// if lockd starts serving.
+func redisStartFails(t *testing.T, env map[string]string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out := &lineWriter{addr: make(chan string, 1)}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out, io.Discard) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("run returned nil without serving")
+		}
+		return err
+	case base := <-out.addr:
+		cancel()
+		<-done
+		t.Fatalf("lockd started (%s) and should not have", base)
+	}
+	return nil
+}
+
+// redisLockdEnv is the environment of a lockd that talks TLS to srv as user
+// lockd with a client certificate.
+func redisLockdEnv(t *testing.T, backendName string, srv *testserver.RedisSet, ca *testserver.CA) map[string]string {
+	client := ca.MustIssue(t, "lockd-client", "lockd")
+	return map[string]string{
+		"LOCKD_LISTEN": "127.0.0.1:0", "LOCKD_BACKEND": backendName,
+		"LOCKD_REDIS_ADDRS":         strings.Join(srv.Addrs(), ","),
+		"LOCKD_REDIS_USER":          "lockd",
+		"LOCKD_REDIS_PASSWORD_FILE": redisSecretFile(t, "redis-password", "lockd-pw\n"),
+		"LOCKD_REDIS_TLS":           "true",
+		"LOCKD_REDIS_CA":            ca.CertFile,
+		"LOCKD_REDIS_CERT":          client.CertFile,
+		"LOCKD_REDIS_KEY":           client.KeyFile,
+	}
+}
+
+func redisEnvWith(env map[string]string, kv ...string) map[string]string {
+	out := map[string]string{}
+	for k, v := range env {
+		out[k] = v
+	}
+	for i := 0; i < len(kv); i += 2 {
+		if kv[i+1] == "" {
+			delete(out, kv[i])
+		} else {
+			out[kv[i]] = kv[i+1]
+		}
+	}
+	return out
+}
+
+// redisAcquireRenewRelease drives one lock through lockd's HTTP API.
+func redisAcquireRenewRelease(t *testing.T, base, key string) (token float64) {
+	t.Helper()
+	code, g := post(t, base+"/v1/locks/"+key+"/acquire", `{"ttl_ms": 10000, "owner": "creds"}`)
+	if code != 200 {
+		t.Fatalf("acquire: %d %v", code, g)
+	}
+	id := g["lease_id"].(string)
+	if code, r := post(t, base+"/v1/locks/"+key+"/renew", `{"lease_id": "`+id+`"}`); code != 200 || r["token"] != g["token"] {
+		t.Fatalf("renew: %d %v", code, r)
+	}
+	if code, r := post(t, base+"/v1/locks/"+key+"/release", `{"lease_id": "`+id+`"}`); code != 204 {
+		t.Fatalf("release: %d %v", code, r)
+	}
+	return g["token"].(float64)
+}
+
+// lockd talks TLS with a client certificate to a Redis whose default user is
+// off, as an ACL user with only the rights lockd suggests; with any
+// credential wrong it refuses to start and says which.
+func TestRedisCredentials(t *testing.T) {
+	srv, ca := securedRedisSet(t, 1, "redis", "lockd:", "publish", "eval")
+	env := redisLockdEnv(t, "redis", srv, ca)
+	addr := srv.Addr(0)
+
+	t.Run("works", func(t *testing.T) {
+		base, out, stop := startInProcess(t, env)
+		if !strings.Contains(out.String(), "(TLS, user lockd)") {
+			t.Errorf("start-up line %q does not say TLS and user", out.String())
+		}
+		code, g := post(t, base+"/v1/locks/secret/acquire", `{"ttl_ms": 10000}`)
+		if code != 200 {
+			t.Fatalf("acquire: %d %v", code, g)
+		}
+		// The lock is in Redis, out of reach of a client without
+		// credentials and of one with a wrong password.
+		for _, tc := range []struct{ user, pw, want string }{{"", "", "NOAUTH"}, {"lockd", "guess", "WRONGPASS"}} {
+			raw := goredis.NewClient(&goredis.Options{Addr: addr, Username: tc.user, Password: tc.pw, TLSConfig: srv.ClientTLS()})
+			err := raw.HGetAll(t.Context(), "lockd:{secret}:lock").Err()
+			err2 := raw.Del(t.Context(), "lockd:{secret}:lock").Err()
+			raw.Close()
+			if err == nil || !strings.Contains(err.Error(), tc.want) || err2 == nil || !strings.Contains(err2.Error(), tc.want) {
+				t.Errorf("raw client (user %q): HGETALL: %v, DEL: %v; want %s", tc.user, err, err2, tc.want)
+			}
+		}
+		if code, r := post(t, base+"/v1/locks/secret/release", `{"lease_id": "`+g["lease_id"].(string)+`"}`); code != 204 {
+			t.Fatalf("release: %d %v", code, r)
+		}
+		redisAcquireRenewRelease(t, base, "creds-e2e")
+		if err := stop(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	})
+
+	other := testserver.TestCA(t)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"wrong password", redisEnvWith(env, "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "guess\n")), []string{"redis " + addr + ": ", "WRONGPASS", "user lockd"}},
+		{"no credentials", redisEnvWith(env, "LOCKD_REDIS_USER", "", "LOCKD_REDIS_PASSWORD_FILE", ""), []string{"redis " + addr + ": ", "NOAUTH", "--redis-password-file"}},
+		{"no client certificate", redisEnvWith(env, "LOCKD_REDIS_CERT", "", "LOCKD_REDIS_KEY", ""), []string{"redis " + addr + ": ", "wants a client certificate", "--redis-cert"}},
+		{"untrusted CA", redisEnvWith(env, "LOCKD_REDIS_CA", other.CertFile), []string{"redis " + addr + ": ", "not signed by a CA lockd trusts", "unknown authority"}},
+		{"user lacking PUBLISH", redisEnvWith(env, "LOCKD_REDIS_USER", "nopublish", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM user nopublish may not run: PUBLISH lockd:wake x", "ACL SETUSER nopublish " + readmeRedisACL}},
+		{"user lacking EVAL", redisEnvWith(env, "LOCKD_REDIS_USER", "noeval", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM", "'eval'", "ACL SETUSER noeval " + readmeRedisACL}},
+		{"user outside its key prefix", redisEnvWith(env, "LOCKD_REDIS_PREFIX", "other:"), []string{"redis " + addr + ": ", "NOPERM user lockd may not run: SUBSCRIBE other:wake, HGET other:{lockd-startup-check}:lock id"}},
+		{"plain TCP to a TLS port", redisEnvWith(env, "LOCKD_REDIS_TLS", "", "LOCKD_REDIS_CA", "", "LOCKD_REDIS_CERT", "", "LOCKD_REDIS_KEY", ""), []string{"redis " + addr + ": ", "--redis-tls"}},
+		{"user without password file", redisEnvWith(env, "LOCKD_REDIS_PASSWORD_FILE", ""), []string{"--redis-user needs --redis-password-file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := redisStartFails(t, tc.env)
+			t.Logf("lockd refused to start: %v", err)
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "lockd-pw") || strings.Contains(err.Error(), "guess") {
+				t.Errorf("error %q shows a password", err)
+			}
+		})
+	}
+}
+
+// Redlock: the same flags reach every master; a master down at start is
+// tolerated (a majority answers), a credential refused by any master is not.
+func TestRedlockCredentials(t *testing.T) {
+	srv, ca := securedRedisSet(t, 3, "redlock", "lockd:rl:", "incr")
+	env := redisLockdEnv(t, "redlock", srv, ca)
+
+	base, out, stop := startInProcess(t, env)
+	if !strings.Contains(out.String(), "redlock over 3 masters (TLS, user lockd)") {
+		t.Errorf("start-up line %q", out.String())
+	}
+	first := redisAcquireRenewRelease(t, base, "rl-creds")
+	if second := redisAcquireRenewRelease(t, base, "rl-creds"); second <= first {
+		t.Errorf("second token %v, want above %v", second, first)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(1), TLSConfig: srv.ClientTLS()})
+	if err := raw.Get(t.Context(), "lockd:rl:{rl-creds}:fence").Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("raw client without credentials reading the fence counter on master 1: %v, want NOAUTH", err)
+	}
+	raw.Close()
+
+	t.Run("user lacking INCR", func(t *testing.T) {
+		err := redisStartFails(t, redisEnvWith(env, "LOCKD_REDIS_USER", "noincr", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")))
+		for _, w := range []string{"NOPERM user noincr may not run: INCR lockd:rl:", "ACL SETUSER noincr " + readmeRedlockACL} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q lacks %q", err, w)
+			}
+		}
+	})
+	t.Run("one master down", func(t *testing.T) {
+		if err := srv.Kill(2); err != nil {
+			t.Fatal(err)
+		}
+		base, out, stop := startInProcess(t, env)
+		if !strings.Contains(out.String(), "1 did not answer at start") {
+			t.Errorf("start-up line %q does not mention the missing master", out.String())
+		}
+		redisAcquireRenewRelease(t, base, "rl-two-of-three")
+		if err := stop(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		err := redisStartFails(t, redisEnvWith(env, "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "guess")))
+		if !strings.Contains(err.Error(), "WRONGPASS") {
+			t.Errorf("wrong password with a master down: %v, want WRONGPASS", err)
+		}
+	})
+}
