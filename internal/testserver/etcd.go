@@ -185,14 +185,14 @@ func (e *Etcd) start(i int) error {
 	m := e.members[i]
 	e.mu.Unlock()
 	var stop func()
-	if e.opts.CA == nil {
+	if e.opts == (EtcdOptions{}) {
 		emb, err := etcdb.StartEmbedded(context.Background(), m.cfg)
 		if err != nil {
 			return fmt.Errorf("etcd member %d: %w", i, err)
 		}
 		stop = func() { emb.Close() }
 	} else {
-		emb, err := e.startTLS(m.cfg)
+		emb, err := e.startSecured(m.cfg)
 		if err != nil {
 			return fmt.Errorf("etcd member %d: %w", i, err)
 		}
@@ -204,10 +204,10 @@ func (e *Etcd) start(i int) error {
 	return nil
 }
 
-// startTLS starts a member serving clients over TLS with client
-// certificates required. etcdb.EmbedConfig (lockd's own embedded etcd) has
-// no TLS on purpose: it listens on loopback only.
-func (e *Etcd) startTLS(c etcdb.EmbedConfig) (*embed.Etcd, error) {
+// startSecured starts a member configured by e.opts. etcdb.EmbedConfig
+// (lockd's own embedded etcd) has no TLS on purpose: it listens on loopback
+// only.
+func (e *Etcd) startSecured(c etcdb.EmbedConfig) (*embed.Etcd, error) {
 	curl, err := url.Parse(c.ClientURL)
 	if err != nil {
 		return nil, err
@@ -223,10 +223,16 @@ func (e *Etcd) startTLS(c etcdb.EmbedConfig) (*embed.Etcd, error) {
 	cfg.InitialCluster, cfg.InitialClusterToken = c.InitialCluster, c.ClusterToken
 	cfg.LogLevel, cfg.Logger = c.LogLevel, "zap"
 	cfg.Metrics = "basic"
-	cfg.ClientTLSInfo.CertFile = e.server.CertFile
-	cfg.ClientTLSInfo.KeyFile = e.server.KeyFile
-	cfg.ClientTLSInfo.TrustedCAFile = e.opts.CA.CertFile
-	cfg.ClientTLSInfo.ClientCertAuth = true
+	// Every password login costs a bcrypt comparison; at etcd's default
+	// cost, and under -race, a suite that opens a client per replica spends
+	// seconds of CPU on them and starves its own timing.
+	cfg.BcryptCost = 4 // bcrypt.MinCost
+	if e.opts.CA != nil {
+		cfg.ClientTLSInfo.CertFile = e.server.CertFile
+		cfg.ClientTLSInfo.KeyFile = e.server.KeyFile
+		cfg.ClientTLSInfo.TrustedCAFile = e.opts.CA.CertFile
+		cfg.ClientTLSInfo.ClientCertAuth = true
+	}
 	emb, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, err
