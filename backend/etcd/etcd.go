@@ -132,6 +132,7 @@ type entry struct {
 	createRev int64
 	modRev    int64
 	rec       record
+	readRev   int64 // the store's revision when this entry was read (lookAhead)
 }
 
 func (b *Backend) queue(key string) string { return b.opts.Prefix + "q/" + key + "/" }
@@ -215,30 +216,34 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	mine := q + id
 	giveUp := time.Now().Add(req.Wait)
 	for {
-		now := time.Now()
-		rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
-		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		// A read first: on a key with a queue, acquirers must not turn
+		// into transactions that etcd applies one after another, each
+		// comparing against the whole queue.
+		head, _, err := b.lookAhead(ctx, q, "", 0)
 		if err != nil {
 			return backend.Grant{}, err
 		}
-		// Granted at once only when the queue is empty; otherwise read the
-		// head to see whether it is an expired holder.
-		resp, err := b.txn(ctx, "acquire",
-			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
-			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))},
-			[]clientv3.Op{clientv3.OpGet(q, clientv3.WithFirstCreate()...)})
-		if err != nil {
-			return backend.Grant{}, err
+		if head == nil {
+			now := time.Now()
+			rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
+			gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+			if err != nil {
+				return backend.Grant{}, err
+			}
+			// Granted only when the queue is still empty.
+			resp, err := b.txn(ctx, "acquire",
+				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
+				[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+			if err != nil {
+				return backend.Grant{}, err
+			}
+			if resp.Succeeded {
+				e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
+				return e.grant(req.Key), nil
+			}
+			continue // someone came first: look again
 		}
-		if resp.Succeeded {
-			e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
-			return e.grant(req.Key), nil
-		}
-		head, err := b.entryFrom((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
-		if err != nil {
-			return backend.Grant{}, err
-		}
-		if head != nil && head.rec.expired(time.Now()) {
+		if head.rec.expired(time.Now()) {
 			if err := b.removeExpired(ctx, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
@@ -246,13 +251,66 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		}
 		if req.Wait <= 0 {
 			he := &backend.HeldError{Key: req.Key}
-			if head != nil && head.rec.held() {
+			if head.rec.held() {
 				he.Holder = head.holder()
 			}
 			return backend.Grant{}, he
 		}
 		return b.wait(ctx, req, id, giveUp)
 	}
+}
+
+// lookAhead reads the head of queue q and, when myRev is set, the entry
+// just ahead of mine, created at myRev (nil when none is ahead; pred.readRev
+// is the revision it was seen at); errEntryLost when mine is gone. It only
+// reads: the ordering questions are asked keys-only, which etcd answers from
+// its in-memory index on its read path, so many waiters on one key do not
+// line up in etcd's apply loop behind transactions that each compare
+// against the whole queue.
+func (b *Backend) lookAhead(ctx context.Context, q, mine string, myRev int64) (head, pred *entry, err error) {
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	ops := []clientv3.Op{clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...)}
+	if myRev > 0 {
+		ops = append(ops,
+			clientv3.OpGet(mine, clientv3.WithKeysOnly()),
+			clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(myRev-1), clientv3.WithKeysOnly())...))
+	}
+	resp, err := b.cli.Txn(c).Then(ops...).Commit()
+	if err != nil {
+		return nil, nil, fail(ctx, "read queue", err)
+	}
+	keyOnly := func(i int) *entry {
+		r := resp.Responses[i].GetResponseRange()
+		if len(r.Kvs) == 0 {
+			return nil
+		}
+		kv := r.Kvs[0]
+		return &entry{key: string(kv.Key), createRev: kv.CreateRevision, modRev: kv.ModRevision}
+	}
+	if myRev > 0 {
+		if self := keyOnly(1); self == nil || self.createRev != myRev {
+			return nil, nil, errEntryLost
+		}
+		if pred = keyOnly(2); pred != nil {
+			pred.readRev = resp.Header.Revision
+		}
+	}
+	if keyOnly(0) == nil {
+		return nil, pred, nil
+	}
+	// The head's record (its deadline), read on its own: one key.
+	hr, err := b.cli.Get(c, keyOnly(0).key)
+	if err != nil {
+		return nil, nil, fail(ctx, "read queue head", err)
+	}
+	if head, err = b.entryFrom(hr); err != nil {
+		return nil, nil, err
+	}
+	// A head gone between the reads leaves head nil: the caller's next
+	// step (a guarded transaction, or a watch that finds pred changed)
+	// notices.
+	return head, pred, nil
 }
 
 // waiterLease returns the lease queue entries of this Backend hang on,
@@ -328,48 +386,32 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		if err := ctx.Err(); err != nil {
 			return backend.Grant{}, err
 		}
-		now := time.Now()
-		rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
-		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		head, pred, err := b.lookAhead(ctx, q, mine, myRev)
 		if err != nil {
 			return backend.Grant{}, err
 		}
-		// Granted when this entry still exists and nothing is ahead of it.
-		resp, err := b.txn(ctx, "grant waiter",
-			[]clientv3.Cmp{
-				clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
-				clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
-			},
-			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))},
-			[]clientv3.Op{
-				clientv3.OpGet(mine),
-				clientv3.OpGet(q, clientv3.WithFirstCreate()...),
-				clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(myRev-1))...),
-			})
-		if err != nil {
-			return backend.Grant{}, err
-		}
-		if resp.Succeeded {
-			e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
-			return e.grant(req.Key), nil
-		}
-		rs := resp.Responses
-		self, err := b.entryFrom((*clientv3.GetResponse)(rs[0].GetResponseRange()))
-		if err != nil {
-			return backend.Grant{}, err
-		}
-		if self == nil || self.createRev != myRev {
-			return backend.Grant{}, errEntryLost
-		}
-		head, err := b.entryFrom((*clientv3.GetResponse)(rs[1].GetResponseRange()))
-		if err != nil {
-			return backend.Grant{}, err
-		}
-		pred, err := b.entryFrom((*clientv3.GetResponse)(rs[2].GetResponseRange()))
-		if err != nil {
-			return backend.Grant{}, err
-		}
-		if pred == nil { // the one ahead left between the compare and the reads
+		if pred == nil {
+			// Nothing ahead: take the lock. Entries created later have
+			// larger revisions, so only our own entry's loss can fail this.
+			now := time.Now()
+			rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
+			gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+			if err != nil {
+				return backend.Grant{}, err
+			}
+			resp, err := b.txn(ctx, "grant waiter",
+				[]clientv3.Cmp{
+					clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
+					clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
+				},
+				[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+			if err != nil {
+				return backend.Grant{}, err
+			}
+			if resp.Succeeded {
+				e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
+				return e.grant(req.Key), nil
+			}
 			continue
 		}
 		if head != nil && head.rec.expired(time.Now()) {
@@ -394,7 +436,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
 			}
 		}
-		if err := b.waitChange(ctx, pred, resp.Header.Revision, expiry, giveUp); err != nil {
+		if err := b.waitChange(ctx, pred, pred.readRev, expiry, giveUp); err != nil {
 			return backend.Grant{}, err
 		}
 	}
