@@ -83,6 +83,11 @@ type config struct {
 	tlsCert         string
 	tlsKey          string
 	tlsClientCA     string
+	limits          httpapi.Limits
+	maxConns        int
+	headerTimeout   time.Duration
+	readTimeout     time.Duration
+	idleTimeout     time.Duration
 }
 
 // envName is the environment variable that sets a flag: LOCKD_ and the flag
@@ -107,6 +112,14 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "the certificate's private key (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "require client certificates signed by this CA (PEM); their CN/DNS names map to cert_names in the tokens file")
+	fs.IntVar(&c.limits.MaxWaiters, "max-waiters", 10000, "acquire long polls waiting at once on this lockd; more get 429 too_many_waiters (0: no limit)")
+	fs.IntVar(&c.limits.MaxWaitersPerKey, "max-waiters-per-key", 1000, "long polls waiting at once for one key on this lockd; more get 429 too_many_waiters (0: no limit)")
+	fs.IntVar(&c.limits.LeasesPerPrincipal, "max-leases-per-principal", 0, "leases one caller (token, certificate, or everyone without --auth-file) holds at once through this lockd; more get 429 too_many_leases; max_leases in the tokens file overrides it (0: no limit)")
+	fs.Float64Var(&c.limits.RatePerPrincipal, "rate-per-principal", 0, "requests per second one caller may make to this lockd, in bursts of up to one second's worth; more get 429 rate_limited with Retry-After; rate_per_sec in the tokens file overrides it (0: no limit)")
+	fs.IntVar(&c.maxConns, "max-connections", 10000, "client connections open at once; one more is closed at accept (0: no limit; mind the process's file descriptor limit)")
+	fs.DurationVar(&c.headerTimeout, "read-header-timeout", 10*time.Second, "a connection that has not sent a request's headers (and TLS handshake) in this time is closed")
+	fs.DurationVar(&c.readTimeout, "read-body-timeout", 30*time.Second, "the time a client has to send a request's body (long polls then wait as long as they asked)")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -129,6 +142,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
+	}
+	if c.limits.MaxWaiters < 0 || c.limits.MaxWaitersPerKey < 0 || c.limits.LeasesPerPrincipal < 0 || c.limits.RatePerPrincipal < 0 || c.maxConns < 0 {
+		return c, errors.New("limits must be 0 (no limit) or more")
+	}
+	if c.headerTimeout <= 0 || c.readTimeout <= 0 || c.idleTimeout <= 0 {
+		return c, errors.New("--read-header-timeout, --read-body-timeout and --idle-timeout must be more than 0")
 	}
 	return c, nil
 }
@@ -239,11 +258,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer st.close()
 
-	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit})
+	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout})
+	ln = metrics.LimitListener(ln, c.maxConns)
 	srv := &http.Server{
 		Handler:           api,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: c.headerTimeout,
+		IdleTimeout:       c.idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         tlsConf,

@@ -80,8 +80,11 @@ type acquireParams struct {
 // trailing data, no body over MaxBody. An empty body leaves v as it is. The
 // body is JSON whatever its Content-Type says: curl -d sends form encoding by
 // default, and refusing it would only make the API harder to call.
-func decode(w http.ResponseWriter, r *http.Request, v any) error {
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout)) // not every connection has deadlines (HTTP/2, tests)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

@@ -40,6 +40,11 @@ type Options struct {
 	// Limits bound waiters, leases and request rates; the zero value
 	// limits nothing.
 	Limits Limits
+	// BodyTimeout bounds the time to read a request's body, so that a
+	// client sending it slowly cannot hold a handler; default 30s. (The
+	// http.Server's ReadTimeout cannot do this: its deadline would also
+	// end long polls.)
+	BodyTimeout time.Duration
 }
 
 // Server is the HTTP handler of lockd.
@@ -68,6 +73,9 @@ func New(b backend.Backend, opts Options) *Server {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.BodyTimeout <= 0 {
+		opts.BodyTimeout = 30 * time.Second
 	}
 	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
 	r := chi.NewRouter()
@@ -205,7 +213,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	var body acquireBody
 	err := checkKey(key)
 	if err == nil {
-		err = decode(w, r, &body)
+		err = s.decode(w, r, &body)
 	}
 	var p acquireParams
 	if err == nil {
@@ -307,7 +315,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	var body renewBody
 	err := checkKey(key)
 	if err == nil {
-		err = decode(w, r, &body)
+		err = s.decode(w, r, &body)
 	}
 	var id string
 	if err == nil {
@@ -341,7 +349,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	var body releaseBody
 	err := checkKey(key)
 	if err == nil {
-		err = decode(w, r, &body)
+		err = s.decode(w, r, &body)
 	}
 	var id string
 	if err == nil {
