@@ -223,6 +223,7 @@ func TestRedisCredentials(t *testing.T) {
 	})
 
 	other := testserver.TestCA(t)
+	plain := testserver.Redis(t, 1)
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -236,6 +237,7 @@ func TestRedisCredentials(t *testing.T) {
 		{"user lacking EVAL", redisEnvWith(env, "LOCKD_REDIS_USER", "noeval", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM", "'eval'", "ACL SETUSER noeval " + readmeRedisACL}},
 		{"user outside its key prefix", redisEnvWith(env, "LOCKD_REDIS_PREFIX", "other:"), []string{"redis " + addr + ": ", "NOPERM user lockd may not run: SUBSCRIBE other:wake, HGET other:{lockd-startup-check}:lock id"}},
 		{"plain TCP to a TLS port", redisEnvWith(env, "LOCKD_REDIS_TLS", "", "LOCKD_REDIS_CA", "", "LOCKD_REDIS_CERT", "", "LOCKD_REDIS_KEY", ""), []string{"redis " + addr + ": ", "--redis-tls"}},
+		{"TLS to a plain-TCP server", redisEnvWith(env, "LOCKD_REDIS_ADDRS", plain.Addr(0)), []string{"redis " + plain.Addr(0) + ": ", "does not speak TLS"}},
 		{"user without password file", redisEnvWith(env, "LOCKD_REDIS_PASSWORD_FILE", ""), []string{"--redis-user needs --redis-password-file"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -204,6 +204,11 @@ func checkRedis(ctx context.Context, addr, backendName, prefix string, cr redisC
 	})
 	defer c.Close()
 	if err := c.Ping(ctx).Err(); err != nil {
+		// A plain-TCP Redis never answers a TLS ClientHello: the handshake
+		// just times out. Say so rather than call it unreachable.
+		if cr.tls != nil && isTimeout(err) && speaksPlainRESP(addr) {
+			return fmt.Errorf("redis %s: TLS: the server does not speak TLS on this port, it answers plain TCP (drop --redis-tls, or use its tls-port): %w", addr, err)
+		}
 		if errors.Is(err, syscall.ECONNREFUSED) || isTimeout(err) {
 			return fmt.Errorf("redis %s: %w: %w", addr, errUnreachable, err)
 		}
@@ -269,6 +274,22 @@ func explainRedisErr(err error, cr redisCreds) string {
 		return "the server closed a plain-TCP connection (a TLS-only server? then --redis-tls): " + msg
 	}
 	return msg
+}
+
+// speaksPlainRESP reports whether addr answers an inline PING in plain TCP.
+func speaksPlainRESP(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	b := make([]byte, 1)
+	_, err = io.ReadFull(c, b)
+	return err == nil && (b[0] == '+' || b[0] == '-')
 }
 
 func isTimeout(err error) bool {
