@@ -257,3 +257,21 @@ func ctxT(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// A user given to a cluster whose authentication is off works (etcd ignores
+// it), but lockd says at start that the locks are not protected.
+func TestEtcdUserWithAuthOff(t *testing.T) {
+	e := testserver.EtcdCluster(t, 1)
+	_, out, stop := startInProcess(t, map[string]string{
+		"LOCKD_LISTEN":             "127.0.0.1:0",
+		"LOCKD_ETCD_ENDPOINTS":     strings.Join(e.Endpoints(), ","),
+		"LOCKD_ETCD_USER":          "lockd",
+		"LOCKD_ETCD_PASSWORD_FILE": writeFile(t, "pw", "secret\n"),
+	})
+	if !strings.Contains(out.String(), "WARNING: etcd authentication is off") {
+		t.Errorf("start-up lines %q do not warn that etcd authentication is off", out.String())
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
