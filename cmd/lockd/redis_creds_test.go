@@ -224,6 +224,7 @@ func TestRedisCredentials(t *testing.T) {
 
 	other := testserver.TestCA(t)
 	plain := testserver.Redis(t, 1)
+	foreign := other.MustIssue(t, "foreign-client", "lockd")
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -232,6 +233,7 @@ func TestRedisCredentials(t *testing.T) {
 		{"wrong password", redisEnvWith(env, "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "guess\n")), []string{"redis " + addr + ": ", "WRONGPASS", "user lockd"}},
 		{"no credentials", redisEnvWith(env, "LOCKD_REDIS_USER", "", "LOCKD_REDIS_PASSWORD_FILE", ""), []string{"redis " + addr + ": ", "NOAUTH", "--redis-password-file"}},
 		{"no client certificate", redisEnvWith(env, "LOCKD_REDIS_CERT", "", "LOCKD_REDIS_KEY", ""), []string{"redis " + addr + ": ", "wants a client certificate", "--redis-cert"}},
+		{"client certificate from another CA", redisEnvWith(env, "LOCKD_REDIS_CERT", foreign.CertFile, "LOCKD_REDIS_KEY", foreign.KeyFile), []string{"redis " + addr + ": ", "refused lockd's client certificate"}},
 		{"untrusted CA", redisEnvWith(env, "LOCKD_REDIS_CA", other.CertFile), []string{"redis " + addr + ": ", "not signed by a CA lockd trusts", "unknown authority"}},
 		{"user lacking PUBLISH", redisEnvWith(env, "LOCKD_REDIS_USER", "nopublish", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM user nopublish may not run: PUBLISH lockd:wake x", "ACL SETUSER nopublish " + readmeRedisACL}},
 		{"user lacking EVAL", redisEnvWith(env, "LOCKD_REDIS_USER", "noeval", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM", "'eval'", "ACL SETUSER noeval " + readmeRedisACL}},

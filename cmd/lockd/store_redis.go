@@ -223,8 +223,14 @@ func checkRedis(ctx context.Context, addr, backendName, prefix string, cr redisC
 	}
 	grant := fmt.Sprintf("grant lockd's user at least: ACL SETUSER %s %s", aclUserName(cr.user), redisACL(backendName, prefix))
 	denied, err := c.Eval(ctx, aclCheckLua, nil, args...).StringSlice()
-	if err != nil {
+	switch {
+	case err != nil && strings.Contains(err.Error(), "NOPERM"):
 		return fmt.Errorf("redis %s: %s; %s", addr, explainRedisErr(err, cr), grant)
+	case err != nil && strings.Contains(err.Error(), "acl_check_cmd"):
+		// Redis before 7.0 cannot be asked; the first request will tell.
+		return nil
+	case err != nil:
+		return fmt.Errorf("redis %s: checking lockd's rights: %s", addr, explainRedisErr(err, cr))
 	}
 	if len(denied) > 0 {
 		return fmt.Errorf("redis %s: NOPERM user %s may not run: %s; %s", addr, aclUserName(cr.user), strings.Join(denied, ", "), grant)
@@ -263,7 +269,9 @@ func explainRedisErr(err error, cr redisCreds) string {
 		return "TLS: the server's certificate does not name this address: " + msg
 	case errors.As(err, &invalid):
 		return "TLS: the server's certificate is not valid: " + msg
-	case errors.As(err, &alert), strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"):
+	case errors.As(err, &alert) && (alert == 42 || alert == 46 || alert == 48 || alert == 116), clientCertRefused(msg):
+		// Alerts bad_certificate, certificate_unknown, unknown_ca and
+		// certificate_required: the server did not accept our side.
 		if cr.tls != nil && len(cr.tls.Certificates) == 0 {
 			return "TLS: the server wants a client certificate (tls-auth-clients yes): give --redis-cert and --redis-key: " + msg
 		}
@@ -274,6 +282,17 @@ func explainRedisErr(err error, cr redisCreds) string {
 		return "the server closed a plain-TCP connection (a TLS-only server? then --redis-tls): " + msg
 	}
 	return msg
+}
+
+// clientCertRefused recognises the server's TLS alerts about lockd's client
+// certificate in an error go-redis may have flattened to text.
+func clientCertRefused(msg string) bool {
+	for _, a := range []string{"bad certificate", "certificate unknown", "unknown certificate authority", "certificate required"} {
+		if strings.Contains(msg, "remote error: tls: "+a) {
+			return true
+		}
+	}
+	return false
 }
 
 // speaksPlainRESP reports whether addr answers an inline PING in plain TCP.
@@ -297,10 +316,11 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// checkAll runs checkRedis on every address at once and returns the
-// addresses that did not answer at all and the first other failure.
-func checkAll(ctx context.Context, addrs []string, backendName, prefix string, cr redisCreds) (unreachable []error, err error) {
-	errs := make([]error, len(addrs))
+// checkAll runs checkRedis on every address at once. It returns each
+// address's error, and the first one that is not errUnreachable (a server
+// that answered but refused lockd's credentials, TLS or ACL).
+func checkAll(ctx context.Context, addrs []string, backendName, prefix string, cr redisCreds) (errs []error, refused error) {
+	errs = make([]error, len(addrs))
 	var wg sync.WaitGroup
 	for i, a := range addrs {
 		wg.Add(1)
@@ -311,15 +331,11 @@ func checkAll(ctx context.Context, addrs []string, backendName, prefix string, c
 	}
 	wg.Wait()
 	for _, e := range errs {
-		switch {
-		case e == nil:
-		case errors.Is(e, errUnreachable):
-			unreachable = append(unreachable, e)
-		case err == nil:
-			err = e
+		if e != nil && !errors.Is(e, errUnreachable) {
+			return errs, e
 		}
 	}
-	return unreachable, err
+	return errs, nil
 }
 
 func openRedis(ctx context.Context, c redisConfig) (*store, error) {
@@ -337,11 +353,8 @@ func openRedis(ctx context.Context, c redisConfig) (*store, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	unreachable, err := checkAll(cctx, addrs, "redis", prefix, cr)
-	if err == nil && len(unreachable) > 0 {
-		err = unreachable[0]
-	}
-	if err != nil {
+	errs, _ := checkAll(cctx, addrs, "redis", prefix, cr)
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	cli := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs, Username: cr.user, Password: cr.password, TLSConfig: cr.tls})
@@ -385,19 +398,27 @@ func openRedlock(c redisConfig) (*store, error) {
 	// A master that refuses lockd's credentials, TLS or ACL is a mistake to
 	// fix before starting; a master that is down is what Redlock tolerates,
 	// as long as a majority is up.
-	unreachable, err := checkAll(ctx, addrs, "redlock", prefix, cr)
-	if err != nil {
-		return nil, err
+	errs, refused := checkAll(ctx, addrs, "redlock", prefix, cr)
+	if refused != nil {
+		return nil, refused
 	}
-	if quorum := len(addrs)/2 + 1; len(addrs)-len(unreachable) < quorum {
-		return nil, fmt.Errorf("redlock: %d of %d masters answered, %d needed: %w", len(addrs)-len(unreachable), len(addrs), quorum, errors.Join(unreachable...))
+	down := 0
+	for _, e := range errs {
+		if e != nil {
+			down++
+		}
+	}
+	if quorum := len(addrs)/2 + 1; len(addrs)-down < quorum {
+		return nil, fmt.Errorf("redlock: %d of %d masters answered, %d needed: %w", len(addrs)-down, len(addrs), quorum, errors.Join(errs...))
 	}
 	var masters []goredis.UniversalClient
-	for _, a := range addrs {
+	for i, a := range addrs {
 		m := goredis.NewClient(&goredis.Options{Addr: a, Username: cr.user, Password: cr.password, TLSConfig: cr.tls, MaxRetries: -1, DialerRetries: 1, ContextTimeoutEnabled: true})
-		// One connection made now, so that the first acquire's short
-		// per-master timeout is not spent on a TLS handshake.
-		_ = m.Ping(ctx).Err()
+		if errs[i] == nil {
+			// One connection made now, so that the first acquire's short
+			// per-master timeout is not spent on a TLS handshake.
+			_ = m.Ping(ctx).Err()
+		}
 		masters = append(masters, m)
 	}
 	b, err := redlock.New(masters, redlock.Options{Prefix: prefix})
@@ -408,8 +429,8 @@ func openRedlock(c redisConfig) (*store, error) {
 		return nil, err
 	}
 	describe := fmt.Sprintf("redlock over %d masters%s", len(addrs), describeCreds(cr))
-	if len(unreachable) > 0 {
-		describe += fmt.Sprintf("; %d did not answer at start", len(unreachable))
+	if down > 0 {
+		describe += fmt.Sprintf("; %d did not answer at start", down)
 	}
 	return &store{b: b, describe: describe}, nil
 }
