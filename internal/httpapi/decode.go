@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -84,12 +85,22 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout)) // not every connection has deadlines (HTTP/2, tests)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
-	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil {
+		// Keep the deadline: the connection is closed after the answer,
+		// and nothing may wait for the rest of a body that is not coming.
+		w.Header().Set("Connection", "close")
+	} else {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return &requestError{status: http.StatusRequestEntityTooLarge, code: "body_too_large",
 				detail: fmt.Sprintf("request bodies are limited to %d bytes", MaxBody)}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return &requestError{status: http.StatusRequestTimeout, code: "body_timeout",
+				detail: fmt.Sprintf("the request body did not arrive within %v", s.opts.BodyTimeout)}
 		}
 		return badRequest("invalid_json", "could not read the request body")
 	}

@@ -67,6 +67,7 @@ var requestTitles = map[int]string{
 	http.StatusNotFound:              "Not found",
 	http.StatusMethodNotAllowed:      "Method not allowed",
 	http.StatusRequestEntityTooLarge: "Request body too large",
+	http.StatusRequestTimeout:        "Request body too slow",
 	http.StatusUnauthorized:          "Unauthorized",
 	http.StatusForbidden:             "Forbidden",
 	http.StatusTooManyRequests:       "Too many requests",
