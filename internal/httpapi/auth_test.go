@@ -28,7 +28,7 @@ func authStore(t *testing.T) *auth.Store {
 }
 
 // tokensFile loads a tokens file with the given contents.
-func tokensFile(t *testing.T, contents string) *auth.Store {
+func tokensFile(t testing.TB, contents string) *auth.Store {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "tokens.json")
 	if err := os.WriteFile(path, []byte(contents), 0o600); err != nil {

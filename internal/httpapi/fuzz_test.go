@@ -4,7 +4,9 @@ import (
 	"errors"
 	"net/url"
 	"regexp"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/lockd/lockd/internal/lease"
 )
@@ -56,19 +58,75 @@ func FuzzDecodeAcquire(f *testing.F) {
 }
 
 // Renew and release bodies: a lease id is either refused with
-// invalid_lease_id or has the shape lockd issues.
+// invalid_lease_id or has the shape lockd issues, a renew's TTL is zero
+// (keep the lease's) or within the contract, and every refusal is a 4xx
+// with a code.
 func FuzzDecodeLease(f *testing.F) {
-	for _, s := range []string{`{"lease_id": "AAAAAAAAAAAAAAAAAAAAAA"}`, `{"lease_id": ""}`, `{"lease_id": "a/b"}`, `{"lease_id": "x", "ttl_ms": 100}`, `{}`} {
+	for _, s := range []string{`{"lease_id": "AAAAAAAAAAAAAAAAAAAAAA"}`, `{"lease_id": ""}`, `{"lease_id": "a/b"}`,
+		`{"lease_id": "x", "ttl_ms": 100}`, `{"lease_id": "AAAAAAAAAAAAAAAAAAAAAA", "ttl_ms": 3600001}`, `{}`, `{"lease_id": 5}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var b renewBody
-		if err := decodeBytes(body, &b); err != nil {
-			return
+		var rn renewBody
+		err := decodeBytes(body, &rn)
+		var id string
+		if err == nil {
+			id, err = checkLeaseID(rn.LeaseID)
 		}
-		id, err := checkLeaseID(b.LeaseID)
+		var ttl time.Duration
+		if err == nil {
+			ttl, err = msField("ttl_ms", rn.TTLMs, 0, lease.MinTTL, lease.MaxTTL)
+		}
+		wantRequestError(t, body, err)
+		if err == nil && (!lease.ValidID(id) || ttl != 0 && (ttl < lease.MinTTL || ttl > lease.MaxTTL)) {
+			t.Fatalf("renew %q accepted: id %q ttl %v", body, id, ttl)
+		}
+
+		var rl releaseBody
+		err = decodeBytes(body, &rl)
+		if err == nil {
+			id, err = checkLeaseID(rl.LeaseID)
+		}
+		wantRequestError(t, body, err)
 		if err == nil && !lease.ValidID(id) {
-			t.Fatalf("accepted lease id %q", id)
+			t.Fatalf("release %q accepted lease id %q", body, id)
 		}
 	})
+}
+
+// List's query: only prefix, after and limit, each a valid key start and
+// a limit in range; anything else a 4xx with a code.
+func FuzzListQuery(f *testing.F) {
+	for _, s := range []string{"", "prefix=a", "prefix=a&after=a.b&limit=10", "limit=0", "limit=1001", "limit=x",
+		"prefix=%2F", "sort=key", "prefix=a&prefix=b", "limit=1&limit=2", "%zz", "after=" + strings.Repeat("k", 201)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return // net/http hands the handler what it could parse; that is tested below
+		}
+		lq, err := parseListQuery(q)
+		wantRequestError(t, []byte(raw), err)
+		if err != nil {
+			return
+		}
+		if lq.limit < 1 || lq.limit > maxListLimit || (lq.prefix != "" && !ValidKey(lq.prefix)) || (lq.after != "" && !ValidKey(lq.after)) {
+			t.Fatalf("query %q accepted as %+v", raw, lq)
+		}
+	})
+}
+
+func wantRequestError(t *testing.T, input []byte, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	var re *requestError
+	if !errors.As(err, &re) || re.status/100 != 4 || re.code == "" {
+		t.Fatalf("%q refused with %v, want a 4xx request error with a code", input, err)
+	}
+	if p := problemFor(err); p.Status != re.status || p.Code != re.code || p.Title == "" || p.Detail == "" {
+		t.Fatalf("%q: problem %+v is incomplete", input, p)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -417,31 +418,48 @@ const (
 	maxListLimit     = 1000
 )
 
-func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	for name := range q {
+// listQuery is a validated list request.
+type listQuery struct {
+	prefix, after string
+	limit         int
+}
+
+// parseListQuery checks list's query parameters: only prefix, after and
+// limit, each once at most.
+func parseListQuery(q url.Values) (listQuery, error) {
+	lq := listQuery{limit: defaultListLimit}
+	for name, vs := range q {
 		if name != "prefix" && name != "after" && name != "limit" {
-			s.fail(w, r, badRequest("unknown_parameter", "unknown query parameter "+strconv.Quote(name)))
-			return
+			return lq, badRequest("unknown_parameter", "unknown query parameter "+strconv.Quote(name))
+		}
+		if len(vs) > 1 {
+			return lq, badRequest("invalid_"+name, name+" may be given once")
 		}
 	}
-	prefix, after := q.Get("prefix"), q.Get("after")
-	err := checkPrefix("prefix", prefix)
-	if err == nil {
-		err = checkPrefix("after", after)
+	lq.prefix, lq.after = q.Get("prefix"), q.Get("after")
+	if err := checkPrefix("prefix", lq.prefix); err != nil {
+		return lq, err
 	}
-	limit := defaultListLimit
-	if err == nil && q.Has("limit") {
-		n, perr := strconv.Atoi(q.Get("limit"))
-		if perr != nil || n < 1 || n > maxListLimit {
-			err = badRequest("invalid_limit", fmt.Sprintf("limit must be an integer between 1 and %d", maxListLimit))
+	if err := checkPrefix("after", lq.after); err != nil {
+		return lq, err
+	}
+	if q.Has("limit") {
+		n, err := strconv.Atoi(q.Get("limit"))
+		if err != nil || n < 1 || n > maxListLimit {
+			return lq, badRequest("invalid_limit", fmt.Sprintf("limit must be an integer between 1 and %d", maxListLimit))
 		}
-		limit = n
+		lq.limit = n
 	}
+	return lq, nil
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	lq, err := parseListQuery(r.URL.Query())
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	prefix, after, limit := lq.prefix, lq.after, lq.limit
 	if p := principal(r); !p.CanList(prefix) {
 		s.refuse(w, r, p, &requestError{status: http.StatusForbidden, code: "forbidden",
 			detail: "this token may not list keys under this prefix; pass a prefix it may read"})
