@@ -12,10 +12,12 @@ import (
 )
 
 // Over an etcd that requires client certificates and has authentication on,
-// with lockd's user allowed readwrite on its prefix and nothing else.
+// with lockd's user allowed readwrite on its prefix and nothing else. Its
+// auth tokens lapse after a second unused, so replicas log in again all
+// through the suite.
 func TestTLSAndRBAC(t *testing.T) {
 	ca := testserver.TestCA(t)
-	e := testserver.EtcdClusterWith(t, 1, testserver.EtcdOptions{CA: ca, RootPassword: "root-secret"})
+	e := testserver.EtcdClusterWith(t, 1, testserver.EtcdOptions{CA: ca, RootPassword: "root-secret", AuthTokenTTL: time.Second})
 	const prefix = "/lockd-ct/"
 	if err := e.AddUser("lockd", "lockd-secret", prefix); err != nil {
 		t.Fatal(err)

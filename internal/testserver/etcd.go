@@ -46,6 +46,11 @@ type EtcdOptions struct {
 	// RootPassword, when set, creates user root with this password and turns
 	// etcd's authentication on (RBAC) before the cluster is handed over.
 	RootPassword string
+	// AuthTokenTTL is how long an unused auth token stays valid (etcd's
+	// --auth-token-ttl, whole seconds); default etcd's 300 s. A short one
+	// makes clients log in again during a test, as a lockd idle for minutes
+	// must.
+	AuthTokenTTL time.Duration
 }
 
 // StartEtcd starts an n-member cluster in a temp dir and returns once every
@@ -227,6 +232,9 @@ func (e *Etcd) startSecured(c etcdb.EmbedConfig) (*embed.Etcd, error) {
 	// cost, and under -race, a suite that opens a client per replica spends
 	// seconds of CPU on them and starves its own timing.
 	cfg.BcryptCost = 4 // bcrypt.MinCost
+	if e.opts.AuthTokenTTL > 0 {
+		cfg.AuthTokenTTL = uint((e.opts.AuthTokenTTL + time.Second - 1) / time.Second)
+	}
 	if e.opts.CA != nil {
 		cfg.ClientTLSInfo.CertFile = e.server.CertFile
 		cfg.ClientTLSInfo.KeyFile = e.server.KeyFile
