@@ -149,6 +149,9 @@ type Backend struct {
 	// that a release wakes one waiter, not the herd.
 	wakes atomic.Int64
 
+	// listings coalesces concurrent reads of one key's queue.
+	listings listings
+
 	// grants remembers where this instance's grants live, to save a round
 	// trip on renew and release. It is only a hint: every use is checked by
 	// ZooKeeper (a versioned write), and another replica, or this one after
@@ -262,11 +265,31 @@ func unavailable(op string, err error) error {
 }
 
 // queue returns the key's queue in sequence order; a missing key is empty.
+// The slice may be shared with other callers: never modify it.
+//
+// Concurrent reads of one key's queue are coalesced: a caller joins the next
+// getChildren to be sent, never one already on its way (sent, perhaps, before
+// the caller's own create, which it would then miss). So every caller still
+// sees a listing sent after it asked, but a thousand waiters that look at
+// once cost ZooKeeper, and memory, one or two listings instead of a thousand
+// (each is O(queue length): without this, queueing n waiters at once
+// allocated O(n²) and held much of it at the same time).
 func (b *Backend) queue(ctx context.Context, kp string) ([]child, error) {
-	names, err := call(ctx, func() ([]string, error) {
-		names, _, err := b.conn.Children(kp)
-		return names, err
-	})
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f := b.listings.join(kp, b.listQueue)
+	select {
+	case <-f.done:
+		return f.q, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// listQueue reads and parses the key's queue.
+func (b *Backend) listQueue(kp string) ([]child, error) {
+	names, _, err := b.conn.Children(kp)
 	if errors.Is(err, zk.ErrNoNode) {
 		return nil, nil
 	}
@@ -281,6 +304,57 @@ func (b *Backend) queue(ctx context.Context, kp string) ([]child, error) {
 	}
 	sort.Slice(q, func(i, j int) bool { return q[i].seq < q[j].seq })
 	return q, nil
+}
+
+// listings coalesces queue reads per key path: at most one is on its way
+// and one waits to be sent, which every new caller joins.
+type listings struct {
+	mu sync.Mutex
+	m  map[string]*listingPair
+}
+
+type listingPair struct {
+	sent, next *listing
+}
+
+// listing is one getChildren, shared by everyone who joined it.
+type listing struct {
+	done chan struct{} // closed once q and err are set
+	q    []child
+	err  error
+}
+
+func (l *listings) join(kp string, list func(string) ([]child, error)) *listing {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]*listingPair{}
+	}
+	p := l.m[kp]
+	switch {
+	case p == nil:
+		p = &listingPair{sent: &listing{done: make(chan struct{})}}
+		l.m[kp] = p
+		go l.run(kp, p, p.sent, list)
+		return p.sent
+	case p.next == nil:
+		p.next = &listing{done: make(chan struct{})}
+	}
+	return p.next
+}
+
+// run sends f, then the listing that waited behind it, if any.
+func (l *listings) run(kp string, p *listingPair, f *listing, list func(string) ([]child, error)) {
+	for f != nil {
+		f.q, f.err = list(kp)
+		close(f.done)
+		l.mu.Lock()
+		f, p.sent, p.next = p.next, p.next, nil
+		if f == nil {
+			delete(l.m, kp)
+		}
+		l.mu.Unlock()
+	}
 }
 
 // read returns a node's data; zk.ErrNoNode when it is gone.
