@@ -224,9 +224,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			return backend.Grant{}, err
 		}
 		if head == nil {
-			now := time.Now()
-			rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
-			gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+			rec, gcLease, err := b.holderRecord(ctx, req)
 			if err != nil {
 				return backend.Grant{}, err
 			}
@@ -258,6 +256,14 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		}
 		return b.wait(ctx, req, id, giveUp)
 	}
+}
+
+// holderRecord is req's record as the holder from now on, and the etcd
+// lease that will collect it after its deadline.
+func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest) (record, clientv3.LeaseID, error) {
+	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(time.Now(), req.TTL).UnixMilli()}
+	gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+	return rec, gcLease, err
 }
 
 // lookAhead reads the head of queue q and, when myRev is set, the entry
@@ -393,9 +399,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		if pred == nil {
 			// Nothing ahead: take the lock. Entries created later have
 			// larger revisions, so only our own entry's loss can fail this.
-			now := time.Now()
-			rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(now, req.TTL).UnixMilli()}
-			gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+			rec, gcLease, err := b.holderRecord(ctx, req)
 			if err != nil {
 				return backend.Grant{}, err
 			}
