@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
@@ -190,8 +192,10 @@ func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Log
 	case "zk":
 		st, err = openZK(ctx, c.zk, hooks)
 	case "redis":
+		goredis.SetLogger(redisLog{log})
 		st, err = openRedis(ctx, c.redis)
 	case "redlock":
+		goredis.SetLogger(redisLog{log})
 		st, err = openRedlock(c.redis)
 	default:
 		return nil, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)

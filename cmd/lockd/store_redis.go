@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -433,4 +434,13 @@ func openRedlock(c redisConfig) (*store, error) {
 		describe += fmt.Sprintf("; %d did not answer at start", down)
 	}
 	return &store{b: b, describe: describe}, nil
+}
+
+// redisLog sends go-redis's own messages (reconnects, pool errors: many a
+// second while a master is down) to lockd's log at debug level instead of
+// stderr.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Debug("redis client", "msg", fmt.Sprintf(format, v...))
 }
