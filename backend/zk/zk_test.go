@@ -684,10 +684,17 @@ func TestAbandonedWaiterIsSkipped(t *testing.T) {
 
 // Once its queue is empty, a key's node is reaped by ZooKeeper (a container
 // node); the key's next grant still gets a larger token although the
-// sequence counter started again — why the token is the czxid.
+// sequence counter started again — why the token is the czxid. The server
+// reaps containers whatever their ACL, lockd's digest ACL included.
 func TestEmptyKeyNodeIsReaped(t *testing.T) {
 	z := sharedZK(t, 1)
-	b := newBackend(t, z.Addrs(), Options{})
+	t.Run("open ACL", func(t *testing.T) { emptyKeyNodeIsReaped(t, newBackend(t, z.Addrs(), Options{})) })
+	t.Run("digest ACL", func(t *testing.T) {
+		emptyKeyNodeIsReaped(t, digestBackend(t, z.Addrs(), uniqueRoot(t), lockdDigest))
+	})
+}
+
+func emptyKeyNodeIsReaped(t *testing.T, b *Backend) {
 	key := uniqueKey(t)
 	g, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 10 * time.Second})
 	if err != nil {
