@@ -597,17 +597,28 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 // Inspect implements backend.Backend.
 func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
 	q := b.queue(key)
+	// Keys only, then the head's record at the same revision: one
+	// snapshot, without reading every waiter's record.
 	resp, err := b.txn(ctx, "inspect", nil,
-		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithFirstCreate()...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+		[]clientv3.Op{clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
 	if err != nil {
 		return backend.LockState{}, err
 	}
-	st := backend.LockState{Key: key}
-	head, err := b.entryFrom((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
+	st := backend.LockState{Key: key, Waiters: int(resp.Responses[1].GetResponseRange().Count)}
+	first := resp.Responses[0].GetResponseRange().Kvs
+	if len(first) == 0 {
+		return st, nil
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	hr, err := b.cli.Get(c, string(first[0].Key), clientv3.WithRev(resp.Header.Revision))
+	if err != nil {
+		return st, fail(ctx, "inspect", err)
+	}
+	head, err := b.entryFrom(hr)
 	if err != nil {
 		return st, err
 	}
-	st.Waiters = int(resp.Responses[1].GetResponseRange().Count)
 	if head != nil && head.rec.held() {
 		st.Waiters-- // the holder's entry, expired or not, is no waiter
 		if !head.rec.expired(time.Now()) {
