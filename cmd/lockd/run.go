@@ -190,7 +190,7 @@ func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Log
 	case "etcd":
 		st, err = openEtcd(ctx, c.etcd, c.logLevel, hooks)
 	case "zk":
-		st, err = openZK(ctx, c.zk, hooks)
+		st, err = openZK(ctx, c.zk, hooks, log)
 	case "redis":
 		goredis.SetLogger(redisLog{log})
 		st, err = openRedis(ctx, c.redis)

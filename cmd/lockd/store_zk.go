@@ -59,10 +59,7 @@ func (c zkConfig) digest() (*zkb.Digest, error) {
 
 // openZK connects to ZooKeeper, with digest auth when --zk-user is given,
 // and refuses to start unless lockd can create and read under --zk-root.
-//
-// Warnings go to slog's default logger: openStore does not pass lockd's.
-func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks) (*store, error) {
-	log := slog.Default()
+func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks, log *slog.Logger) (*store, error) {
 	servers := splitList(c.servers)
 	if len(servers) == 0 {
 		return nil, errors.New("--backend zk needs --zk-servers host:port,...")
