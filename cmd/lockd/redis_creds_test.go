@@ -15,8 +15,8 @@ import (
 	"github.com/lockd/lockd/internal/testserver"
 )
 
-// The ACL lines the README gives operators; lockd prints the same in its
-// NOPERM errors.
+// The ACL lines docs/backend-credentials.md gives operators; lockd prints
+// the same in its NOPERM errors.
 const (
 	readmeRedisACL   = "resetchannels ~lockd:* &lockd:* -@all +ping +eval +evalsha +subscribe +scan +time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish"
 	readmeRedlockACL = "resetchannels ~lockd:rl:* -@all +ping +eval +evalsha +scan +hmget +hget +hset +del +pexpire +pttl +incr +get +set"
@@ -28,6 +28,15 @@ func TestRedisACLLine(t *testing.T) {
 	}
 	if got := redisACL("redlock", "lockd:rl:"); got != readmeRedlockACL {
 		t.Errorf("redlock ACL =\n%s\nwant (the README's)\n%s", got, readmeRedlockACL)
+	}
+	doc, err := os.ReadFile("../../docs/backend-credentials.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{readmeRedisACL, readmeRedlockACL} {
+		if !strings.Contains(string(doc), "ACL SETUSER lockd on >CHANGE-ME "+line+"\n") {
+			t.Errorf("docs/backend-credentials.md does not give the ACL line lockd needs:\n%s", line)
+		}
 	}
 	if got := redisACL("redis", "a*b:"); !strings.Contains(got, `~a\*b:* &a\*b:*`) {
 		t.Errorf("ACL for a prefix with a glob character = %s, want it escaped", got)
