@@ -169,9 +169,13 @@ func TestAbuseStaysBounded(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 3*time.Minute, "2,000 waiters counted by lockd", func() (bool, string) {
+	eventually(t, 3*time.Minute, "2,000 waiters counted by lockd and queued in the store", func() (bool, string) {
 		n := metric(t, base, "lockd_waiters")
-		return n == waiters, fmt.Sprintf("lockd_waiters %v, %d retries after 503", n, retried.Load())
+		if n != waiters {
+			return false, fmt.Sprintf("lockd_waiters %v, %d retries after 503", n, retried.Load())
+		}
+		_, st := get(t, base+"/v1/locks/hot")
+		return st["waiters"] == float64(waiters), fmt.Sprintf("store: %v", st)
 	})
 	t.Logf("2,000 waiters in %v (%d retries after 503)", time.Since(rampStart).Round(time.Millisecond), retried.Load())
 	if open := metric(t, base, "lockd_open_connections"); open < idle+waiters {
