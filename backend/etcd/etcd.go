@@ -89,6 +89,9 @@ type Options struct {
 	// this Backend runs: how long a dead lockd's waiters block a queue;
 	// default 5 s.
 	WaiterLeaseTTL time.Duration
+	// MaxContendedOps bounds the round trips to etcd in flight at once
+	// for acquirers that found their key held (see slot). Default 64.
+	MaxContendedOps int
 	backend.Hooks
 }
 
@@ -99,6 +102,7 @@ type Backend struct {
 
 	leases *leasePool
 	busy   busyKeys
+	slots  chan struct{} // see slot
 
 	life   context.Context // ends on Close
 	cancel context.CancelFunc
@@ -120,8 +124,11 @@ func New(cli *clientv3.Client, opts Options) *Backend {
 	if opts.WaiterLeaseTTL == 0 {
 		opts.WaiterLeaseTTL = 5 * time.Second
 	}
+	if opts.MaxContendedOps <= 0 {
+		opts.MaxContendedOps = 64
+	}
 	life, cancel := context.WithCancel(context.Background())
-	return &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), life: life, cancel: cancel}
+	return &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel}
 }
 
 // record is the value of a queue entry.
@@ -194,7 +201,50 @@ func (b *Backend) opCtx(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithTimeout(ctx, b.opts.OpTimeout)
 }
 
+type contendedKey struct{}
+
+// contended marks ctx as the work of an acquirer that found its key held,
+// which may go on until the given time (the end of its wait). Such work
+// takes a slot (see slot) for each round trip to etcd.
+func contended(ctx context.Context, until time.Time) context.Context {
+	return context.WithValue(ctx, contendedKey{}, until)
+}
+
+// slot waits for one of Options.MaxContendedOps slots when ctx is
+// contended, and returns its release; otherwise it returns at once. A burst
+// of thousands of acquirers on held keys so lines up in lockd, instead of
+// in etcd, where each operation would wait behind all the others until it
+// timed out. A holder's renew and release, and the first try of an acquire,
+// never wait for a slot. Past the end of its wait plus OpTimeout an
+// acquirer gives up with ErrUnavailable: etcd is not keeping up.
+func (b *Backend) slot(ctx context.Context) (release func(), err error) {
+	until, ok := ctx.Value(contendedKey{}).(time.Time)
+	if !ok {
+		return func() {}, nil
+	}
+	select {
+	case b.slots <- struct{}{}:
+		return func() { <-b.slots }, nil
+	default:
+	}
+	t := time.NewTimer(max(time.Until(until), 0) + b.opts.OpTimeout)
+	defer t.Stop()
+	select {
+	case b.slots <- struct{}{}:
+		return func() { <-b.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, fmt.Errorf("%w: etcd: more acquirers of held keys than it keeps up with (%d at a time)", backend.ErrUnavailable, cap(b.slots))
+	}
+}
+
 func (b *Backend) txn(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	release, err := b.slot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	c, cancel := b.opCtx(ctx)
 	defer cancel()
 	resp, err := b.cli.Txn(c).If(cmps...).Then(then...).Else(els...).Commit()
@@ -227,29 +277,34 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	id := lease.NewID()
 	mine := q + id
 	giveUp := time.Now().Add(req.Wait)
+	held := contended(ctx, giveUp) // for the work once the key was found held
+	// grantIfFree makes this acquire the holder when the queue is empty.
+	grantIfFree := func(c context.Context) (backend.Grant, bool, error) {
+		rec, gcLease, err := b.holderRecord(ctx, req)
+		if err != nil {
+			return backend.Grant{}, false, err
+		}
+		resp, err := b.txn(c, "acquire",
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
+			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+		if err != nil || !resp.Succeeded {
+			return backend.Grant{}, false, err
+		}
+		e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
+		return e.grant(req.Key), true, nil
+	}
 	for first := true; ; first = false {
 		if first && !b.busy.recent(req.Key, time.Now()) {
 			// A key not seen queued lately: one transaction, that writes
 			// when the queue is empty and reads nothing otherwise.
-			rec, gcLease, err := b.holderRecord(ctx, req)
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			resp, err := b.txn(ctx, "acquire",
-				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
-				[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			if resp.Succeeded {
-				e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
-				return e.grant(req.Key), nil
+			if g, ok, err := grantIfFree(ctx); ok || err != nil {
+				return g, err
 			}
 		}
 		// Held, or lately queued: a read first. On a key with a queue,
 		// acquirers must not turn into transactions that etcd applies one
 		// after another, each comparing against the whole queue.
-		head, _, err := b.lookAhead(ctx, q, "", 0)
+		head, _, err := b.lookAhead(held, q, "", 0)
 		if err != nil {
 			return backend.Grant{}, err
 		}
@@ -257,25 +312,13 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			b.busy.mark(req.Key, time.Now())
 		}
 		if head == nil {
-			rec, gcLease, err := b.holderRecord(ctx, req)
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			// Granted only when the queue is still empty.
-			resp, err := b.txn(ctx, "acquire",
-				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
-				[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			if resp.Succeeded {
-				e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
-				return e.grant(req.Key), nil
+			if g, ok, err := grantIfFree(held); ok || err != nil {
+				return g, err
 			}
 			continue // someone came first: look again
 		}
 		if head.rec.expired(time.Now()) {
-			if err := b.removeExpired(ctx, req.Key, head); err != nil {
+			if err := b.removeExpired(held, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
 			continue
@@ -287,7 +330,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			}
 			return backend.Grant{}, he
 		}
-		return b.wait(ctx, req, id, giveUp)
+		return b.wait(held, req, id, giveUp)
 	}
 }
 
@@ -337,6 +380,11 @@ func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest) 
 // line up in etcd's apply loop behind transactions that each compare
 // against the whole queue.
 func (b *Backend) lookAhead(ctx context.Context, q, mine string, myRev int64) (head, pred *entry, err error) {
+	release, err := b.slot(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer release()
 	c, cancel := b.opCtx(ctx)
 	defer cancel()
 	ops := []clientv3.Op{clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...)}
@@ -427,9 +475,14 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
+	release, err := b.slot(ctx)
+	if err != nil {
+		return backend.Grant{}, err
+	}
 	c, cancel := b.opCtx(ctx)
 	put, err := b.cli.Put(c, mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))
 	cancel()
+	release()
 	if err != nil {
 		err = fail(ctx, "enqueue", err)
 	}
@@ -514,12 +567,18 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 func (b *Backend) waitChange(ctx context.Context, pred *entry, readRev int64, expiry, giveUp time.Time) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	release, err := b.slot(ctx)
+	if err != nil {
+		return err
+	}
 	// Opened at the current revision, so etcd serves it at once.
 	wch := b.cli.Watch(wctx, pred.key, clientv3.WithCreatedNotify())
 	var created clientv3.WatchResponse
 	select {
 	case created = <-wch:
+		release()
 	case <-ctx.Done():
+		release()
 		return ctx.Err()
 	}
 	if err := created.Err(); err != nil || !created.Created {
@@ -531,9 +590,14 @@ func (b *Backend) waitChange(ctx context.Context, pred *entry, readRev int64, ex
 	// Anything written between our read and the watch's start is not in
 	// the watch: look again if the store moved on.
 	if created.Header.Revision != readRev {
+		release, err := b.slot(ctx)
+		if err != nil {
+			return err
+		}
 		c, cl := b.opCtx(ctx)
 		r, err := b.cli.Get(c, pred.key)
 		cl()
+		release()
 		if err != nil {
 			return fail(ctx, "read predecessor", err)
 		}
