@@ -300,6 +300,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			if g, ok, err := grantIfFree(ctx); ok || err != nil {
 				return g, err
 			}
+			b.busy.mark(req.Key, time.Now()) // the acquirers right behind read first
 		}
 		// Held, or lately queued: a read first. On a key with a queue,
 		// acquirers must not turn into transactions that etcd applies one
