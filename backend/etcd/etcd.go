@@ -505,36 +505,49 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		return backend.Grant{}, err
 	}
 
+	// grant takes the lock if nothing is ahead of this entry. Entries
+	// created later have larger revisions, so when nothing is ahead only
+	// the loss of our own entry can fail it.
+	grant := func() (backend.Grant, bool, error) {
+		rec, gcLease, err := b.holderRecord(ctx, req)
+		if err != nil {
+			return backend.Grant{}, false, err
+		}
+		resp, err := b.txn(ctx, "grant waiter",
+			[]clientv3.Cmp{
+				clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
+				clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
+			},
+			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+		if err != nil || !resp.Succeeded {
+			return backend.Grant{}, false, err
+		}
+		e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
+		return e.grant(req.Key), true, nil
+	}
+	behindHead := false // the entry ahead was the holder when last looked at
 	for {
 		if err := ctx.Err(); err != nil {
 			return backend.Grant{}, err
+		}
+		if behindHead {
+			// Woken behind the holder: most likely it is gone, and one
+			// guarded write, without a read first, makes the handoff.
+			if g, ok, err := grant(); ok || err != nil {
+				return g, err
+			}
 		}
 		head, pred, err := b.lookAhead(ctx, q, mine, myRev)
 		if err != nil {
 			return backend.Grant{}, err
 		}
 		if pred == nil {
-			// Nothing ahead: take the lock. Entries created later have
-			// larger revisions, so only our own entry's loss can fail this.
-			rec, gcLease, err := b.holderRecord(ctx, req)
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			resp, err := b.txn(ctx, "grant waiter",
-				[]clientv3.Cmp{
-					clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
-					clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
-				},
-				[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
-			if err != nil {
-				return backend.Grant{}, err
-			}
-			if resp.Succeeded {
-				e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
-				return e.grant(req.Key), nil
+			if g, ok, err := grant(); ok || err != nil {
+				return g, err
 			}
 			continue
 		}
+		behindHead = head != nil && head.key == pred.key
 		if head != nil && head.rec.expired(time.Now()) {
 			if err := b.removeExpired(ctx, req.Key, head); err != nil {
 				return backend.Grant{}, err
@@ -553,7 +566,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		var expiry time.Time
 		if head != nil && head.rec.held() {
 			expiry = time.UnixMilli(head.rec.Deadline)
-			if head.key != pred.key {
+			if !behindHead {
 				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
 			}
 		}
