@@ -150,12 +150,21 @@ type Backend interface {
 type Hooks struct {
 	// OnExpire is called when this backend removes a grant whose lease ran
 	// out (a holder that stopped renewing).
-	OnExpire func(key string)
+	OnExpire func(Expiry)
+}
+
+// Expiry is a grant a backend removed because its lease ran out. Key and
+// Token name the grant uniquely; there is no lease id: it is the holder's
+// capability and not every backend can read it back.
+type Expiry struct {
+	Key   string
+	Owner string
+	Token uint64
 }
 
 // Expired calls OnExpire when set.
-func (h Hooks) Expired(key string) {
+func (h Hooks) Expired(e Expiry) {
 	if h.OnExpire != nil {
-		h.OnExpire(key)
+		h.OnExpire(e)
 	}
 }

@@ -184,6 +184,10 @@ func (e *entry) grant(lockKey string) backend.Grant {
 	}
 }
 
+func (e *entry) expiry(lockKey string) backend.Expiry {
+	return backend.Expiry{Key: lockKey, Owner: e.rec.Owner, Token: uint64(e.createRev)}
+}
+
 func mustJSON(r record) string {
 	b, _ := json.Marshal(r)
 	return string(b)
@@ -263,7 +267,7 @@ func (b *Backend) removeExpired(ctx context.Context, lockKey string, e *entry) e
 		return err
 	}
 	if resp.Succeeded {
-		b.opts.Hooks.Expired(lockKey)
+		b.opts.Hooks.Expired(e.expiry(lockKey))
 	}
 	return nil
 }
@@ -729,7 +733,7 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	if e.rec.expired(time.Now()) {
 		// It was no longer the holder's to release; removing it was
 		// right all the same.
-		b.opts.Hooks.Expired(key)
+		b.opts.Hooks.Expired(e.expiry(key))
 		return backend.ErrLeaseExpired
 	}
 	return nil

@@ -146,14 +146,14 @@ func TestPrefixKeysDoNotShareQueues(t *testing.T) {
 }
 
 // A holder that never releases is removed by the waiter behind it when its
-// deadline passes, and the removal is reported.
+// deadline passes, and the removal is reported with the grant's owner and token.
 func TestExpiredHolderRemovedByWaiterTimer(t *testing.T) {
 	e := testserver.EtcdCluster(t, 1)
-	var expired atomic.Int32
-	b := etcdb.New(client(t, e.Endpoints()), etcdb.Options{Hooks: backend.Hooks{OnExpire: func(string) { expired.Add(1) }}})
+	expired := make(chan backend.Expiry, 4)
+	b := etcdb.New(client(t, e.Endpoints()), etcdb.Options{Hooks: backend.Hooks{OnExpire: func(x backend.Expiry) { expired <- x }}})
 	defer b.Close()
 	ctx := t.Context()
-	g, err := b.Acquire(ctx, backend.AcquireRequest{Key: "timer", TTL: 300 * time.Millisecond})
+	g, err := b.Acquire(ctx, backend.AcquireRequest{Key: "timer", Owner: "gone", TTL: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +167,14 @@ func TestExpiredHolderRemovedByWaiterTimer(t *testing.T) {
 	if w.Token <= g.Token {
 		t.Errorf("token %d after %d", w.Token, g.Token)
 	}
-	if expired.Load() != 1 {
-		t.Errorf("OnExpire called %d times, want 1", expired.Load())
+	close(expired)
+	var got []backend.Expiry
+	for x := range expired {
+		got = append(got, x)
+	}
+	want := backend.Expiry{Key: "timer", Owner: "gone", Token: g.Token}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("OnExpire called with %+v, want once with %+v", got, want)
 	}
 }
 

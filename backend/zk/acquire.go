@@ -179,7 +179,7 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	}
 	now := time.Now()
 	if head.data.expired(now) {
-		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version); err != nil && !isConflict(err) {
+		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version, head.stat.Czxid); err != nil && !isConflict(err) {
 			return g, false, err
 		}
 		return g, false, nil

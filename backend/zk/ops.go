@@ -110,14 +110,14 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			if err != nil {
 				return unavailable("release", err)
 			}
-			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline}
+			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
 		}
 		cachedOK = false
 		if c.deadline <= time.Now().UnixMilli() {
 			// Too late: the lease ran out. Clear it for the next waiter.
 			b.grants.drop(leaseID)
 			if q, err := b.queue(ctx, kp); err == nil && len(q) > 0 && q[0].name == c.name {
-				if err := b.expireHead(ctx, key, q, c.version); err != nil && !isConflict(err) {
+				if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {
 					return unavailable("release", err)
 				}
 			}

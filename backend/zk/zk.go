@@ -445,11 +445,12 @@ func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32
 	return err
 }
 
-// expireHead removes an expired head and tells the hooks.
-func (b *Backend) expireHead(ctx context.Context, key string, q []child, v int32) error {
+// expireHead removes an expired head (q[0], granted with token) and tells
+// the hooks.
+func (b *Backend) expireHead(ctx context.Context, key string, q []child, v int32, token int64) error {
 	err := b.removeHead(ctx, key, q, v)
 	if err == nil {
-		b.hooks.Expired(key)
+		b.hooks.Expired(backend.Expiry{Key: key, Owner: q[0].owner, Token: uint64(token)})
 	}
 	return err
 }

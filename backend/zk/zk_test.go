@@ -887,14 +887,15 @@ func TestSessionExpiryLosesNoLock(t *testing.T) {
 	}
 }
 
-// The backend that removes an expired grant tells its OnExpire hook.
+// The backend that removes an expired grant tells its OnExpire hook which
+// grant it was.
 func TestExpiryHook(t *testing.T) {
 	z := sharedZK(t, 1)
-	expired := make(chan string, 4)
-	b := newBackend(t, z.Addrs(), Options{Hooks: backend.Hooks{OnExpire: func(key string) { expired <- key }}})
+	expired := make(chan backend.Expiry, 4)
+	b := newBackend(t, z.Addrs(), Options{Hooks: backend.Hooks{OnExpire: func(x backend.Expiry) { expired <- x }}})
 	gone := newBackend(t, z.Addrs(), Options{})
 	key := uniqueKey(t)
-	g, err := gone.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 200 * time.Millisecond})
+	g, err := gone.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "gone", TTL: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("Acquire: %v", err)
 	}
@@ -906,9 +907,9 @@ func TestExpiryHook(t *testing.T) {
 		t.Errorf("token %d after %d, want greater", n.Token, g.Token)
 	}
 	select {
-	case k := <-expired:
-		if k != key {
-			t.Errorf("OnExpire(%q), want %q", k, key)
+	case x := <-expired:
+		if want := (backend.Expiry{Key: key, Owner: "gone", Token: g.Token}); x != want {
+			t.Errorf("OnExpire(%+v), want %+v", x, want)
 		}
 	default:
 		t.Errorf("OnExpire not called by the backend that removed the expired grant")

@@ -111,15 +111,81 @@ func TestRunInProcess(t *testing.T) {
 	}
 }
 
+// --audit writes a line per grant, expiry and release; the expiry line names
+// the grant that ran out by key, owner and token (the replica that removed it
+// writes it).
+func TestAuditLog(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{
+		"LOCKD_LISTEN":                "127.0.0.1:0",
+		"LOCKD_AUDIT":                 "true",
+		"LOCKD_DATA_DIR":              filepath.Join(dir, "data"),
+		"LOCKD_EMBED_ETCD_CLIENT_URL": freeURL(t),
+		"LOCKD_EMBED_ETCD_PEER_URL":   freeURL(t),
+	}
+	stderr := &lineWriter{addr: make(chan string, 1)}
+	base, _, stop := startLogging(t, env, stderr)
+	code, g := post(t, base+"/v1/locks/audited/acquire", `{"ttl_ms": 300, "owner": "gone"}`)
+	if code != 200 {
+		t.Fatalf("acquire: %d %v", code, g)
+	}
+	code, n := post(t, base+"/v1/locks/audited/acquire", `{"ttl_ms": 5000, "wait_ms": 10000, "owner": "next"}`)
+	if code != 200 {
+		t.Fatalf("waiting acquire: %d %v", code, n)
+	}
+	if code, r := post(t, base+"/v1/locks/audited/release", `{"lease_id": "`+n["lease_id"].(string)+`"}`); code != 204 {
+		t.Fatalf("release: %d %v", code, r)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+
+	var events []map[string]any
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["log"] == "audit" {
+			events = append(events, m)
+		}
+	}
+	want := []map[string]any{
+		{"event": "grant", "key": "audited", "owner": "gone", "token": g["token"]},
+		{"event": "expired", "key": "audited", "owner": "gone", "token": g["token"]},
+		{"event": "grant", "key": "audited", "owner": "next", "token": n["token"]},
+		{"event": "release", "key": "audited"},
+	}
+	if len(events) != len(want) {
+		t.Fatalf("audit lines:\n%s\nwant %d of them", stderr.String(), len(want))
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if events[i][k] != v {
+				t.Errorf("audit line %d: %s = %v, want %v (line %v)", i, k, events[i][k], v, events[i])
+			}
+		}
+	}
+	for _, id := range []any{g["lease_id"], n["lease_id"]} {
+		if strings.Contains(stderr.String(), id.(string)) {
+			t.Errorf("the audit log shows a lease id")
+		}
+	}
+}
+
 // startInProcess runs lockd's run with env as its environment and returns
 // the URL it serves, what it printed, and a stop that ends it and returns
 // run's error.
 func startInProcess(t *testing.T, env map[string]string) (base string, out *lineWriter, stop func() error) {
 	t.Helper()
+	return startLogging(t, env, io.Discard)
+}
+
+// startLogging is startInProcess with lockd's stderr (its log and audit
+// lines) written to stderr.
+func startLogging(t *testing.T, env map[string]string, stderr io.Writer) (base string, out *lineWriter, stop func() error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	out = &lineWriter{addr: make(chan string, 1)}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out, io.Discard) }()
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out, stderr) }()
 	var once sync.Once
 	var stopErr error
 	stop = func() error {

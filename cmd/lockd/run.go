@@ -250,10 +250,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	metrics := httpapi.NewMetrics()
-	hooks := backend.Hooks{OnExpire: func(key string) {
-		metrics.Expired(key)
+	hooks := backend.Hooks{OnExpire: func(e backend.Expiry) {
+		metrics.Expired(e)
 		if audit != nil {
-			audit.Info("lock", "event", "expired", "key", key)
+			audit.Info("lock", "event", "expired", "key", e.Key, "owner", e.Owner, "token", e.Token)
 		}
 	}}
 	st, err := openStore(ctx, c, hooks, log)

@@ -3,6 +3,8 @@ package httpapi
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/lockd/lockd/backend"
 )
 
 // Metrics are lockd's Prometheus metrics. Make them before the backend so
@@ -60,7 +62,7 @@ func NewMetrics() *Metrics {
 }
 
 // Expired is the backend hook (backend.Hooks.OnExpire).
-func (m *Metrics) Expired(string) {
+func (m *Metrics) Expired(backend.Expiry) {
 	m.expired.Inc()
 	m.held.Dec()
 }
