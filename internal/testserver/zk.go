@@ -2,6 +2,9 @@ package testserver
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +27,11 @@ const (
 	zkJar       = "/usr/share/java/zookeeper.jar"
 	zkConfDir   = "/etc/zookeeper/conf"
 	zkMainClass = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+	// The jar's manifest lists the netty jars the NIO server never loads but
+	// not netty-codec, which Netty's TLS handler (a ByteToMessageDecoder)
+	// needs: without it the Netty factory binds, then drops every connection
+	// with NoClassDefFoundError.
+	zkNettyCodecJar = "/usr/share/java/netty-codec.jar"
 )
 
 // zkStartTimeout bounds how long a member may take to serve (JVM start plus,
@@ -34,11 +42,38 @@ const zkStartTimeout = 60 * time.Second
 // package or java is not installed.
 var ErrZooKeeperMissing = errors.New("testserver: zookeeper (Debian package) or java not installed")
 
+// ZKOptions configures StartZooKeeperWith. The zero value is the plain
+// server StartZooKeeper makes.
+type ZKOptions struct {
+	// TLS, when set, makes every member serve clients only over TLS: its
+	// one client port is ZooKeeper's secureClientPort (Netty connection
+	// factory), and no plain clientPort is opened, so a client cannot fall
+	// back to plain TCP. Peers still talk plain TCP. Default plain TCP.
+	TLS *ZKTLS
+}
+
+// ZKTLS is how StartZooKeeperWith serves TLS.
+type ZKTLS struct {
+	// CA issues the members' certificate (valid for 127.0.0.1 and
+	// localhost); clients trust it with CA.Pool() or CA.CertFile.
+	CA *CA
+	// AuthClients makes the members require a client certificate signed by
+	// CA (ssl.clientAuth=need). Default no (ssl.clientAuth=none): any TLS
+	// client is accepted.
+	AuthClients bool
+}
+
 // ZK is a real ZooKeeper server or ensemble on loopback ports with its data
 // in a temp dir. Members are numbered from 0.
 type ZK struct {
 	dir     string
+	opts    ZKOptions
 	members []*zkMember
+	// keystore is the members' key and certificate in one PEM file, and
+	// probe a client certificate the readiness check presents; both unset
+	// without TLS.
+	keystore string
+	probe    *Issued
 }
 
 type zkMember struct {
@@ -66,13 +101,19 @@ func ZooKeeperAvailable() bool {
 // skipped, or fails when LOCKD_REQUIRE_SERVERS=1 (CI).
 func ZooKeeper(tb testing.TB, n int) *ZK {
 	tb.Helper()
+	return ZooKeeperWith(tb, n, ZKOptions{})
+}
+
+// ZooKeeperWith is ZooKeeper with options (TLS).
+func ZooKeeperWith(tb testing.TB, n int, opts ZKOptions) *ZK {
+	tb.Helper()
 	if !ZooKeeperAvailable() {
 		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" {
 			tb.Fatalf("%v (LOCKD_REQUIRE_SERVERS=1); install it with: apt-get install -y zookeeper", ErrZooKeeperMissing)
 		}
 		tb.Skipf("%v; install it with: apt-get install -y zookeeper", ErrZooKeeperMissing)
 	}
-	z, err := StartZooKeeper(n)
+	z, err := StartZooKeeperWith(n, opts)
 	if err != nil {
 		tb.Fatalf("start ZooKeeper (%d members): %v", n, err)
 	}
@@ -86,7 +127,18 @@ func ZooKeeper(tb testing.TB, n int) *ZK {
 
 // StartZooKeeper starts a standalone server (n == 1) or an ensemble of n
 // members and returns once every member serves clients. Close stops it.
-func StartZooKeeper(n int) (*ZK, error) {
+func StartZooKeeper(n int) (*ZK, error) { return StartZooKeeperWith(n, ZKOptions{}) }
+
+// StartZooKeeperWith is StartZooKeeper with options (TLS).
+func StartZooKeeperWith(n int, opts ZKOptions) (*ZK, error) {
+	if opts.TLS != nil {
+		if opts.TLS.CA == nil {
+			return nil, errors.New("testserver: ZKOptions.TLS needs a CA")
+		}
+		if _, err := os.Stat(zkNettyCodecJar); err != nil {
+			return nil, fmt.Errorf("testserver: ZooKeeper TLS needs netty-codec (apt-get install -y libnetty-java): %w", err)
+		}
+	}
 	if n < 1 {
 		return nil, fmt.Errorf("testserver: ZooKeeper needs at least 1 member, got %d", n)
 	}
@@ -99,19 +151,25 @@ func StartZooKeeper(n int) (*ZK, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var z *ZK
-		if z, err = startZooKeeper(n); err == nil {
+		if z, err = startZooKeeper(n, opts); err == nil {
 			return z, nil
 		}
 	}
 	return nil, err
 }
 
-func startZooKeeper(n int) (*ZK, error) {
+func startZooKeeper(n int, opts ZKOptions) (*ZK, error) {
 	dir, err := os.MkdirTemp("", "lockd-zk-")
 	if err != nil {
 		return nil, err
 	}
-	z := &ZK{dir: dir}
+	z := &ZK{dir: dir, opts: opts}
+	if opts.TLS != nil {
+		if err := z.writeKeystore(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	ports, listeners, err := zkReservePorts(3 * n)
 	if err != nil {
 		os.RemoveAll(dir)
@@ -128,7 +186,7 @@ func startZooKeeper(n int) (*ZK, error) {
 			clientAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3*i])),
 		}
 		m.cfg = filepath.Join(m.dir, "zoo.cfg")
-		if err := m.writeConfig(ports[3*i], n, servers.String()); err != nil {
+		if err := m.writeConfig(ports[3*i], n, servers.String(), z.tlsConfig()); err != nil {
 			zkCloseAll(listeners)
 			os.RemoveAll(dir)
 			return nil, err
@@ -144,7 +202,7 @@ func startZooKeeper(n int) (*ZK, error) {
 		}
 	}
 	for _, m := range z.members {
-		if err := m.waitServing(zkStartTimeout); err != nil {
+		if err := m.waitServing(zkStartTimeout, z.ClientTLS()); err != nil {
 			z.Close()
 			return nil, err
 		}
@@ -152,8 +210,65 @@ func startZooKeeper(n int) (*ZK, error) {
 	return z, nil
 }
 
+// writeKeystore issues the members' certificate and writes it with its key
+// as the one PEM file ZooKeeper's PEM key store reads. ZooKeeper's PEM
+// reader takes a PKCS#8 key ("PRIVATE KEY"), not the SEC 1 form ("EC
+// PRIVATE KEY") the CA writes for Go clients.
+func (z *ZK) writeKeystore() error {
+	ca := z.opts.TLS.CA
+	// Named after the server's dir: two servers may share a CA's dir.
+	name := "zk-" + filepath.Base(z.dir)
+	cert, err := ca.Issue(name, "zookeeper", Loopback)
+	if err != nil {
+		return err
+	}
+	if z.probe, err = ca.Issue(name+"-probe", "testserver-probe"); err != nil {
+		return err
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(cert.TLS.PrivateKey)
+	if err != nil {
+		return err
+	}
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})
+	pemCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Cert.Raw})
+	z.keystore = filepath.Join(z.dir, "keystore.pem")
+	return os.WriteFile(z.keystore, append(pemKey, pemCert...), 0o600)
+}
+
+// tlsConfig is the zoo.cfg lines that make the client port TLS-only, or ""
+// without TLS. Keys zoo.cfg does not know become system properties
+// "zookeeper.<key>", which is where ZooKeeper reads these.
+func (z *ZK) tlsConfig() string {
+	t := z.opts.TLS
+	if t == nil {
+		return ""
+	}
+	auth := "none"
+	if t.AuthClients {
+		auth = "need"
+	}
+	return fmt.Sprintf(`serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
+ssl.keyStore.location=%s
+ssl.keyStore.type=PEM
+ssl.trustStore.location=%s
+ssl.trustStore.type=PEM
+ssl.clientAuth=%s
+`, z.keystore, t.CA.CertFile, auth)
+}
+
+// ClientTLS is a TLS config that trusts the members' CA and presents a
+// client certificate from it; nil when they serve plain TCP.
+func (z *ZK) ClientTLS() *tls.Config {
+	if z.opts.TLS == nil {
+		return nil
+	}
+	return &tls.Config{RootCAs: z.opts.TLS.CA.Pool(), Certificates: []tls.Certificate{z.probe.TLS}, MinVersion: tls.VersionTLS12}
+}
+
 // writeConfig writes the member's zoo.cfg and, in an ensemble, its myid.
-func (m *zkMember) writeConfig(clientPort, n int, servers string) error {
+// With tlsCfg (ZK.tlsConfig) the client port is a secureClientPort and no
+// plain one is opened.
+func (m *zkMember) writeConfig(clientPort, n int, servers, tlsCfg string) error {
 	data := filepath.Join(m.dir, "data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return err
@@ -168,14 +283,18 @@ syncLimit=15
 minSessionTimeout=400
 maxSessionTimeout=30000
 dataDir=%s
-clientPort=%d
-clientPortAddress=127.0.0.1
 maxClientCnxns=0
 forceSync=no
 preAllocSize=1024
 admin.enableServer=false
 4lw.commands.whitelist=*
-`, data, clientPort)
+`, data)
+	if tlsCfg == "" {
+		cfg += fmt.Sprintf("clientPort=%d\nclientPortAddress=127.0.0.1\n", clientPort)
+	} else {
+		// ZooKeeper refuses clientPortAddress without clientPort.
+		cfg += fmt.Sprintf("secureClientPort=%d\nsecureClientPortAddress=127.0.0.1\n", clientPort) + tlsCfg
+	}
 	if n > 1 {
 		cfg += "standaloneEnabled=false\n" + servers
 		if err := os.WriteFile(filepath.Join(data, "myid"), []byte(strconv.Itoa(m.id)+"\n"), 0o644); err != nil {
@@ -203,7 +322,7 @@ func (m *zkMember) start() error {
 		// instead of every minute, so tests can see them go.
 		"-Dznode.container.checkIntervalMs=1000",
 		"-Dznode.container.maxPerMinute=100000",
-		"-cp", zkConfDir+":"+zkJar,
+		"-cp", zkConfDir+":"+zkJar+":"+zkNettyCodecJar,
 		zkMainClass, m.cfg)
 	cmd.Dir = m.dir
 	cmd.Stdout, cmd.Stderr = out, out
@@ -226,7 +345,7 @@ func (m *zkMember) start() error {
 
 // waitServing polls the four-letter word srvr until the member reports a
 // mode (standalone, leader or follower): only then does it serve sessions.
-func (m *zkMember) waitServing(timeout time.Duration) error {
+func (m *zkMember) waitServing(timeout time.Duration, tlsConf *tls.Config) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		m.mu.Lock()
@@ -237,7 +356,7 @@ func (m *zkMember) waitServing(timeout time.Duration) error {
 			return fmt.Errorf("testserver: ZooKeeper member %d exited during startup; see %s", m.id, filepath.Join(m.dir, "server.log"))
 		default:
 		}
-		if mode, err := zkMode(m.clientAddr); err == nil && mode != "" {
+		if mode, err := zkMode(m.clientAddr, tlsConf); err == nil && mode != "" {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -248,9 +367,18 @@ func (m *zkMember) waitServing(timeout time.Duration) error {
 }
 
 // zkMode returns the Mode line of srvr ("standalone", "leader", "follower"),
-// or "" while the server does not serve requests.
-func zkMode(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// or "" while the server does not serve requests. With tlsConf it asks over
+// TLS: the Netty server answers four-letter words on its secure port too.
+func zkMode(addr string, tlsConf *tls.Config) (string, error) {
+	var (
+		c   net.Conn
+		err error
+	)
+	if tlsConf != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, tlsConf)
+	} else {
+		c, err = net.DialTimeout("tcp", addr, time.Second)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -284,7 +412,7 @@ func (z *ZK) Addr(i int) string { return z.members[i].clientAddr }
 // Mode returns member i's current role ("standalone", "leader", "follower"),
 // or an error when it does not serve.
 func (z *ZK) Mode(i int) (string, error) {
-	mode, err := zkMode(z.members[i].clientAddr)
+	mode, err := zkMode(z.members[i].clientAddr, z.ClientTLS())
 	if err == nil && mode == "" {
 		err = fmt.Errorf("testserver: ZooKeeper member %d not serving", i)
 	}
@@ -295,7 +423,7 @@ func (z *ZK) Mode(i int) (string, error) {
 // standalone server), or -1 when no member says it leads.
 func (z *ZK) Leader() int {
 	for i := range z.members {
-		if mode, err := zkMode(z.members[i].clientAddr); err == nil && (mode == "leader" || mode == "standalone") {
+		if mode, err := zkMode(z.members[i].clientAddr, z.ClientTLS()); err == nil && (mode == "leader" || mode == "standalone") {
 			return i
 		}
 	}
@@ -341,7 +469,7 @@ func (z *ZK) Restart(i int) error {
 	if err := m.start(); err != nil {
 		return err
 	}
-	return m.waitServing(zkStartTimeout)
+	return m.waitServing(zkStartTimeout, z.ClientTLS())
 }
 
 // Close kills every member and removes the data.

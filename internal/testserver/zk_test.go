@@ -1,6 +1,7 @@
 package testserver
 
 import (
+	"crypto/tls"
 	"testing"
 	"time"
 )
@@ -40,5 +41,24 @@ func TestZooKeeperStandalone(t *testing.T) {
 	z := ZooKeeper(t, 1)
 	if mode, err := z.Mode(0); err != nil || mode != "standalone" {
 		t.Errorf("mode = %q, %v; want standalone", mode, err)
+	}
+}
+
+// A TLS server answers only over TLS: its one client port refuses plain
+// TCP, and with AuthClients a TLS client without a certificate.
+func TestZooKeeperTLSOnly(t *testing.T) {
+	ca := TestCA(t)
+	start := time.Now()
+	z := ZooKeeperWith(t, 1, ZKOptions{TLS: &ZKTLS{CA: ca, AuthClients: true}})
+	t.Logf("TLS server serving after %v", time.Since(start))
+	if mode, err := z.Mode(0); err != nil || mode != "standalone" {
+		t.Fatalf("mode over TLS = %q, %v; want standalone", mode, err)
+	}
+	if mode, err := zkMode(z.Addr(0), nil); err == nil && mode != "" {
+		t.Errorf("plain TCP to %s answered srvr (mode %q); want no plain client port", z.Addr(0), mode)
+	}
+	noCert := &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
+	if mode, err := zkMode(z.Addr(0), noCert); err == nil && mode != "" {
+		t.Errorf("TLS without a client certificate answered srvr (mode %q); want it refused", mode)
 	}
 }
