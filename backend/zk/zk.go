@@ -84,8 +84,8 @@
 // every reconnect) and nodes carry Digest.ACL, every right for that user and
 // none for anyone else. CheckAccess, called at start, turns a credential
 // ZooKeeper will refuse into an error before the first request. Digest auth
-// is not encryption: the password is sent in clear unless the ensemble's
-// client port uses TLS, which this package does not set up.
+// is not encryption: the password is sent in clear unless lockd reaches the
+// ensemble's TLS client port (secureClientPort) with DialTLS.
 //
 // This package must never keep state that matters only in its own memory:
 // every decision is made from what ZooKeeper holds. (The instance that made
@@ -179,25 +179,6 @@ func New(conn *zk.Conn, opts Options) *Backend {
 	}
 	life, stop := context.WithCancel(context.Background())
 	return &Backend{conn: conn, root: root, acl: acl, grace: grace, hooks: opts.Hooks, life: life, stop: stop}
-}
-
-// Dial connects to a ZooKeeper ensemble and waits until the client has a
-// session, or until ctx ends.
-func Dial(ctx context.Context, servers []string, sessionTimeout time.Duration) (*zk.Conn, error) {
-	conn, events, err := zk.Connect(servers, sessionTimeout, zk.WithLogInfo(false))
-	if err != nil {
-		return nil, fmt.Errorf("zk: connect %v: %w: %w", servers, backend.ErrUnavailable, err)
-	}
-	for conn.State() != zk.StateHasSession {
-		select {
-		case <-events:
-		case <-ctx.Done():
-			conn.Close()
-			return nil, fmt.Errorf("zk: no session with %v: %w: %w", servers, backend.ErrUnavailable, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return conn, nil
 }
 
 // Close stops background work and closes the connection; acquires still
