@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +25,10 @@ type zkConfig struct {
 	session      time.Duration
 	user         string
 	passwordFile string
+	tls          bool
+	tlsCA        string
+	tlsCert      string
+	tlsKey       string
 }
 
 func (c *zkConfig) register(fs *flag.FlagSet) {
@@ -31,6 +37,70 @@ func (c *zkConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.session, "zk-session-timeout", 10*time.Second, "ZooKeeper session timeout (--backend zk)")
 	fs.StringVar(&c.user, "zk-user", "", "ZooKeeper digest user; every znode lockd creates is then readable and writable by this user alone (needs --zk-password-file). Without it znodes are world-writable")
 	fs.StringVar(&c.passwordFile, "zk-password-file", "", "file holding the --zk-user password (one line; a trailing newline is ignored)")
+	fs.BoolVar(&c.tls, "zk-tls", false, "talk TLS to ZooKeeper: --zk-servers are then the servers' secureClientPort")
+	fs.StringVar(&c.tlsCA, "zk-tls-ca", "", "with --zk-tls: CA certificate (PEM) that signed the ZooKeeper servers' certificates (default: the system's roots)")
+	fs.StringVar(&c.tlsCert, "zk-tls-cert", "", "with --zk-tls: client certificate (PEM) for servers with ssl.clientAuth=need")
+	fs.StringVar(&c.tlsKey, "zk-tls-key", "", "with --zk-tls: the client certificate's private key (PEM)")
+}
+
+// tlsConfig loads the TLS files the flags name; nil without --zk-tls.
+func (c zkConfig) tlsConfig() (*tls.Config, error) {
+	if !c.tls {
+		if c.tlsCA != "" || c.tlsCert != "" || c.tlsKey != "" {
+			return nil, errors.New("--zk-tls-ca, --zk-tls-cert and --zk-tls-key need --zk-tls")
+		}
+		return nil, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.tlsCA != "" {
+		pem, err := os.ReadFile(c.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--zk-tls-ca: %w", err)
+		}
+		conf.RootCAs = x509.NewCertPool()
+		if !conf.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--zk-tls-ca: no certificate in %s", c.tlsCA)
+		}
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return nil, errors.New("--zk-tls-cert and --zk-tls-key go together")
+	}
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("--zk-tls-cert/--zk-tls-key: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	return conf, nil
+}
+
+// explainZKDial says what an operator has to change when no server gave
+// lockd a session; "" when the error does not point at TLS.
+func explainZKDial(err error, conf *tls.Config) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+	)
+	switch {
+	case errors.Is(err, zkb.ErrServerWantsTLS):
+		return "the server speaks only TLS on this port (a secureClientPort): give --zk-tls, and --zk-tls-ca unless the system's roots sign its certificate"
+	case errors.Is(err, zkb.ErrServerNotTLS):
+		return "TLS: the server does not speak TLS on this port, it answers plain TCP (drop --zk-tls, or use its secureClientPort)"
+	case errors.As(err, &unknownCA):
+		return "TLS: the server's certificate is not signed by a CA lockd trusts (--zk-tls-ca)"
+	case errors.As(err, &hostname):
+		return "TLS: the server's certificate does not name the host lockd dials (--zk-servers must use a name or IP in the certificate)"
+	case errors.As(err, &invalid):
+		return "TLS: the server's certificate is not valid"
+	case conf != nil && strings.Contains(err.Error(), "remote error: tls: "):
+		if len(conf.Certificates) == 0 {
+			return "TLS: the server wants a client certificate (ssl.clientAuth=need): give --zk-tls-cert and --zk-tls-key"
+		}
+		return "TLS: the server refused lockd's client certificate (--zk-tls-cert is not signed by a CA in the server's ssl.trustStore?)"
+	}
+	return ""
 }
 
 // digest reads the credentials the flags name; nil when none are given.
@@ -57,8 +127,9 @@ func (c zkConfig) digest() (*zkb.Digest, error) {
 	return d, nil
 }
 
-// openZK connects to ZooKeeper, with digest auth when --zk-user is given,
-// and refuses to start unless lockd can create and read under --zk-root.
+// openZK connects to ZooKeeper, over TLS with --zk-tls and with digest auth
+// when --zk-user is given, and refuses to start unless lockd can create and
+// read under --zk-root.
 func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks, log *slog.Logger) (*store, error) {
 	servers := splitList(c.servers)
 	if len(servers) == 0 {
@@ -68,14 +139,25 @@ func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := zkb.Dial(dctx, servers, c.session)
+	tlsConf, err := c.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := zkb.DialTLS(dctx, servers, c.session, tlsConf)
+	if err != nil {
+		if why := explainZKDial(err, tlsConf); why != "" {
+			return nil, fmt.Errorf("%s: %w", why, err)
+		}
+		return nil, err
+	}
 	opts := zkb.Options{Root: c.root, Hooks: hooks}
-	describe := "zk at " + strings.Join(servers, ",") + " under " + c.root
+	describe := "zk at " + strings.Join(servers, ",")
+	if tlsConf != nil {
+		describe += " over TLS"
+	}
+	describe += " under " + c.root
 	if d != nil {
 		if err := d.AddAuth(conn); err != nil {
 			conn.Close()

@@ -210,3 +210,72 @@ func TestZKCredentialFlags(t *testing.T) {
 		})
 	}
 }
+
+// zkTLSEnv is lockd's environment for a TLS ZooKeeper that wants client
+// certificates, with digest user lockd.
+func zkTLSEnv(t *testing.T, z *testserver.ZK, ca *testserver.CA, root string) map[string]string {
+	t.Helper()
+	client := ca.MustIssue(t, "lockd-zk-client", "lockd")
+	env := zkEnv(t, strings.Join(z.Addrs(), ","), root, "lockd", "tls and digest")
+	env["LOCKD_ZK_TLS"] = "true"
+	env["LOCKD_ZK_TLS_CA"] = ca.CertFile
+	env["LOCKD_ZK_TLS_CERT"] = client.CertFile
+	env["LOCKD_ZK_TLS_KEY"] = client.KeyFile
+	return env
+}
+
+// lockd talks TLS, with a client certificate and digest auth, to a
+// ZooKeeper whose only client port is its secureClientPort; with any TLS
+// setting wrong it refuses to start, at once, and says which.
+func TestZKTLS(t *testing.T) {
+	ca := testserver.TestCA(t)
+	z := testserver.ZooKeeperWith(t, 1, testserver.ZKOptions{TLS: &testserver.ZKTLS{CA: ca, AuthClients: true}})
+	const root = "/lockd-tls"
+	env := zkTLSEnv(t, z, ca, root)
+
+	base, out, stop := startInProcess(t, env)
+	if want := "zk at " + z.Addr(0) + " over TLS under " + root + " as digest user lockd"; !strings.Contains(out.String(), want) {
+		t.Errorf("start-up line = %q, want it to say %q", out.String(), want)
+	}
+	redisAcquireRenewRelease(t, base, "zk-tls")
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+
+	other := testserver.TestCA(t)
+	foreign := other.MustIssue(t, "foreign-zk-client", "lockd")
+	plain := testserver.ZooKeeper(t, 1)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"untrusted CA", redisEnvWith(env, "LOCKD_ZK_TLS_CA", other.CertFile), []string{"not signed by a CA lockd trusts (--zk-tls-ca)", z.Addr(0), "unknown authority"}},
+		{"no client certificate", redisEnvWith(env, "LOCKD_ZK_TLS_CERT", "", "LOCKD_ZK_TLS_KEY", ""), []string{"wants a client certificate", "--zk-tls-cert", z.Addr(0)}},
+		{"client certificate from another CA", redisEnvWith(env, "LOCKD_ZK_TLS_CERT", foreign.CertFile, "LOCKD_ZK_TLS_KEY", foreign.KeyFile), []string{"refused lockd's client certificate", z.Addr(0)}},
+		{"plain TCP to the TLS port", redisEnvWith(env, "LOCKD_ZK_TLS", "", "LOCKD_ZK_TLS_CA", "", "LOCKD_ZK_TLS_CERT", "", "LOCKD_ZK_TLS_KEY", ""), []string{"speaks only TLS", "give --zk-tls", z.Addr(0)}},
+		{"TLS to a plain port", redisEnvWith(env, "LOCKD_ZK_SERVERS", plain.Addr(0)), []string{"does not speak TLS", "secureClientPort", plain.Addr(0)}},
+		{"CA without --zk-tls", redisEnvWith(env, "LOCKD_ZK_TLS", ""), []string{"need --zk-tls"}},
+		{"certificate without key", redisEnvWith(env, "LOCKD_ZK_TLS_KEY", ""), []string{"--zk-tls-cert and --zk-tls-key go together"}},
+		{"CA file without a certificate", redisEnvWith(env, "LOCKD_ZK_TLS_CA", env["LOCKD_ZK_PASSWORD_FILE"]), []string{"--zk-tls-ca: no certificate in"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			err := runFails(t, tc.env)
+			t.Logf("lockd refused to start after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("run = %q, want it to say %q", err, want)
+				}
+			}
+			// Every cause is known at the first attempt: no waiting out
+			// the 30 s dial timeout.
+			if d := time.Since(start); d > 15*time.Second {
+				t.Errorf("lockd took %v to refuse; want it to stop at the first answer", d)
+			}
+			if strings.Contains(err.Error(), "tls and digest") {
+				t.Errorf("run = %q shows the password", err)
+			}
+		})
+	}
+}
