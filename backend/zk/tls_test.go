@@ -160,3 +160,19 @@ func TestDialPlain(t *testing.T) {
 		t.Errorf("state %v, want %v", conn.State(), zk.StateHasSession)
 	}
 }
+
+// With ssl.clientAuth=none any TLS client gets a session: the server's
+// certificate is still checked, and digest auth is the only identity.
+func TestDialTLSWithoutClientCertificate(t *testing.T) {
+	requireZK(t)
+	ca := testserver.TestCA(t)
+	z := testserver.ZooKeeperWith(t, 1, testserver.ZKOptions{TLS: &testserver.ZKTLS{CA: ca}})
+	conn, err := DialTLS(ctxFor(t, 30*time.Second), z.Addrs(), sessionTimeout, &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("DialTLS without a client certificate: %v", err)
+	}
+	defer conn.Close()
+	if _, _, err := conn.Exists("/"); err != nil {
+		t.Fatalf("Exists /: %v", err)
+	}
+}

@@ -2,6 +2,8 @@ package testserver
 
 import (
 	"crypto/tls"
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -60,5 +62,27 @@ func TestZooKeeperTLSOnly(t *testing.T) {
 	noCert := &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
 	if mode, err := zkMode(z.Addr(0), noCert); err == nil && mode != "" {
 		t.Errorf("TLS without a client certificate answered srvr (mode %q); want it refused", mode)
+	}
+}
+
+// docs/backend-credentials.md gives operators the zoo.cfg lines these tests
+// run ZooKeeper with (paths aside).
+func TestZooKeeperTLSConfigDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/backend-credentials.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := &ZK{opts: ZKOptions{TLS: &ZKTLS{CA: &CA{CertFile: "/ca.pem"}, AuthClients: true}}, keystore: "/keystore.pem"}
+	lines := strings.Split(strings.TrimSpace(z.tlsConfig()), "\n")
+	lines = append(lines, "secureClientPort=", "secureClientPortAddress=")
+	for _, line := range lines {
+		key, value, _ := strings.Cut(line, "=")
+		want := "\n" + line
+		if strings.HasPrefix(value, "/") {
+			want = "\n" + key + "="
+		}
+		if !strings.Contains(string(doc), want) {
+			t.Errorf("docs/backend-credentials.md lacks the zoo.cfg line %q", strings.TrimSpace(want))
+		}
 	}
 }
