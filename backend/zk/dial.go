@@ -86,6 +86,7 @@ type connErrors struct {
 
 type connError struct {
 	err     error
+	gen     int   // counts notes, so a diagnosis is not applied to a newer error
 	probed  bool  // diagnosis ran on err
 	verdict error // err, or what the diagnosis found; nil until probed
 	final   bool  // no retry changes the verdict
@@ -103,6 +104,7 @@ func (r *connErrors) note(addr string, err error) {
 		r.last[addr] = e
 	}
 	e.err, e.probed, e.verdict, e.final = err, false, nil, false
+	e.gen++
 }
 
 func (r *connErrors) stop() {
@@ -115,31 +117,29 @@ func (r *connErrors) stop() {
 // error alone does not say what is wrong, and reports whether every one of n
 // servers has failed in a way retrying does not change.
 func (r *connErrors) diagnose(useTLS bool, n int) (errs []error, final bool) {
+	type job struct {
+		err     error
+		gen     int
+		verdict error
+		final   bool
+	}
 	r.mu.Lock()
-	todo := map[string]error{}
+	todo := map[string]*job{}
 	for addr, e := range r.last {
 		if !e.probed {
-			todo[addr] = e.err
+			todo[addr] = &job{err: e.err, gen: e.gen}
 		}
 	}
 	r.mu.Unlock()
 	// Probes talk to the network: not under the lock.
-	verdicts := map[string]struct {
-		err   error
-		final bool
-	}{}
-	for addr, err := range todo {
-		v, f := explain(addr, err, useTLS)
-		verdicts[addr] = struct {
-			err   error
-			final bool
-		}{v, f}
+	for addr, j := range todo {
+		j.verdict, j.final = explain(addr, j.err, useTLS)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for addr, v := range verdicts {
-		if e := r.last[addr]; e != nil && !e.probed && e.err == todo[addr] {
-			e.probed, e.verdict, e.final = true, v.err, v.final
+	for addr, j := range todo {
+		if e := r.last[addr]; e.gen == j.gen {
+			e.probed, e.verdict, e.final = true, j.verdict, j.final
 		}
 	}
 	finals := 0
