@@ -105,24 +105,12 @@ func (c etcdConfig) credentials(endpoints []string) (etcdCreds, error) {
 	if https == 0 {
 		return cr, nil
 	}
-	cr.tls = &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.ca != "" {
-		pem, err := os.ReadFile(c.ca)
-		if err != nil {
-			return cr, fmt.Errorf("--etcd-ca: %w", err)
-		}
-		cr.tls.RootCAs = x509.NewCertPool()
-		if !cr.tls.RootCAs.AppendCertsFromPEM(pem) {
-			return cr, fmt.Errorf("--etcd-ca: no certificate in %s", c.ca)
-		}
+	var err error
+	if cr.tls, err = clientTLS("etcd-ca", c.ca, "etcd-cert", c.cert, "etcd-key", c.key); err != nil {
+		return cr, err
 	}
-	if c.cert != "" {
-		cert, err := tls.LoadX509KeyPair(c.cert, c.key)
-		if err != nil {
-			return cr, fmt.Errorf("--etcd-cert/--etcd-key: %w", err)
-		}
-		cr.tls.Certificates = []tls.Certificate{cert}
-		if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil {
+	if certs := cr.tls.Certificates; len(certs) > 0 {
+		if leaf, err := x509.ParseCertificate(certs[0].Certificate[0]); err == nil {
 			cr.certCN = leaf.Subject.CommonName
 		}
 	}

@@ -74,29 +74,9 @@ func (c redisConfig) creds() (redisCreds, error) {
 		}
 		return cr, nil
 	}
-	cr.tls = &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.ca != "" {
-		pem, err := os.ReadFile(c.ca)
-		if err != nil {
-			return cr, fmt.Errorf("--redis-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return cr, fmt.Errorf("--redis-ca: no certificate in %s", c.ca)
-		}
-		cr.tls.RootCAs = pool
-	}
-	if (c.cert == "") != (c.key == "") {
-		return cr, errors.New("--redis-cert and --redis-key go together")
-	}
-	if c.cert != "" {
-		cert, err := tls.LoadX509KeyPair(c.cert, c.key)
-		if err != nil {
-			return cr, fmt.Errorf("--redis-cert/--redis-key: %w", err)
-		}
-		cr.tls.Certificates = []tls.Certificate{cert}
-	}
-	return cr, nil
+	var err error
+	cr.tls, err = clientTLS("redis-ca", c.ca, "redis-cert", c.cert, "redis-key", c.key)
+	return cr, err
 }
 
 // redisNeeds lists, as commands with sample arguments under prefix, what

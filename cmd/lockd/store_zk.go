@@ -51,28 +51,7 @@ func (c zkConfig) tlsConfig() (*tls.Config, error) {
 		}
 		return nil, nil
 	}
-	conf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.tlsCA != "" {
-		pem, err := os.ReadFile(c.tlsCA)
-		if err != nil {
-			return nil, fmt.Errorf("--zk-tls-ca: %w", err)
-		}
-		conf.RootCAs = x509.NewCertPool()
-		if !conf.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--zk-tls-ca: no certificate in %s", c.tlsCA)
-		}
-	}
-	if (c.tlsCert == "") != (c.tlsKey == "") {
-		return nil, errors.New("--zk-tls-cert and --zk-tls-key go together")
-	}
-	if c.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return nil, fmt.Errorf("--zk-tls-cert/--zk-tls-key: %w", err)
-		}
-		conf.Certificates = []tls.Certificate{cert}
-	}
-	return conf, nil
+	return clientTLS("zk-tls-ca", c.tlsCA, "zk-tls-cert", c.tlsCert, "zk-tls-key", c.tlsKey)
 }
 
 // explainZKDial says what an operator has to change when no server gave
