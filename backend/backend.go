@@ -145,6 +145,30 @@ type Backend interface {
 	Close() error
 }
 
+// ClockChecker is implemented by backends whose safety depends on the lockd
+// replicas' clocks: they write lease deadlines by one replica's clock that
+// other replicas enforce by theirs (see lease.Clock). A backend whose leases
+// run on the store's own clock does not implement it.
+type ClockChecker interface {
+	// ClockOffset estimates this replica's clock minus a reference every
+	// replica shares. ErrUnavailable when the store cannot be asked.
+	ClockOffset(ctx context.Context) (ClockReading, error)
+}
+
+// ClockReading is one estimate of a replica's clock offset.
+type ClockReading struct {
+	// Offset is this replica's clock minus the reference (positive: ahead).
+	Offset time.Duration
+	// Uncertainty bounds the estimate's error either way (about half a
+	// round trip to the reference).
+	Uncertainty time.Duration
+	// Reference names what the clock was compared with.
+	Reference string
+	// Peers is how many other replicas the reference was made of, for
+	// backends that compare replicas with each other; 0 otherwise.
+	Peers int
+}
+
 // Hooks lets the service observe what a backend notices on its own. Every
 // field may be nil. Backends embed it in their options.
 type Hooks struct {

@@ -40,6 +40,15 @@ type Options struct {
 	// NoWaiterCount, when set, is the reason Inspect cannot count waiters;
 	// waiter counts are then not asserted.
 	NoWaiterCount string
+	// Clocked returns an instance like the Factory's (same store) whose
+	// every deadline decision uses clock: the clock subtests stand replicas
+	// with clocks off by a known amount with it.
+	Clocked func(t *testing.T, clock lease.Clock) backend.Backend
+	// StoreClock, when set, is the reason the backend's leases do not
+	// depend on lockd replicas' clocks (they run on the store's own
+	// clock); the clock subtests then skip with it. One of Clocked and
+	// StoreClock is required.
+	StoreClock string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -76,6 +85,8 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 		{"InspectShowsHolderAndWaiters", s.inspect},
 		{"ListHeldLocks", s.list},
 		{"Ping", s.ping},
+		{"ClockSkewBelowBoundKeepsExclusion", s.skewBelowBound},
+		{"ClockSkewAboveBoundDetected", s.skewAboveBound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -56,8 +56,13 @@
 // before it writes, any other tries the write at once (one round trip when
 // the key is free).
 //
-// Clocks: deadlines are written and read by lockd replicas; their clocks must
-// agree to well under a TTL.
+// # Clocks
+//
+// Deadlines are written and read by lockd replicas, each with its own clock,
+// through one policy (lease.Clock): a holder's lease ends at its deadline, and
+// anyone else removes the grant only once the deadline plus the declared
+// skew (Options.Clock.MaxSkew) has passed. Replicas measure their clocks
+// against each other through heartbeats under <prefix>clock/ (ClockOffset).
 //
 // This package never releases a lock on Close: grants run on in etcd.
 package etcd
@@ -92,6 +97,13 @@ type Options struct {
 	// MaxContendedOps bounds the round trips to etcd in flight at once
 	// for acquirers that found their key held (see slot). Default 64.
 	MaxContendedOps int
+	// Clock decides every deadline (see lease.Clock); the zero value is
+	// the system clock with no skew allowed.
+	Clock lease.Clock
+	// ClockHeartbeat is how often this Backend writes the heartbeat its
+	// peers measure clock offsets by, once ClockOffset was called;
+	// default 1 s.
+	ClockHeartbeat time.Duration
 	backend.Hooks
 }
 
@@ -109,6 +121,8 @@ type Backend struct {
 
 	mu      sync.Mutex
 	session clientv3.LeaseID // waiters' lease; 0 until the first wait or after it was lost
+
+	clocks clockPeers // see ClockOffset
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -123,6 +137,9 @@ func New(cli *clientv3.Client, opts Options) *Backend {
 	}
 	if opts.WaiterLeaseTTL == 0 {
 		opts.WaiterLeaseTTL = 5 * time.Second
+	}
+	if opts.ClockHeartbeat <= 0 {
+		opts.ClockHeartbeat = time.Second
 	}
 	if opts.MaxContendedOps <= 0 {
 		opts.MaxContendedOps = 64
@@ -140,9 +157,15 @@ type record struct {
 
 func (r record) held() bool { return r.Deadline != 0 }
 
-func (r record) expired(now time.Time) bool {
-	return r.held() && now.UnixMilli() >= r.Deadline
-}
+func (r record) deadline() time.Time { return time.UnixMilli(r.Deadline) }
+
+// valid reports whether the holder's lease still runs, by c: what a renew
+// and a release check.
+func (r record) valid(c lease.Clock) bool { return r.held() && c.Valid(r.deadline()) }
+
+// overdue reports whether someone other than the holder may remove the
+// grant, by c (its deadline plus the declared skew has passed).
+func (r record) overdue(c lease.Clock) bool { return r.held() && c.Overdue(r.deadline()) }
 
 // entry is a queue entry as read from etcd.
 type entry struct {
@@ -322,7 +345,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			}
 			continue // someone came first: look again
 		}
-		if head.rec.expired(time.Now()) {
+		if head.rec.overdue(b.opts.Clock) {
 			if err := b.removeExpired(held, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
@@ -372,7 +395,7 @@ func (k *busyKeys) recent(key string, now time.Time) bool {
 // holderRecord is req's record as the holder from now on, and the etcd
 // lease that will collect it after its deadline.
 func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest) (record, clientv3.LeaseID, error) {
-	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: lease.Deadline(time.Now(), req.TTL).UnixMilli()}
+	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: b.opts.Clock.Deadline(req.TTL).UnixMilli()}
 	gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
 	return rec, gcLease, err
 }
@@ -552,7 +575,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 			continue
 		}
 		behindHead = head != nil && head.key == pred.key
-		if head != nil && head.rec.expired(time.Now()) {
+		if head != nil && head.rec.overdue(b.opts.Clock) {
 			if err := b.removeExpired(ctx, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
@@ -565,11 +588,13 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 			}
 			return backend.Grant{}, he
 		}
-		// Wake on any change of the entry ahead, at the holder's deadline,
-		// or when the wait is over.
+		// Wake on any change of the entry ahead, when the holder's grant
+		// may be removed (its deadline plus the declared skew, by this
+		// replica's clock, as a time of this machine's timers), or when
+		// the wait is over.
 		var expiry time.Time
 		if head != nil && head.rec.held() {
-			expiry = time.UnixMilli(head.rec.Deadline)
+			expiry = time.Now().Add(b.opts.Clock.Until(b.opts.Clock.FreeAt(head.rec.deadline())))
 			if !behindHead {
 				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
 			}
@@ -678,16 +703,17 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		if e == nil || !e.rec.held() {
 			return backend.Grant{}, backend.ErrLeaseExpired
 		}
-		now := time.Now()
-		if e.rec.expired(now) {
-			_ = b.removeExpired(ctx, key, e)
+		if !e.rec.valid(b.opts.Clock) {
+			if e.rec.overdue(b.opts.Clock) {
+				_ = b.removeExpired(ctx, key, e)
+			}
 			return backend.Grant{}, backend.ErrLeaseExpired
 		}
 		rec := e.rec
 		if ttl > 0 {
 			rec.TTL = ttl.Milliseconds()
 		}
-		rec.Deadline = lease.Deadline(now, time.Duration(rec.TTL)*time.Millisecond).UnixMilli()
+		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
 		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
 		if err != nil {
 			return backend.Grant{}, err
@@ -730,7 +756,7 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	if !e.rec.held() {
 		return backend.ErrLeaseExpired // a waiter's entry: never a grant
 	}
-	if e.rec.expired(time.Now()) {
+	if !e.rec.valid(b.opts.Clock) {
 		// It was no longer the holder's to release; removing it was
 		// right all the same.
 		b.opts.Hooks.Expired(e.expiry(key))
@@ -766,7 +792,7 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 	}
 	if head != nil && head.rec.held() {
 		st.Waiters-- // the holder's entry, expired or not, is no waiter
-		if !head.rec.expired(time.Now()) {
+		if !head.rec.overdue(b.opts.Clock) {
 			st.Held, st.Holder = true, head.holder()
 		}
 	}
@@ -780,7 +806,6 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 	base := b.opts.Prefix + "q/"
 	start, end := base+prefix, clientv3.GetPrefixRangeEnd(base+prefix)
 	heads := map[string]*entry{}
-	now := time.Now()
 	for {
 		c, cancel := b.opCtx(ctx)
 		resp, err := b.cli.Get(c, start, clientv3.WithRange(end), clientv3.WithLimit(1000))
@@ -814,7 +839,7 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 	}
 	var out []backend.LockState
 	for k, h := range heads {
-		if h.rec.held() && !h.rec.expired(now) {
+		if h.rec.held() && !h.rec.overdue(b.opts.Clock) {
 			out = append(out, backend.LockState{Key: k, Held: true, Holder: h.holder()})
 		}
 	}

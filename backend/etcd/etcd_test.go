@@ -15,6 +15,7 @@ import (
 	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/backend/backendtest"
 	etcdb "github.com/lockd/lockd/backend/etcd"
+	"github.com/lockd/lockd/internal/lease"
 	"github.com/lockd/lockd/internal/testserver"
 )
 
@@ -40,14 +41,28 @@ func factory(endpoints []string, opts etcdb.Options) backendtest.Factory {
 	}
 }
 
+// clocked is the conformance suite's Clocked: a replica with opts and
+// clock, heart-beating often so that the clock subtests settle quickly.
+func clocked(replica func(*testing.T, etcdb.Options) backend.Backend, opts etcdb.Options) func(*testing.T, lease.Clock) backend.Backend {
+	return func(t *testing.T, c lease.Clock) backend.Backend {
+		o := opts
+		o.Clock, o.ClockHeartbeat = c, 200*time.Millisecond
+		return replica(t, o)
+	}
+}
+
+func conformance(endpoints []string, opts etcdb.Options) backendtest.Options {
+	return backendtest.Options{Clocked: clocked(func(t *testing.T, o etcdb.Options) backend.Backend { return factory(endpoints, o)(t) }, opts)}
+}
+
 func TestConformanceSingleMember(t *testing.T) {
 	e := testserver.EtcdCluster(t, 1)
-	backendtest.Run(t, factory(e.Endpoints(), etcdb.Options{}), backendtest.Options{})
+	backendtest.Run(t, factory(e.Endpoints(), etcdb.Options{}), conformance(e.Endpoints(), etcdb.Options{}))
 }
 
 func TestConformanceThreeMembers(t *testing.T) {
 	e := testserver.EtcdCluster(t, 3)
-	backendtest.Run(t, factory(e.Endpoints(), etcdb.Options{}), backendtest.Options{})
+	backendtest.Run(t, factory(e.Endpoints(), etcdb.Options{}), conformance(e.Endpoints(), etcdb.Options{}))
 }
 
 // With one of three members stopped mid-run, the service goes on: grants,

@@ -177,17 +177,17 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	if err != nil {
 		return g, false, err
 	}
-	now := time.Now()
-	if head.data.expired(now) {
+	now := a.b.clock.Now()
+	if head.data.overdue(a.b.clock) {
 		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version, head.stat.Czxid); err != nil && !isConflict(err) {
 			return g, false, err
 		}
 		return g, false, nil
 	}
-	dies := head.data.Deadline // when our predecessor stops counting, Unix ms
+	dies := a.b.clock.FreeAt(head.data.deadline()).UnixMilli() // when our predecessor stops counting, Unix ms
 	pred := q[i-1]
 	if i > 1 {
-		if pred.abandoned(now) {
+		if pred.abandoned(a.b.clock) {
 			// Only while a node is still ahead of it: a node that has come
 			// to head the queue may hold the lock (our queue read may be old
 			// by the time the delete lands).
@@ -205,7 +205,7 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		// the lock until at least now + nine tenths of its TTL (see
 		// holding): look again then, or when it is abandoned. Watching its
 		// data instead would wake us at every handoff ahead of us.
-		dies = min(pred.waitUntil, now.Add(pred.ttl*9/10).UnixMilli())
+		dies = min(a.b.clock.FreeAt(time.UnixMilli(pred.waitUntil)).UnixMilli(), now.Add(pred.ttl*9/10).UnixMilli())
 	}
 	if !waiting {
 		return a.giveUp(ctx, q[0], head)
@@ -219,7 +219,7 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 			return g, false, err
 		}
 	}
-	expiry := time.NewTimer(time.Until(time.UnixMilli(dies)) + time.Millisecond)
+	expiry := time.NewTimer(a.b.clock.Until(time.UnixMilli(dies)) + time.Millisecond)
 	defer expiry.Stop()
 	waitOver := time.NewTimer(time.Until(a.waitEnd))
 	defer waitOver.Stop()
@@ -246,9 +246,11 @@ func (a *acquirer) create(ctx context.Context) error {
 			return err
 		}
 	}
-	name := nodeName(a.secret, a.req.TTL, a.waitEnd.Add(a.b.grace), a.req.Owner)
+	// The end of the wait, written by this replica's clock for others to read.
+	waitUntil := a.b.clock.Now().Add(time.Until(a.waitEnd) + a.b.grace)
+	name := nodeName(a.secret, a.req.TTL, waitUntil, a.req.Owner)
 	for attempt := 0; ; attempt++ {
-		data := nodeData{Deadline: lease.Deadline(time.Now(), a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
+		data := nodeData{Deadline: a.b.clock.Deadline(a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
 		p, err := call(ctx, func() (string, error) {
 			return a.b.conn.Create(a.kp+"/"+name, data.encode(), zk.FlagSequence, a.b.acl)
 		})
@@ -321,8 +323,8 @@ func (b *Backend) findNode(ctx context.Context, kp, prefix string) (string, erro
 // a versioned write: a competing removal of our node wins or loses against
 // it as a whole.
 func (a *acquirer) holding(ctx context.Context, r nodeRead) (backend.Grant, error) {
-	now := time.Now()
-	if remaining := time.UnixMilli(r.data.Deadline).Sub(now); remaining < a.req.TTL*9/10 {
+	now := a.b.clock.Now()
+	if remaining := r.data.deadline().Sub(now); remaining < a.req.TTL*9/10 {
 		d := nodeData{Deadline: lease.Deadline(now, a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
 		st, err := call(ctx, func() (*zk.Stat, error) { return a.b.conn.Set(a.kp+"/"+a.name, d.encode(), r.stat.Version) })
 		if err != nil {
@@ -377,7 +379,7 @@ func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.
 func (a *acquirer) held(ctx context.Context, q []child) error {
 	var holder *backend.Holder
 	if len(q) > 0 {
-		if r, err := a.b.read(ctx, a.kp+"/"+q[0].name); err == nil && !r.data.expired(time.Now()) {
+		if r, err := a.b.read(ctx, a.kp+"/"+q[0].name); err == nil && !r.data.overdue(a.b.clock) {
 			holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
 		}
 	}
@@ -402,7 +404,7 @@ func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRea
 			return rErr
 		}
 		if i == 0 {
-			if keep != nil && !r.data.expired(time.Now()) && keep(r) {
+			if keep != nil && r.data.valid(b.clock) && keep(r) {
 				return nil
 			}
 			err = b.removeHead(ctx, key, q, r.stat.Version)

@@ -57,7 +57,11 @@ func TestConformanceDigestACL(t *testing.T) {
 	}
 	backendtest.Run(t, func(t *testing.T) backend.Backend {
 		return digestBackend(t, z.Addrs(), root, lockdDigest)
-	}, backendtest.Options{})
+	}, clocked(func(t *testing.T, o Options) backend.Backend {
+		b := New(authConn(t, z.Addrs(), lockdDigest), o)
+		t.Cleanup(func() { b.Close() })
+		return b
+	}, Options{Root: root, ACL: lockdDigest.ACL()}))
 }
 
 // Every node lockd creates carries its ACL, and nobody else — no auth,

@@ -45,7 +45,15 @@ func (d nodeData) encode() []byte {
 	return b
 }
 
-func (d nodeData) expired(now time.Time) bool { return d.Deadline <= now.UnixMilli() }
+func (d nodeData) deadline() time.Time { return time.UnixMilli(d.Deadline) }
+
+// valid reports whether the lease still runs for its holder, by c: what a
+// renew, a release and a holder's own claim check.
+func (d nodeData) valid(c lease.Clock) bool { return c.Valid(d.deadline()) }
+
+// overdue reports whether someone other than the holder may remove the
+// grant, by c: its deadline plus the declared skew has passed.
+func (d nodeData) overdue(c lease.Clock) bool { return c.Overdue(d.deadline()) }
 
 func decodeData(p string, raw []byte) (nodeData, error) {
 	var d nodeData
@@ -64,7 +72,9 @@ type child struct {
 	owner     string
 }
 
-func (c child) abandoned(now time.Time) bool { return c.waitUntil <= now.UnixMilli() }
+// abandoned reports whether the waiter may be removed from the queue, by
+// clk: its replica's clock wrote waitUntil, so the declared skew is added.
+func (c child) abandoned(clk lease.Clock) bool { return clk.Overdue(time.UnixMilli(c.waitUntil)) }
 
 // nodeHash is what a node name shows of the lease's secret.
 func nodeHash(secret string) string {

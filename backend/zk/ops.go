@@ -49,8 +49,8 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			}
 			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid}
 		}
-		now := time.Now()
-		if c.deadline <= now.UnixMilli() {
+		now := b.clock.Now()
+		if !b.clock.Valid(time.UnixMilli(c.deadline)) {
 			b.grants.drop(leaseID)
 			return backend.Grant{}, leaseExpired("renew", key)
 		}
@@ -113,10 +113,11 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
 		}
 		cachedOK = false
-		if c.deadline <= time.Now().UnixMilli() {
-			// Too late: the lease ran out. Clear it for the next waiter.
+		if !b.clock.Valid(time.UnixMilli(c.deadline)) {
+			// Too late: the lease ran out. Clear it for the next waiter
+			// once nobody could still count on it.
 			b.grants.drop(leaseID)
-			if q, err := b.queue(ctx, kp); err == nil && len(q) > 0 && q[0].name == c.name {
+			if q, err := b.queue(ctx, kp); err == nil && len(q) > 0 && q[0].name == c.name && b.clock.Overdue(time.UnixMilli(c.deadline)) {
 				if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {
 					return unavailable("release", err)
 				}
@@ -165,7 +166,7 @@ func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, e
 			return backend.LockState{}, err
 		}
 		st := backend.LockState{Key: key, Waiters: len(q) - 1}
-		if !r.data.expired(time.Now()) {
+		if !r.data.overdue(b.clock) {
 			st.Held = true
 			st.Holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
 		}
@@ -194,7 +195,7 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 		if len(out) >= limit {
 			break
 		}
-		if !strings.HasPrefix(k, prefix) || k <= after {
+		if !strings.HasPrefix(k, prefix) || k <= after || strings.HasPrefix(k, "_") { // "_": lockd's own nodes, never keys
 			continue
 		}
 		st, err := b.inspect(ctx, k)

@@ -31,6 +31,11 @@ func tlsZK(t *testing.T) (z *testserver.ZK, ca *testserver.CA, client *tls.Confi
 // certificate and --zk-user.
 func tlsDigestBackend(t testing.TB, addrs []string, conf *tls.Config, root string) *Backend {
 	t.Helper()
+	return tlsDigestBackendWith(t, addrs, conf, Options{Root: root, ACL: lockdDigest.ACL()})
+}
+
+func tlsDigestBackendWith(t testing.TB, addrs []string, conf *tls.Config, opts Options) *Backend {
+	t.Helper()
 	conn, err := DialTLS(ctxFor(t, 30*time.Second), addrs, sessionTimeout, conf)
 	if err != nil {
 		t.Fatalf("DialTLS %v: %v", addrs, err)
@@ -39,7 +44,7 @@ func tlsDigestBackend(t testing.TB, addrs []string, conf *tls.Config, root strin
 		conn.Close()
 		t.Fatalf("AddAuth: %v", err)
 	}
-	b := New(conn, Options{Root: root, ACL: lockdDigest.ACL()})
+	b := New(conn, opts)
 	t.Cleanup(func() { b.Close() })
 	return b
 }
@@ -56,7 +61,9 @@ func TestConformanceTLS(t *testing.T) {
 	}
 	backendtest.Run(t, func(t *testing.T) backend.Backend {
 		return tlsDigestBackend(t, z.Addrs(), conf, root)
-	}, backendtest.Options{})
+	}, clocked(func(t *testing.T, o Options) backend.Backend {
+		return tlsDigestBackendWith(t, z.Addrs(), conf, o)
+	}, Options{Root: root, ACL: lockdDigest.ACL()}))
 
 	t.Run("ReconnectAfterServerRestart", func(t *testing.T) {
 		key := uniqueKey(t)

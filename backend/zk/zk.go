@@ -26,8 +26,11 @@
 // contract says they survive) and too late (a lockd that lives on keeps a
 // grant whose holder stopped renewing). So queue nodes are persistent, and
 // the head of the queue holds the lock until the deadline in its data (Unix
-// ms, from the clock of the lockd that wrote it: replicas' clocks must agree
-// to well under a TTL, and under WaiterGrace).
+// ms, from the clock of the lockd that wrote it). Clocks go through one
+// policy (lease.Clock): the holder's lease ends at its deadline, and anyone
+// else removes the node only once the deadline plus the declared skew has
+// passed; likewise for a waiter's end of wait. ClockOffset measures this
+// replica's clock against the mtime ZooKeeper's leader stamps on a write.
 //
 // A node is created with the deadline it would have if it headed the queue at
 // once (now + TTL, counted from before the create, so never later than a
@@ -125,6 +128,9 @@ type Options struct {
 	// as abandoned by a lockd that died while waiting. It must exceed the
 	// clock skew between lockd replicas. Default 2s.
 	WaiterGrace time.Duration
+	// Clock decides every deadline (see lease.Clock); the zero value is
+	// the system clock with no skew allowed.
+	Clock lease.Clock
 
 	backend.Hooks
 }
@@ -135,6 +141,7 @@ type Backend struct {
 	root  string
 	acl   []zk.ACL
 	grace time.Duration
+	clock lease.Clock
 	hooks backend.Hooks
 
 	// life ends on Close; background cleanups run on it.
@@ -178,7 +185,7 @@ func New(conn *zk.Conn, opts Options) *Backend {
 		grace = 2 * time.Second
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Backend{conn: conn, root: root, acl: acl, grace: grace, hooks: opts.Hooks, life: life, stop: stop}
+	return &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop}
 }
 
 // Close stops background work and closes the connection; acquires still
@@ -409,16 +416,15 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
 	ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
-	now := time.Now()
 	for _, c := range q[1:] {
 		// A node that never headed the queue was never written to: its
 		// data version is 0.
 		p := kp + "/" + c.name
-		if c.abandoned(now) {
+		if c.abandoned(b.clock) {
 			ops = append(ops, &zk.DeleteRequest{Path: p, Version: 0})
 			continue
 		}
-		d := nodeData{Deadline: lease.Deadline(now, c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
+		d := nodeData{Deadline: b.clock.Deadline(c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
 		ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
 		break
 	}

@@ -139,14 +139,25 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 	return func(t *testing.T) backend.Backend { return newBackend(t, addrs, opts) }
 }
 
+// clocked is the conformance suite's Clocked: an instance made by newB with
+// opts and the given clock.
+func clocked(newB func(*testing.T, Options) backend.Backend, opts Options) backendtest.Options {
+	return backendtest.Options{Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
+		o := opts
+		o.Clock = c
+		return newB(t, o)
+	}}
+}
+
 func TestConformanceStandalone(t *testing.T) {
 	z := sharedZK(t, 1)
-	backendtest.Run(t, factory(z.Addrs(), Options{}), backendtest.Options{})
+	backendtest.Run(t, factory(z.Addrs(), Options{}), clocked(func(t *testing.T, o Options) backend.Backend { return newBackend(t, z.Addrs(), o) }, Options{}))
 }
 
 func TestConformanceEnsemble(t *testing.T) {
 	z := sharedZK(t, 3)
-	backendtest.Run(t, factory(z.Addrs(), Options{Root: "/lockd-ensemble"}), backendtest.Options{})
+	opts := Options{Root: "/lockd-ensemble"}
+	backendtest.Run(t, factory(z.Addrs(), opts), clocked(func(t *testing.T, o Options) backend.Backend { return newBackend(t, z.Addrs(), o) }, opts))
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {

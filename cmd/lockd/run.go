@@ -22,7 +22,12 @@ import (
 	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
+	"github.com/lockd/lockd/internal/lease"
 )
+
+// clockEvery is how often a replica measures its clock against the
+// backend's shared reference.
+const clockEvery = 2 * time.Second
 
 // reloadOnHangup rereads the tokens file on SIGHUP; a broken file keeps the
 // tokens in force.
@@ -89,6 +94,7 @@ type config struct {
 	maxConns        int
 	headerTimeout   time.Duration
 	readTimeout     time.Duration
+	clock           lease.Clock
 	idleTimeout     time.Duration
 }
 
@@ -122,6 +128,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.DurationVar(&c.headerTimeout, "read-header-timeout", 10*time.Second, "a connection that has not sent a request's headers (and TLS handshake) in this time is closed")
 	fs.DurationVar(&c.readTimeout, "read-body-timeout", 30*time.Second, "the time a client has to send a request's body (long polls then wait as long as they asked)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
+	fs.DurationVar(&c.clock.MaxSkew, "max-clock-skew", lease.DefaultMaxSkew, "the most any two lockd replicas' clocks may differ (etcd, zk): a lock whose holder died is free this much later, and a replica more than half of it off the shared reference is not ready")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -148,6 +155,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.limits.MaxWaiters < 0 || c.limits.MaxWaitersPerKey < 0 || c.limits.LeasesPerPrincipal < 0 || c.limits.RatePerPrincipal < 0 || c.maxConns < 0 {
 		return c, errors.New("limits must be 0 (no limit) or more")
 	}
+	if c.clock.MaxSkew < 0 || c.clock.MaxSkew > lease.MaxTTL {
+		return c, fmt.Errorf("--max-clock-skew must be between 0 and %v", lease.MaxTTL)
+	}
+	c.etcd.clock, c.zk.clock = c.clock, c.clock
 	if c.headerTimeout <= 0 || c.readTimeout <= 0 || c.idleTimeout <= 0 {
 		return c, errors.New("--read-header-timeout, --read-body-timeout and --idle-timeout must be more than 0")
 	}
@@ -262,7 +273,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer st.close()
 
-	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout})
+	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
+	go api.WatchClock(ctx, clockEvery)
 	ln = metrics.LimitListener(ln, c.maxConns)
 	srv := &http.Server{
 		Handler:           api,

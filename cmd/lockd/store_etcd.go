@@ -21,6 +21,7 @@ import (
 
 	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
+	"github.com/lockd/lockd/internal/lease"
 )
 
 // etcdConfig is what --backend etcd is told.
@@ -36,6 +37,7 @@ type etcdConfig struct {
 	key          string
 	user         string
 	passwordFile string
+	clock        lease.Clock // from --max-clock-skew
 }
 
 func (c *etcdConfig) register(fs *flag.FlagSet) {
@@ -189,7 +191,7 @@ func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.
 			st.describe += " (WARNING: etcd authentication is off, anyone who reaches etcd can change the locks)"
 		}
 	}
-	st.b = etcdb.New(cli, etcdb.Options{Prefix: c.prefix, Hooks: hooks})
+	st.b = etcdb.New(cli, etcdb.Options{Prefix: c.prefix, Hooks: hooks, Clock: c.clock})
 	return st, nil
 }
 

@@ -16,10 +16,12 @@ import (
 
 	"github.com/lockd/lockd/backend"
 	zkb "github.com/lockd/lockd/backend/zk"
+	"github.com/lockd/lockd/internal/lease"
 )
 
 // zkConfig is what --backend zk is told.
 type zkConfig struct {
+	clock        lease.Clock // from --max-clock-skew
 	servers      string
 	root         string
 	session      time.Duration
@@ -131,7 +133,7 @@ func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks, log *slog.Logg
 		}
 		return nil, err
 	}
-	opts := zkb.Options{Root: c.root, Hooks: hooks}
+	opts := zkb.Options{Root: c.root, Hooks: hooks, Clock: c.clock}
 	describe := "zk at " + strings.Join(servers, ",")
 	if tlsConf != nil {
 		describe += " over TLS"

@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/testserver"
@@ -44,6 +45,12 @@ func newSpecServer(t *testing.T, opts httpapi.Options) *specServer {
 	t.Cleanup(func() { cli.Close() })
 	b := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { b.Close() })
+	return newSpecServerOver(t, e, b, opts)
+}
+
+// newSpecServerOver is a specServer over b, a backend on e.
+func newSpecServerOver(t *testing.T, e *testserver.Etcd, b backend.Backend, opts httpapi.Options) *specServer {
+	t.Helper()
 	opts.Backend = "etcd"
 	api := httpapi.New(b, opts)
 	ts := httptest.NewServer(api)

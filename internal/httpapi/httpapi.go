@@ -46,6 +46,9 @@ type Options struct {
 	// http.Server's ReadTimeout cannot do this: its deadline would also
 	// end long polls.)
 	BodyTimeout time.Duration
+	// Clock is the clock policy the backend was given; WatchClock holds
+	// this replica's measured offset against its MaxSkew.
+	Clock lease.Clock
 }
 
 // Server is the HTTP handler of lockd.
@@ -59,6 +62,8 @@ type Server struct {
 	waiters waitGate
 	leases  leaseBook
 	rates   rateBook
+
+	clock clockWatch
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed by Stopping: long polls end with shutting_down
@@ -189,6 +194,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		if !errors.Is(err, backend.ErrUnavailable) {
 			err = fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 		}
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.clock.err(); err != nil {
 		s.fail(w, r, err)
 		return
 	}

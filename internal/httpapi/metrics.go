@@ -18,6 +18,9 @@ type Metrics struct {
 	expired  prometheus.Counter
 	limited  *prometheus.CounterVec
 	conns    prometheus.Gauge
+
+	clockOffset      prometheus.Gauge
+	clockUncertainty prometheus.Gauge
 }
 
 // NewMetrics registers lockd's metrics, and the Go and process collectors,
@@ -55,8 +58,16 @@ func NewMetrics() *Metrics {
 			Name: "lockd_open_connections",
 			Help: "Client connections open on this replica.",
 		}),
+		clockOffset: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockd_clock_offset_seconds",
+			Help: "This replica's clock minus the backend's shared reference (the store's clock, or the median of the replicas'), last measured; absent on backends whose leases run on the store's clock.",
+		}),
+		clockUncertainty: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockd_clock_offset_uncertainty_seconds",
+			Help: "How far lockd_clock_offset_seconds may be off either way (about half a round trip to the reference).",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns,
+	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -45,6 +45,7 @@ var errorTable = []struct {
 	{backend.ErrHeld, http.StatusConflict, "lock_held", "Lock held by someone else"},
 	{backend.ErrLeaseExpired, http.StatusGone, "lease_expired", "Lease no longer holds the lock"},
 	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down", "lockd is shutting down"},
+	{errClockSkew, http.StatusServiceUnavailable, "clock_skew", "Replica clock outside the declared skew bound"},
 	{backend.ErrUnavailable, http.StatusServiceUnavailable, "backend_unavailable", "Lock backend unavailable"},
 }
 

@@ -53,3 +53,33 @@ func TestDeadlineAndFormat(t *testing.T) {
 		t.Errorf("Format keeps zero milliseconds: %s", Format(time.UnixMilli(0)))
 	}
 }
+
+func TestClockPolicy(t *testing.T) {
+	c := SystemClock(time.Second)
+	now := c.Now()
+	for _, tc := range []struct {
+		deadline       time.Time
+		valid, overdue bool
+	}{
+		{now.Add(time.Minute), true, false},
+		{now.Add(-time.Millisecond), false, false}, // the holder's window is over; nobody else's yet
+		{now.Add(-999 * time.Millisecond), false, false},
+		{now.Add(-1001 * time.Millisecond), false, true},
+	} {
+		if got := c.Valid(tc.deadline); got != tc.valid {
+			t.Errorf("Valid(now%+v) = %v, want %v", tc.deadline.Sub(now), got, tc.valid)
+		}
+		if got := c.Overdue(tc.deadline); got != tc.overdue {
+			t.Errorf("Overdue(now%+v) = %v, want %v", tc.deadline.Sub(now), got, tc.overdue)
+		}
+	}
+	ahead := c.Shifted(300 * time.Millisecond)
+	if d := ahead.Now().Sub(time.Now()); d < 250*time.Millisecond || d > 350*time.Millisecond {
+		t.Errorf("Shifted(300ms).Now() is %v from the machine's clock", d)
+	}
+	for off, want := range map[time.Duration]bool{0: false, 500 * time.Millisecond: false, 501 * time.Millisecond: true, -501 * time.Millisecond: true} {
+		if got := c.OffsetTooLarge(off); got != want {
+			t.Errorf("OffsetTooLarge(%v) under a 1s bound = %v, want %v", off, got, want)
+		}
+	}
+}
