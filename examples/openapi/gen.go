@@ -22,6 +22,7 @@ const (
 	ProblemCodeBackendUnavailable ProblemCode = "backend_unavailable"
 	ProblemCodeBodyTimeout        ProblemCode = "body_timeout"
 	ProblemCodeBodyTooLarge       ProblemCode = "body_too_large"
+	ProblemCodeClockSkew          ProblemCode = "clock_skew"
 	ProblemCodeForbidden          ProblemCode = "forbidden"
 	ProblemCodeInternalError      ProblemCode = "internal_error"
 	ProblemCodeInvalidAfter       ProblemCode = "invalid_after"
@@ -54,6 +55,8 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeBodyTimeout:
 		return true
 	case ProblemCodeBodyTooLarge:
+		return true
+	case ProblemCodeClockSkew:
 		return true
 	case ProblemCodeForbidden:
 		return true
@@ -348,7 +351,7 @@ type ClientInterface interface {
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// Readyz The backend is reachable.
+	// Readyz The backend is reachable and this replica's clock is within the declared skew bound.
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -436,7 +439,7 @@ func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 	return c.Client.Do(req)
 }
 
-// Readyz The backend is reachable.
+// Readyz The backend is reachable and this replica's clock is within the declared skew bound.
 //
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -975,7 +978,7 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	MetricsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MetricsResponse, error)
 
-	// ReadyzWithResponse The backend is reachable.
+	// ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1787,7 +1790,7 @@ func (c *ClientWithResponses) MetricsWithResponse(ctx context.Context, reqEditor
 	return ParseMetricsResponse(rsp)
 }
 
-// ReadyzWithResponse The backend is reachable.
+// ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
 //
 // Returns a wrapper object for the known response body format(s).
 //
