@@ -284,20 +284,52 @@ func waitFile(t *testing.T, path string) {
 }
 
 // The lease is released out from under the command (with the lease id from
-// its own environment): the next renew is refused, and the command — which
-// ignores SIGTERM — is killed; lockctl exits with the lease-lost code.
+// its own environment): the next renew is refused (410). That is a known
+// loss, so the command — which ignores SIGTERM — must be gone within
+// refusedStopWindow of its SIGTERM, not after the long --grace that is meant
+// for renewals that merely fail; lockctl exits with the lease-lost code.
 func TestRunStopsChildWhenRenewRefused(t *testing.T) {
 	srv := sharedServer(t)
-	start := time.Now()
-	r := lockctl(t, srv, "run", k(t, "ctl-refused"), "--ttl", "3s", "--", "sh", "-c",
-		`trap '' TERM; lockctl release >/dev/null; sleep 60`)
-	wantCode(t, r, exitLeaseLost)
-	if took := time.Since(start); took > 3*time.Second {
-		t.Fatalf("took %v to stop the command, want well under the 3 s TTL", took)
+	dir := t.TempDir()
+	ticks, termed := filepath.Join(dir, "ticks"), filepath.Join(dir, "termed")
+	// A grace far longer than the stop window and the slack below, so
+	// waiting out the grace cannot pass for a prompt stop.
+	const grace = 6 * time.Second
+	cmd := command(t, srv, "run", k(t, "ctl-refused"), "--ttl", "15s", "--grace", grace.String(), "--", "sh", "-c",
+		`trap 'date +%s%N > "$TERMED"' TERM; lockctl release >/dev/null; while :; do date +%s%N >> "$TICKS"; sleep 0.02; done`)
+	cmd.Env = append(cmd.Env, "TICKS="+ticks, "TERMED="+termed)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Run()
+	if got := cmd.ProcessState.ExitCode(); got != exitLeaseLost {
+		t.Fatalf("exit %d, want %d (stderr: %s)", got, exitLeaseLost, stderr.String())
 	}
-	if !strings.Contains(r.stderr, "lost") {
-		t.Errorf("stderr does not say the lease was lost: %s", r.stderr)
+	if !strings.Contains(stderr.String(), "lost") {
+		t.Errorf("stderr does not say the lease was lost: %s", stderr.String())
 	}
+	termAt := readNanos(t, termed, "the command never saw SIGTERM")
+	lastTick := readNanos(t, ticks, "the command never ticked")
+	// Generous slack for a loaded machine, still far below the grace.
+	const bound = refusedStopWindow + 2*time.Second
+	if ran := lastTick.Sub(termAt); ran > bound {
+		t.Fatalf("command ran %v after its SIGTERM, want at most %v (stop window %v, grace %v)", ran, bound, refusedStopWindow, grace)
+	}
+	t.Logf("command's last tick %v after its SIGTERM (stop window %v, grace %v)", lastTick.Sub(termAt), refusedStopWindow, grace)
+}
+
+// readNanos returns the last `date +%s%N` value written to path.
+func readNanos(t *testing.T, path, missing string) time.Time {
+	t.Helper()
+	b, _ := os.ReadFile(path)
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatal(missing)
+	}
+	ns, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return time.Unix(0, ns)
 }
 
 // lockd stops answering (SIGSTOP): renewals fail, and the command is
