@@ -332,6 +332,49 @@ func readNanos(t *testing.T, path, missing string) time.Time {
 	return time.Unix(0, ns)
 }
 
+// A command that leaves a process in the background and exits: when lockctl
+// returns (and the lock is free for others) nothing of the command's process
+// group is left running.
+func TestRunKillsLeftoverProcessGroup(t *testing.T) {
+	srv := sharedServer(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	cmd := command(t, srv, "run", k(t, "ctl-leftover"), "--ttl", "5s", "--", "sh", "-c",
+		`sleep 30 >/dev/null 2>&1 & echo $! > "$PIDFILE"`)
+	cmd.Env = append(cmd.Env, "PIDFILE="+pidFile)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run: %v %s", err, out)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		t.Fatalf("pid file %q: %v", b, err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	// lockctl has sent SIGKILL before returning; the kernel may take a
+	// moment to finish the process off.
+	for deadline := time.Now().Add(10 * time.Second); alive(pid); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("background process %d of the command still runs after lockctl returned", pid)
+		}
+	}
+}
+
+// alive reports whether pid is a process that has not exited (a zombie
+// waiting for its parent counts as exited).
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
 // lockd stops answering (SIGSTOP): renewals fail, and the command is
 // stopped — SIGTERM ignored, so SIGKILL — before the deadline counted from
 // the last renew that could have succeeded.

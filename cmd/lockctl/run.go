@@ -174,8 +174,10 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 			killTimer = nil
 			group(syscall.SIGKILL)
 		case <-exited:
+			// Whatever the child left in its group (a `cmd &`) must not
+			// outlive the lock: kill it before the lock is released.
+			group(syscall.SIGKILL)
 			if leaseLost {
-				group(syscall.SIGKILL) // leave no grandchild running past the lease
 				releaseQuietly(l)
 				return exitLeaseLost
 			}
