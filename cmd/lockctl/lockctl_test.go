@@ -476,3 +476,17 @@ func TestAuthToken(t *testing.T) {
 		t.Fatalf("run with $LOCKD_TOKEN_AUTH: %v", err)
 	}
 }
+
+// One lease id in 64 starts with '-' (base64url): renew and release must
+// take it as the LEASE_ID, not as an unknown flag. The server's 410 for
+// this unknown lease shows it got there.
+func TestLeaseIDStartingWithDash(t *testing.T) {
+	srv := sharedServer(t)
+	const id = "-AAAAAAAAAAAAAAAAAAAAA"
+	wantCode(t, lockctl(t, srv, "renew", k(t, "ctl-dash"), id), exitLeaseLost)
+	wantCode(t, lockctl(t, srv, "renew", k(t, "ctl-dash"), id, "--ttl", "5s"), exitLeaseLost)
+	wantCode(t, lockctl(t, srv, "release", k(t, "ctl-dash"), id+".suffix"), exitLeaseLost)
+	wantCode(t, lockctl(t, srv, "--json", "release", k(t, "ctl-dash"), id), exitLeaseLost)
+	// A mistyped flag is still a usage error, not a lease id.
+	wantCode(t, lockctl(t, srv, "renew", k(t, "ctl-dash"), id, "--tll", "5s"), exitUsage)
+}
