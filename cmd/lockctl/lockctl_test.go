@@ -490,3 +490,37 @@ func TestLeaseIDStartingWithDash(t *testing.T) {
 	// A mistyped flag is still a usage error, not a lease id.
 	wantCode(t, lockctl(t, srv, "renew", k(t, "ctl-dash"), id, "--tll", "5s"), exitUsage)
 }
+
+// Renewals that merely fail (lockd paused) are not a refusal: the lease may
+// still be valid, so the command keeps its --grace after SIGTERM rather
+// than the short window of a refused renew.
+func TestRunKeepsGraceWhenRenewalsFail(t *testing.T) {
+	srv := lockdtest.Start(t, nil)
+	dir := t.TempDir()
+	ticks, termed, ready := filepath.Join(dir, "ticks"), filepath.Join(dir, "termed"), filepath.Join(dir, "ready")
+	const grace = 3 * time.Second
+	cmd := command(t, srv, "run", k(t, "ctl-grace"), "--ttl", "10s", "--grace", grace.String(), "--", "sh", "-c",
+		`trap 'date +%s%N > "$TERMED"' TERM; touch "$READY"; while :; do date +%s%N >> "$TICKS"; sleep 0.02; done`)
+	cmd.Env = append(cmd.Env, "READY="+ready, "TICKS="+ticks, "TERMED="+termed)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, ready)
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Resume() })
+	cmd.Wait()
+	if got := cmd.ProcessState.ExitCode(); got != exitLeaseLost {
+		t.Fatalf("exit %d, want %d (stderr: %s)", got, exitLeaseLost, stderr.String())
+	}
+	termAt := readNanos(t, termed, "the command never saw SIGTERM")
+	lastTick := readNanos(t, ticks, "the command never ticked")
+	// A lower bound: a slow machine only makes the command run longer.
+	if ran, want := lastTick.Sub(termAt), grace/2; ran < want {
+		t.Fatalf("command ran %v after its SIGTERM, want at least %v of its %v grace", ran, want, grace)
+	}
+	t.Logf("command's last tick %v after its SIGTERM (grace %v)", lastTick.Sub(termAt), grace)
+}
