@@ -129,6 +129,13 @@ func parse(g *global, fs *flag.FlagSet, args []string, maxPos int) (pos, tail []
 	fs.SetOutput(io.Discard)
 	g.register(fs)
 	for {
+		// After KEY comes renew's and release's LEASE_ID, which starts
+		// with '-' one time in 64 and is then no flag of ours.
+		if len(pos) > 0 && len(pos) < maxPos && len(args) > 0 && isLeaseID(args[0]) {
+			pos = append(pos, args[0])
+			args = args[1:]
+			continue
+		}
 		if err := fs.Parse(args); err != nil {
 			return nil, nil, err
 		}
@@ -139,6 +146,14 @@ func parse(g *global, fs *flag.FlagSet, args []string, maxPos int) (pos, tail []
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// isLeaseID reports whether s has the exact shape of a lease id lockd
+// hands out: 22 base64url characters, perhaps followed by a backend's
+// '.'-suffix. No flag name has that shape.
+func isLeaseID(s string) bool {
+	base, _, _ := strings.Cut(s, ".")
+	return len(base) == 22 && lease.ValidID(s) && !strings.Contains(base, "~")
 }
 
 func usageErr(g *global, format string, a ...any) int {

@@ -35,6 +35,20 @@ func stopTimes(ttl, grace time.Duration) (margin, safety time.Duration) {
 	return grace + safety, safety
 }
 
+// refusedStopWindow is how long a child may take to exit on SIGTERM after a
+// renew was refused (410) before its process group is SIGKILLed. A refusal
+// means the lease is already gone and someone else may hold the lock, so
+// --grace, meant for renewals that fail while the lease may still be valid,
+// does not apply; a shorter --grace does.
+const refusedStopWindow = 500 * time.Millisecond
+
+// refused reports whether err, a lock's loss, is the server refusing a renew
+// (410) rather than the client giving up after renewals failed.
+func refused(err error) bool {
+	var e *client.Error
+	return errors.As(err, &e) && errors.Is(e, client.ErrLeaseExpired)
+}
+
 func defaultGrace(ttl time.Duration) time.Duration {
 	return min(ttl/5, 10*time.Second)
 }
@@ -44,7 +58,7 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	grace := time.Duration(-1)
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	a.register(fs, getenv)
-	fs.DurationVar(&grace, "grace", -1, "time between SIGTERM and SIGKILL on lease loss (default TTL/5, at most 10s)")
+	fs.DurationVar(&grace, "grace", -1, "time between SIGTERM and SIGKILL when renewals fail (default TTL/5, at most 10s; a refused renew: at most 500ms)")
 	pos, command, err := parse(g, fs, args, 1)
 	if err != nil {
 		return usageErr(g, "run: %v", err)
@@ -149,15 +163,21 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 			fmt.Fprintf(g.stderr, "lockctl: lease on %s lost (%v); stopping the command\n", key, l.Err())
 			group(syscall.SIGTERM)
 			// SIGKILL after the grace, and in any case `safety` before the
-			// deadline counted from the last renew's send.
+			// deadline counted from the last renew's send; at once (after
+			// a short window) when the server said the lease is gone.
 			wait := min(grace, time.Until(l.Deadline().Add(-safety)))
+			if refused(l.Err()) {
+				wait = min(grace, refusedStopWindow)
+			}
 			killTimer = time.After(max(wait, 0))
 		case <-killTimer:
 			killTimer = nil
 			group(syscall.SIGKILL)
 		case <-exited:
+			// Whatever the child left in its group (a `cmd &`) must not
+			// outlive the lock: kill it before the lock is released.
+			group(syscall.SIGKILL)
 			if leaseLost {
-				group(syscall.SIGKILL) // leave no grandchild running past the lease
 				releaseQuietly(l)
 				return exitLeaseLost
 			}
