@@ -79,6 +79,9 @@ func New(b backend.Backend, opts Options) *Server {
 		opts.BodyTimeout = 30 * time.Second
 	}
 	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
+	if b != nil {
+		s.m.held.use(b)
+	}
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.observe, s.authenticate, s.limitRate)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -293,7 +296,6 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.m.held.Inc()
 	s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())
 	writeJSON(w, http.StatusOK, toGrantJSON(g))
 }
@@ -389,7 +391,6 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	}
 	s.audit("release", r, "key", key, "lease", leaseHash(id))
 	s.leases.released(principal(r).Name, key, id)
-	s.m.held.Dec()
 	w.WriteHeader(http.StatusNoContent)
 }
 

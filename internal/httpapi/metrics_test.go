@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -49,11 +50,18 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// newMetricsServer starts it; wrap, when set, wraps the real backend.
+// newMetricsServer starts it on a new embedded etcd; wrap, when set, wraps
+// the real backend.
 func newMetricsServer(t *testing.T, wrap func(backend.Backend) backend.Backend) *metricsServer {
 	t.Helper()
-	e := testserver.EtcdCluster(t, 1)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	return newReplica(t, testserver.EtcdCluster(t, 1).Endpoints(), wrap)
+}
+
+// newReplica starts one over the etcd at endpoints: two calls are two lockd
+// replicas over one store.
+func newReplica(t *testing.T, endpoints []string, wrap func(backend.Backend) backend.Backend) *metricsServer {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,4 +251,77 @@ func TestClientThatLeavesIsNot500(t *testing.T) {
 	if log := s.log.String(); strings.Contains(log, "request failed") || strings.Contains(log, "internal_error") {
 		t.Errorf("clients leaving were logged as failures:\n%s", log)
 	}
+}
+
+// lockd_held_locks is what the store holds, on every replica: a lease that
+// ran out with nobody touching its key drops out of it (it stayed counted
+// before: up on grant, down only on release or a noticed expiry), a released
+// lock is not counted, and a replica that granted nothing sees the other's
+// grants. lockd_leases_expired_total counts the expired grant a waiter's
+// timer removed, and not the one nobody asked for again, as the README says.
+func TestHeldLocksIsWhatTheStoreHolds(t *testing.T) {
+	e := testserver.EtcdCluster(t, 1)
+	s := newReplica(t, e.Endpoints(), nil)
+	ctx := t.Context()
+	for _, k := range []string{"held.long", "held.short", "held.waited"} {
+		ttl := "60000"
+		if k != "held.long" {
+			ttl = "1000"
+		}
+		if st := s.send(ctx, "POST", "/v1/locks/"+k+"/acquire", `{"ttl_ms": `+ttl+`}`); st != 200 {
+			t.Fatalf("acquire %s: status %d", k, st)
+		}
+	}
+	st, lease := s.acquireLease(t, "held.released")
+	if st != 200 {
+		t.Fatalf("acquire held.released: status %d", st)
+	}
+	if st := s.send(ctx, "POST", "/v1/locks/held.released/release", `{"lease_id": "`+lease+`"}`); st != 204 {
+		t.Fatalf("release: status %d", st)
+	}
+	waited := make(chan int, 1)
+	go func() {
+		waited <- s.send(ctx, "POST", "/v1/locks/held.waited/acquire", `{"ttl_ms": 60000, "wait_ms": 30000}`)
+	}()
+	select {
+	case st := <-waited:
+		if st != 200 {
+			t.Fatalf("waiter on held.waited: status %d, want 200", st)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatalf("waiter on held.waited never granted")
+	}
+	held := func(s *metricsServer) float64 {
+		v, ok := s.value(t, "lockd_held_locks")
+		if !ok {
+			t.Fatalf("lockd_held_locks absent with the store up")
+		}
+		return v
+	}
+	// Only scrapes touch the store from now on.
+	if !eventually(30*time.Second, func() bool { return held(s) == 2 }) {
+		t.Errorf("lockd_held_locks = %v long after held.short ran out untouched, want 2 (held.long and the waiter's held.waited)", held(s))
+	}
+	if v, _ := s.value(t, "lockd_leases_expired_total"); v != 1 {
+		t.Errorf("lockd_leases_expired_total = %v, want 1: held.waited's grant, removed by its waiter; held.short's is never counted", v)
+	}
+	other := newReplica(t, e.Endpoints(), nil) // granted nothing
+	if got := held(other); got != 2 {
+		t.Errorf("other replica: lockd_held_locks = %v, want the store's 2", got)
+	}
+}
+
+// acquireLease acquires key (TTL 60 s) and returns the status and lease id.
+func (s *metricsServer) acquireLease(t *testing.T, key string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(s.url+"/v1/locks/"+key+"/acquire", "application/json", strings.NewReader(`{"ttl_ms": 60000}`))
+	if err != nil {
+		t.Fatalf("acquire %s: %v", key, err)
+	}
+	defer resp.Body.Close()
+	var g struct {
+		LeaseID string `json:"lease_id"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&g)
+	return resp.StatusCode, g.LeaseID
 }
