@@ -1,6 +1,7 @@
 package redlock
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,18 @@ func TestGrantAndRenewReportValidity(t *testing.T) {
 		got, err := directClient(t, srv.Addr(i)).HGet(t.Context(), "lockd:rl:{validity}:lock", "ttl").Result()
 		if err != nil || got != "10000" {
 			t.Errorf("master %d: stored ttl = %q (%v), want 10000: renewing without a TTL shortened the lease", i, got, err)
+		}
+	}
+	// A client that sends back the ttl_ms it was given asks for that: the
+	// lease is shortened by the margin, once per such renew.
+	if _, err := b.Renew(ctxT(t, 30*time.Second), g.Key, g.LeaseID, g.TTL); err != nil {
+		t.Fatalf("Renew with the reported TTL: %v", err)
+	}
+	want := fmt.Sprint(g.TTL.Milliseconds())
+	for i := 1; i < 3; i++ {
+		got, err := directClient(t, srv.Addr(i)).HGet(t.Context(), "lockd:rl:{validity}:lock", "ttl").Result()
+		if err != nil || got != want {
+			t.Errorf("master %d: stored ttl = %q (%v) after a renew with ttl %v, want %s", i, got, err, g.TTL, want)
 		}
 	}
 }
