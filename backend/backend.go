@@ -101,7 +101,10 @@ type LockState struct {
 type Backend interface {
 	// Acquire grants req.Key to the caller when nobody holds an unexpired
 	// lease on it, waiting up to req.Wait in FIFO order. The returned grant's
-	// TTL starts at the grant; its ExpiresAt is computed from the grant.
+	// TTL starts at the grant; its ExpiresAt is computed from the grant. A
+	// backend that declares it (backendtest.Options.ValidityBelowTTL)
+	// reports less than req.TTL — what the holder may count on, such as
+	// Redlock's validity — never more.
 	//
 	// Errors: ErrHeld (as *HeldError) when not granted within req.Wait;
 	// ErrUnavailable when the store cannot be reached; ctx's error when ctx

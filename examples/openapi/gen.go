@@ -156,7 +156,9 @@ type Grant struct {
 
 	// Token Fencing token; strictly greater than every token granted for this key before.
 	Token Token `json:"token"`
-	TtlMs int   `json:"ttl_ms"`
+
+	// TtlMs What the holder may count on from when it sent the request: the TTL asked for, or on redlock a little less (the validity: TTL - time to reach a majority - drift).
+	TtlMs int `json:"ttl_ms"`
 }
 
 // LeaseID Opaque capability to renew and release (at least 128 random bits). Keep it secret.

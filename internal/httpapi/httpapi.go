@@ -84,6 +84,9 @@ func New(b backend.Backend, opts Options) *Server {
 		opts.BodyTimeout = 30 * time.Second
 	}
 	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
+	if b != nil {
+		s.m.held.use(b)
+	}
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.observe, s.authenticate, s.limitRate)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -118,8 +121,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // that do not wait run to completion.
 func (s *Server) Stopping() { s.stopOnce.Do(func() { close(s.stopping) }) }
 
-// fail writes err as a problem and logs what the client cannot fix.
+// statusClientClosed is how a request whose client left before its answer
+// is counted (nginx's "client closed request"). It is never sent: there is
+// nobody to send it to.
+const statusClientClosed = 499
+
+// clientGone reports whether r's client has left (its connection closed or
+// its stream was cancelled): whatever failed after that, it is not lockd's
+// failure, and nothing written can reach the client.
+func clientGone(r *http.Request) bool { return r.Context().Err() != nil }
+
+// fail writes err as a problem and logs what the client cannot fix. When
+// the client has left, it writes nothing (observe counts 499) and logs the
+// error only at debug level.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if clientGone(r) {
+		s.log.Debug("client left before the answer", "method", r.Method, "path", r.URL.Path, "err", err)
+		return
+	}
 	p := problemFor(err)
 	if p.Status >= 500 {
 		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
@@ -176,6 +195,9 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		}
 		if sw.status == 0 {
 			sw.status = http.StatusOK
+			if clientGone(r) { // nothing was written: the client left first
+				sw.status = statusClientClosed
+			}
 		}
 		took := time.Since(start)
 		s.m.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Observe(took.Seconds())
@@ -280,13 +302,9 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
 			err = fmt.Errorf("%w: the wait for %q was cut short", errShuttingDown, key)
 		}
-		if r.Context().Err() != nil {
-			return // the client left; nobody reads an answer
-		}
 		s.fail(w, r, err)
 		return
 	}
-	s.m.held.Inc()
 	s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())
 	writeJSON(w, http.StatusOK, toGrantJSON(g))
 }
@@ -344,7 +362,11 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	}
 	g, err := s.b.Renew(r.Context(), key, id, ttl)
 	if err != nil {
-		s.audit("renew_failed", r, "key", key, "lease", leaseHash(id), "code", problemFor(err).Code)
+		code := problemFor(err).Code
+		if clientGone(r) {
+			code = "client_closed_request"
+		}
+		s.audit("renew_failed", r, "key", key, "lease", leaseHash(id), "code", code)
 		s.fail(w, r, err)
 		return
 	}
@@ -378,7 +400,6 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	}
 	s.audit("release", r, "key", key, "lease", leaseHash(id))
 	s.leases.released(principal(r).Name, key, id)
-	s.m.held.Dec()
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -1,6 +1,10 @@
 package httpapi
 
 import (
+	"context"
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -13,7 +17,7 @@ type Metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.HistogramVec
 	acquires *prometheus.HistogramVec
-	held     prometheus.Gauge
+	held     *heldLocks
 	waiters  prometheus.Gauge
 	expired  prometheus.Counter
 	limited  *prometheus.CounterVec
@@ -38,10 +42,9 @@ func NewMetrics() *Metrics {
 			Help:    "Acquire calls by backend and outcome (granted, held, unavailable, cancelled, error), waits included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 18),
 		}, []string{"backend", "outcome"}),
-		held: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "lockd_held_locks",
-			Help: "Leases granted through this replica minus those released through it or seen expiring by it; sum over replicas for the service.",
-		}),
+		held: &heldLocks{desc: prometheus.NewDesc("lockd_held_locks",
+			"Locks held in the whole store (every replica reports the same: take max, not sum), listed at most every 5s, at most 10000; absent when the store did not answer.",
+			nil, nil)},
 		waiters: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lockd_waiters",
 			Help: "Acquire long polls waiting on this replica.",
@@ -75,7 +78,56 @@ func NewMetrics() *Metrics {
 // Expired is the backend hook (backend.Hooks.OnExpire).
 func (m *Metrics) Expired(backend.Expiry) {
 	m.expired.Inc()
-	m.held.Dec()
+}
+
+// Bounds of lockd_held_locks: it is listed from the store at most every
+// heldEvery, within heldTimeout, counting at most heldMax locks.
+const (
+	heldEvery   = 5 * time.Second
+	heldTimeout = 3 * time.Second
+	heldMax     = 10000
+)
+
+// heldLocks is lockd_held_locks: the store's own count, not one kept in
+// this process, which drifted (leases that ran out unseen, other replicas'
+// grants, restarts). A scrape lists the store's held locks (backend.List,
+// which leaves out expired grants and removes nothing), so its cost is one
+// List of the whole store per heldEvery per replica.
+type heldLocks struct {
+	desc *prometheus.Desc
+
+	mu    sync.Mutex
+	b     backend.Backend // set by New; nil: nothing to report
+	at    time.Time       // when n and err were read
+	n     int
+	err   error
+	fresh bool // n and err were read at all
+}
+
+func (h *heldLocks) use(b backend.Backend) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.b, h.fresh = b, false
+}
+
+func (h *heldLocks) Describe(ch chan<- *prometheus.Desc) { ch <- h.desc }
+
+func (h *heldLocks) Collect(ch chan<- prometheus.Metric) {
+	h.mu.Lock() // concurrent scrapes wait for one List
+	defer h.mu.Unlock()
+	if h.b == nil {
+		return
+	}
+	if !h.fresh || time.Since(h.at) >= heldEvery {
+		ctx, cancel := context.WithTimeout(context.Background(), heldTimeout)
+		states, err := h.b.List(ctx, "", "", heldMax)
+		cancel()
+		h.n, h.err, h.at, h.fresh = len(states), err, time.Now(), true
+	}
+	if h.err != nil {
+		return // absent rather than a stale or made-up number
+	}
+	ch <- prometheus.MustNewConstMetric(h.desc, prometheus.GaugeValue, float64(h.n))
 }
 
 // Registry is where the metrics live, for /metrics.

@@ -41,11 +41,7 @@ func TestConformanceTLSWithLeastPrivilegeUser(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = b.Close() })
 		return b
-	}, backendtest.Options{
-		NoFIFO:        "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
-		NoWaiterCount: "Redlock has no queue, so nothing in Redis counts waiters",
-		StoreClock:    storeClock,
-	})
+	}, conformanceOptions)
 
 	// The same user cannot reach a key outside its prefix on any master.
 	for i, a := range srv.Addrs() {

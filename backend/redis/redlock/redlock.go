@@ -1,6 +1,9 @@
 // Package redlock keeps lockd's locks on N independent Redis masters with the
 // Redlock algorithm: a lock is held when a majority (N/2+1) of masters hold
 // it, and a grant is valid for TTL − elapsed acquire time − clock drift.
+// Grants and renewals report that validity as their TTL, and ExpiresAt as
+// the moment the first master was asked plus the validity: a little under
+// what was asked, and never past what the masters hold.
 //
 // # Why not redsync
 //
@@ -225,6 +228,17 @@ func (b *Backend) drift(ttl time.Duration) time.Duration {
 	return time.Duration(float64(ttl)*b.opts.DriftFactor) + 2*time.Millisecond
 }
 
+// validity is what a lease of ttl asked for at start is worth now, when a
+// majority has answered: ttl − elapsed − drift, in whole milliseconds
+// (rounded down), or ≤ 0 when nothing is left. A grant reports it as its TTL
+// and start + validity as its ExpiresAt. Both count from start, which is no
+// earlier than the client's send: a client that takes its own deadline as
+// "sent + ttl_ms" stays inside the validity, and every master keeps its copy
+// until at least start + ttl (its own clock, within the drift).
+func (b *Backend) validity(start time.Time, ttl time.Duration) time.Duration {
+	return (ttl - time.Since(start) - b.drift(ttl)).Truncate(time.Millisecond)
+}
+
 // failed is the result of one acquire attempt that did not grant.
 type failed struct {
 	holder      *backend.Holder
@@ -379,12 +393,13 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 				req.Key, backend.ErrUnavailable, ok, b.quorum)})
 		}
 	}
-	if validity := req.TTL - time.Since(start) - b.drift(req.TTL); validity <= 0 {
+	validity := b.validity(start, req.TTL)
+	if validity <= 0 {
 		// The majority was won too slowly to be worth anything.
 		return giveUp(&failed{slow: true, unavailable: fmt.Errorf("redlock acquire %q: %w: majority won after %v, no validity left of a %v TTL",
 			req.Key, backend.ErrUnavailable, time.Since(start).Round(time.Millisecond), req.TTL)})
 	}
-	g := backend.Grant{Key: req.Key, LeaseID: id, Token: maxToken, Owner: req.Owner, TTL: req.TTL, ExpiresAt: deadline}
+	g := backend.Grant{Key: req.Key, LeaseID: id, Token: maxToken, Owner: req.Owner, TTL: validity, ExpiresAt: lease.Deadline(start, validity)}
 	if err := ctx.Err(); err != nil { // granted as the caller gave up
 		b.releaseAll(keys, id)
 		return backend.Grant{}, nil, err
@@ -416,26 +431,35 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		return renewScript.Run(c, m, keys[:1], leaseID, ttlMS, start.UnixMilli()).Result()
 	})
 	g := backend.Grant{Key: key, LeaseID: leaseID}
-	held, errs := 0, 0
+	var ttls []time.Duration // the TTL each master that still held it set
+	errs := 0
 	for _, r := range replies {
 		if r.err != nil {
 			errs++
 			continue
 		}
 		if res, ok := r.v.([]any); ok {
-			held++
 			g.Owner = toStr(res[0])
 			g.Token = max(g.Token, uint64(toInt(res[1])))
-			g.TTL = max(g.TTL, time.Duration(toInt(res[2]))*time.Millisecond)
+			ttls = append(ttls, time.Duration(toInt(res[2]))*time.Millisecond)
 		}
 	}
-	ttl = g.TTL
-	g.ExpiresAt = time.UnixMilli(start.UnixMilli() + ttl.Milliseconds())
+	held := len(ttls)
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
-	if held >= b.quorum && ttl-time.Since(start)-b.drift(ttl) > 0 {
-		return g, nil
+	if held >= b.quorum {
+		// The lease holds while a majority holds it: until the quorum-th
+		// longest of the TTLs set (they differ only when an earlier renew
+		// reached some masters and not others).
+		sort.Slice(ttls, func(i, j int) bool { return ttls[i] > ttls[j] })
+		// Reported like an acquire's: the validity, counted from start. The
+		// lease's TTL on the masters stays the one asked for, so renewing
+		// without a ttl_ms does not shorten the lease step by step.
+		if validity := b.validity(start, ttls[b.quorum-1]); validity > 0 {
+			g.TTL, g.ExpiresAt = validity, lease.Deadline(start, validity)
+			return g, nil
+		}
 	}
 	if held+errs >= b.quorum {
 		return backend.Grant{}, fmt.Errorf("redlock renew %q: %w: %d of %d masters renewed, %d did not answer",

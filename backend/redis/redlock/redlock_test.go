@@ -35,13 +35,18 @@ func newFactory(addrs []string, opts Options) backendtest.Factory {
 	}
 }
 
+// conformanceOptions declare what Redlock cannot promise, for every
+// conformance run in this package.
+var conformanceOptions = backendtest.Options{
+	NoFIFO:           "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
+	NoWaiterCount:    "Redlock has no queue, so nothing in Redis counts waiters",
+	ValidityBelowTTL: "a Redlock grant is worth TTL − elapsed − drift, and says so",
+	StoreClock:       storeClock,
+}
+
 func TestConformance(t *testing.T) {
 	srv := testserver.Redis(t, 5)
-	backendtest.Run(t, newFactory(srv.Addrs(), testOptions), backendtest.Options{
-		NoFIFO:        "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
-		NoWaiterCount: "Redlock has no queue, so nothing in Redis counts waiters",
-		StoreClock:    storeClock,
-	})
+	backendtest.Run(t, newFactory(srv.Addrs(), testOptions), conformanceOptions)
 }
 
 func directClient(t *testing.T, addr string) *goredis.Client {
