@@ -80,9 +80,13 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	return backend.Grant{}, unavailable("renew", errors.New("the lease kept changing"))
 }
 
-// Release implements backend.Backend. The release itself is one versioned
-// delete of the lease's node, which wakes the one waiter watching it; that
-// waiter records its own grant.
+// Release implements backend.Backend. The release is one multi-op that
+// deletes the lease's node (versioned) and hands the lock on (removeHead):
+// the next live waiter's node gets its fresh deadline in the same
+// transaction, so nobody can read the queue between the two and see that
+// waiter heading it with the deadline it queued with (long past, if it
+// waited longer than its TTL) and remove it as expired. The delete wakes the
+// one waiter watching the node, which finds its grant written.
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	secret, seq, ok := parseLease(leaseID)
 	if !ok {
@@ -91,18 +95,22 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	kp := b.keyPath(key)
 	c, cachedOK := b.grants.get(leaseID, key)
 	for attempt := 0; attempt < 20; attempt++ {
-		if !cachedOK {
-			// Granted or renewed elsewhere: find the node and read it.
-			q, err := b.queue(ctx, kp)
-			if err != nil {
-				return unavailable("release", err)
-			}
-			i, found := byLease(q, secret, seq)
-			if !found || i != 0 {
-				// Gone, or (never granted) not heading the queue.
-				b.grants.drop(leaseID)
-				return leaseExpired("release", key)
-			}
+		// The queue names the waiter to hand on to; the grant cache, if it
+		// knows the lease, saves reading the node.
+		q, err := b.queue(ctx, kp)
+		if err != nil {
+			return unavailable("release", err)
+		}
+		i, found := byLease(q, secret, seq)
+		if !found || i != 0 {
+			// Gone, or (never granted) not heading the queue.
+			b.grants.drop(leaseID)
+			return leaseExpired("release", key)
+		}
+		fromCache := cachedOK && c.name == q[0].name
+		cachedOK = false
+		if !fromCache {
+			// Granted or renewed elsewhere: read the node.
 			r, err := b.read(ctx, kp+"/"+q[0].name)
 			if errors.Is(err, zk.ErrNoNode) {
 				continue
@@ -112,28 +120,24 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			}
 			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
 		}
-		cachedOK = false
 		if c.deadline <= time.Now().UnixMilli() {
 			// Too late: the lease ran out. Clear it for the next waiter.
 			b.grants.drop(leaseID)
-			if q, err := b.queue(ctx, kp); err == nil && len(q) > 0 && q[0].name == c.name {
-				if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {
-					return unavailable("release", err)
-				}
+			if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {
+				return unavailable("release", err)
 			}
 			return leaseExpired("release", key)
 		}
 		// The version proves the node still holds the deadline just checked.
-		err := b.delete(ctx, kp+"/"+c.name, c.version)
+		err = b.removeHead(ctx, key, q, c.version)
 		switch {
 		case err == nil:
 			b.grants.drop(leaseID)
 			return nil
-		case errors.Is(err, zk.ErrNoNode):
-			b.grants.drop(leaseID)
-			return leaseExpired("release", key)
-		case errors.Is(err, zk.ErrBadVersion):
-			continue // renewed elsewhere meanwhile: read it again
+		case isConflict(err):
+			// Renewed elsewhere, removed, or the waiter to hand on to left
+			// meanwhile: read the queue again.
+			continue
 		default:
 			return unavailable("release", err)
 		}

@@ -31,17 +31,23 @@
 //
 // A node is created with the deadline it would have if it headed the queue at
 // once (now + TTL, counted from before the create, so never later than a
-// deadline the client counts from sending its request). A waiter that comes
-// to head the queue keeps that deadline when at least nine tenths of its TTL
-// remain (a short wait: the handoff costs no write but the release's), and
-// otherwise restarts its lease with a versioned setData. Release is one
-// versioned delete; Renew one versioned setData, which never touches a node
-// whose deadline has passed.
+// deadline the client counts from sending its request).
 //
-// Whoever notices an expired head deletes it (with a version check, so a
+// The head never leaves alone: whoever removes it (Release, a holder leaving,
+// whoever notices it expired) deletes it with a version check (so a
 // concurrent renew wins or loses as a whole) and, in the same multi-op,
-// deletes the abandoned waiters behind it and writes a fresh deadline on the
-// first live one. Noticing is the job of the waiter right behind the head
+// deletes the abandoned waiters behind it and writes a fresh deadline, now +
+// its TTL, on the first live one: the handoff. So a waiter that queued for
+// longer than its TTL never heads the queue with the deadline it queued with,
+// which a newcomer or a timer would take for an expired grant; its lease
+// counts from the handoff, and the waiter, woken by the delete, reads its
+// grant from its own node. A waiter that leaves at that moment either
+// deletes its node first (the multi fails and the releaser hands on to the
+// next) or finds itself promoted (its versioned delete fails) and leaves as
+// a holder does, handing on. Renew is one versioned setData, which never
+// touches a node whose deadline has passed.
+//
+// Noticing an expired head is the job of the waiter right behind the head
 // (it watches the head's data and deletion, and sets a timer at its
 // deadline), of any acquirer that reads the queue, and of a late release.
 // A waiter further back sets a timer at the earliest moment its predecessor
@@ -402,10 +408,11 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 // removeHead deletes the head of q (at version v) and, in the same multi-op,
 // deletes the abandoned waiters right behind it and grants the lock to the
 // first live one by writing its deadline. Everything it needs is in the node
-// names, so it costs one write. It serves the removal of an expired holder and
-// a holder leaving through a cancelled acquire; Release itself is a plain
-// versioned delete. A conflict (the queue changed since q was read) comes back
-// as an error for which isConflict is true.
+// names, so it costs one write. It serves every removal of a head: Release,
+// the removal of an expired holder, and a holder leaving through a cancelled
+// acquire, so a waiter never heads the queue with the deadline it queued
+// with. A conflict (the queue changed since q was read, or a waiter it would
+// promote left) comes back as an error for which isConflict is true.
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
 	ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}

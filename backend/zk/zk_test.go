@@ -1018,3 +1018,144 @@ func TestWaiterBehindDeadNewHolder(t *testing.T) {
 		t.Errorf("token %d after %d, want greater", w2.Token, w1.Token)
 	}
 }
+
+// A waiter that queued longer than its TTL keeps its turn even when its
+// lockd learns of the release late: its client reaches ZooKeeper through a
+// real TCP proxy that delays every packet, while newcomers on a fast link
+// keep trying with wait 0. The release itself writes the waiter's fresh
+// deadline, so no newcomer sees an expired holder to remove: the waiter is
+// granted, with the deadline ZooKeeper holds, counted from the release, and
+// no backend reports an expiry (no audit line, no metric) for a grant that
+// never ran out.
+func TestWaiterOutwaitingItsTTLKeepsTurnOverSlowLink(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk-slow", "127.0.0.1:0", z.Addr(0))
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+
+	var (
+		mu       sync.Mutex
+		expiries []backend.Expiry
+	)
+	hooks := backend.Hooks{OnExpire: func(x backend.Expiry) {
+		mu.Lock()
+		expiries = append(expiries, x)
+		mu.Unlock()
+	}}
+	waiterB := New(dial(t, []string{proxy.Listen}), Options{Hooks: hooks})
+	t.Cleanup(func() { waiterB.Close() })
+	holderB := newBackend(t, z.Addrs(), Options{Hooks: hooks})
+	newcomerB := newBackend(t, z.Addrs(), Options{Hooks: hooks})
+	key := uniqueKey(t)
+
+	h, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	const ttl = 2 * time.Second
+	type result struct {
+		g   backend.Grant
+		err error
+	}
+	waiter := make(chan result, 1)
+	go func() {
+		w, err := waiterB.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "outwaiter", TTL: ttl, Wait: 30 * time.Second})
+		waiter <- result{w, err}
+	}()
+	waitFor(t, func() bool {
+		st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the waiter to queue")
+	time.Sleep(100 * time.Millisecond) // its watch is set
+	for _, stream := range []string{"upstream", "downstream"} {
+		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":100}}`, stream, stream)
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			t.Fatalf("latency toxic: %v", err)
+		}
+	}
+
+	var (
+		newcomers sync.WaitGroup
+		stop      = make(chan struct{})
+		jumped    atomic.Int64
+		tries     atomic.Int64
+	)
+	stopNewcomers := sync.OnceFunc(func() { close(stop); newcomers.Wait() })
+	t.Cleanup(stopNewcomers)
+	for i := 0; i < 4; i++ {
+		newcomers.Add(1)
+		go func() {
+			defer newcomers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				g, err := newcomerB.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "newcomer", TTL: 10 * time.Second})
+				tries.Add(1)
+				if err == nil {
+					jumped.Add(1)
+					_ = newcomerB.Release(ctx, key, g.LeaseID)
+				}
+				cancel()
+			}
+		}()
+	}
+
+	time.Sleep(ttl + 500*time.Millisecond) // the waiter's queued deadline passes
+	released := time.Now()
+	if err := holderB.Release(ctxFor(t, 10*time.Second), key, h.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	releaseDone := time.Now()
+	var r result
+	select {
+	case r = <-waiter:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the waiter not granted 20s after the release")
+	}
+	stopNewcomers()
+	if r.err != nil {
+		t.Fatalf("the waiter that outwaited its TTL: %v, want the grant", r.err)
+	}
+	t.Logf("%d newcomer tries", tries.Load())
+	if n := jumped.Load(); n > 0 {
+		t.Errorf("%d newcomers trying with wait 0 were granted while the waiter was first in line", n)
+	}
+	mu.Lock()
+	if len(expiries) > 0 {
+		t.Errorf("OnExpire(%+v), want no call: no grant ran out", expiries)
+	}
+	mu.Unlock()
+
+	// The grant is the one ZooKeeper holds, its TTL counted from the
+	// handoff the release made.
+	q, err := holderB.queue(ctxFor(t, 10*time.Second), holderB.keyPath(key))
+	if err != nil {
+		t.Fatalf("queue: %v", err)
+	}
+	if len(q) == 0 || q[0].owner != "outwaiter" {
+		t.Fatalf("queue %v, want the waiter at its head", q)
+	}
+	stored, err := holderB.read(ctxFor(t, 10*time.Second), holderB.keyPath(key)+"/"+q[0].name)
+	if err != nil {
+		t.Fatalf("read the waiter's node: %v", err)
+	}
+	if got, want := r.g.ExpiresAt, time.UnixMilli(stored.data.Deadline); !got.Equal(want) {
+		t.Errorf("grant expires_at %v, want the deadline ZooKeeper holds, %v", got.Format(time.StampMilli), want.Format(time.StampMilli))
+	}
+	if lo, hi := released.Add(ttl).Add(-time.Millisecond), releaseDone.Add(ttl); r.g.ExpiresAt.Before(lo) || r.g.ExpiresAt.After(hi) {
+		t.Errorf("grant expires_at %v, want the TTL counted from the release: within [%v, %v]",
+			r.g.ExpiresAt.Format(time.StampMilli), lo.Format(time.StampMilli), hi.Format(time.StampMilli))
+	}
+	if r.g.TTL != ttl || r.g.Owner != "outwaiter" || r.g.Token <= h.Token {
+		t.Errorf("grant = {ttl %v owner %q token %d}, want {%v %q > %d}", r.g.TTL, r.g.Owner, r.g.Token, ttl, "outwaiter", h.Token)
+	}
+	if err := waiterB.Release(ctxFor(t, 10*time.Second), key, r.g.LeaseID); err != nil {
+		t.Errorf("Release of the waiter's grant: %v", err)
+	}
+}
