@@ -1159,3 +1159,112 @@ func TestWaiterOutwaitingItsTTLKeepsTurnOverSlowLink(t *testing.T) {
 		t.Errorf("Release of the waiter's grant: %v", err)
 	}
 }
+
+// A waiter whose caller gives up at the moment the release hands it the lock
+// must not be left holding it with nobody to renew: either it leaves first
+// and the release, finding it gone, hands on to the waiter behind it; or the
+// release promotes it first and it leaves as a holder does, handing on. The
+// quitter reaches ZooKeeper through a real proxy that delays every packet by
+// 100 ms, and the release comes from before the cancellation to well after
+// it, so both orders, and the races between, happen. The waiter behind has a
+// 30 s TTL's worth of reasons to notice if the lock stuck with the one that
+// left.
+func TestWaiterLeavingAtTheHandoffHandsOn(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk-slow", "127.0.0.1:0", z.Addr(0))
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+	for _, stream := range []string{"upstream", "downstream"} {
+		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":100}}`, stream, stream)
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			t.Fatalf("latency toxic: %v", err)
+		}
+	}
+	quitterB := New(dial(t, []string{proxy.Listen}), Options{})
+	t.Cleanup(func() { quitterB.Close() })
+	holderB := newBackend(t, z.Addrs(), Options{})
+	behindB := newBackend(t, z.Addrs(), Options{})
+
+	// The release's delay after the cancellation; negative: before it.
+	delays := []time.Duration{-50, 0, 100, 150, 200, 250, 300, 450}
+	granted := 0
+	for _, d := range delays {
+		d *= time.Millisecond
+		key := fmt.Sprintf("%s-%d", uniqueKey(t), d.Milliseconds())
+		h, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 30 * time.Second})
+		if err != nil {
+			t.Fatalf("release %v after the cancel: Acquire: %v", d, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		quitter := make(chan error, 1)
+		go func() {
+			g, err := quitterB.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "quitter", TTL: 30 * time.Second, Wait: 30 * time.Second})
+			if err == nil {
+				// Its grant beat the cancellation: what the HTTP layer does
+				// then.
+				if err = quitterB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err == nil {
+					err = errGranted
+				}
+			}
+			quitter <- err
+		}()
+		waitFor(t, func() bool {
+			st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+			return err == nil && st.Waiters == 1
+		}, "the quitter to queue")
+		behind := make(chan error, 1)
+		go func() {
+			g, err := behindB.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "behind", TTL: 30 * time.Second, Wait: 45 * time.Second})
+			if err == nil {
+				err = behindB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID)
+			}
+			behind <- err
+		}()
+		waitFor(t, func() bool {
+			st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+			return err == nil && st.Waiters == 2
+		}, "the waiter behind to queue")
+		time.Sleep(300 * time.Millisecond) // the quitter's watch is set, through the slow link
+
+		release := func() {
+			if err := holderB.Release(ctxFor(t, 10*time.Second), key, h.LeaseID); err != nil {
+				t.Errorf("release %v after the cancel: Release: %v", d, err)
+			}
+		}
+		if d < 0 {
+			release()
+			time.Sleep(-d)
+			cancel()
+		} else {
+			cancel()
+			time.Sleep(d)
+			release()
+		}
+		switch err := <-quitter; {
+		case errors.Is(err, errGranted):
+			granted++
+		case !errors.Is(err, context.Canceled):
+			t.Fatalf("release %v after the cancel: the quitter got %v, want context.Canceled", d, err)
+		}
+		select {
+		case err := <-behind:
+			if err != nil {
+				t.Fatalf("release %v after the cancel: the waiter behind: %v", d, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("release %v after the cancel: the waiter behind not granted 10s after the release: the lock stuck with the waiter that left", d)
+		}
+		names, _, err := holderB.conn.Children(holderB.keyPath(key))
+		if err != nil && !errors.Is(err, zk.ErrNoNode) {
+			t.Fatalf("Children: %v", err)
+		}
+		if len(names) != 0 {
+			t.Fatalf("release %v after the cancel: queue %v once everyone left, want it empty", d, names)
+		}
+	}
+	t.Logf("%d of %d quitters were granted before they saw their cancellation", granted, len(delays))
+}
+
+var errGranted = errors.New("granted")
