@@ -27,7 +27,8 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	kp := b.keyPath(key)
 	for attempt := 0; attempt < 10; attempt++ {
 		c, ok := b.grants.get(leaseID, key)
-		if !ok || attempt > 0 {
+		fromCache := ok && attempt == 0
+		if !fromCache {
 			// Find the node and read it: the lease may have been granted
 			// or renewed by another replica.
 			q, err := b.queue(ctx, kp)
@@ -51,6 +52,9 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		}
 		now := time.Now()
 		if c.deadline <= now.UnixMilli() {
+			if fromCache {
+				continue // renewed elsewhere, perhaps: only the node says it ran out
+			}
 			b.grants.drop(leaseID)
 			return backend.Grant{}, leaseExpired("renew", key)
 		}
@@ -121,6 +125,9 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
 		}
 		if c.deadline <= time.Now().UnixMilli() {
+			if fromCache {
+				continue // renewed elsewhere, perhaps: only the node says it ran out
+			}
 			// Too late: the lease ran out. Clear it for the next waiter.
 			b.grants.drop(leaseID)
 			if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {

@@ -1268,3 +1268,38 @@ func TestWaiterLeavingAtTheHandoffHandsOn(t *testing.T) {
 }
 
 var errGranted = errors.New("granted")
+
+// A lease renewed through another replica outlives the deadline the granting
+// replica remembers: that replica's renew and release of it work, and read
+// the node rather than trust the remembered deadline.
+func TestLeaseRenewedElsewhereOutlivesItsCachedDeadline(t *testing.T) {
+	z := sharedZK(t, 1)
+	granter := newBackend(t, z.Addrs(), Options{})
+	other := newBackend(t, z.Addrs(), Options{})
+	const ttl = 300 * time.Millisecond
+	grantAndRenewElsewhere := func(key string) backend.Grant {
+		t.Helper()
+		g, err := granter.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: ttl})
+		if err != nil {
+			t.Fatalf("Acquire: %v", err)
+		}
+		if _, err := other.Renew(ctxFor(t, 10*time.Second), key, g.LeaseID, 30*time.Second); err != nil {
+			t.Fatalf("Renew through the other replica: %v", err)
+		}
+		return g
+	}
+	renewKey, releaseKey := uniqueKey(t)+"-renew", uniqueKey(t)+"-release"
+	gRenew := grantAndRenewElsewhere(renewKey)
+	gRelease := grantAndRenewElsewhere(releaseKey)
+	time.Sleep(time.Until(gRelease.ExpiresAt) + 200*time.Millisecond) // the granter's remembered deadlines pass
+
+	if _, err := granter.Renew(ctxFor(t, 10*time.Second), renewKey, gRenew.LeaseID, 30*time.Second); err != nil {
+		t.Errorf("Renew through the granter of a lease renewed elsewhere: %v, want the renewal", err)
+	}
+	if err := granter.Release(ctxFor(t, 10*time.Second), releaseKey, gRelease.LeaseID); err != nil {
+		t.Errorf("Release through the granter of a lease renewed elsewhere: %v, want it released", err)
+	}
+	if _, err := other.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: releaseKey, TTL: time.Second}); err != nil {
+		t.Errorf("single try after the release: %v, want the lock free", err)
+	}
+}
