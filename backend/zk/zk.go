@@ -411,26 +411,53 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 // names, so it costs one write. It serves every removal of a head: Release,
 // the removal of an expired holder, and a holder leaving through a cancelled
 // acquire, so a waiter never heads the queue with the deadline it queued
-// with. A conflict (the queue changed since q was read, or a waiter it would
-// promote left) comes back as an error for which isConflict is true.
+// with.
+//
+// A waiter behind the head that left since q was read (single tries queue
+// and leave all the time) fails the multi-op with ErrNoNode on its own op:
+// the next try goes without it, from the same q, rather than from a new
+// read that newer single tries would spoil again. Nodes queued since q was
+// read are behind all of q, and fresh: their own deadlines are barely
+// started. A conflict on the head itself (the queue changed: renewed,
+// removed) comes back as an error for which isConflict is true.
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
-	ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
-	now := time.Now()
-	for _, c := range q[1:] {
-		// A node that never headed the queue was never written to: its
-		// data version is 0.
-		p := kp + "/" + c.name
-		if c.abandoned(now) {
-			ops = append(ops, &zk.DeleteRequest{Path: p, Version: 0})
-			continue
+	behind := q[1:]
+	for {
+		ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
+		now := time.Now()
+		for _, c := range behind {
+			// A node that never headed the queue was never written to: its
+			// data version is 0.
+			p := kp + "/" + c.name
+			if c.abandoned(now) {
+				ops = append(ops, &zk.DeleteRequest{Path: p, Version: 0})
+				continue
+			}
+			d := nodeData{Deadline: lease.Deadline(now, c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
+			ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
+			break
 		}
-		d := nodeData{Deadline: lease.Deadline(now, c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
-		ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
-		break
+		res, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
+		if err == nil || !errors.Is(err, zk.ErrNoNode) {
+			return err
+		}
+		// The op that failed is the first with an error (ZooKeeper marks
+		// those before it OK and those after it inconsistent).
+		failed := -1
+		for i, r := range res {
+			if r.Error != nil {
+				failed = i
+				break
+			}
+		}
+		if failed < 1 || failed >= len(ops) {
+			return err // the head itself is gone
+		}
+		gone := failed - 1 // ops[i] is behind[i-1]
+		// q is shared with other readers: never modify it.
+		behind = append(append(make([]child, 0, len(behind)-1), behind[:gone]...), behind[gone+1:]...)
 	}
-	_, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
-	return err
 }
 
 // expireHead removes an expired head (q[0], granted with token) and tells

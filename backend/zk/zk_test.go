@@ -1303,3 +1303,55 @@ func TestLeaseRenewedElsewhereOutlivesItsCachedDeadline(t *testing.T) {
 		t.Errorf("single try after the release: %v, want the lock free", err)
 	}
 }
+
+// Single tries (wait 0) queue behind the holder and leave a moment later, all
+// the time. Release hands the lock on to the first live node behind the
+// holder; when that node leaves first, Release must hand on past it, not give
+// up after reading a queue that keeps changing.
+func TestReleaseAmidSingleTries(t *testing.T) {
+	z := sharedZK(t, 1)
+	holderB := newBackend(t, z.Addrs(), Options{})
+	triers := []*Backend{holderB, newBackend(t, z.Addrs(), Options{})}
+	key := uniqueKey(t)
+	var (
+		wg   sync.WaitGroup
+		stop = make(chan struct{})
+	)
+	stopTriers := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopTriers)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(triers *Backend) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				if g, err := triers.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "trier", TTL: 10 * time.Second}); err == nil {
+					_ = triers.Release(ctx, key, g.LeaseID)
+				}
+				cancel()
+			}
+		}(triers[i%2])
+	}
+	const rounds = 30
+	failed := 0
+	for round := 0; round < rounds; round++ {
+		g, err := holderB.Acquire(ctxFor(t, 30*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Second, Wait: 20 * time.Second})
+		if err != nil {
+			t.Fatalf("round %d: Acquire: %v", round, err)
+		}
+		time.Sleep(5 * time.Millisecond) // single tries queue behind it
+		if err := holderB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+			failed++
+			t.Errorf("round %d: Release: %v", round, err)
+		}
+	}
+	stopTriers()
+	if failed > 0 {
+		t.Errorf("%d of %d releases failed amid single tries, want 0", failed, rounds)
+	}
+}
