@@ -86,6 +86,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 		{"ReleaseWakesWaiter", s.releaseWakesWaiter},
 		{"ReleaseWakesWaiterOnOtherReplica", s.releaseWakesRemoteWaiter},
 		{"FIFOWaiters", s.fifo},
+		{"WaiterOutwaitingItsTTLKeepsTurn", s.waiterOutwaitsTTL},
 		{"CancelledWaiterLeavesNoTrace", s.cancelledWaiter},
 		{"CancelledContextAcquiresNothing", s.cancelledBeforeStart},
 		{"InspectShowsHolderAndWaiters", s.inspect},
@@ -726,6 +727,190 @@ func (s *suite) fifo(t *testing.T) {
 	}
 	if !sort.IntsAreSorted(order) || len(order) != n {
 		t.Errorf("waiters granted in order %v, want 0..%d in arrival order", order, n-1)
+	}
+}
+
+// Waiters that queued longer than their own TTL keep their turns: a TTL
+// counts from the grant, not from when the waiter queued, so at each handoff
+// neither a newcomer trying with wait 0 nor a waiter further back takes the
+// lock from the next waiter in line, and each grant is a fresh lease.
+// Several such waiters hand the lock on one after another, each handoff a
+// moment in which a backend that judges a waiter by the deadline it queued
+// with would see it expired.
+func (s *suite) waiterOutwaitsTTL(t *testing.T) {
+	replicas := []backend.Backend{s.newBackend(t), s.newBackend(t)}
+	key := s.key(t)
+	h := acquire(t, replicas[0], backend.AcquireRequest{Key: key, Owner: "holder", TTL: 30 * time.Second})
+	const (
+		ttl        = 500 * time.Millisecond
+		outwaiters = 3 // then one waiter behind them, with a long TTL
+	)
+	type turn struct {
+		who       int
+		g         backend.Grant
+		granted   time.Time // when Acquire returned
+		releasing time.Time // when its Release began
+	}
+	var (
+		mu      sync.Mutex
+		turns   []turn
+		errs    = make(chan error, outwaiters+1)
+		waiters sync.WaitGroup
+	)
+	queue := func(who int, b backend.Backend, req backend.AcquireRequest) {
+		waiters.Add(1)
+		go func() {
+			defer waiters.Done()
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			g, err := b.Acquire(ctx, req)
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", req.Owner, err)
+				return
+			}
+			tu := turn{who: who, g: g, granted: time.Now()}
+			tu.releasing = time.Now() // at once: the grant's TTL is short
+			err = b.Release(ctx, key, g.LeaseID)
+			mu.Lock()
+			turns = append(turns, tu)
+			mu.Unlock()
+			if err != nil {
+				errs <- fmt.Errorf("%s: release %v after the grant: %w", req.Owner, time.Since(tu.granted), err)
+			}
+		}()
+	}
+	owner := func(who int) string {
+		if who == outwaiters {
+			return "behind"
+		}
+		return fmt.Sprint("outwaiter-", who)
+	}
+	for i := 0; i < outwaiters; i++ {
+		queue(i, replicas[(i+1)%2], backend.AcquireRequest{Key: key, Owner: owner(i), TTL: ttl, Wait: 20 * time.Second})
+		s.waitForWaiters(t, replicas[0], key, i+1)
+	}
+	queue(outwaiters, replicas[0], backend.AcquireRequest{Key: key, Owner: owner(outwaiters), TTL: 10 * time.Second, Wait: 30 * time.Second})
+	s.waitForWaiters(t, replicas[0], key, outwaiters+1)
+
+	// Newcomers keep trying with wait 0 through both replicas, from before
+	// the release until every waiter had its turn.
+	var (
+		newcomers sync.WaitGroup
+		stop      = make(chan struct{})
+		newGrants []time.Time // when a newcomer's Acquire returned a grant
+		newErrs   = make(chan error, 8)
+	)
+	stopNewcomers := sync.OnceFunc(func() { close(stop); newcomers.Wait() })
+	t.Cleanup(stopNewcomers)
+	for i := 0; i < 8; i++ {
+		newcomers.Add(1)
+		go func(b backend.Backend) {
+			defer newcomers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+				g, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "newcomer", TTL: 10 * time.Second})
+				if err == nil {
+					mu.Lock()
+					newGrants = append(newGrants, time.Now())
+					mu.Unlock()
+					err = b.Release(ctx, key, g.LeaseID)
+				} else if errors.Is(err, backend.ErrHeld) {
+					err = nil
+				}
+				cancel()
+				if err != nil {
+					select {
+					case <-stop: // the test is over: its context ended
+					default:
+						newErrs <- fmt.Errorf("newcomer: %w", err)
+					}
+					return
+				}
+			}
+		}(replicas[i%2])
+	}
+
+	time.Sleep(3 * ttl) // every waiter waits well past its TTL
+	mu.Lock()
+	early := len(turns)
+	mu.Unlock()
+	if early > 0 {
+		t.Fatalf("%d waiters granted before the holder released", early)
+	}
+	released := time.Now()
+	if err := replicas[0].Release(ctxTimeout(t, 10*time.Second), key, h.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		waiters.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(40 * time.Second):
+		t.Fatalf("waiters still not granted 40s after the release")
+	}
+	stopNewcomers()
+	close(errs)
+	close(newErrs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for err := range newErrs {
+		t.Error(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Each holds the lock alone, so the order of the grants' returns is the
+	// order in which they held it.
+	sort.Slice(turns, func(i, j int) bool { return turns[i].granted.Before(turns[j].granted) })
+	var order []int
+	prev, prevToken := released, h.Token
+	for _, tu := range turns {
+		order = append(order, tu.who)
+		want := ttl
+		if tu.who == outwaiters {
+			want = 10 * time.Second
+		}
+		if tu.g.Owner != owner(tu.who) || tu.g.TTL != want {
+			t.Errorf("grant = {owner %q ttl %v}, want {%q %v}", tu.g.Owner, tu.g.TTL, owner(tu.who), want)
+		}
+		// Counted from the grant, which came after the previous holder's
+		// release began; the deadline the waiter queued with had passed.
+		if hi := tu.granted.Add(want).Add(time.Millisecond); !tu.g.ExpiresAt.After(prev) || tu.g.ExpiresAt.After(hi) {
+			t.Errorf("%s: expires_at %v, want a fresh lease: after the previous holder's release began (%v), by %v",
+				owner(tu.who), tu.g.ExpiresAt.Format(time.StampMilli), prev.Format(time.StampMilli), hi.Format(time.StampMilli))
+		}
+		if tu.g.Token <= prevToken {
+			t.Errorf("%s: token %d after %d, want strictly greater", owner(tu.who), tu.g.Token, prevToken)
+		}
+		prev, prevToken = tu.releasing, tu.g.Token
+	}
+	if len(turns) != outwaiters+1 {
+		return // the errors above say who missed its turn
+	}
+	if s.opts.NoFIFO != "" {
+		t.Logf("turn order %v not checked (not FIFO: %s)", order, s.opts.NoFIFO)
+		return
+	}
+	if !sort.IntsAreSorted(order) {
+		t.Errorf("waiters held the lock in order %v, want 0..%d in arrival order: a waiter that outwaited its TTL lost its turn", order, outwaiters)
+	}
+	last := turns[len(turns)-1].granted
+	jumped := 0
+	for _, at := range newGrants {
+		if at.Before(last) {
+			jumped++
+		}
+	}
+	if jumped > 0 {
+		t.Errorf("%d newcomers trying with wait 0 were granted before the last waiter had its turn, want 0", jumped)
 	}
 }
 

@@ -202,9 +202,11 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 			return g, false, nil
 		}
 		// A queued predecessor that comes to head the queue after now holds
-		// the lock until at least now + nine tenths of its TTL (see
-		// holding): look again then, or when it is abandoned. Watching its
-		// data instead would wake us at every handoff ahead of us.
+		// the lock until at least now + its TTL (the handoff writes that;
+		// nine tenths leaves room for a node that, not promoted, keeps
+		// its own deadline: see holding): look again then, or when it is
+		// abandoned. Watching its data instead would wake us at every
+		// handoff ahead of us.
 		dies = min(a.b.clock.FreeAt(time.UnixMilli(pred.waitUntil)).UnixMilli(), now.Add(pred.ttl*9/10).UnixMilli())
 	}
 	if !waiting {
@@ -316,15 +318,20 @@ func (b *Backend) findNode(ctx context.Context, kp, prefix string) (string, erro
 }
 
 // holding is called when our node heads the queue: it is the grant. The
-// lease runs to the deadline our node carries: the one it was created with
-// (counted from when it joined the queue, so never later than a deadline the
-// client counts from sending its request) or one a handoff wrote. When that
-// leaves less than nine tenths of the TTL, the lease is restarted now, with
-// a versioned write: a competing removal of our node wins or loses against
-// it as a whole.
+// lease runs to the deadline our node carries. A node that came to head the
+// queue through a handoff (a release, the removal of an expired holder, a
+// holder leaving) carries the deadline the handoff wrote, counted from then:
+// its data version is above 0, and that is the grant as it stands. A node
+// never written to (version 0) carries the deadline it was created with,
+// counted from when it joined the queue (so never later than a deadline the
+// client counts from sending its request): kept when at least nine tenths of
+// the TTL remain, else restarted now. A deadline that passed before we
+// noticed the grant is restarted too. Either write is versioned: a competing
+// removal of our node wins or loses against it as a whole.
 func (a *acquirer) holding(ctx context.Context, r nodeRead) (backend.Grant, error) {
 	now := a.b.clock.Now()
-	if remaining := r.data.deadline().Sub(now); remaining < a.req.TTL*9/10 {
+	remaining := r.data.deadline().Sub(now)
+	if remaining <= 0 || r.stat.Version == 0 && remaining < a.req.TTL*9/10 {
 		d := nodeData{Deadline: lease.Deadline(now, a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
 		st, err := call(ctx, func() (*zk.Stat, error) { return a.b.conn.Set(a.kp+"/"+a.name, d.encode(), r.stat.Version) })
 		if err != nil {

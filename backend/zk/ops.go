@@ -27,7 +27,8 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	kp := b.keyPath(key)
 	for attempt := 0; attempt < 10; attempt++ {
 		c, ok := b.grants.get(leaseID, key)
-		if !ok || attempt > 0 {
+		fromCache := ok && attempt == 0
+		if !fromCache {
 			// Find the node and read it: the lease may have been granted
 			// or renewed by another replica.
 			q, err := b.queue(ctx, kp)
@@ -51,6 +52,9 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		}
 		now := b.clock.Now()
 		if !b.clock.Valid(time.UnixMilli(c.deadline)) {
+			if fromCache {
+				continue // renewed elsewhere, perhaps: only the node says it ran out
+			}
 			b.grants.drop(leaseID)
 			return backend.Grant{}, leaseExpired("renew", key)
 		}
@@ -80,9 +84,13 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	return backend.Grant{}, unavailable("renew", errors.New("the lease kept changing"))
 }
 
-// Release implements backend.Backend. The release itself is one versioned
-// delete of the lease's node, which wakes the one waiter watching it; that
-// waiter records its own grant.
+// Release implements backend.Backend. The release is one multi-op that
+// deletes the lease's node (versioned) and hands the lock on (removeHead):
+// the next live waiter's node gets its fresh deadline in the same
+// transaction, so nobody can read the queue between the two and see that
+// waiter heading it with the deadline it queued with (long past, if it
+// waited longer than its TTL) and remove it as expired. The delete wakes the
+// one waiter watching the node, which finds its grant written.
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	secret, seq, ok := parseLease(leaseID)
 	if !ok {
@@ -91,18 +99,22 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	kp := b.keyPath(key)
 	c, cachedOK := b.grants.get(leaseID, key)
 	for attempt := 0; attempt < 20; attempt++ {
-		if !cachedOK {
-			// Granted or renewed elsewhere: find the node and read it.
-			q, err := b.queue(ctx, kp)
-			if err != nil {
-				return unavailable("release", err)
-			}
-			i, found := byLease(q, secret, seq)
-			if !found || i != 0 {
-				// Gone, or (never granted) not heading the queue.
-				b.grants.drop(leaseID)
-				return leaseExpired("release", key)
-			}
+		// The queue names the waiter to hand on to; the grant cache, if it
+		// knows the lease, saves reading the node.
+		q, err := b.queue(ctx, kp)
+		if err != nil {
+			return unavailable("release", err)
+		}
+		i, found := byLease(q, secret, seq)
+		if !found || i != 0 {
+			// Gone, or (never granted) not heading the queue.
+			b.grants.drop(leaseID)
+			return leaseExpired("release", key)
+		}
+		fromCache := cachedOK && c.name == q[0].name
+		cachedOK = false
+		if !fromCache {
+			// Granted or renewed elsewhere: read the node.
 			r, err := b.read(ctx, kp+"/"+q[0].name)
 			if errors.Is(err, zk.ErrNoNode) {
 				continue
@@ -112,12 +124,14 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			}
 			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
 		}
-		cachedOK = false
 		if !b.clock.Valid(time.UnixMilli(c.deadline)) {
+			if fromCache {
+				continue // renewed elsewhere, perhaps: only the node says it ran out
+			}
 			// Too late: the lease ran out. Clear it for the next waiter
 			// once nobody could still count on it.
 			b.grants.drop(leaseID)
-			if q, err := b.queue(ctx, kp); err == nil && len(q) > 0 && q[0].name == c.name && b.clock.Overdue(time.UnixMilli(c.deadline)) {
+			if b.clock.Overdue(time.UnixMilli(c.deadline)) {
 				if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {
 					return unavailable("release", err)
 				}
@@ -125,16 +139,15 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			return leaseExpired("release", key)
 		}
 		// The version proves the node still holds the deadline just checked.
-		err := b.delete(ctx, kp+"/"+c.name, c.version)
+		err = b.removeHead(ctx, key, q, c.version)
 		switch {
 		case err == nil:
 			b.grants.drop(leaseID)
 			return nil
-		case errors.Is(err, zk.ErrNoNode):
-			b.grants.drop(leaseID)
-			return leaseExpired("release", key)
-		case errors.Is(err, zk.ErrBadVersion):
-			continue // renewed elsewhere meanwhile: read it again
+		case isConflict(err):
+			// Renewed elsewhere, removed, or the waiter to hand on to left
+			// meanwhile: read the queue again.
+			continue
 		default:
 			return unavailable("release", err)
 		}

@@ -34,17 +34,23 @@
 //
 // A node is created with the deadline it would have if it headed the queue at
 // once (now + TTL, counted from before the create, so never later than a
-// deadline the client counts from sending its request). A waiter that comes
-// to head the queue keeps that deadline when at least nine tenths of its TTL
-// remain (a short wait: the handoff costs no write but the release's), and
-// otherwise restarts its lease with a versioned setData. Release is one
-// versioned delete; Renew one versioned setData, which never touches a node
-// whose deadline has passed.
+// deadline the client counts from sending its request).
 //
-// Whoever notices an expired head deletes it (with a version check, so a
+// The head never leaves alone: whoever removes it (Release, a holder leaving,
+// whoever notices it expired) deletes it with a version check (so a
 // concurrent renew wins or loses as a whole) and, in the same multi-op,
-// deletes the abandoned waiters behind it and writes a fresh deadline on the
-// first live one. Noticing is the job of the waiter right behind the head
+// deletes the abandoned waiters behind it and writes a fresh deadline, now +
+// its TTL, on the first live one: the handoff. So a waiter that queued for
+// longer than its TTL never heads the queue with the deadline it queued with,
+// which a newcomer or a timer would take for an expired grant; its lease
+// counts from the handoff, and the waiter, woken by the delete, reads its
+// grant from its own node. A waiter that leaves at that moment either
+// deletes its node first (the multi fails and the releaser hands on to the
+// next) or finds itself promoted (its versioned delete fails) and leaves as
+// a holder does, handing on. Renew is one versioned setData, which never
+// touches a node whose deadline has passed.
+//
+// Noticing an expired head is the job of the waiter right behind the head
 // (it watches the head's data and deletion, and sets a timer at its
 // deadline), of any acquirer that reads the queue, and of a late release.
 // A waiter further back sets a timer at the earliest moment its predecessor
@@ -409,27 +415,55 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 // removeHead deletes the head of q (at version v) and, in the same multi-op,
 // deletes the abandoned waiters right behind it and grants the lock to the
 // first live one by writing its deadline. Everything it needs is in the node
-// names, so it costs one write. It serves the removal of an expired holder and
-// a holder leaving through a cancelled acquire; Release itself is a plain
-// versioned delete. A conflict (the queue changed since q was read) comes back
-// as an error for which isConflict is true.
+// names, so it costs one write. It serves every removal of a head: Release,
+// the removal of an expired holder, and a holder leaving through a cancelled
+// acquire, so a waiter never heads the queue with the deadline it queued
+// with.
+//
+// A waiter behind the head that left since q was read (single tries queue
+// and leave all the time) fails the multi-op with ErrNoNode on its own op:
+// the next try goes without it, from the same q, rather than from a new
+// read that newer single tries would spoil again. Nodes queued since q was
+// read are behind all of q, and fresh: their own deadlines are barely
+// started. A conflict on the head itself (the queue changed: renewed,
+// removed) comes back as an error for which isConflict is true.
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
-	ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
-	for _, c := range q[1:] {
-		// A node that never headed the queue was never written to: its
-		// data version is 0.
-		p := kp + "/" + c.name
-		if c.abandoned(b.clock) {
-			ops = append(ops, &zk.DeleteRequest{Path: p, Version: 0})
-			continue
+	behind := q[1:]
+	for {
+		ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
+		for _, c := range behind {
+			// A node that never headed the queue was never written to: its
+			// data version is 0.
+			p := kp + "/" + c.name
+			if c.abandoned(b.clock) {
+				ops = append(ops, &zk.DeleteRequest{Path: p, Version: 0})
+				continue
+			}
+			d := nodeData{Deadline: b.clock.Deadline(c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
+			ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
+			break
 		}
-		d := nodeData{Deadline: b.clock.Deadline(c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
-		ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
-		break
+		res, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
+		if err == nil || !errors.Is(err, zk.ErrNoNode) {
+			return err
+		}
+		// The op that failed is the first with an error (ZooKeeper marks
+		// those before it OK and those after it inconsistent).
+		failed := -1
+		for i, r := range res {
+			if r.Error != nil {
+				failed = i
+				break
+			}
+		}
+		if failed < 1 || failed >= len(ops) {
+			return err // the head itself is gone
+		}
+		gone := failed - 1 // ops[i] is behind[i-1]
+		// q is shared with other readers: never modify it.
+		behind = append(append(make([]child, 0, len(behind)-1), behind[:gone]...), behind[gone+1:]...)
 	}
-	_, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
-	return err
 }
 
 // expireHead removes an expired head (q[0], granted with token) and tells

@@ -1029,3 +1029,340 @@ func TestWaiterBehindDeadNewHolder(t *testing.T) {
 		t.Errorf("token %d after %d, want greater", w2.Token, w1.Token)
 	}
 }
+
+// A waiter that queued longer than its TTL keeps its turn even when its
+// lockd learns of the release late: its client reaches ZooKeeper through a
+// real TCP proxy that delays every packet, while newcomers on a fast link
+// keep trying with wait 0. The release itself writes the waiter's fresh
+// deadline, so no newcomer sees an expired holder to remove: the waiter is
+// granted, with the deadline ZooKeeper holds, counted from the release, and
+// no backend reports an expiry (no audit line, no metric) for a grant that
+// never ran out.
+func TestWaiterOutwaitingItsTTLKeepsTurnOverSlowLink(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk-slow", "127.0.0.1:0", z.Addr(0))
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+
+	var (
+		mu       sync.Mutex
+		expiries []backend.Expiry
+	)
+	hooks := backend.Hooks{OnExpire: func(x backend.Expiry) {
+		mu.Lock()
+		expiries = append(expiries, x)
+		mu.Unlock()
+	}}
+	waiterB := New(dial(t, []string{proxy.Listen}), Options{Hooks: hooks})
+	t.Cleanup(func() { waiterB.Close() })
+	holderB := newBackend(t, z.Addrs(), Options{Hooks: hooks})
+	newcomerB := newBackend(t, z.Addrs(), Options{Hooks: hooks})
+	key := uniqueKey(t)
+
+	h, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	const ttl = 2 * time.Second
+	type result struct {
+		g   backend.Grant
+		err error
+	}
+	waiter := make(chan result, 1)
+	go func() {
+		w, err := waiterB.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "outwaiter", TTL: ttl, Wait: 30 * time.Second})
+		waiter <- result{w, err}
+	}()
+	waitFor(t, func() bool {
+		st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the waiter to queue")
+	time.Sleep(100 * time.Millisecond) // its watch is set
+	for _, stream := range []string{"upstream", "downstream"} {
+		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":100}}`, stream, stream)
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			t.Fatalf("latency toxic: %v", err)
+		}
+	}
+
+	var (
+		newcomers sync.WaitGroup
+		stop      = make(chan struct{})
+		jumped    atomic.Int64
+		tries     atomic.Int64
+	)
+	stopNewcomers := sync.OnceFunc(func() { close(stop); newcomers.Wait() })
+	t.Cleanup(stopNewcomers)
+	for i := 0; i < 4; i++ {
+		newcomers.Add(1)
+		go func() {
+			defer newcomers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				g, err := newcomerB.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "newcomer", TTL: 10 * time.Second})
+				tries.Add(1)
+				if err == nil {
+					jumped.Add(1)
+					_ = newcomerB.Release(ctx, key, g.LeaseID)
+				}
+				cancel()
+			}
+		}()
+	}
+
+	time.Sleep(ttl + 500*time.Millisecond) // the waiter's queued deadline passes
+	released := time.Now()
+	if err := holderB.Release(ctxFor(t, 10*time.Second), key, h.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	releaseDone := time.Now()
+	var r result
+	select {
+	case r = <-waiter:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the waiter not granted 20s after the release")
+	}
+	stopNewcomers()
+	if r.err != nil {
+		t.Fatalf("the waiter that outwaited its TTL: %v, want the grant", r.err)
+	}
+	t.Logf("%d newcomer tries", tries.Load())
+	if n := jumped.Load(); n > 0 {
+		t.Errorf("%d newcomers trying with wait 0 were granted while the waiter was first in line", n)
+	}
+	mu.Lock()
+	if len(expiries) > 0 {
+		t.Errorf("OnExpire(%+v), want no call: no grant ran out", expiries)
+	}
+	mu.Unlock()
+
+	// The grant is the one ZooKeeper holds, its TTL counted from the
+	// handoff the release made.
+	q, err := holderB.queue(ctxFor(t, 10*time.Second), holderB.keyPath(key))
+	if err != nil {
+		t.Fatalf("queue: %v", err)
+	}
+	if len(q) == 0 || q[0].owner != "outwaiter" {
+		t.Fatalf("queue %v, want the waiter at its head", q)
+	}
+	stored, err := holderB.read(ctxFor(t, 10*time.Second), holderB.keyPath(key)+"/"+q[0].name)
+	if err != nil {
+		t.Fatalf("read the waiter's node: %v", err)
+	}
+	if got, want := r.g.ExpiresAt, time.UnixMilli(stored.data.Deadline); !got.Equal(want) {
+		t.Errorf("grant expires_at %v, want the deadline ZooKeeper holds, %v", got.Format(time.StampMilli), want.Format(time.StampMilli))
+	}
+	if lo, hi := released.Add(ttl).Add(-time.Millisecond), releaseDone.Add(ttl); r.g.ExpiresAt.Before(lo) || r.g.ExpiresAt.After(hi) {
+		t.Errorf("grant expires_at %v, want the TTL counted from the release: within [%v, %v]",
+			r.g.ExpiresAt.Format(time.StampMilli), lo.Format(time.StampMilli), hi.Format(time.StampMilli))
+	}
+	if r.g.TTL != ttl || r.g.Owner != "outwaiter" || r.g.Token <= h.Token {
+		t.Errorf("grant = {ttl %v owner %q token %d}, want {%v %q > %d}", r.g.TTL, r.g.Owner, r.g.Token, ttl, "outwaiter", h.Token)
+	}
+	if err := waiterB.Release(ctxFor(t, 10*time.Second), key, r.g.LeaseID); err != nil {
+		t.Errorf("Release of the waiter's grant: %v", err)
+	}
+}
+
+// A waiter whose caller gives up at the moment the release hands it the lock
+// must not be left holding it with nobody to renew: either it leaves first
+// and the release, finding it gone, hands on to the waiter behind it; or the
+// release promotes it first and it leaves as a holder does, handing on. The
+// quitter reaches ZooKeeper through a real proxy that delays every packet by
+// 100 ms, and the release comes from before the cancellation to well after
+// it, so both orders, and the races between, happen. The waiter behind has a
+// 30 s TTL's worth of reasons to notice if the lock stuck with the one that
+// left.
+func TestWaiterLeavingAtTheHandoffHandsOn(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk-slow", "127.0.0.1:0", z.Addr(0))
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+	for _, stream := range []string{"upstream", "downstream"} {
+		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":100}}`, stream, stream)
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			t.Fatalf("latency toxic: %v", err)
+		}
+	}
+	quitterB := New(dial(t, []string{proxy.Listen}), Options{})
+	t.Cleanup(func() { quitterB.Close() })
+	holderB := newBackend(t, z.Addrs(), Options{})
+	behindB := newBackend(t, z.Addrs(), Options{})
+
+	// The release's delay after the cancellation; negative: before it.
+	delays := []time.Duration{-50, 0, 100, 150, 200, 250, 300, 450}
+	granted := 0
+	for _, d := range delays {
+		d *= time.Millisecond
+		key := fmt.Sprintf("%s-%d", uniqueKey(t), d.Milliseconds())
+		h, err := holderB.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 30 * time.Second})
+		if err != nil {
+			t.Fatalf("release %v after the cancel: Acquire: %v", d, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		quitter := make(chan error, 1)
+		go func() {
+			g, err := quitterB.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "quitter", TTL: 30 * time.Second, Wait: 30 * time.Second})
+			if err == nil {
+				// Its grant beat the cancellation: what the HTTP layer does
+				// then.
+				if err = quitterB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err == nil {
+					err = errGranted
+				}
+			}
+			quitter <- err
+		}()
+		waitFor(t, func() bool {
+			st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+			return err == nil && st.Waiters == 1
+		}, "the quitter to queue")
+		behind := make(chan error, 1)
+		go func() {
+			g, err := behindB.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "behind", TTL: 30 * time.Second, Wait: 45 * time.Second})
+			if err == nil {
+				err = behindB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID)
+			}
+			behind <- err
+		}()
+		waitFor(t, func() bool {
+			st, err := holderB.Inspect(ctxFor(t, 10*time.Second), key)
+			return err == nil && st.Waiters == 2
+		}, "the waiter behind to queue")
+		time.Sleep(300 * time.Millisecond) // the quitter's watch is set, through the slow link
+
+		release := func() {
+			if err := holderB.Release(ctxFor(t, 10*time.Second), key, h.LeaseID); err != nil {
+				t.Errorf("release %v after the cancel: Release: %v", d, err)
+			}
+		}
+		if d < 0 {
+			release()
+			time.Sleep(-d)
+			cancel()
+		} else {
+			cancel()
+			time.Sleep(d)
+			release()
+		}
+		switch err := <-quitter; {
+		case errors.Is(err, errGranted):
+			granted++
+		case !errors.Is(err, context.Canceled):
+			t.Fatalf("release %v after the cancel: the quitter got %v, want context.Canceled", d, err)
+		}
+		select {
+		case err := <-behind:
+			if err != nil {
+				t.Fatalf("release %v after the cancel: the waiter behind: %v", d, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("release %v after the cancel: the waiter behind not granted 10s after the release: the lock stuck with the waiter that left", d)
+		}
+		names, _, err := holderB.conn.Children(holderB.keyPath(key))
+		if err != nil && !errors.Is(err, zk.ErrNoNode) {
+			t.Fatalf("Children: %v", err)
+		}
+		if len(names) != 0 {
+			t.Fatalf("release %v after the cancel: queue %v once everyone left, want it empty", d, names)
+		}
+	}
+	t.Logf("%d of %d quitters were granted before they saw their cancellation", granted, len(delays))
+}
+
+var errGranted = errors.New("granted")
+
+// A lease renewed through another replica outlives the deadline the granting
+// replica remembers: that replica's renew and release of it work, and read
+// the node rather than trust the remembered deadline.
+func TestLeaseRenewedElsewhereOutlivesItsCachedDeadline(t *testing.T) {
+	z := sharedZK(t, 1)
+	granter := newBackend(t, z.Addrs(), Options{})
+	other := newBackend(t, z.Addrs(), Options{})
+	const ttl = 300 * time.Millisecond
+	grantAndRenewElsewhere := func(key string) backend.Grant {
+		t.Helper()
+		g, err := granter.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: ttl})
+		if err != nil {
+			t.Fatalf("Acquire: %v", err)
+		}
+		if _, err := other.Renew(ctxFor(t, 10*time.Second), key, g.LeaseID, 30*time.Second); err != nil {
+			t.Fatalf("Renew through the other replica: %v", err)
+		}
+		return g
+	}
+	renewKey, releaseKey := uniqueKey(t)+"-renew", uniqueKey(t)+"-release"
+	gRenew := grantAndRenewElsewhere(renewKey)
+	gRelease := grantAndRenewElsewhere(releaseKey)
+	time.Sleep(time.Until(gRelease.ExpiresAt) + 200*time.Millisecond) // the granter's remembered deadlines pass
+
+	if _, err := granter.Renew(ctxFor(t, 10*time.Second), renewKey, gRenew.LeaseID, 30*time.Second); err != nil {
+		t.Errorf("Renew through the granter of a lease renewed elsewhere: %v, want the renewal", err)
+	}
+	if err := granter.Release(ctxFor(t, 10*time.Second), releaseKey, gRelease.LeaseID); err != nil {
+		t.Errorf("Release through the granter of a lease renewed elsewhere: %v, want it released", err)
+	}
+	if _, err := other.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: releaseKey, TTL: time.Second}); err != nil {
+		t.Errorf("single try after the release: %v, want the lock free", err)
+	}
+}
+
+// Single tries (wait 0) queue behind the holder and leave a moment later, all
+// the time. Release hands the lock on to the first live node behind the
+// holder; when that node leaves first, Release must hand on past it, not give
+// up after reading a queue that keeps changing.
+func TestReleaseAmidSingleTries(t *testing.T) {
+	z := sharedZK(t, 1)
+	holderB := newBackend(t, z.Addrs(), Options{})
+	triers := []*Backend{holderB, newBackend(t, z.Addrs(), Options{})}
+	key := uniqueKey(t)
+	var (
+		wg   sync.WaitGroup
+		stop = make(chan struct{})
+	)
+	stopTriers := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopTriers)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(triers *Backend) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				if g, err := triers.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: "trier", TTL: 10 * time.Second}); err == nil {
+					_ = triers.Release(ctx, key, g.LeaseID)
+				}
+				cancel()
+			}
+		}(triers[i%2])
+	}
+	const rounds = 30
+	failed := 0
+	for round := 0; round < rounds; round++ {
+		g, err := holderB.Acquire(ctxFor(t, 30*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Second, Wait: 20 * time.Second})
+		if err != nil {
+			t.Fatalf("round %d: Acquire: %v", round, err)
+		}
+		time.Sleep(5 * time.Millisecond) // single tries queue behind it
+		if err := holderB.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+			failed++
+			t.Errorf("round %d: Release: %v", round, err)
+		}
+	}
+	stopTriers()
+	if failed > 0 {
+		t.Errorf("%d of %d releases failed amid single tries, want 0", failed, rounds)
+	}
+}
