@@ -267,6 +267,12 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 			s.leases.abandoned(who.Name)
 		}
 	}
+	if err == nil && r.Context().Err() != nil {
+		// Granted as the client left: nobody will ever renew or release
+		// it, so it would block the key for its whole TTL.
+		s.releaseOrphan(r, who, g)
+		return
+	}
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
 			err = fmt.Errorf("%w: the wait for %q was cut short", errShuttingDown, key)
