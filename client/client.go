@@ -19,8 +19,9 @@
 //     error or 503 (a renew extends the same lease, a release of a lease
 //     that is already gone changes nothing);
 //   - an acquire is retried only when the server certainly did not grant it:
-//     a 503 (the server promises no half-made state) or a connection that
-//     was never made. When an acquire reached the server and its reply was
+//     a 429 that refused before doing anything, or a connection that was
+//     never made. A 503 may come with a half-made grant that the backend
+//     lets expire, so it is returned as ErrUnavailable. When an acquire reached the server and its reply was
 //     lost, the lock may have been granted to a lease id the client never
 //     saw. Retrying would then queue behind our own orphan and, for a wait
 //     longer than the TTL, eventually be granted once the orphan expired —
@@ -455,13 +456,18 @@ func refusedForNow(e *Error) bool {
 		e.Status == http.StatusTooManyRequests && (e.Code == "rate_limited" || e.Code == "too_many_waiters")
 }
 
+// acquireRetryable reports whether an acquire may be sent again without an
+// Idempotency-Key. A 503 may come with a half-made grant (the contract
+// allows one on backend_unavailable), so only refusals made before anything
+// was done (429 rate_limited, too_many_waiters) and connections never made
+// qualify.
 func acquireRetryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return refusedForNow(e)
+		return e.Status == http.StatusTooManyRequests && refusedForNow(e)
 	}
 	return isTransport(err) && neverSent(err)
 }
