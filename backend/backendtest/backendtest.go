@@ -40,6 +40,9 @@ type Options struct {
 	// NoWaiterCount, when set, is the reason Inspect cannot count waiters;
 	// waiter counts are then not asserted.
 	NoWaiterCount string
+	// NoIdempotency, when set, is the reason the backend does not implement
+	// backend.Idempotent; the Idempotent subtests are skipped with it.
+	NoIdempotency string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -77,6 +80,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 		{"ListHeldLocks", s.list},
 		{"Ping", s.ping},
 	}
+	tests = append(tests, s.idempotencyTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

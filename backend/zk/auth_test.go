@@ -57,7 +57,7 @@ func TestConformanceDigestACL(t *testing.T) {
 	}
 	backendtest.Run(t, func(t *testing.T) backend.Backend {
 		return digestBackend(t, z.Addrs(), root, lockdDigest)
-	}, backendtest.Options{})
+	}, backendtest.Options{NoIdempotency: noIdempotency})
 }
 
 // Every node lockd creates carries its ACL, and nobody else — no auth,

@@ -56,7 +56,7 @@ func TestConformanceTLS(t *testing.T) {
 	}
 	backendtest.Run(t, func(t *testing.T) backend.Backend {
 		return tlsDigestBackend(t, z.Addrs(), conf, root)
-	}, backendtest.Options{})
+	}, backendtest.Options{NoIdempotency: noIdempotency})
 
 	t.Run("ReconnectAfterServerRestart", func(t *testing.T) {
 		key := uniqueKey(t)

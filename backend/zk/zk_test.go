@@ -141,12 +141,12 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 
 func TestConformanceStandalone(t *testing.T) {
 	z := sharedZK(t, 1)
-	backendtest.Run(t, factory(z.Addrs(), Options{}), backendtest.Options{})
+	backendtest.Run(t, factory(z.Addrs(), Options{}), backendtest.Options{NoIdempotency: noIdempotency})
 }
 
 func TestConformanceEnsemble(t *testing.T) {
 	z := sharedZK(t, 3)
-	backendtest.Run(t, factory(z.Addrs(), Options{Root: "/lockd-ensemble"}), backendtest.Options{})
+	backendtest.Run(t, factory(z.Addrs(), Options{Root: "/lockd-ensemble"}), backendtest.Options{NoIdempotency: noIdempotency})
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {
@@ -1018,3 +1018,6 @@ func TestWaiterBehindDeadNewHolder(t *testing.T) {
 		t.Errorf("token %d after %d, want greater", w2.Token, w1.Token)
 	}
 }
+
+// noIdempotency is why this backend skips the Idempotent subtests.
+const noIdempotency = "ZooKeeper acquires do not honour Idempotency-Key yet: the record belongs in the protected node name or the create multi, and backend/zk's acquire path is being reworked for the atomic handoff (issue 11 item 4) in parallel; it lands after that"

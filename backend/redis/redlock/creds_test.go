@@ -44,6 +44,7 @@ func TestConformanceTLSWithLeastPrivilegeUser(t *testing.T) {
 	}, backendtest.Options{
 		NoFIFO:        "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
 		NoWaiterCount: "Redlock has no queue, so nothing in Redis counts waiters",
+		NoIdempotency: noIdempotency,
 	})
 
 	// The same user cannot reach a key outside its prefix on any master.

@@ -40,6 +40,7 @@ func TestConformance(t *testing.T) {
 	backendtest.Run(t, newFactory(srv.Addrs(), testOptions), backendtest.Options{
 		NoFIFO:        "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins",
 		NoWaiterCount: "Redlock has no queue, so nothing in Redis counts waiters",
+		NoIdempotency: noIdempotency,
 	})
 }
 
@@ -60,3 +61,6 @@ func TestMain(m *testing.M) {
 	goredis.SetLogger(quietLog{})
 	os.Exit(m.Run())
 }
+
+// noIdempotency is why this backend skips the Idempotent subtests.
+const noIdempotency = "Redlock acquires do not honour Idempotency-Key yet: a replay must return the same expires_at, and the Redlock grant's TTL and expires_at are being changed to report the validity (issue 11 item 6) in parallel; it lands after that"
