@@ -47,18 +47,25 @@ func (b *lateGrant) Release(ctx context.Context, key, leaseID string) error {
 	return err
 }
 
-// A grant that arrives after its client left is released at once, once, by
-// the HTTP layer: nobody will renew it, and it would block the key for its
-// whole TTL.
-func TestGrantToDepartedClientIsReleased(t *testing.T) {
+// etcdBackend is the real etcd backend on an embedded etcd.
+func etcdBackend(t *testing.T) *etcdb.Backend {
+	t.Helper()
 	e := testserver.EtcdCluster(t, 1)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	real := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second})
-	t.Cleanup(func() { real.Close() })
+	b := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second})
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// A grant that arrives after its client left is released at once, once, by
+// the HTTP layer: nobody will renew it, and it would block the key for its
+// whole TTL.
+func TestGrantToDepartedClientIsReleased(t *testing.T) {
+	real := etcdBackend(t)
 	late := &lateGrant{Backend: real, granted: make(chan backend.Grant, 1), released: make(chan struct{})}
 	ts := httptest.NewServer(httpapi.New(late, httpapi.Options{Backend: "etcd"}))
 	t.Cleanup(ts.Close)
