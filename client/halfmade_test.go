@@ -52,7 +52,10 @@ func inProcessServer(t *testing.T, wrap func(backend.Backend) backend.Backend) (
 }
 
 // A 503 on acquire may come with a grant the client never saw: a blind
-// retry then meets that grant (409, or a queue behind it for a TTL).
+// retry then meets that grant (409, or a queue behind it for a TTL). Here
+// the backend cannot keep idempotency records (the server answers a keyed
+// acquire with 501), so the client falls back to unkeyed acquires and does
+// not retry after the 503.
 func TestAcquireNotRetriedBlindlyAfter503(t *testing.T) {
 	hm := &halfMade{}
 	url, _ := inProcessServer(t, func(b backend.Backend) backend.Backend { hm.Backend = b; return hm })
@@ -66,5 +69,36 @@ func TestAcquireNotRetriedBlindlyAfter503(t *testing.T) {
 	}
 	if n := hm.acquires.Load(); n != 1 {
 		t.Errorf("the server saw %d acquires, want 1 (no blind retry)", n)
+	}
+}
+
+// idemHalfMade is halfMade over a backend that keeps idempotency records.
+type idemHalfMade struct{ *halfMade }
+
+func (idemHalfMade) IdempotentAcquire() {}
+
+// With an Idempotency-Key the retry after a 503 is safe: it gets the grant
+// the first attempt half-made, not a 409 against it.
+func TestAcquireRetriedSafelyAfter503(t *testing.T) {
+	hm := &halfMade{}
+	url, real := inProcessServer(t, func(b backend.Backend) backend.Backend { hm.Backend = b; return idemHalfMade{hm} })
+	c := newClient(t, url, &client.Options{RetryBackoff: 10 * time.Millisecond})
+	ctx := ctxFor(t, time.Minute)
+	g, err := c.AcquireLease(ctx, "halfmade-idem", client.AcquireOptions{TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("acquire retried after a 503: %v, want the half-made grant", err)
+	}
+	if n := hm.acquires.Load(); n != 2 {
+		t.Errorf("the server saw %d acquires, want 2 (one retry)", n)
+	}
+	st, err := real.Inspect(ctx, "halfmade-idem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Held || st.Holder.Token != g.Token {
+		t.Fatalf("inspect %+v: want held by the returned grant (token %d)", st, g.Token)
+	}
+	if err := c.ReleaseLease(ctx, "halfmade-idem", g.LeaseID); err != nil {
+		t.Fatalf("release of the returned grant: %v", err)
 	}
 }
