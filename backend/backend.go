@@ -33,6 +33,10 @@ var (
 	// time. The operation left no half-made state the caller must clean up
 	// (a half-made grant, if any, expires or is removed by the backend).
 	ErrUnavailable = errors.New("backend unavailable")
+	// ErrIdempotencyKeyReused: an acquire carried the idempotency key of an
+	// earlier acquire with a different fingerprint (another request under
+	// the same key). Nothing was done.
+	ErrIdempotencyKeyReused = errors.New("idempotency key reused")
 )
 
 // HeldError is returned (wrapping ErrHeld) when an acquire gives up. Holder
@@ -69,7 +73,49 @@ type AcquireRequest struct {
 	// Waiters are served in arrival order (FIFO) unless the backend's
 	// conformance run declares otherwise.
 	Wait time.Duration
+	// Idempotency, when its Key is set, makes a retry of this acquire safe;
+	// see Idempotent.
+	Idempotency Idempotency
 }
+
+// Idempotency identifies one logical acquire across its retries. The HTTP
+// layer builds both fields; a backend stores and compares them and never
+// interprets them.
+type Idempotency struct {
+	// Key names the acquire: a hash of the caller, the lock key and the
+	// client's Idempotency-Key, in [A-Za-z0-9_-], at most 64 bytes. Empty:
+	// the acquire is not idempotent.
+	Key string
+	// Fingerprint is a hash of the fields that define the grant (owner,
+	// TTL; not Wait): a retry must carry the same.
+	Fingerprint string
+}
+
+// Idempotent is implemented by backends that honour
+// AcquireRequest.Idempotency. For such a backend, an acquire with a Key is
+// recorded in the same atomic store operation that queues it or grants it
+// (so the record holds across replicas and restarts), and a later acquire
+// with the same Key:
+//   - with another Fingerprint fails with ErrIdempotencyKeyReused;
+//   - while the recorded grant holds, returns that same grant (LeaseID,
+//     Token, ExpiresAt) without changing it;
+//   - while the recorded acquire still waits, waits in its place (FIFO) and
+//     returns the grant when it comes;
+//   - once the recorded grant ended (released, expired), fails with
+//     ErrLeaseExpired.
+//
+// An acquire that was refused (ErrHeld, ErrUnavailable, ctx's error) leaves
+// no record: a retry runs afresh. Records are kept at least as long as
+// IdempotencyWindow after their first use.
+type Idempotent interface {
+	Backend
+	// IdempotentAcquire is a marker: the backend honours Idempotency.
+	IdempotentAcquire()
+}
+
+// IdempotencyWindow is how long a backend keeps an idempotency record at
+// least, counted from the acquire that made it.
+const IdempotencyWindow = time.Hour
 
 // Grant is a held lock.
 type Grant struct {
@@ -85,6 +131,9 @@ type Grant struct {
 	Owner     string
 	TTL       time.Duration
 	ExpiresAt time.Time
+	// Replayed is set when an idempotent retry got the grant an earlier
+	// attempt with the same key made (see Idempotent).
+	Replayed bool
 }
 
 // LockState is what inspection shows of one key.

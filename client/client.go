@@ -18,9 +18,20 @@
 //   - inspect, list, renew and release are retried after any transport
 //     error or 503 (a renew extends the same lease, a release of a lease
 //     that is already gone changes nothing);
-//   - an acquire is retried only when the server certainly did not grant it:
-//     a 503 (the server promises no half-made state) or a connection that
-//     was never made. When an acquire reached the server and its reply was
+//   - an acquire carries an Idempotency-Key, fresh for each call of
+//     AcquireLease (or AcquireOptions.IdempotencyKey) and the same on each
+//     of its retries, so it is retried like the others: after a transport
+//     error (its reply may have been lost) or a 503, the server answers the
+//     retry with the grant the first attempt made, or lets it wait in the
+//     first attempt's place. The lease's Deadline then counts from the
+//     FIRST attempt's send.
+//   - against a lockd whose backend cannot keep idempotency records (501
+//     idempotency_unsupported: ZooKeeper and Redlock for now) the client
+//     sends acquires without the header from then on, and retries them
+//     only when the server certainly did not grant: a 429 that refused
+//     before doing anything, or a connection never made. A 503 may then
+//     come with a half-made grant the backend lets expire, and is returned
+//     as ErrUnavailable; a lost reply is ErrOutcomeUnknown. When an acquire reached the server and its reply was
 //     lost, the lock may have been granted to a lease id the client never
 //     saw. Retrying would then queue behind our own orphan and, for a wait
 //     longer than the TTL, eventually be granted once the orphan expired —
@@ -32,6 +43,8 @@ package client
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +55,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -72,6 +86,8 @@ type Client struct {
 	retries int
 	backoff time.Duration
 	ua      string
+
+	noIdempotency atomic.Bool // the server answered 501 idempotency_unsupported
 }
 
 // New returns a client for the lockd at addr: "host:port" or a URL such as
@@ -161,6 +177,11 @@ type AcquireOptions struct {
 	Margin time.Duration
 	// RenewEvery is how often Acquire's lock renews. Default TTL/3.
 	RenewEvery time.Duration
+	// IdempotencyKey names this logical acquire for the server (the
+	// Idempotency-Key header): pass the same one to retry an acquire whose
+	// outcome you do not know, from any process. Default: a fresh random
+	// key per call, reused on the call's own retries.
+	IdempotencyKey string
 }
 
 type grantJSON struct {
@@ -240,7 +261,11 @@ func lockPath(key, op string) string {
 func (c *Client) AcquireLease(ctx context.Context, key string, opts AcquireOptions) (Grant, error) {
 	start := time.Now()
 	var out grantJSON
-	var sent time.Time
+	var sent, firstSent time.Time
+	idem := opts.IdempotencyKey
+	if idem == "" {
+		idem = newIdempotencyKey()
+	}
 	for attempt := 0; ; attempt++ {
 		// A retry waits only for what is left of the caller's wait.
 		wait := opts.Wait - time.Since(start)
@@ -251,21 +276,45 @@ func (c *Client) AcquireLease(ctx context.Context, key string, opts AcquireOptio
 		if opts.TTL == 0 {
 			delete(body, "ttl_ms")
 		}
+		var hdr http.Header
+		keyed := !c.noIdempotency.Load()
+		if keyed {
+			hdr = http.Header{"Idempotency-Key": {strconv.Quote(idem)}}
+		}
 		var err error
-		sent, err = c.send(ctx, http.MethodPost, lockPath(key, "acquire"), body, &out)
+		sent, err = c.sendWith(ctx, http.MethodPost, lockPath(key, "acquire"), hdr, body, &out)
+		if firstSent.IsZero() || !keyed {
+			firstSent = sent
+		}
 		if err == nil {
-			g := out.grant(sent, opts.TTL)
+			// A replayed grant may have been made by the first attempt:
+			// its lease is bounded from the first send.
+			g := out.grant(firstSent, opts.TTL)
 			if g.Key == "" {
 				g.Key = key
 			}
 			return c.freshen(ctx, g)
 		}
-		if !acquireRetryable(err) || attempt >= c.retries {
+		if keyed && isCode(err, "idempotency_unsupported") {
+			// Nothing was done; this lockd cannot keep the record.
+			c.noIdempotency.Store(true)
+			attempt--
+			continue
+		}
+		retryable := acquireRetryable(err)
+		if keyed {
+			retryable = retryable || retryableKeyed(err)
+		}
+		if !retryable || attempt >= c.retries {
 			// A cancelled acquire is not "unknown": the server removes a
 			// waiter whose client went away, and releases a grant that
 			// raced with the cancellation.
 			if isTransport(err) && !neverSent(err) && ctx.Err() == nil {
-				err = fmt.Errorf("%w: acquire %q: the lock may be held by a lease this client never saw, until its TTL runs out: %w", ErrOutcomeUnknown, key, err)
+				how := "until its TTL runs out"
+				if keyed {
+					how = "until its TTL runs out, or until an acquire with AcquireOptions.IdempotencyKey " + strconv.Quote(idem) + " fetches it"
+				}
+				err = fmt.Errorf("%w: acquire %q: the lock may be held by a lease this client never saw, %s: %w", ErrOutcomeUnknown, key, how, err)
 			}
 			return Grant{}, err
 		}
@@ -455,13 +504,37 @@ func refusedForNow(e *Error) bool {
 		e.Status == http.StatusTooManyRequests && (e.Code == "rate_limited" || e.Code == "too_many_waiters")
 }
 
+// retryableKeyed reports whether an acquire that carried an Idempotency-Key
+// may be sent again: the server answers a retry with the first attempt's
+// grant or place, so a lost reply or a 503 is safe to retry.
+func retryableKeyed(err error) bool {
+	return retryable(err)
+}
+
+func isCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// newIdempotencyKey is 128 random bits, URL-safe.
+func newIdempotencyKey() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// acquireRetryable reports whether an acquire may be sent again without an
+// Idempotency-Key. A 503 may come with a half-made grant (the contract
+// allows one on backend_unavailable), so only refusals made before anything
+// was done (429 rate_limited, too_many_waiters) and connections never made
+// qualify.
 func acquireRetryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return refusedForNow(e)
+		return e.Status == http.StatusTooManyRequests && refusedForNow(e)
 	}
 	return isTransport(err) && neverSent(err)
 }
@@ -469,6 +542,11 @@ func acquireRetryable(err error) bool {
 // send makes one request. It returns when the request was sent (just before
 // the connection was asked for, so never later than the server saw it).
 func (c *Client) send(ctx context.Context, method, path string, body, out any) (time.Time, error) {
+	return c.sendWith(ctx, method, path, nil, body, out)
+}
+
+// sendWith is send with extra request headers.
+func (c *Client) sendWith(ctx context.Context, method, path string, hdr http.Header, body, out any) (time.Time, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -483,6 +561,9 @@ func (c *Client) send(ctx context.Context, method, path string, body, out any) (
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
 	}
 	req.Header.Set("Accept", "application/json, application/problem+json")
 	req.Header.Set("User-Agent", c.ua)

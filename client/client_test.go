@@ -3,9 +3,12 @@ package client_test
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -345,42 +348,98 @@ func TestAcquireRetriedWhenServerDown(t *testing.T) {
 	r.l.Release(ctx)
 }
 
-// An acquire that reached the server but whose reply was lost is not
-// retried: the server may have granted it (here it did), and the caller is
-// told the outcome is unknown. The orphan grant blocks the key until its TTL
-// runs out, and no longer.
+// An acquire whose every reply is lost is reported as ErrOutcomeUnknown,
+// naming its idempotency key: an acquire with that key (here on a good
+// connection) fetches the very grant the lost replies carried, instead of
+// meeting an orphan that blocks the key for a TTL.
 func TestAcquireReplyLostIsOutcomeUnknown(t *testing.T) {
 	srv := sharedServer(t)
-	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "lockd", "127.0.0.1:0", srv.Addr)
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Stop)
-	// Replies are dropped and the connection closed 500 ms later.
-	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"drop","type":"timeout","stream":"downstream","attributes":{"timeout":500}}`)); err != nil {
-		t.Fatal(err)
-	}
-	c := newClient(t, "http://"+proxy.Listen, &client.Options{RetryBackoff: 10 * time.Millisecond})
+	proxy := dropReplies(t, srv.Addr)
+	c := newClient(t, "http://"+proxy.Listen, &client.Options{RetryBackoff: 10 * time.Millisecond, MaxRetries: 2})
 	ctx := ctxFor(t, time.Minute)
-	const ttl = time.Second
-	_, err := c.Acquire(ctx, k(t, "c-lostreply"), client.AcquireOptions{TTL: ttl, Owner: "orphan"})
+	key := k(t, "c-lostreply")
+	const idem = "lost-reply-test-key"
+	_, err := c.Acquire(ctx, key, client.AcquireOptions{TTL: 30 * time.Second, Owner: "orphan", IdempotencyKey: idem})
 	if !errors.Is(err, client.ErrOutcomeUnknown) {
-		t.Fatalf("acquire with the reply lost: %v, want ErrOutcomeUnknown", err)
+		t.Fatalf("acquire with every reply lost: %v, want ErrOutcomeUnknown", err)
+	}
+	if !strings.Contains(err.Error(), idem) {
+		t.Errorf("the error does not name the idempotency key to fetch the grant with: %v", err)
 	}
 	direct := newClient(t, srv.URL, nil)
-	st, err := direct.Inspect(ctx, k(t, "c-lostreply"))
+	st, err := direct.Inspect(ctx, key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !st.Held || st.Holder.Owner != "orphan" {
-		t.Fatalf("inspect %+v: want the orphan grant held (a retry would have queued behind it)", st)
+		t.Fatalf("inspect %+v: want the grant the lost replies carried", st)
 	}
-	// Nobody renews the orphan: the key is free within TTL (+1 s contract slack).
-	l, err := direct.Acquire(ctx, k(t, "c-lostreply"), client.AcquireOptions{TTL: time.Second, Wait: ttl + 3*time.Second})
+	l, err := direct.Acquire(ctx, key, client.AcquireOptions{TTL: 30 * time.Second, Owner: "orphan", IdempotencyKey: idem})
 	if err != nil {
-		t.Fatalf("acquire after the orphan's TTL: %v", err)
+		t.Fatalf("acquire again with the same idempotency key: %v, want the grant", err)
 	}
-	l.Release(ctx)
+	if l.Token() != st.Holder.Token {
+		t.Fatalf("fetched token %d, want the held grant's %d", l.Token(), st.Holder.Token)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dropReplies is a real TCP proxy to addr that drops every reply and closes
+// each connection 300 ms after its last byte.
+func dropReplies(t *testing.T, addr string) *toxiproxy.Proxy {
+	t.Helper()
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "lockd", "127.0.0.1:0", addr)
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Stop)
+	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"drop","type":"timeout","stream":"downstream","attributes":{"timeout":300}}`)); err != nil {
+		t.Fatal(err)
+	}
+	return proxy
+}
+
+// firstThrough is an HTTP client whose first connection goes through the
+// proxy at via, and every later one straight to the server: the first
+// attempt's reply is lost, the retry's is not.
+func firstThrough(via string) *http.Client {
+	var used atomic.Bool
+	var d net.Dialer
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if used.CompareAndSwap(false, true) {
+			addr = via
+		}
+		return d.DialContext(ctx, network, addr)
+	}}}
+}
+
+// A lost reply costs nothing: the client retries with the same
+// Idempotency-Key and gets the grant the first attempt made.
+func TestAcquireReplyLostRetriedSameGrant(t *testing.T) {
+	srv := sharedServer(t)
+	proxy := dropReplies(t, srv.Addr)
+	c := newClient(t, srv.URL, &client.Options{RetryBackoff: 10 * time.Millisecond, HTTPClient: firstThrough(proxy.Listen)})
+	ctx := ctxFor(t, time.Minute)
+	key := k(t, "c-lostonce")
+	before := time.Now()
+	l, err := c.Acquire(ctx, key, client.AcquireOptions{TTL: 30 * time.Second, Owner: "once"})
+	if err != nil {
+		t.Fatalf("acquire whose first reply was lost: %v, want the grant", err)
+	}
+	defer l.Release(context.Background())
+	st, err := newClient(t, srv.URL, nil).Inspect(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Held || st.Holder.Token != l.Token() {
+		t.Fatalf("inspect %+v, want held by the returned grant (token %d): one grant, no orphan", st, l.Token())
+	}
+	// The grant may date from the first send: the deadline counts from it.
+	if d := l.Deadline(); d.After(before.Add(30 * time.Second).Add(50 * time.Millisecond)) {
+		t.Errorf("deadline %v counts from a retry's send, want from the first (%v + TTL)", d, before)
+	}
 }
 
 // A waiter granted after a wait longer than its TTL must not come back with

@@ -24,11 +24,15 @@ var (
 	// to release a lease first.
 	ErrLimited = errors.New("lockd: limited")
 	// ErrOutcomeUnknown: an acquire reached the server but its reply was
-	// lost (connection reset, timeout). The server may have granted the lock
-	// to a lease this client never learned: nobody else can hold the key
-	// while that lease runs, and it expires after its TTL because nobody
-	// renews it. The client does not retry such an acquire on its own (see
-	// Client.AcquireLease).
+	// lost (connection reset, timeout), and retrying did not tell. The
+	// server may have granted the lock to a lease this client never
+	// learned: nobody else can hold the key while that lease runs, and it
+	// expires after its TTL because nobody renews it. Acquires carry an
+	// Idempotency-Key and are retried, so this is rare: it needs every
+	// retry's reply lost too (then an acquire with the same
+	// AcquireOptions.IdempotencyKey fetches the grant), or a server whose
+	// backend keeps no idempotency records (ZooKeeper, Redlock for now),
+	// where such an acquire is not retried at all (see Client.AcquireLease).
 	ErrOutcomeUnknown = errors.New("lockd: outcome unknown")
 	// ErrReleased is Lock.Err after Lock.Release.
 	ErrReleased = errors.New("lockd: lock released")

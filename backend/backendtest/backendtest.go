@@ -55,6 +55,9 @@ type Options struct {
 	// strictly below the request, the store's deadline (Inspect) no earlier
 	// than the grant's.
 	ValidityBelowTTL string
+	// NoIdempotency, when set, is the reason the backend does not implement
+	// backend.Idempotent; the Idempotent subtests are skipped with it.
+	NoIdempotency string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -95,6 +98,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 		{"ClockSkewBelowBoundKeepsExclusion", s.skewBelowBound},
 		{"ClockSkewAboveBoundDetected", s.skewAboveBound},
 	}
+	tests = append(tests, s.idempotencyTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

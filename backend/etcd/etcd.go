@@ -300,6 +300,9 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
+	if g, found, err := b.replay(ctx, req); found {
+		return g, err
+	}
 	q := b.queue(req.Key)
 	id := lease.NewID()
 	mine := q + id
@@ -311,9 +314,19 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
+		idemCmps, idemOps, err := b.idemWrite(ctx, req, id)
+		if err != nil {
+			return backend.Grant{}, false, err
+		}
 		resp, err := b.txn(c, "acquire",
-			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()},
-			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+			append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()}, idemCmps...),
+			append([]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, idemOps...), nil)
+		if err == nil && !resp.Succeeded && len(idemCmps) > 0 {
+			// A twin of this acquire (same idempotency key) may have won.
+			if g, found, err := b.replay(ctx, req); found {
+				return g, true, err
+			}
+		}
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err
 		}
@@ -507,12 +520,24 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
+	idemCmps, idemOps, err := b.idemWrite(ctx, req, id)
+	if err != nil {
+		release()
+		return backend.Grant{}, err
+	}
 	c, cancel := b.opCtx(ctx)
-	put, err := b.cli.Put(c, mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))
+	put, err := b.cli.Txn(c).If(idemCmps...).Then(append([]clientv3.Op{
+		clientv3.OpPut(mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))}, idemOps...)...).Commit()
 	cancel()
 	release()
 	if err != nil {
 		err = fail(ctx, "enqueue", err)
+	} else if !put.Succeeded {
+		// A twin of this acquire (same idempotency key) came first.
+		if g, found, err := b.replay(ctx, req); found {
+			return g, err
+		}
+		return backend.Grant{}, fmt.Errorf("%w: etcd: idempotency record vanished while enqueuing", backend.ErrUnavailable)
 	}
 	myRev := int64(0)
 	if err == nil {
@@ -524,13 +549,20 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		}
 		// Leave nothing behind: not a queue entry, and not a grant that
 		// raced with the give-up (its reply may have been lost).
-		c, cancel := context.WithTimeout(b.life, b.opts.OpTimeout)
-		defer cancel()
-		_, _ = b.cli.Delete(c, mine)
+		b.giveUp(req, mine)
 	}()
 	if err != nil {
 		return backend.Grant{}, err
 	}
+	return b.waitTurn(ctx, req, id, myRev, giveUp)
+}
+
+// waitTurn waits, as the queue entry of lease id created at myRev, until
+// nothing is ahead of it, and takes the lock; or gives up at giveUp with
+// ErrHeld. It leaves the entry to its caller.
+func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time) (backend.Grant, error) {
+	q := b.queue(req.Key)
+	mine := q + id
 
 	// grant takes the lock if nothing is ahead of this entry. Entries
 	// created later have larger revisions, so when nothing is ahead only
@@ -540,11 +572,15 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
-		resp, err := b.txn(ctx, "grant waiter",
-			[]clientv3.Cmp{
-				clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
-				clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
-			},
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
+			clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
+		}
+		if req.Idempotency.Key != "" {
+			// Twins wait on one entry: only the first grants it.
+			cmps = append(cmps, clientv3.Compare(clientv3.Value(mine), "=", mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()})))
+		}
+		resp, err := b.txn(ctx, "grant waiter", cmps,
 			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err
@@ -567,6 +603,9 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		head, pred, err := b.lookAhead(ctx, q, mine, myRev)
 		if err != nil {
 			return backend.Grant{}, err
+		}
+		if head != nil && head.key == mine && head.rec.held() {
+			return head.grant(req.Key), nil // granted to a twin (same idempotency key)
 		}
 		if pred == nil {
 			if g, ok, err := grant(); ok || err != nil {

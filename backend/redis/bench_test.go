@@ -152,7 +152,7 @@ func runContenders(b *testing.B, lockers []locker, hold time.Duration) {
 }
 
 func benchRedisBackend(b *testing.B, addr string) backend.Backend {
-	be, err := New(context.Background(), goredis.NewClient(&goredis.Options{Addr: addr, ContextTimeoutEnabled: true}), Options{})
+	be, err := New(context.Background(), goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true}), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -239,26 +239,40 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		b.active.Done()
 	}()
 
-	keys := b.keys(req.Key)
+	keys := b.idemKeys(req)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	idem := idemArgs(req)
+	first := id       // a grant under another lease id is an earlier attempt's
+	attached := false // waiting in the place of an earlier attempt with the same idempotency key
 	for {
-		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat)).Slice()
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat), idem.fingerprint, idem.keepMS).Slice()
 		if err != nil {
-			// The script may have run (a lost reply): undo whatever it did.
-			b.abandon(keys, waiter, id)
+			// The script may have run (a lost reply): undo whatever it did
+			// (an idempotent grant stays, for the retry to find).
+			if !attached {
+				b.abandon(keys, waiter, id, idem.on)
+			}
 			return backend.Grant{}, unavailable(ctx, "acquire", err)
+		}
+		if toInt(res[0]) < 0 {
+			var ok bool
+			if id, waiter, ok, err = b.replayed(req, res, waiter, wake); !ok {
+				return backend.Grant{}, err
+			}
+			attached = true
+			continue
 		}
 		if toInt(res[0]) == 1 {
 			g := backend.Grant{
-				Key: req.Key, LeaseID: id, Token: uint64(toInt(res[2])), Owner: req.Owner,
-				TTL: req.TTL, ExpiresAt: time.UnixMilli(toInt(res[3])),
+				Key: req.Key, LeaseID: toStr(res[6]), Token: uint64(toInt(res[2])), Owner: toStr(res[1]),
+				TTL: req.TTL, ExpiresAt: time.UnixMilli(toInt(res[3])), Replayed: toStr(res[6]) != first,
 			}
 			if err := ctx.Err(); err != nil { // granted as the caller gave up
-				b.abandon(keys, "", id)
+				b.abandon(keys, "", id, false)
 				return backend.Grant{}, err
 			}
 			return g, nil
@@ -275,8 +289,8 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		}
 		left := time.Until(giveUpAt)
 		if left <= 0 {
-			if waiter != "" {
-				b.abandon(keys, waiter, id)
+			if waiter != "" && !attached {
+				b.abandon(keys, waiter, id, idem.on)
 			}
 			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: holder}
 		}
@@ -289,10 +303,14 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			timer.Stop() // Go 1.23+ timers: no stale tick after Stop or Reset
 		case <-timer.C:
 		case <-ctx.Done():
-			b.abandon(keys, waiter, id)
+			if !attached {
+				b.abandon(keys, waiter, id, idem.on)
+			}
 			return backend.Grant{}, ctx.Err()
 		case <-b.life.Done():
-			b.abandon(keys, waiter, id)
+			if !attached {
+				b.abandon(keys, waiter, id, idem.on)
+			}
 			return backend.Grant{}, errClosed
 		}
 	}
@@ -300,12 +318,16 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 
 // abandon leaves the queue and releases a grant made under id, if any, on
 // its own short deadline: the caller's context may be over.
-func (b *Backend) abandon(keys []string, waiter, id string) {
+func (b *Backend) abandon(keys []string, waiter, id string, idempotent bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	flag := ""
+	if idempotent {
+		flag = "1"
+	}
 	// A failure leaves at most a queue entry that stops beating and a
 	// grant that expires: both free themselves.
-	_ = abandonScript.Run(ctx, b.client, keys, waiter, id, b.channel).Err()
+	_ = abandonScript.Run(ctx, b.client, keys, waiter, id, b.channel, flag).Err()
 }
 
 // Renew implements backend.Backend.

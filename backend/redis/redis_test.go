@@ -18,7 +18,7 @@ import (
 func newFactory(addr string, opts Options) backendtest.Factory {
 	return func(t *testing.T) backend.Backend {
 		t.Helper()
-		b, err := New(t.Context(), goredis.NewClient(&goredis.Options{Addr: addr, ContextTimeoutEnabled: true}), opts)
+		b, err := New(t.Context(), goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true}), opts)
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}

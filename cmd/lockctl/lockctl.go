@@ -243,14 +243,21 @@ func writeJSON(w io.Writer, v any) {
 
 func cmdAcquire(ctx context.Context, g *global, args []string) int {
 	var a acquireFlags
+	var idem string
 	fs := flag.NewFlagSet("acquire", flag.ContinueOnError)
 	a.register(fs, nil)
+	fs.StringVar(&idem, "idempotency-key", "", "name this acquire so that running the same command again (its outcome unknown) gets the same grant; default: a fresh key, reused on lockctl's own retries")
 	pos, tail, err := parse(g, fs, args, 1)
 	if err != nil {
 		return usageErr(g, "acquire: %v", err)
 	}
 	if len(pos) != 1 || len(tail) != 0 {
 		return usageErr(g, "acquire: want exactly one KEY")
+	}
+	if idem != "" && a.owner == "" {
+		// The retry must send the same owner, and the default one names
+		// this process.
+		a.owner = strings.TrimRight(strings.TrimRight(defaultOwner(), "0123456789"), ":")
 	}
 	if code := a.check(g); code != exitOK {
 		return code
@@ -259,7 +266,7 @@ func cmdAcquire(ctx context.Context, g *global, args []string) int {
 	if err != nil {
 		return usageErr(g, "%v", err)
 	}
-	gr, err := c.AcquireLease(ctx, pos[0], client.AcquireOptions{TTL: a.ttl, Wait: a.wait, Owner: a.owner})
+	gr, err := c.AcquireLease(ctx, pos[0], client.AcquireOptions{TTL: a.ttl, Wait: a.wait, Owner: a.owner, IdempotencyKey: idem})
 	if err != nil {
 		return fail(g, "acquire "+pos[0], err)
 	}

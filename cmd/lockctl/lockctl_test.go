@@ -524,3 +524,28 @@ func TestRunKeepsGraceWhenRenewalsFail(t *testing.T) {
 	}
 	t.Logf("command's last tick %v after its SIGTERM (grace %v)", lastTick.Sub(termAt), grace)
 }
+
+// Running the same acquire again with --idempotency-key (a script that
+// cannot tell whether the first run got the lock) gets the same grant; once
+// that grant ended it exits with the lease-lost code, never a fresh grant.
+func TestAcquireIdempotencyKeyRerun(t *testing.T) {
+	srv := sharedServer(t)
+	key := k(t, "ctl-idem")
+	var grants [2]struct {
+		LeaseID string `json:"lease_id"`
+		Token   uint64 `json:"token"`
+	}
+	for i := range grants {
+		r := lockctl(t, srv, "acquire", key, "--ttl", "30s", "--idempotency-key", "job-7", "--json")
+		wantCode(t, r, exitOK)
+		if err := json.Unmarshal([]byte(r.stdout), &grants[i]); err != nil {
+			t.Fatalf("acquire --json: %v\n%s", err, r.stdout)
+		}
+	}
+	if grants[1] != grants[0] || grants[0].LeaseID == "" {
+		t.Fatalf("second run got %+v, want the first run's grant %+v", grants[1], grants[0])
+	}
+	wantCode(t, lockctl(t, srv, "release", key, grants[0].LeaseID), exitOK)
+	wantCode(t, lockctl(t, srv, "acquire", key, "--ttl", "30s", "--idempotency-key", "job-7"), exitLeaseLost)
+	wantCode(t, lockctl(t, srv, "acquire", key, "--ttl", "30s", "--idempotency-key", "bad key"), exitInvalid)
+}

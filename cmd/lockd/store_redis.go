@@ -338,13 +338,28 @@ func openRedis(ctx context.Context, c redisConfig) (*store, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	cli := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs, Username: cr.user, Password: cr.password, TLSConfig: cr.tls})
+	cli := redisClient(addrs, cr)
 	b, err := redisb.New(ctx, cli, redisb.Options{Prefix: prefix})
 	if err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("redis %s: %w", strings.Join(addrs, ","), err)
 	}
 	return &store{b: b, describe: "redis at " + strings.Join(addrs, ",") + describeCreds(cr)}, nil
+}
+
+// redisClient is the redis backend's client. go-redis retries a command
+// whose reply was lost (three times by default), but acquire, release and
+// the queue scripts are not idempotent: a re-sent acquire met its own grant
+// as "held" and left it orphaned for a full TTL. So the client never
+// retries (MaxRetries -1); the backend undoes what a lost reply may have
+// done and reports ErrUnavailable. ContextTimeoutEnabled makes every socket
+// read and write honour the caller's context deadline, so a cancelled call
+// cannot hang on a silent server.
+func redisClient(addrs []string, cr redisCreds) goredis.UniversalClient {
+	return goredis.NewUniversalClient(&goredis.UniversalOptions{
+		Addrs: addrs, Username: cr.user, Password: cr.password, TLSConfig: cr.tls,
+		MaxRetries: -1, ContextTimeoutEnabled: true,
+	})
 }
 
 func describeCreds(cr redisCreds) string {

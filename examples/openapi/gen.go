@@ -19,32 +19,35 @@ import (
 
 // Defines values for ProblemCode.
 const (
-	ProblemCodeBackendUnavailable ProblemCode = "backend_unavailable"
-	ProblemCodeBodyTimeout        ProblemCode = "body_timeout"
-	ProblemCodeBodyTooLarge       ProblemCode = "body_too_large"
-	ProblemCodeClockSkew          ProblemCode = "clock_skew"
-	ProblemCodeForbidden          ProblemCode = "forbidden"
-	ProblemCodeInternalError      ProblemCode = "internal_error"
-	ProblemCodeInvalidAfter       ProblemCode = "invalid_after"
-	ProblemCodeInvalidJson        ProblemCode = "invalid_json"
-	ProblemCodeInvalidKey         ProblemCode = "invalid_key"
-	ProblemCodeInvalidLeaseId     ProblemCode = "invalid_lease_id"
-	ProblemCodeInvalidLimit       ProblemCode = "invalid_limit"
-	ProblemCodeInvalidOwner       ProblemCode = "invalid_owner"
-	ProblemCodeInvalidPrefix      ProblemCode = "invalid_prefix"
-	ProblemCodeInvalidTtlMs       ProblemCode = "invalid_ttl_ms"
-	ProblemCodeInvalidWaitMs      ProblemCode = "invalid_wait_ms"
-	ProblemCodeLeaseExpired       ProblemCode = "lease_expired"
-	ProblemCodeLockHeld           ProblemCode = "lock_held"
-	ProblemCodeMethodNotAllowed   ProblemCode = "method_not_allowed"
-	ProblemCodeNotFound           ProblemCode = "not_found"
-	ProblemCodeRateLimited        ProblemCode = "rate_limited"
-	ProblemCodeShuttingDown       ProblemCode = "shutting_down"
-	ProblemCodeTooManyLeases      ProblemCode = "too_many_leases"
-	ProblemCodeTooManyWaiters     ProblemCode = "too_many_waiters"
-	ProblemCodeUnauthorized       ProblemCode = "unauthorized"
-	ProblemCodeUnknownField       ProblemCode = "unknown_field"
-	ProblemCodeUnknownParameter   ProblemCode = "unknown_parameter"
+	ProblemCodeBackendUnavailable     ProblemCode = "backend_unavailable"
+	ProblemCodeBodyTimeout            ProblemCode = "body_timeout"
+	ProblemCodeBodyTooLarge           ProblemCode = "body_too_large"
+	ProblemCodeClockSkew              ProblemCode = "clock_skew"
+	ProblemCodeForbidden              ProblemCode = "forbidden"
+	ProblemCodeIdempotencyKeyReused   ProblemCode = "idempotency_key_reused"
+	ProblemCodeIdempotencyUnsupported ProblemCode = "idempotency_unsupported"
+	ProblemCodeInternalError          ProblemCode = "internal_error"
+	ProblemCodeInvalidAfter           ProblemCode = "invalid_after"
+	ProblemCodeInvalidIdempotencyKey  ProblemCode = "invalid_idempotency_key"
+	ProblemCodeInvalidJson            ProblemCode = "invalid_json"
+	ProblemCodeInvalidKey             ProblemCode = "invalid_key"
+	ProblemCodeInvalidLeaseId         ProblemCode = "invalid_lease_id"
+	ProblemCodeInvalidLimit           ProblemCode = "invalid_limit"
+	ProblemCodeInvalidOwner           ProblemCode = "invalid_owner"
+	ProblemCodeInvalidPrefix          ProblemCode = "invalid_prefix"
+	ProblemCodeInvalidTtlMs           ProblemCode = "invalid_ttl_ms"
+	ProblemCodeInvalidWaitMs          ProblemCode = "invalid_wait_ms"
+	ProblemCodeLeaseExpired           ProblemCode = "lease_expired"
+	ProblemCodeLockHeld               ProblemCode = "lock_held"
+	ProblemCodeMethodNotAllowed       ProblemCode = "method_not_allowed"
+	ProblemCodeNotFound               ProblemCode = "not_found"
+	ProblemCodeRateLimited            ProblemCode = "rate_limited"
+	ProblemCodeShuttingDown           ProblemCode = "shutting_down"
+	ProblemCodeTooManyLeases          ProblemCode = "too_many_leases"
+	ProblemCodeTooManyWaiters         ProblemCode = "too_many_waiters"
+	ProblemCodeUnauthorized           ProblemCode = "unauthorized"
+	ProblemCodeUnknownField           ProblemCode = "unknown_field"
+	ProblemCodeUnknownParameter       ProblemCode = "unknown_parameter"
 )
 
 // Valid indicates whether the value is a known member of the ProblemCode enum.
@@ -60,9 +63,15 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeForbidden:
 		return true
+	case ProblemCodeIdempotencyKeyReused:
+		return true
+	case ProblemCodeIdempotencyUnsupported:
+		return true
 	case ProblemCodeInternalError:
 		return true
 	case ProblemCodeInvalidAfter:
+		return true
+	case ProblemCodeInvalidIdempotencyKey:
 		return true
 	case ProblemCodeInvalidJson:
 		return true
@@ -218,6 +227,9 @@ type Timestamp = time.Time
 // Token Fencing token; strictly greater than every token granted for this key before.
 type Token = int64
 
+// IdempotencyKey defines model for IdempotencyKey.
+type IdempotencyKey = string
+
 // Key defines model for Key.
 type Key = string
 
@@ -258,6 +270,20 @@ type ListParams struct {
 	// After Return keys after this one (the previous page's `next`).
 	After *string `form:"after,omitempty" json:"after,omitempty"`
 	Limit *int    `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
+// AcquireParams defines parameters for Acquire.
+type AcquireParams struct {
+	// IdempotencyKey Makes retries of this acquire safe (draft-ietf-httpapi-idempotency-key-header).
+	// Send a fresh value (e.g. a UUID) per logical acquire and the same one on every
+	// retry of it: a structured-field string ("...") or a bare token, 1..255 visible
+	// ASCII characters (code invalid_idempotency_key otherwise). The record is scoped to
+	// the caller and the lock key and kept at least an hour. A retry while the grant
+	// holds gets the same grant; while the first attempt still waits, it waits in its
+	// place; after the grant ended, 410; with another owner or ttl_ms, 422. A refused
+	// acquire (409, 503) records nothing, so its retry runs afresh. Refused with 501 on
+	// a backend that cannot keep the record (zk, redlock, for now).
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // AcquireJSONRequestBody defines body for Acquire for application/json ContentType.
@@ -373,14 +399,14 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-	AcquireWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	AcquireWithBody(ctx context.Context, key Key, params *AcquireParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-	Acquire(ctx context.Context, key Key, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseWithBody Release a lock held by lease_id.
 	//
@@ -491,8 +517,8 @@ func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEdit
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-func (c *Client) AcquireWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewAcquireRequestWithBody(c.Server, key, contentType, body)
+func (c *Client) AcquireWithBody(ctx context.Context, key Key, params *AcquireParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAcquireRequestWithBody(c.Server, key, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -508,8 +534,8 @@ func (c *Client) AcquireWithBody(ctx context.Context, key Key, contentType strin
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-func (c *Client) Acquire(ctx context.Context, key Key, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewAcquireRequest(c.Server, key, body)
+func (c *Client) Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAcquireRequest(c.Server, key, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -782,18 +808,18 @@ func NewInspectRequest(server string, key Key) (*http.Request, error) {
 }
 
 // NewAcquireRequest calls the generic Acquire builder with application/json body
-func NewAcquireRequest(server string, key Key, body AcquireJSONRequestBody) (*http.Request, error) {
+func NewAcquireRequest(server string, key Key, params *AcquireParams, body AcquireJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewAcquireRequestWithBody(server, key, "application/json", bodyReader)
+	return NewAcquireRequestWithBody(server, key, params, "application/json", bodyReader)
 }
 
 // NewAcquireRequestWithBody constructs an http.Request for the Acquire method, with any body, and a specified content type
-func NewAcquireRequestWithBody(server string, key Key, contentType string, body io.Reader) (*http.Request, error) {
+func NewAcquireRequestWithBody(server string, key Key, params *AcquireParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -824,6 +850,21 @@ func NewAcquireRequestWithBody(server string, key Key, contentType string, body 
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -1006,14 +1047,14 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-	AcquireWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
+	AcquireWithBodyWithResponse(ctx context.Context, key Key, params *AcquireParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
 
 	// AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-	AcquireWithResponse(ctx context.Context, key Key, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
+	AcquireWithResponse(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
 
 	// ReleaseWithBodyWithResponse Release a lock held by lease_id.
 	//
@@ -1419,6 +1460,11 @@ func (r InspectResponse) ContentType() string {
 	return ""
 }
 
+// AcquireResponse200Headers the declared response headers of an HTTP 200 response for Acquire
+type AcquireResponse200Headers struct {
+	IdempotentReplayed *string
+}
+
 // AcquireResponse401Headers the declared response headers of an HTTP 401 response for Acquire
 type AcquireResponse401Headers struct {
 	WWWAuthenticate *string
@@ -1449,12 +1495,20 @@ type AcquireResponse struct {
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *Problem
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *AcquireResponse200Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *AcquireResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -1493,14 +1547,29 @@ func (r AcquireResponse) GetApplicationproblemJSON409() *Problem {
 	return r.ApplicationproblemJSON409
 }
 
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON410() *Problem {
+	return r.ApplicationproblemJSON410
+}
+
 // GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON413() *TooLarge {
 	return r.ApplicationproblemJSON413
 }
 
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON429() *Problem {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -1836,8 +1905,8 @@ func (c *ClientWithResponses) InspectWithResponse(ctx context.Context, key Key, 
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-func (c *ClientWithResponses) AcquireWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireResponse, error) {
-	rsp, err := c.AcquireWithBody(ctx, key, contentType, body, reqEditors...)
+func (c *ClientWithResponses) AcquireWithBodyWithResponse(ctx context.Context, key Key, params *AcquireParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireResponse, error) {
+	rsp, err := c.AcquireWithBody(ctx, key, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -1849,8 +1918,8 @@ func (c *ClientWithResponses) AcquireWithBodyWithResponse(ctx context.Context, k
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
-func (c *ClientWithResponses) AcquireWithResponse(ctx context.Context, key Key, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireResponse, error) {
-	rsp, err := c.Acquire(ctx, key, body, reqEditors...)
+func (c *ClientWithResponses) AcquireWithResponse(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireResponse, error) {
+	rsp, err := c.Acquire(ctx, key, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2296,6 +2365,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 		}
 		response.ApplicationproblemJSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest TooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -2303,12 +2379,26 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 		}
 		response.ApplicationproblemJSON413 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -2320,6 +2410,16 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 200:
+		var headers AcquireResponse200Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers200 = &headers
 	case rsp.StatusCode == 401:
 		var headers AcquireResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {

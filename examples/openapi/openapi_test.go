@@ -29,7 +29,8 @@ func TestGeneratedClientDrivesRealLockd(t *testing.T) {
 	defer cancel()
 	const key = "oapi:job"
 
-	acq, err := c.AcquireWithResponse(ctx, key, AcquireRequest{TtlMs: ptr(5000), Owner: ptr("generated")})
+	idem := &AcquireParams{IdempotencyKey: ptr[IdempotencyKey]("oapi-job-1")}
+	acq, err := c.AcquireWithResponse(ctx, key, idem, AcquireRequest{TtlMs: ptr(5000), Owner: ptr("generated")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,8 +38,16 @@ func TestGeneratedClientDrivesRealLockd(t *testing.T) {
 	if acq.StatusCode() != http.StatusOK || g == nil || g.Key != key || g.LeaseId == "" || g.Token <= 0 || g.TtlMs != 5000 || g.ExpiresAt.IsZero() {
 		t.Fatalf("acquire: %d %s", acq.StatusCode(), acq.Body)
 	}
+	// The same request again (its reply lost, say): the same grant.
+	replay, err := c.AcquireWithResponse(ctx, key, idem, AcquireRequest{TtlMs: ptr(5000), Owner: ptr("generated")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := replay.JSON200; r == nil || r.LeaseId != g.LeaseId || r.Token != g.Token || !r.ExpiresAt.Equal(g.ExpiresAt) || replay.HTTPResponse.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("acquire replayed: %d %s %v, want the same grant, replayed", replay.StatusCode(), replay.Body, replay.HTTPResponse.Header)
+	}
 
-	held, err := c.AcquireWithResponse(ctx, key, AcquireRequest{TtlMs: ptr(1000)})
+	held, err := c.AcquireWithResponse(ctx, key, nil, AcquireRequest{TtlMs: ptr(1000)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +95,7 @@ func TestGeneratedClientDrivesRealLockd(t *testing.T) {
 		t.Fatalf("second release: %d %s", again.StatusCode(), again.Body)
 	}
 
-	bad, err := c.AcquireWithResponse(ctx, "-bad", AcquireRequest{})
+	bad, err := c.AcquireWithResponse(ctx, "-bad", nil, AcquireRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,12 @@ Acquires a lock, keeps it renewed in a background thread, does work with the
 fencing token (a write to KV_URL, e.g. examples/kvstore, when set), and
 releases it. The Lock's deadline is computed from when each request was SENT,
 so `lock.valid()` turns false before the server could give the lock away.
-The tests in examples/ run this file against a real lockd.
+
+Each acquire carries a fresh Idempotency-Key, reused on its retries: after a
+lost reply (connection reset, timeout) or a 503 the retry gets the grant the
+first attempt made, so a lost reply never leaves an orphan that blocks the
+key for a TTL. The tests in examples/ run this file against a real lockd,
+and once through a proxy that drops the first reply.
 """
 
 import json
@@ -17,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 
 class LockdError(Exception):
@@ -31,11 +37,13 @@ class Client:
     def __init__(self, addr):
         self.base = addr if "://" in addr else "http://" + addr
 
-    def call(self, method, path, body=None, timeout=30.0):
+    def call(self, method, path, body=None, timeout=30.0, headers=None):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -48,11 +56,33 @@ class Client:
                 problem = {"detail": raw.decode(errors="replace")}
             raise LockdError(e.code, problem) from None
 
-    def acquire(self, key, ttl_ms=10000, wait_ms=0, owner="python"):
-        sent = time.monotonic()  # the lease cannot have started before this
-        g = self.call("POST", f"/v1/locks/{key}/acquire",
-                      {"ttl_ms": ttl_ms, "wait_ms": wait_ms, "owner": owner},
-                      timeout=wait_ms / 1000 + 30)
+    def acquire(self, key, ttl_ms=10000, wait_ms=0, owner="python",
+                retries=4, backoff=0.5):
+        # The lease cannot have started before the FIRST send: a retry may
+        # be answered with the grant the first attempt made.
+        sent = time.monotonic()
+        headers = {"Idempotency-Key": '"%s"' % uuid.uuid4()}
+        attempt = 0
+        while True:
+            left = max(0, wait_ms - int((time.monotonic() - sent) * 1000))
+            try:
+                g = self.call("POST", f"/v1/locks/{key}/acquire",
+                              {"ttl_ms": ttl_ms, "wait_ms": left if wait_ms else 0, "owner": owner},
+                              timeout=left / 1000 + 30, headers=headers)
+                break
+            except LockdError as e:
+                if e.code == "idempotency_unsupported" and headers:
+                    # Nothing was done; this lockd keeps no records, so a
+                    # retry after a lost reply would not be safe: one try.
+                    headers, retries = None, 0
+                    continue
+                if e.status != 503 or attempt >= retries:
+                    raise
+            except OSError:  # the reply may have been lost
+                if not headers or attempt >= retries:
+                    raise
+            attempt += 1
+            time.sleep(backoff * 2 ** (attempt - 1))
         lock = Lock(self, g, sent)
         if time.monotonic() - sent > lock.ttl / 3:
             # After a long wait the lease started well after the send: renew

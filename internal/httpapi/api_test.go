@@ -89,9 +89,18 @@ func (s *specServer) do(method, path, body string) reply {
 // doAs is do with a bearer token.
 func (s *specServer) doAs(token, method, path, body string) reply {
 	s.t.Helper()
+	return s.doWith(token, nil, method, path, body)
+}
+
+// doWith is doAs with extra request headers.
+func (s *specServer) doWith(token string, h http.Header, method, path, body string) reply {
+	s.t.Helper()
 	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	if err != nil {
 		s.t.Fatal(err)
+	}
+	for k, vs := range h {
+		req.Header[k] = vs
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {

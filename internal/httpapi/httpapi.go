@@ -251,11 +251,19 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		p, err = body.params()
 	}
+	var idemKey string
+	if err == nil {
+		idemKey, err = parseIdempotencyKey(r.Header)
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	if !s.allow(w, r, auth.RightLock, key) {
+		return
+	}
+	if _, ok := s.b.(backend.Idempotent); idemKey != "" && !ok {
+		s.fail(w, r, errIdempotencyUnsupported)
 		return
 	}
 	ctx := r.Context()
@@ -289,7 +297,8 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		defer s.m.waiters.Dec()
 	}
 	start := time.Now()
-	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait})
+	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait,
+		Idempotency: idempotency(who, key, idemKey, p)})
 	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
 	if counted {
 		if err == nil {
@@ -298,11 +307,25 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 			s.leases.abandoned(who.Name)
 		}
 	}
+	if err == nil && r.Context().Err() != nil && !g.Replayed {
+		// Granted as the client left: nobody will ever renew or release
+		// it, so it would block the key for its whole TTL. (A replayed
+		// grant is the first attempt's, which may have been delivered.)
+		s.releaseOrphan(r, who, g)
+		return
+	}
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
 			err = fmt.Errorf("%w: the wait for %q was cut short", errShuttingDown, key)
 		}
 		s.fail(w, r, err)
+		return
+	}
+	if g.Replayed {
+		// The same grant as the first attempt's, already counted.
+		s.audit("grant_replayed", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID))
+		w.Header().Set(replayedHeader, "true")
+		writeJSON(w, http.StatusOK, toGrantJSON(g))
 		return
 	}
 	s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())

@@ -44,6 +44,7 @@ var errorTable = []struct {
 }{
 	{backend.ErrHeld, http.StatusConflict, "lock_held", "Lock held by someone else"},
 	{backend.ErrLeaseExpired, http.StatusGone, "lease_expired", "Lease no longer holds the lock"},
+	{backend.ErrIdempotencyKeyReused, http.StatusUnprocessableEntity, "idempotency_key_reused", "Idempotency-Key used by another request"},
 	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down", "lockd is shutting down"},
 	{errClockSkew, http.StatusServiceUnavailable, "clock_skew", "Replica clock outside the declared skew bound"},
 	{backend.ErrUnavailable, http.StatusServiceUnavailable, "backend_unavailable", "Lock backend unavailable"},
@@ -72,6 +73,7 @@ var requestTitles = map[int]string{
 	http.StatusUnauthorized:          "Unauthorized",
 	http.StatusForbidden:             "Forbidden",
 	http.StatusTooManyRequests:       "Too many requests",
+	http.StatusNotImplemented:        "Not implemented",
 }
 
 // problemFor maps any error to its problem.

@@ -1,8 +1,35 @@
 -- ARGV: lease id, owner, ttl ms, waiter id ('' for a single try), heartbeat
--- timeout ms. Returns {granted, owner, token, expires ms, now ms, held}.
+-- timeout ms, idempotency fingerprint ('' for none), idempotency record
+-- retention ms. KEYS[5] is the idempotency record (unused without one).
+-- Returns {granted, owner, token, expires ms, now ms, held, lease id};
+-- granted is 1 (granted, under the lease id returned), 0 (not yet), or for
+-- an idempotent retry -1 (its grant ended), -2 (the key was used by another
+-- request) or -3 (its first attempt still waits: {-3, lease id, waiter id}
+-- to wait in its place).
 local waiter = ARGV[4]
+local idem, record = ARGV[6] or '', KEYS[5]
+if idem ~= '' then
+  local r = redis.call('HMGET', record, 'f', 'l', 'w')
+  if r[1] and r[2] ~= ARGV[1] then
+    if r[1] ~= idem then return {-2} end
+    local h = redis.call('HMGET', lock, 'id', 'owner', 'token', 'exp')
+    if h[1] == r[2] then
+      return {1, h[2], tonumber(h[3]), tonumber(h[4]), now_ms(), 0, r[2]}
+    end
+    if r[3] ~= '' and redis.call('ZSCORE', beats, r[3]) then
+      return {-3, r[2], r[3]}
+    end
+    return {-1}
+  end
+end
 local now = now_ms()
 local head = prune(now)
+
+local function remember()
+  if idem == '' then return end
+  redis.call('HSET', record, 'f', idem, 'l', ARGV[1], 'w', waiter)
+  redis.call('PEXPIRE', record, ARGV[7])
+end
 
 local function enqueue()
   if waiter == '' then return end
@@ -13,9 +40,15 @@ local function enqueue()
   -- Queue keys vanish on their own once every waiter stopped beating.
   redis.call('PEXPIRE', queue, ARGV[5])
   redis.call('PEXPIRE', beats, ARGV[5])
+  remember()
 end
 
-local h = redis.call('HMGET', lock, 'owner', 'token', 'exp')
+local h = redis.call('HMGET', lock, 'owner', 'token', 'exp', 'id')
+if h[4] == ARGV[1] then
+  -- Our own grant (a re-run after a lost reply, or a twin waiting in the
+  -- same place): the same grant again.
+  return {1, h[1], tonumber(h[2]), tonumber(h[3]), now, 0, ARGV[1]}
+end
 if h[2] then
   enqueue()
   return {0, h[1], tonumber(h[2]), tonumber(h[3]), now, 1}
@@ -33,4 +66,5 @@ local token = redis.call('INCR', fence)
 local exp = now + tonumber(ARGV[3])
 redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3])
 redis.call('PEXPIRE', lock, ARGV[3])
-return {1, ARGV[2], token, exp, now, 0}
+remember()
+return {1, ARGV[2], token, exp, now, 0, ARGV[1]}

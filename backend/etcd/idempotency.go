@@ -1,0 +1,116 @@
+package etcd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// Idempotent acquires.
+//
+// An acquire with an idempotency key writes <prefix>idem/<key> = {f, l}
+// (the request's fingerprint and the lease id it queued or was granted
+// under) in the same transaction that puts its queue entry, guarded by the
+// record not existing yet. The record hangs on a GC lease that outlives the
+// acquire by backend.IdempotencyWindow. A retry reads the record first and
+// follows it to the entry: held, it returns that grant; waiting, it waits
+// in that entry's place; gone, the grant ended (ErrLeaseExpired).
+//
+// The acquire that created the entry owns it: its give-up removes the entry
+// and the record together, and only while the entry still waits (a grant a
+// twin returned is never undone). A retry attached to the entry never
+// removes it.
+
+var _ backend.Idempotent = (*Backend)(nil)
+
+// IdempotentAcquire implements backend.Idempotent.
+func (b *Backend) IdempotentAcquire() {}
+
+type idemRecord struct {
+	Fingerprint string `json:"f"`
+	LeaseID     string `json:"l"`
+}
+
+func (b *Backend) idemKey(req backend.AcquireRequest) string {
+	return b.opts.Prefix + "idem/" + req.Idempotency.Key
+}
+
+// idemWrite returns the compare and the put that record req as queued or
+// granted under lease id, or nothing when req has no idempotency key.
+func (b *Backend) idemWrite(ctx context.Context, req backend.AcquireRequest, id string) ([]clientv3.Cmp, []clientv3.Op, error) {
+	if req.Idempotency.Key == "" {
+		return nil, nil, nil
+	}
+	keep := time.Now().Add(max(req.TTL, req.Wait) + backend.IdempotencyWindow).Truncate(time.Minute).Add(time.Minute)
+	gc, err := b.leases.get(ctx, b.opts.OpTimeout, keep)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, _ := json.Marshal(idemRecord{Fingerprint: req.Idempotency.Fingerprint, LeaseID: id})
+	k := b.idemKey(req)
+	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
+		[]clientv3.Op{clientv3.OpPut(k, string(v), clientv3.WithLease(gc))}, nil
+}
+
+// replay answers an acquire whose idempotency key is already recorded;
+// found is false when it is not (the acquire runs afresh).
+func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g backend.Grant, found bool, err error) {
+	if req.Idempotency.Key == "" {
+		return backend.Grant{}, false, nil
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	resp, err := b.cli.Get(c, b.idemKey(req))
+	if err != nil {
+		return backend.Grant{}, true, fail(ctx, "read idempotency record", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return backend.Grant{}, false, nil
+	}
+	var rec idemRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+		return backend.Grant{}, true, fmt.Errorf("etcd: corrupt idempotency record: %w", err)
+	}
+	if rec.Fingerprint != req.Idempotency.Fingerprint {
+		return backend.Grant{}, true, fmt.Errorf("etcd acquire %q: %w", req.Key, backend.ErrIdempotencyKeyReused)
+	}
+	e, err := b.get(ctx, req.Key, rec.LeaseID)
+	if err != nil {
+		return backend.Grant{}, true, err
+	}
+	switch {
+	case e == nil, e.rec.held() && !e.rec.valid(b.opts.Clock):
+		return backend.Grant{}, true, fmt.Errorf("etcd acquire %q: the grant of this idempotency key ended: %w", req.Key, backend.ErrLeaseExpired)
+	case e.rec.held():
+		g = e.grant(req.Key)
+		g.Replayed = true
+		return g, true, nil
+	}
+	// Still waiting: wait in its place.
+	g, err = b.waitTurn(ctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait))
+	g.Replayed = err == nil
+	return g, true, err
+}
+
+// giveUp removes the entry mine (and req's idempotency record) when this
+// acquire gave up. Without an idempotency key the entry goes whatever it
+// holds, so that a grant whose reply was lost is undone. With one, it goes
+// only while it still waits: a retry may have been handed its grant.
+func (b *Backend) giveUp(req backend.AcquireRequest, mine string) {
+	c, cancel := context.WithTimeout(b.life, b.opts.OpTimeout)
+	defer cancel()
+	if req.Idempotency.Key == "" {
+		_, _ = b.cli.Delete(c, mine)
+		return
+	}
+	waiting := mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()})
+	rec := b.idemKey(req)
+	gone := clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(mine), "=", 0)}, []clientv3.Op{clientv3.OpDelete(rec)}, nil)
+	_, _ = b.cli.Txn(c).If(clientv3.Compare(clientv3.Value(mine), "=", waiting)).
+		Then(clientv3.OpDelete(mine), clientv3.OpDelete(rec)).Else(gone).Commit()
+}
