@@ -135,7 +135,11 @@ func clientGone(r *http.Request) bool { return r.Context().Err() != nil }
 // the client has left, it writes nothing (observe counts 499) and logs the
 // error only at debug level.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if clientGone(r) {
+	// A refused request is answered even when its context has ended: a
+	// body that stopped arriving ends it too (net/http cancels a request
+	// whose connection read failed), and that client waits for its 408.
+	var refused *requestError
+	if clientGone(r) && !errors.As(err, &refused) {
 		s.log.Debug("client left before the answer", "method", r.Method, "path", r.URL.Path, "err", err)
 		return
 	}
