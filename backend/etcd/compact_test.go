@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -199,5 +200,88 @@ func TestInspectAcrossCompaction(t *testing.T) {
 	}
 	if !st.Held || st.Holder == nil || st.Holder.Token != g.Token || st.Holder.Owner != "me" || st.Waiters != 0 {
 		t.Errorf("Inspect = %+v (holder %+v), want held by me with token %d and no waiters", st, st.Holder, g.Token)
+	}
+}
+
+// The embedded etcd compacts: with a quota that its uncompacted history
+// would fill several times over, every acquire and release succeeds and
+// etcd raises no alarm. Without compaction the same run hits NOSPACE,
+// which lockd reports as ErrUnavailable: that case shows the quota is small
+// enough to matter.
+//
+// etcd's quota counts the size of its database file, which never shrinks
+// without a defragmentation; compaction frees pages inside it, which later
+// writes reuse, so the file stops growing. No defragmentation is done.
+func TestQuotaHeldByCompaction(t *testing.T) {
+	const (
+		quota   = 1 << 20
+		workers = 8
+		cycles  = 1000 // per worker: 8,000 in all
+	)
+	owner := strings.Repeat("o", 256)
+	for _, tc := range []struct {
+		name      string
+		cfg       etcdb.EmbedConfig
+		wantSpace bool // NOSPACE expected
+	}{
+		{"compacted", etcdb.EmbedConfig{QuotaBackendBytes: quota}, false}, // the default compaction
+		{"uncompacted", etcdb.EmbedConfig{QuotaBackendBytes: quota, NoCompaction: true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startEmbedded(t, tc.cfg)
+			cli := client(t, e.Endpoints())
+			b := etcdb.New(cli, etcdb.Options{})
+			t.Cleanup(func() { b.Close() })
+			ctx := t.Context()
+			var (
+				ok    atomic.Int64
+				wg    sync.WaitGroup
+				errMu sync.Mutex
+				first error
+			)
+			for w := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range cycles {
+						if err := cycle(ctx, b, fmt.Sprint("quota-", w), owner); err != nil {
+							errMu.Lock()
+							if first == nil {
+								first = err
+							}
+							errMu.Unlock()
+							return
+						}
+						ok.Add(1)
+					}
+				}()
+			}
+			wg.Wait()
+			alarms, err := cli.AlarmList(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := cli.Status(ctx, e.Endpoints()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d cycles; database file %d bytes, %d in use, quota %d; compacted to revision %d of %d; alarms %v",
+				ok.Load(), st.DbSize, st.DbSizeInUse, quota, e.Compacted(), st.Header.Revision, alarms.Alarms)
+			if !tc.wantSpace {
+				if first != nil {
+					t.Errorf("after %d cycles: %v", ok.Load(), first)
+				}
+				if len(alarms.Alarms) != 0 {
+					t.Errorf("alarms %v, want none", alarms.Alarms)
+				}
+				if st.DbSize >= quota {
+					t.Errorf("database file %d bytes, want it below the quota %d", st.DbSize, quota)
+				}
+				return
+			}
+			if !errors.Is(first, backend.ErrUnavailable) || !strings.Contains(first.Error(), "space exceeded") {
+				t.Errorf("uncompacted: first error %v after %d cycles, want ErrUnavailable for NOSPACE", first, ok.Load())
+			}
+		})
 	}
 }
