@@ -32,8 +32,9 @@ type EmbedConfig struct {
 	// StartTimeout bounds the wait for the member to serve; default 60 s.
 	StartTimeout time.Duration
 	// Compact is how the member compacts its history (see Compactor);
-	// default every 1 s to the last 1,000 revisions. The member serves
-	// lockd alone, so dropping older history costs nothing.
+	// default CompactOptions' defaults: it looks every 100 ms and keeps
+	// 500 revisions. The member serves lockd, which reads no history, so
+	// dropping older revisions costs nothing.
 	Compact CompactOptions
 	// NoCompaction turns compaction off: only to measure what it saves.
 	NoCompaction bool
