@@ -61,8 +61,9 @@ type Compactor struct {
 }
 
 // StartCompactor compacts the cluster cli talks to. It learns the current
-// revision from a read of key (one lockd may read, e.g. its prefix's ping
-// key). Close stops it; it does not close cli.
+// revision from a count-only read of key, which cli's user must be allowed
+// to read (lockd reads its prefix's ping key). Close stops it; it does not
+// close cli.
 func StartCompactor(cli *clientv3.Client, key string, opts CompactOptions) *Compactor {
 	return startCompactor(
 		func(ctx context.Context) (int64, error) {
