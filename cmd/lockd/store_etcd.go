@@ -213,6 +213,13 @@ func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.
 	}
 	switch {
 	case external && c.compactEvery > 0:
+		if err := probeCompact(ctx, cli); err != nil {
+			st.close()
+			if errors.Is(err, rpctypes.ErrPermissionDenied) {
+				return nil, fmt.Errorf("--etcd-compact-every: etcd refuses to compact%s: with authentication on, compaction needs the root role; give lockd a root user, or drop the flag and run etcd's own auto-compaction (--auto-compaction-mode=revision): %w", creds.who(), err)
+			}
+			return nil, fmt.Errorf("--etcd-compact-every: etcd refuses to compact: %w", err)
+		}
 		comp := etcdb.StartCompactor(cli, c.prefix+"ping", etcdb.CompactOptions{Every: c.compactEvery, Logger: log})
 		st.closers = append(st.closers, comp.Close) // closed before cli
 		st.describe += fmt.Sprintf(", history compacted by lockd (looked at every %v)", c.compactEvery)
@@ -221,6 +228,17 @@ func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.
 	}
 	st.b = etcdb.New(cli, etcdb.Options{Prefix: c.prefix, Hooks: hooks})
 	return st, nil
+}
+
+// probeCompact asks etcd to compact to revision 1, which drops nothing,
+// to learn at start whether lockd may compact at all.
+func probeCompact(ctx context.Context, cli *clientv3.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	if _, err := cli.Compact(ctx, 1); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return err
+	}
+	return nil
 }
 
 // warnIfNeverCompacted warns when the cluster still keeps revision 1: it
