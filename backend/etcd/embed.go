@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -30,12 +31,24 @@ type EmbedConfig struct {
 	LogLevel string
 	// StartTimeout bounds the wait for the member to serve; default 60 s.
 	StartTimeout time.Duration
+	// Compact is how the member compacts its history (see Compactor);
+	// default CompactOptions' defaults: it looks every 100 ms and keeps
+	// 500 revisions. The member serves lockd, which reads no history, so
+	// dropping older revisions costs nothing.
+	Compact CompactOptions
+	// NoCompaction turns compaction off: only to measure what it saves.
+	NoCompaction bool
+	// QuotaBackendBytes is etcd's --quota-backend-bytes: the size of its
+	// database file past which it refuses writes (NOSPACE); default etcd's
+	// 2 GiB.
+	QuotaBackendBytes int64
 }
 
 // Embedded is a running in-process etcd member.
 type Embedded struct {
 	etcd      *embed.Etcd
 	endpoints []string
+	compactor *Compactor // nil with NoCompaction
 }
 
 // StartEmbedded starts an etcd member and returns once it serves clients.
@@ -79,6 +92,7 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	cfg.Logger = "zap"
 	// The metrics and pprof listeners are not lockd's business.
 	cfg.Metrics = "basic"
+	cfg.QuotaBackendBytes = c.QuotaBackendBytes
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -98,7 +112,28 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Embedded{etcd: e, endpoints: []string{curl.Host}}, nil
+	emb := &Embedded{etcd: e, endpoints: []string{curl.Host}}
+	if !c.NoCompaction {
+		// In process: the revision from the store itself, the compaction
+		// through raft like a client's, so every member applies it.
+		emb.compactor = startCompactor(
+			func(context.Context) (int64, error) { return e.Server.KV().Rev(), nil },
+			func(ctx context.Context, rev int64) error {
+				_, err := e.Server.Compact(ctx, &etcdserverpb.CompactionRequest{Revision: rev})
+				return err
+			},
+			c.Compact)
+	}
+	return emb, nil
+}
+
+// Compacted returns the revision this member's compactor last compacted
+// to: 0 before the first compaction, or with NoCompaction.
+func (e *Embedded) Compacted() int64 {
+	if e.compactor == nil {
+		return 0
+	}
+	return e.compactor.Compacted()
 }
 
 // Endpoints returns the member's client address(es) as host:port.
@@ -110,6 +145,9 @@ func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
 // Close stops the member. It does not wait for leases to run out: they are
 // on disk and keep running when the member starts again.
 func (e *Embedded) Close() error {
+	if e.compactor != nil {
+		e.compactor.Close()
+	}
 	e.etcd.Close()
 	return nil
 }

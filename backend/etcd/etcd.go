@@ -77,6 +77,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/lockd/lockd/backend"
@@ -644,6 +645,12 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 	}
 }
 
+// compacted tells a watch or read that asked for history etcd has
+// compacted away (lockd's compactor keeps only the last revisions). The
+// watch of a waiter that fell behind is cancelled so: the waiter looks at
+// the queue again, as after any wake-up.
+func compacted(err error) bool { return errors.Is(err, rpctypes.ErrCompacted) }
+
 // waitChange returns when the entry pred changes or goes, at expiry (if
 // set), at giveUp, or with ctx's error.
 func (b *Backend) waitChange(ctx context.Context, pred *entry, readRev int64, expiry, giveUp time.Time) error {
@@ -662,6 +669,9 @@ func (b *Backend) waitChange(ctx context.Context, pred *entry, readRev int64, ex
 	case <-ctx.Done():
 		release()
 		return ctx.Err()
+	}
+	if compacted(created.Err()) {
+		return nil
 	}
 	if err := created.Err(); err != nil || !created.Created {
 		if ctx.Err() != nil {
@@ -700,6 +710,9 @@ func (b *Backend) waitChange(ctx context.Context, pred *entry, readRev int64, ex
 				return ctx.Err()
 			}
 			if err := resp.Err(); err != nil {
+				if compacted(err) {
+					return nil
+				}
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -806,6 +819,20 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 
 // Inspect implements backend.Backend.
 func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	for attempt := 1; ; attempt++ {
+		st, err := b.inspect(ctx, key)
+		// The head is read at the revision of the first read: a compaction
+		// in between drops that revision, and a new snapshot answers.
+		if !compacted(err) {
+			return st, err
+		}
+		if attempt == 3 {
+			return st, fail(ctx, "inspect", err)
+		}
+	}
+}
+
+func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, error) {
 	q := b.queue(key)
 	// Keys only, then the head's record at the same revision: one
 	// snapshot, without reading every waiter's record.
@@ -822,6 +849,9 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 	c, cancel := b.opCtx(ctx)
 	defer cancel()
 	hr, err := b.cli.Get(c, string(first[0].Key), clientv3.WithRev(resp.Header.Revision))
+	if compacted(err) {
+		return st, err
+	}
 	if err != nil {
 		return st, fail(ctx, "inspect", err)
 	}

@@ -199,7 +199,7 @@ func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Log
 	)
 	switch c.backend {
 	case "etcd":
-		st, err = openEtcd(ctx, c.etcd, c.logLevel, hooks)
+		st, err = openEtcd(ctx, c.etcd, c.logLevel, hooks, log)
 	case "zk":
 		st, err = openZK(ctx, c.zk, hooks, log)
 	case "redis":

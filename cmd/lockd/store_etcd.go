@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -38,6 +39,8 @@ type etcdConfig struct {
 	user         string
 	passwordFile string
 	clock        lease.Clock // from --max-clock-skew
+	// compactEvery: how often lockd compacts an external cluster; 0: never.
+	compactEvery time.Duration
 }
 
 func (c *etcdConfig) register(fs *flag.FlagSet) {
@@ -51,6 +54,7 @@ func (c *etcdConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.key, "etcd-key", "", "the client certificate's private key (PEM)")
 	fs.StringVar(&c.user, "etcd-user", "", "etcd user (RBAC) lockd logs in as; needs readwrite on the --etcd-prefix range")
 	fs.StringVar(&c.passwordFile, "etcd-password-file", "", "file holding --etcd-user's password (one trailing newline is ignored)")
+	fs.DurationVar(&c.compactEvery, "etcd-compact-every", 0, fmt.Sprintf("look this often (e.g. 1s) and compact the external etcd's history to its last %d revisions once as many more were written; compaction is cluster-wide, for every key. 0: lockd does not compact, and the cluster must (etcd --auto-compaction-mode=revision). The embedded etcd always compacts", etcdb.DefaultCompactRetain))
 }
 
 // etcdTimeout bounds connecting and the start-up check.
@@ -119,6 +123,17 @@ func (c etcdConfig) credentials(endpoints []string) (etcdCreds, error) {
 	return cr, nil
 }
 
+// checkCompaction refuses --etcd-compact-every where it cannot apply.
+func (c etcdConfig) checkCompaction(endpoints []string) error {
+	switch {
+	case c.compactEvery < 0:
+		return errors.New("--etcd-compact-every must be 0 (lockd does not compact) or more")
+	case c.compactEvery > 0 && len(endpoints) == 0:
+		return errors.New("--etcd-compact-every applies to an external etcd (--etcd-endpoints); the embedded etcd compacts on its own")
+	}
+	return nil
+}
+
 // who names the etcd user lockd acts as, for error messages.
 func (cr etcdCreds) who() string {
 	switch {
@@ -133,21 +148,28 @@ func (cr etcdCreds) who() string {
 // openEtcd connects to the configured etcd cluster, or starts the embedded
 // one when no endpoints are given. Either way it refuses to return before a
 // read and a (never applied) write under the prefix are allowed.
-func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.Hooks) (*store, error) {
+func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.Hooks, log *slog.Logger) (*store, error) {
 	endpoints := splitList(c.endpoints)
+	if err := c.checkCompaction(endpoints); err != nil {
+		return nil, err
+	}
 	creds, err := c.credentials(endpoints)
 	if err != nil {
 		return nil, err
 	}
 	st := &store{}
-	if len(endpoints) == 0 {
+	external := len(endpoints) > 0
+	if !external {
 		// etcd logs its own closed listeners as errors at every stop;
 		// its log is shown only when lockd's is at debug.
 		etcdLog := "fatal"
 		if logLevel == "debug" {
 			etcdLog = "warn"
 		}
-		emb, err := etcdb.StartEmbedded(ctx, etcdb.EmbedConfig{DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL, LogLevel: etcdLog})
+		emb, err := etcdb.StartEmbedded(ctx, etcdb.EmbedConfig{
+			DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL, LogLevel: etcdLog,
+			Compact: etcdb.CompactOptions{Logger: log},
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -191,8 +213,53 @@ func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.
 			st.describe += " (WARNING: etcd authentication is off, anyone who reaches etcd can change the locks)"
 		}
 	}
+	switch {
+	case external && c.compactEvery > 0:
+		if err := probeCompact(ctx, cli); err != nil {
+			st.close()
+			if errors.Is(err, rpctypes.ErrPermissionDenied) {
+				return nil, fmt.Errorf("--etcd-compact-every: etcd refuses to compact%s: with authentication on, compaction needs the root role; give lockd a root user, or drop the flag and run etcd's own auto-compaction (--auto-compaction-mode=revision): %w", creds.who(), err)
+			}
+			return nil, fmt.Errorf("--etcd-compact-every: etcd refuses to compact: %w", err)
+		}
+		comp := etcdb.StartCompactor(cli, c.prefix+"ping", etcdb.CompactOptions{Every: c.compactEvery, Logger: log})
+		st.closers = append(st.closers, comp.Close) // closed before cli
+		st.describe += fmt.Sprintf(", history compacted by lockd (looked at every %v)", c.compactEvery)
+	case external:
+		warnIfNeverCompacted(ctx, cli, endpoints, c.prefix, log)
+	}
 	st.b = etcdb.New(cli, etcdb.Options{Prefix: c.prefix, Hooks: hooks, Clock: c.clock})
 	return st, nil
+}
+
+// probeCompact asks etcd to compact to revision 1, which drops nothing,
+// to learn at start whether lockd may compact at all.
+func probeCompact(ctx context.Context, cli *clientv3.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	if _, err := cli.Compact(ctx, 1); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return err
+	}
+	return nil
+}
+
+// warnIfNeverCompacted warns when the cluster still keeps revision 1: it
+// has never compacted its history, which then grows with every acquire
+// until etcd's quota stops all writes. A cluster whose auto-compaction has
+// not come round yet (etcd's first periodic one waits a whole retention
+// period) is warned about too; the message says what to check.
+func warnIfNeverCompacted(ctx context.Context, cli *clientv3.Client, endpoints []string, prefix string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	r, err := cli.Get(ctx, prefix+"ping", clientv3.WithRev(1), clientv3.WithCountOnly())
+	if err != nil {
+		return // ErrCompacted: the history was compacted; anything else: no answer to go by
+	}
+	attrs := []any{"revision", r.Header.Revision}
+	if s, err := cli.Status(ctx, endpoints[0]); err == nil {
+		attrs = append(attrs, "db_size_bytes", s.DbSize, "quota_bytes", s.DbSizeQuota)
+	}
+	log.Warn("etcd has never compacted its history: unless it runs auto-compaction, its database grows with every acquire until etcd refuses all writes (NOSPACE) and lockd answers 503; run etcd with --auto-compaction-mode=revision --auto-compaction-retention=10000, or give lockd --etcd-compact-every=1s", attrs...)
 }
 
 // checkEtcdAccess reads the whole prefix range and sends a write that etcd
