@@ -1,0 +1,356 @@
+package etcd
+
+// Acquire and waiting in the queue.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// Acquire implements backend.Backend.
+func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	if err := ctx.Err(); err != nil {
+		return backend.Grant{}, err
+	}
+	if g, found, err := b.replay(ctx, req); found {
+		return g, err
+	}
+	q := b.queue(req.Key)
+	id := lease.NewID()
+	mine := q + id
+	giveUp := time.Now().Add(req.Wait)
+	held := contended(giveUp) // for the work once the key was found held
+	// grantIfFree makes this acquire the holder when the queue is empty.
+	grantIfFree := func(adm admission) (backend.Grant, bool, error) {
+		rec, gcLease, err := b.holderRecord(ctx, req)
+		if err != nil {
+			return backend.Grant{}, false, err
+		}
+		idemCmps, idemOps, err := b.idemWrite(ctx, req, id)
+		if err != nil {
+			return backend.Grant{}, false, err
+		}
+		resp, err := b.txn(ctx, adm, "acquire",
+			append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()}, idemCmps...),
+			append([]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, idemOps...), nil)
+		if err == nil && !resp.Succeeded && len(idemCmps) > 0 {
+			// A twin of this acquire (same idempotency key) may have won.
+			if g, found, err := b.replay(ctx, req); found {
+				return g, true, err
+			}
+		}
+		if err != nil || !resp.Succeeded {
+			return backend.Grant{}, false, err
+		}
+		e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
+		return e.grant(req.Key), true, nil
+	}
+	for first := true; ; first = false {
+		if first && !b.busy.recent(req.Key, time.Now()) {
+			// A key not seen queued lately: one transaction, that writes
+			// when the queue is empty and reads nothing otherwise.
+			if g, ok, err := grantIfFree(atOnce); ok || err != nil {
+				return g, err
+			}
+			b.busy.mark(req.Key, time.Now()) // the acquirers right behind read first
+		}
+		// Held, or lately queued: a read first. On a key with a queue,
+		// acquirers must not turn into transactions that etcd applies one
+		// after another, each comparing against the whole queue.
+		head, _, err := b.lookAhead(ctx, held, q, "", 0)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if head != nil {
+			b.busy.mark(req.Key, time.Now())
+		}
+		if head == nil {
+			if g, ok, err := grantIfFree(held); ok || err != nil {
+				return g, err
+			}
+			continue // someone came first: look again
+		}
+		if head.rec.overdue(b.opts.Clock) {
+			if err := b.removeExpired(ctx, held, req.Key, head); err != nil {
+				return backend.Grant{}, err
+			}
+			continue
+		}
+		if req.Wait <= 0 {
+			he := &backend.HeldError{Key: req.Key}
+			if head.rec.held() {
+				he.Holder = head.holder()
+			}
+			return backend.Grant{}, he
+		}
+		return b.wait(ctx, req, id, giveUp)
+	}
+}
+
+// waiterLease returns the lease queue entries of this Backend hang on,
+// granting it and starting its keep-alive on first use.
+func (b *Backend) waiterLease(ctx context.Context) (clientv3.LeaseID, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.session != 0 {
+		return b.session, nil
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	g, err := b.cli.Grant(c, int64((b.opts.WaiterLeaseTTL+time.Second-1)/time.Second))
+	if err != nil {
+		return 0, fail(ctx, "grant waiter lease", err)
+	}
+	ch, err := b.cli.KeepAlive(b.life, g.ID)
+	if err != nil {
+		return 0, fail(ctx, "keep waiter lease alive", err)
+	}
+	b.session = g.ID
+	go func() {
+		for range ch {
+		}
+		// The lease is gone (Close, or lost to a partition): the next
+		// waiter grants a new one; waiters whose entries it took see them
+		// vanish and fail.
+		b.mu.Lock()
+		if b.session == g.ID {
+			b.session = 0
+		}
+		b.mu.Unlock()
+	}()
+	return g.ID, nil
+}
+
+// errEntryLost: a waiter's queue entry vanished under it (its lease was
+// lost to a partition).
+var errEntryLost = fmt.Errorf("%w: etcd: queue entry lost while waiting", backend.ErrUnavailable)
+
+func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id string, giveUp time.Time) (g backend.Grant, err error) {
+	q := b.queue(req.Key)
+	mine := q + id
+	wl, err := b.waiterLease(ctx)
+	if err != nil {
+		return backend.Grant{}, err
+	}
+	release, err := b.slot(ctx, contended(giveUp))
+	if err != nil {
+		return backend.Grant{}, err
+	}
+	idemCmps, idemOps, err := b.idemWrite(ctx, req, id)
+	if err != nil {
+		release()
+		return backend.Grant{}, err
+	}
+	c, cancel := b.opCtx(ctx)
+	put, err := b.cli.Txn(c).If(idemCmps...).Then(append([]clientv3.Op{
+		clientv3.OpPut(mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))}, idemOps...)...).Commit()
+	cancel()
+	release()
+	if err != nil {
+		err = fail(ctx, "enqueue", err)
+	} else if !put.Succeeded {
+		// A twin of this acquire (same idempotency key) came first.
+		if g, found, err := b.replay(ctx, req); found {
+			return g, err
+		}
+		return backend.Grant{}, fmt.Errorf("%w: etcd: idempotency record vanished while enqueuing", backend.ErrUnavailable)
+	}
+	myRev := int64(0)
+	if err == nil {
+		myRev = put.Header.Revision
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Leave nothing behind: not a queue entry, and not a grant that
+		// raced with the give-up (its reply may have been lost).
+		b.giveUp(req, mine)
+	}()
+	if err != nil {
+		return backend.Grant{}, err
+	}
+	return b.waitTurn(ctx, req, id, myRev, giveUp)
+}
+
+// waitTurn waits, as the queue entry of lease id created at myRev, until
+// nothing is ahead of it, and takes the lock; or gives up at giveUp with
+// ErrHeld. It leaves the entry to its caller.
+func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time) (backend.Grant, error) {
+	q := b.queue(req.Key)
+	mine := q + id
+	adm := contended(giveUp)
+
+	// grant takes the lock if nothing is ahead of this entry. Entries
+	// created later have larger revisions, so when nothing is ahead only
+	// the loss of our own entry can fail it.
+	grant := func() (backend.Grant, bool, error) {
+		rec, gcLease, err := b.holderRecord(ctx, req)
+		if err != nil {
+			return backend.Grant{}, false, err
+		}
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
+			clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
+		}
+		if req.Idempotency.Key != "" {
+			// Twins wait on one entry: only the first grants it.
+			cmps = append(cmps, clientv3.Compare(clientv3.Value(mine), "=", mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()})))
+		}
+		resp, err := b.txn(ctx, adm, "grant waiter", cmps,
+			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+		if err != nil || !resp.Succeeded {
+			return backend.Grant{}, false, err
+		}
+		e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
+		return e.grant(req.Key), true, nil
+	}
+	behindHead := false // the entry ahead was the holder when last looked at
+	for {
+		if err := ctx.Err(); err != nil {
+			return backend.Grant{}, err
+		}
+		if behindHead {
+			// Woken behind the holder: most likely it is gone, and one
+			// guarded write, without a read first, makes the handoff.
+			if g, ok, err := grant(); ok || err != nil {
+				return g, err
+			}
+		}
+		head, pred, err := b.lookAhead(ctx, adm, q, mine, myRev)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if head != nil && head.key == mine && head.rec.held() {
+			return head.grant(req.Key), nil // granted to a twin (same idempotency key)
+		}
+		if pred == nil {
+			if g, ok, err := grant(); ok || err != nil {
+				return g, err
+			}
+			continue
+		}
+		behindHead = head != nil && head.key == pred.key
+		if head != nil && head.rec.overdue(b.opts.Clock) {
+			if err := b.removeExpired(ctx, adm, req.Key, head); err != nil {
+				return backend.Grant{}, err
+			}
+			continue
+		}
+		if !time.Now().Before(giveUp) {
+			he := &backend.HeldError{Key: req.Key}
+			if head != nil && head.rec.held() {
+				he.Holder = head.holder()
+			}
+			return backend.Grant{}, he
+		}
+		// Wake on any change of the entry ahead, when the holder's grant
+		// may be removed (its deadline plus the declared skew, by this
+		// replica's clock, as a time of this machine's timers), or when
+		// the wait is over.
+		var expiry time.Time
+		if head != nil && head.rec.held() {
+			expiry = time.Now().Add(b.opts.Clock.Until(b.opts.Clock.FreeAt(head.rec.deadline())))
+			if !behindHead {
+				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
+			}
+		}
+		if err := b.waitChange(ctx, adm, pred, pred.readRev, expiry, giveUp); err != nil {
+			return backend.Grant{}, err
+		}
+	}
+}
+
+// compacted tells a watch or read that asked for history etcd has
+// compacted away (lockd's compactor keeps only the last revisions). The
+// watch of a waiter that fell behind is cancelled so: the waiter looks at
+// the queue again, as after any wake-up.
+func compacted(err error) bool { return errors.Is(err, rpctypes.ErrCompacted) }
+
+// waitChange returns when the entry pred changes or goes, at expiry (if
+// set), at giveUp, or with ctx's error.
+func (b *Backend) waitChange(ctx context.Context, adm admission, pred *entry, readRev int64, expiry, giveUp time.Time) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	release, err := b.slot(ctx, adm)
+	if err != nil {
+		return err
+	}
+	// Opened at the current revision, so etcd serves it at once.
+	wch := b.cli.Watch(wctx, pred.key, clientv3.WithCreatedNotify())
+	var created clientv3.WatchResponse
+	select {
+	case created = <-wch:
+		release()
+	case <-ctx.Done():
+		release()
+		return ctx.Err()
+	}
+	if compacted(created.Err()) {
+		return nil
+	}
+	if err := created.Err(); err != nil || !created.Created {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: etcd watch: %v", backend.ErrUnavailable, created.Err())
+	}
+	// Anything written between our read and the watch's start is not in
+	// the watch: look again if the store moved on.
+	if created.Header.Revision != readRev {
+		release, err := b.slot(ctx, adm)
+		if err != nil {
+			return err
+		}
+		c, cl := b.opCtx(ctx)
+		r, err := b.cli.Get(c, pred.key)
+		cl()
+		release()
+		if err != nil {
+			return fail(ctx, "read predecessor", err)
+		}
+		if len(r.Kvs) == 0 || r.Kvs[0].ModRevision != pred.modRev {
+			return nil
+		}
+	}
+	wake := giveUp
+	if !expiry.IsZero() && expiry.Before(wake) {
+		wake = expiry
+	}
+	timer := time.NewTimer(time.Until(wake))
+	defer timer.Stop()
+	for {
+		select {
+		case resp, ok := <-wch:
+			if !ok {
+				return ctx.Err()
+			}
+			if err := resp.Err(); err != nil {
+				if compacted(err) {
+					return nil
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("%w: etcd watch: %v", backend.ErrUnavailable, err)
+			}
+			if len(resp.Events) > 0 {
+				return nil
+			}
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.life.Done():
+			return fmt.Errorf("%w: etcd backend closed", backend.ErrUnavailable)
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package etcd
+
+// Renew, release and inspection of grants.
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+// Renew implements backend.Backend.
+func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := b.get(ctx, key, leaseID)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if e == nil || !e.rec.held() {
+			return backend.Grant{}, backend.ErrLeaseExpired
+		}
+		if !e.rec.valid(b.opts.Clock) {
+			if e.rec.overdue(b.opts.Clock) {
+				_ = b.removeExpired(ctx, atOnce, key, e)
+			}
+			return backend.Grant{}, backend.ErrLeaseExpired
+		}
+		rec := e.rec
+		if ttl > 0 {
+			rec.TTL = ttl.Milliseconds()
+		}
+		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		// The entry must be exactly as read: an expiry removal or another
+		// renew in between wins, and this one looks again.
+		resp, err := b.txn(ctx, atOnce, "renew",
+			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)},
+			[]clientv3.Op{clientv3.OpPut(e.key, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		if resp.Succeeded {
+			e.rec = rec
+			return e.grant(key), nil
+		}
+	}
+	return backend.Grant{}, fmt.Errorf("%w: renew kept racing with other writers", backend.ErrUnavailable)
+}
+
+// Release implements backend.Backend.
+func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
+	if !lease.ValidID(leaseID) {
+		return backend.ErrLeaseExpired
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	resp, err := b.cli.Delete(c, b.queue(key)+leaseID, clientv3.WithPrevKV())
+	if err != nil {
+		return fail(ctx, "release", err)
+	}
+	if len(resp.PrevKvs) == 0 {
+		return backend.ErrLeaseExpired
+	}
+	prev := resp.PrevKvs[0]
+	e, err := b.decode(prev.Value, string(prev.Key), prev.CreateRevision, prev.ModRevision)
+	if err != nil {
+		return err
+	}
+	if !e.rec.held() {
+		return backend.ErrLeaseExpired // a waiter's entry: never a grant
+	}
+	if !e.rec.valid(b.opts.Clock) {
+		// It was no longer the holder's to release; removing it was
+		// right all the same.
+		b.opts.Hooks.Expired(e.expiry(key))
+		return backend.ErrLeaseExpired
+	}
+	return nil
+}
+
+// Inspect implements backend.Backend.
+func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	for attempt := 1; ; attempt++ {
+		st, err := b.inspect(ctx, key)
+		// The head is read at the revision of the first read: a compaction
+		// in between drops that revision, and a new snapshot answers.
+		if !compacted(err) {
+			return st, err
+		}
+		if attempt == 3 {
+			return st, fail(ctx, "inspect", err)
+		}
+	}
+}
+
+func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, error) {
+	q := b.queue(key)
+	// Keys only, then the head's record at the same revision: one
+	// snapshot, without reading every waiter's record.
+	resp, err := b.txn(ctx, atOnce, "inspect", nil,
+		[]clientv3.Op{clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+	if err != nil {
+		return backend.LockState{}, err
+	}
+	st := backend.LockState{Key: key, Waiters: int(resp.Responses[1].GetResponseRange().Count)}
+	first := resp.Responses[0].GetResponseRange().Kvs
+	if len(first) == 0 {
+		return st, nil
+	}
+	c, cancel := b.opCtx(ctx)
+	defer cancel()
+	hr, err := b.cli.Get(c, string(first[0].Key), clientv3.WithRev(resp.Header.Revision))
+	if compacted(err) {
+		return st, err
+	}
+	if err != nil {
+		return st, fail(ctx, "inspect", err)
+	}
+	head, err := b.entryFrom(hr)
+	if err != nil {
+		return st, err
+	}
+	if head != nil && head.rec.held() {
+		st.Waiters-- // the holder's entry, expired or not, is no waiter
+		if !head.rec.overdue(b.opts.Clock) {
+			st.Held, st.Holder = true, head.holder()
+		}
+	}
+	return st, nil
+}
+
+// List implements backend.Backend. It reads every queue entry under the
+// prefix (a page of etcd keys at a time), so it costs in proportion to the
+// entries under the prefix, not to the page asked for: an operator's tool.
+func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
+	base := b.opts.Prefix + "q/"
+	start, end := base+prefix, clientv3.GetPrefixRangeEnd(base+prefix)
+	heads := map[string]*entry{}
+	for {
+		c, cancel := b.opCtx(ctx)
+		resp, err := b.cli.Get(c, start, clientv3.WithRange(end), clientv3.WithLimit(1000))
+		cancel()
+		if err != nil {
+			return nil, fail(ctx, "list", err)
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			rest := k[len(base):]
+			slash := strings.LastIndexByte(rest, '/')
+			if slash < 0 {
+				continue
+			}
+			lockKey := rest[:slash]
+			if lockKey <= after || !strings.HasPrefix(lockKey, prefix) {
+				continue
+			}
+			e, err := b.decode(kv.Value, k, kv.CreateRevision, kv.ModRevision)
+			if err != nil {
+				return nil, err
+			}
+			if h := heads[lockKey]; h == nil || e.createRev < h.createRev {
+				heads[lockKey] = &e
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	var out []backend.LockState
+	for k, h := range heads {
+		if h.rec.held() && !h.rec.overdue(b.opts.Clock) {
+			out = append(out, backend.LockState{Key: k, Held: true, Holder: h.holder()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
