@@ -24,6 +24,7 @@ func (s *suite) idempotencyTests() []struct {
 		{"IdempotentAfterRelease410", s.idemAfterRelease},
 		{"IdempotentDifferentPayload422", s.idemDifferentPayload},
 		{"IdempotentRefusalNotRecorded", s.idemRefusalNotRecorded},
+		{"IdempotentRetryAfterQueuingReplicaDied", s.idemQueuingReplicaDied},
 	}
 }
 
@@ -198,4 +199,45 @@ func (s *suite) idemRefusalNotRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	acquire(t, b, wreq)
+}
+
+// The replica that queued an acquire dies while it waits (its queue entry
+// goes with it), and the client retries through another one: the first
+// attempt never held the lock, so the retry is a fresh attempt that queues
+// and is granted, not told that its grant ended.
+func (s *suite) idemQueuingReplicaDied(t *testing.T) {
+	dying := s.idempotent(t)
+	holderB, other := s.newBackend(t), s.newBackend(t)
+	key := s.key(t)
+	holder := acquire(t, holderB, backend.AcquireRequest{Key: key, Owner: "holder", TTL: 30 * time.Second})
+	req := backend.AcquireRequest{Key: key, Owner: "retried", TTL: 10 * time.Second, Wait: 30 * time.Second, Idempotency: idem(key, "fp")}
+	first := make(chan error, 1)
+	go func() {
+		_, err := dying.Acquire(ctxTimeout(t, 60*time.Second), req)
+		first <- err
+	}()
+	s.waitForWaiters(t, holderB, key, 1)
+	if err := dying.Close(); err != nil {
+		t.Logf("Close: %v", err)
+	}
+	if err := <-first; err == nil {
+		t.Fatal("the acquire of a replica that closed under it was granted")
+	}
+	// Its queue entry goes with it, as with a lockd that died.
+	if s.opts.NoWaiterCount == "" {
+		s.waitForWaiters(t, holderB, key, 0)
+	} else {
+		time.Sleep(10 * time.Second)
+	}
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		_ = holderB.Release(ctxTimeout(t, 10*time.Second), key, holder.LeaseID)
+	}()
+	g, err := other.Acquire(ctxTimeout(t, 60*time.Second), req)
+	if err != nil {
+		t.Fatalf("retry through another replica after the first attempt's replica died while it queued: %v, want a fresh attempt that is granted", err)
+	}
+	if g.Token <= holder.Token {
+		t.Errorf("token %d after the holder's %d, want strictly greater", g.Token, holder.Token)
+	}
 }

@@ -34,7 +34,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
-		idemCmps, idemOps, err := b.idemWrite(ctx, req, id)
+		idemCmps, idemOps, err := b.idemWrite(ctx, req, id, true)
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
@@ -144,7 +144,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	idemCmps, idemOps, err := b.idemWrite(ctx, req, id)
+	idemCmps, idemOps, err := b.idemWrite(ctx, req, id, false)
 	if err != nil {
 		release()
 		return backend.Grant{}, err
@@ -201,12 +201,18 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 			clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
 			clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
 		}
+		ops := []clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}
 		if req.Idempotency.Key != "" {
-			// Twins wait on one entry: only the first grants it.
+			// Twins wait on one entry: only the first grants it, and
+			// marks the record granted.
 			cmps = append(cmps, clientv3.Compare(clientv3.Value(mine), "=", mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()})))
+			_, idemOps, err := b.idemWrite(ctx, req, id, true)
+			if err != nil {
+				return backend.Grant{}, false, err
+			}
+			ops = append(ops, idemOps...)
 		}
-		resp, err := b.txn(ctx, adm, "grant waiter", cmps,
-			[]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
+		resp, err := b.txn(ctx, adm, "grant waiter", cmps, ops, nil)
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err
 		}

@@ -19,7 +19,11 @@ import (
 // record not existing yet. The record hangs on a GC lease that outlives the
 // acquire by backend.IdempotencyWindow. A retry reads the record first and
 // follows it to the entry: held, it returns that grant; waiting, it waits
-// in that entry's place; gone, the grant ended (ErrLeaseExpired).
+// in that entry's place; gone, the grant ended (ErrLeaseExpired) — unless
+// the record says the entry was never granted (its lockd died while it
+// queued, and the entry went with its waiter lease): then the retry is a
+// fresh attempt. The grant rewrites the record with Granted set, in the
+// grant's own transaction.
 //
 // The acquire that created the entry owns it: its give-up removes the entry
 // and the record together, and only while the entry still waits (a grant a
@@ -34,15 +38,17 @@ func (b *Backend) IdempotentAcquire() {}
 type idemRecord struct {
 	Fingerprint string `json:"f"`
 	LeaseID     string `json:"l"`
+	Granted     bool   `json:"g,omitempty"`
 }
 
 func (b *Backend) idemKey(req backend.AcquireRequest) string {
 	return b.opts.Prefix + "idem/" + req.Idempotency.Key
 }
 
-// idemWrite returns the compare and the put that record req as queued or
-// granted under lease id, or nothing when req has no idempotency key.
-func (b *Backend) idemWrite(ctx context.Context, req backend.AcquireRequest, id string) ([]clientv3.Cmp, []clientv3.Op, error) {
+// idemWrite returns the compare (no record yet) and the put that record req
+// as queued or granted under lease id, or nothing when req has no
+// idempotency key.
+func (b *Backend) idemWrite(ctx context.Context, req backend.AcquireRequest, id string, granted bool) ([]clientv3.Cmp, []clientv3.Op, error) {
 	if req.Idempotency.Key == "" {
 		return nil, nil, nil
 	}
@@ -51,7 +57,7 @@ func (b *Backend) idemWrite(ctx context.Context, req backend.AcquireRequest, id 
 	if err != nil {
 		return nil, nil, err
 	}
-	v, _ := json.Marshal(idemRecord{Fingerprint: req.Idempotency.Fingerprint, LeaseID: id})
+	v, _ := json.Marshal(idemRecord{Fingerprint: req.Idempotency.Fingerprint, LeaseID: id, Granted: granted})
 	k := b.idemKey(req)
 	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
 		[]clientv3.Op{clientv3.OpPut(k, string(v), clientv3.WithLease(gc))}, nil
@@ -84,6 +90,17 @@ func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g bac
 		return backend.Grant{}, true, err
 	}
 	switch {
+	case e == nil && !rec.Granted:
+		// Never granted, and its entry is gone: the attempt died with its
+		// lockd while it queued. Drop the record (unless a twin just
+		// rewrote it) and run afresh.
+		k := b.idemKey(req)
+		c, cancel := b.opCtx(ctx)
+		defer cancel()
+		if _, err := b.cli.Txn(c).If(clientv3.Compare(clientv3.ModRevision(k), "=", resp.Kvs[0].ModRevision)).Then(clientv3.OpDelete(k)).Commit(); err != nil {
+			return backend.Grant{}, true, fail(ctx, "drop idempotency record", err)
+		}
+		return backend.Grant{}, false, nil
 	case e == nil, e.rec.held() && !e.rec.valid(b.opts.Clock):
 		return backend.Grant{}, true, fmt.Errorf("etcd acquire %q: the grant of this idempotency key ended: %w", req.Key, backend.ErrLeaseExpired)
 	case e.rec.held():
