@@ -1,0 +1,219 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+func idemReq(key string) backend.AcquireRequest {
+	return backend.AcquireRequest{Key: key, Owner: "idem", TTL: time.Minute,
+		Idempotency: backend.Idempotency{Key: "ik-" + key, Fingerprint: "fp"}}
+}
+
+func wantSame(t *testing.T, got, want backend.Grant) {
+	t.Helper()
+	if got.LeaseID != want.LeaseID || got.Token != want.Token || !got.ExpiresAt.Equal(want.ExpiresAt) || got.TTL != want.TTL {
+		t.Fatalf("retry got {lease %q token %d ttl %v expires %v}, want the first grant {lease %q token %d ttl %v expires %v}",
+			got.LeaseID, got.Token, got.TTL, got.ExpiresAt, want.LeaseID, want.Token, want.TTL, want.ExpiresAt)
+	}
+	if !got.Replayed {
+		t.Errorf("retry's grant has Replayed false, want true")
+	}
+}
+
+// wantHeldBy checks that no other acquirer gets key and that every live
+// master's copy is the one lease (no second grant anywhere).
+func wantHeldBy(t *testing.T, srv *testserver.RedisSet, other backend.Backend, key string, g backend.Grant) {
+	t.Helper()
+	_, err := other.Acquire(ctxT(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "other", TTL: time.Minute})
+	if !errors.Is(err, backend.ErrHeld) {
+		t.Fatalf("another acquirer got %v, want ErrHeld: the key would be granted twice", err)
+	}
+	for i := range srv.Addrs() {
+		c := directClient(t, srv.Addr(i))
+		h, err := c.HMGet(t.Context(), "lockd:rl:{"+key+"}:lock", "id", "token").Result()
+		if err != nil {
+			t.Fatalf("master %d: %v", i, err)
+		}
+		if h[0] != g.LeaseID || h[1] != fmt.Sprint(g.Token) {
+			t.Errorf("master %d holds {id %v token %v}, want the one grant {id %s token %d}", i, h[0], h[1], g.LeaseID, g.Token)
+		}
+		if f, err := c.Get(t.Context(), "lockd:rl:{"+key+"}:fence").Uint64(); err != nil || f < g.Token {
+			t.Errorf("master %d's counter = %d (%v), want ≥ the grant's token %d", i, f, err, g.Token)
+		}
+	}
+}
+
+// A retry after masters restarted empty (1 of 3, 2 of 5: a majority still
+// holds the grant) returns the same grant, gives the lease back to the
+// masters that forgot it under the recorded token, and grants nobody else.
+func TestIdempotentRetryAfterMastersRestartedEmpty(t *testing.T) {
+	for _, tc := range []struct{ masters, restarted int }{{3, 1}, {5, 2}} {
+		t.Run(fmt.Sprintf("%dof%d", tc.restarted, tc.masters), func(t *testing.T) {
+			srv := testserver.Redis(t, tc.masters)
+			factory := newFactory(srv.Addrs(), testOptions)
+			b1, b2 := factory(t), factory(t)
+			key := "restarted"
+			// Raise the counters first, so that a restarted master's fresh
+			// count (1) differs from the grant's token.
+			for i := 0; i < 3; i++ {
+				g, err := b1.Acquire(ctxT(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: time.Minute})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b1.Release(ctxT(t, 10*time.Second), key, g.LeaseID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first, err := b1.Acquire(ctxT(t, 10*time.Second), idemReq(key))
+			if err != nil {
+				t.Fatalf("first acquire: %v", err)
+			}
+			for i := 0; i < tc.restarted; i++ {
+				if err := srv.Restart(i); err != nil {
+					t.Fatalf("Restart %d: %v", i, err)
+				}
+			}
+			// The first reply was lost; the client retries on another replica.
+			again, err := b2.Acquire(ctxT(t, 10*time.Second), idemReq(key))
+			if err != nil {
+				t.Fatalf("retry after %d of %d masters restarted empty: %v, want the first grant", tc.restarted, tc.masters, err)
+			}
+			wantSame(t, again, first)
+			wantHeldBy(t, srv, factory(t), key, first)
+			if err := b2.Release(ctxT(t, 10*time.Second), key, first.LeaseID); err != nil {
+				t.Fatalf("release of the one grant: %v", err)
+			}
+			_, err = b1.Acquire(ctxT(t, 10*time.Second), idemReq(key))
+			if !errors.Is(err, backend.ErrLeaseExpired) {
+				t.Fatalf("retry after the release: %v, want ErrLeaseExpired", err)
+			}
+		})
+	}
+}
+
+// lostReplies wraps a real master's client as seen by a lockd that dies
+// right after its acquire scripts ran: each acquire runs in Redis but its
+// reply never arrives, and nothing sent after it (the give-back) arrives.
+type lostReplies struct {
+	goredis.UniversalClient
+}
+
+func lost(ctx context.Context) *goredis.Cmd {
+	cmd := goredis.NewCmd(ctx)
+	cmd.SetErr(errors.New("reply lost"))
+	return cmd
+}
+
+func (c lostReplies) EvalSha(ctx context.Context, sha string, keys []string, args ...any) *goredis.Cmd {
+	if sha != acquireScript.Hash() {
+		return lost(ctx)
+	}
+	cmd := c.UniversalClient.EvalSha(ctx, sha, keys, args...)
+	if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		return cmd // go-redis sends the script itself next
+	}
+	return lost(ctx)
+}
+
+func (c lostReplies) Eval(ctx context.Context, script string, keys []string, args ...any) *goredis.Cmd {
+	if script != acquireLua {
+		return lost(ctx)
+	}
+	c.UniversalClient.Eval(ctx, script, keys, args...)
+	return lost(ctx)
+}
+
+// An acquire whose replies were all lost (and whose give-back never went
+// out) leaves its copies on every master. The retry under the same key on
+// another replica takes them over instead of waiting a TTL for them to
+// expire: it is granted at once, and the key holds one lease.
+func TestIdempotentRetryAdoptsLeftoversOfLostReplies(t *testing.T) {
+	srv := testserver.Redis(t, 3)
+	var masters []goredis.UniversalClient
+	for _, a := range srv.Addrs() {
+		masters = append(masters, lostReplies{goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, ContextTimeoutEnabled: true})})
+	}
+	dying, err := New(masters, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dying.Close() })
+	key := "leftovers"
+	if g, err := dying.Acquire(ctxT(t, 10*time.Second), idemReq(key)); err == nil {
+		t.Fatalf("acquire with every reply lost granted %+v", g)
+	}
+	for i := range srv.Addrs() {
+		if n, err := directClient(t, srv.Addr(i)).Exists(t.Context(), "lockd:rl:{"+key+"}:lock").Result(); err != nil || n != 1 {
+			t.Fatalf("master %d: lock copy exists = %d (%v), want 1: no leftover, the test proves nothing", i, n, err)
+		}
+	}
+	factory := newFactory(srv.Addrs(), testOptions)
+	g, err := factory(t).Acquire(ctxT(t, 10*time.Second), idemReq(key))
+	if err != nil {
+		t.Fatalf("retry over the lost attempt's leftovers: %v, want granted at once", err)
+	}
+	wantHeldBy(t, srv, factory(t), key, g)
+	// A second retry gets the same grant, now committed.
+	again, err := factory(t).Acquire(ctxT(t, 10*time.Second), idemReq(key))
+	if err != nil {
+		t.Fatalf("second retry: %v", err)
+	}
+	wantSame(t, again, g)
+}
+
+// Redlock has no queue, but a retry sent while the first attempt still
+// waits does not take a second grant: whichever wins first records its
+// lease, the other adopts it, and both return the one grant.
+func TestIdempotentRetryWhileFirstWaits(t *testing.T) {
+	srv := testserver.Redis(t, 3)
+	factory := newFactory(srv.Addrs(), testOptions)
+	b1, b2 := factory(t), factory(t)
+	key := "waiting"
+	holder, err := b1.Acquire(ctxT(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := idemReq(key)
+	req.Wait = 30 * time.Second
+	type result struct {
+		g   backend.Grant
+		err error
+	}
+	run := func(b backend.Backend) <-chan result {
+		ch := make(chan result, 1)
+		go func() {
+			g, err := b.Acquire(ctxT(t, 60*time.Second), req)
+			ch <- result{g, err}
+		}()
+		return ch
+	}
+	first := run(b1)
+	time.Sleep(100 * time.Millisecond)
+	retry := run(b2)
+	time.Sleep(200 * time.Millisecond)
+	if err := b1.Release(ctxT(t, 10*time.Second), key, holder.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	a, r := <-first, <-retry
+	if a.err != nil || r.err != nil {
+		t.Fatalf("first attempt: %v; its retry: %v; want both granted", a.err, r.err)
+	}
+	if a.g.LeaseID != r.g.LeaseID || a.g.Token != r.g.Token || !a.g.ExpiresAt.Equal(r.g.ExpiresAt) {
+		t.Fatalf("first attempt got {%s %d %v}, its retry {%s %d %v}: two grants for one request",
+			a.g.LeaseID, a.g.Token, a.g.ExpiresAt, r.g.LeaseID, r.g.Token, r.g.ExpiresAt)
+	}
+	if !a.g.Replayed && !r.g.Replayed {
+		t.Errorf("Replayed is false on both, want it on the one that adopted the other's grant")
+	}
+	wantHeldBy(t, srv, factory(t), key, a.g)
+}
