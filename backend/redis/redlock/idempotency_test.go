@@ -217,3 +217,37 @@ func TestIdempotentRetryWhileFirstWaits(t *testing.T) {
 	}
 	wantHeldBy(t, srv, factory(t), key, a.g)
 }
+
+// The cost of a key: an acquire+release cycle on 5 masters without and with
+// an Idempotency-Key (the keyed acquire adds the commit round trip).
+func BenchmarkAcquireReleaseKeyed(b *testing.B) {
+	srv := testserver.Redis(b, 5)
+	var clients []goredis.UniversalClient
+	for _, a := range srv.Addrs() {
+		clients = append(clients, goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, ContextTimeoutEnabled: true}))
+	}
+	be, err := New(clients, Options{NodeTimeout: 2 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = be.Close() })
+	n := 0 // every keyed acquire gets its own key, across runs
+	for _, keyed := range []bool{false, true} {
+		b.Run(fmt.Sprintf("keyed=%v", keyed), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				req := backend.AcquireRequest{Key: "bench", TTL: 10 * time.Second}
+				if keyed {
+					n++
+					req.Idempotency = backend.Idempotency{Key: fmt.Sprintf("b%d", n), Fingerprint: "fp"}
+				}
+				g, err := be.Acquire(b.Context(), req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := be.Release(b.Context(), "bench", g.LeaseID); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
