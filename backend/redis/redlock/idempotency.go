@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -120,6 +121,38 @@ type found struct {
 	held    int               // masters where it holds the lock
 	commits map[committed]int // committed values, by masters where it holds
 	commit  committed         // any committed value seen
+	renewed []renewal         // per master where it holds
+}
+
+// renewal is a held copy's deadline and TTL when a renew moved it since the
+// commit (zero when none did).
+type renewal struct{ exp, ttl int64 }
+
+func renewalOf(v []any) renewal { return renewal{exp: toInt(v[0]), ttl: toInt(v[1])} }
+
+// current is c as the lease stands now on the masters that hold it: a renew
+// since the commit moved the lease's end to where a majority of copies run
+// out, less the drift (a replay reports that); otherwise c, unchanged.
+func (b *Backend) current(c committed, held []renewal) committed {
+	if len(held) < b.quorum {
+		return c
+	}
+	type end struct{ exp, validity int64 }
+	ends := make([]end, 0, len(held))
+	for _, r := range held {
+		if r.exp == 0 {
+			ends = append(ends, end{c.exp, c.validity})
+			continue
+		}
+		ttl := time.Duration(r.ttl) * time.Millisecond
+		v := (ttl - b.drift(ttl)).Truncate(time.Millisecond)
+		ends = append(ends, end{r.exp - ttl.Milliseconds() + v.Milliseconds(), v.Milliseconds()})
+	}
+	sort.Slice(ends, func(i, j int) bool { return ends[i].exp > ends[j].exp })
+	if e := ends[b.quorum-1]; e.exp > c.exp {
+		c.exp, c.validity = e.exp, e.validity
+	}
+	return c
 }
 
 // tryIdem is try for an acquire with an idempotency key.
@@ -145,6 +178,7 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		endedHere int
 		others    = map[string]*found{}
 		known     committed // id's committed values, when a record has them
+		renewals  []renewal // of the masters in granted
 	)
 	for i, r := range replies {
 		if r.err != nil {
@@ -157,6 +191,7 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 			granted = append(granted, i)
 			tokens[i] = uint64(toInt(res[1]))
 			maxToken = max(maxToken, tokens[i])
+			renewals = append(renewals, renewalOf(res[5:7]))
 			if c := committedOf(res[2:5]); c.ok() {
 				known = c
 			} else {
@@ -187,6 +222,7 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 				f.held++
 				if c.ok() {
 					f.commits[c]++
+					f.renewed = append(f.renewed, renewalOf(res[6:8]))
 				}
 			}
 		}
@@ -227,6 +263,9 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 	case adopt:
 		rollback()
 		for c, n := range best.commits {
+			if n >= b.quorum {
+				c = b.current(c, best.renewed)
+			}
 			if n >= b.quorum && time.Now().UnixMilli() >= c.exp {
 				return backend.Grant{}, nil, fmt.Errorf("redlock acquire %q: the grant of this idempotency key ran out: %w", req.Key, backend.ErrLeaseExpired)
 			}
@@ -249,6 +288,10 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		return ended()
 	case known.ok():
 		// id is a committed grant, found again by a re-run under its id.
+		recorded := known // what the records hold; a renew moves only the copies
+		if len(granted) >= b.quorum {
+			known = b.current(known, renewals)
+		}
 		if time.Now().UnixMilli() >= known.exp {
 			return ended()
 		}
@@ -262,13 +305,13 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		// Bring the masters that lacked it up to the recorded token.
 		var behind []int
 		for _, i := range granted {
-			if tokens[i] != known.token {
+			if tokens[i] != recorded.token {
 				behind = append(behind, i)
 			}
 		}
 		behind = append(behind, uncommit...)
 		if len(behind) > 0 {
-			b.commitOn(ctx, keys, id, known, behind)
+			b.commitOn(ctx, keys, id, recorded, behind)
 		}
 		return known.grant(req, id, true), nil, ctx.Err()
 	}

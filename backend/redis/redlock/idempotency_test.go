@@ -251,3 +251,36 @@ func BenchmarkAcquireReleaseKeyed(b *testing.B) {
 		})
 	}
 }
+
+// A retry after the holder renewed past the first grant's end gets the
+// lease as renewed, not 410: the record keeps the first grant, the copies
+// the renew, and the replay reports where a majority of copies run out.
+func TestIdempotentRetryAfterRenew(t *testing.T) {
+	srv := testserver.Redis(t, 3)
+	factory := newFactory(srv.Addrs(), testOptions)
+	b := factory(t)
+	req := idemReq("renewed")
+	req.TTL = time.Second
+	first, err := b.Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.Renew(ctxT(t, 10*time.Second), req.Key, first.LeaseID, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(first.ExpiresAt) + 100*time.Millisecond)
+	again, err := factory(t).Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatalf("retry after a renew, past the first grant's end: %v, want the renewed lease", err)
+	}
+	if again.LeaseID != first.LeaseID || again.Token != first.Token || !again.Replayed {
+		t.Fatalf("retry got {lease %q token %d replayed %v}, want {%q %d true}", again.LeaseID, again.Token, again.Replayed, first.LeaseID, first.Token)
+	}
+	// Counted from the renew's start without its elapsed time: at most a
+	// round trip later than the renew reported, never earlier.
+	if again.ExpiresAt.Before(r.ExpiresAt) || again.ExpiresAt.After(r.ExpiresAt.Add(testOptions.NodeTimeout)) {
+		t.Fatalf("retry's expires_at %v, want the renew's %v (up to its round trip later)", again.ExpiresAt, r.ExpiresAt)
+	}
+	wantHeldBy(t, srv, factory(t), req.Key, first)
+}

@@ -1,7 +1,8 @@
 -- Commits an idempotent grant on one master that holds it: raises the
 -- master's counter and its copy's token to the grant's token and writes the
--- grant's token, expiry and validity into the idempotency record, unless an
--- earlier attempt committed it already (then its values stay). KEYS: lock,
+-- grant's token, expiry and validity into the idempotency record, with the
+-- copy's deadline (so that a later retry can tell a renew moved it), unless
+-- an earlier attempt committed it already (then its values stay). KEYS: lock,
 -- fence, record. ARGV: lease id, token, expiry ms, validity ms. Returns the
 -- committed {token, expiry ms, validity ms}, or 0 when the lease does not
 -- hold the lock here.
@@ -13,7 +14,7 @@ if r[1] == ARGV[1] then
   if r[2] then
     t, e, v = r[2], r[3], r[4]
   else
-    redis.call('HSET', record, 't', t, 'e', e, 'v', v)
+    redis.call('HSET', record, 't', t, 'e', e, 'v', v, 'd', redis.call('HGET', lock, 'exp'))
   end
 end
 redis.call('HSET', lock, 'token', t)
