@@ -45,9 +45,12 @@ func (b *Backend) IdempotentAcquire() {}
 
 // idemState is what one idempotent Acquire carries from try to try.
 type idemState struct {
-	id       string // the lease id tried with
-	adopted  bool   // id is an earlier attempt's, found in a record
-	switches int    // times id was replaced by a recorded one
+	id      string // the lease id tried with
+	adopted bool   // id is an earlier attempt's, found in a record
+	// committed: id was seen committed; its copies are a grant somebody
+	// was given, never this Acquire's to give back.
+	committed bool
+	switches  int // times id was replaced by a recorded one
 }
 
 // maxSwitches bounds how often one Acquire adopts a recorded lease id (two
@@ -128,7 +131,12 @@ type found struct {
 // commit (zero when none did).
 type renewal struct{ exp, ttl int64 }
 
-func renewalOf(v []any) renewal { return renewal{exp: toInt(v[0]), ttl: toInt(v[1])} }
+func renewalOf(v []any) renewal {
+	if len(v) < 2 {
+		return renewal{}
+	}
+	return renewal{exp: toInt(v[0]), ttl: toInt(v[1])}
+}
 
 // current is c as the lease stands now on the masters that hold it: a renew
 // since the commit moved the lease's end to where a majority of copies run
@@ -191,7 +199,7 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 			granted = append(granted, i)
 			tokens[i] = uint64(toInt(res[1]))
 			maxToken = max(maxToken, tokens[i])
-			renewals = append(renewals, renewalOf(res[5:7]))
+			renewals = append(renewals, renewalOf(res[5:]))
 			if c := committedOf(res[2:5]); c.ok() {
 				known = c
 			} else {
@@ -222,16 +230,20 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 				f.held++
 				if c.ok() {
 					f.commits[c]++
-					f.renewed = append(f.renewed, renewalOf(res[6:8]))
+					f.renewed = append(f.renewed, renewalOf(res[6:]))
 				}
 			}
 		}
 	}
 	answered := len(b.masters) - len(errs)
 	// rollback undoes this try's copies and uncommitted records; never a
-	// committed grant's (known.ok()), which is not this try's to undo.
+	// committed grant's, which is not this try's to undo (even when its
+	// masters did not answer this time).
+	if known.ok() {
+		st.committed = true
+	}
 	rollback := func() {
-		if !known.ok() && (len(granted) > 0 || len(errs) > 0) {
+		if !st.committed && (len(granted) > 0 || len(errs) > 0) {
 			b.releaseIdem(keys, id, false)
 		}
 	}
@@ -281,7 +293,7 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		// Otherwise run again under that lease: its copies count, and the
 		// masters that lack one (restarted empty, missed) get one under the
 		// recorded token, so the grant does not rest on a bare majority.
-		st.id, st.adopted = pick, true
+		st.id, st.adopted, st.committed = pick, true, best.commit.ok()
 		st.switches++
 		return backend.Grant{}, &failed{switched: true}, nil
 	case endedHere > 0:
@@ -360,13 +372,13 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		}
 	}
 	if !win.ok() {
-		if !foreign {
+		if !foreign && !st.committed {
 			b.releaseIdem(keys, id, true)
 		}
 		return backend.Grant{}, unavailable("the grant was committed on %d masters, %d needed", count[mine], b.quorum), nil
 	}
 	if err := ctx.Err(); err != nil {
-		if win == mine { // granted as the caller gave up: leave nothing
+		if win == mine && !st.committed { // granted as the caller gave up: leave nothing
 			b.releaseIdem(keys, id, true)
 		}
 		return backend.Grant{}, nil, err

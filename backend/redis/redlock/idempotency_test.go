@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,4 +284,71 @@ func TestIdempotentRetryAfterRenew(t *testing.T) {
 		t.Fatalf("retry's expires_at %v, want the renew's %v (up to its round trip later)", again.ExpiresAt, r.ExpiresAt)
 	}
 	wantHeldBy(t, srv, factory(t), req.Key, first)
+}
+
+// onceAcquire wraps a real master's client: its first acquire script runs,
+// every later one fails before reaching Redis (the master went out of reach
+// between two tries of one Acquire).
+type onceAcquire struct {
+	goredis.UniversalClient
+	ran *atomic.Bool
+}
+
+func (c onceAcquire) EvalSha(ctx context.Context, sha string, keys []string, args ...any) *goredis.Cmd {
+	if sha != acquireScript.Hash() {
+		return c.UniversalClient.EvalSha(ctx, sha, keys, args...)
+	}
+	if c.ran.Load() {
+		return lost(ctx)
+	}
+	cmd := c.UniversalClient.EvalSha(ctx, sha, keys, args...)
+	if err := cmd.Err(); err == nil || !strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		c.ran.Store(true)
+	}
+	return cmd
+}
+
+func (c onceAcquire) Eval(ctx context.Context, script string, keys []string, args ...any) *goredis.Cmd {
+	if script != acquireLua {
+		return c.UniversalClient.Eval(ctx, script, keys, args...)
+	}
+	if c.ran.Swap(true) {
+		return lost(ctx)
+	}
+	return c.UniversalClient.Eval(ctx, script, keys, args...)
+}
+
+// A retry that found the committed grant on a bare majority (one master
+// restarted empty) tries again under its lease to give it back to that
+// master; when the masters do not answer that second try, the retry fails
+// as unavailable and leaves the grant alone: it is the first attempt's,
+// and it still holds.
+func TestIdempotentRetryNeverGivesBackTheGrantItAdopted(t *testing.T) {
+	srv := testserver.Redis(t, 3)
+	factory := newFactory(srv.Addrs(), testOptions)
+	req := idemReq("adopted")
+	first, err := factory(t).Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(0); err != nil {
+		t.Fatal(err)
+	}
+	var masters []goredis.UniversalClient
+	for _, a := range srv.Addrs() {
+		masters = append(masters, onceAcquire{goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, ContextTimeoutEnabled: true}), new(atomic.Bool)})
+	}
+	retrier, err := New(masters, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = retrier.Close() })
+	_, err = retrier.Acquire(ctxT(t, 10*time.Second), req)
+	if !errors.Is(err, backend.ErrUnavailable) {
+		t.Fatalf("retry whose second try reached no master: %v, want ErrUnavailable", err)
+	}
+	st, err := factory(t).Inspect(ctxT(t, 10*time.Second), req.Key)
+	if err != nil || !st.Held || st.Holder.Token != first.Token {
+		t.Fatalf("after the failed retry the key is %+v (%v), want still held by the first grant (token %d)", st, err, first.Token)
+	}
 }

@@ -26,7 +26,7 @@ if idem ~= '' then
     rt, re, rv = tonumber(r[3]) or 0, tonumber(r[4]) or 0, tonumber(r[5]) or 0
     local h = redis.call('HMGET', lock, 'id', 'exp', 'ttl')
     if h[1] == r[2] and re > 0 and h[2] ~= r[6] then
-      renewed = {tonumber(h[2]), tonumber(h[3])}
+      renewed = {tonumber(h[2]) or 0, tonumber(h[3]) or 0}
     end
     if r[2] ~= ARGV[1] then
       if h[1] == r[2] then
