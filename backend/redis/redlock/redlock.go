@@ -50,6 +50,16 @@
 // fail fast, not after go-redis's five dials) and ContextTimeoutEnabled. A
 // master that does not answer within NodeTimeout counts as failed either way.
 //
+// # Idempotent acquires
+//
+// An acquire with an idempotency key leaves a record on each master that
+// granted it, committed with the grant's token and expiry once a majority
+// did; a retry returns the committed grant, and re-runs under the recorded
+// lease id when the first attempt left copies but no commit
+// (idempotency.go). There is no queue, so a retry cannot wait in the first
+// attempt's place: whichever of the two wins first records its lease and
+// the other adopts it.
+//
 // # Waiting
 //
 // Redlock has no queue: a waiter retries with jittered exponential back-off
