@@ -183,7 +183,8 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		votes     = map[string]int{}
 		errs      []error
 		reused    bool
-		endedHere int
+		endedHere int // masters where id's committed copy is gone
+		released  int // of those, the ones where it went before its deadline
 		others    = map[string]*found{}
 		known     committed // id's committed values, when a record has them
 		renewals  []renewal // of the masters in granted
@@ -212,7 +213,13 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 				holders[hid] = &backend.Holder{Owner: toStr(res[2]), Token: uint64(toInt(res[3])), ExpiresAt: time.UnixMilli(toInt(res[4]))}
 			}
 		case -1:
+			// Gone before the deadline it was committed with: released
+			// (both times are the client's clock). Gone after it: expired
+			// here, which a renew that missed this master explains.
 			endedHere++
+			if d := toInt(res[1]); d == 0 || start.UnixMilli() < d {
+				released++
+			}
 		case -2:
 			reused = true
 		case 2:
@@ -296,10 +303,13 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 		st.id, st.adopted, st.committed = pick, true, best.commit.ok()
 		st.switches++
 		return backend.Grant{}, &failed{switched: true}, nil
-	case endedHere > 0:
+	case released > 0:
+		return ended()
+	case endedHere > 0 && !known.ok():
 		return ended()
 	case known.ok():
-		// id is a committed grant, found again by a re-run under its id.
+		// id is a committed grant, found again by a re-run under its id
+		// (masters where its copy expired count as answered, not held).
 		recorded := known // what the records hold; a renew moves only the copies
 		if len(granted) >= b.quorum {
 			known = b.current(known, renewals)

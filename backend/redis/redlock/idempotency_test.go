@@ -352,3 +352,41 @@ func TestIdempotentRetryNeverGivesBackTheGrantItAdopted(t *testing.T) {
 		t.Fatalf("after the failed retry the key is %+v (%v), want still held by the first grant (token %d)", st, err, first.Token)
 	}
 }
+
+// A renew that reached a majority but not every master is a renew: the
+// copy it missed expires at the first deadline. A retry after that gets the
+// renewed lease; it neither answers 410 nor gives the lease back.
+func TestIdempotentRetryAfterPartialRenew(t *testing.T) {
+	srv := testserver.Redis(t, 3)
+	factory := newFactory(srv.Addrs(), testOptions)
+	b := factory(t)
+	req := idemReq("partly-renewed")
+	req.TTL = time.Second
+	first, err := b.Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Renew(ctxT(t, 10*time.Second), req.Key, first.LeaseID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// Master 2 missed the renew: its copy keeps the first TTL.
+	lock := "lockd:rl:{" + req.Key + "}:lock"
+	if err := directClient(t, srv.Addr(2)).PExpireAt(t.Context(), lock, first.ExpiresAt.Add(50*time.Millisecond)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(first.ExpiresAt) + 300*time.Millisecond)
+	if n, _ := directClient(t, srv.Addr(2)).Exists(t.Context(), lock).Result(); n != 0 {
+		t.Fatalf("master 2's copy still exists; the test proves nothing")
+	}
+	again, err := factory(t).Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatalf("retry after a renew that missed one master: %v, want the renewed lease", err)
+	}
+	if again.LeaseID != first.LeaseID || again.Token != first.Token || !again.ExpiresAt.After(time.Now()) {
+		t.Fatalf("retry got {lease %q token %d expires %v}, want {%q %d, in the future}", again.LeaseID, again.Token, again.ExpiresAt, first.LeaseID, first.Token)
+	}
+	st, err := factory(t).Inspect(ctxT(t, 10*time.Second), req.Key)
+	if err != nil || !st.Held || st.Holder.Token != first.Token {
+		t.Fatalf("after the retry the key is %+v (%v), want still held by the renewed lease (token %d)", st, err, first.Token)
+	}
+}

@@ -8,7 +8,8 @@
 --                            uncommitted; exp, ttl: the copy's when a
 --                            renew moved it since the commit, else 0);
 --   {0, id, owner, token, deadline}  held here by another lease;
---   {-1}                     this lease's committed grant ended here;
+--   {-1, deadline}           this lease's committed grant ended here (deadline:
+--                            its copy's as committed, in the client's ms);
 --   {-2}                     the key is recorded for another request;
 --   {2, lease, held, rt, re, rv, exp, ttl}  the key is recorded under
 --                            another lease (held: 1 when it still holds the
@@ -36,7 +37,7 @@ if idem ~= '' then
     end
     -- A committed grant is never made again where it ended (released or
     -- expired): that would hand a released lease back.
-    if re > 0 and h[1] ~= ARGV[1] then return {-1} end
+    if re > 0 and h[1] ~= ARGV[1] then return {-1, tonumber(r[6]) or 0} end
   end
 end
 local h = redis.call('HMGET', lock, 'id', 'owner', 'token', 'exp', 'ttl')
