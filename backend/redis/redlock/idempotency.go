@@ -274,7 +274,10 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 			pick, best = l, f
 		}
 	}
-	adopt := best != nil && (best.commit.ok() || best.held > len(granted) || best.held == len(granted) && pick < id)
+	// A lease that holds no master (a dead attempt's copies expired) is
+	// adopted too: re-running under it harms nobody, and ignoring it would
+	// leave its records in the way for as long as they are kept.
+	adopt := best != nil && (best.commit.ok() || best.held == 0 || best.held > len(granted) || best.held == len(granted) && pick < id)
 	switch {
 	case reused:
 		rollback()

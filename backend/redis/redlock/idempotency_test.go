@@ -390,3 +390,42 @@ func TestIdempotentRetryAfterPartialRenew(t *testing.T) {
 		t.Fatalf("after the retry the key is %+v (%v), want still held by the renewed lease (token %d)", st, err, first.Token)
 	}
 }
+
+// The records of an attempt that died half-way outlive its copies (they are
+// kept an hour, the copies a TTL). A retry after the copies expired is
+// granted at once; the stale record is taken over, never in the way. Eight
+// keys, since which lease id sorts first is chance.
+func TestIdempotentRetryOverStaleRecords(t *testing.T) {
+	srv := testserver.Redis(t, 3)
+	var masters []goredis.UniversalClient
+	for _, a := range srv.Addrs() {
+		masters = append(masters, lostReplies{goredis.NewClient(&goredis.Options{Addr: a, MaxRetries: -1, ContextTimeoutEnabled: true})})
+	}
+	dying, err := New(masters, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dying.Close() })
+	factory := newFactory(srv.Addrs(), testOptions)
+	var reqs []backend.AcquireRequest
+	for i := 0; i < 8; i++ {
+		req := idemReq(fmt.Sprintf("stale-%d", i))
+		req.TTL = 300 * time.Millisecond
+		if g, err := dying.Acquire(ctxT(t, 10*time.Second), req); err == nil {
+			t.Fatalf("acquire with every reply lost granted %+v", g)
+		}
+		reqs = append(reqs, req)
+	}
+	time.Sleep(500 * time.Millisecond) // the copies expire; the records stay
+	for _, req := range reqs {
+		if n, _ := directClient(t, srv.Addr(0)).Exists(t.Context(), "lockd:rl:{"+req.Key+"}:i:"+req.Idempotency.Key).Result(); n != 1 {
+			t.Fatalf("%s: no stale record left; the test proves nothing", req.Key)
+		}
+		req.TTL = time.Minute // the fingerprint, not the TTL, identifies the request here
+		g, err := factory(t).Acquire(ctxT(t, 10*time.Second), req)
+		if err != nil {
+			t.Fatalf("%s: retry over a dead attempt's stale records: %v, want granted", req.Key, err)
+		}
+		wantHeldBy(t, srv, factory(t), req.Key, g)
+	}
+}
