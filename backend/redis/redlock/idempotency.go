@@ -31,9 +31,12 @@ import (
 //     recorded grant, the same lease, token, expiry and validity; masters
 //     that lost theirs (restarted empty) are given the lease again, under
 //     the recorded token;
-//   - committed, and the lease ended on a master that still has the record
-//     (released, expired): ErrLeaseExpired. A committed lease is never
-//     granted again where it ended;
+//   - committed, and released on a master that still has the record (its
+//     copy went before the deadline it was committed with), or no longer
+//     held by a majority: ErrLeaseExpired. A copy that expired after that
+//     deadline on a master a renew missed does not end the lease; after a
+//     renew the replay reports the lease as renewed. A committed lease is
+//     never granted again where its copy went;
 //   - uncommitted (the first attempt died or gave up half-way): the retry
 //     runs Redlock again under the same lease id, so the copies left behind
 //     count for it instead of blocking the key for a TTL.
