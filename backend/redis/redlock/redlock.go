@@ -19,6 +19,8 @@
 //
 //	<Prefix>{<key>}:lock   hash {id, owner, token, exp}, PX = the lease's TTL
 //	<Prefix>{<key>}:fence  counter; never expires
+//	<Prefix>{<key>}:i:<k>  hash {f, l, t, e, v}: the record of an acquire
+//	                       with idempotency key k (see idempotency.go)
 //
 // # Fencing tokens are NOT safe under failures
 //
@@ -47,6 +49,16 @@
 // the algorithm, not to one master), DialerRetries 1 (a dead master must
 // fail fast, not after go-redis's five dials) and ContextTimeoutEnabled. A
 // master that does not answer within NodeTimeout counts as failed either way.
+//
+// # Idempotent acquires
+//
+// An acquire with an idempotency key leaves a record on each master that
+// granted it, committed with the grant's token and expiry once a majority
+// did; a retry returns the committed grant, and re-runs under the recorded
+// lease id when the first attempt left copies but no commit
+// (idempotency.go). There is no queue, so a retry cannot wait in the first
+// attempt's place: whichever of the two wins first records its lease and
+// the other adopts it.
 //
 // # Waiting
 //
@@ -88,11 +100,14 @@ var (
 	renewLua string
 	//go:embed scripts/release.lua
 	releaseLua string
+	//go:embed scripts/commit.lua
+	commitLua string
 
 	acquireScript = goredis.NewScript(acquireLua)
 	fenceScript   = goredis.NewScript(fenceLua)
 	renewScript   = goredis.NewScript(renewLua)
 	releaseScript = goredis.NewScript(releaseLua)
+	commitScript  = goredis.NewScript(commitLua)
 )
 
 // Options configures a Backend. The zero value works.
@@ -250,6 +265,9 @@ type failed struct {
 	// slow: a majority was won, but too late to leave any validity. Also
 	// tried again past the wait (a few times), since nobody holds the lock.
 	slow bool
+	// switched: an idempotent acquire found an earlier attempt's lease
+	// and tries again under it at once.
+	switched bool
 }
 
 // maxSplitRetries bounds the extra attempts past the wait after split
@@ -264,13 +282,26 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	giveUpAt := time.Now().Add(req.Wait)
 	delay := b.opts.MinRetryDelay
 	splits := 0
+	idem := &idemState{id: lease.NewID()}
 	for {
-		g, f, err := b.try(ctx, req)
+		var (
+			g   backend.Grant
+			f   *failed
+			err error
+		)
+		if req.Idempotency.Key != "" {
+			g, f, err = b.tryIdem(ctx, req, idem)
+		} else {
+			g, f, err = b.try(ctx, req)
+		}
 		if err != nil {
 			return backend.Grant{}, err
 		}
 		if f == nil {
 			return g, nil
+		}
+		if f.switched {
+			continue
 		}
 		left := time.Until(giveUpAt)
 		if left <= 0 && splits < maxSplitRetries && (f.split && f.unavailable == nil || f.slow && splits < 3) {

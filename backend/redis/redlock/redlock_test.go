@@ -42,7 +42,6 @@ var conformanceOptions = backendtest.Options{
 	NoWaiterCount:    "Redlock has no queue, so nothing in Redis counts waiters",
 	ValidityBelowTTL: "a Redlock grant is worth TTL − elapsed − drift, and says so",
 	StoreClock:       storeClock,
-	NoIdempotency:    noIdempotency,
 }
 
 func TestConformance(t *testing.T) {
@@ -70,6 +69,3 @@ func TestMain(m *testing.M) {
 
 // storeClock is why the clock subtests do not apply to this backend.
 const storeClock = "each master expires its copy of a grant on its own clock (PEXPIRE) and lockd counts validity from its own send: no replica enforces a deadline another wrote (Redlock depends on the masters' clocks running at the same rate instead; see the README)"
-
-// noIdempotency is why this backend skips the Idempotent subtests.
-const noIdempotency = "Redlock acquires do not honour Idempotency-Key yet: the record must be written by each master's acquire script and a replay must return the same validity-based expires_at; not built yet"
