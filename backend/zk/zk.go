@@ -170,6 +170,9 @@ type Backend struct {
 	// ZooKeeper (a versioned write), and another replica, or this one after
 	// a restart, finds the node by reading the queue.
 	grants grantCache
+
+	// idem is the bookkeeping of idempotency record sweeps.
+	idem idemState
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -191,7 +194,8 @@ func New(conn *zk.Conn, opts Options) *Backend {
 		grace = 2 * time.Second
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop}
+	return &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop,
+		idem: idemState{shards: idemShards, keep: backend.IdempotencyWindow, sweepEvery: idemSweepEvery}}
 }
 
 // Close stops background work and closes the connection; acquires still
@@ -359,7 +363,7 @@ func (b *Backend) read(ctx context.Context, p string) (nodeRead, error) {
 			return nodeRead{}, err
 		}
 		d, err := decodeData(p, raw)
-		return nodeRead{d, st}, err
+		return nodeRead{data: d, stat: st}, err
 	})
 }
 
@@ -375,7 +379,7 @@ func (b *Backend) readW(ctx context.Context, p string) (nodeRead, <-chan zk.Even
 			return res{}, err
 		}
 		d, err := decodeData(p, raw)
-		return res{nodeRead{d, st}, ch}, err
+		return res{nodeRead{data: d, stat: st}, ch}, err
 	})
 	return r.r, r.ch, err
 }

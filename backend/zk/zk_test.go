@@ -143,7 +143,7 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 // cannot do yet, and Clocked, an instance made by newB with opts and the
 // given clock.
 func clocked(newB func(*testing.T, Options) backend.Backend, opts Options) backendtest.Options {
-	return backendtest.Options{NoIdempotency: noIdempotency, Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
+	return backendtest.Options{Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
 		o := opts
 		o.Clock = c
 		return newB(t, o)
@@ -1367,6 +1367,3 @@ func TestReleaseAmidSingleTries(t *testing.T) {
 		t.Errorf("%d of %d releases failed amid single tries, want 0", failed, rounds)
 	}
 }
-
-// noIdempotency is why this backend skips the Idempotent subtests.
-const noIdempotency = "ZooKeeper acquires do not honour Idempotency-Key yet: the record belongs in the protected node name or the create multi; not built yet"
