@@ -1470,6 +1470,14 @@ func TestIdempotencyRecordsAreSweptAndKeysReaped(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Acquire %d: %v", i, err)
 		}
+		// The record does not show the capability: only the key unseals it.
+		raw, _, err := b.conn.Get(b.idemPath(req.Idempotency.Key))
+		if err != nil {
+			t.Fatalf("Get the record %d: %v", i, err)
+		}
+		if secret, _, _ := strings.Cut(g.LeaseID, "."); strings.Contains(string(raw), secret) {
+			t.Fatalf("record %s holds the lease secret in clear", raw)
+		}
 		if err := b.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
 			t.Fatalf("Release %d: %v", i, err)
 		}
