@@ -164,7 +164,14 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		// runs ahead, or by hand. Queue again while the wait lasts.
 		if a.rec != "" {
 			// With an idempotency key, the grant may have been returned
-			// to a retry and have ended since: never make a fresh one.
+			// to a retry and have ended since: never make a fresh one. A
+			// retry whose record went with the node was waiting for an
+			// attempt that gave up: it is refused alike.
+			if a.replay {
+				if ok, err := a.b.exists(ctx, a.rec); err == nil && !ok {
+					return g, true, a.held(ctx, q)
+				}
+			}
 			return g, true, a.ended()
 		}
 		a.name = ""

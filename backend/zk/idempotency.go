@@ -168,6 +168,13 @@ func (a *acquirer) ended() error {
 	return fmt.Errorf("zk acquire %q: the grant of this idempotency key ended: %w", a.req.Key, backend.ErrLeaseExpired)
 }
 
+func (b *Backend) exists(ctx context.Context, p string) (bool, error) {
+	return call(ctx, func() (bool, error) {
+		ok, _, err := b.conn.Exists(p)
+		return ok, err
+	})
+}
+
 // ensureShard creates the record's shard container (and _idem above it).
 func (b *Backend) ensureShard(ctx context.Context, rec string) error {
 	shard := rec[:strings.LastIndexByte(rec, '/')]

@@ -8,6 +8,7 @@
 //
 //	<Root>/<key>                                       container node, one per key
 //	<Root>/<key>/_c_<hash>-<ttl>-<until>-<owner>-lock-<seq>   persistent sequential, one per acquirer
+//	<Root>/_idem/<shard>/<hash>                        persistent, one per idempotency key (idempotency.go)
 //
 // The key's node is a container node (ZooKeeper 3.5.3 and later; Debian 12
 // ships 3.8): the server deletes it once its last child is gone, so millions
@@ -86,7 +87,8 @@
 // # Access control
 //
 // Every node the backend creates (Root and its missing parents, the key
-// containers, the queue nodes) gets Options.ACL. Without one it is
+// containers, the queue nodes, the idempotency records and their parents)
+// gets Options.ACL. Without one it is
 // world:anyone with every right, so anyone who reaches ZooKeeper can read,
 // change or delete locks. A lockd given credentials uses Digest: the client
 // adds the digest identity to its session (go-zookeeper re-sends it after

@@ -1506,3 +1506,50 @@ func TestIdempotencyRecordsAreSweptAndKeysReaped(t *testing.T) {
 	}
 	waitFor(t, func() bool { return records() == 1 }, "the sweep to leave only the live acquire's record")
 }
+
+// A retry that waits in the place of an attempt that then gives up is
+// refused like it (never told the grant ended, never left a node), and the
+// key's record went with the attempt: the same key later runs afresh.
+func TestRetryOfAttemptThatGivesUpIsRefused(t *testing.T) {
+	z := sharedZK(t, 1)
+	// The retry's replica allows less grace, so it waits on after the first
+	// attempt gave up and finds the node gone, rather than give up at the
+	// same moment.
+	b1, b2 := newBackend(t, z.Addrs(), Options{WaiterGrace: 3 * time.Second}), newBackend(t, z.Addrs(), Options{WaiterGrace: time.Second})
+	key := uniqueKey(t)
+	holder, err := b1.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	req := backend.AcquireRequest{Key: key, TTL: 10 * time.Second, Wait: time.Second,
+		Idempotency: backend.Idempotency{Key: "k" + lease.NewID()[:16], Fingerprint: "fp"}}
+	first := make(chan error, 1)
+	go func() {
+		_, err := b1.Acquire(ctxFor(t, 20*time.Second), req)
+		first <- err
+	}()
+	waitFor(t, func() bool {
+		st, err := b1.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the first attempt to queue")
+	retry := req
+	retry.Wait = 30 * time.Second // longer than the first attempt's
+	_, err = b2.Acquire(ctxFor(t, 40*time.Second), retry)
+	var held *backend.HeldError
+	if !errors.As(err, &held) {
+		t.Errorf("retry of an attempt that gave up: %v, want ErrHeld", err)
+	}
+	if err := <-first; !errors.As(err, &held) {
+		t.Errorf("the attempt itself: %v, want ErrHeld", err)
+	}
+	if st, err := b1.Inspect(ctxFor(t, 10*time.Second), key); err != nil || st.Waiters != 0 {
+		t.Errorf("inspect after both gave up: %+v, %v; want no waiter left", st, err)
+	}
+	if err := b1.Release(ctxFor(t, 10*time.Second), key, holder.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	g, err := b2.Acquire(ctxFor(t, 10*time.Second), req)
+	if err != nil || g.Replayed {
+		t.Fatalf("the same key after the refusal: %+v, %v; want a fresh grant", g, err)
+	}
+}
