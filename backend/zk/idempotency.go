@@ -41,11 +41,13 @@ import (
 // nodes (each getChildren must fit jute.maxbuffer, 1 MB: about 25,000
 // records a shard, 6.4 million in all). A keyed acquire that creates a record
 // sweeps that record's shard in the background when this replica has not
-// swept it for sweepEvery: it deletes the records whose keep time has passed.
-// So while keyed acquires go on, a record is gone at most sweepEvery after
-// its keep time (backend.IdempotencyWindow after the end of its lease or
-// wait, whichever is later), and each sweep reads one shard; records left
-// when keyed acquires stop stay until the next keyed acquire lands in their
+// swept it for sweepEvery: it reads every record of the shard (one
+// getChildren, one getData each, 16 at a time) and deletes those whose keep
+// time has passed. So while keyed acquires go on, a record is gone at most
+// sweepEvery after its keep time (backend.IdempotencyWindow after the end of
+// its lease or wait, whichever is later), and each replica reads it about
+// IdempotencyWindow/sweepEvery = 12 times over its life; records left when
+// keyed acquires stop stay until the next keyed acquire lands in their
 // shard.
 
 var _ backend.Idempotent = (*Backend)(nil)
@@ -56,7 +58,7 @@ func (b *Backend) IdempotentAcquire() {}
 const (
 	idemDir        = "/_idem"
 	idemShards     = 256
-	idemSweepEvery = time.Minute
+	idemSweepEvery = 5 * time.Minute
 )
 
 // idemRecord is a record's data.
