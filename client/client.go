@@ -26,7 +26,7 @@
 //     first attempt's place. The lease's Deadline then counts from the
 //     FIRST attempt's send.
 //   - against a lockd whose backend cannot keep idempotency records (501
-//     idempotency_unsupported: ZooKeeper for now) the client
+//     idempotency_unsupported: none of lockd's own backends) the client
 //     sends acquires without the header from then on, and retries them
 //     only when the server certainly did not grant: a 429 that refused
 //     before doing anything, or a connection never made. A 503 may then

@@ -31,7 +31,7 @@ var (
 	// Idempotency-Key and are retried, so this is rare: it needs every
 	// retry's reply lost too (then an acquire with the same
 	// AcquireOptions.IdempotencyKey fetches the grant), or a server whose
-	// backend keeps no idempotency records (ZooKeeper for now),
+	// backend keeps no idempotency records (none of lockd's own),
 	// where such an acquire is not retried at all (see Client.AcquireLease).
 	ErrOutcomeUnknown = errors.New("lockd: outcome unknown")
 	// ErrReleased is Lock.Err after Lock.Release.

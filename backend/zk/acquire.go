@@ -27,7 +27,12 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		secret:  secret,
 		waitEnd: time.Now().Add(req.Wait),
 	}
-	return a.run(ctx)
+	if req.Idempotency.Key != "" {
+		a.rec = b.idemPath(req.Idempotency.Key)
+	}
+	g, err := a.run(ctx)
+	g.Replayed = err == nil && a.replay
+	return g, err
 }
 
 // acquirer is one Acquire call.
@@ -43,6 +48,11 @@ type acquirer struct {
 	// headGone: the head, right ahead of us, was deleted. Nothing can come
 	// between (sequence numbers only grow), so our node now heads the queue.
 	headGone bool
+	// rec is the path of the idempotency record, when the acquire has a key.
+	rec string
+	// replay: the node is an earlier attempt's (same idempotency key); this
+	// acquire only waits for its grant and never removes it.
+	replay bool
 }
 
 var errClosed = errors.New("backend closed")
@@ -86,13 +96,16 @@ func (a *acquirer) fail(err error) error {
 	if !isCtx(err) && !errors.Is(err, backend.ErrUnavailable) {
 		err = unavailable("acquire", err)
 	}
+	if a.replay {
+		return err // the node is the earlier attempt's to remove
+	}
 	cleanup, cancel := context.WithTimeout(a.b.life, 5*time.Second)
 	defer cancel()
-	if a.name != "" && a.b.leave(cleanup, a.req.Key, a.name, nil) == nil {
+	if a.name != "" && a.b.leave(cleanup, a.req.Key, a.name, nil, a.rec) == nil {
 		return err
 	}
 	if a.name != "" || a.unknown {
-		a.b.cleanupLater(a.kp, protected(a.secret))
+		a.b.cleanupLater(a.kp, protected(a.secret), a.rec)
 	}
 	return err
 }
@@ -103,11 +116,22 @@ func (a *acquirer) fail(err error) error {
 // failed with err); otherwise err, if any, is a ZooKeeper failure to retry.
 func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err error) {
 	if a.name == "" {
-		if err := a.create(ctx); err != nil {
+		err := a.create(ctx)
+		if errors.Is(err, errRecorded) {
+			var found bool
+			found, err = a.recorded(ctx)
+			if found && err != nil {
+				return g, true, err
+			}
+		}
+		if err != nil {
 			if isCtx(err) {
 				return g, true, a.fail(err)
 			}
 			return g, false, err
+		}
+		if a.name == "" {
+			return g, false, nil // the record went meanwhile: start afresh
 		}
 	}
 	if a.headGone {
@@ -116,7 +140,10 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		a.headGone = false
 		self, err := a.b.read(ctx, a.kp+"/"+a.name)
 		if err == nil {
-			g, err := a.holding(ctx, self)
+			g, err := a.claim(ctx, self)
+			if errors.Is(err, backend.ErrLeaseExpired) {
+				return g, true, err
+			}
 			if err == nil {
 				return g, true, nil
 			}
@@ -135,6 +162,18 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	if i < 0 || errors.Is(selfErr, zk.ErrNoNode) {
 		// Our node is gone: removed as abandoned by a replica whose clock
 		// runs ahead, or by hand. Queue again while the wait lasts.
+		if a.rec != "" {
+			// With an idempotency key, the grant may have been returned
+			// to a retry and have ended since: never make a fresh one. A
+			// retry whose record went with the node was waiting for an
+			// attempt that gave up: it is refused alike.
+			if a.replay {
+				if ok, err := a.b.exists(ctx, a.rec); err == nil && !ok {
+					return g, true, a.held(ctx, q)
+				}
+			}
+			return g, true, a.ended()
+		}
 		a.name = ""
 		if !time.Now().Before(a.waitEnd) {
 			return g, true, a.held(ctx, q)
@@ -145,7 +184,10 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		return g, false, selfErr
 	}
 	if i == 0 {
-		g, err := a.holding(ctx, self)
+		g, err := a.claim(ctx, self)
+		if errors.Is(err, backend.ErrLeaseExpired) {
+			return g, true, err
+		}
 		if err != nil {
 			if isConflict(err) {
 				return g, false, nil
@@ -253,16 +295,27 @@ func (a *acquirer) create(ctx context.Context) error {
 	name := nodeName(a.secret, a.req.TTL, waitUntil, a.req.Owner)
 	for attempt := 0; ; attempt++ {
 		data := nodeData{Deadline: a.b.clock.Deadline(a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
-		p, err := call(ctx, func() (string, error) {
-			return a.b.conn.Create(a.kp+"/"+name, data.encode(), zk.FlagSequence, a.b.acl)
-		})
+		p, noShard, err := a.createNode(ctx, a.kp+"/"+name, data.encode())
 		switch {
 		case err == nil:
 			a.name = path.Base(p)
+			if a.rec != "" {
+				a.b.maybeSweep(a.rec)
+			}
 			return nil
+		case errors.Is(err, zk.ErrNodeExists) && a.rec != "":
+			return errRecorded
 		case errors.Is(err, zk.ErrNoNode) && attempt < 5:
-			// No container for the key yet, or it was just reaped.
-			if err := a.b.ensureKey(ctx, a.kp); err != nil {
+			// No container for the key (or the record) yet, or it was just
+			// reaped.
+			ensure := a.b.ensureKey
+			if noShard {
+				ensure = a.b.ensureShard
+				p = a.rec
+			} else {
+				p = a.kp
+			}
+			if err := ensure(ctx, p); err != nil {
 				return err
 			}
 		case isCtx(err):
@@ -281,6 +334,38 @@ func (a *acquirer) create(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// createNode creates our queue node at p (sequential) and, for an acquire
+// with an idempotency key, its record in the same multi-op. noShard reports
+// that the record's parent is missing.
+func (a *acquirer) createNode(ctx context.Context, p string, data []byte) (created string, noShard bool, err error) {
+	if a.rec == "" {
+		created, err = call(ctx, func() (string, error) { return a.b.conn.Create(p, data, zk.FlagSequence, a.b.acl) })
+		return created, false, err
+	}
+	res, err := call(ctx, func() ([]zk.MultiResponse, error) {
+		return a.b.conn.Multi(
+			&zk.CreateRequest{Path: a.rec, Data: a.b.newRecord(a.req, a.secret), Acl: a.b.acl, Flags: zk.FlagPersistent},
+			&zk.CreateRequest{Path: p, Data: data, Acl: a.b.acl, Flags: zk.FlagSequence})
+	})
+	if err != nil {
+		// The first op with an error is the one that failed.
+		return "", len(res) > 0 && res[0].Error != nil && errors.Is(err, zk.ErrNoNode), err
+	}
+	return res[1].String, false, nil
+}
+
+// claim is holding for an acquire of our own, and for a retry of an
+// earlier one the grant as it stands (never changed) if it still runs.
+func (a *acquirer) claim(ctx context.Context, r nodeRead) (backend.Grant, error) {
+	if !a.replay {
+		return a.holding(ctx, r)
+	}
+	if !r.data.valid(a.b.clock) {
+		return backend.Grant{}, a.ended()
+	}
+	return a.grant(r), nil
 }
 
 // adopt looks for our node after a create whose outcome is unknown.
@@ -337,7 +422,7 @@ func (a *acquirer) holding(ctx context.Context, r nodeRead) (backend.Grant, erro
 		if err != nil {
 			return backend.Grant{}, err
 		}
-		r = nodeRead{d, st}
+		r = nodeRead{data: d, stat: st}
 	}
 	return a.grant(r), nil
 }
@@ -365,6 +450,10 @@ func (a *acquirer) grant(r nodeRead) backend.Grant {
 // grant stands.
 func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.Grant, bool, error) {
 	holder := &backend.Holder{Owner: head.owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+	if a.replay {
+		// The node stays for the attempt that made it.
+		return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
+	}
 	var g backend.Grant
 	granted := false
 	err := a.b.leave(ctx, a.req.Key, a.name, func(r nodeRead) bool {
@@ -372,7 +461,7 @@ func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.
 		g, err = a.holding(ctx, r)
 		granted = err == nil
 		return granted
-	})
+	}, a.rec)
 	if err != nil {
 		return backend.Grant{}, false, err
 	}
@@ -396,7 +485,12 @@ func (a *acquirer) held(ctx context.Context, q []child) error {
 // leave removes node name from key's queue, handing the lock on if the node
 // held it. When the node heads the queue unexpired and keep is given, keep
 // may claim it instead (by returning true) and the node stays.
-func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRead) bool) error {
+//
+// rec, when set, is the node's idempotency record: it goes in the same
+// multi-op as the node, and only while the node waits. A node heading the
+// queue stays (its grant may have been returned to a retry) and runs out
+// at its deadline; the record is then its tombstone.
+func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRead) bool, rec string) error {
 	kp := b.keyPath(key)
 	for attempt := 0; attempt < 20; attempt++ {
 		q, r, err, rErr := b.queueAndRead(ctx, kp, name)
@@ -410,12 +504,25 @@ func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRea
 		if rErr != nil {
 			return rErr
 		}
-		if i == 0 {
+		switch {
+		case i == 0:
 			if keep != nil && r.data.valid(b.clock) && keep(r) {
 				return nil
 			}
+			if rec != "" {
+				return nil
+			}
 			err = b.removeHead(ctx, key, q, r.stat.Version)
-		} else {
+		case rec != "":
+			var res []zk.MultiResponse
+			res, err = call(ctx, func() ([]zk.MultiResponse, error) {
+				return b.conn.Multi(&zk.DeleteRequest{Path: kp + "/" + name, Version: r.stat.Version}, &zk.DeleteRequest{Path: rec, Version: -1})
+			})
+			if errors.Is(err, zk.ErrNoNode) && len(res) > 1 && res[0].Error == nil {
+				rec = "" // the record went (swept): the node goes alone
+				continue
+			}
+		default:
 			err = b.delete(ctx, kp+"/"+name, r.stat.Version)
 		}
 		if err == nil || errors.Is(err, zk.ErrNoNode) && i > 0 {
@@ -429,9 +536,10 @@ func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRea
 }
 
 // cleanupLater removes, in the background, the node whose name starts with
-// prefix, once ZooKeeper answers again: the reply to its create may have been
-// lost, or the create may still be on its way.
-func (b *Backend) cleanupLater(kp, prefix string) {
+// prefix (and its idempotency record rec, if any: see leave), once ZooKeeper
+// answers again: the reply to its create may have been lost, or the create
+// may still be on its way.
+func (b *Backend) cleanupLater(kp, prefix, rec string) {
 	key := strings.TrimPrefix(kp, b.root+"/")
 	b.bgMu.Lock()
 	defer b.bgMu.Unlock()
@@ -448,7 +556,7 @@ func (b *Backend) cleanupLater(kp, prefix string) {
 		for misses := 0; misses < 2; {
 			name, err := b.findNode(ctx, kp, prefix)
 			if err == nil && name != "" {
-				err = b.leave(ctx, key, name, nil)
+				err = b.leave(ctx, key, name, nil, rec)
 			}
 			if err == nil && name == "" {
 				misses++

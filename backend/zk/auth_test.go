@@ -77,8 +77,10 @@ func TestStrangersCannotTouchLockNodes(t *testing.T) {
 		t.Fatalf("Acquire: %v", err)
 	}
 	waiter := make(chan error, 1)
+	// The waiter's acquire is keyed: its idempotency record is lockd's too.
+	idem := backend.Idempotency{Key: "k" + lease.NewID()[:16], Fingerprint: "fp"}
 	go func() {
-		_, err := b.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "waiter", TTL: 30 * time.Second, Wait: 45 * time.Second})
+		_, err := b.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Owner: "waiter", TTL: 30 * time.Second, Wait: 45 * time.Second, Idempotency: idem})
 		waiter <- err
 	}()
 	waitFor(t, func() bool {
@@ -92,7 +94,9 @@ func TestStrangersCannotTouchLockNodes(t *testing.T) {
 		t.Fatalf("queue of %s = %v, %v; want 2 nodes", kp, queue, err)
 	}
 	top := root[:strings.Index(root[1:], "/")+1]
-	nodes := []string{top, root, kp, kp + "/" + queue[0], kp + "/" + queue[1]}
+	rec := b.idemPath(idem.Key)
+	shard := rec[:strings.LastIndexByte(rec, '/')]
+	nodes := []string{top, root, kp, kp + "/" + queue[0], kp + "/" + queue[1], root + idemDir, shard, rec}
 	want := lockdDigest.ACL()
 	for _, p := range nodes {
 		acl, _, err := b.conn.GetACL(p)
@@ -129,6 +133,13 @@ func TestStrangersCannotTouchLockNodes(t *testing.T) {
 				}},
 				{"delete the holder", func() error { return c.Delete(holder, -1) }},
 				{"delete the waiter", func() error { return c.Delete(kp+"/"+queue[1], -1) }},
+				{"read an idempotency record", func() error { _, _, err := c.Get(rec); return err }},
+				{"list idempotency records", func() error { _, _, err := c.Children(shard); return err }},
+				{"delete an idempotency record", func() error { return c.Delete(rec, -1) }},
+				{"plant an idempotency record", func() error {
+					_, err := c.Create(shard+"/planted", nil, 0, zk.WorldACL(zk.PermAll))
+					return err
+				}},
 				{"queue a node", func() error {
 					_, err := c.Create(kp+"/_c_x-lock-", nil, zk.FlagSequence, zk.WorldACL(zk.PermAll))
 					return err

@@ -160,4 +160,5 @@ func indexOf(q []child, name string) int {
 type nodeRead struct {
 	data nodeData
 	stat *zk.Stat
+	raw  []byte // only where the data is not a queue node's
 }

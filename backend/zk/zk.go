@@ -8,6 +8,7 @@
 //
 //	<Root>/<key>                                       container node, one per key
 //	<Root>/<key>/_c_<hash>-<ttl>-<until>-<owner>-lock-<seq>   persistent sequential, one per acquirer
+//	<Root>/_idem/<shard>/<hash>                        persistent, one per idempotency key (idempotency.go)
 //
 // The key's node is a container node (ZooKeeper 3.5.3 and later; Debian 12
 // ships 3.8): the server deletes it once its last child is gone, so millions
@@ -86,7 +87,8 @@
 // # Access control
 //
 // Every node the backend creates (Root and its missing parents, the key
-// containers, the queue nodes) gets Options.ACL. Without one it is
+// containers, the queue nodes, the idempotency records and their parents)
+// gets Options.ACL. Without one it is
 // world:anyone with every right, so anyone who reaches ZooKeeper can read,
 // change or delete locks. A lockd given credentials uses Digest: the client
 // adds the digest identity to its session (go-zookeeper re-sends it after
@@ -170,6 +172,9 @@ type Backend struct {
 	// ZooKeeper (a versioned write), and another replica, or this one after
 	// a restart, finds the node by reading the queue.
 	grants grantCache
+
+	// idem is the bookkeeping of idempotency record sweeps.
+	idem idemState
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -191,7 +196,8 @@ func New(conn *zk.Conn, opts Options) *Backend {
 		grace = 2 * time.Second
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop}
+	return &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop,
+		idem: idemState{shards: idemShards, keep: backend.IdempotencyWindow, sweepEvery: idemSweepEvery}}
 }
 
 // Close stops background work and closes the connection; acquires still
@@ -359,7 +365,7 @@ func (b *Backend) read(ctx context.Context, p string) (nodeRead, error) {
 			return nodeRead{}, err
 		}
 		d, err := decodeData(p, raw)
-		return nodeRead{d, st}, err
+		return nodeRead{data: d, stat: st}, err
 	})
 }
 
@@ -375,7 +381,7 @@ func (b *Backend) readW(ctx context.Context, p string) (nodeRead, <-chan zk.Even
 			return res{}, err
 		}
 		d, err := decodeData(p, raw)
-		return res{nodeRead{d, st}, ch}, err
+		return res{nodeRead{data: d, stat: st}, ch}, err
 	})
 	return r.r, r.ch, err
 }

@@ -143,7 +143,7 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 // cannot do yet, and Clocked, an instance made by newB with opts and the
 // given clock.
 func clocked(newB func(*testing.T, Options) backend.Backend, opts Options) backendtest.Options {
-	return backendtest.Options{NoIdempotency: noIdempotency, Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
+	return backendtest.Options{Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
 		o := opts
 		o.Clock = c
 		return newB(t, o)
@@ -422,13 +422,21 @@ type faults struct {
 	armed    atomic.Bool // lose the reply to the next create
 	dropRead atomic.Bool
 	creates  atomic.Int64
+	multi    bool // multi-ops count as creates (set before use)
 }
 
-const opCreate = 1 // ZooKeeper's opcode for create
+const (
+	opCreate = 1  // ZooKeeper's opcode for create
+	opMulti  = 14 // and for multi, which a keyed acquire creates with
+)
 
 func (c *faultyConn) Write(p []byte) (int, error) {
 	// A request: 4-byte length, 4-byte xid, 4-byte opcode.
-	if len(p) >= 12 && int32(binary.BigEndian.Uint32(p[8:12])) == opCreate {
+	var op int32 = -1
+	if len(p) >= 12 {
+		op = int32(binary.BigEndian.Uint32(p[8:12]))
+	}
+	if op == opCreate || op == opMulti && c.f.multi {
 		c.f.creates.Add(1)
 		if c.f.armed.CompareAndSwap(true, false) {
 			c.f.dropRead.Store(true)
@@ -1368,5 +1376,225 @@ func TestReleaseAmidSingleTries(t *testing.T) {
 	}
 }
 
-// noIdempotency is why this backend skips the Idempotent subtests.
-const noIdempotency = "ZooKeeper acquires do not honour Idempotency-Key yet: the record belongs in the protected node name or the create multi; not built yet"
+// A keyed acquire whose create multi-op reply is lost adopts its node by the
+// protected prefix, like any acquire; a retry with the same key then gets
+// that grant, on another replica too, and nothing else was queued.
+func TestLostKeyedCreateReplyIsAdopted(t *testing.T) {
+	z := sharedZK(t, 1)
+	f := &faults{multi: true}
+	conn := dial(t, z.Addrs(), zk.WithDialer(func(network, addr string, timeout time.Duration) (net.Conn, error) {
+		c, err := net.DialTimeout(network, addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return &faultyConn{Conn: c, f: f}, nil
+	}))
+	b := New(conn, Options{})
+	t.Cleanup(func() { b.Close() })
+	key := uniqueKey(t)
+	req := backend.AcquireRequest{Key: key, Owner: "lost-reply", TTL: 10 * time.Second, Wait: 5 * time.Second,
+		Idempotency: backend.Idempotency{Key: "k" + lease.NewID()[:16], Fingerprint: "fp"}}
+	// The key's container and the record's shard exist, so the next
+	// multi-op is the one that makes the queue node.
+	warm := req
+	warm.Idempotency.Key += "-warm"
+	g, err := b.Acquire(ctxFor(t, 10*time.Second), warm)
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if err := b.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	// The warm-up's record most likely went to another shard than req's.
+	if err := b.ensureShard(ctxFor(t, 10*time.Second), b.idemPath(req.Idempotency.Key)); err != nil {
+		t.Fatalf("ensureShard: %v", err)
+	}
+	creates := f.creates.Load()
+	f.armed.Store(true)
+	g, err = b.Acquire(ctxFor(t, 20*time.Second), req)
+	if err != nil {
+		t.Fatalf("Acquire with a lost create reply: %v", err)
+	}
+	if f.armed.Load() {
+		t.Fatalf("the fault never fired")
+	}
+	if g.Replayed {
+		t.Errorf("the acquire that made the node was told it replayed")
+	}
+	if got := f.creates.Load() - creates; got != 1 {
+		t.Errorf("%d creates sent, want 1 (the node whose reply was lost, adopted)", got)
+	}
+	names, _, err := conn.Children(b.keyPath(key))
+	if err != nil {
+		t.Fatalf("Children: %v", err)
+	}
+	if len(names) != 1 {
+		t.Errorf("queue = %v, want exactly the one node", names)
+	}
+	again, err := newBackend(t, z.Addrs(), Options{}).Acquire(ctxFor(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatalf("retry on another replica: %v", err)
+	}
+	if again.LeaseID != g.LeaseID || again.Token != g.Token || !again.ExpiresAt.Equal(g.ExpiresAt) || !again.Replayed {
+		t.Errorf("retry got %+v, want the adopted grant %+v, replayed", again, g)
+	}
+}
+
+// Idempotency records outlive their grants (the tombstone a late retry
+// needs) but not their keep time: a keyed acquire sweeps its record's shard,
+// so records stay bounded, and they never keep a key's container from being
+// reaped.
+func TestIdempotencyRecordsAreSweptAndKeysReaped(t *testing.T) {
+	z := sharedZK(t, 1)
+	b := newBackend(t, z.Addrs(), Options{Root: uniqueRoot(t)})
+	// One shard, so that every keyed acquire sweeps the same one; records
+	// kept only for their TTL (1s) instead of an hour.
+	b.idem.shards, b.idem.keep, b.idem.sweepEvery = 1, 0, 0
+	shard := b.root + idemDir + "/00"
+	records := func() int {
+		t.Helper()
+		names, _, err := b.conn.Children(shard)
+		if err != nil {
+			t.Fatalf("Children(%s): %v", shard, err)
+		}
+		return len(names)
+	}
+	const n = 20
+	var keys []string
+	var reqs []backend.AcquireRequest
+	for i := range n {
+		key := fmt.Sprintf("%s-%d", uniqueKey(t), i)
+		req := backend.AcquireRequest{Key: key, TTL: time.Second,
+			Idempotency: backend.Idempotency{Key: fmt.Sprintf("k%d-%s", i, lease.NewID()[:8]), Fingerprint: "fp"}}
+		g, err := b.Acquire(ctxFor(t, 10*time.Second), req)
+		if err != nil {
+			t.Fatalf("Acquire %d: %v", i, err)
+		}
+		// The record does not show the capability: only the key unseals it.
+		raw, _, err := b.conn.Get(b.idemPath(req.Idempotency.Key))
+		if err != nil {
+			t.Fatalf("Get the record %d: %v", i, err)
+		}
+		if secret, _, _ := strings.Cut(g.LeaseID, "."); strings.Contains(string(raw), secret) {
+			t.Fatalf("record %s holds the lease secret in clear", raw)
+		}
+		if err := b.Release(ctxFor(t, 10*time.Second), key, g.LeaseID); err != nil {
+			t.Fatalf("Release %d: %v", i, err)
+		}
+		keys, reqs = append(keys, key), append(reqs, req)
+	}
+	// Every record is still there (none is past its keep time yet, unless
+	// the machine is very slow), and tells a late retry the grant ended.
+	if got := records(); got == 0 || got > n {
+		t.Fatalf("%d records after %d keyed acquires, want 1..%d", got, n, n)
+	}
+	if _, err := b.Acquire(ctxFor(t, 10*time.Second), reqs[n-1]); !errors.Is(err, backend.ErrLeaseExpired) {
+		t.Fatalf("retry of a released keyed acquire: %v, want ErrLeaseExpired", err)
+	}
+	// The records live outside the key containers: ZooKeeper reaps those.
+	for _, k := range keys {
+		waitFor(t, func() bool {
+			ok, _, err := b.conn.Exists(b.keyPath(k))
+			return err == nil && !ok
+		}, "the empty key container "+k+" to be reaped")
+	}
+	time.Sleep(1500 * time.Millisecond) // past every record's keep time
+	last := backend.AcquireRequest{Key: keys[0], TTL: 30 * time.Second,
+		Idempotency: backend.Idempotency{Key: "k-last-" + lease.NewID()[:8], Fingerprint: "fp"}}
+	if _, err := b.Acquire(ctxFor(t, 10*time.Second), last); err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	waitFor(t, func() bool { return records() == 1 }, "the sweep to leave only the live acquire's record")
+}
+
+// A retry that waits in the place of an attempt that then gives up is
+// refused like it (never told the grant ended, never left a node), and the
+// key's record went with the attempt: the same key later runs afresh.
+func TestRetryOfAttemptThatGivesUpIsRefused(t *testing.T) {
+	z := sharedZK(t, 1)
+	// The retry's replica allows less grace, so it waits on after the first
+	// attempt gave up and finds the node gone, rather than give up at the
+	// same moment.
+	b1, b2 := newBackend(t, z.Addrs(), Options{WaiterGrace: 3 * time.Second}), newBackend(t, z.Addrs(), Options{WaiterGrace: time.Second})
+	key := uniqueKey(t)
+	holder, err := b1.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	req := backend.AcquireRequest{Key: key, TTL: 10 * time.Second, Wait: time.Second,
+		Idempotency: backend.Idempotency{Key: "k" + lease.NewID()[:16], Fingerprint: "fp"}}
+	first := make(chan error, 1)
+	go func() {
+		_, err := b1.Acquire(ctxFor(t, 20*time.Second), req)
+		first <- err
+	}()
+	waitFor(t, func() bool {
+		st, err := b1.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the first attempt to queue")
+	retry := req
+	retry.Wait = 30 * time.Second // longer than the first attempt's
+	_, err = b2.Acquire(ctxFor(t, 40*time.Second), retry)
+	var held *backend.HeldError
+	if !errors.As(err, &held) {
+		t.Errorf("retry of an attempt that gave up: %v, want ErrHeld", err)
+	}
+	if err := <-first; !errors.As(err, &held) {
+		t.Errorf("the attempt itself: %v, want ErrHeld", err)
+	}
+	if st, err := b1.Inspect(ctxFor(t, 10*time.Second), key); err != nil || st.Waiters != 0 {
+		t.Errorf("inspect after both gave up: %+v, %v; want no waiter left", st, err)
+	}
+	if err := b1.Release(ctxFor(t, 10*time.Second), key, holder.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	g, err := b2.Acquire(ctxFor(t, 10*time.Second), req)
+	if err != nil || g.Replayed {
+		t.Fatalf("the same key after the refusal: %+v, %v; want a fresh grant", g, err)
+	}
+}
+
+// BenchmarkKeyedAcquire measures an uncontended acquire + release without
+// and with an idempotency key (whose record rides in the create's multi-op),
+// and a retry of a held keyed acquire (the replay: record read, sync, queue
+// listing, node read).
+func BenchmarkKeyedAcquire(b *testing.B) {
+	z := sharedZK(b, 1)
+	be := newBackend(b, z.Addrs(), Options{})
+	ctx := context.Background()
+	run := func(b *testing.B, keyed bool) {
+		key := uniqueKey(b)
+		for i := 0; b.Loop(); i++ {
+			req := backend.AcquireRequest{Key: key, TTL: time.Minute}
+			if keyed {
+				req.Idempotency = backend.Idempotency{Key: fmt.Sprintf("k%d-%s", i, lease.NewID()[:8]), Fingerprint: "fp"}
+			}
+			g, err := be.Acquire(ctx, req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := be.Release(ctx, key, g.LeaseID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("plain", func(b *testing.B) { run(b, false) })
+	b.Run("keyed", func(b *testing.B) { run(b, true) })
+	b.Run("replay", func(b *testing.B) {
+		key := uniqueKey(b)
+		req := backend.AcquireRequest{Key: key, TTL: time.Hour,
+			Idempotency: backend.Idempotency{Key: "k-" + lease.NewID()[:8], Fingerprint: "fp"}}
+		g, err := be.Acquire(ctx, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if again, err := be.Acquire(ctx, req); err != nil || again.LeaseID != g.LeaseID {
+				b.Fatalf("replay: %+v, %v", again, err)
+			}
+		}
+		if err := be.Release(ctx, key, g.LeaseID); err != nil {
+			b.Fatal(err)
+		}
+	})
+}

@@ -282,7 +282,7 @@ type AcquireParams struct {
 	// holds gets the same grant; while the first attempt still waits, it waits in its
 	// place; after the grant ended, 410; with another owner or ttl_ms, 422. A refused
 	// acquire (409, 503) records nothing, so its retry runs afresh. Refused with 501 on
-	// a backend that cannot keep the record (zk, redlock, for now).
+	// a backend that cannot keep the record (none of lockd's own backends).
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
