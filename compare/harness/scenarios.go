@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"github.com/lockd/lockd/backend"
 )
 
-// scenario is a row of the report.
-type scenario struct {
+// Scenario is a row of the report.
+type Scenario struct {
 	Name  string
 	Title string
 	Perf  bool
@@ -21,7 +21,7 @@ type scenario struct {
 	About string
 }
 
-var allScenarios = []scenario{
+var allScenarios = []Scenario{
 	{Name: "latency", Perf: true, Title: "Uncontended latency", About: "one client, single-try acquire + release on its own key, back to back"},
 	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
 	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
@@ -35,17 +35,17 @@ var allScenarios = []scenario{
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 
-func scenarioByName(name string) (scenario, bool) {
+func scenarioByName(name string) (Scenario, bool) {
 	for _, s := range allScenarios {
 		if s.Name == name {
 			return s, true
 		}
 	}
-	return scenario{}, false
+	return Scenario{}, false
 }
 
-// correctnessConfig sizes the correctness runs.
-type correctnessConfig struct {
+// CorrectnessConfig sizes the correctness runs.
+type CorrectnessConfig struct {
 	Clients  int
 	TTL      time.Duration
 	Wait     time.Duration
@@ -84,7 +84,7 @@ func at(ctx context.Context, wg *sync.WaitGroup, offset time.Duration, f func())
 }
 
 // runCorrectness runs one correctness scenario against d.
-func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correctnessConfig, progress func(float64)) CorrectnessCell {
+func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64)) CorrectnessCell {
 	cell := CorrectnessCell{Scenario: sc.Name, Clients: cfg.Clients, TTLms: ms64(cfg.TTL), WaitMs: ms64(cfg.Wait), DurationS: cfg.Duration.Seconds()}
 	addrs := d.Addrs
 	var px *proxies

@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -119,10 +119,10 @@ type grantEvent struct {
 	ReleaseSent time.Time
 }
 
-// fifoSlack: two acquires sent closer together than this have no arrival
+// FIFOSlack: two acquires sent closer together than this have no arrival
 // order a lock service could know of (one HTTP request may overtake another
 // on loopback); they are not counted as FIFO violations.
-const fifoSlack = time.Millisecond
+const FIFOSlack = time.Millisecond
 
 // measureHandoff: waiters+1 clients contend on one key; each releases at
 // once after its grant. Handoff = the release by one client → the next grant
@@ -170,7 +170,7 @@ func measureHandoff(ctx context.Context, newClient clientFactory, waiters int, d
 				delete(pending, i)
 				if err == nil {
 					for _, other := range pending {
-						if other.Before(called.Add(-fifoSlack)) {
+						if other.Before(called.Add(-FIFOSlack)) {
 							fifo++
 							break
 						}

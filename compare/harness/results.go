@@ -1,7 +1,8 @@
-package main
+package harness
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -127,7 +128,7 @@ type CorrectnessCell struct {
 	Unmeasured string   `json:"unmeasured,omitempty"`
 }
 
-func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
+func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig) {
 	c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished = r.Attempts, r.Granted, r.TimedOut, r.Errors, r.Vanished
 	if r.Attempts > 0 {
 		c.Availability = float64(r.Granted) / float64(r.Attempts)
@@ -167,4 +168,50 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
 		c.Why = append(c.Why, "no acquire was granted in the whole run")
 	}
 	c.Pass = len(c.Why) == 0
+}
+
+// LatencyOf is the uncontended latency measured via via, or nil.
+func (br *BackendRun) LatencyOf(via string) *Percentiles {
+	for _, c := range br.Latency {
+		if c.Via == via && c.Lat != nil {
+			return c.Lat
+		}
+	}
+	return nil
+}
+
+// HandoffOf is the handoff latency measured via via with waiters waiters,
+// or nil.
+func (br *BackendRun) HandoffOf(via string, waiters int) *Percentiles {
+	for _, c := range br.Handoff {
+		if c.Via == via && c.Waiters == waiters && c.Lat != nil {
+			return c.Lat
+		}
+	}
+	return nil
+}
+
+// LockdVia is how lockd was driven in the run that produced br.
+func (br *BackendRun) LockdVia() string {
+	for _, c := range br.Latency {
+		if strings.HasPrefix(c.Via, "lockd") {
+			return c.Via
+		}
+	}
+	for _, c := range br.Handoff {
+		if strings.HasPrefix(c.Via, "lockd") {
+			return c.Via
+		}
+	}
+	return ViaLockd()
+}
+
+// CorrectnessOf is the correctness cell of scenario scen, or nil.
+func (br *BackendRun) CorrectnessOf(scen string) *CorrectnessCell {
+	for i := range br.Correctness {
+		if br.Correctness[i].Scenario == scen {
+			return &br.Correctness[i]
+		}
+	}
+	return nil
 }

@@ -1,6 +1,12 @@
-package main
+// Package report renders compare's Results as Markdown and as one
+// self-contained HTML file with SVG charts. It only formats: every number
+// and every verdict comes from compare/harness, so nothing here may decide
+// whether a cell passes.
+package report
 
 import (
+	"github.com/lockd/lockd/compare/harness"
+
 	"fmt"
 	"sort"
 	"strings"
@@ -13,31 +19,13 @@ type targetSpec struct {
 	What    string
 	Limit   float64
 	Unit    string
-	measure func(br *BackendRun) (float64, string, bool) // value, how it was computed, ok
-}
-
-func findLatency(br *BackendRun, via string) *Percentiles {
-	for _, c := range br.Latency {
-		if c.Via == via && c.Lat != nil {
-			return c.Lat
-		}
-	}
-	return nil
-}
-
-func findHandoff(br *BackendRun, via string, waiters int) *Percentiles {
-	for _, c := range br.Handoff {
-		if c.Via == via && c.Waiters == waiters && c.Lat != nil {
-			return c.Lat
-		}
-	}
-	return nil
+	measure func(br *harness.BackendRun) (float64, string, bool) // value, how it was computed, ok
 }
 
 func overheadTarget(backend, direct string, limit float64) targetSpec {
 	return targetSpec{Backend: backend, What: "lockd/" + direct + " uncontended p50", Limit: limit, Unit: "×",
-		measure: func(br *BackendRun) (float64, string, bool) {
-			l, d := findLatency(br, res0Via(br)), findLatency(br, direct)
+		measure: func(br *harness.BackendRun) (float64, string, bool) {
+			l, d := br.LatencyOf(br.LockdVia()), br.LatencyOf(direct)
 			if l == nil || d == nil {
 				return 0, "", false
 			}
@@ -45,42 +33,27 @@ func overheadTarget(backend, direct string, limit float64) targetSpec {
 		}}
 }
 
-// res0Via is how lockd was driven in the run that produced br.
-func res0Via(br *BackendRun) string {
-	for _, c := range br.Latency {
-		if strings.HasPrefix(c.Via, "lockd") {
-			return c.Via
-		}
-	}
-	for _, c := range br.Handoff {
-		if strings.HasPrefix(c.Via, "lockd") {
-			return c.Via
-		}
-	}
-	return viaLockd()
-}
-
 func targetSpecs() []targetSpec {
 	return []targetSpec{
 		overheadTarget("etcd", "concurrency.Mutex", 1.25),
 		overheadTarget("zk", "zk.Lock", 1.25),
 		overheadTarget("redis", "SET NX PX", 2),
-		{Backend: "redis", What: "handoff p50, 1 waiter", Limit: 1000, Unit: "µs", measure: func(br *BackendRun) (float64, string, bool) {
-			h := findHandoff(br, res0Via(br), 1)
+		{Backend: "redis", What: "handoff p50, 1 waiter", Limit: 1000, Unit: "µs", measure: func(br *harness.BackendRun) (float64, string, bool) {
+			h := br.HandoffOf(br.LockdVia(), 1)
 			if h == nil {
 				return 0, "", false
 			}
 			return h.P50, "", true
 		}},
-		{Backend: "etcd", What: "handoff p99, 1 waiter", Limit: 10000, Unit: "µs", measure: func(br *BackendRun) (float64, string, bool) {
-			h := findHandoff(br, res0Via(br), 1)
+		{Backend: "etcd", What: "handoff p99, 1 waiter", Limit: 10000, Unit: "µs", measure: func(br *harness.BackendRun) (float64, string, bool) {
+			h := br.HandoffOf(br.LockdVia(), 1)
 			if h == nil {
 				return 0, "", false
 			}
 			return h.P99, "", true
 		}},
-		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", measure: func(br *BackendRun) (float64, string, bool) {
-			l, d := findHandoff(br, res0Via(br), 1), findHandoff(br, "zk.Lock", 1)
+		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", measure: func(br *harness.BackendRun) (float64, string, bool) {
+			l, d := br.HandoffOf(br.LockdVia(), 1), br.HandoffOf("zk.Lock", 1)
 			if l == nil || d == nil {
 				return 0, "", false
 			}
@@ -107,10 +80,14 @@ func fmtTarget(v float64, unit string) string {
 	return fmt.Sprintf("%.2f%s", v, unit)
 }
 
-func markdownReport(r *Results) string { return buildReport(r).markdown() }
-func htmlReport(r *Results) string     { return buildReport(r).html() }
+// Markdown renders the report as Markdown.
+func Markdown(r *harness.Results) string { return buildReport(r).markdown() }
 
-func buildReport(r *Results) *doc {
+// HTML renders the report as one self-contained HTML file (inline CSS and
+// SVG; no script, no link).
+func HTML(r *harness.Results) string { return buildReport(r).html() }
+
+func buildReport(r *harness.Results) *doc {
 	d := &doc{}
 	d.h1("lockd backends compared")
 	mode := "full"
@@ -149,7 +126,7 @@ func buildReport(r *Results) *doc {
 	}
 	d.p("Numbers compare only within this run on this machine. Every number below was measured in this run; a cell that could not be measured says why.")
 
-	ran := []*BackendRun{}
+	ran := []*harness.BackendRun{}
 	for _, br := range r.Backends {
 		if br.Skipped == "" {
 			ran = append(ran, br)
@@ -170,7 +147,7 @@ func buildReport(r *Results) *doc {
 	)
 	d.h2("How each scenario works")
 	var items []string
-	for _, s := range allScenarios {
+	for _, s := range harness.Scenarios() {
 		if contains(r.Scenarios, s.Name) {
 			items = append(items, fmt.Sprintf("**%s** (`%s`): %s.", s.Title, s.Name, s.About))
 		}
@@ -180,16 +157,7 @@ func buildReport(r *Results) *doc {
 	return d
 }
 
-func correctnessCell(br *BackendRun, scen string) *CorrectnessCell {
-	for i := range br.Correctness {
-		if br.Correctness[i].Scenario == scen {
-			return &br.Correctness[i]
-		}
-	}
-	return nil
-}
-
-func verdicts(d *doc, r *Results, ran []*BackendRun) {
+func verdicts(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 	d.h2("Verdict")
 	if len(ran) == 0 {
 		d.p("No backend could run: nothing was measured.")
@@ -200,13 +168,13 @@ func verdicts(d *doc, r *Results, ran []*BackendRun) {
 		head = append(head, br.Name)
 	}
 	var rows [][]tcell
-	for _, s := range allScenarios {
+	for _, s := range harness.Scenarios() {
 		if s.Perf || !contains(r.Scenarios, s.Name) {
 			continue
 		}
 		row := []tcell{plain(s.Title)}
 		for _, br := range ran {
-			c := correctnessCell(br, s.Name)
+			c := br.CorrectnessOf(s.Name)
 			switch {
 			case c == nil:
 				row = append(row, plain("not run"))
@@ -272,11 +240,11 @@ func fmtMSList(vs []float64) string {
 	return strings.Join(s, ", ")
 }
 
-func targetsSection(d *doc, ran []*BackendRun) {
+func targetsSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Targets (issue 5)")
 	var items []string
 	for _, t := range targetSpecs() {
-		var br *BackendRun
+		var br *harness.BackendRun
 		for _, b := range ran {
 			if b.Name == t.Backend {
 				br = b
@@ -299,14 +267,14 @@ func targetsSection(d *doc, ran []*BackendRun) {
 	d.list(items...)
 }
 
-func latencySection(d *doc, ran []*BackendRun) {
+func latencySection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Uncontended acquire + release latency")
 	for _, br := range ran {
 		if len(br.Latency) == 0 {
 			continue
 		}
 		d.h3(br.Name)
-		lockd := findLatency(br, res0Via(br))
+		lockd := br.LatencyOf(br.LockdVia())
 		var rows [][]tcell
 		var ss []series
 		for _, c := range br.Latency {
@@ -327,9 +295,9 @@ func latencySection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func handoffSection(d *doc, ran []*BackendRun) {
+func handoffSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Contended handoff")
-	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", fifoSlack)
+	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", harness.FIFOSlack)
 	for _, br := range ran {
 		if len(br.Handoff) == 0 {
 			continue
@@ -351,7 +319,7 @@ func handoffSection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func throughputSection(d *doc, ran []*BackendRun) {
+func throughputSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Throughput")
 	d.p("Through lockd and the first direct library of each backend. Closed loop: each client acquires (waiting up to 5 s) a key drawn at random among the keys, then releases it. CPU is this whole process's (getrusage) per 1,000 grants: load generator plus lockd, plus the embedded server for etcd; the direct rows show the same load generator without lockd, so the difference is lockd's share.")
 	for _, br := range ran {
@@ -394,7 +362,7 @@ func throughputSection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func correctnessSection(d *doc, ran []*BackendRun) {
+func correctnessSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Correctness details")
 	for _, br := range ran {
 		if len(br.Correctness) == 0 {
@@ -448,7 +416,7 @@ func correctnessSection(d *doc, ran []*BackendRun) {
 
 // meaningSection states, backend by backend, only what the numbers above
 // show.
-func meaningSection(d *doc, ran []*BackendRun) {
+func meaningSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("What this means for choosing a backend")
 	if len(ran) == 0 {
 		d.p("Nothing ran, so nothing can be said.")
@@ -491,10 +459,10 @@ func meaningSection(d *doc, ran []*BackendRun) {
 	}
 	var lat, hand []rank
 	for _, br := range ran {
-		if l := findLatency(br, res0Via(br)); l != nil {
+		if l := br.LatencyOf(br.LockdVia()); l != nil {
 			lat = append(lat, rank{br.Name, l.P50})
 		}
-		if h := findHandoff(br, res0Via(br), 1); h != nil {
+		if h := br.HandoffOf(br.LockdVia(), 1); h != nil {
 			hand = append(hand, rank{br.Name, h.P50})
 		}
 	}
@@ -517,7 +485,7 @@ func meaningSection(d *doc, ran []*BackendRun) {
 		items = append(items, fmt.Sprintf("Handoff through lockd on %s, p50 with 1 waiter: %s.", hand[0].name, fmtUS(hand[0].v)))
 	}
 	for _, br := range ran {
-		l := findLatency(br, res0Via(br))
+		l := br.LatencyOf(br.LockdVia())
 		if l == nil {
 			continue
 		}
@@ -534,7 +502,7 @@ func meaningSection(d *doc, ran []*BackendRun) {
 			if c.Waiters != 1 || c.Lat == nil || strings.HasPrefix(c.Via, "lockd") {
 				continue
 			}
-			if h := findHandoff(br, res0Via(br), 1); h != nil {
+			if h := br.HandoffOf(br.LockdVia(), 1); h != nil {
 				items = append(items, fmt.Sprintf("On %s, handing the lock to a waiting client takes %s p50 / %s p99 through lockd and %s / %s with %s.", br.Name, fmtUS(h.P50), fmtUS(h.P99), fmtUS(c.Lat.P50), fmtUS(c.Lat.P99), c.Via))
 			}
 		}
@@ -576,7 +544,7 @@ func meaningSection(d *doc, ran []*BackendRun) {
 	d.list(items...)
 }
 
-func roundTripSection(d *doc, ran []*BackendRun) {
+func roundTripSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Store round trips per lock")
 	d.p("Requests sent to the store per uncontended acquire and per release, counted inside the real client, averaged over the samples. The floor for a safe lock is one linearizable write per acquire. Background traffic in the window (session pings, lease keep-alives) is included.")
 	for _, br := range ran {
@@ -601,9 +569,9 @@ func roundTripSection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func scaleSection(d *doc, ran []*BackendRun) {
+func scaleSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Scale: memory")
-	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd); the peak is the highest sample (every 100 ms) during the step. A step stops early when the process passes %d MB (the machine is shared). Store memory is the resident set of the store's server processes.", memCap>>20)
+	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd); the peak is the highest sample (every 100 ms) during the step. A step stops early when the process passes %d MB (the machine is shared). Store memory is the resident set of the store's server processes.", harness.MemCap>>20)
 	var rows [][]tcell
 	for _, br := range ran {
 		for _, c := range br.Scale {
@@ -625,4 +593,13 @@ func scaleSection(d *doc, ran []*BackendRun) {
 	if len(rows) > 0 {
 		d.table([]string{"backend", "what", "reached", "process (lockd + clients)", "store RSS (change)", "note"}, rows)
 	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
 }
