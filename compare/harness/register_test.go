@@ -10,21 +10,47 @@ func TestRegisterFencing(t *testing.T) {
 	now := time.Now()
 	later := now.Add(time.Hour)
 	r := newRegister(true)
+	g1 := r.granted()
 	v := r.read(1, later, now)
-	if ok, _ := r.write(1, 10, v, now); !ok {
+	if ok, _ := r.write(1, g1, 10, v, now); !ok {
 		t.Fatalf("first write with token 10 refused")
 	}
+	g2 := r.granted()
 	v = r.read(2, later, now)
-	if ok, stale := r.write(2, 9, v, now); ok || !stale {
-		t.Errorf("write with token 9 after 10: accepted=%v stale=%v, want refused and stale", ok, stale)
+	if ok, stale := r.write(2, g2, 9, v, now); ok || stale {
+		t.Errorf("current holder's write with token 9 after 10: accepted=%v stale=%v, want refused and not stale", ok, stale)
 	}
 	u := newRegister(false)
-	u.write(1, 10, u.read(1, later, now), now)
-	if ok, stale := u.write(2, 9, u.read(2, later, now), now); !ok || !stale {
-		t.Errorf("unfenced write with token 9 after 10: accepted=%v stale=%v, want accepted and stale", ok, stale)
+	u1 := u.granted()
+	u.read(1, later, now)
+	u2 := u.granted()
+	u.write(2, u2, 10, u.read(2, later, now), now)
+	if ok, stale := u.write(1, u1, 9, 0, now); !ok || !stale {
+		t.Errorf("unfenced write by a superseded holder: accepted=%v stale=%v, want accepted and stale", ok, stale)
 	}
 	if got := u.stats().StaleAccepted; got != 1 {
 		t.Errorf("unfenced stale accepted = %d, want 1", got)
+	}
+}
+
+// TestRegisterStaleIsSuperseded: a holder superseded by a later grant writes
+// before the new holder has: fencing cannot tell, and the register says so
+// (with "stale" meaning "token below the highest", this could never count).
+func TestRegisterStaleIsSuperseded(t *testing.T) {
+	now := time.Now()
+	later := now.Add(time.Hour)
+	r := newRegister(true)
+	old := r.granted()
+	v := r.read(1, now.Add(-time.Millisecond), now)
+	cur := r.granted()
+	if ok, stale := r.write(1, old, 5, v, now); !ok || !stale {
+		t.Fatalf("superseded holder's first write: accepted=%v stale=%v, want accepted and stale", ok, stale)
+	}
+	if ok, stale := r.write(2, cur, 6, r.read(2, later, now), now); !ok || stale {
+		t.Errorf("new holder's write: accepted=%v stale=%v, want accepted, not stale", ok, stale)
+	}
+	if st := r.stats(); st.StaleAccepted != 1 || st.StaleRejected != 0 {
+		t.Errorf("stale accepted/refused = %d/%d, want 1/0", st.StaleAccepted, st.StaleRejected)
 	}
 }
 

@@ -100,6 +100,11 @@ type CorrectnessCell struct {
 	TimedOut int64 `json:"acquires_timed_out"`
 	Errors   int64 `json:"acquires_failed"`
 	Vanished int64 `json:"waiters_vanished"`
+	// Unconfirmed: grants after a long wait whose at-once renew failed;
+	// Unused: grants whose deadline passed before they could be used. A
+	// careful client uses neither.
+	Unconfirmed int64 `json:"grants_unconfirmed"`
+	Unused      int64 `json:"grants_unused_expired"`
 	// Availability = granted / attempted (vanished waits not counted).
 	Availability     float64   `json:"availability"`
 	LongestUnavailMs float64   `json:"longest_unavailability_ms"`
@@ -137,6 +142,7 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig) {
 	for _, d := range r.TimeToFree {
 		c.TimeToFreeMs = append(c.TimeToFreeMs, ms64(d))
 	}
+	c.Unconfirmed, c.Unused = r.Unconfirmed, r.Unused
 	c.FirstError = r.FirstError
 	c.Overlaps, c.ExpiredOverlaps, c.FirstOverlap = r.Fenced.Overlaps, r.Fenced.ExpiredOverlaps, r.Fenced.FirstOverlap
 	c.StalledVanish = r.StalledHandoffs

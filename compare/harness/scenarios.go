@@ -287,6 +287,14 @@ func (t trackingLocker) Acquire(ctx context.Context, key, owner string, ttl, wai
 	return l, err
 }
 
+func (t trackingLocker) Renew(ctx context.Context, l *Lease, ttl time.Duration) error {
+	r, ok := t.Locker.(renewer)
+	if !ok {
+		return errors.New("this locker cannot renew")
+	}
+	return r.Renew(ctx, l, ttl)
+}
+
 func (t trackingLocker) Release(ctx context.Context, l *Lease) error {
 	defer func() {
 		t.mu.Lock()
