@@ -51,11 +51,14 @@ type LatencyCell struct {
 
 // HandoffCell: contended handoff with Waiters waiters on one key.
 type HandoffCell struct {
-	Via            string       `json:"via"`
-	Waiters        int          `json:"waiters"`
-	Grants         int64        `json:"grants"`
-	Handoffs       int64        `json:"handoffs"`
-	ReWins         int64        `json:"rewins"`
+	Via      string `json:"via"`
+	Waiters  int    `json:"waiters"`
+	Grants   int64  `json:"grants"`
+	Handoffs int64  `json:"handoffs"`
+	ReWins   int64  `json:"rewins"`
+	// EarlyGrants: grants to another client that returned before the
+	// previous holder sent its release: two holders at once.
+	EarlyGrants    int64        `json:"grants_before_release"`
 	Lat            *Percentiles `json:"handoff_latency,omitempty"`
 	FIFOViolations int64        `json:"fifo_violations"`
 	LongestWaitMs  float64      `json:"longest_wait_ms"`

@@ -174,7 +174,7 @@ func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar
 		for _, v := range vs {
 			r, err := measureHandoff(ctx, v.newClient, w, cfg.Duration, b.part(i, n))
 			i++
-			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins,
+			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins, EarlyGrants: r.EarlyGrants,
 				FIFOViolations: r.FIFOViolations, LongestWaitMs: ms64(r.LongestWait)}
 			if r.Hist != nil {
 				c.Lat, c.CDF = percentiles(r.Hist), cdf(r.Hist)

@@ -297,7 +297,7 @@ func latencySection(d *doc, ran []*harness.BackendRun) {
 
 func handoffSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Contended handoff")
-	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", harness.FIFOSlack)
+	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released; they are not handoffs and are not timed. Granted before release: a grant to another client that returned before the holder had sent its release — two holders at once, a mutual-exclusion violation (red), never a latency sample. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", harness.FIFOSlack)
 	for _, br := range ran {
 		if len(br.Handoff) == 0 {
 			continue
@@ -307,14 +307,14 @@ func handoffSection(d *doc, ran []*harness.BackendRun) {
 		var ss []series
 		for _, c := range br.Handoff {
 			if c.Lat == nil {
-				rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain(""), plain(""), plain(""), plain("")})
+				rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain(""), plain(""), plain(""), plain(""), earlyCell(c.EarlyGrants)})
 				continue
 			}
 			rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain(fmt.Sprint(c.Handoffs)), plain(fmtUS(c.Lat.P50)),
-				plain(fmtUS(c.Lat.P99)), plain(fmtUS(c.Lat.Max)), plain(fmt.Sprintf("%d of %d", c.ReWins, c.Grants)), plain(fmt.Sprint(c.FIFOViolations)), plain(fmtMS(c.LongestWaitMs))})
+				plain(fmtUS(c.Lat.P99)), plain(fmtUS(c.Lat.Max)), plain(fmt.Sprintf("%d of %d", c.ReWins, c.Grants)), plain(fmt.Sprint(c.FIFOViolations)), plain(fmtMS(c.LongestWaitMs)), earlyCell(c.EarlyGrants)})
 			ss = append(ss, series{Name: fmt.Sprintf("%s, %d w", c.Via, c.Waiters), Pts: c.CDF})
 		}
-		d.table([]string{"via", "waiters", "handoffs", "p50", "p99", "max", "re-wins", "FIFO violations", "longest wait"}, rows)
+		d.table([]string{"via", "waiters", "handoffs", "p50", "p99", "max", "re-wins", "FIFO violations", "longest wait", "granted before release"}, rows)
 		d.chart(chart{Title: br.Name + ": handoff latency CDF", XLabel: "handoff latency (µs, log scale)", YLabel: "fraction ≤ x", LogX: true, YMax: 1, Series: ss})
 	}
 }
@@ -602,4 +602,12 @@ func contains(xs []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// earlyCell shows grants that came before the release: any is a violation.
+func earlyCell(n int64) tcell {
+	if n > 0 {
+		return tcell{text: fmt.Sprintf("%d (violation)", n), class: "fail"}
+	}
+	return tcell{text: "0", class: "pass"}
 }
