@@ -149,6 +149,8 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 				t.Errorf("%s %s: no acquire attempted", br.Name, s)
 			case c.Fenced.Check.Result == "" || c.Unfenced.Check.Result == "":
 				t.Errorf("%s %s: history not checked", br.Name, s)
+			case len(c.Checks) != len(harness.CheckNames):
+				t.Errorf("%s %s: %d checks in the verdict, want %d", br.Name, s, len(c.Checks), len(harness.CheckNames))
 			}
 			if s == "nofault" && c != nil && c.Unmeasured == "" && !c.Pass {
 				t.Errorf("%s nofault (no fault injected) is not safe: %v", br.Name, c.Why)

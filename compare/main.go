@@ -46,11 +46,12 @@ func parseFlags(args []string, stderr io.Writer) (harness.Config, error) {
 	quick := fs.Bool("quick", false, "small sizes and short cells: the CI smoke run (under 3 minutes on 2 cores)")
 	out := fs.String("out", "compare-out", "directory for results.json, report.md and report.html")
 	noHTTP := fs.Bool("no-http", false, "drive lockd through the backend contract in process instead of its HTTP API (to separate HTTP's cost)")
+	skew := fs.Duration("max-clock-skew", harness.DefaultMaxClockSkew, "clock skew the deployments declare (as lockd's --max-clock-skew): a dead holder's lock must be free within TTL + this + 1s")
 	seed := fs.Uint64("seed", 0, "seed of the workloads' random choices (default: from the clock; printed in the report)")
 	if err := fs.Parse(args); err != nil {
 		return harness.Config{}, err
 	}
-	cfg := harness.Config{Duration: *duration, Quick: *quick, Out: *out, Seed: *seed, NoHTTP: *noHTTP}
+	cfg := harness.Config{Duration: *duration, Quick: *quick, Out: *out, Seed: *seed, NoHTTP: *noHTTP, MaxClockSkew: *skew}
 	if cfg.Duration == 0 {
 		cfg.Duration = 6 * time.Second
 		if cfg.Quick {

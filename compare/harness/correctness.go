@@ -97,6 +97,10 @@ type workloadResult struct {
 	// TokenRegressions counts grants whose token was not above every token
 	// granted before them (in the order the grants returned).
 	TokenRegressions int64
+	// FIFOViolations counts grants that overtook an earlier waiter.
+	FIFOViolations int64
+	FIFOWorst      time.Duration
+	FirstFIFO      string
 }
 
 const overrunSlack = time.Second
@@ -261,6 +265,7 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 	res.TimeToFree = timesToFree(res.History, res.Deaths)
 	res.StalledHandoffs = stalledAfter(res.History, vanishTimes, w.TTL/2)
 	res.TokenRegressions = tokenRegressions(res.History)
+	res.FIFOViolations, res.FIFOWorst, res.FirstFIFO = fifoViolations(res.History, w.Wait, fifoCheckSlack)
 	return res
 }
 

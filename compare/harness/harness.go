@@ -37,6 +37,9 @@ type Config struct {
 	Out       string // where compare.log goes
 	Seed      uint64
 	NoHTTP    bool
+	// MaxClockSkew is the clock skew the deployments declare (lockd's
+	// --max-clock-skew); zero means DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
 }
 
 // ScenarioNames are every scenario, in the report's order.
@@ -91,9 +94,13 @@ func Run(ctx context.Context, cfg Config, stderr io.Writer) (*Results, error) {
 		defer func() { lockdHandler = saved }()
 	}
 
+	if cfg.MaxClockSkew <= 0 {
+		cfg.MaxClockSkew = DefaultMaxClockSkew
+	}
 	sz := SizesFor(cfg)
 	res := &Results{Started: time.Now(), Machine: machine(), GoVersion: runtime.Version(), Seed: cfg.Seed,
-		Duration: cfg.Duration.String(), Quick: cfg.Quick, Lockd: ViaLockd(), Scenarios: cfg.Scenarios, Scaled: sz.Scaled}
+		Duration: cfg.Duration.String(), Quick: cfg.Quick, Lockd: ViaLockd(), Scenarios: cfg.Scenarios, Scaled: sz.Scaled,
+		MaxClockSkew: cfg.MaxClockSkew.String()}
 	fmt.Fprintf(stderr, "compare: backends %s; scenarios %s; %s per cell; seed %d; lockd driven as %s\n",
 		strings.Join(cfg.Backends, ","), strings.Join(cfg.Scenarios, ","), cfg.Duration, cfg.Seed, ViaLockd())
 	for _, t := range targets() {
@@ -135,7 +142,7 @@ func SizesFor(cfg Config) Sizes {
 		ScalePolls:     10000,
 		ScaleBudget:    60 * time.Second,
 		Correct: CorrectnessConfig{Clients: 5, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
-			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second},
+			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second, MaxClockSkew: cfg.MaxClockSkew},
 	}
 	if cfg.Quick {
 		s.HandoffWaiters = []int{1, 10}
@@ -144,7 +151,7 @@ func SizesFor(cfg Config) Sizes {
 		s.RTSamples = 30
 		s.ScaleLeases, s.ScalePolls, s.ScaleBudget = 2000, 200, 10*time.Second
 		s.Correct = CorrectnessConfig{Clients: 4, TTL: 300 * time.Millisecond, Wait: 600 * time.Millisecond, Hold: time.Millisecond,
-			Duration: max(cfg.Duration*5/2, 2500*time.Millisecond), Seed: cfg.Seed, CheckFor: 10 * time.Second}
+			Duration: max(cfg.Duration*5/2, 2500*time.Millisecond), Seed: cfg.Seed, CheckFor: 10 * time.Second, MaxClockSkew: cfg.MaxClockSkew}
 		s.Scaled = []string{
 			"handoff: 1 and 10 waiters (full run: 1, 10, 100)",
 			"throughput: 1 and 16 clients over 1 and 100 keys, (full run: 1..256 clients over 1, 100, 10,000 keys)",

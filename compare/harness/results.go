@@ -1,24 +1,26 @@
 package harness
 
 import (
-	"fmt"
 	"strings"
 	"time"
 )
 
 // Results is everything one run measured; results.json is this value.
 type Results struct {
-	Started   time.Time     `json:"started"`
-	Finished  time.Time     `json:"finished"`
-	Machine   Machine       `json:"machine"`
-	GoVersion string        `json:"go_version"`
-	Seed      uint64        `json:"seed"`
-	Duration  string        `json:"duration_per_cell"`
-	Quick     bool          `json:"quick"`
-	Lockd     string        `json:"lockd_driven_as"`
-	Scenarios []string      `json:"scenarios"`
-	Scaled    []string      `json:"scaled_down,omitempty"`
-	Backends  []*BackendRun `json:"backends"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished"`
+	Machine   Machine   `json:"machine"`
+	GoVersion string    `json:"go_version"`
+	Seed      uint64    `json:"seed"`
+	Duration  string    `json:"duration_per_cell"`
+	Quick     bool      `json:"quick"`
+	Lockd     string    `json:"lockd_driven_as"`
+	Scenarios []string  `json:"scenarios"`
+	Scaled    []string  `json:"scaled_down,omitempty"`
+	// MaxClockSkew is the clock skew the checks allowed (declared, not
+	// injected).
+	MaxClockSkew string        `json:"max_clock_skew"`
+	Backends     []*BackendRun `json:"backends"`
 }
 
 // BackendRun is one column: everything measured on one backend.
@@ -130,13 +132,23 @@ type CorrectnessCell struct {
 	Fenced   ModeResult `json:"fenced"`
 	Unfenced ModeResult `json:"unfenced"`
 
+	// FIFOViolations: grants that overtook a waiter that had asked more
+	// than fifoCheckSlack earlier; FIFOWorstMs is the largest such lead.
+	FIFOViolations int64   `json:"fifo_violations"`
+	FIFOWorstMs    float64 `json:"fifo_worst_lead_ms,omitempty"`
+	FirstFIFO      string  `json:"first_fifo_violation,omitempty"`
+
+	// Checks is the verdict: every named check with its threshold. Pass is
+	// true only when every check that applies passed; Why lists the ones
+	// that failed and by how much.
+	Checks     []Check  `json:"checks"`
 	Pass       bool     `json:"pass"`
 	Why        []string `json:"why,omitempty"`
 	Events     []string `json:"events,omitempty"`
 	Unmeasured string   `json:"unmeasured,omitempty"`
 }
 
-func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig) {
+func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig, in checkInputs) {
 	c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished = r.Attempts, r.Granted, r.TimedOut, r.Errors, r.Vanished
 	if r.Attempts > 0 {
 		c.Availability = float64(r.Granted) / float64(r.Attempts)
@@ -151,32 +163,14 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig) {
 	c.StalledVanish = r.StalledHandoffs
 	c.Overran, c.LongestCallMs = r.Overran, ms64(r.LongestCall)
 	c.TokenRegressions = r.TokenRegressions
+	c.FIFOViolations, c.FIFOWorstMs, c.FirstFIFO = r.FIFOViolations, ms64(r.FIFOWorst), r.FirstFIFO
 	mode := func(s registerStats, fenced bool) ModeResult {
 		return ModeResult{Writes: s.Accepted, StaleRejected: s.StaleRejected, StaleAccepted: s.StaleAccepted,
 			LostIncrements: s.LostIncrements, Check: checkHistory(r.History, fenced, r.Started, cfg.CheckFor)}
 	}
 	c.Fenced, c.Unfenced = mode(r.Fenced, true), mode(r.Unfenced, false)
 
-	// The verdict is about safety with fencing, plus progress at all.
-	if c.TokenRegressions > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d grants with a fencing token not above an earlier one", c.TokenRegressions))
-	}
-	if c.Overlaps > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d mutual-exclusion violations (both leases unexpired)", c.Overlaps))
-	}
-	if c.Fenced.StaleAccepted > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d stale writes accepted with fencing", c.Fenced.StaleAccepted))
-	}
-	if c.Fenced.LostIncrements > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d increments lost with fencing", c.Fenced.LostIncrements))
-	}
-	if c.Fenced.Check.Result != "linearizable" {
-		c.Why = append(c.Why, "fenced history "+c.Fenced.Check.Result)
-	}
-	if c.Granted == 0 {
-		c.Why = append(c.Why, "no acquire was granted in the whole run")
-	}
-	c.Pass = len(c.Why) == 0
+	evalChecks(c, in)
 }
 
 // LatencyOf is the uncontended latency measured via via, or nil.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -93,7 +94,7 @@ func cellStatus(c CorrectnessCell) string {
 	}
 	verdict := "PASS"
 	if !c.Pass {
-		verdict = "FAIL"
+		verdict = "FAIL (" + strings.Join(c.Why, "; ") + ")"
 	}
 	return fmt.Sprintf("%s: %d grants, availability %.1f%%, ME violations %d, fenced stale rejected %d, unfenced stale accepted %d, unfenced lost %d, fenced check %s",
 		verdict, c.Granted, 100*c.Availability, c.Overlaps, c.Fenced.StaleRejected, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements, c.Fenced.Check.Result)

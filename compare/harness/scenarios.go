@@ -53,6 +53,17 @@ type CorrectnessConfig struct {
 	Duration time.Duration
 	Seed     uint64
 	CheckFor time.Duration // porcupine's time limit
+	// MaxClockSkew is the skew the deployment declares between its
+	// machines' clocks; a dead holder's lock must be free within TTL + it
+	// + 1 s. Zero means DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
+}
+
+func (c CorrectnessConfig) skew() time.Duration {
+	if c.MaxClockSkew > 0 {
+		return c.MaxClockSkew
+	}
+	return DefaultMaxClockSkew
 }
 
 // timeline records when the scenario did what, for the report.
@@ -141,6 +152,14 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 	w.locker = func(c int) Locker { return lockers[c].Load().l }
 	var deaths []death
 	var deathsMu sync.Mutex
+	// window is how long the fault kept the store out of reach, as it
+	// happened: kill to serving again, cut to healed.
+	var window struct {
+		sync.Mutex
+		from, to time.Time
+	}
+	windowFrom := func() { window.Lock(); window.from = time.Now(); window.Unlock() }
+	windowTo := func() { window.Lock(); window.to = time.Now(); window.Unlock() }
 	tl := &timeline{}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -207,6 +226,7 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 				return
 			}
 			tl.add("killing member %d", victim)
+			windowFrom()
 			if err := d.kill(victim); err != nil {
 				tl.add("kill member %d failed: %v", victim, err)
 				return
@@ -217,6 +237,7 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 				tl.add("restart member %d failed: %v", victim, err)
 				return
 			}
+			windowTo()
 			tl.add("member %d serving again", victim)
 		}()
 	case "partition":
@@ -236,10 +257,12 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 				tl.add("%v", err)
 				return
 			}
+			windowFrom()
 			tl.add("network cut (timeout toxic 0) for %s", cut)
 		})
 		at(runCtx, &faults, 2*spike+cut, func() {
 			px.remove("cut")
+			windowTo()
 			tl.add("network healed")
 		})
 	}
@@ -256,8 +279,19 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 	res.Deaths = append(res.Deaths, deaths...)
 	res.TimeToFree = timesToFree(res.History, res.Deaths)
 
+	in := checkInputs{TTL: cfg.TTL, Wait: cfg.Wait, Skew: cfg.skew(), NoFIFO: d.noFIFO}
+	window.Lock()
+	if !window.from.IsZero() {
+		to := window.to
+		if to.IsZero() { // never healed or restarted: the window ran to the end
+			to = res.Ended
+		}
+		in.FaultWindow = to.Sub(window.from)
+	}
+	window.Unlock()
+	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs
-	cell.fill(res, cfg)
+	cell.fill(res, cfg, in)
 	return cell
 }
 
