@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lockd/lockd/compare/harness"
 )
@@ -191,5 +192,18 @@ func checkFinite(t *testing.T, path string, v reflect.Value) {
 		if f := v.Float(); math.IsNaN(f) || math.IsInf(f, 0) {
 			t.Errorf("%s = %v", path, f)
 		}
+	}
+}
+
+func TestMaxClockSkewFlag(t *testing.T) {
+	cfg, err := parseFlags([]string{"-max-clock-skew", "2500ms"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxClockSkew != 2500*time.Millisecond {
+		t.Errorf("-max-clock-skew 2500ms: got %s", cfg.MaxClockSkew)
+	}
+	if cfg, _ := parseFlags(nil, io.Discard); cfg.MaxClockSkew != harness.DefaultMaxClockSkew {
+		t.Errorf("default skew %s, want %s", cfg.MaxClockSkew, harness.DefaultMaxClockSkew)
 	}
 }
