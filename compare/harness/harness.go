@@ -4,10 +4,8 @@
 // renders nothing (compare/report does).
 //
 // Every lockd number is taken through the backend contract, driven either
-// over lockd's HTTP API or in process. The workloads speak Locker, a
-// two-method subset, only because the direct client libraries (etcd
-// concurrency.Mutex, zk.Lock, redsync, SET NX) cannot implement the whole
-// contract (no renew with a token, no inspection); see locker.go.
+// over lockd's HTTP API or in process. The workloads speak Locker, for the
+// reason given on it (the direct client libraries).
 //
 // It must never report a number it did not measure in the run: a cell that
 // could not be measured says why.
