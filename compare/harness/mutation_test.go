@@ -22,10 +22,13 @@ import (
 // queue); those checks are listed as allowed. Every other check must stay
 // green, and the unbroken backend must be green everywhere.
 
-// mutationConfig is the quick run's correctness size.
+// mutationConfig is the full run's correctness size (TTL 1 s, wait 2 s)
+// in shorter cells: with the quick run's 300 ms TTL, an unbroken backend
+// under -race on a loaded 2-core machine timed out a waiter now and then,
+// and one timeout in a few dozen acquires is already 5 %.
 func mutationConfig() CorrectnessConfig {
-	return CorrectnessConfig{Clients: 4, TTL: 300 * time.Millisecond, Wait: 600 * time.Millisecond, Hold: time.Millisecond,
-		Duration: 2500 * time.Millisecond, Seed: 7, CheckFor: 10 * time.Second}
+	return CorrectnessConfig{Clients: 4, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
+		Duration: 4 * time.Second, Seed: 7, CheckFor: 10 * time.Second}
 }
 
 func TestEveryCheckIsShownToFail(t *testing.T) {
@@ -45,13 +48,9 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 		{name: "unbroken pause", scenario: "pause"},
 		{
 			name: "grants twice", scenario: "nofault",
-			// Long critical sections, so that a twin grant finds the first
-			// holder still inside, often enough for both orders of their
-			// writes to happen.
-			cfg: func(c *CorrectnessConfig) {
-				c.Hold = 50 * time.Millisecond
-				c.Duration = 4 * time.Second
-			},
+			// Critical sections long enough that the two holders' writes
+			// come in both orders, many times.
+			cfg:  func(c *CorrectnessConfig) { c.Hold = 20 * time.Millisecond },
 			wrap: func(b backend.Backend) backend.Backend { return newDoubleGrant(b) },
 			want: []string{CheckMutualExclusion, CheckLinearizable, CheckStaleFenced, CheckLostIncrements},
 			// The twin's token comes from the same store's counter but may
@@ -84,10 +83,12 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 			name: "never frees a dead holder's lock", scenario: "pause",
 			// Long enough after the first stall (at a quarter) for the
 			// stuck lock to outlast TTL + skew + 1 s; longer critical
-			// sections so that the refused waits weigh in availability.
+			// sections and shorter waits so that the refused waits weigh in
+			// availability.
 			cfg: func(c *CorrectnessConfig) {
-				c.Duration = 5 * time.Second
-				c.Hold = 20 * time.Millisecond
+				c.Duration = 8 * time.Second
+				c.Hold = 50 * time.Millisecond
+				c.Wait = time.Second
 			},
 			wrap: func(b backend.Backend) backend.Backend { return newNeverFrees(b) },
 			want: []string{CheckTimeToFree, CheckAvailability, CheckOutage},
@@ -162,8 +163,9 @@ func describeChecks(c CorrectnessCell) string {
 }
 
 // doubleGrant grants a key a second time while a grant of it is out: the
-// acquire gets a twin lock on a shadow key of the same store, so its token
-// is a real one from the store's counter.
+// acquire queues for a twin lock on a shadow key of the same store instead,
+// so its token is a real one from the store's counter, and two holders are
+// inside at once most of the time.
 type doubleGrant struct {
 	backend.Backend
 	mu    sync.Mutex
@@ -181,7 +183,7 @@ func (m *doubleGrant) Acquire(ctx context.Context, req backend.AcquireRequest) (
 	m.mu.Unlock()
 	if busy {
 		twin := req
-		twin.Key, twin.Wait = req.Key+"-twin", 0
+		twin.Key = req.Key + "-twin"
 		if g, err := m.Backend.Acquire(ctx, twin); err == nil {
 			m.mu.Lock()
 			m.twins[g.LeaseID] = true
@@ -271,22 +273,22 @@ type ignoresFIFO struct {
 
 func (m *ignoresFIFO) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
 	if req.Wait > 0 && m.n.Add(1)%4 == 0 {
-		sleepCtx(ctx, 400*time.Millisecond)
+		sleepCtx(ctx, 700*time.Millisecond)
 	}
 	return m.Backend.Acquire(ctx, req)
 }
 
-// stallsPastWait answers two acquires only well after their wait ran out,
-// and then refuses them.
+// stallsPastWait sits on two acquires until well after their wait ran out
+// before it queues them (so they are still granted, and availability is
+// not what turns red).
 type stallsPastWait struct {
 	backend.Backend
 	n atomic.Int64
 }
 
 func (m *stallsPastWait) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
-	if k := m.n.Add(1); k == 5 || k == 20 {
+	if k := m.n.Add(1); k == 3 || k == 8 {
 		sleepCtx(ctx, req.Wait+overrunSlack+500*time.Millisecond)
-		return backend.Grant{}, &backend.HeldError{Key: req.Key}
 	}
 	return m.Backend.Acquire(ctx, req)
 }

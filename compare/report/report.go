@@ -454,7 +454,7 @@ func correctnessSection(d *doc, ran []*harness.BackendRun) {
 			}
 			rows = append(rows, []tcell{plain(c.Scenario), plain(fmt.Sprintf(
 				"%d attempts, %d granted, %d timed out, %d failed, %d vanished; availability %.1f%%; longest outage %s; free after holder death %s\n"+
-					"ME violations %d (overlaps after the holder's lease ran out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
+					"ME violations %d (overlaps in which a lease had run out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
 					"tokens not above an earlier grant's: %d\n"+
 					"fenced: %d writes, %d stale refused, %d stale accepted, %d lost; check %s (%d ops)\n"+
 					"unfenced: %d writes, %d stale accepted, %d lost; check %s",
