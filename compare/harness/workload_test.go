@@ -24,9 +24,10 @@ func etcdDeployment(t *testing.T) *deployment {
 // successful acquire or renew was sent, to check the client against.
 type slowReplies struct {
 	Locker
-	delay time.Duration
-	n     int
-	sends []time.Time
+	delay  time.Duration
+	n      int
+	sends  []time.Time
+	renews int
 }
 
 func (s *slowReplies) Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error) {
@@ -46,6 +47,7 @@ func (s *slowReplies) Renew(ctx context.Context, l *Lease, ttl time.Duration) er
 	err := s.Locker.(renewer).Renew(ctx, l, ttl)
 	if err == nil {
 		s.sends = append(s.sends, sent)
+		s.renews++
 	}
 	return err
 }
@@ -99,5 +101,25 @@ func TestWorkloadNeverUsesAnExpiredLease(t *testing.T) {
 	}
 	if res.Granted < 4 {
 		t.Fatalf("only %d grants; the run did not exercise slow replies", res.Granted)
+	}
+}
+
+// TestWorkloadRenewsAfterALongWait: a grant that arrives with half its TTL
+// left is renewed at once, as client.AcquireLease does, and then used with
+// the renew's deadline. Before, the workload never renewed.
+func TestWorkloadRenewsAfterALongWait(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	res, lockers := runSlow(t, ttl/2)
+	renews := 0
+	for _, l := range lockers {
+		renews += l.renews
+	}
+	if renews == 0 {
+		t.Errorf("no renew after %d grants, half of them delivered with half the TTL left", res.Granted)
+	}
+	for _, op := range res.History {
+		if op.Kind == opRMW && !op.Call.Before(lockers[op.Client].deadlineAt(op.Call, ttl)) {
+			t.Errorf("client %d started a critical section past its deadline", op.Client)
+		}
 	}
 }
