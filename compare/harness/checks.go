@@ -41,6 +41,13 @@ const DefaultMaxClockSkew = time.Second
 // this is not caught.
 const fifoCheckSlack = 250 * time.Millisecond
 
+// maxFIFOShare: even beyond the slack, a request can be that late on a
+// loaded machine (the unbroken backend once passed over a waiter by 281 ms
+// while the quick run shared the CPUs), so the check allows this share of
+// grants to overtake a waiter. A backend that ignores arrival order does so
+// for far more (half the grants in the mutation test).
+const maxFIFOShare = 0.05
+
 // Check is one named check of a cell.
 type Check struct {
 	Name      string `json:"name"`
@@ -98,8 +105,9 @@ func evalChecks(c *CorrectnessCell, in checkInputs) {
 	if c.Overran > 0 {
 		checks[len(checks)-1].Got += fmt.Sprintf(" (longest call %s, wait %s)", fmtDur(c.LongestCallMs), in.Wait)
 	}
-	fifo := Check{Name: CheckFIFO, Threshold: fmt.Sprintf("0 grants overtaking a waiter that asked > %s earlier", fifoCheckSlack),
-		Got: fmt.Sprintf("%d", c.FIFOViolations), Applies: in.NoFIFO == "", Pass: c.FIFOViolations == 0}
+	fifo := Check{Name: CheckFIFO, Threshold: fmt.Sprintf("≤ %.0f%% of grants overtaking a waiter that asked > %s earlier", 100*maxFIFOShare, fifoCheckSlack),
+		Got: fmt.Sprintf("%d of %d grants", c.FIFOViolations, c.Granted), Applies: in.NoFIFO == "",
+		Pass: float64(c.FIFOViolations) <= maxFIFOShare*float64(c.Granted)}
 	if c.FIFOViolations > 0 {
 		fifo.Got += fmt.Sprintf(" (worst by %s)", fmtDur(c.FIFOWorstMs))
 	}
