@@ -93,3 +93,21 @@ func TestFIFOCheckAllowsAFewLateRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestAvailabilitySetsOneRefusalAside: 14 of 15 is green (one honest
+// timeout in a small cell), 13 of 15 and 90 of 100 are red.
+func TestAvailabilitySetsOneRefusalAside(t *testing.T) {
+	for _, tc := range []struct {
+		granted, attempts int64
+		pass              bool
+	}{{14, 15, true}, {13, 15, false}, {95, 100, true}, {90, 100, false}, {0, 0, false}} {
+		c := CorrectnessCell{Attempts: tc.attempts, Granted: tc.granted, Fenced: ModeResult{Check: checkResult{Result: "linearizable"}}}
+		if tc.attempts > 0 {
+			c.Availability = float64(tc.granted) / float64(tc.attempts)
+		}
+		evalChecks(&c, checkInputs{TTL: time.Second, Wait: 2 * time.Second, Skew: time.Second})
+		if got := c.CheckOf(CheckAvailability).Pass; got != tc.pass {
+			t.Errorf("%d of %d granted: pass = %v, want %v", tc.granted, tc.attempts, got, tc.pass)
+		}
+	}
+}

@@ -170,16 +170,23 @@ type doubleGrant struct {
 	backend.Backend
 	mu    sync.Mutex
 	out   map[string]int  // key → grants handed out and not released
+	asked map[string]int  // key → acquires of the real key not answered yet
 	twins map[string]bool // lease id → granted on the shadow key
 }
 
 func newDoubleGrant(b backend.Backend) *doubleGrant {
-	return &doubleGrant{Backend: b, out: map[string]int{}, twins: map[string]bool{}}
+	return &doubleGrant{Backend: b, out: map[string]int{}, asked: map[string]int{}, twins: map[string]bool{}}
 }
 
 func (m *doubleGrant) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	// Busy when the real key is held or already asked for: counting only
+	// what is held missed every arrival that came just before a handoff
+	// returned, and on a quiet machine that was all of them.
 	m.mu.Lock()
-	busy := m.out[req.Key] > 0
+	busy := m.out[req.Key] > 0 || m.asked[req.Key] > 0
+	if !busy {
+		m.asked[req.Key]++
+	}
 	m.mu.Unlock()
 	if busy {
 		twin := req
@@ -194,11 +201,14 @@ func (m *doubleGrant) Acquire(ctx context.Context, req backend.AcquireRequest) (
 		}
 	}
 	g, err := m.Backend.Acquire(ctx, req)
-	if err == nil {
-		m.mu.Lock()
-		m.out[req.Key]++
-		m.mu.Unlock()
+	m.mu.Lock()
+	if !busy {
+		m.asked[req.Key]--
 	}
+	if err == nil {
+		m.out[req.Key]++
+	}
+	m.mu.Unlock()
 	return g, err
 }
 
