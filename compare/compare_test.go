@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lockd/lockd/compare/harness"
 )
 
 // TestQuickRun runs `compare -quick` on every backend whose server is here,
@@ -26,7 +28,7 @@ func TestQuickRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := compare(t.Context(), cfg, &progress)
+	res, err := harness.Run(t.Context(), cfg, &progress)
 	if err != nil {
 		t.Fatalf("compare: %v\nprogress:\n%s", err, progress.String())
 	}
@@ -48,7 +50,7 @@ func TestQuickRun(t *testing.T) {
 			continue
 		}
 		ran++
-		checkCells(t, br, cfg, sizesFor(cfg))
+		checkCells(t, br, cfg, harness.SizesFor(cfg))
 	}
 	if ran == 0 {
 		t.Skip("no backend's server is installed here")
@@ -64,7 +66,7 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("%s mentions NaN", name)
 		}
 	}
-	var back Results
+	var back harness.Results
 	b, _ := os.ReadFile(filepath.Join(out, "results.json"))
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Errorf("results.json does not decode: %v", err)
@@ -81,7 +83,7 @@ func TestQuickRun(t *testing.T) {
 }
 
 // checkCells: every requested cell exists, and is measured or says why.
-func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
+func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz harness.Sizes) {
 	t.Helper()
 	nVias := 1 + len(directsOf(br))
 	for _, s := range cfg.Scenarios {
@@ -98,11 +100,11 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 					t.Errorf("%s latency %s: percentiles out of order: %+v", br.Name, c.Via, *c.Lat)
 				}
 			}
-			if l := findLatency(br, res0Via(br)); l == nil && br.LockdMissing == "" {
+			if l := br.LatencyOf(br.LockdVia()); l == nil && br.LockdMissing == "" {
 				t.Errorf("%s: lockd's uncontended latency was not measured", br.Name)
 			}
 		case "handoff":
-			if want := nVias * len(sz.handoffWaiters); len(br.Handoff) != want {
+			if want := nVias * len(sz.HandoffWaiters); len(br.Handoff) != want {
 				t.Errorf("%s handoff: got %d cells, want %d", br.Name, len(br.Handoff), want)
 			}
 			for _, c := range br.Handoff {
@@ -111,7 +113,7 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 				}
 			}
 		case "throughput":
-			if want := min(nVias, 1+sz.tputDirects) * len(sz.tputClients) * len(sz.tputKeys); len(br.Throughput) != want {
+			if want := min(nVias, 1+sz.TputDirects) * len(sz.TputClients) * len(sz.TputKeys); len(br.Throughput) != want {
 				t.Errorf("%s throughput: got %d cells, want %d", br.Name, len(br.Throughput), want)
 			}
 			for _, c := range br.Throughput {
@@ -138,7 +140,7 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 				}
 			}
 		default:
-			c := correctnessCell(br, s)
+			c := br.CorrectnessOf(s)
 			switch {
 			case c == nil:
 				t.Errorf("%s %s: no cell", br.Name, s)
@@ -148,6 +150,8 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 				t.Errorf("%s %s: no acquire attempted", br.Name, s)
 			case c.Fenced.Check.Result == "" || c.Unfenced.Check.Result == "":
 				t.Errorf("%s %s: history not checked", br.Name, s)
+			case len(c.Checks) != len(harness.CheckNames):
+				t.Errorf("%s %s: %d checks in the verdict, want %d", br.Name, s, len(c.Checks), len(harness.CheckNames))
 			}
 			if s == "nofault" && c != nil && c.Unmeasured == "" && !c.Pass {
 				t.Errorf("%s nofault (no fault injected) is not safe: %v", br.Name, c.Why)
@@ -156,7 +160,7 @@ func checkCells(t *testing.T, br *BackendRun, cfg config, sz sizes) {
 	}
 }
 
-func directsOf(br *BackendRun) []string {
+func directsOf(br *harness.BackendRun) []string {
 	var ds []string
 	for _, c := range br.Latency {
 		if !strings.HasPrefix(c.Via, "lockd") {
@@ -191,84 +195,15 @@ func checkFinite(t *testing.T, path string, v reflect.Value) {
 	}
 }
 
-func TestRegisterFencing(t *testing.T) {
-	now := time.Now()
-	later := now.Add(time.Hour)
-	r := newRegister(true)
-	v := r.read(1, later, now)
-	if ok, _ := r.write(1, 10, v, now); !ok {
-		t.Fatalf("first write with token 10 refused")
+func TestMaxClockSkewFlag(t *testing.T) {
+	cfg, err := parseFlags([]string{"-max-clock-skew", "2500ms"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
 	}
-	v = r.read(2, later, now)
-	if ok, stale := r.write(2, 9, v, now); ok || !stale {
-		t.Errorf("write with token 9 after 10: accepted=%v stale=%v, want refused and stale", ok, stale)
+	if cfg.MaxClockSkew != 2500*time.Millisecond {
+		t.Errorf("-max-clock-skew 2500ms: got %s", cfg.MaxClockSkew)
 	}
-	u := newRegister(false)
-	u.write(1, 10, u.read(1, later, now), now)
-	if ok, stale := u.write(2, 9, u.read(2, later, now), now); !ok || !stale {
-		t.Errorf("unfenced write with token 9 after 10: accepted=%v stale=%v, want accepted and stale", ok, stale)
-	}
-	if got := u.stats().StaleAccepted; got != 1 {
-		t.Errorf("unfenced stale accepted = %d, want 1", got)
-	}
-}
-
-func TestRegisterCountsOverlapOnlyWhileBothLeasesLive(t *testing.T) {
-	now := time.Now()
-	r := newRegister(true)
-	r.read(1, now.Add(time.Second), now)
-	r.read(2, now.Add(time.Second), now) // both unexpired: a violation
-	r.abandon(1)
-	r.abandon(2)
-	r.read(3, now.Add(-time.Millisecond), now) // 3's lease already ran out
-	r.read(4, now.Add(time.Second), now)
-	st := r.stats()
-	if st.Overlaps != 1 || st.ExpiredOverlaps != 1 {
-		t.Errorf("overlaps = %d, expired overlaps = %d; want 1 and 1", st.Overlaps, st.ExpiredOverlaps)
-	}
-}
-
-// TestCheckerFindsLostUpdate: two critical sections that read the same value
-// cannot both be atomic; the checker must say so and show where.
-func TestCheckerFindsLostUpdate(t *testing.T) {
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	h := []histOp{
-		{Kind: opAcquire, Client: 0, Call: at(0), Return: at(1), Granted: true, Token: 1},
-		{Kind: opRMW, Client: 0, Call: at(2), Return: at(10), Token: 1, FRead: 0, URead: 0, FAccepted: true, UAccepted: true},
-		{Kind: opAcquire, Client: 1, Call: at(3), Return: at(4), Granted: true, Token: 2},
-		{Kind: opRMW, Client: 1, Call: at(5), Return: at(6), Token: 2, FRead: 0, URead: 0, FAccepted: true, UAccepted: true},
-	}
-	// Then client 0 writes again having read 0: the increments in between
-	// are lost, and no atomic order explains what it read.
-	h = append(h, histOp{Kind: opRMW, Client: 1, Call: at(11), Return: at(12), Token: 2, FRead: 1, URead: 1, FAccepted: true, UAccepted: true},
-		histOp{Kind: opRMW, Client: 0, Call: at(13), Return: at(14), Token: 1, FRead: 0, URead: 0, FAccepted: true, UAccepted: true})
-	got := checkHistory(h, false, t0, 5*time.Second)
-	if got.Result != "NOT linearizable" {
-		t.Fatalf("unfenced check = %q, want NOT linearizable", got.Result)
-	}
-	if !strings.Contains(got.FirstViolation, "none of these can come next") {
-		t.Errorf("first violation not shown:\n%s", got.FirstViolation)
-	}
-}
-
-func TestCheckerRefusedStaleWriteIsFine(t *testing.T) {
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	// Client 0 pauses across client 1's whole grant; its late write with the
-	// older token is refused by the fenced register: that is linearizable.
-	h := []histOp{
-		{Kind: opAcquire, Client: 0, Call: at(0), Return: at(1), Granted: true, Token: 5},
-		{Kind: opRMW, Client: 0, Call: at(2), Return: at(50), Token: 5, FRead: 0, FAccepted: false},
-		{Kind: opAcquire, Client: 1, Call: at(20), Return: at(21), Granted: true, Token: 6},
-		{Kind: opRMW, Client: 1, Call: at(22), Return: at(23), Token: 6, FRead: 0, FAccepted: true},
-	}
-	if got := checkHistory(h, true, t0, 5*time.Second); got.Result != "linearizable" {
-		t.Errorf("fenced check = %q, want linearizable\n%s", got.Result, got.FirstViolation)
-	}
-	// A grant with a token not above an earlier one is illegal.
-	h = append(h, histOp{Kind: opAcquire, Client: 2, Call: at(60), Return: at(61), Granted: true, Token: 4})
-	if got := checkHistory(h, true, t0, 5*time.Second); got.Result != "NOT linearizable" {
-		t.Errorf("token going backwards: check = %q, want NOT linearizable", got.Result)
+	if cfg, _ := parseFlags(nil, io.Discard); cfg.MaxClockSkew != harness.DefaultMaxClockSkew {
+		t.Errorf("default skew %s, want %s", cfg.MaxClockSkew, harness.DefaultMaxClockSkew)
 	}
 }

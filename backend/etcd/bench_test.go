@@ -23,13 +23,15 @@ type locker interface {
 
 // benchHandoff has two clients alternate on one lock: each release has the
 // other client queued, and the time from the release call to the other's
-// grant is one handoff.
+// grant is one handoff. A grant that goes back to the client that released
+// last (a re-win) is not a handoff and is not timed.
 func benchHandoff(b *testing.B, a, c locker) {
 	hist := hdrhistogram.New(1, int64(10*time.Second/time.Microsecond), 3)
 	var (
-		released atomic.Int64 // unix ns of the last release call; 0 before the first
-		left     atomic.Int64
 		mu       sync.Mutex
+		released time.Time // the last release call; zero before the first
+		releaser locker    // who made it
+		left     atomic.Int64
 		wg       sync.WaitGroup
 	)
 	left.Store(int64(b.N))
@@ -42,15 +44,17 @@ func benchHandoff(b *testing.B, a, c locker) {
 				left.Store(0)
 				return
 			}
-			if r := released.Load(); r != 0 {
-				mu.Lock()
-				_ = hist.RecordValue(time.Since(time.Unix(0, r)).Microseconds())
-				mu.Unlock()
+			mu.Lock()
+			if !released.IsZero() && releaser != l {
+				_ = hist.RecordValue(time.Since(released).Microseconds())
 				left.Add(-1)
 			}
+			mu.Unlock()
 			// Give the other client time to queue behind us.
 			time.Sleep(2 * time.Millisecond)
-			released.Store(time.Now().UnixNano())
+			mu.Lock()
+			released, releaser = time.Now(), l
+			mu.Unlock()
 			if err := l.unlock(ctx); err != nil {
 				b.Error(err)
 				left.Store(0)

@@ -1,6 +1,13 @@
-package main
+// Package report renders compare's Results as Markdown and as one
+// self-contained HTML file with SVG charts. Every number and every
+// correctness verdict (the check table) comes from compare/harness; the
+// report never turns a red check green. It only compares the performance
+// targets of issue 5 with the measured numbers.
+package report
 
 import (
+	"github.com/lockd/lockd/compare/harness"
+
 	"fmt"
 	"sort"
 	"strings"
@@ -13,31 +20,13 @@ type targetSpec struct {
 	What    string
 	Limit   float64
 	Unit    string
-	measure func(br *BackendRun) (float64, string, bool) // value, how it was computed, ok
-}
-
-func findLatency(br *BackendRun, via string) *Percentiles {
-	for _, c := range br.Latency {
-		if c.Via == via && c.Lat != nil {
-			return c.Lat
-		}
-	}
-	return nil
-}
-
-func findHandoff(br *BackendRun, via string, waiters int) *Percentiles {
-	for _, c := range br.Handoff {
-		if c.Via == via && c.Waiters == waiters && c.Lat != nil {
-			return c.Lat
-		}
-	}
-	return nil
+	measure func(br *harness.BackendRun) (float64, string, bool) // value, how it was computed, ok
 }
 
 func overheadTarget(backend, direct string, limit float64) targetSpec {
 	return targetSpec{Backend: backend, What: "lockd/" + direct + " uncontended p50", Limit: limit, Unit: "×",
-		measure: func(br *BackendRun) (float64, string, bool) {
-			l, d := findLatency(br, res0Via(br)), findLatency(br, direct)
+		measure: func(br *harness.BackendRun) (float64, string, bool) {
+			l, d := br.LatencyOf(br.LockdVia()), br.LatencyOf(direct)
 			if l == nil || d == nil {
 				return 0, "", false
 			}
@@ -45,42 +34,27 @@ func overheadTarget(backend, direct string, limit float64) targetSpec {
 		}}
 }
 
-// res0Via is how lockd was driven in the run that produced br.
-func res0Via(br *BackendRun) string {
-	for _, c := range br.Latency {
-		if strings.HasPrefix(c.Via, "lockd") {
-			return c.Via
-		}
-	}
-	for _, c := range br.Handoff {
-		if strings.HasPrefix(c.Via, "lockd") {
-			return c.Via
-		}
-	}
-	return viaLockd()
-}
-
 func targetSpecs() []targetSpec {
 	return []targetSpec{
 		overheadTarget("etcd", "concurrency.Mutex", 1.25),
 		overheadTarget("zk", "zk.Lock", 1.25),
 		overheadTarget("redis", "SET NX PX", 2),
-		{Backend: "redis", What: "handoff p50, 1 waiter", Limit: 1000, Unit: "µs", measure: func(br *BackendRun) (float64, string, bool) {
-			h := findHandoff(br, res0Via(br), 1)
+		{Backend: "redis", What: "handoff p50, 1 waiter", Limit: 1000, Unit: "µs", measure: func(br *harness.BackendRun) (float64, string, bool) {
+			h := br.HandoffOf(br.LockdVia(), 1)
 			if h == nil {
 				return 0, "", false
 			}
 			return h.P50, "", true
 		}},
-		{Backend: "etcd", What: "handoff p99, 1 waiter", Limit: 10000, Unit: "µs", measure: func(br *BackendRun) (float64, string, bool) {
-			h := findHandoff(br, res0Via(br), 1)
+		{Backend: "etcd", What: "handoff p99, 1 waiter", Limit: 10000, Unit: "µs", measure: func(br *harness.BackendRun) (float64, string, bool) {
+			h := br.HandoffOf(br.LockdVia(), 1)
 			if h == nil {
 				return 0, "", false
 			}
 			return h.P99, "", true
 		}},
-		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", measure: func(br *BackendRun) (float64, string, bool) {
-			l, d := findHandoff(br, res0Via(br), 1), findHandoff(br, "zk.Lock", 1)
+		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", measure: func(br *harness.BackendRun) (float64, string, bool) {
+			l, d := br.HandoffOf(br.LockdVia(), 1), br.HandoffOf("zk.Lock", 1)
 			if l == nil || d == nil {
 				return 0, "", false
 			}
@@ -107,10 +81,14 @@ func fmtTarget(v float64, unit string) string {
 	return fmt.Sprintf("%.2f%s", v, unit)
 }
 
-func markdownReport(r *Results) string { return buildReport(r).markdown() }
-func htmlReport(r *Results) string     { return buildReport(r).html() }
+// Markdown renders the report as Markdown.
+func Markdown(r *harness.Results) string { return buildReport(r).markdown() }
 
-func buildReport(r *Results) *doc {
+// HTML renders the report as one self-contained HTML file (inline CSS and
+// SVG; no script, no link).
+func HTML(r *harness.Results) string { return buildReport(r).html() }
+
+func buildReport(r *harness.Results) *doc {
 	d := &doc{}
 	d.h1("lockd backends compared")
 	mode := "full"
@@ -122,6 +100,7 @@ func buildReport(r *Results) *doc {
 		fmt.Sprintf("Machine: %s, %d cores, %s memory, %s", r.Machine.CPU, r.Machine.Cores, r.Machine.MemoryGB, r.Machine.OS),
 		fmt.Sprintf("Go: %s; seed %d; measuring time per cell %s", r.GoVersion, r.Seed, r.Duration),
 		fmt.Sprintf("lockd driven as: **%s**", r.Lockd),
+		fmt.Sprintf("Declared clock skew the checks allow: %s (declared, not injected)", r.MaxClockSkew),
 	}
 	for _, br := range r.Backends {
 		if br.Skipped != "" {
@@ -149,7 +128,7 @@ func buildReport(r *Results) *doc {
 	}
 	d.p("Numbers compare only within this run on this machine. Every number below was measured in this run; a cell that could not be measured says why.")
 
-	ran := []*BackendRun{}
+	ran := []*harness.BackendRun{}
 	for _, br := range r.Backends {
 		if br.Skipped == "" {
 			ran = append(ran, br)
@@ -170,26 +149,17 @@ func buildReport(r *Results) *doc {
 	)
 	d.h2("How each scenario works")
 	var items []string
-	for _, s := range allScenarios {
+	for _, s := range harness.Scenarios() {
 		if contains(r.Scenarios, s.Name) {
 			items = append(items, fmt.Sprintf("**%s** (`%s`): %s.", s.Title, s.Name, s.About))
 		}
 	}
 	d.list(items...)
-	d.p("Correctness workload: clients loop acquire (waiting) → read a counter → think (0..2 ms) → write counter+1 → release, on one key. Every critical section touches two registers at once: a fenced one that refuses a token lower than the highest it accepted, and an unfenced one that accepts everything, so one run measures both modes. A mutual-exclusion violation is a critical section entered while another client is inside its own and both leases are unexpired by their holders' own clocks (deadline = when the acquire was sent + TTL). The whole history is checked with porcupine against a fenced-mutex model (grants in real-time order carry increasing tokens; each critical section is one atomic read-modify-write; in fenced mode a refused write changes nothing); acquires that failed or timed out constrain nothing (unknown outcome).")
+	d.p("Correctness workload: clients loop acquire (waiting) → read a counter → think (0..2 ms) → write counter+1 → release, on one key. Every critical section touches two registers at once: a fenced one that refuses a token lower than the highest it accepted, and an unfenced one that accepts everything, so one run measures both modes. Clients behave as the real Go client does: a grant that arrives with less than two thirds of its TTL left (counted from the acquire's send) is renewed at once, and a lease past its deadline is never used to start or finish a critical section; only the pause fault can make a holder write late. A mutual-exclusion violation is a critical section entered while another client is inside its own and both leases are unexpired by their holders' own clocks (deadline = send time of the last successful acquire or renew + TTL); overlaps in which either lease had run out are counted apart (fencing is what protects the resource then). A write is stale when a later grant had already returned to another client. The whole history is checked with porcupine against a fenced-mutex model (grants in real-time order carry increasing tokens; each critical section is one atomic read-modify-write; in fenced mode a refused write changes nothing); acquires that failed or timed out constrain nothing (unknown outcome).")
 	return d
 }
 
-func correctnessCell(br *BackendRun, scen string) *CorrectnessCell {
-	for i := range br.Correctness {
-		if br.Correctness[i].Scenario == scen {
-			return &br.Correctness[i]
-		}
-	}
-	return nil
-}
-
-func verdicts(d *doc, r *Results, ran []*BackendRun) {
+func verdicts(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 	d.h2("Verdict")
 	if len(ran) == 0 {
 		d.p("No backend could run: nothing was measured.")
@@ -200,30 +170,27 @@ func verdicts(d *doc, r *Results, ran []*BackendRun) {
 		head = append(head, br.Name)
 	}
 	var rows [][]tcell
-	for _, s := range allScenarios {
+	for _, s := range harness.Scenarios() {
 		if s.Perf || !contains(r.Scenarios, s.Name) {
 			continue
 		}
 		row := []tcell{plain(s.Title)}
 		for _, br := range ran {
-			c := correctnessCell(br, s.Name)
+			c := br.CorrectnessOf(s.Name)
 			switch {
 			case c == nil:
 				row = append(row, plain("not run"))
 			case c.Unmeasured != "":
 				row = append(row, plain("not measured: "+c.Unmeasured))
 			default:
-				cls, v := "pass", "safe with fencing"
+				cls, v := "pass", fmt.Sprintf("all %d checks that apply green", applying(c))
 				if !c.Pass {
-					cls, v = "fail", "UNSAFE: "+strings.Join(c.Why, "; ")
+					cls, v = "fail", "RED: "+strings.Join(c.Why, "; ")
 				}
-				txt := fmt.Sprintf("%s\navailability %.1f%%, longest outage %s\nME violations %d; fenced: %d stale refused\nunfenced: %d stale accepted, %d lost",
-					v, 100*c.Availability, fmtMS(c.LongestUnavailMs), c.Overlaps, c.Fenced.StaleRejected, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements)
+				txt := fmt.Sprintf("%s\navailability %.1f%%, longest outage %s\nME violations %d (overlaps with an expired lease %d); fenced: %d stale refused\nunfenced: %d stale accepted, %d lost",
+					v, 100*c.Availability, fmtMS(c.LongestUnavailMs), c.Overlaps, c.ExpiredOverlaps, c.Fenced.StaleRejected, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements)
 				if len(c.TimeToFreeMs) > 0 {
 					txt += fmt.Sprintf("\nfree after holder death: %s", fmtMSList(c.TimeToFreeMs))
-				}
-				if c.Overran > 0 {
-					txt += fmt.Sprintf("\n%d acquires overran their wait (longest %s)", c.Overran, fmtMS(c.LongestCallMs))
 				}
 				row = append(row, tcell{text: txt, class: cls})
 			}
@@ -258,8 +225,82 @@ func verdicts(d *doc, r *Results, ran []*BackendRun) {
 			rows = append(rows, row)
 		}
 	}
+	var early []tcell
+	anyHandoff := false
+	for _, br := range ran {
+		var n int64
+		for _, c := range br.Handoff {
+			n += c.EarlyGrants
+		}
+		if len(br.Handoff) > 0 {
+			anyHandoff = true
+			early = append(early, earlyCell(n))
+		} else {
+			early = append(early, plain("not run"))
+		}
+	}
+	if anyHandoff {
+		rows = append(rows, append([]tcell{plain("handoff: granted before the release was sent")}, early...))
+	}
 	d.table(head, rows)
-	d.p("Green: with fencing, no mutual-exclusion violation, no stale write accepted, no increment lost, and the history checks as linearizable. The unfenced numbers show what the same lock history would have done to a resource that does not check tokens.")
+	d.p("A correctness cell is green only when every check that applies is green (the check table below names each check, its threshold and what was measured); a red cell names the checks that failed and by how much. The unfenced numbers show what the same lock history would have done to a resource that does not check tokens.")
+	checkTableSection(d, r, ran)
+}
+
+func applying(c *harness.CorrectnessCell) int {
+	n := 0
+	for _, ch := range c.Checks {
+		if ch.Applies {
+			n++
+		}
+	}
+	return n
+}
+
+// checkTableSection shows, per backend, every named check of every
+// correctness scenario with its threshold.
+func checkTableSection(d *doc, r *harness.Results, ran []*harness.BackendRun) {
+	d.h3("Check table")
+	d.p("Each check is shown to fail: compare/harness's mutation tests wrap the real etcd backend in a broken one (grants twice, hands out a lower token, ignores FIFO, stalls past the wait, never frees a dead holder's lock) and assert that the matching check turns red. Thresholds: time to free and longest outage allow TTL + the declared clock skew + 1 s, plus the fault's own window where the store was out of reach.")
+	var scens []harness.Scenario
+	for _, s := range harness.Scenarios() {
+		if !s.Perf && contains(r.Scenarios, s.Name) {
+			scens = append(scens, s)
+		}
+	}
+	for _, br := range ran {
+		if len(br.Correctness) == 0 {
+			continue
+		}
+		head := []string{br.Name + ": check"}
+		for _, s := range scens {
+			head = append(head, s.Name)
+		}
+		var rows [][]tcell
+		for _, name := range harness.CheckNames {
+			row := []tcell{plain(name)}
+			for _, s := range scens {
+				c := br.CorrectnessOf(s.Name)
+				if c == nil || c.Unmeasured != "" {
+					row = append(row, plain("not measured"))
+					continue
+				}
+				ch := c.CheckOf(name)
+				switch {
+				case ch == nil:
+					row = append(row, plain("—"))
+				case !ch.Applies:
+					row = append(row, plain("n/a: "+ch.NotApplicable))
+				case ch.Pass:
+					row = append(row, tcell{text: ch.Got + "\n(" + ch.Threshold + ")", class: "pass"})
+				default:
+					row = append(row, tcell{text: ch.Got + "\n(" + ch.Threshold + ")", class: "fail"})
+				}
+			}
+			rows = append(rows, row)
+		}
+		d.table(head, rows)
+	}
 }
 
 func fmtMS(v float64) string { return fmtUS(v * 1000) }
@@ -272,11 +313,11 @@ func fmtMSList(vs []float64) string {
 	return strings.Join(s, ", ")
 }
 
-func targetsSection(d *doc, ran []*BackendRun) {
+func targetsSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Targets (issue 5)")
 	var items []string
 	for _, t := range targetSpecs() {
-		var br *BackendRun
+		var br *harness.BackendRun
 		for _, b := range ran {
 			if b.Name == t.Backend {
 				br = b
@@ -299,14 +340,14 @@ func targetsSection(d *doc, ran []*BackendRun) {
 	d.list(items...)
 }
 
-func latencySection(d *doc, ran []*BackendRun) {
+func latencySection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Uncontended acquire + release latency")
 	for _, br := range ran {
 		if len(br.Latency) == 0 {
 			continue
 		}
 		d.h3(br.Name)
-		lockd := findLatency(br, res0Via(br))
+		lockd := br.LatencyOf(br.LockdVia())
 		var rows [][]tcell
 		var ss []series
 		for _, c := range br.Latency {
@@ -327,9 +368,9 @@ func latencySection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func handoffSection(d *doc, ran []*BackendRun) {
+func handoffSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Contended handoff")
-	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", fifoSlack)
+	d.p("Handoff = from the moment a holder sends its release to the moment the next grant to a different client returns. Re-wins: grants that went straight back to the client that had just released; they are not handoffs and are not timed. Granted before release: a grant to another client that returned before the holder had sent its release — two holders at once, a mutual-exclusion violation (red), never a latency sample. FIFO violation: a grant to a client whose acquire was sent more than %s after that of a client still waiting.", harness.FIFOSlack)
 	for _, br := range ran {
 		if len(br.Handoff) == 0 {
 			continue
@@ -339,19 +380,19 @@ func handoffSection(d *doc, ran []*BackendRun) {
 		var ss []series
 		for _, c := range br.Handoff {
 			if c.Lat == nil {
-				rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain(""), plain(""), plain(""), plain("")})
+				rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain("not measured: " + c.Unmeasured), plain(""), plain(""), plain(""), plain(""), plain(""), plain(""), earlyCell(c.EarlyGrants)})
 				continue
 			}
 			rows = append(rows, []tcell{plain(c.Via), plain(fmt.Sprint(c.Waiters)), plain(fmt.Sprint(c.Handoffs)), plain(fmtUS(c.Lat.P50)),
-				plain(fmtUS(c.Lat.P99)), plain(fmtUS(c.Lat.Max)), plain(fmt.Sprintf("%d of %d", c.ReWins, c.Grants)), plain(fmt.Sprint(c.FIFOViolations)), plain(fmtMS(c.LongestWaitMs))})
+				plain(fmtUS(c.Lat.P99)), plain(fmtUS(c.Lat.Max)), plain(fmt.Sprintf("%d of %d", c.ReWins, c.Grants)), plain(fmt.Sprint(c.FIFOViolations)), plain(fmtMS(c.LongestWaitMs)), earlyCell(c.EarlyGrants)})
 			ss = append(ss, series{Name: fmt.Sprintf("%s, %d w", c.Via, c.Waiters), Pts: c.CDF})
 		}
-		d.table([]string{"via", "waiters", "handoffs", "p50", "p99", "max", "re-wins", "FIFO violations", "longest wait"}, rows)
+		d.table([]string{"via", "waiters", "handoffs", "p50", "p99", "max", "re-wins", "FIFO violations", "longest wait", "granted before release"}, rows)
 		d.chart(chart{Title: br.Name + ": handoff latency CDF", XLabel: "handoff latency (µs, log scale)", YLabel: "fraction ≤ x", LogX: true, YMax: 1, Series: ss})
 	}
 }
 
-func throughputSection(d *doc, ran []*BackendRun) {
+func throughputSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Throughput")
 	d.p("Through lockd and the first direct library of each backend. Closed loop: each client acquires (waiting up to 5 s) a key drawn at random among the keys, then releases it. CPU is this whole process's (getrusage) per 1,000 grants: load generator plus lockd, plus the embedded server for etcd; the direct rows show the same load generator without lockd, so the difference is lockd's share.")
 	for _, br := range ran {
@@ -394,7 +435,7 @@ func throughputSection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func correctnessSection(d *doc, ran []*BackendRun) {
+func correctnessSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Correctness details")
 	for _, br := range ran {
 		if len(br.Correctness) == 0 {
@@ -413,7 +454,7 @@ func correctnessSection(d *doc, ran []*BackendRun) {
 			}
 			rows = append(rows, []tcell{plain(c.Scenario), plain(fmt.Sprintf(
 				"%d attempts, %d granted, %d timed out, %d failed, %d vanished; availability %.1f%%; longest outage %s; free after holder death %s\n"+
-					"ME violations %d (overlaps after the holder's lease ran out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
+					"ME violations %d (overlaps in which a lease had run out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
 					"tokens not above an earlier grant's: %d\n"+
 					"fenced: %d writes, %d stale refused, %d stale accepted, %d lost; check %s (%d ops)\n"+
 					"unfenced: %d writes, %d stale accepted, %d lost; check %s",
@@ -432,6 +473,12 @@ func correctnessSection(d *doc, ran []*BackendRun) {
 			if c.FirstOverlap != "" {
 				lines = append(lines, "first mutual-exclusion violation: "+c.FirstOverlap)
 			}
+			if c.FirstFIFO != "" {
+				lines = append(lines, "first FIFO violation: "+c.FirstFIFO)
+			}
+			if c.Unconfirmed+c.Unused > 0 {
+				lines = append(lines, fmt.Sprintf("grants a careful client did not use: %d whose at-once renew after a long wait failed, %d whose deadline passed first", c.Unconfirmed, c.Unused))
+			}
 			if c.Fenced.Check.FirstViolation != "" {
 				lines = append(lines, "fenced history, first violating interleaving:\n"+c.Fenced.Check.FirstViolation)
 			}
@@ -448,7 +495,7 @@ func correctnessSection(d *doc, ran []*BackendRun) {
 
 // meaningSection states, backend by backend, only what the numbers above
 // show.
-func meaningSection(d *doc, ran []*BackendRun) {
+func meaningSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("What this means for choosing a backend")
 	if len(ran) == 0 {
 		d.p("Nothing ran, so nothing can be said.")
@@ -491,10 +538,10 @@ func meaningSection(d *doc, ran []*BackendRun) {
 	}
 	var lat, hand []rank
 	for _, br := range ran {
-		if l := findLatency(br, res0Via(br)); l != nil {
+		if l := br.LatencyOf(br.LockdVia()); l != nil {
 			lat = append(lat, rank{br.Name, l.P50})
 		}
-		if h := findHandoff(br, res0Via(br), 1); h != nil {
+		if h := br.HandoffOf(br.LockdVia(), 1); h != nil {
 			hand = append(hand, rank{br.Name, h.P50})
 		}
 	}
@@ -517,7 +564,7 @@ func meaningSection(d *doc, ran []*BackendRun) {
 		items = append(items, fmt.Sprintf("Handoff through lockd on %s, p50 with 1 waiter: %s.", hand[0].name, fmtUS(hand[0].v)))
 	}
 	for _, br := range ran {
-		l := findLatency(br, res0Via(br))
+		l := br.LatencyOf(br.LockdVia())
 		if l == nil {
 			continue
 		}
@@ -534,7 +581,7 @@ func meaningSection(d *doc, ran []*BackendRun) {
 			if c.Waiters != 1 || c.Lat == nil || strings.HasPrefix(c.Via, "lockd") {
 				continue
 			}
-			if h := findHandoff(br, res0Via(br), 1); h != nil {
+			if h := br.HandoffOf(br.LockdVia(), 1); h != nil {
 				items = append(items, fmt.Sprintf("On %s, handing the lock to a waiting client takes %s p50 / %s p99 through lockd and %s / %s with %s.", br.Name, fmtUS(h.P50), fmtUS(h.P99), fmtUS(c.Lat.P50), fmtUS(c.Lat.P99), c.Via))
 			}
 		}
@@ -576,7 +623,7 @@ func meaningSection(d *doc, ran []*BackendRun) {
 	d.list(items...)
 }
 
-func roundTripSection(d *doc, ran []*BackendRun) {
+func roundTripSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Store round trips per lock")
 	d.p("Requests sent to the store per uncontended acquire and per release, counted inside the real client, averaged over the samples. The floor for a safe lock is one linearizable write per acquire. Background traffic in the window (session pings, lease keep-alives) is included.")
 	for _, br := range ran {
@@ -601,9 +648,9 @@ func roundTripSection(d *doc, ran []*BackendRun) {
 	}
 }
 
-func scaleSection(d *doc, ran []*BackendRun) {
+func scaleSection(d *doc, ran []*harness.BackendRun) {
 	d.h2("Scale: memory")
-	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd); the peak is the highest sample (every 100 ms) during the step. A step stops early when the process passes %d MB (the machine is shared). Store memory is the resident set of the store's server processes.", memCap>>20)
+	d.p("Process memory is the Go heap and stacks in use in this process after a GC, minus the same before the step: lockd and the clients it serves together (and the embedded server for etcd); the peak is the highest sample (every 100 ms) during the step. A step stops early when the process passes %d MB (the machine is shared). Store memory is the resident set of the store's server processes.", harness.MemCap>>20)
 	var rows [][]tcell
 	for _, br := range ran {
 		for _, c := range br.Scale {
@@ -625,4 +672,21 @@ func scaleSection(d *doc, ran []*BackendRun) {
 	if len(rows) > 0 {
 		d.table([]string{"backend", "what", "reached", "process (lockd + clients)", "store RSS (change)", "note"}, rows)
 	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+// earlyCell shows grants that came before the release: any is a violation.
+func earlyCell(n int64) tcell {
+	if n > 0 {
+		return tcell{text: fmt.Sprintf("%d (violation)", n), class: "fail"}
+	}
+	return tcell{text: "0", class: "pass"}
 }

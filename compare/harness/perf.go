@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -107,6 +107,7 @@ type handoffResult struct {
 	Handoffs       int64
 	Grants         int64
 	ReWins         int64 // grants that went back to the client that had just released
+	EarlyGrants    int64 // grants that returned before the previous holder sent its release
 	FIFOViolations int64
 	LongestWait    time.Duration
 }
@@ -119,10 +120,10 @@ type grantEvent struct {
 	ReleaseSent time.Time
 }
 
-// fifoSlack: two acquires sent closer together than this have no arrival
+// FIFOSlack: two acquires sent closer together than this have no arrival
 // order a lock service could know of (one HTTP request may overtake another
 // on loopback); they are not counted as FIFO violations.
-const fifoSlack = time.Millisecond
+const FIFOSlack = time.Millisecond
 
 // measureHandoff: waiters+1 clients contend on one key; each releases at
 // once after its grant. Handoff = the release by one client → the next grant
@@ -170,7 +171,7 @@ func measureHandoff(ctx context.Context, newClient clientFactory, waiters int, d
 				delete(pending, i)
 				if err == nil {
 					for _, other := range pending {
-						if other.Before(called.Add(-fifoSlack)) {
+						if other.Before(called.Add(-FIFOSlack)) {
 							fifo++
 							break
 						}
@@ -203,25 +204,37 @@ func measureHandoff(ctx context.Context, newClient clientFactory, waiters int, d
 		}(i, c)
 	}
 	wg.Wait()
-	res := handoffResult{Hist: newHist(), FIFOViolations: fifo}
+	res := handoffsOf(events)
+	res.FIFOViolations = fifo
+	return res, firstErr
+}
+
+// handoffsOf reads the handoffs out of the grants of one contended run.
+func handoffsOf(events []grantEvent) handoffResult {
+	res := handoffResult{Hist: newHist()}
 	sort.Slice(events, func(i, j int) bool { return events[i].Granted.Before(events[j].Granted) })
 	res.Grants = int64(len(events))
 	for i, e := range events {
 		if w := e.Granted.Sub(e.Called); w > res.LongestWait {
 			res.LongestWait = w
 		}
-		if i+1 < len(events) && events[i+1].Client == e.Client {
-			res.ReWins++
+		if i+1 == len(events) {
+			break
 		}
-		for _, next := range events[i+1:] {
-			if next.Client != e.Client {
-				record(res.Hist, next.Granted.Sub(e.ReleaseSent))
-				res.Handoffs++
-				break
-			}
+		// Only the very next grant can be a handoff from e: a grant after a
+		// re-win is the re-winner's handoff, not e's.
+		switch next := events[i+1]; {
+		case next.Client == e.Client:
+			res.ReWins++
+		case next.Granted.Before(e.ReleaseSent):
+			// Granted to another while e still held the lock.
+			res.EarlyGrants++
+		default:
+			record(res.Hist, next.Granted.Sub(e.ReleaseSent))
+			res.Handoffs++
 		}
 	}
-	return res, firstErr
+	return res
 }
 
 // throughputResult of one closed-loop run.

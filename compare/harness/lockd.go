@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -24,7 +24,7 @@ var lockdHandler = func(b backend.Backend) http.Handler {
 var lockdLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // viaLockd names how lockd was driven in this build.
-func viaLockd() string {
+func ViaLockd() string {
 	if lockdHandler != nil {
 		return "lockd (HTTP)"
 	}

@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"github.com/lockd/lockd/backend"
 )
 
-// scenario is a row of the report.
-type scenario struct {
+// Scenario is a row of the report.
+type Scenario struct {
 	Name  string
 	Title string
 	Perf  bool
@@ -21,7 +21,7 @@ type scenario struct {
 	About string
 }
 
-var allScenarios = []scenario{
+var allScenarios = []Scenario{
 	{Name: "latency", Perf: true, Title: "Uncontended latency", About: "one client, single-try acquire + release on its own key, back to back"},
 	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
 	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
@@ -35,17 +35,17 @@ var allScenarios = []scenario{
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 
-func scenarioByName(name string) (scenario, bool) {
+func scenarioByName(name string) (Scenario, bool) {
 	for _, s := range allScenarios {
 		if s.Name == name {
 			return s, true
 		}
 	}
-	return scenario{}, false
+	return Scenario{}, false
 }
 
-// correctnessConfig sizes the correctness runs.
-type correctnessConfig struct {
+// CorrectnessConfig sizes the correctness runs.
+type CorrectnessConfig struct {
 	Clients  int
 	TTL      time.Duration
 	Wait     time.Duration
@@ -53,6 +53,17 @@ type correctnessConfig struct {
 	Duration time.Duration
 	Seed     uint64
 	CheckFor time.Duration // porcupine's time limit
+	// MaxClockSkew is the skew the deployment declares between its
+	// machines' clocks; a dead holder's lock must be free within TTL + it
+	// + 1 s. Zero means DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
+}
+
+func (c CorrectnessConfig) skew() time.Duration {
+	if c.MaxClockSkew > 0 {
+		return c.MaxClockSkew
+	}
+	return DefaultMaxClockSkew
 }
 
 // timeline records when the scenario did what, for the report.
@@ -84,7 +95,7 @@ func at(ctx context.Context, wg *sync.WaitGroup, offset time.Duration, f func())
 }
 
 // runCorrectness runs one correctness scenario against d.
-func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correctnessConfig, progress func(float64)) CorrectnessCell {
+func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64)) CorrectnessCell {
 	cell := CorrectnessCell{Scenario: sc.Name, Clients: cfg.Clients, TTLms: ms64(cfg.TTL), WaitMs: ms64(cfg.Wait), DurationS: cfg.Duration.Seconds()}
 	addrs := d.Addrs
 	var px *proxies
@@ -141,6 +152,14 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 	w.locker = func(c int) Locker { return lockers[c].Load().l }
 	var deaths []death
 	var deathsMu sync.Mutex
+	// window is how long the fault kept the store out of reach, as it
+	// happened: kill to serving again, cut to healed.
+	var window struct {
+		sync.Mutex
+		from, to time.Time
+	}
+	windowFrom := func() { window.Lock(); window.from = time.Now(); window.Unlock() }
+	windowTo := func() { window.Lock(); window.to = time.Now(); window.Unlock() }
 	tl := &timeline{}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -207,6 +226,7 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 				return
 			}
 			tl.add("killing member %d", victim)
+			windowFrom()
 			if err := d.kill(victim); err != nil {
 				tl.add("kill member %d failed: %v", victim, err)
 				return
@@ -217,6 +237,7 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 				tl.add("restart member %d failed: %v", victim, err)
 				return
 			}
+			windowTo()
 			tl.add("member %d serving again", victim)
 		}()
 	case "partition":
@@ -236,10 +257,12 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 				tl.add("%v", err)
 				return
 			}
+			windowFrom()
 			tl.add("network cut (timeout toxic 0) for %s", cut)
 		})
 		at(runCtx, &faults, 2*spike+cut, func() {
 			px.remove("cut")
+			windowTo()
 			tl.add("network healed")
 		})
 	}
@@ -256,8 +279,19 @@ func runCorrectness(ctx context.Context, sc scenario, d *deployment, cfg correct
 	res.Deaths = append(res.Deaths, deaths...)
 	res.TimeToFree = timesToFree(res.History, res.Deaths)
 
+	in := checkInputs{TTL: cfg.TTL, Wait: cfg.Wait, Skew: cfg.skew(), NoFIFO: d.noFIFO}
+	window.Lock()
+	if !window.from.IsZero() {
+		to := window.to
+		if to.IsZero() { // never healed or restarted: the window ran to the end
+			to = res.Ended
+		}
+		in.FaultWindow = to.Sub(window.from)
+	}
+	window.Unlock()
+	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs
-	cell.fill(res, cfg)
+	cell.fill(res, cfg, in)
 	return cell
 }
 
@@ -285,6 +319,14 @@ func (t trackingLocker) Acquire(ctx context.Context, key, owner string, ttl, wai
 		t.mu.Unlock()
 	}
 	return l, err
+}
+
+func (t trackingLocker) Renew(ctx context.Context, l *Lease, ttl time.Duration) error {
+	r, ok := t.Locker.(renewer)
+	if !ok {
+		return errors.New("this locker cannot renew")
+	}
+	return r.Renew(ctx, l, ttl)
 }
 
 func (t trackingLocker) Release(ctx context.Context, l *Lease) error {

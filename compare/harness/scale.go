@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -68,12 +68,12 @@ type ScaleCell struct {
 	Unmeasured      string  `json:"unmeasured,omitempty"`
 }
 
-// memCap stops a scale step whose process memory passes it: the machine is
+// MemCap stops a scale step whose process memory passes it: the machine is
 // shared, and a backend that needs more than this is a finding in itself.
-const memCap = 2 << 30
+const MemCap = 2 << 30
 
 // memWatch samples the Go heap every 100 ms until stopped, keeps the peak,
-// and closes over when the heap passes memCap.
+// and closes over when the heap passes MemCap.
 type memWatch struct {
 	peak atomic.Uint64
 	over chan struct{}
@@ -100,7 +100,7 @@ func watchMem() *memWatch {
 			if used > w.peak.Load() {
 				w.peak.Store(used)
 			}
-			if used > memCap && !tripped {
+			if used > MemCap && !tripped {
 				tripped = true
 				close(w.over)
 			}
@@ -147,7 +147,7 @@ func fdBudget() int {
 	return max(int(rl.Cur)-2000, 0) / 2
 }
 
-func runScale(ctx context.Context, d *deployment, sz sizes, b *bar) []ScaleCell {
+func runScale(ctx context.Context, d *deployment, sz Sizes, b *bar) []ScaleCell {
 	bk, err := d.newBackend(d.Addrs, nil)
 	if err != nil {
 		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
@@ -164,15 +164,15 @@ func runScale(ctx context.Context, d *deployment, sz sizes, b *bar) []ScaleCell 
 
 // scaleLeases acquires many keys, renews every lease once (a full renewal
 // sweep), and measures memory.
-func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, progress func(float64)) ScaleCell {
-	c := ScaleCell{What: "held leases, each renewed", Wanted: sz.scaleLeases}
+func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, progress func(float64)) ScaleCell {
+	c := ScaleCell{What: "held leases, each renewed", Wanted: sz.ScaleLeases}
 	const ttl = 10 * time.Minute
 	const workers = 32
 	mem0 := goMemMB()
 	mw := watchMem()
 	rss0, _ := storeRSS(d)
-	deadline := time.Now().Add(sz.scaleBudget)
-	leases := make([]*Lease, sz.scaleLeases)
+	deadline := time.Now().Add(sz.ScaleBudget)
+	leases := make([]*Lease, sz.ScaleLeases)
 	var next, reached atomic.Int64
 	var firstErr atomic.Value
 	prefix := fmt.Sprintf("compare-scale-%d-", time.Now().UnixNano())
@@ -220,7 +220,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 			if !ok {
 				return
 			}
-			for ctx.Err() == nil && time.Now().Before(deadline.Add(sz.scaleBudget/2)) && !mw.tripped() {
+			for ctx.Err() == nil && time.Now().Before(deadline.Add(sz.ScaleBudget/2)) && !mw.tripped() {
 				i := idx.Add(1) - 1
 				if i >= int64(len(leases)) {
 					return
@@ -243,14 +243,14 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 	c.PeakMB = mw.end()
 	c.ProcessMB = goMemMB() - mem0
 	if mw.tripped() {
-		c.Note = fmt.Sprintf("stopped: process memory passed %d MB", memCap>>20)
+		c.Note = fmt.Sprintf("stopped: process memory passed %d MB", MemCap>>20)
 	}
 	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
 	if rss0 > 0 && c.StoreRSSMB > 0 {
 		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
 	}
 	if c.Reached < c.Wanted {
-		c.Note = strings.TrimPrefix(c.Note+"; ", "; ") + fmt.Sprintf("reached %d of %d leases within the %s budget", c.Reached, c.Wanted, sz.scaleBudget)
+		c.Note = strings.TrimPrefix(c.Note+"; ", "; ") + fmt.Sprintf("reached %d of %d leases within the %s budget", c.Reached, c.Wanted, sz.ScaleBudget)
 	}
 	if s, ok := firstErr.Load().(string); ok {
 		c.Note = strings.TrimSpace(c.Note + "; first error: " + s)
@@ -265,8 +265,8 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, 
 
 // scalePolls parks many waiters on one held key and measures memory while
 // they wait.
-func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, progress func(float64)) ScaleCell {
-	want := sz.scalePolls
+func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, progress func(float64)) ScaleCell {
+	want := sz.ScalePolls
 	c := ScaleCell{What: "clients long-polling one key", Wanted: want}
 	if r.srv != nil {
 		if budget := fdBudget(); budget < want {
@@ -322,7 +322,7 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 		}
 	}
 	// Let every poller reach the store's queue before measuring.
-	settle := time.Now().Add(sz.scaleBudget / 2)
+	settle := time.Now().Add(sz.ScaleBudget / 2)
 	for time.Now().Before(settle) && ctx.Err() == nil && !mw.tripped() {
 		st, err := r.b.Inspect(ctx, key)
 		if err == nil && st.Waiters >= launched-int(failed.Load()) {
@@ -332,7 +332,7 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz sizes, p
 	}
 	st, ierr := r.b.Inspect(ctx, key)
 	if mw.tripped() {
-		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; stopped after %d pollers: process memory passed %d MB", launched, memCap>>20), "; ")
+		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; stopped after %d pollers: process memory passed %d MB", launched, MemCap>>20), "; ")
 	}
 	c.ProcessMB = goMemMB() - mem0
 	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)

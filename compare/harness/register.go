@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"sync"
@@ -25,16 +25,21 @@ type register struct {
 	// deadline of the lease they believe they hold.
 	inside map[int]time.Time
 
+	// latest is the number of the most recent grant (see granted): a write
+	// made under any other grant is stale.
+	latest uint64
+
 	accepted      int64
 	staleRejected int64
 	staleAccepted int64
 	// overlaps counts critical sections entered while another client was
 	// inside its own and BOTH leases were unexpired by their holders' own
-	// reckoning: a mutual-exclusion violation of the lock service.
+	// reckoning: a mutual-exclusion violation of the lock service, whatever
+	// else happened.
 	overlaps int64
-	// expiredOverlaps counts overlaps where the earlier holder's lease had
-	// already run out (a paused holder): the lock did its job; only fencing
-	// can save the resource then.
+	// expiredOverlaps counts overlaps in which at least one of the two
+	// leases had run out by its holder's reckoning (a paused holder): the
+	// lock did its job; only fencing can save the resource then.
 	expiredOverlaps int64
 	firstOverlap    string
 }
@@ -51,7 +56,21 @@ func newRegister(fenced bool) *register {
 	return &register{fenced: fenced, inside: map[int]time.Time{}}
 }
 
+// granted records that a grant returned to client, and numbers it. From
+// then on, a write made under any earlier grant is stale: its holder has
+// been superseded, whether or not its lease had run out.
+func (r *register) granted() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.latest++
+	return r.latest
+}
+
 // read starts client's critical section and returns the value it sees.
+// deadline is the client's own bound on its lease (the send time of its last
+// successful acquire or renew + TTL). The two sections overlap from now on;
+// the overlap is a mutual-exclusion violation when both leases are still
+// valid now, and an expired overlap otherwise.
 func (r *register) read(client int, deadline time.Time, now time.Time) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -72,15 +91,18 @@ func (r *register) read(client int, deadline time.Time, now time.Time) int64 {
 	return r.value
 }
 
-// write ends client's critical section: it stores read+1 unless fencing
-// refuses token. It reports whether the write was accepted and whether it was
-// stale (token below the highest accepted).
-func (r *register) write(client int, token uint64, read int64, now time.Time) (accepted, stale bool) {
+// write ends client's critical section, made under grant number grant: it
+// stores read+1 unless fencing refuses token (below the highest accepted).
+// It reports whether the write was accepted and whether it was stale (a
+// later grant had returned to someone else). A stale write that fencing
+// accepts is one the resource could not tell from a current one: the new
+// holder had not written yet, or its token was not higher.
+func (r *register) write(client int, grant, token uint64, read int64, now time.Time) (accepted, stale bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.inside, client)
-	stale = token < r.highest
-	accepted = !(r.fenced && stale)
+	stale = grant != r.latest
+	accepted = !(r.fenced && token < r.highest)
 	switch {
 	case stale && accepted:
 		r.staleAccepted++

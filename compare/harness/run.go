@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 )
 
 // runTarget measures one backend: every requested scenario, lockd and the
 // direct libraries, on servers it starts and stops itself.
-func runTarget(ctx context.Context, t target, cfg config, sz sizes, stderr io.Writer) *BackendRun {
+func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Writer) *BackendRun {
 	br := &BackendRun{Name: t.Name, Server: t.Server}
 	if why := t.missing(); why != "" {
 		br.Skipped, br.Install = why, t.Install
@@ -74,12 +75,12 @@ func runTarget(ctx context.Context, t target, cfg config, sz sizes, stderr io.Wr
 				b.done("not measured: " + err.Error())
 				continue
 			}
-			cell := runCorrectness(ctx, sc, fd, sz.correct, b.set)
+			cell := runCorrectness(ctx, sc, fd, sz.Correct, b.set)
 			fd.close()
 			br.Correctness = append(br.Correctness, cell)
 			b.done(cellStatus(cell))
 		default:
-			cell := runCorrectness(ctx, sc, d, sz.correct, b.set)
+			cell := runCorrectness(ctx, sc, d, sz.Correct, b.set)
 			br.Correctness = append(br.Correctness, cell)
 			b.done(cellStatus(cell))
 		}
@@ -93,7 +94,7 @@ func cellStatus(c CorrectnessCell) string {
 	}
 	verdict := "PASS"
 	if !c.Pass {
-		verdict = "FAIL"
+		verdict = "FAIL (" + strings.Join(c.Why, "; ") + ")"
 	}
 	return fmt.Sprintf("%s: %d grants, availability %.1f%%, ME violations %d, fenced stale rejected %d, unfenced stale accepted %d, unfenced lost %d, fenced check %s",
 		verdict, c.Granted, 100*c.Availability, c.Overlaps, c.Fenced.StaleRejected, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements, c.Fenced.Check.Result)
@@ -111,7 +112,7 @@ type via struct {
 func vias(d *deployment, maxDirect int) ([]via, error) {
 	var out []via
 	if d.noBackend != "" {
-		out = append(out, via{name: viaLockd(), newClient: func() (Locker, error) { return nil, errors.New(d.noBackend) }, close: func() {}})
+		out = append(out, via{name: ViaLockd(), newClient: func() (Locker, error) { return nil, errors.New(d.noBackend) }, close: func() {}})
 	} else {
 		b, err := d.newBackend(d.Addrs, nil)
 		if err != nil {
@@ -122,7 +123,7 @@ func vias(d *deployment, maxDirect int) ([]via, error) {
 			b.Close()
 			return nil, err
 		}
-		out = append(out, via{name: viaLockd(), newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
+		out = append(out, via{name: ViaLockd(), newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
 	}
 	for i, dl := range d.directs {
 		if i >= maxDirect {
@@ -139,10 +140,10 @@ func closeVias(vs []via) {
 	}
 }
 
-func runLatency(ctx context.Context, d *deployment, cfg config, b *bar) []LatencyCell {
+func runLatency(ctx context.Context, d *deployment, cfg Config, b *bar) []LatencyCell {
 	vs, err := vias(d, len(d.directs))
 	if err != nil {
-		return []LatencyCell{{Via: viaLockd(), Unmeasured: err.Error()}}
+		return []LatencyCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
 	defer closeVias(vs)
 	var cells []LatencyCell
@@ -162,19 +163,19 @@ func runLatency(ctx context.Context, d *deployment, cfg config, b *bar) []Latenc
 	return cells
 }
 
-func runHandoff(ctx context.Context, d *deployment, cfg config, sz sizes, b *bar) []HandoffCell {
+func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar) []HandoffCell {
 	vs, err := vias(d, len(d.directs))
 	if err != nil {
-		return []HandoffCell{{Via: viaLockd(), Unmeasured: err.Error()}}
+		return []HandoffCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
 	defer closeVias(vs)
 	var cells []HandoffCell
-	n, i := len(vs)*len(sz.handoffWaiters), 0
-	for _, w := range sz.handoffWaiters {
+	n, i := len(vs)*len(sz.HandoffWaiters), 0
+	for _, w := range sz.HandoffWaiters {
 		for _, v := range vs {
 			r, err := measureHandoff(ctx, v.newClient, w, cfg.Duration, b.part(i, n))
 			i++
-			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins,
+			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins, EarlyGrants: r.EarlyGrants,
 				FIFOViolations: r.FIFOViolations, LongestWaitMs: ms64(r.LongestWait)}
 			if r.Hist != nil {
 				c.Lat, c.CDF = percentiles(r.Hist), cdf(r.Hist)
@@ -194,10 +195,10 @@ func runHandoff(ctx context.Context, d *deployment, cfg config, sz sizes, b *bar
 	return cells
 }
 
-func runThroughput(ctx context.Context, d *deployment, cfg config, sz sizes, b *bar) []ThroughputCell {
-	vs, err := vias(d, sz.tputDirects)
+func runThroughput(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar) []ThroughputCell {
+	vs, err := vias(d, sz.TputDirects)
 	if err != nil {
-		return []ThroughputCell{{Via: viaLockd(), Unmeasured: err.Error()}}
+		return []ThroughputCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
 	defer closeVias(vs)
 	cellDur := cfg.Duration / 2
@@ -206,9 +207,9 @@ func runThroughput(ctx context.Context, d *deployment, cfg config, sz sizes, b *
 	}
 	cellDur = max(cellDur, 500*time.Millisecond)
 	var cells []ThroughputCell
-	n, i := len(vs)*len(sz.tputClients)*len(sz.tputKeys), 0
-	for _, keys := range sz.tputKeys {
-		for _, clients := range sz.tputClients {
+	n, i := len(vs)*len(sz.TputClients)*len(sz.TputKeys), 0
+	for _, keys := range sz.TputKeys {
+		for _, clients := range sz.TputClients {
 			for _, v := range vs {
 				r, err := measureThroughput(ctx, v.newClient, clients, keys, cellDur, b.part(i, n))
 				i++
@@ -226,12 +227,12 @@ func runThroughput(ctx context.Context, d *deployment, cfg config, sz sizes, b *
 	return cells
 }
 
-func runRoundTrips(ctx context.Context, d *deployment, sz sizes, b *bar) []RoundTripCell {
+func runRoundTrips(ctx context.Context, d *deployment, sz Sizes, b *bar) []RoundTripCell {
 	type one struct {
 		name string
 		make func(rt *rtCounter) (Locker, func(), error)
 	}
-	ways := []one{{name: viaLockd(), make: func(rt *rtCounter) (Locker, func(), error) {
+	ways := []one{{name: ViaLockd(), make: func(rt *rtCounter) (Locker, func(), error) {
 		if d.noBackend != "" {
 			return nil, nil, errors.New(d.noBackend)
 		}
@@ -259,7 +260,7 @@ func runRoundTrips(ctx context.Context, d *deployment, sz sizes, b *bar) []Round
 	var cells []RoundTripCell
 	for i, w := range ways {
 		b.set(float64(i) / float64(len(ways)))
-		c := RoundTripCell{Via: w.name, Samples: sz.rtSamples, Counted: d.rtHow}
+		c := RoundTripCell{Via: w.name, Samples: sz.RTSamples, Counted: d.rtHow}
 		rt := &rtCounter{}
 		l, closeFn, err := w.make(rt)
 		if err != nil {
@@ -267,7 +268,7 @@ func runRoundTrips(ctx context.Context, d *deployment, sz sizes, b *bar) []Round
 			cells = append(cells, c)
 			continue
 		}
-		c.PerAcquire, c.PerRelease, err = measureRoundTrips(ctx, l, rt, sz.rtSamples)
+		c.PerAcquire, c.PerRelease, err = measureRoundTrips(ctx, l, rt, sz.RTSamples)
 		closeFn()
 		if err != nil {
 			c.Unmeasured = err.Error()

@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"context"
@@ -54,8 +54,11 @@ type histOp struct {
 	// acquire
 	Granted bool
 	Unknown bool // the call failed in a way that may hide a grant
-	Token   uint64
+	// Vanished: the client walked away mid-wait (it asked for no answer).
+	Vanished bool
+	Token    uint64
 	// rmw
+	Deadline             time.Time // the client's bound on its lease when it read
 	FRead, URead         int64
 	FAccepted, UAccepted bool
 }
@@ -69,20 +72,24 @@ type death struct {
 }
 
 type workloadResult struct {
-	Started, Ended  time.Time
-	Attempts        int64
-	Granted         int64
-	TimedOut        int64 // ErrHeld after the full wait
-	Errors          int64 // unavailable, transport, cancelled
-	Vanished        int64
-	FirstError      string
-	Fenced          registerStats
-	Unfenced        registerStats
-	History         []histOp
-	Deaths          []death
-	LongestUnavail  time.Duration
-	TimeToFree      []time.Duration
-	StalledHandoffs int64 // gaps > TTL/2 right after a vanished waiter
+	Started, Ended time.Time
+	Attempts       int64
+	Granted        int64
+	TimedOut       int64 // ErrHeld after the full wait
+	Errors         int64 // unavailable, transport, cancelled
+	Vanished       int64
+	// Unconfirmed: grants whose at-once renew after a long wait failed (the
+	// client released them unused, as client.AcquireLease does). Unused:
+	// grants whose deadline passed before the client could use them.
+	Unconfirmed, Unused int64
+	FirstError          string
+	Fenced              registerStats
+	Unfenced            registerStats
+	History             []histOp
+	Deaths              []death
+	LongestUnavail      time.Duration
+	TimeToFree          []time.Duration
+	StalledHandoffs     int64 // gaps > TTL/2 right after a vanished waiter
 	// Overran counts acquires that returned more than overrunSlack after
 	// their wait ran out (including calls cut off only by the end of the run).
 	Overran     int64
@@ -90,6 +97,10 @@ type workloadResult struct {
 	// TokenRegressions counts grants whose token was not above every token
 	// granted before them (in the order the grants returned).
 	TokenRegressions int64
+	// FIFOViolations counts grants that overtook an earlier waiter.
+	FIFOViolations int64
+	FIFOWorst      time.Duration
+	FirstFIFO      string
 }
 
 const overrunSlack = time.Second
@@ -142,6 +153,7 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 				case vanishing && actx.Err() != nil && runCtx.Err() == nil:
 					// A vanished client did not ask to be served.
 					res.Vanished++
+					op.Vanished = true
 					counted = false
 					vanishTimes = append(vanishTimes, ret)
 				case runCtx.Err() != nil:
@@ -171,32 +183,64 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 					sleepCtx(runCtx, time.Duration(5+rng.IntN(10))*time.Millisecond)
 					continue
 				}
+				fseq, useq := fenced.granted(), unfenced.granted()
+				release := func() {
+					rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+					if err := l.Release(rctx, lease); err != nil && !errors.Is(err, backend.ErrLeaseExpired) && w.onError != nil {
+						w.onError(c, err)
+					}
+					rcancel()
+				}
+				// A careful client, as client.AcquireLease is: after a long
+				// wait the deadline counted from the acquire's send is mostly
+				// spent, so it renews at once and counts from the renew's send.
+				if time.Until(lease.Deadline()) <= w.TTL*2/3 && !w.freshen(runCtx, l, lease) {
+					mu.Lock()
+					res.Unconfirmed++
+					mu.Unlock()
+					release()
+					continue
+				}
 				// The critical section: read, think, write, on both registers.
+				// A careful client never starts it, nor writes, on a lease past
+				// its own deadline; only a pause between its check and its
+				// write (the stall fault) can make it write late.
 				start := time.Now()
+				if !start.Before(lease.Deadline()) {
+					mu.Lock()
+					res.Unused++
+					mu.Unlock()
+					release()
+					continue
+				}
 				fr := fenced.read(c, lease.Deadline(), start)
 				ur := unfenced.read(c, lease.Deadline(), start)
-				think := time.Duration(rng.Int64N(int64(2*w.Hold) + 1))
+				time.Sleep(time.Duration(rng.Int64N(int64(2*w.Hold) + 1)))
+				if !time.Now().Before(lease.Deadline()) {
+					fenced.abandon(c)
+					unfenced.abandon(c)
+					mu.Lock()
+					res.Unused++
+					mu.Unlock()
+					release()
+					continue
+				}
 				if w.stall != nil {
 					if d := w.stall(c, ret); d > 0 {
 						mu.Lock()
 						res.Deaths = append(res.Deaths, death{Client: c, At: time.Now()})
 						mu.Unlock()
-						think = d
+						time.Sleep(d)
 					}
 				}
-				time.Sleep(think)
 				end := time.Now()
-				fa, _ := fenced.write(c, lease.Token, fr, end)
-				ua, _ := unfenced.write(c, lease.Token, ur, end)
+				fa, _ := fenced.write(c, fseq, lease.Token, fr, end)
+				ua, _ := unfenced.write(c, useq, lease.Token, ur, end)
 				mu.Lock()
 				res.History = append(res.History, histOp{Kind: opRMW, Client: c, Call: start, Return: time.Now(),
-					Token: lease.Token, FRead: fr, URead: ur, FAccepted: fa, UAccepted: ua})
+					Token: lease.Token, Deadline: lease.Deadline(), FRead: fr, URead: ur, FAccepted: fa, UAccepted: ua})
 				mu.Unlock()
-				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-				if err := l.Release(rctx, lease); err != nil && !errors.Is(err, backend.ErrLeaseExpired) && w.onError != nil {
-					w.onError(c, err)
-				}
-				rcancel()
+				release()
 			}
 		}(c)
 	}
@@ -221,7 +265,27 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 	res.TimeToFree = timesToFree(res.History, res.Deaths)
 	res.StalledHandoffs = stalledAfter(res.History, vanishTimes, w.TTL/2)
 	res.TokenRegressions = tokenRegressions(res.History)
+	res.FIFOViolations, res.FIFOWorst, res.FirstFIFO = fifoViolations(res.History, w.Wait, fifoCheckSlack)
 	return res
+}
+
+// freshen renews lease at once and, when the renew succeeds, moves its
+// deadline to the renew's send + TTL. It reports whether the lease may be
+// used; a locker that cannot renew (none in the correctness workload) keeps
+// the lease as it is.
+func (w *workload) freshen(ctx context.Context, l Locker, lease *Lease) bool {
+	r, ok := l.(renewer)
+	if !ok {
+		return true
+	}
+	sent := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, w.TTL)
+	defer cancel()
+	if err := r.Renew(rctx, lease, w.TTL); err != nil {
+		return false
+	}
+	lease.Sent = sent
+	return true
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

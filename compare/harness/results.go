@@ -1,23 +1,26 @@
-package main
+package harness
 
 import (
-	"fmt"
+	"strings"
 	"time"
 )
 
 // Results is everything one run measured; results.json is this value.
 type Results struct {
-	Started   time.Time     `json:"started"`
-	Finished  time.Time     `json:"finished"`
-	Machine   Machine       `json:"machine"`
-	GoVersion string        `json:"go_version"`
-	Seed      uint64        `json:"seed"`
-	Duration  string        `json:"duration_per_cell"`
-	Quick     bool          `json:"quick"`
-	Lockd     string        `json:"lockd_driven_as"`
-	Scenarios []string      `json:"scenarios"`
-	Scaled    []string      `json:"scaled_down,omitempty"`
-	Backends  []*BackendRun `json:"backends"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished"`
+	Machine   Machine   `json:"machine"`
+	GoVersion string    `json:"go_version"`
+	Seed      uint64    `json:"seed"`
+	Duration  string    `json:"duration_per_cell"`
+	Quick     bool      `json:"quick"`
+	Lockd     string    `json:"lockd_driven_as"`
+	Scenarios []string  `json:"scenarios"`
+	Scaled    []string  `json:"scaled_down,omitempty"`
+	// MaxClockSkew is the clock skew the checks allowed (declared, not
+	// injected).
+	MaxClockSkew string        `json:"max_clock_skew"`
+	Backends     []*BackendRun `json:"backends"`
 }
 
 // BackendRun is one column: everything measured on one backend.
@@ -50,11 +53,14 @@ type LatencyCell struct {
 
 // HandoffCell: contended handoff with Waiters waiters on one key.
 type HandoffCell struct {
-	Via            string       `json:"via"`
-	Waiters        int          `json:"waiters"`
-	Grants         int64        `json:"grants"`
-	Handoffs       int64        `json:"handoffs"`
-	ReWins         int64        `json:"rewins"`
+	Via      string `json:"via"`
+	Waiters  int    `json:"waiters"`
+	Grants   int64  `json:"grants"`
+	Handoffs int64  `json:"handoffs"`
+	ReWins   int64  `json:"rewins"`
+	// EarlyGrants: grants to another client that returned before the
+	// previous holder sent its release: two holders at once.
+	EarlyGrants    int64        `json:"grants_before_release"`
 	Lat            *Percentiles `json:"handoff_latency,omitempty"`
 	FIFOViolations int64        `json:"fifo_violations"`
 	LongestWaitMs  float64      `json:"longest_wait_ms"`
@@ -99,6 +105,11 @@ type CorrectnessCell struct {
 	TimedOut int64 `json:"acquires_timed_out"`
 	Errors   int64 `json:"acquires_failed"`
 	Vanished int64 `json:"waiters_vanished"`
+	// Unconfirmed: grants after a long wait whose at-once renew failed;
+	// Unused: grants whose deadline passed before they could be used. A
+	// careful client uses neither.
+	Unconfirmed int64 `json:"grants_unconfirmed"`
+	Unused      int64 `json:"grants_unused_expired"`
 	// Availability = granted / attempted (vanished waits not counted).
 	Availability     float64   `json:"availability"`
 	LongestUnavailMs float64   `json:"longest_unavailability_ms"`
@@ -121,13 +132,23 @@ type CorrectnessCell struct {
 	Fenced   ModeResult `json:"fenced"`
 	Unfenced ModeResult `json:"unfenced"`
 
+	// FIFOViolations: grants that overtook a waiter that had asked more
+	// than fifoCheckSlack earlier; FIFOWorstMs is the largest such lead.
+	FIFOViolations int64   `json:"fifo_violations"`
+	FIFOWorstMs    float64 `json:"fifo_worst_lead_ms,omitempty"`
+	FirstFIFO      string  `json:"first_fifo_violation,omitempty"`
+
+	// Checks is the verdict: every named check with its threshold. Pass is
+	// true only when every check that applies passed; Why lists the ones
+	// that failed and by how much.
+	Checks     []Check  `json:"checks"`
 	Pass       bool     `json:"pass"`
 	Why        []string `json:"why,omitempty"`
 	Events     []string `json:"events,omitempty"`
 	Unmeasured string   `json:"unmeasured,omitempty"`
 }
 
-func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
+func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig, in checkInputs) {
 	c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished = r.Attempts, r.Granted, r.TimedOut, r.Errors, r.Vanished
 	if r.Attempts > 0 {
 		c.Availability = float64(r.Granted) / float64(r.Attempts)
@@ -136,35 +157,64 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg correctnessConfig) {
 	for _, d := range r.TimeToFree {
 		c.TimeToFreeMs = append(c.TimeToFreeMs, ms64(d))
 	}
+	c.Unconfirmed, c.Unused = r.Unconfirmed, r.Unused
 	c.FirstError = r.FirstError
 	c.Overlaps, c.ExpiredOverlaps, c.FirstOverlap = r.Fenced.Overlaps, r.Fenced.ExpiredOverlaps, r.Fenced.FirstOverlap
 	c.StalledVanish = r.StalledHandoffs
 	c.Overran, c.LongestCallMs = r.Overran, ms64(r.LongestCall)
 	c.TokenRegressions = r.TokenRegressions
+	c.FIFOViolations, c.FIFOWorstMs, c.FirstFIFO = r.FIFOViolations, ms64(r.FIFOWorst), r.FirstFIFO
 	mode := func(s registerStats, fenced bool) ModeResult {
 		return ModeResult{Writes: s.Accepted, StaleRejected: s.StaleRejected, StaleAccepted: s.StaleAccepted,
 			LostIncrements: s.LostIncrements, Check: checkHistory(r.History, fenced, r.Started, cfg.CheckFor)}
 	}
 	c.Fenced, c.Unfenced = mode(r.Fenced, true), mode(r.Unfenced, false)
 
-	// The verdict is about safety with fencing, plus progress at all.
-	if c.TokenRegressions > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d grants with a fencing token not above an earlier one", c.TokenRegressions))
+	evalChecks(c, in)
+}
+
+// LatencyOf is the uncontended latency measured via via, or nil.
+func (br *BackendRun) LatencyOf(via string) *Percentiles {
+	for _, c := range br.Latency {
+		if c.Via == via && c.Lat != nil {
+			return c.Lat
+		}
 	}
-	if c.Overlaps > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d mutual-exclusion violations (both leases unexpired)", c.Overlaps))
+	return nil
+}
+
+// HandoffOf is the handoff latency measured via via with waiters waiters,
+// or nil.
+func (br *BackendRun) HandoffOf(via string, waiters int) *Percentiles {
+	for _, c := range br.Handoff {
+		if c.Via == via && c.Waiters == waiters && c.Lat != nil {
+			return c.Lat
+		}
 	}
-	if c.Fenced.StaleAccepted > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d stale writes accepted with fencing", c.Fenced.StaleAccepted))
+	return nil
+}
+
+// LockdVia is how lockd was driven in the run that produced br.
+func (br *BackendRun) LockdVia() string {
+	for _, c := range br.Latency {
+		if strings.HasPrefix(c.Via, "lockd") {
+			return c.Via
+		}
 	}
-	if c.Fenced.LostIncrements > 0 {
-		c.Why = append(c.Why, fmt.Sprintf("%d increments lost with fencing", c.Fenced.LostIncrements))
+	for _, c := range br.Handoff {
+		if strings.HasPrefix(c.Via, "lockd") {
+			return c.Via
+		}
 	}
-	if c.Fenced.Check.Result != "linearizable" {
-		c.Why = append(c.Why, "fenced history "+c.Fenced.Check.Result)
+	return ViaLockd()
+}
+
+// CorrectnessOf is the correctness cell of scenario scen, or nil.
+func (br *BackendRun) CorrectnessOf(scen string) *CorrectnessCell {
+	for i := range br.Correctness {
+		if br.Correctness[i].Scenario == scen {
+			return &br.Correctness[i]
+		}
 	}
-	if c.Granted == 0 {
-		c.Why = append(c.Why, "no acquire was granted in the whole run")
-	}
-	c.Pass = len(c.Why) == 0
+	return nil
 }

@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"bytes"
@@ -18,6 +18,15 @@ import (
 // through the backend contract when the HTTP layer is absent) and each direct
 // client library implement it, so the same workload code measures all of
 // them.
+//
+// It is the one lock interface beside backend.Backend, and it exists only
+// for the direct libraries: concurrency.Mutex, zk.Lock, redsync and SET NX
+// can acquire and release but have no lease id to renew, no inspection and
+// no list, so they could implement backend.Backend only with methods that
+// lie. Every lockd path is backend.Backend underneath (contractLocker, or
+// internal/httpapi over it), and the mutation tests wrap backend.Backend.
+// What a workload needs beyond the two calls (renew) is the optional
+// renewer interface, which only lockd's lockers have.
 type Locker interface {
 	// Acquire waits up to wait for key. Not granted in time: an error
 	// wrapping backend.ErrHeld.

@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"bufio"
@@ -58,6 +58,10 @@ type deployment struct {
 	// noBackend, when set, says why lockd cannot run on this store in this
 	// build; the direct libraries are still measured.
 	noBackend string
+	// noFIFO, when set, says why lockd's backend on this store does not
+	// serve waiters in arrival order (as its conformance run declares); the
+	// FIFO check does not apply then.
+	noFIFO string
 	// inProcess: the store runs inside this process (embedded etcd).
 	inProcess bool
 	// notes are facts about this deployment the report must state.
@@ -219,6 +223,7 @@ func startRedlock(members int) (*deployment, error) {
 		return redlockb.New(masters, redlockb.Options{Prefix: "lockd-compare:rl:"})
 	}
 	d.directs = []directLib{{Name: "redsync (5 Redis)", New: newRedsync}}
+	d.noFIFO = "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins"
 	return d, nil
 }
 

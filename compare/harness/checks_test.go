@@ -1,0 +1,113 @@
+package harness
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFIFOViolations(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	const wait, slack = time.Second, 250 * time.Millisecond
+	acq := func(client, call, ret int, granted bool) histOp {
+		return histOp{Kind: opAcquire, Client: client, Call: at(call), Return: at(ret), Granted: granted}
+	}
+	for _, tc := range []struct {
+		name string
+		h    []histOp
+		want int64
+	}{
+		{"served in order", []histOp{acq(0, 0, 400, true), acq(1, 300, 500, true)}, 0},
+		{"overtaken by 300 ms", []histOp{acq(0, 0, 500, true), acq(1, 300, 400, true)}, 1},
+		{"within the slack", []histOp{acq(0, 0, 500, true), acq(1, 200, 400, true)}, 0},
+		{"overtaken waiter timed out later", []histOp{acq(0, 0, 1000, false), acq(1, 300, 400, true)}, 1},
+		{"waiter's own wait had ended", []histOp{acq(0, 0, 1200, false), acq(1, 300, 1100, true)}, 0},
+		{"waiter vanished", []histOp{{Kind: opAcquire, Client: 0, Call: at(0), Return: at(900), Vanished: true}, acq(1, 300, 400, true)}, 0},
+		{"waiter failed", []histOp{{Kind: opAcquire, Client: 0, Call: at(0), Return: at(900), Unknown: true}, acq(1, 300, 400, true)}, 0},
+	} {
+		n, _, first := fifoViolations(tc.h, wait, slack)
+		if n != tc.want {
+			t.Errorf("%s: %d violations, want %d", tc.name, n, tc.want)
+		}
+		if n > 0 && !strings.Contains(first, "client 1 was granted while client 0") {
+			t.Errorf("%s: first violation %q does not name the clients", tc.name, first)
+		}
+	}
+}
+
+// TestUnfreed: a holder death that no grant followed is a lock never freed
+// (before, it simply left no time-to-free sample, and the cell stayed green).
+func TestUnfreed(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	h := []histOp{{Kind: opAcquire, Client: 0, Call: at(0), Return: at(1), Granted: true}}
+	deaths := []death{{Client: 0, At: at(2)}}
+	if got := unfreed(h, deaths, at(5000), 2*time.Second); got != 1 {
+		t.Errorf("death never followed by a grant, run went on 5 s: unfreed = %d, want 1", got)
+	}
+	if got := unfreed(h, deaths, at(1000), 2*time.Second); got != 0 {
+		t.Errorf("run ended 1 s after the death, limit 2 s: unfreed = %d, want 0 (cannot tell)", got)
+	}
+	h = append(h, histOp{Kind: opAcquire, Client: 1, Call: at(3), Return: at(900), Granted: true})
+	if got := unfreed(h, deaths, at(5000), 2*time.Second); got != 0 {
+		t.Errorf("another client granted after the death: unfreed = %d, want 0", got)
+	}
+}
+
+// TestEvalChecksNamesWhatFailed: a red cell says which check failed, what
+// was measured and the threshold; a check that does not apply is neither.
+func TestEvalChecksNamesWhatFailed(t *testing.T) {
+	c := CorrectnessCell{Attempts: 100, Granted: 100, Availability: 1, LongestUnavailMs: 4000,
+		Fenced: ModeResult{Check: checkResult{Result: "linearizable"}}, TimeToFreeMs: []float64{900}}
+	evalChecks(&c, checkInputs{TTL: time.Second, Wait: 2 * time.Second, Skew: time.Second, NoFIFO: "no queue"})
+	if c.Pass {
+		t.Fatalf("a 4 s outage with TTL 1 s and skew 1 s passed")
+	}
+	if got := c.Failed(); len(got) != 1 || got[0] != CheckOutage {
+		t.Errorf("failed = %v, want [%s]", got, CheckOutage)
+	}
+	if len(c.Why) != 1 || !strings.Contains(c.Why[0], "4s") || !strings.Contains(c.Why[0], "≤ 3s") {
+		t.Errorf("why = %q, want the measured 4s and the threshold ≤ 3s", c.Why)
+	}
+	if f := c.CheckOf(CheckFIFO); f == nil || f.Applies || !strings.Contains(f.NotApplicable, "no queue") {
+		t.Errorf("FIFO check on a backend that does not promise it: %+v", f)
+	}
+	if len(c.Checks) != len(CheckNames) {
+		t.Errorf("%d checks, want %d", len(c.Checks), len(CheckNames))
+	}
+}
+
+// TestFIFOCheckAllowsAFewLateRequests: one grant in 82 overtaking a waiter
+// (a late request on a loaded machine) is green; one in eight is red.
+func TestFIFOCheckAllowsAFewLateRequests(t *testing.T) {
+	for _, tc := range []struct {
+		violations, granted int64
+		pass                bool
+	}{{1, 82, true}, {4, 80, true}, {10, 80, false}} {
+		c := CorrectnessCell{Attempts: tc.granted, Granted: tc.granted, Availability: 1, FIFOViolations: tc.violations,
+			Fenced: ModeResult{Check: checkResult{Result: "linearizable"}}}
+		evalChecks(&c, checkInputs{TTL: time.Second, Wait: 2 * time.Second, Skew: time.Second})
+		if got := c.CheckOf(CheckFIFO).Pass; got != tc.pass {
+			t.Errorf("%d of %d grants overtook a waiter: pass = %v, want %v", tc.violations, tc.granted, got, tc.pass)
+		}
+	}
+}
+
+// TestAvailabilitySetsOneRefusalAside: 14 of 15 is green (one honest
+// timeout in a small cell), 13 of 15 and 90 of 100 are red.
+func TestAvailabilitySetsOneRefusalAside(t *testing.T) {
+	for _, tc := range []struct {
+		granted, attempts int64
+		pass              bool
+	}{{14, 15, true}, {13, 15, false}, {95, 100, true}, {90, 100, false}, {0, 0, false}} {
+		c := CorrectnessCell{Attempts: tc.attempts, Granted: tc.granted, Fenced: ModeResult{Check: checkResult{Result: "linearizable"}}}
+		if tc.attempts > 0 {
+			c.Availability = float64(tc.granted) / float64(tc.attempts)
+		}
+		evalChecks(&c, checkInputs{TTL: time.Second, Wait: 2 * time.Second, Skew: time.Second})
+		if got := c.CheckOf(CheckAvailability).Pass; got != tc.pass {
+			t.Errorf("%d of %d granted: pass = %v, want %v", tc.granted, tc.attempts, got, tc.pass)
+		}
+	}
+}
