@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -137,6 +138,12 @@ func parse(g *global, fs *flag.FlagSet, args []string, maxPos int) (pos, tail []
 			continue
 		}
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				// Asked for: the command's help on stdout (see flagErr).
+				fmt.Fprintf(g.stdout, "%s\nflags of %s:\n", usage, fs.Name())
+				fs.SetOutput(g.stdout)
+				fs.PrintDefaults()
+			}
 			return nil, nil, err
 		}
 		args = fs.Args()
@@ -154,6 +161,15 @@ func parse(g *global, fs *flag.FlagSet, args []string, maxPos int) (pos, tail []
 func isLeaseID(s string) bool {
 	base, _, _ := strings.Cut(s, ".")
 	return len(base) == 22 && lease.ValidID(s) && !strings.Contains(base, "~")
+}
+
+// flagErr is the exit code for a command's flags that did not parse: 0 for
+// -h/--help (parse printed the help), a usage error otherwise.
+func flagErr(g *global, cmd string, err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	return usageErr(g, "%s: %v", cmd, err)
 }
 
 func usageErr(g *global, format string, a ...any) int {
@@ -225,15 +241,25 @@ type grantOut struct {
 	Deadline  string `json:"deadline"`
 }
 
-// printGrant prints a lease as JSON or as NAME=value lines a shell can eval.
+// printGrant prints a lease as JSON or as `export NAME='value'` lines that
+// any POSIX shell can eval: exported, so that the lockctl a script runs next
+// (renew, release) sees them, and single-quoted, so that no value can run
+// anything.
 func printGrant(g *global, gr client.Grant) {
 	if g.json {
 		writeJSON(g.stdout, grantOut{gr.Key, gr.LeaseID, gr.Token, gr.Owner, gr.TTL.Milliseconds(), lease.Format(gr.ExpiresAt), lease.Format(gr.Deadline)})
 		return
 	}
-	fmt.Fprintf(g.stdout, "LOCKD_KEY=%s\nLOCKD_TOKEN=%d\nLOCKD_LEASE_ID=%s\nLOCKD_DEADLINE=%s\n",
-		gr.Key, gr.Token, gr.LeaseID, lease.Format(gr.Deadline))
+	for _, kv := range [][2]string{
+		{"LOCKD_KEY", gr.Key}, {"LOCKD_TOKEN", strconv.FormatUint(gr.Token, 10)},
+		{"LOCKD_LEASE_ID", gr.LeaseID}, {"LOCKD_DEADLINE", lease.Format(gr.Deadline)},
+	} {
+		fmt.Fprintf(g.stdout, "export %s=%s\n", kv[0], shellQuote(kv[1]))
+	}
 }
+
+// shellQuote single-quotes s for a POSIX shell.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func writeJSON(w io.Writer, v any) {
 	enc := json.NewEncoder(w)
@@ -249,7 +275,7 @@ func cmdAcquire(ctx context.Context, g *global, args []string) int {
 	fs.StringVar(&idem, "idempotency-key", "", "name this acquire so that running the same command again (its outcome unknown) gets the same grant; default: a fresh key, reused on lockctl's own retries")
 	pos, tail, err := parse(g, fs, args, 1)
 	if err != nil {
-		return usageErr(g, "acquire: %v", err)
+		return flagErr(g, "acquire", err)
 	}
 	if len(pos) != 1 || len(tail) != 0 {
 		return usageErr(g, "acquire: want exactly one KEY")
@@ -292,7 +318,7 @@ func cmdRenew(ctx context.Context, g *global, args []string, getenv env) int {
 	fs.DurationVar(&ttl, "ttl", 0, "new lease length (default: the server's)")
 	pos, tail, err := parse(g, fs, args, 2)
 	if err != nil {
-		return usageErr(g, "renew: %v", err)
+		return flagErr(g, "renew", err)
 	}
 	key, id, ok := keyAndLease(pos, getenv)
 	if !ok || len(tail) != 0 {
@@ -317,7 +343,7 @@ func cmdRelease(ctx context.Context, g *global, args []string, getenv env) int {
 	fs := flag.NewFlagSet("release", flag.ContinueOnError)
 	pos, tail, err := parse(g, fs, args, 2)
 	if err != nil {
-		return usageErr(g, "release: %v", err)
+		return flagErr(g, "release", err)
 	}
 	key, id, ok := keyAndLease(pos, getenv)
 	if !ok || len(tail) != 0 {
@@ -359,7 +385,7 @@ func cmdStatus(ctx context.Context, g *global, args []string) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	pos, tail, err := parse(g, fs, args, 1)
 	if err != nil {
-		return usageErr(g, "status: %v", err)
+		return flagErr(g, "status", err)
 	}
 	if len(pos) != 1 || len(tail) != 0 {
 		return usageErr(g, "status: want exactly one KEY")
@@ -391,7 +417,7 @@ func cmdList(ctx context.Context, g *global, args []string) int {
 	fs.StringVar(&prefix, "prefix", "", "only keys starting with this")
 	pos, tail, err := parse(g, fs, args, 0)
 	if err != nil {
-		return usageErr(g, "list: %v", err)
+		return flagErr(g, "list", err)
 	}
 	if len(pos) != 0 || len(tail) != 0 {
 		return usageErr(g, "list: unexpected argument %q", strings.Join(tail, " "))

@@ -153,7 +153,7 @@ func TestScriptCommands(t *testing.T) {
 
 	r = lockctl(t, srv, "renew", k(t, "ctl-script"), g.LeaseID, "--ttl", "5s")
 	wantCode(t, r, exitOK)
-	if !strings.Contains(r.stdout, "LOCKD_TOKEN="+strconv.FormatUint(g.Token, 10)) {
+	if !strings.Contains(r.stdout, "export LOCKD_TOKEN='"+strconv.FormatUint(g.Token, 10)+"'") {
 		t.Errorf("renew output: %s", r.stdout)
 	}
 	wantCode(t, lockctl(t, srv, "renew", k(t, "ctl-script"), "AAAAAAAAAAAAAAAAAAAAAA"), exitLeaseLost)
@@ -167,13 +167,11 @@ func TestScriptCommands(t *testing.T) {
 		t.Errorf("status after release: %s", r.stdout)
 	}
 
-	// The human acquire output is shell-evaluable NAME=value lines.
+	// The human acquire output is `export NAME='value'` lines a shell evals.
 	r = lockctl(t, srv, "acquire", k(t, "ctl-script"), "--ttl", "5s")
 	wantCode(t, r, exitOK)
-	cmd := command(t, srv, "release")
-	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-		cmd.Env = append(cmd.Env, line)
-	}
+	cmd := exec.Command("sh", "-c", `eval "$GRANT"; exec lockctl release`)
+	cmd.Env = append(os.Environ(), "GRANT="+r.stdout, "LOCKD_ADDR="+srv.Addr, "PATH="+filepath.Dir(lockctlBin)+":"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("release from $LOCKD_KEY/$LOCKD_LEASE_ID: %v %s", err, out)
@@ -548,4 +546,62 @@ func TestAcquireIdempotencyKeyRerun(t *testing.T) {
 	wantCode(t, lockctl(t, srv, "release", key, grants[0].LeaseID), exitOK)
 	wantCode(t, lockctl(t, srv, "acquire", key, "--ttl", "30s", "--idempotency-key", "job-7"), exitLeaseLost)
 	wantCode(t, lockctl(t, srv, "acquire", key, "--ttl", "30s", "--idempotency-key", "bad key"), exitInvalid)
+}
+
+// The README's shell flow, line for line, through a real sh (dash on
+// Debian) and bash: the lines acquire prints are exported, so the lockctl
+// the script runs next finds the lease. The test reads the lines out of
+// README.md, so the README cannot drift from what is tested.
+func TestReadmeShellFlow(t *testing.T) {
+	srv := sharedServer(t)
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acquireLine, renewLine, releaseLine string
+	for _, l := range strings.Split(string(readme), "\n") {
+		l, _, _ = strings.Cut(l, "   #") // the README's comments
+		switch l = strings.TrimSpace(l); {
+		case acquireLine == "" && strings.HasPrefix(l, `eval "$(lockctl acquire deploy`):
+			acquireLine = l
+		case renewLine == "" && l == "lockctl renew":
+			renewLine = l
+		case releaseLine == "" && l == "lockctl release":
+			releaseLine = l
+		}
+	}
+	if acquireLine == "" || renewLine == "" || releaseLine == "" {
+		t.Fatalf("README.md has no shell flow to test (eval/renew/release lines): %q %q %q", acquireLine, renewLine, releaseLine)
+	}
+	key := k(t, "ctl-readme")
+	acquireLine = strings.Replace(acquireLine, "acquire deploy", "acquire "+key, 1)
+	script := strings.Join([]string{"set -e", acquireLine, renewLine, releaseLine, `test -n "$LOCKD_LEASE_ID"`}, "\n")
+	for _, sh := range []string{"sh", "bash"} {
+		if _, err := exec.LookPath(sh); err != nil {
+			t.Fatalf("%s: %v", sh, err)
+		}
+		cmd := exec.Command(sh, "-c", script)
+		cmd.Env = append(os.Environ(), "LOCKD_ADDR="+srv.Addr, "PATH="+filepath.Dir(lockctlBin)+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("%s -c %q: %v\n%s", sh, script, err, out)
+		}
+	}
+	if code, st := lockctl(t, srv, "status", key), ""; code.code != exitOK || !strings.Contains(code.stdout, "free") {
+		t.Errorf("status after the script's release: %d %s%s", code.code, code.stdout, st)
+	}
+}
+
+// Every command prints its help on -h and --help and exits 0.
+func TestHelpExitsZero(t *testing.T) {
+	srv := sharedServer(t)
+	for _, cmd := range []string{"run", "acquire", "renew", "release", "status", "list"} {
+		for _, h := range []string{"-h", "--help"} {
+			r := lockctl(t, srv, cmd, h)
+			wantCode(t, r, exitOK)
+			if !strings.Contains(r.stdout, "usage: lockctl") || !strings.Contains(r.stdout, "flags of "+cmd) {
+				t.Errorf("lockctl %s %s printed %q, want its usage on stdout", cmd, h, r.stdout)
+			}
+		}
+	}
 }

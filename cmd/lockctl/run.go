@@ -61,7 +61,7 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	fs.DurationVar(&grace, "grace", -1, "time between SIGTERM and SIGKILL when renewals fail (default TTL/5, at most 10s; a refused renew: at most 500ms)")
 	pos, command, err := parse(g, fs, args, 1)
 	if err != nil {
-		return usageErr(g, "run: %v", err)
+		return flagErr(g, "run", err)
 	}
 	if len(pos) != 1 || len(command) == 0 {
 		return usageErr(g, "run: want KEY [flags] -- CMD [ARGS...]")
