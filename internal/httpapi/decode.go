@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -36,6 +38,20 @@ func ValidKey(k string) bool {
 
 func alnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// keyParam is the {key} of r's route, percent-decoded (generated clients
+// and Python's urllib.parse.quote send reports%3Anightly for
+// reports:nightly) and checked: a key that is valid once decoded is accepted
+// on every route; one that decodes to something invalid, such as a%2Fb
+// (a '/'), is refused.
+func keyParam(r *http.Request) (string, error) {
+	raw := chi.URLParam(r, "key")
+	k, err := url.PathUnescape(raw)
+	if err != nil {
+		return raw, badRequest("invalid_key", fmt.Sprintf("key %q is not validly percent-encoded", raw))
+	}
+	return k, checkKey(k)
 }
 
 func checkKey(k string) error {

@@ -97,6 +97,9 @@ func New(b backend.Backend, opts Options) *Server {
 	})
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
+	// Load balancers and monitors probe with HEAD.
+	r.Head("/healthz", s.healthz)
+	r.Head("/readyz", s.readyz)
 	metrics := promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{})
 	r.Get("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		if s.allow(w, r, auth.RightAdmin, "") {
@@ -245,9 +248,8 @@ func toGrantJSON(g backend.Grant) grantJSON {
 }
 
 func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
-	key := chi.URLParam(r, "key")
+	key, err := keyParam(r)
 	var body acquireBody
-	err := checkKey(key)
 	if err == nil {
 		err = s.decode(w, r, &body)
 	}
@@ -366,9 +368,8 @@ func (c stoppingCtx) Err() error {
 func (c stoppingCtx) Value(any) any { return nil }
 
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
-	key := chi.URLParam(r, "key")
+	key, err := keyParam(r)
 	var body renewBody
-	err := checkKey(key)
 	if err == nil {
 		err = s.decode(w, r, &body)
 	}
@@ -404,9 +405,8 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) release(w http.ResponseWriter, r *http.Request) {
-	key := chi.URLParam(r, "key")
+	key, err := keyParam(r)
 	var body releaseBody
-	err := checkKey(key)
 	if err == nil {
 		err = s.decode(w, r, &body)
 	}
@@ -454,8 +454,8 @@ func toLockJSON(st backend.LockState, withWaiters bool) lockJSON {
 }
 
 func (s *Server) inspect(w http.ResponseWriter, r *http.Request) {
-	key := chi.URLParam(r, "key")
-	if err := checkKey(key); err != nil {
+	key, err := keyParam(r)
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
