@@ -23,6 +23,7 @@ import (
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/version"
 )
 
 // clockEvery is how often a replica measures its clock against the
@@ -129,6 +130,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.DurationVar(&c.readTimeout, "read-body-timeout", 30*time.Second, "the time a client has to send a request's body (long polls then wait as long as they asked)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
 	fs.DurationVar(&c.clock.MaxSkew, "max-clock-skew", lease.DefaultMaxSkew, "the most any two lockd replicas' clocks may differ (etcd, zk): a lock whose holder died is free this much later, and a replica more than half of it off the shared reference is not ready")
+	showVersion := fs.Bool("version", false, "print lockd's version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -148,6 +150,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if *showVersion {
+		return c, errVersion
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
@@ -227,8 +232,15 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 }
 
 // run is lockd: config → wire → serve, until ctx ends.
+// errVersion: --version was asked for; run printed it.
+var errVersion = errors.New("version printed")
+
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	c, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, version.Get())
+		return nil
+	}
 	if err != nil {
 		return err
 	}

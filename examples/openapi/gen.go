@@ -1199,12 +1199,18 @@ type HealthzResponse struct {
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *struct {
 		Status Healthz200JSONResponseBodyStatus `json:"status"`
+
+		// Version lockd's module version, (devel) for a build from a work tree
+		Version *string `json:"version,omitempty"`
 	}
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r HealthzResponse) GetJSON200() *struct {
 	Status Healthz200JSONResponseBodyStatus `json:"status"`
+
+	// Version lockd's module version, (devel) for a build from a work tree
+	Version *string `json:"version,omitempty"`
 } {
 	return r.JSON200
 }
@@ -2197,6 +2203,9 @@ func ParseHealthzResponse(rsp *http.Response) (*HealthzResponse, error) {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest struct {
 			Status Healthz200JSONResponseBodyStatus `json:"status"`
+
+			// Version lockd's module version, (devel) for a build from a work tree
+			Version *string `json:"version,omitempty"`
 		}
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err

@@ -21,6 +21,7 @@ import (
 	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/version"
 )
 
 // Options configures a Server. The zero value works.
@@ -213,7 +214,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": version.Get().Version})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/version"
 )
 
 // Metrics are lockd's Prometheus metrics. Make them before the backend so
@@ -70,6 +71,14 @@ func NewMetrics() *Metrics {
 			Help: "How far lockd_clock_offset_seconds may be off either way (about half a round trip to the reference).",
 		}),
 	}
+	bi := version.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "lockd_build_info",
+		Help:        "Always 1; its labels say which lockd this is.",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision, "goversion": bi.GoVersion},
+	})
+	build.Set(1)
+	m.reg.MustRegister(build)
 	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
