@@ -303,7 +303,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	url := scheme + "://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.describe)
-	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -d '{\"ttl_ms\": 15000}'\n", url)
+	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -H 'Content-Type: application/json' -d '{\"ttl_ms\": 15000}'\n", url)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
