@@ -209,10 +209,10 @@ func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Log
 		st, err = openZK(ctx, c.zk, hooks, log)
 	case "redis":
 		goredis.SetLogger(redisLog{log})
-		st, err = openRedis(ctx, c.redis)
+		st, err = openRedis(ctx, c.redis, log)
 	case "redlock":
 		goredis.SetLogger(redisLog{log})
-		st, err = openRedlock(c.redis)
+		st, err = openRedlock(c.redis, log)
 	default:
 		return nil, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
 	}

@@ -319,7 +319,7 @@ func checkAll(ctx context.Context, addrs []string, backendName, prefix string, c
 	return errs, nil
 }
 
-func openRedis(ctx context.Context, c redisConfig) (*store, error) {
+func openRedis(ctx context.Context, c redisConfig, log *slog.Logger) (*store, error) {
 	addrs := splitList(c.addrs)
 	if len(addrs) == 0 {
 		return nil, errors.New("--backend redis needs --redis-addrs host:port")
@@ -344,7 +344,20 @@ func openRedis(ctx context.Context, c redisConfig) (*store, error) {
 		cli.Close()
 		return nil, fmt.Errorf("redis %s: %w", strings.Join(addrs, ","), err)
 	}
+	warnIfNotPersistent(ctx, cli, "redis "+strings.Join(addrs, ","), log)
 	return &store{b: b, describe: "redis at " + strings.Join(addrs, ",") + describeCreds(cr)}, nil
+}
+
+// warnIfNotPersistent says at start what a Redis server without an
+// append-only file costs: the README's safety table in one line.
+func warnIfNotPersistent(ctx context.Context, cli goredis.UniversalClient, what string, log *slog.Logger) {
+	aof, err := redisb.AppendOnly(ctx, cli)
+	switch {
+	case err != nil:
+		log.Info("could not tell whether Redis keeps an append-only file (INFO persistence); without one (appendonly yes, appendfsync always) a restart loses every lock: see the README's Redis safety table", "server", what, "err", err)
+	case !aof:
+		log.Warn("Redis keeps no append-only file (appendonly no): a restart loses every lock, a held lock can be granted twice and fencing tokens go back; set appendonly yes and appendfsync always (README: Redis and Redlock)", "server", what)
+	}
 }
 
 // redisClient is the redis backend's client. go-redis retries a command
@@ -376,7 +389,7 @@ func describeCreds(cr redisCreds) string {
 	return " (" + strings.Join(parts, ", ") + ")"
 }
 
-func openRedlock(c redisConfig) (*store, error) {
+func openRedlock(c redisConfig, log *slog.Logger) (*store, error) {
 	addrs := splitList(c.addrs)
 	if len(addrs) == 0 {
 		return nil, errors.New("--backend redlock needs --redis-addrs a,b,c,... (independent masters, an odd number)")
@@ -423,6 +436,12 @@ func openRedlock(c redisConfig) (*store, error) {
 			m.Close()
 		}
 		return nil, err
+	}
+	log.Warn("Redlock's fencing tokens are not safe under failures: a master that restarts empty or whose clock jumps lets a second majority grant the lock with a smaller token; use etcd or ZooKeeper where fencing must hold (README: Redis and Redlock)")
+	for i, m := range masters {
+		if errs[i] == nil {
+			warnIfNotPersistent(ctx, m, "redlock master "+addrs[i], log)
+		}
 	}
 	describe := fmt.Sprintf("redlock over %d masters%s", len(addrs), describeCreds(cr))
 	if down > 0 {
