@@ -160,6 +160,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.limits.MaxWaiters < 0 || c.limits.MaxWaitersPerKey < 0 || c.limits.LeasesPerPrincipal < 0 || c.limits.RatePerPrincipal < 0 || c.maxConns < 0 {
 		return c, errors.New("limits must be 0 (no limit) or more")
 	}
+	switch c.backend {
+	case "etcd", "zk", "redis", "redlock":
+	default: // refused before anything binds a port
+		return c, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
+	}
 	if c.clock.MaxSkew < 0 || c.clock.MaxSkew > lease.MaxTTL {
 		return c, fmt.Errorf("--max-clock-skew must be between 0 and %v", lease.MaxTTL)
 	}

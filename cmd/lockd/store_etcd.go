@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -170,6 +171,11 @@ func openEtcd(ctx context.Context, c etcdConfig, logLevel string, hooks backend.
 			DataDir: c.dataDir, ClientURL: c.embedClientURL, PeerURL: c.embedPeerURL, LogLevel: etcdLog,
 			Compact: etcdb.CompactOptions{Logger: log},
 		})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// Most often a second lockd on this machine.
+			return nil, fmt.Errorf("%w: the embedded etcd's ports (--embed-etcd-client-url %s, --embed-etcd-peer-url %s) are taken, most likely by another lockd on this machine: to run a second replica, point it at the first one's etcd with --etcd-endpoints %s; to run an unrelated lockd, give it other --embed-etcd-client-url, --embed-etcd-peer-url and --data-dir",
+				err, c.embedClientURL, c.embedPeerURL, strings.TrimPrefix(c.embedClientURL, "http://"))
+		}
 		if err != nil {
 			return nil, err
 		}
