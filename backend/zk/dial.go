@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -54,7 +55,10 @@ func DialTLS(ctx context.Context, servers []string, sessionTimeout time.Duration
 		hosts = &namedHosts{}
 		dialer = rec.tlsDialer(conf)
 	}
-	conn, events, err := zk.Connect(servers, sessionTimeout, zk.WithLogInfo(false), zk.WithHostProvider(hosts), zk.WithDialer(dialer))
+	// go-zookeeper logs every failed connection attempt on its own; what
+	// went wrong is recorded here and said once, so its lines go to the
+	// debug level of the default logger.
+	conn, events, err := zk.Connect(servers, sessionTimeout, zk.WithLogInfo(false), zk.WithLogger(debugLogger{}), zk.WithHostProvider(hosts), zk.WithDialer(dialer))
 	if err != nil {
 		return nil, fmt.Errorf("zk: connect %v: %w: %w", servers, backend.ErrUnavailable, err)
 	}
@@ -342,4 +346,12 @@ func (h *namedHosts) Connected() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.last = h.curr
+}
+
+// debugLogger sends go-zookeeper's log lines to slog's default logger at
+// debug level.
+type debugLogger struct{}
+
+func (debugLogger) Printf(format string, args ...any) {
+	slog.Debug("zookeeper client: " + fmt.Sprintf(format, args...))
 }

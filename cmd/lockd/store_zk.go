@@ -25,6 +25,7 @@ type zkConfig struct {
 	servers      string
 	root         string
 	session      time.Duration
+	connect      time.Duration
 	user         string
 	passwordFile string
 	tls          bool
@@ -37,6 +38,7 @@ func (c *zkConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.servers, "zk-servers", "", "comma-separated host:port of the ZooKeeper ensemble (--backend zk)")
 	fs.StringVar(&c.root, "zk-root", "/lockd", "znode under which lock nodes live (--backend zk)")
 	fs.DurationVar(&c.session, "zk-session-timeout", 10*time.Second, "ZooKeeper session timeout (--backend zk)")
+	fs.DurationVar(&c.connect, "zk-connect-timeout", 10*time.Second, "how long lockd tries to get a ZooKeeper session at start before it gives up and says why (--backend zk)")
 	fs.StringVar(&c.user, "zk-user", "", "ZooKeeper digest user; every znode lockd creates is then readable and writable by this user alone (needs --zk-password-file). Without it znodes are world-writable")
 	fs.StringVar(&c.passwordFile, "zk-password-file", "", "file holding the --zk-user password (one line; a trailing newline is ignored)")
 	fs.BoolVar(&c.tls, "zk-tls", false, "talk TLS to ZooKeeper: --zk-servers are then the servers' secureClientPort")
@@ -124,7 +126,7 @@ func openZK(ctx context.Context, c zkConfig, hooks backend.Hooks, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, c.connect)
 	defer cancel()
 	conn, err := zkb.DialTLS(dctx, servers, c.session, tlsConf)
 	if err != nil {
