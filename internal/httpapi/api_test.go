@@ -38,14 +38,21 @@ type specServer struct {
 func newSpecServer(t *testing.T, opts httpapi.Options) *specServer {
 	t.Helper()
 	e := testserver.EtcdCluster(t, 1)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	return newSpecServerOver(t, e, etcdOn(t, e.Endpoints(), etcdb.Options{OpTimeout: 2 * time.Second}), opts)
+}
+
+// etcdOn is the real etcd backend over the etcd at endpoints, with its own
+// client; both close with tb. Two calls are two lockd replicas.
+func etcdOn(tb testing.TB, endpoints []string, opts etcdb.Options) *etcdb.Backend {
+	tb.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { cli.Close() })
-	b := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second})
-	t.Cleanup(func() { b.Close() })
-	return newSpecServerOver(t, e, b, opts)
+	tb.Cleanup(func() { cli.Close() })
+	b := etcdb.New(cli, opts)
+	tb.Cleanup(func() { b.Close() })
+	return b
 }
 
 // newSpecServerOver is a specServer over b, a backend on e.

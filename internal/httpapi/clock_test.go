@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/lease"
@@ -24,14 +21,8 @@ func TestReadyzRefusesASkewedReplica(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	server := func(offset time.Duration) *specServer {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cli.Close() })
 		clock := lease.SystemClock(time.Second).Shifted(offset)
-		b := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second, Clock: clock, ClockHeartbeat: 100 * time.Millisecond})
-		t.Cleanup(func() { b.Close() })
+		b := etcdOn(t, e.Endpoints(), etcdb.Options{OpTimeout: 2 * time.Second, Clock: clock, ClockHeartbeat: 100 * time.Millisecond})
 		s := newSpecServerOver(t, e, b, httpapi.Options{Clock: clock})
 		go s.api.WatchClock(ctx, 100*time.Millisecond)
 		return s

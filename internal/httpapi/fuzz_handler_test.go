@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
@@ -42,14 +39,7 @@ func FuzzHandler(f *testing.F) {
 		f.Add(s.who, s.method, s.path, []byte(s.body))
 	}
 
-	e := testserver.EtcdCluster(f, 1)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { cli.Close() })
-	b := etcdb.New(cli, etcdb.Options{OpTimeout: 5 * time.Second})
-	f.Cleanup(func() { b.Close() })
+	b := etcdOn(f, testserver.EtcdCluster(f, 1).Endpoints(), etcdb.Options{OpTimeout: 5 * time.Second})
 	api := httpapi.New(b, httpapi.Options{Auth: tokensFile(f, `{"tokens": [
 	  {"name": "tenant-a", "token": "`+tokA+`", "prefixes": ["a:"], "rights": ["lock", "read"], "max_leases": 50},
 	  {"name": "reader-a", "token": "`+tokReader+`", "prefixes": ["a:"], "rights": ["read"]},

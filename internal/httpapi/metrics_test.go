@@ -14,8 +14,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
@@ -61,14 +59,8 @@ func newMetricsServer(t *testing.T, wrap func(backend.Backend) backend.Backend) 
 // replicas over one store.
 func newReplica(t *testing.T, endpoints []string, wrap func(backend.Backend) backend.Backend) *metricsServer {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
 	m := httpapi.NewMetrics()
-	var b backend.Backend = etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second, Hooks: backend.Hooks{OnExpire: m.Expired}})
-	t.Cleanup(func() { b.Close() })
+	var b backend.Backend = etcdOn(t, endpoints, etcdb.Options{OpTimeout: 2 * time.Second, Hooks: backend.Hooks{OnExpire: m.Expired}})
 	if wrap != nil {
 		b = wrap(b)
 	}

@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
@@ -50,15 +47,7 @@ func (b *lateGrant) Release(ctx context.Context, key, leaseID string) error {
 // etcdBackend is the real etcd backend on an embedded etcd.
 func etcdBackend(t *testing.T) *etcdb.Backend {
 	t.Helper()
-	e := testserver.EtcdCluster(t, 1)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	b := etcdb.New(cli, etcdb.Options{OpTimeout: 2 * time.Second})
-	t.Cleanup(func() { b.Close() })
-	return b
+	return etcdOn(t, testserver.EtcdCluster(t, 1).Endpoints(), etcdb.Options{OpTimeout: 2 * time.Second})
 }
 
 // A grant that arrives after its client left is released at once, once, by
