@@ -4,11 +4,16 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/backend"
+	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
 )
 
@@ -237,5 +242,52 @@ func TestElectionRights(t *testing.T) {
 	}
 	if st := s.doAs(tokAdmin, "GET", "/v1/elections/b:e", ""); st.json["leader"] == nil {
 		t.Errorf("b:e after the refused calls: %s, want still led", st.body)
+	}
+}
+
+// cutElections ends the first stream Observe opens with an error after its
+// first event, as a backend does when its store goes away mid-stream.
+type cutElections struct {
+	backend.Elections
+	cut atomic.Bool
+}
+
+func (c *cutElections) Observe(ctx context.Context, name string) (<-chan backend.ElectionEvent, error) {
+	events, err := c.Elections.Observe(ctx, name)
+	if err != nil || c.cut.Swap(true) {
+		return events, err
+	}
+	out := make(chan backend.ElectionEvent, 2)
+	out <- <-events
+	out <- backend.ElectionEvent{Err: fmt.Errorf("%w: store gone", backend.ErrUnavailable)}
+	close(out)
+	return out, nil
+}
+
+type cutBackend struct {
+	*etcdb.Backend
+	el *cutElections
+}
+
+func (b cutBackend) Elections() backend.Elections { return b.el }
+
+// A backend stream that ends is never a silent close: the HTTP stream says
+// resync, then goes on with the current state and later changes.
+func TestObserveResyncWhenBackendStreamEnds(t *testing.T) {
+	real := etcdBackend(t)
+	api := httpapi.New(cutBackend{real, &cutElections{Elections: real.Elections()}}, httpapi.Options{})
+	ts := httptest.NewServer(api)
+	t.Cleanup(ts.Close)
+	events := stream(t, observe(t, t.Context(), ts.URL+"/v1/elections/cut.e/observe", nil))
+	for i, want := range []string{"no_leader", "resync", "no_leader"} {
+		if ev := nextSSE(t, events, true); ev.event != want {
+			t.Fatalf("event %d: %+v, want %s", i, ev, want)
+		}
+	}
+	if _, err := real.Elections().Campaign(t.Context(), backend.CampaignRequest{Name: "cut.e", Owner: "a", TTL: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextSSE(t, events, true); ev.event != "leader" {
+		t.Fatalf("after the resync and a campaign: %+v, want leader", ev)
 	}
 }
