@@ -244,3 +244,151 @@ func (h Hooks) Expired(e Expiry) {
 		h.OnExpire(e)
 	}
 }
+
+// MaxElectionValue is the largest election value, in bytes of UTF-8.
+const MaxElectionValue = 4 << 10
+
+// Elector is implemented by backends that run leader elections. It is an
+// optional capability, found by type assertion; a backend without it answers
+// 501 not_supported on the election routes.
+type Elector interface {
+	Elections() Elections
+}
+
+// Elections keeps leader elections. An election is a FIFO lock with a
+// value, in its own namespace (an election "x" and a lock "x" never meet);
+// the term is the grant's fencing token: it increases across leaders and
+// stays the same across proclaims and renewals. At most one unexpired
+// leader exists per name, under the same clock policy as locks (lease.Clock).
+type Elections interface {
+	// Campaign makes the caller leader of req.Name once nobody ahead of it
+	// in line holds an unexpired term, waiting up to req.Wait (FIFO).
+	//
+	// Errors: ErrHeld as *NotLeaderError (carrying the leader, when one
+	// could be read) when not leader within req.Wait; ErrUnavailable; ctx's
+	// error, in which case the candidate has left the line.
+	Campaign(ctx context.Context, req CampaignRequest) (Leadership, error)
+
+	// Proclaim sets a new value for the leader's term, keeping the term
+	// and the deadline.
+	//
+	// Errors: ErrLeaseExpired when leaseID is not the unexpired leader of
+	// name (expired, resigned, still waiting, foreign, unknown);
+	// ErrUnavailable.
+	Proclaim(ctx context.Context, name, leaseID, value string) (Leadership, error)
+
+	// Renew extends the leader's lease to ttl from now (0: its current
+	// TTL), keeping term and value; never resurrects. Errors as Proclaim.
+	Renew(ctx context.Context, name, leaseID string, ttl time.Duration) (Leadership, error)
+
+	// Resign ends the leader's term at once; the next candidate in line
+	// becomes leader. Errors as Proclaim.
+	Resign(ctx context.Context, name, leaseID string) error
+
+	// Leader shows the unexpired leader of name, if any, and how many
+	// candidates wait behind it.
+	Leader(ctx context.Context, name string) (ElectionState, error)
+
+	// Observe streams the election's state: first the current state, then
+	// every change in store order. A new term or a new value in the same
+	// term is a leader event; a leader resigning, or its lease running out
+	// (delivered by a timer at its deadline plus the declared skew, even
+	// when nobody touches the name), is a no_leader event. Terms only
+	// increase along a stream, and every change of leader and every
+	// absence of one is delivered; proclaims may coalesce. Renewals are
+	// not events.
+	//
+	// The channel never closes silently: its last event carries Err (ctx's
+	// error, or ErrUnavailable when the stream could not go on), after
+	// which the caller must read the state afresh.
+	Observe(ctx context.Context, name string) (<-chan ElectionEvent, error)
+
+	// Features says how the backend keeps elections.
+	Features() ElectionFeatures
+}
+
+// ElectionFeatures describe a backend's elections in GET /v1/capabilities.
+type ElectionFeatures struct {
+	// Observe is how changes reach observers: "watch" (the store notifies)
+	// or "poll".
+	Observe string `json:"observe"`
+}
+
+// CampaignRequest asks to become leader.
+type CampaignRequest struct {
+	Name  string
+	Owner string
+	Value string // at most MaxElectionValue bytes
+	TTL   time.Duration
+	Wait  time.Duration
+}
+
+// Leadership is a won election: the leader's own view, with its capability.
+type Leadership struct {
+	Name      string
+	LeaseID   string
+	Term      uint64
+	Owner     string
+	Value     string
+	TTL       time.Duration
+	ExpiresAt time.Time
+}
+
+// Leader is the leader as everyone else sees it (never its lease id).
+type Leader struct {
+	Term      uint64
+	Owner     string
+	Value     string
+	ExpiresAt time.Time
+}
+
+// ElectionState is what Leader shows of one election.
+type ElectionState struct {
+	Name       string
+	Leader     *Leader // nil when nobody leads
+	Candidates int     // waiting behind the leader
+}
+
+// Reasons an election has no leader.
+const (
+	ReasonResigned = "resigned"
+	ReasonExpired  = "expired"
+)
+
+// ElectionEvent is one event of Observe. Exactly one of Leader, NoLeader and
+// Err is set.
+type ElectionEvent struct {
+	Leader   *Leader
+	NoLeader *NoLeader
+	Err      error
+}
+
+// NoLeader says the election has no leader. LastTerm is the term that ended
+// (0 when the stream never saw one); Reason is ReasonResigned or
+// ReasonExpired, or empty in a stream's first event when the store cannot
+// tell.
+type NoLeader struct {
+	LastTerm uint64
+	Reason   string
+}
+
+// NotLeaderError is returned (wrapping ErrHeld) when a campaign gives up.
+type NotLeaderError struct {
+	Name   string
+	Leader *Leader // nil when nobody could be read as leader
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.Leader == nil {
+		return fmt.Sprintf("election %q: not leader", e.Name)
+	}
+	return fmt.Sprintf("election %q led by %q (term %d)", e.Name, e.Leader.Owner, e.Leader.Term)
+}
+
+func (e *NotLeaderError) Unwrap() error { return ErrHeld }
+
+// Unordered is implemented by backends that do not serve waiters in arrival
+// order; NoFIFO says why (GET /v1/capabilities shows it).
+type Unordered interface {
+	NoFIFO() string
+}

@@ -605,11 +605,13 @@ func decodeProblem(resp *http.Response, data []byte) error {
 		Detail string      `json:"detail"`
 		Code   string      `json:"code"`
 		Holder *holderJSON `json:"holder"`
+		Leader *leaderJSON `json:"leader"`
 	}
 	e := &Error{Status: resp.StatusCode}
 	if json.Unmarshal(data, &p) == nil {
 		e.Type, e.Title, e.Detail, e.Code = p.Type, p.Title, p.Detail, p.Code
 		e.Holder = p.Holder.holder()
+		e.Leader = p.Leader.leader()
 	} else {
 		e.Detail = strings.TrimSpace(string(data))
 		if len(e.Detail) > 200 {

@@ -47,6 +47,8 @@ type Error struct {
 	Detail string
 	// Holder is the current holder for a "lock_held" reply, when known.
 	Holder *Holder
+	// Leader is the election's leader for a refused campaign, when known.
+	Leader *Leader
 	// RetryAfter is the server's Retry-After, when it sent one.
 	RetryAfter time.Duration
 }

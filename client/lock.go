@@ -27,6 +27,11 @@ type Lock struct {
 
 	stop context.CancelFunc // ends the renewal loop
 	done chan struct{}      // closed when the renewal loop has returned
+
+	// renewFn and releaseFn, when set, renew and release another kind of
+	// lease than a lock's (an election's); see Campaign.
+	renewFn   func(ctx context.Context) (Grant, error)
+	releaseFn func(ctx context.Context) error
 }
 
 // Acquire takes key, waiting up to opts.Wait, and returns a Lock that renews
@@ -37,13 +42,21 @@ func (c *Client) Acquire(ctx context.Context, key string, opts AcquireOptions) (
 	if err != nil {
 		return nil, err
 	}
+	if g.Key == "" {
+		g.Key = key
+	}
+	l := newLock(c, g, opts.Margin, opts.RenewEvery, nil, nil)
+	l.start()
+	return l, nil
+}
+
+// newLock is the Lock of grant g; start starts its renewal.
+func newLock(c *Client, g Grant, margin, renewEvery time.Duration, renewFn func(context.Context) (Grant, error), releaseFn func(context.Context) error) *Lock {
 	l := &Lock{
 		c: c, key: g.Key, leaseID: g.LeaseID, token: g.Token, owner: g.Owner,
-		ttl: g.TTL, margin: opts.Margin, renewEvery: opts.RenewEvery,
+		ttl: g.TTL, margin: margin, renewEvery: renewEvery,
 		lost: make(chan struct{}), done: make(chan struct{}),
-	}
-	if l.key == "" {
-		l.key = key
+		renewFn: renewFn, releaseFn: releaseFn,
 	}
 	if l.renewEvery <= 0 || l.renewEvery >= l.ttl {
 		l.renewEvery = l.ttl / 3
@@ -51,11 +64,14 @@ func (c *Client) Acquire(ctx context.Context, key string, opts AcquireOptions) (
 	l.mu.Lock()
 	l.extendLocked(g)
 	l.mu.Unlock()
+	return l
+}
+
+func (l *Lock) start() {
 	// The renewal loop lives as long as the lock, not as the acquire's ctx.
 	life, stop := context.WithCancel(context.Background())
 	l.stop = stop
 	go l.renewLoop(life)
-	return l, nil
 }
 
 // Key returns the lock's key.
@@ -187,7 +203,12 @@ func (l *Lock) Renew(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	g, err := l.c.RenewLease(rctx, l.key, l.leaseID, l.ttl)
+	var g Grant
+	if l.renewFn != nil {
+		g, err = l.renewFn(rctx)
+	} else {
+		g, err = l.c.RenewLease(rctx, l.key, l.leaseID, l.ttl)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -211,7 +232,12 @@ func (l *Lock) Renew(ctx context.Context) error {
 func (l *Lock) Release(ctx context.Context) error {
 	l.stop()
 	<-l.done
-	err := l.c.ReleaseLease(ctx, l.key, l.leaseID)
+	var err error
+	if l.releaseFn != nil {
+		err = l.releaseFn(ctx)
+	} else {
+		err = l.c.ReleaseLease(ctx, l.key, l.leaseID)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err == nil || errors.Is(err, ErrLeaseExpired) {

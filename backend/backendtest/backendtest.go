@@ -58,6 +58,9 @@ type Options struct {
 	// NoIdempotency, when set, is the reason the backend does not implement
 	// backend.Idempotent; the Idempotent subtests are skipped with it.
 	NoIdempotency string
+	// NoElections, when set, is the reason the backend does not implement
+	// backend.Elector; the Election subtests are skipped with it.
+	NoElections string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -99,6 +102,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 		{"ClockSkewAboveBoundDetected", s.skewAboveBound},
 	}
 	tests = append(tests, s.idempotencyTests()...)
+	tests = append(tests, s.electionTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

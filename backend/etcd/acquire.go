@@ -17,6 +17,11 @@ import (
 
 // Acquire implements backend.Backend.
 func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	return b.acquire(ctx, req, "")
+}
+
+// acquire is Acquire of a record carrying value (an election's).
+func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value string) (backend.Grant, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
@@ -30,7 +35,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	held := contended(giveUp) // for the work once the key was found held
 	// grantIfFree makes this acquire the holder when the queue is empty.
 	grantIfFree := func(adm admission) (backend.Grant, bool, error) {
-		rec, gcLease, err := b.holderRecord(ctx, req)
+		rec, gcLease, err := b.holderRecord(ctx, req, value)
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
@@ -91,7 +96,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			}
 			return backend.Grant{}, he
 		}
-		return b.wait(ctx, req, id, giveUp)
+		return b.wait(ctx, req, id, giveUp, value)
 	}
 }
 
@@ -133,7 +138,7 @@ func (b *Backend) waiterLease(ctx context.Context) (clientv3.LeaseID, error) {
 // lost to a partition).
 var errEntryLost = fmt.Errorf("%w: etcd: queue entry lost while waiting", backend.ErrUnavailable)
 
-func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id string, giveUp time.Time) (g backend.Grant, err error) {
+func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id string, giveUp time.Time, value string) (g backend.Grant, err error) {
 	q := b.queue(req.Key)
 	mine := q + id
 	wl, err := b.waiterLease(ctx)
@@ -178,13 +183,13 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	return b.waitTurn(ctx, req, id, myRev, giveUp)
+	return b.waitTurn(ctx, req, id, myRev, giveUp, value)
 }
 
 // waitTurn waits, as the queue entry of lease id created at myRev, until
 // nothing is ahead of it, and takes the lock; or gives up at giveUp with
 // ErrHeld. It leaves the entry to its caller.
-func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time) (backend.Grant, error) {
+func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time, value string) (backend.Grant, error) {
 	q := b.queue(req.Key)
 	mine := q + id
 	adm := contended(giveUp)
@@ -193,7 +198,7 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 	// created later have larger revisions, so when nothing is ahead only
 	// the loss of our own entry can fail it.
 	grant := func() (backend.Grant, bool, error) {
-		rec, gcLease, err := b.holderRecord(ctx, req)
+		rec, gcLease, err := b.holderRecord(ctx, req, value)
 		if err != nil {
 			return backend.Grant{}, false, err
 		}

@@ -9,6 +9,10 @@
 // queue; it holds the lock when its record carries a deadline. Entries behind
 // it are waiters, served in create-revision order (FIFO).
 //
+// Elections live the same way under <prefix>e/<name>/ (election.go): the
+// record also carries the leader's value, the term is the fencing token, and
+// observers follow the range with one watch and a timer (observe.go).
+//
 // # Fencing token
 //
 // The token is the create revision of the grant's entry. Revisions grow over
@@ -138,6 +142,9 @@ type Backend struct {
 	session clientv3.LeaseID // waiters' lease; 0 until the first wait or after it was lost
 
 	clocks clockPeers // see ClockOffset
+
+	space string   // "q/" for locks, "e/" for elections (see queue)
+	elect *Backend // the election queues: this Backend's machinery under e/
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -160,7 +167,11 @@ func New(cli *clientv3.Client, opts Options) *Backend {
 		opts.MaxContendedOps = 64
 	}
 	life, cancel := context.WithCancel(context.Background())
-	return &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel}
+	b := &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel, space: "q/"}
+	// Elections run on the same queues, leases, admission and lifetime, in
+	// their own range (with their own waiters' lease, granted on first use).
+	b.elect = &Backend{cli: cli, opts: opts, leases: b.leases, slots: b.slots, life: life, cancel: cancel, space: "e/"}
+	return b
 }
 
 // fail maps an etcd error: the caller's context first, then unavailability.

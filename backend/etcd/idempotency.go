@@ -109,7 +109,7 @@ func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g bac
 		return g, true, nil
 	}
 	// Still waiting: wait in its place.
-	g, err = b.waitTurn(ctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait))
+	g, err = b.waitTurn(ctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait), "")
 	g.Replayed = err == nil
 	return g, true, err
 }

@@ -17,19 +17,29 @@ import (
 
 // Renew implements backend.Backend.
 func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	e, err := b.renew(ctx, key, leaseID, ttl)
+	if err != nil {
+		return backend.Grant{}, err
+	}
+	return e.grant(key), nil
+}
+
+// renew is Renew, answering with the renewed entry (an election's value
+// with it).
+func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Duration) (*entry, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		e, err := b.get(ctx, key, leaseID)
 		if err != nil {
-			return backend.Grant{}, err
+			return nil, err
 		}
 		if e == nil || !e.rec.held() {
-			return backend.Grant{}, backend.ErrLeaseExpired
+			return nil, backend.ErrLeaseExpired
 		}
 		if !e.rec.valid(b.opts.Clock) {
 			if e.rec.overdue(b.opts.Clock) {
 				_ = b.removeExpired(ctx, atOnce, key, e)
 			}
-			return backend.Grant{}, backend.ErrLeaseExpired
+			return nil, backend.ErrLeaseExpired
 		}
 		rec := e.rec
 		if ttl > 0 {
@@ -38,7 +48,7 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
 		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
 		if err != nil {
-			return backend.Grant{}, err
+			return nil, err
 		}
 		// The entry must be exactly as read: an expiry removal or another
 		// renew in between wins, and this one looks again.
@@ -46,14 +56,14 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)},
 			[]clientv3.Op{clientv3.OpPut(e.key, mustJSON(rec), clientv3.WithLease(gcLease))}, nil)
 		if err != nil {
-			return backend.Grant{}, err
+			return nil, err
 		}
 		if resp.Succeeded {
 			e.rec = rec
-			return e.grant(key), nil
+			return e, nil
 		}
 	}
-	return backend.Grant{}, fmt.Errorf("%w: renew kept racing with other writers", backend.ErrUnavailable)
+	return nil, fmt.Errorf("%w: renew kept racing with other writers", backend.ErrUnavailable)
 }
 
 // Release implements backend.Backend.

@@ -21,6 +21,7 @@ type record struct {
 	Owner    string `json:"o,omitempty"`
 	TTL      int64  `json:"t"`           // ms
 	Deadline int64  `json:"d,omitempty"` // unix ms; 0 while waiting
+	Value    string `json:"v,omitempty"` // an election's value; locks have none
 }
 
 func (r record) held() bool { return r.Deadline != 0 }
@@ -45,7 +46,9 @@ type entry struct {
 	readRev   int64 // the store's revision when this entry was read (lookAhead)
 }
 
-func (b *Backend) queue(key string) string { return b.opts.Prefix + "q/" + key + "/" }
+// queue is the range of key's entries: under q/ for locks, e/ for
+// elections (b.space), so a lock and an election of one name never meet.
+func (b *Backend) queue(key string) string { return b.opts.Prefix + b.space + key + "/" }
 
 func (b *Backend) decode(kv []byte, k string, createRev, modRev int64) (entry, error) {
 	var rec record
@@ -100,8 +103,8 @@ func (b *Backend) removeExpired(ctx context.Context, adm admission, lockKey stri
 
 // holderRecord is req's record as the holder from now on, and the etcd
 // lease that will collect it after its deadline.
-func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest) (record, clientv3.LeaseID, error) {
-	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: b.opts.Clock.Deadline(req.TTL).UnixMilli()}
+func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest, value string) (record, clientv3.LeaseID, error) {
+	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: b.opts.Clock.Deadline(req.TTL).UnixMilli(), Value: value}
 	gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
 	return rec, gcLease, err
 }

@@ -50,6 +50,9 @@ type Options struct {
 	// Clock is the clock policy the backend was given; WatchClock holds
 	// this replica's measured offset against its MaxSkew.
 	Clock lease.Clock
+	// StreamPing is how often an event stream sends a ": ping" comment;
+	// default 15 s.
+	StreamPing time.Duration
 }
 
 // Server is the HTTP handler of lockd.
@@ -107,6 +110,7 @@ func New(b backend.Backend, opts Options) *Server {
 			metrics.ServeHTTP(w, r)
 		}
 	})
+	r.Get("/v1/capabilities", s.capabilities)
 	r.Route("/v1/locks", func(r chi.Router) {
 		r.Get("/", s.list)
 		r.Get("/{key}", s.inspect)
@@ -114,6 +118,7 @@ func New(b backend.Backend, opts Options) *Server {
 		r.Post("/{key}/renew", s.renew)
 		r.Post("/{key}/release", s.release)
 	})
+	r.Route("/v1/elections", s.electionRoutes)
 	s.handler = r
 	return s
 }

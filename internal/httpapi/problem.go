@@ -22,6 +22,8 @@ type Problem struct {
 	Detail string  `json:"detail"`
 	Code   string  `json:"code"`
 	Holder *holder `json:"holder,omitempty"` // lock_held only
+	// Leader is the election's leader when a campaign gave up.
+	Leader *leaderJSON `json:"leader,omitempty"`
 
 	retryAfter time.Duration // when to come back, for 429 and 503
 }
@@ -91,6 +93,10 @@ func problemFor(err error) Problem {
 			var he *backend.HeldError
 			if errors.As(err, &he) && he.Holder != nil {
 				p.Holder = &holder{Owner: he.Holder.Owner, Token: he.Holder.Token, ExpiresAt: lease.Format(he.Holder.ExpiresAt)}
+			}
+			var ne *backend.NotLeaderError
+			if errors.As(err, &ne) {
+				p.Leader = toLeaderJSON(ne.Leader)
 			}
 			return p
 		}

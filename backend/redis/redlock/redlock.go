@@ -674,3 +674,10 @@ func (b *Backend) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+var _ backend.Unordered = (*Backend)(nil)
+
+// NoFIFO implements backend.Unordered.
+func (b *Backend) NoFIFO() string {
+	return "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins"
+}

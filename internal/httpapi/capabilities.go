@@ -1,0 +1,61 @@
+package httpapi
+
+import (
+	"net/http"
+
+	"github.com/lockd/lockd/backend"
+)
+
+// capabilitiesJSON is GET /v1/capabilities: what this lockd's backend
+// supports. A null feature answers 501 not_supported on its routes.
+type capabilitiesJSON struct {
+	Backend  string       `json:"backend"`
+	Features featuresJSON `json:"features"`
+}
+
+type featuresJSON struct {
+	Locks       locksFeature              `json:"locks"`
+	Idempotency *struct{}                 `json:"idempotency"`
+	Elections   *backend.ElectionFeatures `json:"elections"`
+}
+
+type locksFeature struct {
+	FIFO bool `json:"fifo"`
+	// NoFIFOReason says why waiters are not served in arrival order.
+	NoFIFOReason string `json:"no_fifo_reason,omitempty"`
+}
+
+// capabilitiesOf reads the features off b by type assertion, so that what
+// is shown is what the routes will do.
+func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
+	c := capabilitiesJSON{Backend: name, Features: featuresJSON{Locks: locksFeature{FIFO: true}}}
+	if u, ok := b.(backend.Unordered); ok {
+		c.Features.Locks = locksFeature{FIFO: false, NoFIFOReason: u.NoFIFO()}
+	}
+	if _, ok := b.(backend.Idempotent); ok {
+		c.Features.Idempotency = &struct{}{}
+	}
+	if e := elections(b); e != nil {
+		f := e.Features()
+		c.Features.Elections = &f
+	}
+	return c
+}
+
+// elections is b's elections, or nil when it has none.
+func elections(b backend.Backend) backend.Elections {
+	if el, ok := b.(backend.Elector); ok {
+		return el.Elections()
+	}
+	return nil
+}
+
+func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, capabilitiesOf(s.opts.Backend, s.b))
+}
+
+// errNotSupported answers the routes of a feature the backend lacks.
+func errNotSupported(feature string) error {
+	return &requestError{status: http.StatusNotImplemented, code: "not_supported",
+		detail: "this lockd's backend does not support " + feature + " (see GET /v1/capabilities)"}
+}

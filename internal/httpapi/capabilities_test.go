@@ -1,0 +1,65 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/httpapi"
+)
+
+// Capabilities name what the backend does, read off the backend itself: a
+// backend that hides a feature shows it null and answers 501 on its routes.
+func TestCapabilities(t *testing.T) {
+	s := newSpecServer(t, httpapi.Options{})
+	r := s.do("GET", "/v1/capabilities", "")
+	s.want(r, 200, "")
+	f, _ := r.json["features"].(map[string]any)
+	if r.json["backend"] != "etcd" || f["idempotency"] == nil || f["locks"].(map[string]any)["fifo"] != true {
+		t.Errorf("etcd capabilities = %s, want backend etcd, idempotency {}, FIFO locks", r.body)
+	}
+	if e, _ := f["elections"].(map[string]any); e["observe"] != "watch" {
+		t.Errorf("etcd capabilities = %s, want elections observed by watch", r.body)
+	}
+
+	plain := struct{ backend.Backend }{etcdBackend(t)} // hides every optional interface
+	ts := httptest.NewServer(httpapi.New(plain, httpapi.Options{Backend: "plain"}))
+	t.Cleanup(ts.Close)
+	resp, err := ts.Client().Get(ts.URL + "/v1/capabilities")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Features map[string]json.RawMessage `json:"features"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	for _, name := range []string{"idempotency", "elections"} {
+		if string(got.Features[name]) != "null" {
+			t.Errorf("a backend without %s shows %s = %s, want null", name, name, got.Features[name])
+		}
+	}
+	for _, path := range []string{"/v1/elections/e1/campaign", "/v1/elections/e1/proclaim", "/v1/elections/e1/renew", "/v1/elections/e1/resign"} {
+		resp, err := ts.Client().Post(ts.URL+path, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct{ Code string }
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if resp.StatusCode != 501 || p.Code != "not_supported" {
+			t.Errorf("POST %s without elections: %d %q, want 501 not_supported", path, resp.StatusCode, p.Code)
+		}
+	}
+	for _, path := range []string{"/v1/elections/e1", "/v1/elections/e1/observe"} {
+		resp, err := ts.Client().Get(ts.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 501 {
+			t.Errorf("GET %s without elections: %d, want 501", path, resp.StatusCode)
+		}
+	}
+}

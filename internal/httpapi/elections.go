@@ -1,0 +1,389 @@
+package httpapi
+
+// Leader elections over HTTP: campaign, proclaim, renew, resign, inspect and
+// an observe stream (server-sent events). Election names follow the rules of
+// lock keys, and rights and prefixes apply to them as to keys.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/auth"
+	"github.com/lockd/lockd/internal/lease"
+)
+
+func (s *Server) electionRoutes(r chi.Router) {
+	r.Get("/{name}", s.electionLeader)
+	r.Get("/{name}/observe", s.electionObserve)
+	r.Post("/{name}/campaign", s.campaign)
+	r.Post("/{name}/proclaim", s.proclaim)
+	r.Post("/{name}/renew", s.electionRenew)
+	r.Post("/{name}/resign", s.resign)
+}
+
+type campaignBody struct {
+	TTLMs     *int64  `json:"ttl_ms"`
+	WaitMs    *int64  `json:"wait_ms"`
+	Owner     *string `json:"owner"`
+	Value     *string `json:"value"`
+	SessionID *string `json:"session_id"`
+}
+
+type proclaimBody struct {
+	LeaseID *string `json:"lease_id"`
+	Value   *string `json:"value"`
+}
+
+// leadershipJSON is the body of a won campaign, a proclaim and a renew.
+type leadershipJSON struct {
+	Name      string `json:"name"`
+	LeaseID   string `json:"lease_id"`
+	Term      uint64 `json:"term"`
+	Owner     string `json:"owner"`
+	Value     string `json:"value"`
+	TTLMs     int64  `json:"ttl_ms"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+func toLeadershipJSON(l backend.Leadership) leadershipJSON {
+	return leadershipJSON{Name: l.Name, LeaseID: l.LeaseID, Term: l.Term, Owner: l.Owner, Value: l.Value,
+		TTLMs: l.TTL.Milliseconds(), ExpiresAt: lease.Format(l.ExpiresAt)}
+}
+
+// leaderJSON is the leader as everyone sees it: in inspection, in a refused
+// campaign's problem and in observe's leader events.
+type leaderJSON struct {
+	Term      uint64 `json:"term"`
+	Owner     string `json:"owner"`
+	Value     string `json:"value"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+func toLeaderJSON(l *backend.Leader) *leaderJSON {
+	if l == nil {
+		return nil
+	}
+	return &leaderJSON{Term: l.Term, Owner: l.Owner, Value: l.Value, ExpiresAt: lease.Format(l.ExpiresAt)}
+}
+
+func checkValue(v *string) (string, error) {
+	if v == nil {
+		return "", nil
+	}
+	if len(*v) > backend.MaxElectionValue || !utf8.ValidString(*v) {
+		return "", badRequest("invalid_value", fmt.Sprintf("value is limited to %d bytes of UTF-8", backend.MaxElectionValue))
+	}
+	return *v, nil
+}
+
+// election checks the route's name and the caller's right on it, and finds
+// the backend's elections; it answers the request itself when any fails.
+func (s *Server) election(w http.ResponseWriter, r *http.Request, right auth.Right, body any) (string, backend.Elections, bool) {
+	name := chi.URLParam(r, "name")
+	err := checkKey(name)
+	el := elections(s.b)
+	if err == nil && el == nil {
+		err = errNotSupported("elections")
+	}
+	if err == nil && body != nil {
+		err = s.decode(w, r, body)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return "", nil, false
+	}
+	if !s.allow(w, r, right, name) {
+		return "", nil, false
+	}
+	return name, el, true
+}
+
+func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
+	var body campaignBody
+	name, el, ok := s.election(w, r, auth.RightLock, &body)
+	if !ok {
+		return
+	}
+	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner}.params()
+	var value string
+	if err == nil {
+		value, err = checkValue(body.Value)
+	}
+	if err == nil && body.SessionID != nil {
+		if body.TTLMs != nil {
+			err = badRequest("invalid_session_id", "send ttl_ms or session_id, not both")
+		} else {
+			err = errNotSupported("sessions")
+		}
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	if p.wait > 0 {
+		leave, limit, err := s.waiters.enter("election/"+name, s.opts.Limits)
+		if err != nil {
+			s.m.limited.WithLabelValues(limit).Inc()
+			s.refuse(w, r, principal(r), err)
+			return
+		}
+		defer leave()
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := context.AfterFunc(stoppingCtx{s.stopping}, func() { cancel(errShuttingDown) })
+		defer stop()
+		s.m.waiters.Inc()
+		defer s.m.waiters.Dec()
+	}
+	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait})
+	if err == nil && r.Context().Err() != nil {
+		// Elected as the client left: nobody would renew or resign, and
+		// the election would stay led by nobody for a whole TTL.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), orphanReleaseTimeout)
+		defer cancel()
+		if err := el.Resign(rctx, name, l.LeaseID); err != nil {
+			s.log.Warn("could not resign a leadership whose client left", "name", name, "term", l.Term, "err", err)
+		}
+		return
+	}
+	if err != nil {
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			err = fmt.Errorf("%w: the campaign for %q was cut short", errShuttingDown, name)
+		}
+		s.fail(w, r, err)
+		return
+	}
+	s.audit("elected", r, "name", name, "owner", l.Owner, "term", l.Term, "lease", leaseHash(l.LeaseID), "ttl_ms", l.TTL.Milliseconds())
+	writeJSON(w, http.StatusOK, toLeadershipJSON(l))
+}
+
+func (s *Server) proclaim(w http.ResponseWriter, r *http.Request) {
+	var body proclaimBody
+	name, el, ok := s.election(w, r, auth.RightLock, &body)
+	if !ok {
+		return
+	}
+	id, err := checkLeaseID(body.LeaseID)
+	var value string
+	if err == nil {
+		value, err = checkValue(body.Value)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	l, err := el.Proclaim(r.Context(), name, id, value)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toLeadershipJSON(l))
+}
+
+func (s *Server) electionRenew(w http.ResponseWriter, r *http.Request) {
+	var body renewBody
+	name, el, ok := s.election(w, r, auth.RightLock, &body)
+	if !ok {
+		return
+	}
+	id, err := checkLeaseID(body.LeaseID)
+	var ttl time.Duration
+	if err == nil {
+		ttl, err = msField("ttl_ms", body.TTLMs, 0, lease.MinTTL, lease.MaxTTL)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	l, err := el.Renew(r.Context(), name, id, ttl)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toLeadershipJSON(l))
+}
+
+func (s *Server) resign(w http.ResponseWriter, r *http.Request) {
+	var body releaseBody
+	name, el, ok := s.election(w, r, auth.RightLock, &body)
+	if !ok {
+		return
+	}
+	id, err := checkLeaseID(body.LeaseID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := el.Resign(r.Context(), name, id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.audit("resign", r, "name", name, "lease", leaseHash(id))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) electionLeader(w http.ResponseWriter, r *http.Request) {
+	name, el, ok := s.election(w, r, auth.RightRead, nil)
+	if !ok {
+		return
+	}
+	st, err := el.Leader(r.Context(), name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Name       string      `json:"name"`
+		Leader     *leaderJSON `json:"leader,omitempty"`
+		Candidates int         `json:"candidates"`
+	}{name, toLeaderJSON(st.Leader), st.Candidates})
+}
+
+// The events of an observe stream.
+type noLeaderJSON struct {
+	LastTerm uint64 `json:"last_term"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+type resyncJSON struct {
+	Reason string `json:"reason"`
+}
+
+// sse writes server-sent events, each flushed at once, each with an id:
+// this stream's random prefix and a sequence number. lockd keeps no log of
+// past events, so a Last-Event-ID never resumes: the stream says resync and
+// sends the current state.
+type sse struct {
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	stream string
+	seq    uint64
+}
+
+func (e *sse) event(name string, data any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	e.seq++
+	if _, err := fmt.Fprintf(e.w, "id: %s-%d\nevent: %s\ndata: %s\n\n", e.stream, e.seq, name, b); err != nil {
+		return err
+	}
+	return e.rc.Flush()
+}
+
+func (e *sse) comment(text string) error {
+	if _, err := fmt.Fprintf(e.w, ": %s\n\n", text); err != nil {
+		return err
+	}
+	return e.rc.Flush()
+}
+
+func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
+	name, el, ok := s.election(w, r, auth.RightRead, nil)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	events, err := el.Observe(ctx, name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	out := &sse{w: w, rc: http.NewResponseController(w), stream: hex.EncodeToString(id[:])}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	if r.Header.Get("Last-Event-ID") != "" {
+		if out.event("resync", resyncJSON{Reason: "cursor_unknown"}) != nil {
+			return
+		}
+	}
+	if out.comment("observing "+strconv.Quote(name)) != nil {
+		return
+	}
+	ping := time.NewTicker(s.streamPing())
+	defer ping.Stop()
+	for {
+		var err error
+		select {
+		case ev := <-events:
+			switch {
+			case ev.Leader != nil:
+				err = out.event("leader", toLeaderJSON(ev.Leader))
+			case ev.NoLeader != nil:
+				err = out.event("no_leader", noLeaderJSON{LastTerm: ev.NoLeader.LastTerm, Reason: ev.NoLeader.Reason})
+			default:
+				// The backend's stream ended. Say so, then follow a
+				// new one, whose first event is the current state.
+				if ctx.Err() != nil {
+					return
+				}
+				s.log.Warn("election observe stream lost", "name", name, "err", ev.Err)
+				if out.event("resync", resyncJSON{Reason: "backend_unavailable"}) != nil {
+					return
+				}
+				if events, ok = s.reobserve(ctx, el, name, out, ping); !ok {
+					return
+				}
+			}
+		case <-ping.C:
+			err = out.comment("ping")
+		case <-s.stopping:
+			_ = out.event("shutdown", struct{}{})
+			return
+		case <-ctx.Done():
+			return
+		}
+		if err != nil {
+			return // the client left
+		}
+	}
+}
+
+// reobserve opens el's stream again, once a second, pinging meanwhile.
+func (s *Server) reobserve(ctx context.Context, el backend.Elections, name string, out *sse, ping *time.Ticker) (<-chan backend.ElectionEvent, bool) {
+	retry := time.NewTicker(time.Second)
+	defer retry.Stop()
+	for {
+		select {
+		case <-retry.C:
+			if events, err := el.Observe(ctx, name); err == nil {
+				return events, true
+			}
+		case <-ping.C:
+			if out.comment("ping") != nil {
+				return nil, false
+			}
+		case <-s.stopping:
+			_ = out.event("shutdown", struct{}{})
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+func (s *Server) streamPing() time.Duration {
+	if s.opts.StreamPing > 0 {
+		return s.opts.StreamPing
+	}
+	return 15 * time.Second
+}
