@@ -17,15 +17,18 @@ func TestReadmeCurlSendsJSON(t *testing.T) {
 	lines := strings.Split(string(readme), "\n")
 	n := 0
 	for i, l := range lines {
-		if !strings.Contains(l, "curl ") || !strings.Contains(l, " -d ") {
+		if !strings.Contains(l, " -d ") && !strings.HasPrefix(strings.TrimSpace(l), "-d ") {
 			continue
 		}
-		n++
-		// A command continued with \ may carry the header on an earlier line.
+		// A command continued with \ starts on an earlier line.
 		cmd := l
 		for j := i - 1; j >= 0 && strings.HasSuffix(strings.TrimSpace(lines[j]), `\`); j-- {
 			cmd = lines[j] + cmd
 		}
+		if !strings.Contains(cmd, "curl ") {
+			continue
+		}
+		n++
 		if !strings.Contains(cmd, "Content-Type: application/json") {
 			t.Errorf("README.md:%d sends a body without Content-Type: application/json:\n%s", i+1, l)
 		}
