@@ -125,23 +125,45 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 			if !ok {
 				t.Fatalf("no scenario %q", tc.scenario)
 			}
-			cell := runCorrectness(t.Context(), sc, &md, cfg, nil)
-			if cell.Unmeasured != "" {
-				t.Fatalf("not measured: %s", cell.Unmeasured)
+			// A broken backend gets up to three runs to show each wanted
+			// check red: whether a double grant's two holders interleave
+			// their read-modify-writes depends on scheduling, and on a
+			// loaded machine one short run may not provoke it. Every run
+			// must keep the other checks green.
+			attempts := 1
+			if tc.wrap != nil {
+				attempts = 3
 			}
-			red := cell.Failed()
+			seen := map[string]bool{}
+			for attempt := 1; attempt <= attempts; attempt++ {
+				cell := runCorrectness(t.Context(), sc, &md, cfg, nil)
+				if cell.Unmeasured != "" {
+					t.Fatalf("not measured: %s", cell.Unmeasured)
+				}
+				red := cell.Failed()
+				for _, r := range red {
+					seen[r] = true
+					if !slices.Contains(tc.want, r) && !slices.Contains(tc.allowed, r) {
+						t.Errorf("run %d: %s turned red; only %v should", attempt, r, tc.want)
+					}
+				}
+				missing := 0
+				for _, w := range tc.want {
+					if !seen[w] {
+						missing++
+					}
+				}
+				if t.Failed() || testing.Verbose() || missing > 0 {
+					t.Logf("run %d: %d grants; checks:\n%s", attempt, cell.Granted, describeChecks(cell))
+				}
+				if missing == 0 {
+					break
+				}
+			}
 			for _, w := range tc.want {
-				if !slices.Contains(red, w) {
-					t.Errorf("%s stayed green; want red", w)
+				if !seen[w] {
+					t.Errorf("%s stayed green in %d runs; want red", w, attempts)
 				}
-			}
-			for _, r := range red {
-				if !slices.Contains(tc.want, r) && !slices.Contains(tc.allowed, r) {
-					t.Errorf("%s turned red; only %v should", r, tc.want)
-				}
-			}
-			if t.Failed() || testing.Verbose() {
-				t.Logf("%d grants; checks:\n%s", cell.Granted, describeChecks(cell))
 			}
 		})
 	}
