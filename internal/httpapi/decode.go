@@ -45,11 +45,15 @@ func alnum(c byte) bool {
 // reports:nightly) and checked: a key that is valid once decoded is accepted
 // on every route; one that decodes to something invalid, such as a%2Fb
 // (a '/'), is refused.
-func keyParam(r *http.Request) (string, error) {
-	raw := chi.URLParam(r, "key")
+func keyParam(r *http.Request) (string, error) { return pathName(r, "key") }
+
+// pathName is the route's parameter param (a lock key, an election name),
+// percent-decoded and checked as keyParam says.
+func pathName(r *http.Request, param string) (string, error) {
+	raw := chi.URLParam(r, param)
 	k, err := url.PathUnescape(raw)
 	if err != nil {
-		return raw, badRequest("invalid_key", fmt.Sprintf("key %q is not validly percent-encoded", raw))
+		return raw, badRequest("invalid_key", fmt.Sprintf("%s %q is not validly percent-encoded", param, raw))
 	}
 	return k, checkKey(k)
 }

@@ -90,8 +90,7 @@ func checkValue(v *string) (string, error) {
 // election checks the route's name and the caller's right on it, and finds
 // the backend's elections; it answers the request itself when any fails.
 func (s *Server) election(w http.ResponseWriter, r *http.Request, right auth.Right, body any) (string, backend.Elections, bool) {
-	name := chi.URLParam(r, "name")
-	err := checkKey(name)
+	name, err := pathName(r, "name")
 	el := elections(s.b)
 	if err == nil && el == nil {
 		err = errNotSupported("elections")

@@ -28,6 +28,14 @@ func TestPercentEncodedKeys(t *testing.T) {
 	for _, bad := range []string{"a%2Fb", "a%2fb", "%2E%2E", "k%00"} {
 		s.want(s.do("POST", "/v1/locks/"+bad+"/acquire", `{}`), 400, "invalid_key")
 	}
+	// Election names follow the same rule.
+	c := s.do("POST", "/v1/elections/sched%3Aeu/campaign", `{"ttl_ms": 10000, "owner": "enc"}`)
+	s.want(c, 200, "")
+	if c.json["name"] != "sched:eu" {
+		t.Errorf("campaign name %v, want the decoded sched:eu", c.json["name"])
+	}
+	s.want(s.do("GET", "/v1/elections/sched:eu", ""), 200, "")
+	s.want(s.do("POST", "/v1/elections/a%2Fb/campaign", `{}`), 400, "invalid_key")
 }
 
 // HEAD /healthz and /readyz answer like GET, without a body.
