@@ -41,6 +41,9 @@ type BackendRun struct {
 	RoundTrips   []RoundTripCell   `json:"round_trips,omitempty"`
 	Scale        []ScaleCell       `json:"scale,omitempty"`
 	Correctness  []CorrectnessCell `json:"correctness,omitempty"`
+	// Skew is the clock-skew scenario's detail (its below-bound cell is
+	// also in Correctness).
+	Skew *SkewResult `json:"clock_skew,omitempty"`
 }
 
 // LatencyCell: uncontended acquire+release through one way of locking.

@@ -66,6 +66,26 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 		case "roundtrips":
 			br.RoundTrips = runRoundTrips(ctx, d, sz, b)
 			b.done("")
+		case "clock-skew":
+			res := runSkew(ctx, d, sz.Correct, b)
+			br.Skew = res
+			cell := res.Below
+			cell.Scenario = sc.Name
+			if res.Unmeasured != "" {
+				cell = CorrectnessCell{Scenario: sc.Name, Unmeasured: res.Unmeasured}
+			} else {
+				// The readiness checks belong to the cell's verdict.
+				cell.Checks = append(cell.Checks, res.Checks...)
+				cell.Why = nil
+				for _, ch := range cell.Checks {
+					if ch.Applies && !ch.Pass {
+						cell.Why = append(cell.Why, fmt.Sprintf("%s: %s (threshold %s)", ch.Name, ch.Got, ch.Threshold))
+					}
+				}
+				cell.Pass = len(cell.Why) == 0
+			}
+			br.Correctness = append(br.Correctness, cell)
+			b.done(cellStatus(cell) + skewStatus(res))
 		case "member-kill":
 			// A fresh deployment: the kill must not disturb the store the
 			// other scenarios use, and it needs FaultMembers members.
@@ -277,4 +297,12 @@ func runRoundTrips(ctx context.Context, d *deployment, sz Sizes, b *bar) []Round
 		cells = append(cells, c)
 	}
 	return cells
+}
+
+func skewStatus(s *SkewResult) string {
+	if s.Unmeasured != "" {
+		return ""
+	}
+	return fmt.Sprintf("; beyond the bound: not ready %v (after %s), %d double grants while it kept serving",
+		s.NotReady, fmtDur(s.NotReadyAfterMs), s.WithoutGate.Overlaps)
 }

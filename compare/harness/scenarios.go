@@ -31,6 +31,7 @@ var allScenarios = []Scenario{
 	{Name: "member-kill", Title: "Store member SIGKILL + restart", About: "one store member (the leader where there is one) is killed with SIGKILL and restarted on the same port and data directory (Redis runs without persistence, so it comes back empty)"},
 	{Name: "partition", Title: "lockd ↔ store partition", About: "toxiproxy between lockd and every store member: latency spikes (100±50 ms), then a cut (timeout toxic 0) longer than the TTL, then healed"},
 	{Name: "replica-kill", Title: "lockd replica killed", About: "two lockd replicas over one store, clients split between them; one replica is killed while clients hold and wait; its clients move to the other"},
+	{Name: "clock-skew", Title: "Clock skew between lockd replicas", About: "two lockd replicas over one store, clients split between them, one replica's clock shifted (lease.Clock): inside the declared bound the cell must stay safe and the replica ready; beyond it the replica must report not-ready (/readyz 503 clock_skew), and the same run with it still serving counts what the bound prevents"},
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
@@ -96,6 +97,19 @@ func at(ctx context.Context, wg *sync.WaitGroup, offset time.Duration, f func())
 
 // runCorrectness runs one correctness scenario against d.
 func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64)) CorrectnessCell {
+	return runCorrectnessWith(ctx, sc, d, cfg, progress, replicaPlan{})
+}
+
+// replicaPlan overrides how runCorrectnessWith builds its lockd replicas.
+type replicaPlan struct {
+	// n is how many replicas to run (at least the scenario's own).
+	n int
+	// backend, when set, connects replica i to the store instead of
+	// d.newBackend.
+	backend func(i int, addrs []string) (backend.Backend, error)
+}
+
+func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64), plan replicaPlan) CorrectnessCell {
 	cell := CorrectnessCell{Scenario: sc.Name, Clients: cfg.Clients, TTLms: ms64(cfg.TTL), WaitMs: ms64(cfg.Wait), DurationS: cfg.Duration.Seconds()}
 	addrs := d.Addrs
 	var px *proxies
@@ -118,8 +132,15 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 			r.stop()
 		}
 	}()
+	nReplicas = max(nReplicas, plan.n)
 	for i := 0; i < nReplicas; i++ {
-		b, err := d.newBackend(addrs, nil)
+		var b backend.Backend
+		var err error
+		if plan.backend != nil {
+			b, err = plan.backend(i, addrs)
+		} else {
+			b, err = d.newBackend(addrs, nil)
+		}
 		if err != nil {
 			cell.Unmeasured = "connect lockd to the store: " + err.Error()
 			return cell

@@ -21,6 +21,7 @@ import (
 	redisb "github.com/lockd/lockd/backend/redis"
 	redlockb "github.com/lockd/lockd/backend/redis/redlock"
 	zkb "github.com/lockd/lockd/backend/zk"
+	"github.com/lockd/lockd/internal/lease"
 	"github.com/lockd/lockd/internal/testserver"
 )
 
@@ -46,6 +47,10 @@ type deployment struct {
 	// (the members' addresses, or proxies in front of them).
 	// rt, when not nil, counts the requests the backend's client sends.
 	newBackend func(addrs []string, rt *rtCounter) (backend.Backend, error)
+	// clocked, when set, connects a lockd backend whose replica runs on
+	// clk (a clock shifted to stand for a machine whose clock is off). Nil
+	// when the backend's leases run on the store's clock.
+	clocked func(addrs []string, clk lease.Clock) (backend.Backend, error)
 	// rtHow says how requests are counted on this store's clients.
 	rtHow   string
 	directs []directLib
@@ -125,6 +130,17 @@ func startZK(members int) (*deployment, error) {
 				return nil, err
 			}
 			return zkb.New(conn, zkb.Options{Root: "/lockd-compare"}), nil
+		},
+		clocked: func(addrs []string, clk lease.Clock) (backend.Backend, error) {
+			conn, ev, err := zk.Connect(addrs, 4*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}))
+			if err != nil {
+				return nil, err
+			}
+			if err := waitZKConnected(ev, 15*time.Second); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return zkb.New(conn, zkb.Options{Root: "/lockd-compare", Clock: clk}), nil
 		},
 		rtHow:   "writes on a counting net.Conn under go-zookeeper (one per request; session pings included)",
 		directs: []directLib{{Name: "zk.Lock", New: newZKLock}},
@@ -256,6 +272,16 @@ func startEtcd(members int) (*deployment, error) {
 				return nil, err
 			}
 			return etcdBackend{Backend: etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/"}), cli: cli}, nil
+		},
+		clocked: func(addrs []string, clk lease.Clock) (backend.Backend, error) {
+			cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				return nil, err
+			}
+			// Heartbeats 5× as often as lockd's default, so that a short
+			// cell sees the offset.
+			b := etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/", Clock: clk, ClockHeartbeat: 200 * time.Millisecond})
+			return etcdBackend{Backend: b, cli: cli}, nil
 		},
 		directs: []directLib{{Name: "concurrency.Mutex", New: newEtcdMutex}},
 		kill:    func(i int) error { e.StopMember(i); return nil },

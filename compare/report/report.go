@@ -142,6 +142,7 @@ func buildReport(r *harness.Results) *doc {
 	roundTripSection(d, ran)
 	scaleSection(d, ran)
 	correctnessSection(d, ran)
+	skewSection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.list(

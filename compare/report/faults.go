@@ -1,0 +1,39 @@
+package report
+
+import (
+	"fmt"
+
+	"github.com/lockd/lockd/compare/harness"
+)
+
+func passCell(ok bool, text string) tcell {
+	if ok {
+		return tcell{text: text, class: "pass"}
+	}
+	return tcell{text: text, class: "fail"}
+}
+
+// skewSection: the clock-skew scenario, with what the bound prevents.
+func skewSection(d *doc, ran []*harness.BackendRun) {
+	var rows [][]tcell
+	for _, br := range ran {
+		s := br.Skew
+		if s == nil {
+			continue
+		}
+		if s.Unmeasured != "" {
+			rows = append(rows, []tcell{plain(br.Name), plain("not measured: " + s.Unmeasured), plain(""), plain(""), plain("")})
+			continue
+		}
+		below := passCell(s.Below.Pass && s.Checks[0].Pass, fmt.Sprintf("shift %s: %d grants, %d double grants; %s", s.BelowShift, s.Below.Granted, s.Below.Overlaps, s.Checks[0].Got))
+		over := passCell(s.NotReady, fmt.Sprintf("shift %s: %s", s.AboveShift, s.Checks[1].Got))
+		without := plain(fmt.Sprintf("%d double grants in %d grants (overlaps with an expired lease: %d)", s.WithoutGate.Overlaps, s.WithoutGate.Granted, s.WithoutGate.ExpiredOverlaps))
+		rows = append(rows, []tcell{plain(br.Name), plain(s.MaxSkew), below, over, without})
+	}
+	if len(rows) == 0 {
+		return
+	}
+	d.h2("Clock skew between lockd replicas")
+	d.p("Two lockd replicas over one store, clients split between them; replica 1's clock is shifted ahead (lease.Clock.Shifted). Both run lockd's clock watch (WatchClock every 200 ms) and replica 1's /readyz is polled every 100 ms. The last column is the same run with the skewed replica still serving, as a deployment that ignores /readyz would: the double grants the bound and the readiness gate exist to prevent. It is shown, not judged.")
+	d.table([]string{"backend", "declared bound", "inside the bound: safe and ready", "beyond the bound: not ready", "beyond, had it kept serving"}, rows)
+}
