@@ -44,6 +44,8 @@ type BackendRun struct {
 	// Skew is the clock-skew scenario's detail (its below-bound cell is
 	// also in Correctness).
 	Skew *SkewResult `json:"clock_skew,omitempty"`
+	// LostReplies is the lost-replies scenario.
+	LostReplies *LostReplyResult `json:"lost_replies,omitempty"`
 }
 
 // LatencyCell: uncontended acquire+release through one way of locking.

@@ -86,6 +86,9 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 			}
 			br.Correctness = append(br.Correctness, cell)
 			b.done(cellStatus(cell) + skewStatus(res))
+		case "lost-replies":
+			br.LostReplies = runLostReplies(ctx, d, cfg.Quick, sz.Correct.skew(), b)
+			b.done(lostReplyStatus(br.LostReplies))
 		case "member-kill":
 			// A fresh deployment: the kill must not disturb the store the
 			// other scenarios use, and it needs FaultMembers members.
@@ -305,4 +308,16 @@ func skewStatus(s *SkewResult) string {
 	}
 	return fmt.Sprintf("; beyond the bound: not ready %v (after %s), %d double grants while it kept serving",
 		s.NotReady, fmtDur(s.NotReadyAfterMs), s.WithoutGate.Overlaps)
+}
+
+func lostReplyStatus(r *LostReplyResult) string {
+	if r.Unmeasured != "" {
+		return "not measured: " + r.Unmeasured
+	}
+	verdict := "PASS"
+	if !r.Pass {
+		verdict = "FAIL"
+	}
+	return fmt.Sprintf("%s: with Idempotency-Key %d lost, %d orphaned; without %d lost, %d keys blocked",
+		verdict, r.Keyed.Lost, r.Keyed.Orphaned, r.Unkeyed.Lost, r.Unkeyed.Blocked)
 }

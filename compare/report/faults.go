@@ -37,3 +37,42 @@ func skewSection(d *doc, ran []*harness.BackendRun) {
 	d.p("Two lockd replicas over one store, clients split between them; replica 1's clock is shifted ahead (lease.Clock.Shifted). Both run lockd's clock watch (WatchClock every 200 ms) and replica 1's /readyz is polled every 100 ms. The last column is the same run with the skewed replica still serving, as a deployment that ignores /readyz would: the double grants the bound and the readiness gate exist to prevent. It is shown, not judged.")
 	d.table([]string{"backend", "declared bound", "inside the bound: safe and ready", "beyond the bound: not ready", "beyond, had it kept serving"}, rows)
 }
+
+// lostReplySection: orphaned grants with the key, blocked keys without.
+func lostReplySection(d *doc, ran []*harness.BackendRun) {
+	var rows [][]tcell
+	var about *harness.LostReplyResult
+	for _, br := range ran {
+		r := br.LostReplies
+		if r == nil {
+			continue
+		}
+		if r.Unmeasured != "" {
+			rows = append(rows, []tcell{plain(br.Name), plain("not measured: " + r.Unmeasured), plain(""), plain("")})
+			continue
+		}
+		about = r
+		keyed := passCell(r.Pass, fmt.Sprintf("%d orphaned of %d lost (%d recovered by the retry)", r.Keyed.Orphaned, r.Keyed.Lost, r.Keyed.Recovered))
+		un := fmt.Sprintf("%d keys blocked of %d lost", r.Unkeyed.Blocked, r.Unkeyed.Lost)
+		if len(r.Unkeyed.BlockedMs) > 0 {
+			un += ", for " + fmtMSList(r.Unkeyed.BlockedMs)
+		}
+		var errs []string
+		errs = append(errs, r.Keyed.Errors...)
+		errs = append(errs, r.Unkeyed.Errors...)
+		e := "none"
+		if len(errs) > 0 {
+			e = fmt.Sprintf("%d: %s", len(errs), errs[0])
+		}
+		rows = append(rows, []tcell{plain(br.Name), keyed, plain(un), plain(e)})
+	}
+	if len(rows) == 0 {
+		return
+	}
+	d.h2("Lost replies")
+	if about != nil {
+		d.p("Per backend and per mode, %d acquires (wait 0, TTL %s, each on its own key) go through toxiproxy while a timeout toxic swallows everything lockd sends back; the client gives up after %s, the toxic is lifted and the client retries once. Then another client asks for the key: if it is still taken, the first client's lost grant holds it. Check: %s = 0.",
+			about.Rounds, fmtMS(about.TTLms), fmtMS(about.GiveUpMs), harness.CheckOrphanedGrants)
+	}
+	d.table([]string{"backend", "retry with the same Idempotency-Key", "retry without one", "errors"}, rows)
+}

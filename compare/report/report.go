@@ -143,6 +143,7 @@ func buildReport(r *harness.Results) *doc {
 	scaleSection(d, ran)
 	correctnessSection(d, ran)
 	skewSection(d, ran)
+	lostReplySection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.list(
