@@ -46,6 +46,8 @@ type BackendRun struct {
 	Skew *SkewResult `json:"clock_skew,omitempty"`
 	// LostReplies is the lost-replies scenario.
 	LostReplies *LostReplyResult `json:"lost_replies,omitempty"`
+	// History is the long-history scenario.
+	History *HistoryResult `json:"history,omitempty"`
 }
 
 // LatencyCell: uncontended acquire+release through one way of locking.

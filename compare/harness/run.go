@@ -86,6 +86,13 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 			}
 			br.Correctness = append(br.Correctness, cell)
 			b.done(cellStatus(cell) + skewStatus(res))
+		case "history":
+			if d.noBackend != "" {
+				br.History = &HistoryResult{Unmeasured: d.noBackend}
+			} else {
+				br.History = runHistory(ctx, d, cfg.Quick, b)
+			}
+			b.done(historyStatus(br.History))
 		case "lost-replies":
 			br.LostReplies = runLostReplies(ctx, d, cfg.Quick, sz.Correct.skew(), b)
 			b.done(lostReplyStatus(br.LostReplies))
@@ -320,4 +327,11 @@ func lostReplyStatus(r *LostReplyResult) string {
 	}
 	return fmt.Sprintf("%s: with Idempotency-Key %d lost, %d orphaned; without %d lost, %d keys blocked",
 		verdict, r.Keyed.Lost, r.Keyed.Orphaned, r.Unkeyed.Lost, r.Unkeyed.Blocked)
+}
+
+func historyStatus(h *HistoryResult) string {
+	if h.Unmeasured != "" {
+		return "not measured: " + h.Unmeasured
+	}
+	return fmt.Sprintf("%d cycles: p50 first 500 %.0f µs, last 500 %.0f µs, fresh key %.0f µs; store after: %s", h.Cycles, h.FirstUs, h.LastUs, h.FreshUs, h.StoreAfter)
 }

@@ -34,6 +34,7 @@ var allScenarios = []Scenario{
 	{Name: "clock-skew", Title: "Clock skew between lockd replicas", About: "two lockd replicas over one store, clients split between them, one replica's clock shifted (lease.Clock): inside the declared bound the cell must stay safe and the replica ready; beyond it the replica must report not-ready (/readyz 503 clock_skew), and the same run with it still serving counts what the bound prevents"},
 	{Name: "lost-replies", Title: "Lost replies", About: "toxiproxy between the client and lockd swallows the replies of some acquires (a timeout toxic on the downstream only: lockd grants, the answer never arrives); the client gives up and retries once, with the same Idempotency-Key (every lost grant must come back: 0 orphaned) and without one (the keys its lost grants block, and for how long)"},
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
+	{Name: "history", Perf: true, Title: "Long history", About: "acquire + release on one key, 50,000 times (2,000 with -quick), through lockd's backend in process: p50 of the first 500 cycles against the last 500, each of the last alternated with a cycle on a fresh key, and the store's size before and after"},
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 

@@ -51,6 +51,8 @@ type deployment struct {
 	// clk (a clock shifted to stand for a machine whose clock is off). Nil
 	// when the backend's leases run on the store's clock.
 	clocked func(addrs []string, clk lease.Clock) (backend.Backend, error)
+	// storeSize describes the store's size in its own terms (nil: no probe).
+	storeSize func() string
 	// rtHow says how requests are counted on this store's clients.
 	rtHow   string
 	directs []directLib
@@ -152,8 +154,9 @@ func startZK(members int) (*deployment, error) {
 			}
 			return 0
 		},
-		close: z.Close,
-		notes: []string{"lockd's zk backend dials with a 4 s session timeout; zk.Lock with 10 s."},
+		close:     z.Close,
+		storeSize: func() string { return zkSize(z.Addrs()) },
+		notes:     []string{"lockd's zk backend dials with a 4 s session timeout; zk.Lock with 10 s."},
 	}
 	d.Version = zkVersion(z.Addrs()[0])
 	return d, nil
@@ -200,14 +203,15 @@ func startRedisSet(n int) (*testserver.RedisSet, *deployment, error) {
 		return nil, nil, err
 	}
 	d := &deployment{
-		Addrs:   set.Addrs(),
-		Version: redisVersion(),
-		kill:    set.Kill,
-		restart: set.Restart,
-		victim:  func() int { return 0 },
-		close:   set.Close,
-		rtHow:   "a go-redis hook (one per command, one per pipeline or script call)",
-		notes:   []string{"redis-server runs with --save \"\" --appendonly no: a restarted server has lost every key; go-redis client timeouts are its defaults."},
+		Addrs:     set.Addrs(),
+		Version:   redisVersion(),
+		kill:      set.Kill,
+		restart:   set.Restart,
+		victim:    func() int { return 0 },
+		close:     set.Close,
+		storeSize: func() string { return redisSize(set.Addrs()) },
+		rtHow:     "a go-redis hook (one per command, one per pipeline or script call)",
+		notes:     []string{"redis-server runs with --save \"\" --appendonly no: a restarted server has lost every key; go-redis client timeouts are its defaults."},
 	}
 	return set, d, nil
 }
@@ -283,13 +287,14 @@ func startEtcd(members int) (*deployment, error) {
 			b := etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/", Clock: clk, ClockHeartbeat: 200 * time.Millisecond})
 			return etcdBackend{Backend: b, cli: cli}, nil
 		},
-		directs: []directLib{{Name: "concurrency.Mutex", New: newEtcdMutex}},
-		kill:    func(i int) error { e.StopMember(i); return nil },
-		restart: e.RestartMember,
-		victim:  func() int { return etcdLeader(e.Endpoints()) },
-		close:   e.Close,
-		rtHow:   "a gRPC client interceptor (one per unary call, one per message sent on a stream: watches, lease keep-alives)",
-		notes:   []string{"etcd members run inside this process, so a member \"kill\" is an in-process stop of the member (embed Close), not a SIGKILL; the restart reuses its data dir and ports."},
+		directs:   []directLib{{Name: "concurrency.Mutex", New: newEtcdMutex}},
+		kill:      func(i int) error { e.StopMember(i); return nil },
+		restart:   e.RestartMember,
+		victim:    func() int { return etcdLeader(e.Endpoints()) },
+		close:     e.Close,
+		storeSize: func() string { return etcdSize(e.Endpoints()) },
+		rtHow:     "a gRPC client interceptor (one per unary call, one per message sent on a stream: watches, lease keep-alives)",
+		notes:     []string{"etcd members run inside this process, so a member \"kill\" is an in-process stop of the member (embed Close), not a SIGKILL; the restart reuses its data dir and ports."},
 	}
 	return d, nil
 }

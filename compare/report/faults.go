@@ -76,3 +76,28 @@ func lostReplySection(d *doc, ran []*harness.BackendRun) {
 	}
 	d.table([]string{"backend", "retry with the same Idempotency-Key", "retry without one", "errors"}, rows)
 }
+
+// historySection: one key's latency after a long history, and the store's size.
+func historySection(d *doc, ran []*harness.BackendRun) {
+	var rows [][]tcell
+	for _, br := range ran {
+		h := br.History
+		if h == nil {
+			continue
+		}
+		if h.Unmeasured != "" {
+			rows = append(rows, []tcell{plain(br.Name), plain("not measured: " + h.Unmeasured), plain(""), plain(""), plain(""), plain("")})
+			continue
+		}
+		rows = append(rows, []tcell{plain(br.Name), plain(fmt.Sprint(h.Cycles)), plain(fmtUS(h.FirstUs)),
+			plain(fmt.Sprintf("%s (%.2f× the first)", fmtUS(h.LastUs), h.LastUs/h.FirstUs)),
+			plain(fmt.Sprintf("%s (last/fresh %.2f×)", fmtUS(h.FreshUs), h.LastUs/h.FreshUs)),
+			plain("before: " + h.StoreBefore + "\nafter: " + h.StoreAfter)})
+	}
+	if len(rows) == 0 {
+		return
+	}
+	d.h2("Long history")
+	d.p("Acquire + release on one key, back to back, through lockd's backend in process (the HTTP hop does not depend on history). A store slowed by history in general slows the fresh key too; one slowed by this key's history slows only the last 500. The embedded etcd compacts its history (as lockd's embedded store does); ZooKeeper and Redis keep none.")
+	d.table([]string{"backend", "cycles", "p50, first 500", "p50, last 500", "p50, fresh key alternated with the last 500", "store size"}, rows)
+}

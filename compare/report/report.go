@@ -144,6 +144,7 @@ func buildReport(r *harness.Results) *doc {
 	correctnessSection(d, ran)
 	skewSection(d, ran)
 	lostReplySection(d, ran)
+	historySection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.list(
