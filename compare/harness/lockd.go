@@ -23,12 +23,20 @@ var lockdHandler = func(b backend.Backend) http.Handler {
 // lockdLog receives lockd's own warnings (compare.log).
 var lockdLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// viaLockd names how lockd was driven in this build.
+// The two ways lockd is driven: over its HTTP API, and through the backend
+// contract in process (HTTP's cost left out).
+const (
+	ViaHTTP     = "lockd (HTTP)"
+	ViaContract = "lockd (contract, no HTTP)"
+)
+
+// ViaLockd names how lockd is driven by default in this run (-no-http:
+// in process).
 func ViaLockd() string {
 	if lockdHandler != nil {
-		return "lockd (HTTP)"
+		return ViaHTTP
 	}
-	return "lockd (contract, no HTTP)"
+	return ViaContract
 }
 
 // lockdReplica is one lockd: the backend under test behind lockd's HTTP API
@@ -44,8 +52,13 @@ type lockdReplica struct {
 }
 
 func startLockd(b backend.Backend) (*lockdReplica, error) {
+	return startLockdAs(b, lockdHandler != nil)
+}
+
+// startLockdAs starts a replica served over HTTP, or driven in process.
+func startLockdAs(b backend.Backend, overHTTP bool) (*lockdReplica, error) {
 	r := &lockdReplica{b: b}
-	if lockdHandler == nil {
+	if !overHTTP || lockdHandler == nil {
 		r.locker = &guardedLocker{r: r, Locker: contractLocker{b: b}}
 		return r, nil
 	}

@@ -138,22 +138,37 @@ type via struct {
 }
 
 // vias returns lockd (one replica over a fresh backend) and then every
-// direct library, limited to maxDirect of them.
-func vias(d *deployment, maxDirect int) ([]via, error) {
+// direct library, limited to maxDirect of them. With both, lockd comes
+// twice: over HTTP and in process, each on its own backend, so that HTTP's
+// cost and the store's are seen apart in one run (-no-http: in process
+// only).
+func vias(d *deployment, maxDirect int, both bool) ([]via, error) {
 	var out []via
-	if d.noBackend != "" {
-		out = append(out, via{name: ViaLockd(), newClient: func() (Locker, error) { return nil, errors.New(d.noBackend) }, close: func() {}})
-	} else {
+	ways := []bool{lockdHandler != nil}
+	if both && lockdHandler != nil {
+		ways = []bool{true, false}
+	}
+	for _, overHTTP := range ways {
+		name := ViaContract
+		if overHTTP {
+			name = ViaHTTP
+		}
+		if d.noBackend != "" {
+			out = append(out, via{name: name, newClient: func() (Locker, error) { return nil, errors.New(d.noBackend) }, close: func() {}})
+			continue
+		}
 		b, err := d.newBackend(d.Addrs, nil)
 		if err != nil {
+			closeVias(out)
 			return nil, fmt.Errorf("connect lockd to the store: %w", err)
 		}
-		r, err := startLockd(b)
+		r, err := startLockdAs(b, overHTTP)
 		if err != nil {
 			b.Close()
+			closeVias(out)
 			return nil, err
 		}
-		out = append(out, via{name: ViaLockd(), newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
+		out = append(out, via{name: name, newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
 	}
 	for i, dl := range d.directs {
 		if i >= maxDirect {
@@ -171,7 +186,7 @@ func closeVias(vs []via) {
 }
 
 func runLatency(ctx context.Context, d *deployment, cfg Config, b *bar) []LatencyCell {
-	vs, err := vias(d, len(d.directs))
+	vs, err := vias(d, len(d.directs), true)
 	if err != nil {
 		return []LatencyCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
@@ -194,7 +209,7 @@ func runLatency(ctx context.Context, d *deployment, cfg Config, b *bar) []Latenc
 }
 
 func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar) []HandoffCell {
-	vs, err := vias(d, len(d.directs))
+	vs, err := vias(d, len(d.directs), true)
 	if err != nil {
 		return []HandoffCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
@@ -226,7 +241,7 @@ func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar
 }
 
 func runThroughput(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar) []ThroughputCell {
-	vs, err := vias(d, sz.TputDirects)
+	vs, err := vias(d, sz.TputDirects, false)
 	if err != nil {
 		return []ThroughputCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
