@@ -90,6 +90,12 @@ func targets() []target {
 			start: startEtcd,
 		},
 		{
+			Name: "etcd-ext", Server: "3 × etcd (Debian etcd-server), separate processes", Install: "apt-get install -y etcd-server",
+			missing:     etcdProcMissing,
+			PerfMembers: 3, FaultMembers: 3,
+			start: startEtcdExternal,
+		},
+		{
 			Name: "zk", Server: "ZooKeeper (Debian package)", Install: "apt-get install -y zookeeper default-jre-headless",
 			missing: func() string {
 				if !testserver.ZooKeeperAvailable() {
