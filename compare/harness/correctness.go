@@ -35,6 +35,10 @@ type workload struct {
 	// vanish, when set, is asked before each acquire whether this waiter's
 	// client disappears mid-wait, and after how long.
 	vanish func(client int) (time.Duration, bool)
+	// giveUp, when set, is how long past its wait a client waits for an
+	// acquire's answer before it gives up on that replica (a client with its
+	// own deadline, as behind a load balancer).
+	giveUp time.Duration
 }
 
 // opKind of a history entry.
@@ -126,6 +130,9 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 			for runCtx.Err() == nil {
 				l := w.locker(c)
 				actx, acancel := context.WithCancel(runCtx)
+				if w.giveUp > 0 {
+					actx, acancel = context.WithTimeout(runCtx, w.Wait+w.giveUp)
+				}
 				vanishing := false
 				if w.vanish != nil {
 					if after, ok := w.vanish(c); ok {

@@ -198,6 +198,18 @@ func (c *etcdProcs) kill(i int) error {
 	return nil
 }
 
+// signal sends sig to member i's process group.
+func (c *etcdProcs) signal(i int, sig syscall.Signal) error {
+	m := c.members[i]
+	m.mu.Lock()
+	cmd := m.cmd
+	m.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("etcd member %d is not running", i)
+	}
+	return syscall.Kill(-cmd.Process.Pid, sig)
+}
+
 // restart starts member i again on its data directory and ports.
 func (c *etcdProcs) restart(i int) error {
 	if err := c.spawn(i); err != nil {
@@ -253,6 +265,7 @@ func startEtcdExternal(members int) (*deployment, error) {
 		victim:    func() int { return etcdLeader(e.endpoints()) },
 		close:     e.close,
 		storeSize: func() string { return etcdSize(e.endpoints()) },
+		signal:    e.signal,
 		rtHow:     "a gRPC client interceptor (one per unary call, one per message sent on a stream: watches, lease keep-alives)",
 		notes:     []string{fmt.Sprintf("%d etcd members run as separate processes of Debian's etcd-server (%s) on loopback ports, with --auto-compaction-mode=revision --auto-compaction-retention=10000; a member kill is a real SIGKILL of its process group, and the restart reuses its data dir and ports.", members, e.bin)},
 	}

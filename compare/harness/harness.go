@@ -35,6 +35,8 @@ type Config struct {
 	Out       string // where compare.log goes
 	Seed      uint64
 	NoHTTP    bool
+	// SoakDuration is the soak's length; zero: 60 s (6 s with Quick).
+	SoakDuration time.Duration
 	// MaxClockSkew is the clock skew the deployments declare (lockd's
 	// --max-clock-skew); zero means DefaultMaxClockSkew.
 	MaxClockSkew time.Duration

@@ -49,7 +49,75 @@ type lockdReplica struct {
 	mu     sync.Mutex
 	killed bool
 	locker Locker
+	// gate holds requests and replies while the replica is paused.
+	gate gate
 }
+
+// gate stands for a stopped process (SIGSTOP): while it is shut, requests
+// wait before they are handled and replies wait before they are written.
+type gate struct {
+	mu sync.Mutex
+	ch chan struct{} // open while paused
+}
+
+func (g *gate) wait(ctx context.Context) {
+	g.mu.Lock()
+	ch := g.ch
+	g.mu.Unlock()
+	if ch != nil {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+}
+
+func (g *gate) pause() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch == nil {
+		g.ch = make(chan struct{})
+	}
+}
+
+func (g *gate) resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch != nil {
+		close(g.ch)
+		g.ch = nil
+	}
+}
+
+// gated holds a replica's HTTP traffic at its gate.
+type gated struct {
+	h http.Handler
+	g *gate
+}
+
+func (h gated) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.g.wait(r.Context())
+	h.h.ServeHTTP(&heldWriter{ResponseWriter: w, g: h.g, ctx: r.Context()}, r)
+}
+
+// heldWriter makes a reply wait at the gate before it leaves.
+type heldWriter struct {
+	http.ResponseWriter
+	g   *gate
+	ctx context.Context
+}
+
+func (w *heldWriter) WriteHeader(code int) {
+	w.g.wait(w.ctx)
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *heldWriter) Write(b []byte) (int, error) {
+	w.g.wait(w.ctx)
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *heldWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func startLockd(b backend.Backend) (*lockdReplica, error) {
 	return startLockdAs(b, lockdHandler != nil)
@@ -66,7 +134,7 @@ func startLockdAs(b backend.Backend, overHTTP bool) (*lockdReplica, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.srv = &http.Server{Handler: lockdHandler(b), ReadHeaderTimeout: 5 * time.Second}
+	r.srv = &http.Server{Handler: gated{h: lockdHandler(b), g: &r.gate}, ReadHeaderTimeout: 5 * time.Second}
 	r.url = "http://" + ln.Addr().String()
 	go r.srv.Serve(ln)
 	r.locker = newHTTPLocker(r.url)
@@ -89,6 +157,7 @@ func (r *lockdReplica) kill() {
 	r.mu.Lock()
 	r.killed = true
 	r.mu.Unlock()
+	r.gate.resume()
 	if r.srv != nil {
 		r.srv.Close()
 	}
@@ -99,7 +168,8 @@ func (r *lockdReplica) kill() {
 // end first, then the server.
 func (r *lockdReplica) stop() {
 	if r.srv != nil {
-		if s, ok := r.srv.Handler.(*httpapi.Server); ok {
+		r.gate.resume()
+		if s, ok := r.srv.Handler.(gated).h.(*httpapi.Server); ok {
 			s.Stopping()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -126,13 +196,17 @@ func (g *guardedLocker) Acquire(ctx context.Context, key, owner string, ttl, wai
 	if g.dead() {
 		return nil, errReplicaDead
 	}
-	return g.Locker.Acquire(ctx, key, owner, ttl, wait)
+	g.r.gate.wait(ctx)
+	l, err := g.Locker.Acquire(ctx, key, owner, ttl, wait)
+	g.r.gate.wait(ctx)
+	return l, err
 }
 
 func (g *guardedLocker) Release(ctx context.Context, l *Lease) error {
 	if g.dead() {
 		return errReplicaDead
 	}
+	g.r.gate.wait(ctx)
 	return g.Locker.Release(ctx, l)
 }
 

@@ -96,6 +96,19 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 		case "lost-replies":
 			br.LostReplies = runLostReplies(ctx, d, cfg.Quick, sz.Correct.skew(), b)
 			b.done(lostReplyStatus(br.LostReplies))
+		case "soak":
+			fd, err := t.start(t.FaultMembers)
+			if err != nil {
+				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
+				b.done("not measured: " + err.Error())
+				continue
+			}
+			sc2 := sz.Correct
+			sc2.Duration = soakLength(cfg.Quick, cfg.SoakDuration)
+			cell := runCorrectness(ctx, sc, fd, sc2, b.set)
+			fd.close()
+			br.Correctness = append(br.Correctness, cell)
+			b.done(cellStatus(cell))
 		case "member-kill":
 			// A fresh deployment: the kill must not disturb the store the
 			// other scenarios use, and it needs FaultMembers members.

@@ -35,6 +35,7 @@ var allScenarios = []Scenario{
 	{Name: "lost-replies", Title: "Lost replies", About: "toxiproxy between the client and lockd swallows the replies of some acquires (a timeout toxic on the downstream only: lockd grants, the answer never arrives); the client gives up and retries once, with the same Idempotency-Key (every lost grant must come back: 0 orphaned) and without one (the keys its lost grants block, and for how long)"},
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
 	{Name: "history", Perf: true, Title: "Long history", About: "acquire + release on one key, 50,000 times (2,000 with -quick), through lockd's backend in process: p50 of the first 500 cycles against the last 500, each of the last alternated with a cycle on a fresh key, and the store's size before and after"},
+	{Name: "soak", Title: "Mixed-fault soak", About: "three lockd replicas over a fault-sized store, clients spread over them and moving to another replica when theirs fails or does not answer within wait + 0.5 s; random faults drawn from a seeded generator, one at a time, each longer than the TTL: a lockd replica killed (and a fresh one started in its place), a lockd replica paused (its requests and replies held, as under SIGSTOP), a store member SIGKILLed and restarted, a store member SIGSTOPped and continued, the lockd ↔ store network cut, latency spikes; the full check table at the end (the outage limit counts the longest single fault)"},
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 
@@ -115,7 +116,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	cell := CorrectnessCell{Scenario: sc.Name, Clients: cfg.Clients, TTLms: ms64(cfg.TTL), WaitMs: ms64(cfg.Wait), DurationS: cfg.Duration.Seconds()}
 	addrs := d.Addrs
 	var px *proxies
-	if sc.Name == "partition" {
+	if sc.Name == "partition" || sc.Name == "soak" {
 		var err error
 		if px, err = newProxies(d.Addrs); err != nil {
 			cell.Unmeasured = "toxiproxy: " + err.Error()
@@ -127,6 +128,9 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	nReplicas := 1
 	if sc.Name == "replica-kill" {
 		nReplicas = 2
+	}
+	if sc.Name == "soak" {
+		nReplicas = 3
 	}
 	var replicas []*lockdReplica
 	defer func() {
@@ -184,6 +188,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	windowFrom := func() { window.Lock(); window.from = time.Now(); window.Unlock() }
 	windowTo := func() { window.Lock(); window.to = time.Now(); window.Unlock() }
 	tl := &timeline{}
+	var soak *soakEnv
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var faults sync.WaitGroup
@@ -237,6 +242,15 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 			replicas[1].kill()
 			tl.add("replica 1 killed")
 		})
+	case "soak":
+		env := &soakEnv{d: d, cfg: cfg, px: px, tl: tl, lockers: lockers, holding: holding, holdingMu: &holdingMu,
+			replicas: &replicas, addrs: addrs}
+		soak = env
+		env.addDeath = func(dd death) { deathsMu.Lock(); deaths = append(deaths, dd); deathsMu.Unlock() }
+		w.giveUp = overrunSlack / 2
+		w.onError = env.moveClient
+		faults.Add(1)
+		go func() { defer faults.Done(); env.run(runCtx) }()
 	case "member-kill":
 		victim := d.victim()
 		faults.Add(1)
@@ -312,6 +326,9 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 		in.FaultWindow = to.Sub(window.from)
 	}
 	window.Unlock()
+	if soak != nil {
+		in.FaultWindow = soak.longestWindow()
+	}
 	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs
 	cell.fill(res, cfg, in)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -51,6 +52,9 @@ type deployment struct {
 	// clk (a clock shifted to stand for a machine whose clock is off). Nil
 	// when the backend's leases run on the store's clock.
 	clocked func(addrs []string, clk lease.Clock) (backend.Backend, error)
+	// signal sends a signal to member i's process (SIGSTOP, SIGCONT); nil
+	// when the members are not processes of their own.
+	signal func(i int, sig syscall.Signal) error
 	// storeSize describes the store's size in its own terms (nil: no probe).
 	storeSize func() string
 	// rtHow says how requests are counted on this store's clients.
@@ -162,6 +166,7 @@ func startZK(members int) (*deployment, error) {
 		},
 		close:     z.Close,
 		storeSize: func() string { return zkSize(z.Addrs()) },
+		signal:    z.Signal,
 		notes:     []string{"lockd's zk backend dials with a 4 s session timeout; zk.Lock with 10 s."},
 	}
 	d.Version = zkVersion(z.Addrs()[0])
@@ -216,6 +221,7 @@ func startRedisSet(n int) (*testserver.RedisSet, *deployment, error) {
 		victim:    func() int { return 0 },
 		close:     set.Close,
 		storeSize: func() string { return redisSize(set.Addrs()) },
+		signal:    set.Signal,
 		rtHow:     "a go-redis hook (one per command, one per pipeline or script call)",
 		notes:     []string{"redis-server runs with --save \"\" --appendonly no: a restarted server has lost every key; go-redis client timeouts are its defaults."},
 	}
