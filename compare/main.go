@@ -54,6 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (harness.Config, error) {
 	cfg := harness.Config{Duration: *duration, Quick: *quick, Out: *out, Seed: *seed, NoHTTP: *noHTTP, MaxClockSkew: *skew}
 	// -duration given with -scenarios soak alone is the soak's length
 	// (`-scenarios soak -duration 5m`); otherwise the soak has its own.
+	fs.Visit(func(f *flag.Flag) { cfg.ScenariosNamed = cfg.ScenariosNamed || f.Name == "scenarios" })
 	if *duration > 0 && *scenarios == "soak" {
 		cfg.SoakDuration = *duration
 	}

@@ -35,8 +35,11 @@ type Config struct {
 	Out       string // where compare.log goes
 	Seed      uint64
 	NoHTTP    bool
-	// SoakDuration is the soak's length; zero: 60 s (6 s with Quick).
+	// SoakDuration is the soak's length; zero: 30 s (5 s with Quick).
 	SoakDuration time.Duration
+	// ScenariosNamed: the scenarios were asked for by name (-scenarios), so
+	// no column leaves any out.
+	ScenariosNamed bool
 	// MaxClockSkew is the clock skew the deployments declare (lockd's
 	// --max-clock-skew); zero means DefaultMaxClockSkew.
 	MaxClockSkew time.Duration

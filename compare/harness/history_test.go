@@ -3,6 +3,7 @@ package harness
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestHistory: every figure measured, and the store's size read before and
@@ -12,7 +13,7 @@ func TestHistory(t *testing.T) {
 		t.Skip("runs over embedded etcd; skipped with -short")
 	}
 	d := etcdDeployment(t)
-	h := measureHistory(t.Context(), d, 1200, nil)
+	h := measureHistory(t.Context(), d, 1200, time.Minute, nil)
 	if h.Unmeasured != "" {
 		t.Fatalf("not measured: %s", h.Unmeasured)
 	}
@@ -27,5 +28,21 @@ func TestHistory(t *testing.T) {
 	}
 	if h.StoreBefore == h.StoreAfter {
 		t.Errorf("store size unchanged after %d cycles: %q", h.Cycles, h.StoreAfter)
+	}
+}
+
+// TestHistoryBudget: a budget that runs out skips the rest of the untimed
+// middle, still times the last 500, and says so.
+func TestHistoryBudget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs over embedded etcd; skipped with -short")
+	}
+	d := etcdDeployment(t)
+	h := measureHistory(t.Context(), d, 1_000_000, time.Millisecond, nil)
+	if h.Unmeasured != "" {
+		t.Fatalf("not measured: %s", h.Unmeasured)
+	}
+	if h.Budget == "" || h.Cycles >= h.Asked || h.LastUs <= 0 {
+		t.Errorf("cycles %d of %d, budget %q, last p50 %v; want fewer cycles, the reason, and the last 500 timed", h.Cycles, h.Asked, h.Budget, h.LastUs)
 	}
 }

@@ -39,6 +39,12 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 			return br
 		}
 		sc, _ := scenarioByName(name)
+		if why, ok := t.skipByDefault[name]; ok && !cfg.ScenariosNamed {
+			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
+			br.NotRun = append(br.NotRun, NotRun{Scenario: name, Why: why})
+			b.done("not run: " + why)
+			continue
+		}
 		if d.noBackend != "" && (!sc.Perf || sc.Name == "scale") {
 			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
 			if sc.Name == "scale" {

@@ -198,8 +198,8 @@ func soakLength(quick bool, explicit time.Duration) time.Duration {
 	case explicit > 0:
 		return explicit
 	case quick:
-		return 6 * time.Second
+		return 5 * time.Second
 	default:
-		return 60 * time.Second
+		return 30 * time.Second
 	}
 }

@@ -132,6 +132,13 @@ func buildReport(r *harness.Results) *doc {
 			for _, n := range br.Notes {
 				meta = append(meta, fmt.Sprintf("%s: %s", br.Name, n))
 			}
+			if len(br.NotRun) > 0 {
+				var names []string
+				for _, n := range br.NotRun {
+					names = append(names, n.Scenario)
+				}
+				meta = append(meta, fmt.Sprintf("%s: **not run**: %s (%s)", br.Name, strings.Join(names, ", "), br.NotRun[0].Why))
+			}
 		}
 	}
 	d.list(meta...)
@@ -166,9 +173,8 @@ func buildReport(r *harness.Results) *doc {
 	historySection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
-	d.list(
-		"Clock jumps on one Redis node: not injected (it cannot be done safely on a shared machine).",
-	)
+	d.p("These faults are not injected by this suite, so nothing above is evidence about them:")
+	d.list(notMeasured()...)
 	d.h2("How each scenario works")
 	var items []string
 	for _, s := range harness.Scenarios() {
