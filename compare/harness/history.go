@@ -46,7 +46,7 @@ const historyWindow = 500
 // cycles, and the report says how many).
 func historySize(quick bool) (int, time.Duration) {
 	if quick {
-		return 1500, time.Minute
+		return 1000, time.Minute
 	}
 	return 50000, 150 * time.Second
 }

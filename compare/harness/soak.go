@@ -198,7 +198,7 @@ func soakLength(quick bool, explicit time.Duration) time.Duration {
 	case explicit > 0:
 		return explicit
 	case quick:
-		return 5 * time.Second
+		return 4 * time.Second
 	default:
 		return 30 * time.Second
 	}
