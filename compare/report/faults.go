@@ -34,7 +34,7 @@ func skewSection(d *doc, ran []*harness.BackendRun) {
 		return
 	}
 	d.h2("Clock skew between lockd replicas")
-	d.p("Two lockd replicas over one store, clients split between them; replica 1's clock is shifted ahead (lease.Clock.Shifted). Both run lockd's clock watch (WatchClock every 200 ms) and replica 1's /readyz is polled every 100 ms. The last column is the same run with the skewed replica still serving, as a deployment that ignores /readyz would: the double grants the bound and the readiness gate exist to prevent. It is shown, not judged.")
+	d.p("Two lockd replicas over one store, clients split between them; replica 1's clock is shifted ahead (lease.Clock.Shifted). Both run lockd's clock watch (WatchClock every 200 ms) and replica 1's /readyz is polled every 100 ms. The last column is the same run (with 20 ms critical sections, so that a stolen lock shows as an overlap) with the skewed replica still serving, as a deployment that ignores /readyz would: the double grants the bound and the readiness gate exist to prevent. It is shown, not judged.")
 	d.table([]string{"backend", "declared bound", "inside the bound: safe and ready", "beyond the bound: not ready", "beyond, had it kept serving"}, rows)
 }
 
