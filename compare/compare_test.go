@@ -85,10 +85,26 @@ func TestQuickRun(t *testing.T) {
 // checkCells: every requested cell exists, and is measured or says why.
 func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz harness.Sizes) {
 	t.Helper()
-	nVias := 1 + len(directsOf(br))
+	// lockd twice (over HTTP and in process) unless -no-http, then each
+	// direct library.
+	lockdWays := 2
+	if cfg.NoHTTP {
+		lockdWays = 1
+	}
+	nVias := lockdWays + len(directsOf(br))
+	notRun := map[string]bool{}
+	for _, n := range br.NotRun {
+		notRun[n.Scenario] = true
+	}
 	for _, s := range cfg.Scenarios {
+		if notRun[s] {
+			continue
+		}
 		switch s {
 		case "latency":
+			if br.LockdMissing == "" && (br.LatencyOf(harness.ViaContract) == nil || (!cfg.NoHTTP && br.LatencyOf(harness.ViaHTTP) == nil)) {
+				t.Errorf("%s latency: want lockd both over HTTP and in process, got %d cells", br.Name, len(br.Latency))
+			}
 			if len(br.Latency) != nVias {
 				t.Errorf("%s latency: got %d cells, want %d", br.Name, len(br.Latency), nVias)
 			}
@@ -113,7 +129,7 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 				}
 			}
 		case "throughput":
-			if want := min(nVias, 1+sz.TputDirects) * len(sz.TputClients) * len(sz.TputKeys); len(br.Throughput) != want {
+			if want := min(nVias-lockdWays+1, 1+sz.TputDirects) * len(sz.TputClients) * len(sz.TputKeys); len(br.Throughput) != want {
 				t.Errorf("%s throughput: got %d cells, want %d", br.Name, len(br.Throughput), want)
 			}
 			for _, c := range br.Throughput {
@@ -131,13 +147,31 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 				}
 			}
 		case "roundtrips":
-			if len(br.RoundTrips) != nVias {
+			if len(br.RoundTrips) != nVias-lockdWays+1 {
 				t.Errorf("%s round trips: got %d cells, want %d", br.Name, len(br.RoundTrips), nVias)
 			}
 			for _, c := range br.RoundTrips {
 				if c.Unmeasured == "" && !(c.PerAcquire >= 1) {
 					t.Errorf("%s round trips %s: %.2f requests per acquire; a lock needs at least one", br.Name, c.Via, c.PerAcquire)
 				}
+			}
+		case "history":
+			switch h := br.History; {
+			case h == nil:
+				t.Errorf("%s history: no result", br.Name)
+			case h.Unmeasured == "" && !(h.FirstUs > 0 && h.LastUs > 0 && h.FreshUs > 0):
+				t.Errorf("%s history: p50s %v/%v/%v; want all measured", br.Name, h.FirstUs, h.LastUs, h.FreshUs)
+			}
+		case "lost-replies":
+			switch r := br.LostReplies; {
+			case r == nil:
+				t.Errorf("%s lost replies: no result", br.Name)
+			case r.Unmeasured != "":
+				t.Logf("%s lost replies: not measured: %s", br.Name, r.Unmeasured)
+			case r.Keyed.Lost == 0 || r.Unkeyed.Lost == 0:
+				t.Errorf("%s lost replies: no reply lost (keyed %d, unkeyed %d)", br.Name, r.Keyed.Lost, r.Unkeyed.Lost)
+			case !r.Pass:
+				t.Errorf("%s lost replies: %d orphaned grants with Idempotency-Key retries", br.Name, r.Keyed.Orphaned)
 			}
 		default:
 			c := br.CorrectnessOf(s)
@@ -150,7 +184,9 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 				t.Errorf("%s %s: no acquire attempted", br.Name, s)
 			case c.Fenced.Check.Result == "" || c.Unfenced.Check.Result == "":
 				t.Errorf("%s %s: history not checked", br.Name, s)
-			case len(c.Checks) != len(harness.CheckNames):
+			case s == "clock-skew" && len(c.Checks) != len(harness.CheckNames)+2:
+				t.Errorf("%s %s: %d checks in the verdict, want %d (the table and the two readiness checks)", br.Name, s, len(c.Checks), len(harness.CheckNames)+2)
+			case s != "clock-skew" && len(c.Checks) != len(harness.CheckNames):
 				t.Errorf("%s %s: %d checks in the verdict, want %d", br.Name, s, len(c.Checks), len(harness.CheckNames))
 			}
 			if s == "nofault" && c != nil && c.Unmeasured == "" && !c.Pass {

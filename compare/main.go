@@ -52,6 +52,12 @@ func parseFlags(args []string, stderr io.Writer) (harness.Config, error) {
 		return harness.Config{}, err
 	}
 	cfg := harness.Config{Duration: *duration, Quick: *quick, Out: *out, Seed: *seed, NoHTTP: *noHTTP, MaxClockSkew: *skew}
+	// -duration given with -scenarios soak alone is the soak's length
+	// (`-scenarios soak -duration 5m`); otherwise the soak has its own.
+	fs.Visit(func(f *flag.Flag) { cfg.ScenariosNamed = cfg.ScenariosNamed || f.Name == "scenarios" })
+	if *duration > 0 && *scenarios == "soak" {
+		cfg.SoakDuration = *duration
+	}
 	if cfg.Duration == 0 {
 		cfg.Duration = 6 * time.Second
 		if cfg.Quick {

@@ -111,3 +111,23 @@ func TestAvailabilitySetsOneRefusalAside(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenOrderIsRealTime: a grant whose reply came back late (a paused
+// replica held it) may carry a lower token than a grant that returned
+// meanwhile, because the two acquires overlapped; a grant asked for after
+// another returned must carry a higher token.
+func TestTokenOrderIsRealTime(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	grant := func(call, ret int, token uint64) histOp {
+		return histOp{Kind: opAcquire, Granted: true, Call: at(call), Return: at(ret), Token: token}
+	}
+	concurrent := []histOp{grant(0, 900, 5), grant(100, 200, 6), grant(300, 400, 7)}
+	if n := tokenRegressions(concurrent); n != 0 {
+		t.Errorf("held-back reply of an overlapping acquire: %d regressions, want 0", n)
+	}
+	sequential := []histOp{grant(0, 100, 6), grant(200, 300, 5)}
+	if n := tokenRegressions(sequential); n != 1 {
+		t.Errorf("token 5 asked for after token 6 returned: %d regressions, want 1", n)
+	}
+}

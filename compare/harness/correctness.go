@@ -35,6 +35,10 @@ type workload struct {
 	// vanish, when set, is asked before each acquire whether this waiter's
 	// client disappears mid-wait, and after how long.
 	vanish func(client int) (time.Duration, bool)
+	// giveUp, when set, is how long past its wait a client waits for an
+	// acquire's answer before it gives up on that replica (a client with its
+	// own deadline, as behind a load balancer).
+	giveUp time.Duration
 }
 
 // opKind of a history entry.
@@ -126,6 +130,9 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 			for runCtx.Err() == nil {
 				l := w.locker(c)
 				actx, acancel := context.WithCancel(runCtx)
+				if w.giveUp > 0 {
+					actx, acancel = context.WithTimeout(runCtx, w.Wait+w.giveUp)
+				}
 				vanishing := false
 				if w.vanish != nil {
 					if after, ok := w.vanish(c); ok {
@@ -357,14 +364,25 @@ func tokenRegressions(h []histOp) int64 {
 			gs = append(gs, op)
 		}
 	}
+	// Real-time order: a grant must carry a token above every grant that
+	// had returned before it was asked for. Two acquires that overlap in
+	// time are concurrent, and either may hold the lower token (a reply
+	// held back by a paused replica returns after later grants did).
 	sort.Slice(gs, func(i, j int) bool { return gs[i].Return.Before(gs[j].Return) })
+	highest := make([]uint64, len(gs)) // highest[i]: max token of gs[:i+1]
+	for i, g := range gs {
+		highest[i] = g.Token
+		if i > 0 {
+			highest[i] = max(highest[i], highest[i-1])
+		}
+	}
 	var n int64
-	var highest uint64
 	for _, g := range gs {
-		if g.Token <= highest {
+		// gs[:k] returned before g was called.
+		k := sort.Search(len(gs), func(i int) bool { return !gs[i].Return.Before(g.Call) })
+		if k > 0 && g.Token <= highest[k-1] {
 			n++
 		}
-		highest = max(highest, g.Token)
 	}
 	return n
 }

@@ -52,6 +52,17 @@ func (p *proxies) add(name, typ, attrs string) error {
 	return nil
 }
 
+// addDown puts a toxic on the downstream (server → client) direction only.
+func (p *proxies) addDown(name, typ, attrs string) error {
+	for _, px := range p.ps {
+		js := fmt.Sprintf(`{"name":%q,"type":%q,"stream":"downstream","toxicity":1,"attributes":%s}`, name+"_downstream", typ, attrs)
+		if _, err := px.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			return fmt.Errorf("toxic %s on %s: %w", name, px.Name, err)
+		}
+	}
+	return nil
+}
+
 func (p *proxies) remove(name string) {
 	for _, px := range p.ps {
 		for _, stream := range []string{"upstream", "downstream"} {

@@ -35,6 +35,11 @@ type Config struct {
 	Out       string // where compare.log goes
 	Seed      uint64
 	NoHTTP    bool
+	// SoakDuration is the soak's length; zero: 30 s (4 s with Quick).
+	SoakDuration time.Duration
+	// ScenariosNamed: the scenarios were asked for by name (-scenarios), so
+	// no column leaves any out.
+	ScenariosNamed bool
 	// MaxClockSkew is the clock skew the deployments declare (lockd's
 	// --max-clock-skew); zero means DefaultMaxClockSkew.
 	MaxClockSkew time.Duration
@@ -154,6 +159,9 @@ func SizesFor(cfg Config) Sizes {
 			"handoff: 1 and 10 waiters (full run: 1, 10, 100)",
 			"throughput: 1 and 16 clients over 1 and 100 keys, (full run: 1..256 clients over 1, 100, 10,000 keys)",
 			"scale: 2,000 held leases and 200 long polls (full run: 100,000 and 10,000)",
+			"history: 1,000 cycles on one key (full run: 50,000)",
+			"soak: 4 s per backend (full run: 30 s; -scenarios soak -duration 5m for a long one)",
+			"lost replies: 4 lost acquires per mode, TTL 2 s (full run: 12, TTL 5 s)",
 			fmt.Sprintf("correctness: %d clients, TTL %s, cells of %s (full run: 5 clients, TTL 1s, cells of 1.5 × duration)", s.Correct.Clients, s.Correct.TTL, s.Correct.Duration),
 		}
 	}

@@ -91,6 +91,11 @@ type problem struct {
 }
 
 func (h *httpLocker) post(ctx context.Context, key, op string, body any) (*http.Response, error) {
+	return h.postKeyed(ctx, key, op, body, "")
+}
+
+// postKeyed sends an Idempotency-Key header when idem is not empty.
+func (h *httpLocker) postKeyed(ctx context.Context, key, op string, body any, idem string) (*http.Response, error) {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
@@ -100,6 +105,9 @@ func (h *httpLocker) post(ctx context.Context, key, op string, body any) (*http.
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if idem != "" {
+		req.Header.Set("Idempotency-Key", idem)
+	}
 	resp, err := h.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -128,10 +136,15 @@ func errorFrom(resp *http.Response) error {
 }
 
 func (h *httpLocker) Acquire(ctx context.Context, key, owner string, ttl, wait time.Duration) (*Lease, error) {
+	return h.acquireKeyed(ctx, key, owner, ttl, wait, "")
+}
+
+// acquireKeyed is Acquire with an Idempotency-Key (none when idem is "").
+func (h *httpLocker) acquireKeyed(ctx context.Context, key, owner string, ttl, wait time.Duration, idem string) (*Lease, error) {
 	sent := time.Now()
-	resp, err := h.post(ctx, key, "acquire", map[string]any{
+	resp, err := h.postKeyed(ctx, key, "acquire", map[string]any{
 		"ttl_ms": ttl.Milliseconds(), "wait_ms": wait.Milliseconds(), "owner": owner,
-	})
+	}, idem)
 	if err != nil {
 		return nil, err
 	}

@@ -41,6 +41,21 @@ type BackendRun struct {
 	RoundTrips   []RoundTripCell   `json:"round_trips,omitempty"`
 	Scale        []ScaleCell       `json:"scale,omitempty"`
 	Correctness  []CorrectnessCell `json:"correctness,omitempty"`
+	// NotRun are the scenarios this column left out, and why.
+	NotRun []NotRun `json:"not_run,omitempty"`
+	// Skew is the clock-skew scenario's detail (its below-bound cell is
+	// also in Correctness).
+	Skew *SkewResult `json:"clock_skew,omitempty"`
+	// LostReplies is the lost-replies scenario.
+	LostReplies *LostReplyResult `json:"lost_replies,omitempty"`
+	// History is the long-history scenario.
+	History *HistoryResult `json:"history,omitempty"`
+}
+
+// NotRun is a scenario a column did not run.
+type NotRun struct {
+	Scenario string `json:"scenario"`
+	Why      string `json:"why"`
 }
 
 // LatencyCell: uncontended acquire+release through one way of locking.

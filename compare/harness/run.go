@@ -39,6 +39,12 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 			return br
 		}
 		sc, _ := scenarioByName(name)
+		if why, ok := t.skipByDefault[name]; ok && !cfg.ScenariosNamed {
+			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
+			br.NotRun = append(br.NotRun, NotRun{Scenario: name, Why: why})
+			b.done("not run: " + why)
+			continue
+		}
 		if d.noBackend != "" && (!sc.Perf || sc.Name == "scale") {
 			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
 			if sc.Name == "scale" {
@@ -66,6 +72,49 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 		case "roundtrips":
 			br.RoundTrips = runRoundTrips(ctx, d, sz, b)
 			b.done("")
+		case "clock-skew":
+			res := runSkew(ctx, d, sz.Correct, b)
+			br.Skew = res
+			cell := res.Below
+			cell.Scenario = sc.Name
+			if res.Unmeasured != "" {
+				cell = CorrectnessCell{Scenario: sc.Name, Unmeasured: res.Unmeasured}
+			} else {
+				// The readiness checks belong to the cell's verdict.
+				cell.Checks = append(cell.Checks, res.Checks...)
+				cell.Why = nil
+				for _, ch := range cell.Checks {
+					if ch.Applies && !ch.Pass {
+						cell.Why = append(cell.Why, fmt.Sprintf("%s: %s (threshold %s)", ch.Name, ch.Got, ch.Threshold))
+					}
+				}
+				cell.Pass = len(cell.Why) == 0
+			}
+			br.Correctness = append(br.Correctness, cell)
+			b.done(cellStatus(cell) + skewStatus(res))
+		case "history":
+			if d.noBackend != "" {
+				br.History = &HistoryResult{Unmeasured: d.noBackend}
+			} else {
+				br.History = runHistory(ctx, d, cfg.Quick, b)
+			}
+			b.done(historyStatus(br.History))
+		case "lost-replies":
+			br.LostReplies = runLostReplies(ctx, d, cfg.Quick, sz.Correct.skew(), b)
+			b.done(lostReplyStatus(br.LostReplies))
+		case "soak":
+			fd, err := t.start(t.FaultMembers)
+			if err != nil {
+				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
+				b.done("not measured: " + err.Error())
+				continue
+			}
+			sc2 := sz.Correct
+			sc2.Duration = soakLength(cfg.Quick, cfg.SoakDuration)
+			cell := runCorrectness(ctx, sc, fd, sc2, b.set)
+			fd.close()
+			br.Correctness = append(br.Correctness, cell)
+			b.done(cellStatus(cell))
 		case "member-kill":
 			// A fresh deployment: the kill must not disturb the store the
 			// other scenarios use, and it needs FaultMembers members.
@@ -108,22 +157,37 @@ type via struct {
 }
 
 // vias returns lockd (one replica over a fresh backend) and then every
-// direct library, limited to maxDirect of them.
-func vias(d *deployment, maxDirect int) ([]via, error) {
+// direct library, limited to maxDirect of them. With both, lockd comes
+// twice: over HTTP and in process, each on its own backend, so that HTTP's
+// cost and the store's are seen apart in one run (-no-http: in process
+// only).
+func vias(d *deployment, maxDirect int, both bool) ([]via, error) {
 	var out []via
-	if d.noBackend != "" {
-		out = append(out, via{name: ViaLockd(), newClient: func() (Locker, error) { return nil, errors.New(d.noBackend) }, close: func() {}})
-	} else {
+	ways := []bool{lockdHandler != nil}
+	if both && lockdHandler != nil {
+		ways = []bool{true, false}
+	}
+	for _, overHTTP := range ways {
+		name := ViaContract
+		if overHTTP {
+			name = ViaHTTP
+		}
+		if d.noBackend != "" {
+			out = append(out, via{name: name, newClient: func() (Locker, error) { return nil, errors.New(d.noBackend) }, close: func() {}})
+			continue
+		}
 		b, err := d.newBackend(d.Addrs, nil)
 		if err != nil {
+			closeVias(out)
 			return nil, fmt.Errorf("connect lockd to the store: %w", err)
 		}
-		r, err := startLockd(b)
+		r, err := startLockdAs(b, overHTTP)
 		if err != nil {
 			b.Close()
+			closeVias(out)
 			return nil, err
 		}
-		out = append(out, via{name: ViaLockd(), newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
+		out = append(out, via{name: name, newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
 	}
 	for i, dl := range d.directs {
 		if i >= maxDirect {
@@ -141,7 +205,7 @@ func closeVias(vs []via) {
 }
 
 func runLatency(ctx context.Context, d *deployment, cfg Config, b *bar) []LatencyCell {
-	vs, err := vias(d, len(d.directs))
+	vs, err := vias(d, len(d.directs), true)
 	if err != nil {
 		return []LatencyCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
@@ -164,7 +228,7 @@ func runLatency(ctx context.Context, d *deployment, cfg Config, b *bar) []Latenc
 }
 
 func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar) []HandoffCell {
-	vs, err := vias(d, len(d.directs))
+	vs, err := vias(d, len(d.directs), true)
 	if err != nil {
 		return []HandoffCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
@@ -196,7 +260,7 @@ func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar
 }
 
 func runThroughput(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar) []ThroughputCell {
-	vs, err := vias(d, sz.TputDirects)
+	vs, err := vias(d, sz.TputDirects, false)
 	if err != nil {
 		return []ThroughputCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
@@ -277,4 +341,31 @@ func runRoundTrips(ctx context.Context, d *deployment, sz Sizes, b *bar) []Round
 		cells = append(cells, c)
 	}
 	return cells
+}
+
+func skewStatus(s *SkewResult) string {
+	if s.Unmeasured != "" {
+		return ""
+	}
+	return fmt.Sprintf("; beyond the bound: not ready %v (after %s), %d double grants while it kept serving",
+		s.NotReady, fmtDur(s.NotReadyAfterMs), s.WithoutGate.Overlaps)
+}
+
+func lostReplyStatus(r *LostReplyResult) string {
+	if r.Unmeasured != "" {
+		return "not measured: " + r.Unmeasured
+	}
+	verdict := "PASS"
+	if !r.Pass {
+		verdict = "FAIL"
+	}
+	return fmt.Sprintf("%s: with Idempotency-Key %d lost, %d orphaned; without %d lost, %d keys blocked",
+		verdict, r.Keyed.Lost, r.Keyed.Orphaned, r.Unkeyed.Lost, r.Unkeyed.Blocked)
+}
+
+func historyStatus(h *HistoryResult) string {
+	if h.Unmeasured != "" {
+		return "not measured: " + h.Unmeasured
+	}
+	return fmt.Sprintf("%d cycles: p50 first 500 %.0f µs, last 500 %.0f µs, fresh key %.0f µs; store after: %s", h.Cycles, h.FirstUs, h.LastUs, h.FreshUs, h.StoreAfter)
 }

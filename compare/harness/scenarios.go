@@ -31,7 +31,11 @@ var allScenarios = []Scenario{
 	{Name: "member-kill", Title: "Store member SIGKILL + restart", About: "one store member (the leader where there is one) is killed with SIGKILL and restarted on the same port and data directory (Redis runs without persistence, so it comes back empty)"},
 	{Name: "partition", Title: "lockd ↔ store partition", About: "toxiproxy between lockd and every store member: latency spikes (100±50 ms), then a cut (timeout toxic 0) longer than the TTL, then healed"},
 	{Name: "replica-kill", Title: "lockd replica killed", About: "two lockd replicas over one store, clients split between them; one replica is killed while clients hold and wait; its clients move to the other"},
+	{Name: "clock-skew", Title: "Clock skew between lockd replicas", About: "two lockd replicas over one store, clients split between them, one replica's clock shifted (lease.Clock): inside the declared bound the cell must stay safe and the replica ready; beyond it the replica must report not-ready (/readyz 503 clock_skew), and the same run with it still serving counts what the bound prevents"},
+	{Name: "lost-replies", Title: "Lost replies", About: "toxiproxy between the client and lockd swallows the replies of some acquires (a timeout toxic on the downstream only: lockd grants, the answer never arrives); the client gives up and retries once, with the same Idempotency-Key (every lost grant must come back: 0 orphaned) and without one (the keys its lost grants block, and for how long)"},
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
+	{Name: "history", Perf: true, Title: "Long history", About: "acquire + release on one key, 50,000 times (1,000 with -quick; a 150 s budget may stop the untimed middle sooner), through lockd's backend in process: p50 of the first 500 cycles against the last 500, each of the last alternated with a cycle on a fresh key, and the store's size before and after"},
+	{Name: "soak", Title: "Mixed-fault soak", About: "three lockd replicas over a fault-sized store, clients spread over them and moving to another replica when theirs fails or does not answer within wait + 0.5 s; random faults drawn from a seeded generator, one at a time, each longer than the TTL: a lockd replica killed (and a fresh one started in its place), a lockd replica paused (its requests and replies held, as under SIGSTOP), a store member SIGKILLed and restarted, a store member SIGSTOPped and continued, the lockd ↔ store network cut, latency spikes; the full check table at the end (the outage limit counts the longest single fault)"},
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 
@@ -96,10 +100,23 @@ func at(ctx context.Context, wg *sync.WaitGroup, offset time.Duration, f func())
 
 // runCorrectness runs one correctness scenario against d.
 func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64)) CorrectnessCell {
+	return runCorrectnessWith(ctx, sc, d, cfg, progress, replicaPlan{})
+}
+
+// replicaPlan overrides how runCorrectnessWith builds its lockd replicas.
+type replicaPlan struct {
+	// n is how many replicas to run (at least the scenario's own).
+	n int
+	// backend, when set, connects replica i to the store instead of
+	// d.newBackend.
+	backend func(i int, addrs []string) (backend.Backend, error)
+}
+
+func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64), plan replicaPlan) CorrectnessCell {
 	cell := CorrectnessCell{Scenario: sc.Name, Clients: cfg.Clients, TTLms: ms64(cfg.TTL), WaitMs: ms64(cfg.Wait), DurationS: cfg.Duration.Seconds()}
 	addrs := d.Addrs
 	var px *proxies
-	if sc.Name == "partition" {
+	if sc.Name == "partition" || sc.Name == "soak" {
 		var err error
 		if px, err = newProxies(d.Addrs); err != nil {
 			cell.Unmeasured = "toxiproxy: " + err.Error()
@@ -112,14 +129,24 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 	if sc.Name == "replica-kill" {
 		nReplicas = 2
 	}
+	if sc.Name == "soak" {
+		nReplicas = 3
+	}
 	var replicas []*lockdReplica
 	defer func() {
 		for _, r := range replicas {
 			r.stop()
 		}
 	}()
+	nReplicas = max(nReplicas, plan.n)
 	for i := 0; i < nReplicas; i++ {
-		b, err := d.newBackend(addrs, nil)
+		var b backend.Backend
+		var err error
+		if plan.backend != nil {
+			b, err = plan.backend(i, addrs)
+		} else {
+			b, err = d.newBackend(addrs, nil)
+		}
 		if err != nil {
 			cell.Unmeasured = "connect lockd to the store: " + err.Error()
 			return cell
@@ -161,6 +188,7 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 	windowFrom := func() { window.Lock(); window.from = time.Now(); window.Unlock() }
 	windowTo := func() { window.Lock(); window.to = time.Now(); window.Unlock() }
 	tl := &timeline{}
+	var soak *soakEnv
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var faults sync.WaitGroup
@@ -214,6 +242,15 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 			replicas[1].kill()
 			tl.add("replica 1 killed")
 		})
+	case "soak":
+		env := &soakEnv{d: d, cfg: cfg, px: px, tl: tl, lockers: lockers, holding: holding, holdingMu: &holdingMu,
+			replicas: &replicas, addrs: addrs}
+		soak = env
+		env.addDeath = func(dd death) { deathsMu.Lock(); deaths = append(deaths, dd); deathsMu.Unlock() }
+		w.giveUp = overrunSlack / 2
+		w.onError = env.moveClient
+		faults.Add(1)
+		go func() { defer faults.Done(); env.run(runCtx) }()
 	case "member-kill":
 		victim := d.victim()
 		faults.Add(1)
@@ -289,6 +326,9 @@ func runCorrectness(ctx context.Context, sc Scenario, d *deployment, cfg Correct
 		in.FaultWindow = to.Sub(window.from)
 	}
 	window.Unlock()
+	if soak != nil {
+		in.FaultWindow = soak.longestWindow()
+	}
 	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs
 	cell.fill(res, cfg, in)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -21,6 +22,7 @@ import (
 	redisb "github.com/lockd/lockd/backend/redis"
 	redlockb "github.com/lockd/lockd/backend/redis/redlock"
 	zkb "github.com/lockd/lockd/backend/zk"
+	"github.com/lockd/lockd/internal/lease"
 	"github.com/lockd/lockd/internal/testserver"
 )
 
@@ -36,6 +38,9 @@ type target struct {
 	// scenario uses, and the one the member-kill scenario uses.
 	PerfMembers, FaultMembers int
 	start                     func(members int) (*deployment, error)
+	// skipByDefault names scenarios this column leaves out of a run that
+	// did not ask for them by name (-scenarios), and why.
+	skipByDefault map[string]string
 }
 
 // deployment is a running store and how to reach it.
@@ -46,6 +51,15 @@ type deployment struct {
 	// (the members' addresses, or proxies in front of them).
 	// rt, when not nil, counts the requests the backend's client sends.
 	newBackend func(addrs []string, rt *rtCounter) (backend.Backend, error)
+	// clocked, when set, connects a lockd backend whose replica runs on
+	// clk (a clock shifted to stand for a machine whose clock is off). Nil
+	// when the backend's leases run on the store's clock.
+	clocked func(addrs []string, clk lease.Clock) (backend.Backend, error)
+	// signal sends a signal to member i's process (SIGSTOP, SIGCONT); nil
+	// when the members are not processes of their own.
+	signal func(i int, sig syscall.Signal) error
+	// storeSize describes the store's size in its own terms (nil: no probe).
+	storeSize func() string
 	// rtHow says how requests are counted on this store's clients.
 	rtHow   string
 	directs []directLib
@@ -81,6 +95,20 @@ func targets() []target {
 			missing:     func() string { return "" },
 			PerfMembers: 1, FaultMembers: 3,
 			start: startEtcd,
+		},
+		{
+			Name: "etcd-ext", Server: "3 × etcd (Debian etcd-server), separate processes", Install: "apt-get install -y etcd-server",
+			missing:     etcdProcMissing,
+			PerfMembers: 3, FaultMembers: 3,
+			start: startEtcdExternal,
+			skipByDefault: func() map[string]string {
+				why := "left out of the default run to keep it within 30 minutes: it measures lockd's side, which the embedded etcd column shows; ask for it with -backends etcd-ext -scenarios NAME"
+				m := map[string]string{}
+				for _, n := range []string{"throughput", "roundtrips", "scale", "pause", "waiter-vanish", "lost-replies"} {
+					m[n] = why
+				}
+				return m
+			}(),
 		},
 		{
 			Name: "zk", Server: "ZooKeeper (Debian package)", Install: "apt-get install -y zookeeper default-jre-headless",
@@ -126,6 +154,17 @@ func startZK(members int) (*deployment, error) {
 			}
 			return zkb.New(conn, zkb.Options{Root: "/lockd-compare"}), nil
 		},
+		clocked: func(addrs []string, clk lease.Clock) (backend.Backend, error) {
+			conn, ev, err := zk.Connect(addrs, 4*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}))
+			if err != nil {
+				return nil, err
+			}
+			if err := waitZKConnected(ev, 15*time.Second); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return zkb.New(conn, zkb.Options{Root: "/lockd-compare", Clock: clk}), nil
+		},
 		rtHow:   "writes on a counting net.Conn under go-zookeeper (one per request; session pings included)",
 		directs: []directLib{{Name: "zk.Lock", New: newZKLock}},
 		kill:    z.Kill,
@@ -136,8 +175,10 @@ func startZK(members int) (*deployment, error) {
 			}
 			return 0
 		},
-		close: z.Close,
-		notes: []string{"lockd's zk backend dials with a 4 s session timeout; zk.Lock with 10 s."},
+		close:     z.Close,
+		storeSize: func() string { return zkSize(z.Addrs()) },
+		signal:    z.Signal,
+		notes:     []string{"lockd's zk backend dials with a 4 s session timeout; zk.Lock with 10 s."},
 	}
 	d.Version = zkVersion(z.Addrs()[0])
 	return d, nil
@@ -184,14 +225,16 @@ func startRedisSet(n int) (*testserver.RedisSet, *deployment, error) {
 		return nil, nil, err
 	}
 	d := &deployment{
-		Addrs:   set.Addrs(),
-		Version: redisVersion(),
-		kill:    set.Kill,
-		restart: set.Restart,
-		victim:  func() int { return 0 },
-		close:   set.Close,
-		rtHow:   "a go-redis hook (one per command, one per pipeline or script call)",
-		notes:   []string{"redis-server runs with --save \"\" --appendonly no: a restarted server has lost every key; go-redis client timeouts are its defaults."},
+		Addrs:     set.Addrs(),
+		Version:   redisVersion(),
+		kill:      set.Kill,
+		restart:   set.Restart,
+		victim:    func() int { return 0 },
+		close:     set.Close,
+		storeSize: func() string { return redisSize(set.Addrs()) },
+		signal:    set.Signal,
+		rtHow:     "a go-redis hook (one per command, one per pipeline or script call)",
+		notes:     []string{"redis-server runs with --save \"\" --appendonly no: a restarted server has lost every key; go-redis client timeouts are its defaults."},
 	}
 	return set, d, nil
 }
@@ -257,13 +300,24 @@ func startEtcd(members int) (*deployment, error) {
 			}
 			return etcdBackend{Backend: etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/"}), cli: cli}, nil
 		},
-		directs: []directLib{{Name: "concurrency.Mutex", New: newEtcdMutex}},
-		kill:    func(i int) error { e.StopMember(i); return nil },
-		restart: e.RestartMember,
-		victim:  func() int { return etcdLeader(e.Endpoints()) },
-		close:   e.Close,
-		rtHow:   "a gRPC client interceptor (one per unary call, one per message sent on a stream: watches, lease keep-alives)",
-		notes:   []string{"etcd members run inside this process, so a member \"kill\" is an in-process stop of the member (embed Close), not a SIGKILL; the restart reuses its data dir and ports."},
+		clocked: func(addrs []string, clk lease.Clock) (backend.Backend, error) {
+			cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				return nil, err
+			}
+			// Heartbeats 5× as often as lockd's default, so that a short
+			// cell sees the offset.
+			b := etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/", Clock: clk, ClockHeartbeat: 200 * time.Millisecond})
+			return etcdBackend{Backend: b, cli: cli}, nil
+		},
+		directs:   []directLib{{Name: "concurrency.Mutex", New: newEtcdMutex}},
+		kill:      func(i int) error { e.StopMember(i); return nil },
+		restart:   e.RestartMember,
+		victim:    func() int { return etcdLeader(e.Endpoints()) },
+		close:     e.Close,
+		storeSize: func() string { return etcdSize(e.Endpoints()) },
+		rtHow:     "a gRPC client interceptor (one per unary call, one per message sent on a stream: watches, lease keep-alives)",
+		notes:     []string{"etcd members run inside this process, so a member \"kill\" is an in-process stop of the member (embed Close), not a SIGKILL; the restart reuses its data dir and ports."},
 	}
 	return d, nil
 }
