@@ -21,8 +21,13 @@ if [ ${#need[@]} -gt 0 ]; then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Debian starts a redis-server service on install; the tests start their own
-# on free ports and need none.
+# Debian starts redis-server and etcd services on install (where systemd
+# runs); the tests start their own on free ports and need none. An etcd
+# service this script installed would hold 127.0.0.1:2379, the embedded
+# etcd's default port: stop it, so that `go run ./cmd/lockd` works after.
+if [[ " ${need[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null; then
+	$sudo systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
