@@ -44,8 +44,15 @@ func TestClockSkew(t *testing.T) {
 			t.Errorf("%s: got %s; want %s", c.Name, c.Got, c.Threshold)
 		}
 	}
+	// Whether a steal lands inside the robbed holder's critical section
+	// depends on scheduling: on a loaded machine one run of a few dozen
+	// grants may show none, so up to two more runs may show it.
+	for attempt := 2; res.WithoutGate.Overlaps == 0 && attempt <= 3; attempt++ {
+		res = runSkewWrapped(t.Context(), d, skewConfig(), nil, nil)
+		t.Logf("run %d beyond the bound: %d double grants (%d grants)", attempt, res.WithoutGate.Overlaps, res.WithoutGate.Granted)
+	}
 	if res.WithoutGate.Overlaps == 0 {
-		t.Errorf("a replica %s ahead made no double grant; the scenario shows nothing the bound prevents", res.AboveShift)
+		t.Errorf("a replica %s ahead made no double grant in 3 runs; the scenario shows nothing the bound prevents", res.AboveShift)
 	}
 }
 
