@@ -273,7 +273,11 @@ func TestDigestAuthSurvivesReconnect(t *testing.T) {
 	}
 	t.Cleanup(proxy.Stop)
 	var sessions, expiries atomic.Int32
-	conn, err := dialSession(ctxFor(t, 30*time.Second), []string{proxy.Listen}, time.Second, zk.WithEventCallback(func(ev zk.Event) {
+	// A session timeout of 3 s: a reconnect after a 100 ms cut must keep the
+	// session even when a loaded machine is slow to reconnect (with 1 s it
+	// once got a new one under a full compare run beside the suite).
+	const sessionTimeout = 3 * time.Second
+	conn, err := dialSession(ctxFor(t, 30*time.Second), []string{proxy.Listen}, sessionTimeout, zk.WithEventCallback(func(ev zk.Event) {
 		switch ev.State {
 		case zk.StateHasSession:
 			sessions.Add(1)
@@ -302,7 +306,7 @@ func TestDigestAuthSurvivesReconnect(t *testing.T) {
 		expired bool
 	}{
 		{"reconnect", 100 * time.Millisecond, false},
-		{"session expiry", 3 * time.Second, true}, // three session timeouts
+		{"session expiry", 3 * sessionTimeout, true},
 	} {
 		before, session := sessions.Load(), conn.SessionID()
 		proxy.Stop()
