@@ -47,7 +47,9 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 		}
 		if d.noBackend != "" && (!sc.Perf || sc.Name == "scale") {
 			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
-			if sc.Name == "scale" {
+			if sc.Name == "lost-replies" {
+				br.LostReplies = &LostReplyResult{Unmeasured: d.noBackend}
+			} else if sc.Name == "scale" {
 				br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}, {What: "clients long-polling one key", Unmeasured: d.noBackend}}
 			} else {
 				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: d.noBackend})

@@ -17,6 +17,9 @@ type Scenario struct {
 	Name  string
 	Title string
 	Perf  bool
+	// Section: the scenario has its own section in the report instead of
+	// a cell in the correctness table.
+	Section bool
 	// About says what the scenario does, for the report.
 	About string
 }
@@ -32,7 +35,7 @@ var allScenarios = []Scenario{
 	{Name: "partition", Title: "lockd ↔ store partition", About: "toxiproxy between lockd and every store member: latency spikes (100±50 ms), then a cut (timeout toxic 0) longer than the TTL, then healed"},
 	{Name: "replica-kill", Title: "lockd replica killed", About: "two lockd replicas over one store, clients split between them; one replica is killed while clients hold and wait; its clients move to the other"},
 	{Name: "clock-skew", Title: "Clock skew between lockd replicas", About: "two lockd replicas over one store, clients split between them, one replica's clock shifted (lease.Clock): inside the declared bound the cell must stay safe and the replica ready; beyond it the replica must report not-ready (/readyz 503 clock_skew), and the same run with it still serving counts what the bound prevents"},
-	{Name: "lost-replies", Title: "Lost replies", About: "toxiproxy between the client and lockd swallows the replies of some acquires (a timeout toxic on the downstream only: lockd grants, the answer never arrives); the client gives up and retries once, with the same Idempotency-Key (every lost grant must come back: 0 orphaned) and without one (the keys its lost grants block, and for how long)"},
+	{Name: "lost-replies", Section: true, Title: "Lost replies", About: "toxiproxy between the client and lockd swallows the replies of some acquires (a timeout toxic on the downstream only: lockd grants, the answer never arrives); the client gives up and retries once, with the same Idempotency-Key (every lost grant must come back: 0 orphaned) and without one (the keys its lost grants block, and for how long)"},
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
 	{Name: "history", Perf: true, Title: "Long history", About: "acquire + release on one key, 50,000 times (1,000 with -quick; a 150 s budget may stop the untimed middle sooner), through lockd's backend in process: p50 of the first 500 cycles against the last 500, each of the last alternated with a cycle on a fresh key, and the store's size before and after"},
 	{Name: "soak", Title: "Mixed-fault soak", About: "three lockd replicas over a fault-sized store, clients spread over them and moving to another replica when theirs fails or does not answer within wait + 0.5 s; random faults drawn from a seeded generator, one at a time, each longer than the TTL: a lockd replica killed (and a fresh one started in its place), a lockd replica paused (its requests and replies held, as under SIGSTOP), a store member SIGKILLed and restarted, a store member SIGSTOPped and continued, the lockd ↔ store network cut, latency spikes; the full check table at the end (the outage limit counts the longest single fault)"},

@@ -199,7 +199,7 @@ func verdicts(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 	}
 	var rows [][]tcell
 	for _, s := range harness.Scenarios() {
-		if s.Perf || !contains(r.Scenarios, s.Name) {
+		if s.Perf || s.Section || !contains(r.Scenarios, s.Name) {
 			continue
 		}
 		row := []tcell{plain(s.Title)}
@@ -292,7 +292,7 @@ func checkTableSection(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 	d.p("Each check is shown to fail: compare/harness's mutation tests wrap the real etcd backend in a broken one (grants twice, hands out a lower token, ignores FIFO, stalls past the wait, never frees a dead holder's lock) and assert that the matching check turns red. Thresholds: time to free and longest outage allow TTL + the declared clock skew + 1 s, plus the fault's own window where the store was out of reach.")
 	var scens []harness.Scenario
 	for _, s := range harness.Scenarios() {
-		if !s.Perf && contains(r.Scenarios, s.Name) {
+		if !s.Perf && !s.Section && contains(r.Scenarios, s.Name) {
 			scens = append(scens, s)
 		}
 	}

@@ -29,3 +29,20 @@ func TestRedCellNamesTheFailedCheck(t *testing.T) {
 		t.Errorf("report.html has no red verdict cell naming the check")
 	}
 }
+
+// TestSectionScenariosHaveNoVerdictRow: lost replies are reported in their
+// own section; the verdict table must not claim they were not run.
+func TestSectionScenariosHaveNoVerdictRow(t *testing.T) {
+	r := &harness.Results{Scenarios: []string{"nofault", "lost-replies"}, Backends: []*harness.BackendRun{{
+		Name:        "etcd",
+		Correctness: []harness.CorrectnessCell{{Scenario: "nofault", Unmeasured: "stand-in"}},
+		LostReplies: &harness.LostReplyResult{Rounds: 4, Keyed: harness.LostReplyMode{Lost: 4, Recovered: 4}, Unkeyed: harness.LostReplyMode{Lost: 4, Blocked: 4}, Pass: true},
+	}}}
+	md := Markdown(r)
+	if strings.Contains(md, "| Lost replies |") || strings.Contains(md, "| lost-replies |") {
+		t.Errorf("the verdict or check table has a lost-replies column or row; it has its own section")
+	}
+	if !strings.Contains(md, "## Lost replies") {
+		t.Errorf("no Lost replies section")
+	}
+}
