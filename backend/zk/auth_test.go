@@ -7,10 +7,7 @@ import (
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/go-zookeeper/zk"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/backend/backendtest"
@@ -267,11 +264,7 @@ func TestDigestValidate(t *testing.T) {
 // proxy.
 func TestDigestAuthSurvivesReconnect(t *testing.T) {
 	z := sharedZK(t, 1)
-	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk", "127.0.0.1:0", z.Addr(0))
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("proxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
+	proxy := zkProxy(t, z.Addr(0))
 	var sessions, expiries atomic.Int32
 	// A session timeout of 3 s: a reconnect after a 100 ms cut must keep the
 	// session even when a loaded machine is slow to reconnect (with 1 s it

@@ -837,11 +837,7 @@ func alternate(b *testing.B, lock func(client int) (unlock func(), err error)) {
 // place in the queue it never lost.
 func TestSessionExpiryLosesNoLock(t *testing.T) {
 	z := sharedZK(t, 1)
-	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk", "127.0.0.1:0", z.Addr(0))
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("proxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
+	proxy := zkProxy(t, z.Addr(0))
 
 	var expired atomic.Bool
 	conn, err := dialSession(ctxFor(t, 30*time.Second), []string{proxy.Listen}, time.Second, zk.WithEventCallback(func(ev zk.Event) {
@@ -1049,11 +1045,7 @@ func TestWaiterBehindDeadNewHolder(t *testing.T) {
 // never ran out.
 func TestWaiterOutwaitingItsTTLKeepsTurnOverSlowLink(t *testing.T) {
 	z := sharedZK(t, 1)
-	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk-slow", "127.0.0.1:0", z.Addr(0))
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("proxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
+	proxy := zkProxy(t, z.Addr(0))
 
 	var (
 		mu       sync.Mutex
@@ -1089,12 +1081,7 @@ func TestWaiterOutwaitingItsTTLKeepsTurnOverSlowLink(t *testing.T) {
 		return err == nil && st.Waiters == 1
 	}, "the waiter to queue")
 	time.Sleep(100 * time.Millisecond) // its watch is set
-	for _, stream := range []string{"upstream", "downstream"} {
-		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":100}}`, stream, stream)
-		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-			t.Fatalf("latency toxic: %v", err)
-		}
-	}
+	slowLink(t, proxy, 100)
 
 	var (
 		newcomers sync.WaitGroup
@@ -1191,17 +1178,8 @@ func TestWaiterOutwaitingItsTTLKeepsTurnOverSlowLink(t *testing.T) {
 // left.
 func TestWaiterLeavingAtTheHandoffHandsOn(t *testing.T) {
 	z := sharedZK(t, 1)
-	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk-slow", "127.0.0.1:0", z.Addr(0))
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("proxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
-	for _, stream := range []string{"upstream", "downstream"} {
-		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":100}}`, stream, stream)
-		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-			t.Fatalf("latency toxic: %v", err)
-		}
-	}
+	proxy := zkProxy(t, z.Addr(0))
+	slowLink(t, proxy, 100)
 	quitterB := New(dial(t, []string{proxy.Listen}), Options{})
 	t.Cleanup(func() { quitterB.Close() })
 	holderB := newBackend(t, z.Addrs(), Options{})
@@ -1597,4 +1575,27 @@ func BenchmarkKeyedAcquire(b *testing.B) {
 			b.Fatal(err)
 		}
 	})
+}
+
+// zkProxy is a real TCP proxy (toxiproxy) in front of the ZooKeeper server
+// at addr, stopped with t.
+func zkProxy(t *testing.T, addr string) *toxiproxy.Proxy {
+	t.Helper()
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "zk", "127.0.0.1:0", addr)
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+	return proxy
+}
+
+// slowLink delays every packet through proxy by ms milliseconds each way.
+func slowLink(t *testing.T, proxy *toxiproxy.Proxy, ms int) {
+	t.Helper()
+	for _, stream := range []string{"upstream", "downstream"} {
+		js := fmt.Sprintf(`{"name":"slow_%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":%d}}`, stream, stream, ms)
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			t.Fatalf("latency toxic: %v", err)
+		}
+	}
 }
