@@ -50,6 +50,10 @@ type BackendRun struct {
 	LostReplies *LostReplyResult `json:"lost_replies,omitempty"`
 	// History is the long-history scenario.
 	History *HistoryResult `json:"history,omitempty"`
+	// Election is the election-failover scenario.
+	Election *ElectionResult `json:"election,omitempty"`
+	// Steps is how long each step took, beside its estimate.
+	Steps []StepTime `json:"steps,omitempty"`
 }
 
 // NotRun is a scenario a column did not run.

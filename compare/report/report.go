@@ -171,6 +171,7 @@ func buildReport(r *harness.Results) *doc {
 	skewSection(d, ran)
 	lostReplySection(d, ran)
 	historySection(d, ran)
+	electionSection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.p("These faults are not injected by this suite, so nothing above is evidence about them:")
@@ -184,6 +185,7 @@ func buildReport(r *harness.Results) *doc {
 	}
 	d.list(items...)
 	d.p("Correctness workload: clients loop acquire (waiting) → read a counter → think (0..2 ms) → write counter+1 → release, on one key. Every critical section touches two registers at once: a fenced one that refuses a token lower than the highest it accepted, and an unfenced one that accepts everything, so one run measures both modes. Clients behave as the real Go client does: a grant that arrives with less than two thirds of its TTL left (counted from the acquire's send) is renewed at once, and a lease past its deadline is never used to start or finish a critical section; only the pause fault can make a holder write late. A mutual-exclusion violation is a critical section entered while another client is inside its own and both leases are unexpired by their holders' own clocks (deadline = send time of the last successful acquire or renew + TTL); overlaps in which either lease had run out are counted apart (fencing is what protects the resource then). Grants are numbered in the order their holders enter the critical section (a grant that is never used supersedes nobody), and a write is stale when a later grant's holder has already written: the resource has seen the successor, so a fence with rising tokens refuses it. A superseded holder's write that lands before its successor's first write is not stale (no fence can refuse it; it is counted as superseded, and if it costs an increment the lost-increment check shows it). The whole history is checked with porcupine against a fenced-mutex model (grants in real-time order carry increasing tokens; each critical section is one atomic read-modify-write; in fenced mode a refused write changes nothing); acquires that failed or timed out constrain nothing (unknown outcome).")
+	runTimeSection(d, r, ran)
 	return d
 }
 
