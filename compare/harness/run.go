@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/lockd/lockd/internal/testserver"
 )
 
 // pendingSoak is a backend's soak, left for runSoaks.
@@ -27,7 +28,7 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 	br := &BackendRun{Name: t.Name, Server: t.Server}
 	if why := t.missing(); why != "" {
 		br.Skipped, br.Install = why, t.Install
-		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" && t.start != nil {
+		if testserver.Required() && t.start != nil {
 			br.Skipped += " (LOCKD_REQUIRE_SERVERS=1: this is a failure)"
 		}
 		fmt.Fprintf(stderr, "[%s] skipped: %s; install: %s\n", t.Name, why, t.Install)
