@@ -52,11 +52,16 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 			// come in both orders, many times.
 			cfg:  func(c *CorrectnessConfig) { c.Hold = 20 * time.Millisecond },
 			wrap: func(b backend.Backend) backend.Backend { return newDoubleGrant(b) },
-			want: []string{CheckMutualExclusion, CheckLinearizable, CheckStaleFenced, CheckLostIncrements},
+			want: []string{CheckMutualExclusion, CheckLinearizable, CheckLostIncrements},
 			// The twin's token comes from the same store's counter but may
 			// return before a grant with a smaller one; and it jumps the
-			// queue.
-			allowed: []string{CheckTokenOrder, CheckFIFO},
+			// queue. A stale write counts only once a later holder has
+			// written and the fence still let it through, which needs the
+			// twin's token to be the lower one: often, but under -race on a
+			// loaded machine (9 to 24 grants a run) not in every three runs.
+			// "reuses a dead holder's token" is the mutation that must turn
+			// that check red.
+			allowed: []string{CheckTokenOrder, CheckFIFO, CheckStaleFenced},
 		},
 		{
 			name: "hands out a lower token", scenario: "nofault",
