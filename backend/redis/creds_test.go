@@ -19,7 +19,7 @@ import (
 // SUBSCRIBE for wake-ups, SCAN for List, PING.
 const lockdACL = "lockd on >lockd-pw resetchannels ~lockd:* &lockd:* -@all " +
 	"+ping +eval +evalsha +subscribe +scan " +
-	"+time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish"
+	"+time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish +xadd +xrevrange +xread"
 
 // securedRedis starts one TLS-only Redis that requires client certificates,
 // whose default user is off, with lockd's least-privilege user and an admin.

@@ -73,12 +73,18 @@ var (
 	abandonLua string
 	//go:embed scripts/inspect.lua
 	inspectLua string
+	//go:embed scripts/proclaim.lua
+	proclaimLua string
+	//go:embed scripts/look.lua
+	lookLua string
 
-	acquireScript = goredis.NewScript(prelude + acquireLua)
-	renewScript   = goredis.NewScript(prelude + renewLua)
-	releaseScript = goredis.NewScript(prelude + releaseLua)
-	abandonScript = goredis.NewScript(prelude + abandonLua)
-	inspectScript = goredis.NewScript(prelude + inspectLua)
+	acquireScript  = goredis.NewScript(prelude + acquireLua)
+	renewScript    = goredis.NewScript(prelude + renewLua)
+	releaseScript  = goredis.NewScript(prelude + releaseLua)
+	abandonScript  = goredis.NewScript(prelude + abandonLua)
+	inspectScript  = goredis.NewScript(prelude + inspectLua)
+	proclaimScript = goredis.NewScript(prelude + proclaimLua)
+	lookScript     = goredis.NewScript(prelude + lookLua)
 )
 
 // Options configures a Backend. The zero value works.
@@ -177,9 +183,18 @@ func (b *Backend) Close() error {
 	return err
 }
 
-func (b *Backend) keys(key string) []string {
-	base := b.prefix + "{" + key + "}:"
-	return []string{base + "lock", base + "fence", base + "q", base + "qt"}
+func (b *Backend) keys(key string) []string { return b.keysIn(lockNS, key) }
+
+// Namespaces: a lock "x" and an election "x" never share a key.
+const (
+	lockNS     = ""
+	electionNS = "e:"
+)
+
+// keysIn is every script's KEYS for key in namespace ns (see prelude.lua).
+func (b *Backend) keysIn(ns, key string) []string {
+	base := b.prefix + ns + "{" + key + "}:"
+	return []string{base + "lock", base + "fence", base + "q", base + "qt", base + "ev"}
 }
 
 // unavailable wraps a failed Redis call: ctx's error when ctx ended (the
@@ -213,6 +228,12 @@ func toStr(v any) string {
 
 // Acquire implements backend.Backend.
 func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	return b.acquire(ctx, b.idemKeys(req), req, "")
+}
+
+// acquire runs the acquire script on keys (keysIn's, then the idempotency
+// record), writing value into the grant.
+func (b *Backend) acquire(ctx context.Context, keys []string, req backend.AcquireRequest, value string) (backend.Grant, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
@@ -239,7 +260,6 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		b.active.Done()
 	}()
 
-	keys := b.idemKeys(req)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
 	timer := time.NewTimer(time.Hour)
@@ -249,7 +269,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	first := id       // a grant under another lease id is an earlier attempt's
 	attached := false // waiting in the place of an earlier attempt with the same idempotency key
 	for {
-		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat), idem.fingerprint, idem.keepMS).Slice()
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat), idem.fingerprint, idem.keepMS, value).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo whatever it did
 			// (an idempotent grant stays, for the retry to find).
@@ -336,23 +356,34 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	if ttl > 0 {
 		ttlMS = ms(ttl)
 	}
-	v, err := renewScript.Run(ctx, b.client, b.keys(key), leaseID, ttlMS).Result()
+	g, _, err := b.update(ctx, renewScript, "renew", lockNS, key, leaseID, ttlMS)
+	return g, err
+}
+
+// update runs the renew or the proclaim script, which answer alike: the
+// grant and its value, or ErrLeaseExpired.
+func (b *Backend) update(ctx context.Context, s *goredis.Script, op, ns, key, leaseID string, arg any) (backend.Grant, string, error) {
+	v, err := s.Run(ctx, b.client, b.keysIn(ns, key), leaseID, arg).Result()
 	if err != nil {
-		return backend.Grant{}, unavailable(ctx, "renew", err)
+		return backend.Grant{}, "", unavailable(ctx, op, err)
 	}
 	res, ok := v.([]any)
 	if !ok {
-		return backend.Grant{}, fmt.Errorf("redis renew %q: %w", key, backend.ErrLeaseExpired)
+		return backend.Grant{}, "", fmt.Errorf("redis %s %q: %w", op, key, backend.ErrLeaseExpired)
 	}
 	return backend.Grant{
 		Key: key, LeaseID: leaseID, Owner: toStr(res[0]), Token: uint64(toInt(res[1])),
 		TTL: time.Duration(toInt(res[3])) * time.Millisecond, ExpiresAt: time.UnixMilli(toInt(res[2])),
-	}, nil
+	}, toStr(res[4]), nil
 }
 
 // Release implements backend.Backend.
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
-	n, err := releaseScript.Run(ctx, b.client, b.keys(key), leaseID, b.channel).Int()
+	return b.release(ctx, lockNS, key, leaseID)
+}
+
+func (b *Backend) release(ctx context.Context, ns, key, leaseID string) error {
+	n, err := releaseScript.Run(ctx, b.client, b.keysIn(ns, key), leaseID, b.channel).Int()
 	if err != nil {
 		return unavailable(ctx, "release", err)
 	}

@@ -125,6 +125,9 @@ func redisNeeds(backendName, prefix string) [][]string {
 		{"ZSCORE", beats, "x"},
 		{"ZCOUNT", beats, "0", "1"},
 		{"PUBLISH", wake, "x"},
+		{"XADD", base + "ev", "*", "n", "1"},
+		{"XREVRANGE", base + "ev", "+", "-"},
+		{"XREAD", "STREAMS", base + "ev", "0-0"},
 	}
 }
 
