@@ -128,6 +128,7 @@ func redisNeeds(backendName, prefix string) [][]string {
 		{"XADD", base + "ev", "*", "n", "1"},
 		{"XREVRANGE", base + "ev", "+", "-"},
 		{"XREAD", "STREAMS", base + "ev", "0-0"},
+		{"XRANGE", base + "ev", "-", "+"},
 	}
 }
 
