@@ -10,6 +10,9 @@
 //	<Prefix>{<key>}:fence  counter, INCR'd by every grant: the fencing token
 //	<Prefix>{<key>}:q      list of waiter ids in arrival order
 //	<Prefix>{<key>}:qt     zset waiter id -> heartbeat deadline (Redis ms)
+//	<Prefix>{<key>}:ev     stream: the key's event log, written by the
+//	                       scripts that change the holder (events.go)
+//	<Prefix>e:{<name>}:... the same keys for the election <name> (election.go)
 //	<Prefix>wake           pub/sub channel; a message is the waiter id to wake
 //
 // The lock hash expires with the lease (PEXPIRE), so an abandoned grant frees
@@ -95,9 +98,9 @@ type Options struct {
 	// refreshing it; it refreshes every third of it. It bounds how long a
 	// waiter whose lockd died delays the queue. Default 3s.
 	HeartbeatTimeout time.Duration
-	// There are no backend.Hooks: Redis expires a lease's key by itself and
-	// no lockd sees it happen (keyspace notifications would need server
-	// configuration), so OnExpire could never be called.
+	// There are no backend.Hooks: Redis expires a lease's key by itself,
+	// and a lockd sees it only when a script reaps it (events.go) — not
+	// at once, and not on every replica — so OnExpire is not offered.
 }
 
 // Backend is the Redis implementation of backend.Backend.
