@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 )
 
 var _ backend.Elector = (*Backend)(nil)
@@ -62,7 +63,7 @@ func (el elections) Proclaim(ctx context.Context, name, leaseID, value string) (
 func (el elections) Renew(ctx context.Context, name, leaseID string, ttl time.Duration) (backend.Leadership, error) {
 	ttlMS := int64(0)
 	if ttl > 0 {
-		ttlMS = ms(ttl)
+		ttlMS = store.Ms(ttl)
 	}
 	g, v, err := el.b.update(ctx, renewScript, "renew", electionNS, name, leaseID, ttlMS)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 )
 
 // Kinds of log entries.
@@ -64,10 +65,10 @@ func (b *Backend) look(ctx context.Context, keys []string) (snapshot, error) {
 		return snapshot{}, unavailable(ctx, "look", err)
 	}
 	s := snapshot{
-		Token: uint64(toInt(res[0])), Owner: toStr(res[1]), Value: toStr(res[2]), ExpiresAt: time.UnixMilli(toInt(res[3])),
-		Waiters: int(toInt(res[5])),
-		Last:    logEntry{ID: toStr(res[6]), N: toInt(res[7]), Kind: toStr(res[8]), Token: uint64(toInt(res[9]))},
-		until:   time.Duration(toInt(res[3])-toInt(res[4])) * time.Millisecond,
+		Token: uint64(store.Int(res[0])), Owner: store.Str(res[1]), Value: store.Str(res[2]), ExpiresAt: time.UnixMilli(store.Int(res[3])),
+		Waiters: int(store.Int(res[5])),
+		Last:    logEntry{ID: store.Str(res[6]), N: store.Int(res[7]), Kind: store.Str(res[8]), Token: uint64(store.Int(res[9]))},
+		until:   time.Duration(store.Int(res[3])-store.Int(res[4])) * time.Millisecond,
 	}
 	return s, nil
 }
