@@ -281,6 +281,22 @@ func TestConsoleInBrowser(t *testing.T) {
 	if got := eval[string](b, `document.querySelector('#key-expires time').title`); !strings.HasSuffix(got, " UTC (server: "+eval[string](b, `document.querySelector('#key-expires time').dateTime`)+")") {
 		t.Errorf("hover text of a time = %q, want the server's UTC time", got)
 	}
+
+	// Leaders: lockd has no list of elections, so the view follows a name
+	// typed in; it shows the leader's owner, term and value, not its lease.
+	code, body := call(t, srv.URL, "", "/v1/elections/console-e/campaign", map[string]any{"ttl_ms": 60000, "owner": "leader-1", "value": "10.0.0.7:8080"})
+	var lead struct {
+		LeaseID string `json:"lease_id"`
+		Term    uint64 `json:"term"`
+	}
+	if code != http.StatusOK || json.Unmarshal(body, &lead) != nil {
+		t.Fatalf("campaign: %d %s", code, body)
+	}
+	b.do(chromedp.Navigate(srv.URL+"/ui/#/leaders"), chromedp.Focus(chromedp.ID("election")), chromedp.KeyEvent("console-e\r"))
+	b.waitFor("the leader", visible("leader-detail")+fmt.Sprintf(` && document.getElementById('leader-owner').textContent === 'leader-1' && document.getElementById('leader-term').textContent === '%d' && document.getElementById('leader-value').textContent === '10.0.0.7:8080'`, lead.Term), 30*time.Second)
+	if strings.Contains(b.html(), lead.LeaseID) {
+		t.Errorf("the leaders view shows the leader's lease id")
+	}
 }
 
 // With a tokens file the page asks for a token, keeps it for the tab, and
