@@ -341,3 +341,42 @@ func TestConsoleAuthInBrowser(t *testing.T) {
 	b.do(chromedp.Click(chromedp.ID("signout")))
 	b.waitFor("the token form again", visible("token-form")+` && sessionStorage.getItem('lockd.token') === null`, liveBound)
 }
+
+// When the server streams key events (issue 13), the key view follows
+// GET /v1/locks/{key}/events: acquired, released and an untouched expiry
+// show as events, from the stream rather than from comparing answers.
+func TestConsoleFollowsKeyEvents(t *testing.T) {
+	srv := lockdtest.Start(t, nil)
+	res, err := http.Get(srv.URL + "/v1/capabilities")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var caps struct {
+		Features map[string]json.RawMessage `json:"features"`
+	}
+	err = json.NewDecoder(res.Body).Decode(&caps)
+	res.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := string(caps.Features["events"]); ev == "" || ev == "null" {
+		t.Skip("this lockd's capabilities list no key events yet (issue 13): the key view refreshes instead, as TestConsoleInBrowser checks")
+	}
+	b := newBrowser(t)
+	b.do(chromedp.Navigate(srv.URL + "/ui/#/key/console%3Aev"))
+	b.waitFor("the stream's snapshot", `document.getElementById('key-source').textContent.includes('event stream') && document.querySelector('#key-events .ev-snapshot') && document.getElementById('key-state').textContent === 'free'`, 30*time.Second)
+	g := acquire(t, srv.URL, "", "console:ev", "streamer", 2*time.Second, 0)
+	took := b.waitFor("the acquired event", fmt.Sprintf(`document.querySelector('#key-events .ev-acquired') && document.getElementById('key-owner').textContent === 'streamer' && document.getElementById('key-token').textContent === '%d'`, g.Token), liveBound)
+	t.Logf("acquire → acquired event shown: %v", took)
+	expires, err := time.Parse(time.RFC3339Nano, g.ExpiresAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor("the expired event with nobody touching the key", `document.querySelector('#key-events .ev-expired') && document.getElementById('key-state').textContent === 'free'`, time.Until(expires)+time.Second+liveBound)
+	t.Logf("expiry → expired event shown %v after expires_at", time.Since(expires).Round(time.Millisecond))
+	g = acquire(t, srv.URL, "", "console:ev", "streamer-2", time.Minute, 0)
+	b.waitFor("the second holder", `document.getElementById('key-owner').textContent === 'streamer-2'`, liveBound)
+	release(t, srv.URL, "", "console:ev", g)
+	took = b.waitFor("the released event", `document.querySelector('#key-events .ev-released') && document.getElementById('key-state').textContent === 'free'`, liveBound)
+	t.Logf("release → released event shown: %v", took)
+}
