@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -379,4 +381,19 @@ func TestConsoleFollowsKeyEvents(t *testing.T) {
 	release(t, srv.URL, "", "console:ev", g)
 	took = b.waitFor("the released event", `document.querySelector('#key-events .ev-released') && document.getElementById('key-state').textContent === 'free'`, liveBound)
 	t.Logf("release → released event shown: %v", took)
+}
+
+// A browser whose clock is ten minutes behind still counts a lease down on
+// the server's time (from the Date header), which is what decides expiry.
+func TestConsoleCountdownOnServerTime(t *testing.T) {
+	srv := lockdtest.Start(t, nil)
+	b := newBrowser(t)
+	const behind = `(() => { const real = Date.now; Date.now = () => real() - 600000; })();`
+	b.do(chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: behind})
+		return err
+	}), chromedp.Navigate(srv.URL+"/ui/"))
+	g := acquire(t, srv.URL, "", "console:clock", "slow-clock", time.Minute, 0)
+	b.waitFor("the row", rowShows("console:clock", "slow-clock", g.Token, "0"), 30*time.Second)
+	b.waitFor("a countdown under a minute", row("console:clock")+`.querySelector('.left').textContent.match(/^[1-6]?[0-9]\.[0-9] s$/)`, liveBound)
 }

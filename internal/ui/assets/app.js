@@ -15,6 +15,18 @@ const enc = encodeURIComponent;
 
 let caps = null; // GET /v1/capabilities, once known
 let view = null; // the current view's stop function
+// skew is the server's clock minus this browser's, when they differ by more
+// than the Date header's one-second grain can tell: countdowns run on the
+// server's time, which decides expiry.
+let skew = 0;
+const serverNow = () => Date.now() + skew;
+
+function noteDate(res) {
+  const d = Date.parse(res.headers.get('Date') || '');
+  if (isNaN(d)) return;
+  const off = d + 500 - Date.now();
+  skew = Math.abs(off) > 2000 ? off : 0;
+}
 
 function token() { return sessionStorage.getItem(TOKEN) || ''; }
 
@@ -22,6 +34,7 @@ async function api(path, opts = {}) {
   const headers = { Accept: 'application/json', ...(opts.headers || {}) };
   if (token() && !opts.anonymous) headers.Authorization = 'Bearer ' + token();
   const res = await fetch(path, { headers, signal: opts.signal, cache: 'no-store' });
+  noteDate(res);
   let body = null;
   if ((res.headers.get('Content-Type') || '').includes('json')) {
     try { body = await res.json(); } catch (e) { body = null; }
@@ -60,7 +73,7 @@ function leftText(ms) {
 
 // Every element with data-expires shows the time left until then.
 function tick() {
-  const now = Date.now();
+  const now = serverNow();
   for (const el of document.querySelectorAll('[data-expires]')) {
     const left = Date.parse(el.dataset.expires) - now;
     el.textContent = leftText(left);
@@ -297,7 +310,7 @@ function showKey(key) {
       if (!state) note('snapshot', n.held ? n : {});
       else {
         if (state.held && (!n.held || n.token !== state.token)) {
-          note(Date.parse(state.expires_at) <= Date.now() ? 'expired' : 'released', { token: state.token });
+          note(Date.parse(state.expires_at) <= serverNow() ? 'expired' : 'released', { token: state.token });
         }
         if (n.held && (!state.held || n.token !== state.token)) note('acquired', n);
       }
