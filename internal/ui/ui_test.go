@@ -5,6 +5,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -101,5 +104,21 @@ func TestRedirectNotFoundAndMethods(t *testing.T) {
 		if res := serveUI(t, http.MethodGet, p); res.Header.Get("X-From") != "api" {
 			t.Errorf("GET %s was not passed to the API", p)
 		}
+	}
+}
+
+// The README states the assets' size; it must be today's.
+func TestReadmeStatesSize(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`embedded in the binary \(([0-9,]+) bytes`).FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md does not state the console's size")
+	}
+	n, _ := strconv.Atoi(strings.ReplaceAll(string(m[1]), ",", ""))
+	if n != Size() {
+		t.Errorf("README.md says the console is %d bytes; it is %d", n, Size())
 	}
 }
