@@ -106,7 +106,7 @@ func serve(w http.ResponseWriter, r *http.Request) {
 		name = "index.html"
 	}
 	a, ok := files[name]
-	if !ok || name == "index.html" && r.URL.Path != Prefix {
+	if !ok {
 		problem(w, http.StatusNotFound, "not_found", "no such file in the console: "+r.URL.Path)
 		return
 	}

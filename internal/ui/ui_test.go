@@ -28,6 +28,7 @@ func serveUI(t *testing.T, method, path string) *http.Response {
 func TestServesAssetsWithSecurityHeaders(t *testing.T) {
 	for _, c := range []struct{ path, ctype, contains string }{
 		{"/ui/", "text/html; charset=utf-8", `<script src="app.js" defer></script>`},
+		{"/ui/index.html", "text/html; charset=utf-8", `<script src="app.js" defer></script>`},
 		{"/ui/app.js", "text/javascript; charset=utf-8", "'use strict';"},
 		{"/ui/app.css", "text/css; charset=utf-8", ":root"},
 	} {
