@@ -75,7 +75,8 @@ type planner struct {
 	soaksTogether bool
 
 	mu   sync.Mutex
-	left map[string]time.Duration // backend/scenario → estimate, until done
+	est  map[string]time.Duration // backend/scenario → estimate
+	left map[string]time.Duration // the same, until done
 }
 
 type planStep struct {
@@ -86,12 +87,13 @@ type planStep struct {
 // newPlanner prints the plan: the steps in order with their estimates, the
 // soaks side by side at the end, and the estimated total.
 func newPlanner(w io.Writer, steps []planStep, soaksTogether bool) *planner {
-	p := &planner{w: w, start: time.Now(), left: map[string]time.Duration{}, soaksTogether: soaksTogether}
+	p := &planner{w: w, start: time.Now(), est: map[string]time.Duration{}, left: map[string]time.Duration{}, soaksTogether: soaksTogether}
 	var soak time.Duration
 	var total time.Duration
 	var b strings.Builder
 	for _, s := range steps {
 		p.left[s.backend+"/"+s.scenario] = s.est
+		p.est[s.backend+"/"+s.scenario] = s.est
 		if s.scenario == "soak" && soaksTogether {
 			soak = max(soak, s.est)
 			continue
@@ -126,7 +128,7 @@ func (p *planner) done(backend, scenario string, took time.Duration) StepTime {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	k := backend + "/" + scenario
-	est := p.left[k]
+	est := p.est[k]
 	delete(p.left, k)
 	if scenario == "soak" && p.soaksTogether {
 		// They ended together: none is left.

@@ -25,10 +25,15 @@ func TestPlanCountsConcurrentSoaksOnce(t *testing.T) {
 	if !strings.Contains(out.String(), "about 5m20s to go") {
 		t.Errorf("after a's latency:\n%s\nwant about 5m20s to go", out.String())
 	}
-	p.drop("b")
+	p.done("b", "latency", 20*time.Second)
 	st := p.done("a", "soak", 5*time.Minute)
 	if !strings.HasSuffix(strings.TrimSpace(out.String()), "about 0s to go") || !st.Concurrent {
 		t.Errorf("after the last step:\n%s\nwant about 0s to go, and the soak marked concurrent (got %+v)", out.String(), st)
+	}
+	// The soaks end together: the second keeps its own estimate (the full
+	// run showed 0s for every soak after the first).
+	if st := p.done("b", "soak", 5*time.Minute); st.Estimate != (5 * time.Minute).Seconds() {
+		t.Errorf("second soak's estimate = %.0f s, want 300", st.Estimate)
 	}
 	var seq strings.Builder
 	newPlanner(&seq, steps, false)

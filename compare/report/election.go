@@ -43,9 +43,9 @@ func electionSection(d *doc, ran []*harness.BackendRun) {
 					failed = append(failed, fmt.Sprintf("%s: %s (threshold %s)", ch.Name, ch.Got, ch.Threshold))
 				}
 			}
-			verdict := passCell(true, "✅ double leader 0, terms rising")
+			verdict := passCell(true, "double leader 0, terms rising")
 			if !c.Pass {
-				verdict = passCell(false, "❌ RED: "+strings.Join(failed, "; "))
+				verdict = passCell(false, "RED: "+strings.Join(failed, "; "))
 			}
 			rows = append(rows, []tcell{plain(br.Name), plain(c.Via), plain(fmt.Sprint(len(c.Rounds))), plain(noText), plain(spread(el)), plain(spread(ob)), verdict})
 		}

@@ -59,10 +59,13 @@ func TestElectionSectionNamesTheFailedCheck(t *testing.T) {
 	r := &harness.Results{Scenarios: []string{"election"}, Backends: []*harness.BackendRun{{
 		Name: "etcd", Election: &harness.ElectionResult{Cells: []harness.ElectionCell{red, green}}}}}
 	md := Markdown(r)
-	for _, want := range []string{"## Election failover", "❌ RED: double leader: 1 of 1 rounds", "never (its observer reports leaders only)", "2.10 s"} {
+	for _, want := range []string{"## Election failover", "❌ RED: double leader: 1 of 1 rounds", "✅ double leader 0, terms rising", "never (its observer reports leaders only)", "2.10 s"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report.md lacks %q", want)
 		}
+	}
+	if strings.Contains(md, "✅ ✅") || strings.Contains(md, "❌ ❌") {
+		t.Errorf("a check mark twice in one cell")
 	}
 	if strings.Contains(md, "| Election failover |") {
 		t.Errorf("election failover has a verdict row; it has its own section")
