@@ -61,6 +61,9 @@ type Options struct {
 	// NoElections, when set, is the reason the backend does not implement
 	// backend.Elector; the Election subtests are skipped with it.
 	NoElections string
+	// NoSessions, when set, is the reason the backend does not implement
+	// backend.Sessioner; the Session subtests are skipped with it.
+	NoSessions string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
