@@ -106,6 +106,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	}
 	tests = append(tests, s.idempotencyTests()...)
 	tests = append(tests, s.electionTests()...)
+	tests = append(tests, s.sessionTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
