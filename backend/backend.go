@@ -450,6 +450,12 @@ type Sessions interface {
 	// Errors: ErrSessionExpired as for Renew; ErrUnavailable.
 	Close(ctx context.Context, id string) error
 
+	// Get shows an unexpired session (to check a caller's rights on its
+	// owner before acting on it).
+	//
+	// Errors: ErrSessionExpired as for Renew; ErrUnavailable.
+	Get(ctx context.Context, id string) (Session, error)
+
 	// Features says how the backend keeps sessions.
 	Features() SessionFeatures
 }

@@ -185,6 +185,15 @@ func (s sessions) put(ctx context.Context, h string, r sessionRecord, cmps []cli
 	return nil
 }
 
+// Get implements backend.Sessions.
+func (s sessions) Get(ctx context.Context, id string) (backend.Session, error) {
+	_, r, err := s.b.liveSession(ctx, id)
+	if err != nil {
+		return backend.Session{}, err
+	}
+	return r.session(id), nil
+}
+
 // Renew implements backend.Sessions: one guarded write, whatever the number
 // of grants.
 func (s sessions) Renew(ctx context.Context, id string, ttl time.Duration) (backend.Session, error) {
