@@ -87,6 +87,16 @@ func TestSessionsMatchSpec(t *testing.T) {
 	s.want(s.do("POST", "/v1/sessions/close", `{"session_id": "`+id+`"}`), 410, "session_expired")
 	s.want(s.do("POST", "/v1/locks/sess.c/acquire", `{"session_id": "`+id+`"}`), 410, "session_expired")
 
+	m := s.do("GET", "/metrics", "")
+	for _, want := range []string{
+		`lockd_session_duration_seconds_count{backend="etcd",op="open",outcome="ok"} 1`,
+		`lockd_session_duration_seconds_count{backend="etcd",op="renew",outcome="expired"} 2`,
+		`lockd_session_duration_seconds_count{backend="etcd",op="close",outcome="ok"} 1`,
+	} {
+		if !strings.Contains(string(m.body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	if strings.Contains(audit.String(), id) {
 		t.Errorf("the audit log shows a session id: %s", audit.String())
 	}
