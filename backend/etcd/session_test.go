@@ -1,6 +1,7 @@
 package etcd_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -38,5 +39,40 @@ func TestSessionIdempotentRetryAfterRenew(t *testing.T) {
 	}
 	if r.LeaseID != g.LeaseID || r.Token != g.Token || !r.Replayed || !r.ExpiresAt.After(g.ExpiresAt) {
 		t.Errorf("retry = %+v, want lease %q token %d, replayed, with the session's later deadline", r, g.LeaseID, g.Token)
+	}
+}
+
+// Renewing a session is one write to etcd whatever the number of its
+// grants: the store's revision moves by exactly one.
+func TestSessionRenewIsOneWrite(t *testing.T) {
+	e := testserver.EtcdCluster(t, 1)
+	cli := client(t, e.Endpoints())
+	b := etcdb.New(cli, etcdb.Options{})
+	t.Cleanup(func() { b.Close() })
+	ss := b.Sessions()
+	ctx := t.Context()
+	sess, err := ss.Open(ctx, "many", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	for i := range n {
+		if _, err := b.Acquire(ctx, backend.AcquireRequest{Key: fmt.Sprint("one-write-", i), Session: sess.ID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev := func() int64 {
+		r, err := cli.Get(ctx, "rev-probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Header.Revision
+	}
+	before := rev()
+	if _, err := ss.Renew(ctx, sess.ID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got := rev() - before; got != 1 {
+		t.Errorf("renewing a session with %d grants moved etcd's revision by %d, want 1 (one write)", n, got)
 	}
 }
