@@ -162,9 +162,11 @@ func (s *suite) sessionExpiryWithoutGranter(t *testing.T) {
 		t.Logf("Close: %v", err)
 	}
 	for _, g := range []backend.Grant{g1, g2} {
-		n := acquire(t, other, backend.AcquireRequest{Key: g.Key, TTL: 10 * time.Second, Wait: 10 * time.Second})
-		if took, limit := time.Since(start), ttl+time.Second+schedSlack; took > limit {
-			t.Errorf("%q freed %v after the session opened with its granter gone, want within %v", g.Key, took, limit)
+		n := acquire(t, other, backend.AcquireRequest{Key: g.Key, TTL: 10 * time.Second, Wait: 20 * time.Second})
+		// Generous: a grant the expiry did not free would hold for good
+		// (nobody renews it, but nothing else ends it either).
+		if late, limit := time.Since(sess.ExpiresAt), 5*time.Second; late > limit {
+			t.Errorf("%q freed %v after the session's deadline (opened %v before it) with its granter gone, want within %v", g.Key, late, sess.ExpiresAt.Sub(start), limit)
 		}
 		if n.Token <= g.Token {
 			t.Errorf("token %d after %d, want strictly greater", n.Token, g.Token)
@@ -230,7 +232,7 @@ func (s *suite) sessionCloseReleases(t *testing.T) {
 }
 
 // An acquire waiting in a session ends with ErrSessionExpired when the
-// session runs out, long before its own wait, and leaves the queue.
+// session runs out, long before its own wait (30 s), and leaves the queue.
 func (s *suite) sessionWaiterEnds(t *testing.T) {
 	ss, b := s.sessions(t)
 	key := s.key(t)
@@ -239,7 +241,7 @@ func (s *suite) sessionWaiterEnds(t *testing.T) {
 	sess := openSession(t, ss, "waiter", ttl)
 	_, err := b.Acquire(ctxTimeout(t, 40*time.Second), backend.AcquireRequest{Key: key, Session: sess.ID, Wait: 30 * time.Second})
 	wantSessionExpired(t, err, "a wait outliving its session")
-	if late, limit := time.Since(sess.ExpiresAt), time.Second+schedSlack; late > limit {
+	if late, limit := time.Since(sess.ExpiresAt), 3*time.Second; late > limit {
 		t.Errorf("the wait ended %v after the session's deadline, want within %v", late, limit)
 	}
 	s.waitForWaiters(t, b, key, 0)
