@@ -242,6 +242,9 @@ type Capabilities struct {
 			Expiry CapabilitiesFeaturesSessionsExpiry `json:"expiry"`
 		} `json:"sessions"`
 	} `json:"features"`
+
+	// Unsupported Why a feature this backend leaves out is left out, by feature name (e.g. elections, watch).
+	Unsupported *map[string]string `json:"unsupported,omitempty"`
 }
 
 // CapabilitiesFeaturesElectionsObserve How changes reach observers.
