@@ -80,6 +80,8 @@ func (e *Error) Is(target error) bool {
 		return e.Code == "backend_unavailable" || e.Status == 503
 	case ErrLimited:
 		return e.Status == 429
+	case ErrSessionExpired:
+		return e.Code == "session_expired"
 	}
 	return false
 }

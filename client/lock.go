@@ -45,7 +45,11 @@ func (c *Client) Acquire(ctx context.Context, key string, opts AcquireOptions) (
 	if g.Key == "" {
 		g.Key = key
 	}
-	l := newLock(c, g, opts.Margin, opts.RenewEvery, nil, nil)
+	var follow func(context.Context) (Grant, error)
+	if opts.Session != nil {
+		follow = opts.Session.follow(g)
+	}
+	l := newLock(c, g, opts.Margin, opts.RenewEvery, follow, nil)
 	l.start()
 	return l, nil
 }

@@ -61,6 +61,9 @@ type Options struct {
 	// NoElections, when set, is the reason the backend does not implement
 	// backend.Elector; the Election subtests are skipped with it.
 	NoElections string
+	// NoSessions, when set, is the reason the backend does not implement
+	// backend.Sessioner; the Session subtests are skipped with it.
+	NoSessions string
 	// NoWatch, when set, is the reason the backend does not implement
 	// backend.Watcher; the Watch subtests are skipped with it.
 	NoWatch string
@@ -110,6 +113,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	}
 	tests = append(tests, s.idempotencyTests()...)
 	tests = append(tests, s.electionTests()...)
+	tests = append(tests, s.sessionTests()...)
 	tests = append(tests, s.watchTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

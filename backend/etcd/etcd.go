@@ -13,6 +13,10 @@
 // record also carries the leader's value, the term is the fencing token, and
 // observers follow the range with one watch and a timer (observe.go).
 //
+// Sessions live under <prefix>s/ (session.go): a grant made in one carries
+// the session's name in its record and takes the session's deadline, so one
+// write renews every grant of the session.
+//
 // # Fencing token
 //
 // The token is the create revision of the grant's entry. Revisions grow over
@@ -75,7 +79,7 @@
 // queue.go holds the layout and records, admission.go how round trips are
 // let through under contention, acquire.go acquiring and waiting,
 // idempotency.go retried acquires, ops.go renew, release and inspection,
-// clock.go the replicas' clock comparison, compact.go and leasepool.go the
+// session.go sessions, clock.go the replicas' clock comparison, compact.go and leasepool.go the
 // store's upkeep.
 //
 // # Clocks

@@ -70,9 +70,14 @@ func (o *observer) head() *entry {
 }
 
 // derive is the leader the queue shows now: the head, when it holds a
-// deadline that is not overdue by this replica's clock.
-func (o *observer) derive() *entry {
+// deadline that is not overdue by this replica's clock. A leader in a
+// session has the session's deadline, read now (renewals of a session are
+// no events: the timer at the deadline reads it again).
+func (o *observer) derive(ctx context.Context) *entry {
 	h := o.head()
+	if h != nil && h.rec.S != "" {
+		_ = o.q.resolve(ctx, h) // unreadable: the last deadline stands, and the next wake-up reads again
+	}
 	if h == nil || !h.rec.held() || h.rec.overdue(o.q.opts.Clock) {
 		return nil
 	}
@@ -82,7 +87,7 @@ func (o *observer) derive() *entry {
 // publish sends what changed since the last event, if anything. It returns
 // false when ctx ended while sending.
 func (o *observer) publish(ctx context.Context) bool {
-	now := o.derive()
+	now := o.derive(ctx)
 	if !o.started {
 		o.started = true
 		if now == nil {

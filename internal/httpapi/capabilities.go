@@ -19,6 +19,7 @@ type featuresJSON struct {
 	Locks       locksFeature              `json:"locks"`
 	Idempotency *struct{}                 `json:"idempotency"`
 	Elections   *backend.ElectionFeatures `json:"elections"`
+	Sessions    *backend.SessionFeatures  `json:"sessions"`
 }
 
 type locksFeature struct {
@@ -36,6 +37,10 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	}
 	if _, ok := b.(backend.Idempotent); ok {
 		c.Features.Idempotency = &struct{}{}
+	}
+	if ss := sessionsOf(b); ss != nil {
+		f := ss.Features()
+		c.Features.Sessions = &f
 	}
 	if e := elections(b); e != nil {
 		f := e.Features()

@@ -77,9 +77,10 @@ func checkPrefix(field, p string) error {
 }
 
 type acquireBody struct {
-	TTLMs  *int64  `json:"ttl_ms"`
-	WaitMs *int64  `json:"wait_ms"`
-	Owner  *string `json:"owner"`
+	TTLMs     *int64  `json:"ttl_ms"`
+	WaitMs    *int64  `json:"wait_ms"`
+	Owner     *string `json:"owner"`
+	SessionID *string `json:"session_id"`
 }
 
 type renewBody struct {
@@ -95,6 +96,7 @@ type releaseBody struct {
 type acquireParams struct {
 	ttl, wait time.Duration
 	owner     string
+	session   string // a session id instead of a TTL; ttl is then 0
 }
 
 // decode reads one JSON object into v, strictly: no unknown fields, no
@@ -186,6 +188,15 @@ func (b acquireBody) params() (acquireParams, error) {
 	}
 	if p.wait, err = msField("wait_ms", b.WaitMs, 0, 0, lease.MaxWait); err != nil {
 		return p, err
+	}
+	if b.SessionID != nil {
+		if b.TTLMs != nil {
+			return p, badRequest("invalid_session_id", "send ttl_ms or session_id, not both")
+		}
+		if p.session, err = checkSessionID(b.SessionID); err != nil {
+			return p, err
+		}
+		p.ttl = 0 // the session's
 	}
 	if b.Owner != nil {
 		if len(*b.Owner) > lease.MaxOwner {

@@ -114,17 +114,13 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner}.params()
+	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner, SessionID: body.SessionID}.params()
 	var value string
 	if err == nil {
 		value, err = checkValue(body.Value)
 	}
-	if err == nil && body.SessionID != nil {
-		if body.TTLMs != nil {
-			err = badRequest("invalid_session_id", "send ttl_ms or session_id, not both")
-		} else {
-			err = errNotSupported("sessions")
-		}
+	if err == nil && p.session != "" && sessionsOf(s.b) == nil {
+		err = errNotSupported("sessions")
 	}
 	if err != nil {
 		s.fail(w, r, err)
@@ -147,7 +143,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 		s.m.waiters.Inc()
 		defer s.m.waiters.Dec()
 	}
-	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait})
+	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait, Session: p.session})
 	if err == nil && r.Context().Err() != nil {
 		// Elected as the client left: nobody would renew or resign, and
 		// the election would stay led by nobody for a whole TTL.

@@ -119,6 +119,7 @@ func New(b backend.Backend, opts Options) *Server {
 		r.Post("/{key}/release", s.release)
 	})
 	r.Route("/v1/elections", s.electionRoutes)
+	r.Route("/v1/sessions", s.sessionRoutes)
 	s.handler = r
 	return s
 }
@@ -274,6 +275,10 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	if !s.allow(w, r, auth.RightLock, key) {
 		return
 	}
+	if p.session != "" && sessionsOf(s.b) == nil {
+		s.fail(w, r, errNotSupported("sessions"))
+		return
+	}
 	if _, ok := s.b.(backend.Idempotent); idemKey != "" && !ok {
 		s.fail(w, r, errIdempotencyUnsupported)
 		return
@@ -309,7 +314,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		defer s.m.waiters.Dec()
 	}
 	start := time.Now()
-	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait,
+	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session,
 		Idempotency: idempotency(who, key, idemKey, p)})
 	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
 	if counted {

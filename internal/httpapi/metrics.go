@@ -18,6 +18,7 @@ type Metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.HistogramVec
 	acquires *prometheus.HistogramVec
+	sessions *prometheus.HistogramVec
 	held     *heldLocks
 	waiters  prometheus.Gauge
 	expired  prometheus.Counter
@@ -43,6 +44,11 @@ func NewMetrics() *Metrics {
 			Help:    "Acquire calls by backend and outcome (granted, held, unavailable, cancelled, error), waits included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 18),
 		}, []string{"backend", "outcome"}),
+		sessions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lockd_session_duration_seconds",
+			Help:    "Session calls by backend, op (open, renew, close) and outcome (ok, expired, unavailable, cancelled, error).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 16),
+		}, []string{"backend", "op", "outcome"}),
 		held: &heldLocks{desc: prometheus.NewDesc("lockd_held_locks",
 			"Locks held in the whole store (every replica reports the same: take max, not sum), listed at most every 5s, at most 10000; absent when the store did not answer.",
 			nil, nil)},
@@ -79,7 +85,7 @@ func NewMetrics() *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(build)
-	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
+	m.reg.MustRegister(m.requests, m.acquires, m.sessions, m.held, m.waiters, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -44,6 +44,7 @@ var conformanceOptions = backendtest.Options{
 	StoreClock:       storeClock,
 	NoElections:      NoElections,
 	NoWatch:          NoWatch,
+	NoSessions:       "not built yet",
 }
 
 // Redlock leaves elections and key events out on purpose, says why in the
