@@ -791,6 +791,12 @@ func (s *suite) waiterOutwaitsTTL(t *testing.T) {
 			tu := turn{who: who, g: g, granted: time.Now()}
 			tu.releasing = time.Now() // at once: the grant's TTL is short
 			err = b.Release(ctx, key, g.LeaseID)
+			if errors.Is(err, backend.ErrLeaseExpired) && time.Now().After(g.ExpiresAt) {
+				// The release came back after the grant's short TTL (a
+				// loaded machine): refusing it is right. Refused while the
+				// grant was still valid would be a bug, and fails below.
+				err = nil
+			}
 			mu.Lock()
 			turns = append(turns, tu)
 			mu.Unlock()
