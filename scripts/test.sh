@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs the real
 # servers the backend tests need (ZooKeeper, Redis; etcd-server for compare) when they are missing,
-# then checks formatting, vets, and runs every test under the race detector.
+# then checks formatting, lints the OpenAPI spec (scripts/lint-spec.sh, which
+# installs node/npm when missing), vets, and runs every test under the race
+# detector.
 #
 # Set LOCKD_REQUIRE_SERVERS=1 (CI does) to turn a missing server into a test
 # failure instead of a skip.
@@ -34,6 +36,9 @@ unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go')
 if [ -n "$unformatted" ]; then
 	echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi
+
+echo "== lint api/openapi.yaml"
+./scripts/lint-spec.sh
 
 echo "== go vet"
 go vet ./...

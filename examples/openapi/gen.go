@@ -176,9 +176,13 @@ func (e Readyz200JSONResponseBodyStatus) Valid() bool {
 // AcquireRequest defines model for AcquireRequest.
 type AcquireRequest struct {
 	// Owner Free text shown in inspection (at most 256 bytes).
-	Owner  *string `json:"owner,omitempty"`
-	TtlMs  *int    `json:"ttl_ms,omitempty"`
-	WaitMs *int    `json:"wait_ms,omitempty"`
+	Owner *string `json:"owner,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
 }
 
 // CampaignRequest defines model for CampaignRequest.
@@ -187,11 +191,15 @@ type CampaignRequest struct {
 
 	// SessionId Sessions are not built yet: 501 not_supported (400 invalid_session_id with ttl_ms).
 	SessionId *string `json:"session_id,omitempty"`
-	TtlMs     *int    `json:"ttl_ms,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
 
 	// Value At most 4096 bytes of UTF-8 (code invalid_value otherwise).
-	Value  *string `json:"value,omitempty"`
-	WaitMs *int    `json:"wait_ms,omitempty"`
+	Value *string `json:"value,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
 }
 
 // Capabilities defines model for Capabilities.
@@ -351,8 +359,14 @@ type BodyTimeout = Problem
 // Forbidden defines model for Forbidden.
 type Forbidden = Problem
 
+// InternalError defines model for InternalError.
+type InternalError = Problem
+
 // LeaseExpired defines model for LeaseExpired.
 type LeaseExpired = Problem
+
+// NotFound defines model for NotFound.
+type NotFound = Problem
 
 // NotSupported defines model for NotSupported.
 type NotSupported = Problem
@@ -386,7 +400,9 @@ type ListParams struct {
 
 	// After Return keys after this one (the previous page's `next`).
 	After *string `form:"after,omitempty" json:"after,omitempty"`
-	Limit *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Limit Locks per page; 100 when omitted.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
 // AcquireParams defines parameters for Acquire.
@@ -500,40 +516,56 @@ type ClientInterface interface {
 
 	// Healthz The process is up.
 	//
+	// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+	//
 	// Corresponds with GET /healthz (the `Healthz` operationId).
 	Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// HealthzHead As GET, without a body (for load balancers and monitors).
+	//
+	// Answers 200 while the process serves HTTP; it does not touch the backend.
 	//
 	// Corresponds with HEAD /healthz (the `HealthzHead` operationId).
 	HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Metrics Prometheus metrics.
 	//
+	// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+	//
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Readyz The backend is reachable and this replica's clock is within the declared skew bound.
+	//
+	// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReadyzHead As GET, without a body (for load balancers and monitors).
 	//
+	// Answers 200 when GET /readyz would, 503 otherwise.
+	//
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 	ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+	//
+	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 	//
 	// Corresponds with GET /v1/capabilities (the `Capabilities` operationId).
 	Capabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// InspectElection The election's unexpired leader, if any, and how many candidates wait behind it.
 	//
+	// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+	//
 	// Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
 	InspectElection(ctx context.Context, name Name, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CampaignWithBody Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -541,6 +573,8 @@ type ClientInterface interface {
 	CampaignWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Campaign Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -567,12 +601,16 @@ type ClientInterface interface {
 
 	// ProclaimWithBody Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
 	ProclaimWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Proclaim Set a new value for the leader's term (same term, same deadline).
+	//
+	// Replaces the leader's value; observers see a leader event with the same term.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -581,12 +619,16 @@ type ClientInterface interface {
 
 	// RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 	//
+	// Extends the leader's lease, as renew does for a lock.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
 	RenewLeadershipWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -595,12 +637,16 @@ type ClientInterface interface {
 
 	// ResignWithBody End the leader's term now; the next candidate in line becomes leader.
 	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
 	ResignWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Resign End the leader's term now; the next candidate in line becomes leader.
+	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -609,15 +655,21 @@ type ClientInterface interface {
 
 	// List Held locks under a key prefix, in key order, a page at a time.
 	//
+	// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+	//
 	// Corresponds with GET /v1/locks (the `List` operationId).
 	List(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Inspect Who holds a lock, and how many wait for it.
 	//
+	// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
+	//
 	// Corresponds with GET /v1/locks/{key} (the `Inspect` operationId).
 	Inspect(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// AcquireWithBody Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -626,12 +678,16 @@ type ClientInterface interface {
 
 	// Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseWithBody Release a lock held by lease_id.
+	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -640,12 +696,16 @@ type ClientInterface interface {
 
 	// Release Release a lock held by lease_id.
 	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
 	Release(ctx context.Context, key Key, body ReleaseJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RenewWithBody Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -654,6 +714,8 @@ type ClientInterface interface {
 
 	// Renew Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
@@ -661,6 +723,8 @@ type ClientInterface interface {
 }
 
 // Healthz The process is up.
+//
+// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
 //
 // Corresponds with GET /healthz (the `Healthz` operationId).
 func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -677,6 +741,8 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 
 // HealthzHead As GET, without a body (for load balancers and monitors).
 //
+// Answers 200 while the process serves HTTP; it does not touch the backend.
+//
 // Corresponds with HEAD /healthz (the `HealthzHead` operationId).
 func (c *Client) HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHealthzHeadRequest(c.Server)
@@ -691,6 +757,8 @@ func (c *Client) HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn)
 }
 
 // Metrics Prometheus metrics.
+//
+// Prometheus text format; needs an admin token when lockd runs with a tokens file.
 //
 // Corresponds with GET /metrics (the `Metrics` operationId).
 func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -707,6 +775,8 @@ func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 
 // Readyz The backend is reachable and this replica's clock is within the declared skew bound.
 //
+// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
+//
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReadyzRequest(c.Server)
@@ -721,6 +791,8 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 }
 
 // ReadyzHead As GET, without a body (for load balancers and monitors).
+//
+// Answers 200 when GET /readyz would, 503 otherwise.
 //
 // Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -737,6 +809,8 @@ func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) 
 
 // Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
 //
+// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
+//
 // Corresponds with GET /v1/capabilities (the `Capabilities` operationId).
 func (c *Client) Capabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewCapabilitiesRequest(c.Server)
@@ -752,6 +826,8 @@ func (c *Client) Capabilities(ctx context.Context, reqEditors ...RequestEditorFn
 
 // InspectElection The election's unexpired leader, if any, and how many candidates wait behind it.
 //
+// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+//
 // Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
 func (c *Client) InspectElection(ctx context.Context, name Name, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewInspectElectionRequest(c.Server, name)
@@ -766,6 +842,8 @@ func (c *Client) InspectElection(ctx context.Context, name Name, reqEditors ...R
 }
 
 // CampaignWithBody Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes any type of body and a specified content type.
 //
@@ -783,6 +861,8 @@ func (c *Client) CampaignWithBody(ctx context.Context, name Name, contentType st
 }
 
 // Campaign Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -829,6 +909,8 @@ func (c *Client) ObserveElection(ctx context.Context, name Name, params *Observe
 
 // ProclaimWithBody Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -845,6 +927,8 @@ func (c *Client) ProclaimWithBody(ctx context.Context, name Name, contentType st
 }
 
 // Proclaim Set a new value for the leader's term (same term, same deadline).
+//
+// Replaces the leader's value; observers see a leader event with the same term.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -863,6 +947,8 @@ func (c *Client) Proclaim(ctx context.Context, name Name, body ProclaimJSONReque
 
 // RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 //
+// Extends the leader's lease, as renew does for a lock.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
@@ -879,6 +965,8 @@ func (c *Client) RenewLeadershipWithBody(ctx context.Context, name Name, content
 }
 
 // RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -897,6 +985,8 @@ func (c *Client) RenewLeadership(ctx context.Context, name Name, body RenewLeade
 
 // ResignWithBody End the leader's term now; the next candidate in line becomes leader.
 //
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -913,6 +1003,8 @@ func (c *Client) ResignWithBody(ctx context.Context, name Name, contentType stri
 }
 
 // Resign End the leader's term now; the next candidate in line becomes leader.
+//
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -931,6 +1023,8 @@ func (c *Client) Resign(ctx context.Context, name Name, body ResignJSONRequestBo
 
 // List Held locks under a key prefix, in key order, a page at a time.
 //
+// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+//
 // Corresponds with GET /v1/locks (the `List` operationId).
 func (c *Client) List(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListRequest(c.Server, params)
@@ -946,6 +1040,8 @@ func (c *Client) List(ctx context.Context, params *ListParams, reqEditors ...Req
 
 // Inspect Who holds a lock, and how many wait for it.
 //
+// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
+//
 // Corresponds with GET /v1/locks/{key} (the `Inspect` operationId).
 func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewInspectRequest(c.Server, key)
@@ -960,6 +1056,8 @@ func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEdit
 }
 
 // AcquireWithBody Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 //
 // Takes any type of body and a specified content type.
 //
@@ -978,6 +1076,8 @@ func (c *Client) AcquireWithBody(ctx context.Context, key Key, params *AcquirePa
 
 // Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -994,6 +1094,8 @@ func (c *Client) Acquire(ctx context.Context, key Key, params *AcquireParams, bo
 }
 
 // ReleaseWithBody Release a lock held by lease_id.
+//
+// Ends the lease at once; the next waiter in line is granted the lock.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1012,6 +1114,8 @@ func (c *Client) ReleaseWithBody(ctx context.Context, key Key, contentType strin
 
 // Release Release a lock held by lease_id.
 //
+// Ends the lease at once; the next waiter in line is granted the lock.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -1029,6 +1133,8 @@ func (c *Client) Release(ctx context.Context, key Key, body ReleaseJSONRequestBo
 
 // RenewWithBody Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 //
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
@@ -1045,6 +1151,8 @@ func (c *Client) RenewWithBody(ctx context.Context, key Key, contentType string,
 }
 
 // Renew Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+//
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1808,12 +1916,16 @@ type ClientWithResponsesInterface interface {
 
 	// HealthzWithResponse The process is up.
 	//
+	// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /healthz (the `Healthz` operationId).
 	HealthzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HealthzResponse, error)
 
 	// HealthzHeadWithResponse As GET, without a body (for load balancers and monitors).
+	//
+	// Answers 200 while the process serves HTTP; it does not touch the backend.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1822,12 +1934,16 @@ type ClientWithResponsesInterface interface {
 
 	// MetricsWithResponse Prometheus metrics.
 	//
+	// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	MetricsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MetricsResponse, error)
 
 	// ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
+	//
+	// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1836,12 +1952,16 @@ type ClientWithResponsesInterface interface {
 
 	// ReadyzHeadWithResponse As GET, without a body (for load balancers and monitors).
 	//
+	// Answers 200 when GET /readyz would, 503 otherwise.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 	ReadyzHeadWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ReadyzHeadResponse, error)
 
 	// CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+	//
+	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1850,6 +1970,8 @@ type ClientWithResponsesInterface interface {
 
 	// InspectElectionWithResponse The election's unexpired leader, if any, and how many candidates wait behind it.
 	//
+	// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
@@ -1857,12 +1979,16 @@ type ClientWithResponsesInterface interface {
 
 	// CampaignWithBodyWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
 	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/campaign (the `Campaign` operationId).
 	CampaignWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CampaignResponse, error)
 
 	// CampaignWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1891,12 +2017,16 @@ type ClientWithResponsesInterface interface {
 
 	// ProclaimWithBodyWithResponse Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
 	ProclaimWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ProclaimResponse, error)
 
 	// ProclaimWithResponse Set a new value for the leader's term (same term, same deadline).
+	//
+	// Replaces the leader's value; observers see a leader event with the same term.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1905,12 +2035,16 @@ type ClientWithResponsesInterface interface {
 
 	// RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 	//
+	// Extends the leader's lease, as renew does for a lock.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
 	RenewLeadershipWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewLeadershipResponse, error)
 
 	// RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1919,12 +2053,16 @@ type ClientWithResponsesInterface interface {
 
 	// ResignWithBodyWithResponse End the leader's term now; the next candidate in line becomes leader.
 	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
 	ResignWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ResignResponse, error)
 
 	// ResignWithResponse End the leader's term now; the next candidate in line becomes leader.
+	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1933,12 +2071,16 @@ type ClientWithResponsesInterface interface {
 
 	// ListWithResponse Held locks under a key prefix, in key order, a page at a time.
 	//
+	// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/locks (the `List` operationId).
 	ListWithResponse(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*ListResponse, error)
 
 	// InspectWithResponse Who holds a lock, and how many wait for it.
+	//
+	// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1947,12 +2089,16 @@ type ClientWithResponsesInterface interface {
 
 	// AcquireWithBodyWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	AcquireWithBodyWithResponse(ctx context.Context, key Key, params *AcquireParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
 
 	// AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1961,12 +2107,16 @@ type ClientWithResponsesInterface interface {
 
 	// ReleaseWithBodyWithResponse Release a lock held by lease_id.
 	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
 	ReleaseWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseResponse, error)
 
 	// ReleaseWithResponse Release a lock held by lease_id.
+	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1975,12 +2125,16 @@ type ClientWithResponsesInterface interface {
 
 	// RenewWithBodyWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	RenewWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewResponse, error)
 
 	// RenewWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1998,6 +2152,8 @@ type HealthzResponse struct {
 		// Version lockd's module version, (devel) for a build from a work tree
 		Version *string `json:"version,omitempty"`
 	}
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2008,6 +2164,11 @@ func (r HealthzResponse) GetJSON200() *struct {
 	Version *string `json:"version,omitempty"`
 } {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r HealthzResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2042,6 +2203,13 @@ func (r HealthzResponse) ContentType() string {
 type HealthzHeadResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r HealthzHeadResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2092,6 +2260,8 @@ type MetricsResponse struct {
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *MetricsResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -2111,6 +2281,11 @@ func (r MetricsResponse) GetApplicationproblemJSON403() *Forbidden {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r MetricsResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r MetricsResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2155,6 +2330,8 @@ type ReadyzResponse struct {
 		Backend string                          `json:"backend"`
 		Status  Readyz200JSONResponseBodyStatus `json:"status"`
 	}
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers503 the parsed response headers for an HTTP 503 response
@@ -2167,6 +2344,11 @@ func (r ReadyzResponse) GetJSON200() *struct {
 	Status  Readyz200JSONResponseBodyStatus `json:"status"`
 } {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReadyzResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -2206,6 +2388,13 @@ func (r ReadyzResponse) ContentType() string {
 type ReadyzHeadResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReadyzHeadResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2256,6 +2445,8 @@ type CapabilitiesResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *CapabilitiesResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -2275,6 +2466,11 @@ func (r CapabilitiesResponse) GetApplicationproblemJSON401() *Unauthorized {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CapabilitiesResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CapabilitiesResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2332,8 +2528,12 @@ type InspectElectionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2366,9 +2566,19 @@ func (r InspectElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectElectionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r InspectElectionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectElectionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2436,6 +2646,8 @@ type CampaignResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -2444,6 +2656,8 @@ type CampaignResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2476,6 +2690,11 @@ func (r CampaignResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2494,6 +2713,11 @@ func (r CampaignResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2559,8 +2783,12 @@ type ObserveElectionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2588,9 +2816,19 @@ func (r ObserveElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ObserveElectionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ObserveElectionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ObserveElectionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2658,6 +2896,8 @@ type ProclaimResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -2666,6 +2906,8 @@ type ProclaimResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2698,6 +2940,11 @@ func (r ProclaimResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ProclaimResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ProclaimResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2716,6 +2963,11 @@ func (r ProclaimResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ProclaimResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ProclaimResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2783,6 +3035,8 @@ type RenewLeadershipResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -2791,6 +3045,8 @@ type RenewLeadershipResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2823,6 +3079,11 @@ func (r RenewLeadershipResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewLeadershipResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2841,6 +3102,11 @@ func (r RenewLeadershipResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewLeadershipResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2906,6 +3172,8 @@ type ResignResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -2914,6 +3182,8 @@ type ResignResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2941,6 +3211,11 @@ func (r ResignResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ResignResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ResignResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2959,6 +3234,11 @@ func (r ResignResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ResignResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ResignResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3031,6 +3311,8 @@ type ListResponse struct {
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3067,6 +3349,11 @@ func (r ListResponse) GetApplicationproblemJSON403() *Forbidden {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ListResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3129,8 +3416,12 @@ type InspectResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3161,9 +3452,19 @@ func (r InspectResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r InspectResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3231,6 +3532,8 @@ type AcquireResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -3243,6 +3546,8 @@ type AcquireResponse struct {
 	ApplicationproblemJSON422 *Problem
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3277,6 +3582,11 @@ func (r AcquireResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3305,6 +3615,11 @@ func (r AcquireResponse) GetApplicationproblemJSON422() *Problem {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON429() *Problem {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3370,6 +3685,8 @@ type ReleaseResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3378,6 +3695,8 @@ type ReleaseResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3403,6 +3722,11 @@ func (r ReleaseResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ReleaseResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ReleaseResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3421,6 +3745,11 @@ func (r ReleaseResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ReleaseResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReleaseResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3483,6 +3812,8 @@ type RenewResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3491,6 +3822,8 @@ type RenewResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3521,6 +3854,11 @@ func (r RenewResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3539,6 +3877,11 @@ func (r RenewResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3577,6 +3920,8 @@ func (r RenewResponse) ContentType() string {
 
 // HealthzWithResponse The process is up.
 //
+// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /healthz (the `Healthz` operationId).
@@ -3589,6 +3934,8 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 }
 
 // HealthzHeadWithResponse As GET, without a body (for load balancers and monitors).
+//
+// Answers 200 while the process serves HTTP; it does not touch the backend.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3603,6 +3950,8 @@ func (c *ClientWithResponses) HealthzHeadWithResponse(ctx context.Context, reqEd
 
 // MetricsWithResponse Prometheus metrics.
 //
+// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /metrics (the `Metrics` operationId).
@@ -3615,6 +3964,8 @@ func (c *ClientWithResponses) MetricsWithResponse(ctx context.Context, reqEditor
 }
 
 // ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
+//
+// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3629,6 +3980,8 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 
 // ReadyzHeadWithResponse As GET, without a body (for load balancers and monitors).
 //
+// Answers 200 when GET /readyz would, 503 otherwise.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
@@ -3641,6 +3994,8 @@ func (c *ClientWithResponses) ReadyzHeadWithResponse(ctx context.Context, reqEdi
 }
 
 // CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+//
+// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3655,6 +4010,8 @@ func (c *ClientWithResponses) CapabilitiesWithResponse(ctx context.Context, reqE
 
 // InspectElectionWithResponse The election's unexpired leader, if any, and how many candidates wait behind it.
 //
+// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
@@ -3668,6 +4025,8 @@ func (c *ClientWithResponses) InspectElectionWithResponse(ctx context.Context, n
 
 // CampaignWithBodyWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
 //
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/campaign (the `Campaign` operationId).
@@ -3680,6 +4039,8 @@ func (c *ClientWithResponses) CampaignWithBodyWithResponse(ctx context.Context, 
 }
 
 // CampaignWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3720,6 +4081,8 @@ func (c *ClientWithResponses) ObserveElectionWithResponse(ctx context.Context, n
 
 // ProclaimWithBodyWithResponse Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -3732,6 +4095,8 @@ func (c *ClientWithResponses) ProclaimWithBodyWithResponse(ctx context.Context, 
 }
 
 // ProclaimWithResponse Set a new value for the leader's term (same term, same deadline).
+//
+// Replaces the leader's value; observers see a leader event with the same term.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3746,6 +4111,8 @@ func (c *ClientWithResponses) ProclaimWithResponse(ctx context.Context, name Nam
 
 // RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 //
+// Extends the leader's lease, as renew does for a lock.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
@@ -3758,6 +4125,8 @@ func (c *ClientWithResponses) RenewLeadershipWithBodyWithResponse(ctx context.Co
 }
 
 // RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3772,6 +4141,8 @@ func (c *ClientWithResponses) RenewLeadershipWithResponse(ctx context.Context, n
 
 // ResignWithBodyWithResponse End the leader's term now; the next candidate in line becomes leader.
 //
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -3784,6 +4155,8 @@ func (c *ClientWithResponses) ResignWithBodyWithResponse(ctx context.Context, na
 }
 
 // ResignWithResponse End the leader's term now; the next candidate in line becomes leader.
+//
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3798,6 +4171,8 @@ func (c *ClientWithResponses) ResignWithResponse(ctx context.Context, name Name,
 
 // ListWithResponse Held locks under a key prefix, in key order, a page at a time.
 //
+// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/locks (the `List` operationId).
@@ -3810,6 +4185,8 @@ func (c *ClientWithResponses) ListWithResponse(ctx context.Context, params *List
 }
 
 // InspectWithResponse Who holds a lock, and how many wait for it.
+//
+// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3824,6 +4201,8 @@ func (c *ClientWithResponses) InspectWithResponse(ctx context.Context, key Key, 
 
 // AcquireWithBodyWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -3836,6 +4215,8 @@ func (c *ClientWithResponses) AcquireWithBodyWithResponse(ctx context.Context, k
 }
 
 // AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3850,6 +4231,8 @@ func (c *ClientWithResponses) AcquireWithResponse(ctx context.Context, key Key, 
 
 // ReleaseWithBodyWithResponse Release a lock held by lease_id.
 //
+// Ends the lease at once; the next waiter in line is granted the lock.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -3862,6 +4245,8 @@ func (c *ClientWithResponses) ReleaseWithBodyWithResponse(ctx context.Context, k
 }
 
 // ReleaseWithResponse Release a lock held by lease_id.
+//
+// Ends the lease at once; the next waiter in line is granted the lock.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3876,6 +4261,8 @@ func (c *ClientWithResponses) ReleaseWithResponse(ctx context.Context, key Key, 
 
 // RenewWithBodyWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 //
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
@@ -3888,6 +4275,8 @@ func (c *ClientWithResponses) RenewWithBodyWithResponse(ctx context.Context, key
 }
 
 // RenewWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+//
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3926,6 +4315,13 @@ func ParseHealthzResponse(rsp *http.Response) (*HealthzResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	}
 
 	return response, nil
@@ -3942,6 +4338,19 @@ func ParseHealthzHeadResponse(rsp *http.Response) (*HealthzHeadResponse, error) 
 	response := &HealthzHeadResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	}
 
 	return response, nil
@@ -3981,6 +4390,13 @@ func ParseMetricsResponse(rsp *http.Response) (*MetricsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -4034,6 +4450,13 @@ func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4070,6 +4493,22 @@ func ParseReadyzHeadResponse(rsp *http.Response) (*ReadyzHeadResponse, error) {
 	response := &ReadyzHeadResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case rsp.StatusCode == 503:
+		break // No content-type
+
 	}
 
 	return response, nil
@@ -4109,6 +4548,13 @@ func ParseCapabilitiesResponse(rsp *http.Response) (*CapabilitiesResponse, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -4180,12 +4626,26 @@ func ParseInspectElectionResponse(rsp *http.Response) (*InspectElectionResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4281,6 +4741,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4308,6 +4775,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4396,12 +4870,26 @@ func ParseObserveElectionResponse(rsp *http.Response) (*ObserveElectionResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4497,6 +4985,13 @@ func ParseProclaimResponse(rsp *http.Response) (*ProclaimResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4524,6 +5019,13 @@ func ParseProclaimResponse(rsp *http.Response) (*ProclaimResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4619,6 +5121,13 @@ func ParseRenewLeadershipResponse(rsp *http.Response) (*RenewLeadershipResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4646,6 +5155,13 @@ func ParseRenewLeadershipResponse(rsp *http.Response) (*RenewLeadershipResponse,
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4737,6 +5253,13 @@ func ParseResignResponse(rsp *http.Response) (*ResignResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4764,6 +5287,13 @@ func ParseResignResponse(rsp *http.Response) (*ResignResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4869,6 +5399,13 @@ func ParseListResponse(rsp *http.Response) (*ListResponse, error) {
 		}
 		response.ApplicationproblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4956,12 +5493,26 @@ func ParseInspectResponse(rsp *http.Response) (*InspectResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -5050,6 +5601,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5091,6 +5649,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest Problem
@@ -5192,6 +5757,13 @@ func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5219,6 +5791,13 @@ func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -5307,6 +5886,13 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5334,6 +5920,13 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable

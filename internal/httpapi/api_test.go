@@ -219,6 +219,7 @@ func TestResponsesMatchSpec(t *testing.T) {
 		{"GET", "/v1/locks?sort=key", ``, 400, "unknown_parameter"},
 		{"DELETE", "/v1/locks/spec.held", ``, 405, "method_not_allowed"},
 		{"GET", "/v2/locks", ``, 404, "not_found"},
+		{"POST", "/v1/locks/spec/x/acquire", `{}`, 404, "not_found"}, // a raw / in a key reaches no route
 	}
 	for _, b := range bad {
 		t.Run(b.code, func(t *testing.T) {
