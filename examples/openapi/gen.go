@@ -175,7 +175,7 @@ func (e Readyz200JSONResponseBodyStatus) Valid() bool {
 
 // AcquireRequest defines model for AcquireRequest.
 type AcquireRequest struct {
-	// Owner Free text shown in inspection (at most 256 bytes).
+	// Owner Free text shown in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
 	// TtlMs The lease's TTL; 15000 when omitted.
@@ -187,6 +187,7 @@ type AcquireRequest struct {
 
 // CampaignRequest defines model for CampaignRequest.
 type CampaignRequest struct {
+	// Owner Free text shown to observers and in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
 	// SessionId Sessions are not built yet: 501 not_supported (400 invalid_session_id with ttl_ms).

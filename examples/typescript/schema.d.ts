@@ -352,6 +352,7 @@ export interface components {
             ttl_ms?: number;
             /** @description How long to wait in line; 0 (do not wait) when omitted. */
             wait_ms?: number;
+            /** @description Free text shown to observers and in inspection (at most 256 characters). */
             owner?: string;
             /** @description At most 4096 bytes of UTF-8 (code invalid_value otherwise). */
             value?: string;
@@ -402,7 +403,7 @@ export interface components {
             ttl_ms?: number;
             /** @description How long to wait in line; 0 (do not wait) when omitted. */
             wait_ms?: number;
-            /** @description Free text shown in inspection (at most 256 bytes). */
+            /** @description Free text shown in inspection (at most 256 characters). */
             owner?: string;
         };
         RenewRequest: {
