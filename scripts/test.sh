@@ -16,6 +16,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(default-jre-headless)
 # compare's external etcd cluster runs real etcd processes.
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# deploy's tests: promtool checks the alert rules (systemd-analyze comes
+# with systemd where it runs); clients/python's test makes a venv.
+command -v promtool >/dev/null || need+=(prometheus)
+if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then need+=(python3-venv); fi
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== installing ${need[*]}"
 	sudo=""
@@ -29,6 +33,11 @@ fi
 # etcd's default port: stop it, so that `go run ./cmd/lockd` works after.
 if [[ " ${need[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null; then
 	$sudo systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+# Likewise the Prometheus server Debian's prometheus package starts: only
+# its promtool is needed.
+if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 echo "== gofmt"
