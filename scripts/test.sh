@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs the real
-# servers the backend tests need (ZooKeeper, Redis; etcd-server for compare) when they are missing,
+# servers the backend tests need (ZooKeeper, Redis; etcd-server for compare;
+# Chromium for the web console) when they are missing,
 # then checks formatting, lints the OpenAPI spec (scripts/lint-spec.sh, which
 # installs node/npm when missing), vets, and runs every test under the race
 # detector.
@@ -14,6 +15,8 @@ need=()
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need+=(zookeeper)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(default-jre-headless)
+# The web console's browser test drives a headless Chromium.
+command -v chromium >/dev/null || need+=(chromium)
 # compare's external etcd cluster runs real etcd processes.
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 # deploy's tests: promtool checks the alert rules (systemd-analyze comes

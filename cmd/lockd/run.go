@@ -17,12 +17,15 @@ import (
 	"syscall"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/lockd/lockd/backend"
+	etcdb "github.com/lockd/lockd/backend/etcd"
+	redisb "github.com/lockd/lockd/backend/redis"
+	"github.com/lockd/lockd/backend/redis/redlock"
+	zkb "github.com/lockd/lockd/backend/zk"
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/ui"
 	"github.com/lockd/lockd/internal/version"
 )
 
@@ -81,9 +84,9 @@ func serverTLS(c config) (*tls.Config, error) {
 type config struct {
 	listen          string
 	backend         string
-	etcd            etcdConfig
-	zk              zkConfig
-	redis           redisConfig
+	etcd            etcdFlags
+	zk              zkFlags
+	redis           redisFlags
 	logLevel        string
 	shutdownTimeout time.Duration
 	authFile        string
@@ -97,6 +100,7 @@ type config struct {
 	readTimeout     time.Duration
 	clock           lease.Clock
 	idleTimeout     time.Duration
+	ui              bool
 }
 
 // envName is the environment variable that sets a flag: LOCKD_ and the flag
@@ -130,6 +134,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.DurationVar(&c.readTimeout, "read-body-timeout", 30*time.Second, "the time a client has to send a request's body (long polls then wait as long as they asked)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
 	fs.DurationVar(&c.clock.MaxSkew, "max-clock-skew", lease.DefaultMaxSkew, "the most any two lockd replicas' clocks may differ (etcd, zk): a lock whose holder died is free this much later, and a replica more than half of it off the shared reference is not ready")
+	fs.BoolVar(&c.ui, "ui", true, "serve the web console at /ui/ (it reads the API with the viewer's token; false: /ui/ answers 404)")
 	showVersion := fs.Bool("version", false, "print lockd's version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
@@ -168,7 +173,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.clock.MaxSkew < 0 || c.clock.MaxSkew > lease.MaxTTL {
 		return c, fmt.Errorf("--max-clock-skew must be between 0 and %v", lease.MaxTTL)
 	}
-	c.etcd.clock, c.zk.clock = c.clock, c.clock
+	c.etcd.c.Endpoints, c.etcd.c.Debug, c.etcd.c.Clock = splitList(c.etcd.endpoints), c.logLevel == "debug", c.clock
+	c.zk.c.Servers, c.zk.c.Clock = splitList(c.zk.servers), c.clock
+	c.redis.c.Addrs = splitList(c.redis.addrs)
 	if c.headerTimeout <= 0 || c.readTimeout <= 0 || c.idleTimeout <= 0 {
 		return c, errors.New("--read-header-timeout, --read-body-timeout and --idle-timeout must be more than 0")
 	}
@@ -185,46 +192,36 @@ func splitList(s string) []string {
 	return out
 }
 
-// store is an opened backend and what to say about it and close after it.
-type store struct {
-	b        backend.Backend
-	describe string
-	closers  []func()
-}
-
-func (s *store) close() {
-	if s.b != nil {
-		_ = s.b.Close()
-	}
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		s.closers[i]()
-	}
-}
-
 // openStore connects the configured backend. Adding a backend is one case.
-func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Logger) (*store, error) {
+func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Logger) (backend.Opened, error) {
 	var (
-		st  *store
+		st  backend.Opened
 		err error
 	)
 	switch c.backend {
 	case "etcd":
-		st, err = openEtcd(ctx, c.etcd, c.logLevel, hooks, log)
+		ec := c.etcd.c
+		ec.Hooks, ec.Logger = hooks, log
+		st, err = etcdb.Open(ctx, ec)
 	case "zk":
-		st, err = openZK(ctx, c.zk, hooks, log)
-	case "redis":
-		goredis.SetLogger(redisLog{log})
-		st, err = openRedis(ctx, c.redis, log)
-	case "redlock":
-		goredis.SetLogger(redisLog{log})
-		st, err = openRedlock(c.redis, log)
+		zc := c.zk.c
+		zc.Hooks, zc.Logger = hooks, log
+		st, err = zkb.Open(ctx, zc)
+	case "redis", "redlock":
+		rc := c.redis.c
+		rc.Logger = log
+		if c.backend == "redis" {
+			st, err = redisb.Open(ctx, rc)
+		} else {
+			st, err = redlock.Open(ctx, rc)
+		}
 	default:
-		return nil, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
+		return st, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
 	}
 	if err != nil {
-		return nil, err
+		return st, err
 	}
-	log.Debug("backend open", "backend", st.describe)
+	log.Debug("backend open", "backend", st.Describe)
 	return st, nil
 }
 
@@ -288,13 +285,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	defer st.close()
+	defer st.Close()
 
-	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
+	api := httpapi.New(st.Backend, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
 	go api.WatchClock(ctx, clockEvery)
 	ln = metrics.LimitListener(ln, c.maxConns)
+	var handler http.Handler = api
+	if c.ui {
+		handler = ui.With(api)
+	}
 	srv := &http.Server{
-		Handler:           api,
+		Handler:           handler,
 		ReadHeaderTimeout: c.headerTimeout,
 		IdleTimeout:       c.idleTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -307,8 +308,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ln = tls.NewListener(ln, tlsConf)
 	}
 	url := scheme + "://" + ln.Addr().String()
-	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.describe)
+	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.Describe)
 	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -H 'Content-Type: application/json' -d '{\"ttl_ms\": 15000}'\n", url)
+	if c.ui {
+		fmt.Fprintf(stdout, "web console: %s/ui/\n", url)
+	}
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -550,6 +550,13 @@ type ClientInterface interface {
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 	ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// Console The web console (an HTML page that reads this API from the browser with the viewer's token).
+	//
+	// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
+	//
+	// Corresponds with GET /ui/index.html (the `Console` operationId).
+	Console(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
 	//
 	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
@@ -798,6 +805,23 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 // Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReadyzHeadRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// Console The web console (an HTML page that reads this API from the browser with the viewer's token).
+//
+// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
+//
+// Corresponds with GET /ui/index.html (the `Console` operationId).
+func (c *Client) Console(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewConsoleRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -1298,6 +1322,33 @@ func NewReadyzHeadRequest(server string) (*http.Request, error) {
 	}
 
 	req, err := http.NewRequest(http.MethodHead, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewConsoleRequest constructs an http.Request for the Console method
+func NewConsoleRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ui/index.html")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -1960,6 +2011,15 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 	ReadyzHeadWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ReadyzHeadResponse, error)
 
+	// ConsoleWithResponse The web console (an HTML page that reads this API from the browser with the viewer's token).
+	//
+	// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /ui/index.html (the `Console` operationId).
+	ConsoleWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ConsoleResponse, error)
+
 	// CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
 	//
 	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
@@ -2421,6 +2481,54 @@ func (r ReadyzHeadResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ReadyzHeadResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ConsoleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ConsoleResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ConsoleResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ConsoleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ConsoleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ConsoleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ConsoleResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3994,6 +4102,21 @@ func (c *ClientWithResponses) ReadyzHeadWithResponse(ctx context.Context, reqEdi
 	return ParseReadyzHeadResponse(rsp)
 }
 
+// ConsoleWithResponse The web console (an HTML page that reads this API from the browser with the viewer's token).
+//
+// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /ui/index.html (the `Console` operationId).
+func (c *ClientWithResponses) ConsoleWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ConsoleResponse, error) {
+	rsp, err := c.Console(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConsoleResponse(rsp)
+}
+
 // CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
 //
 // Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
@@ -4509,6 +4632,39 @@ func ParseReadyzHeadResponse(rsp *http.Response) (*ReadyzHeadResponse, error) {
 
 	case rsp.StatusCode == 503:
 		break // No content-type
+
+	}
+
+	return response, nil
+}
+
+// ParseConsoleResponse parses an HTTP response from a ConsoleWithResponse call
+func ParseConsoleResponse(rsp *http.Response) (*ConsoleResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ConsoleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
