@@ -221,6 +221,9 @@ type Capabilities struct {
 			NoFifoReason *string `json:"no_fifo_reason,omitempty"`
 		} `json:"locks"`
 	} `json:"features"`
+
+	// Unsupported Why a feature this backend leaves out is left out, by feature name (e.g. elections, watch).
+	Unsupported *map[string]string `json:"unsupported,omitempty"`
 }
 
 // CapabilitiesFeaturesElectionsObserve How changes reach observers.

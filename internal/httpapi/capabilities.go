@@ -11,6 +11,8 @@ import (
 type capabilitiesJSON struct {
 	Backend  string       `json:"backend"`
 	Features featuresJSON `json:"features"`
+	// Unsupported says why a feature is left out, when the backend says.
+	Unsupported map[string]string `json:"unsupported,omitempty"`
 }
 
 type featuresJSON struct {
@@ -38,6 +40,9 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if e := elections(b); e != nil {
 		f := e.Features()
 		c.Features.Elections = &f
+	}
+	if u, ok := b.(backend.Unsupported); ok {
+		c.Unsupported = u.Unsupported()
 	}
 	return c
 }
