@@ -349,6 +349,10 @@ export interface components {
     schemas: {
         Capabilities: {
             backend: string;
+            /** @description Why a feature this backend leaves out is left out, by feature name (e.g. elections, watch). */
+            unsupported?: {
+                [key: string]: string;
+            };
             features: {
                 locks: {
                     /** @description Waiters are served in arrival order. */
