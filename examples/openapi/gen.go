@@ -196,26 +196,35 @@ func (e Readyz200JSONResponseBodyStatus) Valid() bool {
 
 // AcquireRequest defines model for AcquireRequest.
 type AcquireRequest struct {
-	// Owner Free text shown in inspection (at most 256 bytes).
+	// Owner Free text shown in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
 	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
 	SessionId *SessionID `json:"session_id,omitempty"`
-	TtlMs     *int       `json:"ttl_ms,omitempty"`
-	WaitMs    *int       `json:"wait_ms,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
 }
 
 // CampaignRequest defines model for CampaignRequest.
 type CampaignRequest struct {
+	// Owner Free text shown to observers and in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
 	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
 	SessionId *SessionID `json:"session_id,omitempty"`
-	TtlMs     *int       `json:"ttl_ms,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
 
 	// Value At most 4096 bytes of UTF-8 (code invalid_value otherwise).
-	Value  *string `json:"value,omitempty"`
-	WaitMs *int    `json:"wait_ms,omitempty"`
+	Value *string `json:"value,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
 }
 
 // Capabilities defines model for Capabilities.
@@ -327,9 +336,11 @@ type LockState struct {
 
 // OpenSessionRequest defines model for OpenSessionRequest.
 type OpenSessionRequest struct {
-	// Owner Rights and prefixes of the caller apply to it.
+	// Owner Free text, at most 256 characters; the caller's rights and prefixes apply to it.
 	Owner *string `json:"owner,omitempty"`
-	TtlMs *int    `json:"ttl_ms,omitempty"`
+
+	// TtlMs The session's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
 }
 
 // Problem defines model for Problem.
@@ -422,8 +433,14 @@ type BodyTimeout = Problem
 // Forbidden defines model for Forbidden.
 type Forbidden = Problem
 
+// InternalError defines model for InternalError.
+type InternalError = Problem
+
 // LeaseExpired defines model for LeaseExpired.
 type LeaseExpired = Problem
+
+// NotFound defines model for NotFound.
+type NotFound = Problem
 
 // NotSupported defines model for NotSupported.
 type NotSupported = Problem
@@ -463,7 +480,9 @@ type ListParams struct {
 
 	// After Return keys after this one (the previous page's `next`).
 	After *string `form:"after,omitempty" json:"after,omitempty"`
-	Limit *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Limit Locks per page; 100 when omitted.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
 // AcquireParams defines parameters for Acquire.
@@ -586,47 +605,63 @@ type ClientInterface interface {
 
 	// Healthz The process is up.
 	//
+	// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+	//
 	// Corresponds with GET /healthz (the `Healthz` operationId).
 	Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// HealthzHead As GET, without a body (for load balancers and monitors).
+	//
+	// Answers 200 while the process serves HTTP; it does not touch the backend.
 	//
 	// Corresponds with HEAD /healthz (the `HealthzHead` operationId).
 	HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Metrics Prometheus metrics.
 	//
+	// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+	//
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Readyz The backend is reachable and this replica's clock is within the declared skew bound.
+	//
+	// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReadyzHead As GET, without a body (for load balancers and monitors).
 	//
+	// Answers 200 when GET /readyz would, 503 otherwise.
+	//
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 	ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Console The web console (an HTML page that reads this API from the browser with the viewer's token).
 	//
-	// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+	// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 	//
-	// Corresponds with GET /ui/ (the `Console` operationId).
+	// Corresponds with GET /ui/index.html (the `Console` operationId).
 	Console(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+	//
+	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 	//
 	// Corresponds with GET /v1/capabilities (the `Capabilities` operationId).
 	Capabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// InspectElection The election's unexpired leader, if any, and how many candidates wait behind it.
 	//
+	// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+	//
 	// Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
 	InspectElection(ctx context.Context, name Name, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CampaignWithBody Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -634,6 +669,8 @@ type ClientInterface interface {
 	CampaignWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Campaign Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -660,6 +697,8 @@ type ClientInterface interface {
 
 	// ProclaimWithBody Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -667,19 +706,25 @@ type ClientInterface interface {
 
 	// Proclaim Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
 	Proclaim(ctx context.Context, name Name, body ProclaimJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+	// RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
 	RenewLeadershipWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+	// RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -688,12 +733,16 @@ type ClientInterface interface {
 
 	// ResignWithBody End the leader's term now; the next candidate in line becomes leader.
 	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
 	ResignWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Resign End the leader's term now; the next candidate in line becomes leader.
+	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -702,15 +751,21 @@ type ClientInterface interface {
 
 	// List Held locks under a key prefix, in key order, a page at a time.
 	//
+	// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+	//
 	// Corresponds with GET /v1/locks (the `List` operationId).
 	List(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Inspect Who holds a lock, and how many wait for it.
 	//
+	// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
+	//
 	// Corresponds with GET /v1/locks/{key} (the `Inspect` operationId).
 	Inspect(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// AcquireWithBody Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -719,12 +774,16 @@ type ClientInterface interface {
 
 	// Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseWithBody Release a lock held by lease_id.
+	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -733,6 +792,8 @@ type ClientInterface interface {
 
 	// Release Release a lock held by lease_id.
 	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -740,12 +801,16 @@ type ClientInterface interface {
 
 	// RenewWithBody Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	RenewWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Renew Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -797,6 +862,8 @@ type ClientInterface interface {
 
 // Healthz The process is up.
 //
+// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+//
 // Corresponds with GET /healthz (the `Healthz` operationId).
 func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHealthzRequest(c.Server)
@@ -811,6 +878,8 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 }
 
 // HealthzHead As GET, without a body (for load balancers and monitors).
+//
+// Answers 200 while the process serves HTTP; it does not touch the backend.
 //
 // Corresponds with HEAD /healthz (the `HealthzHead` operationId).
 func (c *Client) HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -827,6 +896,8 @@ func (c *Client) HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn)
 
 // Metrics Prometheus metrics.
 //
+// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+//
 // Corresponds with GET /metrics (the `Metrics` operationId).
 func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMetricsRequest(c.Server)
@@ -841,6 +912,8 @@ func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 }
 
 // Readyz The backend is reachable and this replica's clock is within the declared skew bound.
+//
+// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 //
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -857,6 +930,8 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 
 // ReadyzHead As GET, without a body (for load balancers and monitors).
 //
+// Answers 200 when GET /readyz would, 503 otherwise.
+//
 // Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReadyzHeadRequest(c.Server)
@@ -872,9 +947,9 @@ func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) 
 
 // Console The web console (an HTML page that reads this API from the browser with the viewer's token).
 //
-// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 //
-// Corresponds with GET /ui/ (the `Console` operationId).
+// Corresponds with GET /ui/index.html (the `Console` operationId).
 func (c *Client) Console(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewConsoleRequest(c.Server)
 	if err != nil {
@@ -888,6 +963,8 @@ func (c *Client) Console(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 }
 
 // Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+//
+// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 //
 // Corresponds with GET /v1/capabilities (the `Capabilities` operationId).
 func (c *Client) Capabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -904,6 +981,8 @@ func (c *Client) Capabilities(ctx context.Context, reqEditors ...RequestEditorFn
 
 // InspectElection The election's unexpired leader, if any, and how many candidates wait behind it.
 //
+// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+//
 // Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
 func (c *Client) InspectElection(ctx context.Context, name Name, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewInspectElectionRequest(c.Server, name)
@@ -918,6 +997,8 @@ func (c *Client) InspectElection(ctx context.Context, name Name, reqEditors ...R
 }
 
 // CampaignWithBody Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes any type of body and a specified content type.
 //
@@ -935,6 +1016,8 @@ func (c *Client) CampaignWithBody(ctx context.Context, name Name, contentType st
 }
 
 // Campaign Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -981,6 +1064,8 @@ func (c *Client) ObserveElection(ctx context.Context, name Name, params *Observe
 
 // ProclaimWithBody Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -998,6 +1083,8 @@ func (c *Client) ProclaimWithBody(ctx context.Context, name Name, contentType st
 
 // Proclaim Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -1013,7 +1100,9 @@ func (c *Client) Proclaim(ctx context.Context, name Name, body ProclaimJSONReque
 	return c.Client.Do(req)
 }
 
-// RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+// RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 //
 // Takes any type of body and a specified content type.
 //
@@ -1030,7 +1119,9 @@ func (c *Client) RenewLeadershipWithBody(ctx context.Context, name Name, content
 	return c.Client.Do(req)
 }
 
-// RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+// RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1049,6 +1140,8 @@ func (c *Client) RenewLeadership(ctx context.Context, name Name, body RenewLeade
 
 // ResignWithBody End the leader's term now; the next candidate in line becomes leader.
 //
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -1065,6 +1158,8 @@ func (c *Client) ResignWithBody(ctx context.Context, name Name, contentType stri
 }
 
 // Resign End the leader's term now; the next candidate in line becomes leader.
+//
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1083,6 +1178,8 @@ func (c *Client) Resign(ctx context.Context, name Name, body ResignJSONRequestBo
 
 // List Held locks under a key prefix, in key order, a page at a time.
 //
+// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+//
 // Corresponds with GET /v1/locks (the `List` operationId).
 func (c *Client) List(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListRequest(c.Server, params)
@@ -1098,6 +1195,8 @@ func (c *Client) List(ctx context.Context, params *ListParams, reqEditors ...Req
 
 // Inspect Who holds a lock, and how many wait for it.
 //
+// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
+//
 // Corresponds with GET /v1/locks/{key} (the `Inspect` operationId).
 func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewInspectRequest(c.Server, key)
@@ -1112,6 +1211,8 @@ func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEdit
 }
 
 // AcquireWithBody Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1130,6 +1231,8 @@ func (c *Client) AcquireWithBody(ctx context.Context, key Key, params *AcquirePa
 
 // Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -1146,6 +1249,8 @@ func (c *Client) Acquire(ctx context.Context, key Key, params *AcquireParams, bo
 }
 
 // ReleaseWithBody Release a lock held by lease_id.
+//
+// Ends the lease at once; the next waiter in line is granted the lock.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1164,6 +1269,8 @@ func (c *Client) ReleaseWithBody(ctx context.Context, key Key, contentType strin
 
 // Release Release a lock held by lease_id.
 //
+// Ends the lease at once; the next waiter in line is granted the lock.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -1181,6 +1288,8 @@ func (c *Client) Release(ctx context.Context, key Key, body ReleaseJSONRequestBo
 
 // RenewWithBody Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 //
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
@@ -1197,6 +1306,8 @@ func (c *Client) RenewWithBody(ctx context.Context, key Key, contentType string,
 }
 
 // Renew Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+//
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1459,7 +1570,7 @@ func NewConsoleRequest(server string) (*http.Request, error) {
 		return nil, err
 	}
 
-	operationPath := fmt.Sprintf("/ui/")
+	operationPath := fmt.Sprintf("/ui/index.html")
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -2209,12 +2320,16 @@ type ClientWithResponsesInterface interface {
 
 	// HealthzWithResponse The process is up.
 	//
+	// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /healthz (the `Healthz` operationId).
 	HealthzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HealthzResponse, error)
 
 	// HealthzHeadWithResponse As GET, without a body (for load balancers and monitors).
+	//
+	// Answers 200 while the process serves HTTP; it does not touch the backend.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2223,12 +2338,16 @@ type ClientWithResponsesInterface interface {
 
 	// MetricsWithResponse Prometheus metrics.
 	//
+	// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	MetricsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MetricsResponse, error)
 
 	// ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
+	//
+	// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2237,6 +2356,8 @@ type ClientWithResponsesInterface interface {
 
 	// ReadyzHeadWithResponse As GET, without a body (for load balancers and monitors).
 	//
+	// Answers 200 when GET /readyz would, 503 otherwise.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
@@ -2244,14 +2365,16 @@ type ClientWithResponsesInterface interface {
 
 	// ConsoleWithResponse The web console (an HTML page that reads this API from the browser with the viewer's token).
 	//
-	// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+	// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
-	// Corresponds with GET /ui/ (the `Console` operationId).
+	// Corresponds with GET /ui/index.html (the `Console` operationId).
 	ConsoleWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ConsoleResponse, error)
 
 	// CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+	//
+	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2260,6 +2383,8 @@ type ClientWithResponsesInterface interface {
 
 	// InspectElectionWithResponse The election's unexpired leader, if any, and how many candidates wait behind it.
 	//
+	// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
@@ -2267,12 +2392,16 @@ type ClientWithResponsesInterface interface {
 
 	// CampaignWithBodyWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
 	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/campaign (the `Campaign` operationId).
 	CampaignWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CampaignResponse, error)
 
 	// CampaignWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2301,6 +2430,8 @@ type ClientWithResponsesInterface interface {
 
 	// ProclaimWithBodyWithResponse Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -2308,19 +2439,25 @@ type ClientWithResponsesInterface interface {
 
 	// ProclaimWithResponse Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
 	ProclaimWithResponse(ctx context.Context, name Name, body ProclaimJSONRequestBody, reqEditors ...RequestEditorFn) (*ProclaimResponse, error)
 
-	// RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+	// RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
 	RenewLeadershipWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewLeadershipResponse, error)
 
-	// RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+	// RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2329,12 +2466,16 @@ type ClientWithResponsesInterface interface {
 
 	// ResignWithBodyWithResponse End the leader's term now; the next candidate in line becomes leader.
 	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
 	ResignWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ResignResponse, error)
 
 	// ResignWithResponse End the leader's term now; the next candidate in line becomes leader.
+	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2343,12 +2484,16 @@ type ClientWithResponsesInterface interface {
 
 	// ListWithResponse Held locks under a key prefix, in key order, a page at a time.
 	//
+	// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/locks (the `List` operationId).
 	ListWithResponse(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*ListResponse, error)
 
 	// InspectWithResponse Who holds a lock, and how many wait for it.
+	//
+	// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2357,12 +2502,16 @@ type ClientWithResponsesInterface interface {
 
 	// AcquireWithBodyWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	AcquireWithBodyWithResponse(ctx context.Context, key Key, params *AcquireParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
 
 	// AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2371,12 +2520,16 @@ type ClientWithResponsesInterface interface {
 
 	// ReleaseWithBodyWithResponse Release a lock held by lease_id.
 	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
 	ReleaseWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseResponse, error)
 
 	// ReleaseWithResponse Release a lock held by lease_id.
+	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2385,12 +2538,16 @@ type ClientWithResponsesInterface interface {
 
 	// RenewWithBodyWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	RenewWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewResponse, error)
 
 	// RenewWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2450,6 +2607,8 @@ type HealthzResponse struct {
 		// Version lockd's module version, (devel) for a build from a work tree
 		Version *string `json:"version,omitempty"`
 	}
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2460,6 +2619,11 @@ func (r HealthzResponse) GetJSON200() *struct {
 	Version *string `json:"version,omitempty"`
 } {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r HealthzResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2494,6 +2658,13 @@ func (r HealthzResponse) ContentType() string {
 type HealthzHeadResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r HealthzHeadResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2544,6 +2715,8 @@ type MetricsResponse struct {
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *MetricsResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -2563,6 +2736,11 @@ func (r MetricsResponse) GetApplicationproblemJSON403() *Forbidden {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r MetricsResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r MetricsResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2607,6 +2785,8 @@ type ReadyzResponse struct {
 		Backend string                          `json:"backend"`
 		Status  Readyz200JSONResponseBodyStatus `json:"status"`
 	}
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers503 the parsed response headers for an HTTP 503 response
@@ -2619,6 +2799,11 @@ func (r ReadyzResponse) GetJSON200() *struct {
 	Status  Readyz200JSONResponseBodyStatus `json:"status"`
 } {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReadyzResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -2658,6 +2843,13 @@ func (r ReadyzResponse) ContentType() string {
 type ReadyzHeadResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReadyzHeadResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2694,11 +2886,18 @@ type ConsoleResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 }
 
 // GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r ConsoleResponse) GetApplicationproblemJSON404() *Problem {
 	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ConsoleResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2749,6 +2948,8 @@ type CapabilitiesResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *CapabilitiesResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -2768,6 +2969,11 @@ func (r CapabilitiesResponse) GetApplicationproblemJSON401() *Unauthorized {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CapabilitiesResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CapabilitiesResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2825,8 +3031,12 @@ type InspectElectionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2859,9 +3069,19 @@ func (r InspectElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectElectionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r InspectElectionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectElectionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2929,6 +3149,8 @@ type CampaignResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -2939,6 +3161,8 @@ type CampaignResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2971,6 +3195,11 @@ func (r CampaignResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2994,6 +3223,11 @@ func (r CampaignResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3059,8 +3293,12 @@ type ObserveElectionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3088,9 +3326,19 @@ func (r ObserveElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ObserveElectionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ObserveElectionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ObserveElectionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3158,6 +3406,8 @@ type ProclaimResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3166,6 +3416,8 @@ type ProclaimResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3198,6 +3450,11 @@ func (r ProclaimResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ProclaimResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ProclaimResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3216,6 +3473,11 @@ func (r ProclaimResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ProclaimResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ProclaimResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3283,6 +3545,8 @@ type RenewLeadershipResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -3293,6 +3557,8 @@ type RenewLeadershipResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3325,6 +3591,11 @@ func (r RenewLeadershipResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewLeadershipResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3348,6 +3619,11 @@ func (r RenewLeadershipResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewLeadershipResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3413,6 +3689,8 @@ type ResignResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3421,6 +3699,8 @@ type ResignResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3448,6 +3728,11 @@ func (r ResignResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ResignResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ResignResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3466,6 +3751,11 @@ func (r ResignResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ResignResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ResignResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3538,6 +3828,8 @@ type ListResponse struct {
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3574,6 +3866,11 @@ func (r ListResponse) GetApplicationproblemJSON403() *Forbidden {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ListResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3636,8 +3933,12 @@ type InspectResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3668,9 +3969,19 @@ func (r InspectResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r InspectResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3738,6 +4049,8 @@ type AcquireResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -3750,6 +4063,8 @@ type AcquireResponse struct {
 	ApplicationproblemJSON422 *Problem
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3784,6 +4099,11 @@ func (r AcquireResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3812,6 +4132,11 @@ func (r AcquireResponse) GetApplicationproblemJSON422() *Problem {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON429() *Problem {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3877,6 +4202,8 @@ type ReleaseResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3885,6 +4212,8 @@ type ReleaseResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3910,6 +4239,11 @@ func (r ReleaseResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ReleaseResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ReleaseResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3928,6 +4262,11 @@ func (r ReleaseResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ReleaseResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReleaseResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3990,6 +4329,8 @@ type RenewResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -4000,6 +4341,8 @@ type RenewResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -4030,6 +4373,11 @@ func (r RenewResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -4053,6 +4401,11 @@ func (r RenewResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -4115,12 +4468,16 @@ type OpenSessionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -4153,6 +4510,11 @@ func (r OpenSessionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r OpenSessionResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -4166,6 +4528,11 @@ func (r OpenSessionResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r OpenSessionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -4231,6 +4598,8 @@ type CloseSessionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -4239,6 +4608,8 @@ type CloseSessionResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -4266,6 +4637,11 @@ func (r CloseSessionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r CloseSessionResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -4284,6 +4660,11 @@ func (r CloseSessionResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CloseSessionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -4351,6 +4732,8 @@ type RenewSessionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -4359,6 +4742,8 @@ type RenewSessionResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -4391,6 +4776,11 @@ func (r RenewSessionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewSessionResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -4409,6 +4799,11 @@ func (r RenewSessionResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewSessionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -4452,6 +4847,8 @@ func (r RenewSessionResponse) ContentType() string {
 
 // HealthzWithResponse The process is up.
 //
+// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /healthz (the `Healthz` operationId).
@@ -4464,6 +4861,8 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 }
 
 // HealthzHeadWithResponse As GET, without a body (for load balancers and monitors).
+//
+// Answers 200 while the process serves HTTP; it does not touch the backend.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4478,6 +4877,8 @@ func (c *ClientWithResponses) HealthzHeadWithResponse(ctx context.Context, reqEd
 
 // MetricsWithResponse Prometheus metrics.
 //
+// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /metrics (the `Metrics` operationId).
@@ -4490,6 +4891,8 @@ func (c *ClientWithResponses) MetricsWithResponse(ctx context.Context, reqEditor
 }
 
 // ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
+//
+// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4504,6 +4907,8 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 
 // ReadyzHeadWithResponse As GET, without a body (for load balancers and monitors).
 //
+// Answers 200 when GET /readyz would, 503 otherwise.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
@@ -4517,11 +4922,11 @@ func (c *ClientWithResponses) ReadyzHeadWithResponse(ctx context.Context, reqEdi
 
 // ConsoleWithResponse The web console (an HTML page that reads this API from the browser with the viewer's token).
 //
-// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 //
 // Returns a wrapper object for the known response body format(s).
 //
-// Corresponds with GET /ui/ (the `Console` operationId).
+// Corresponds with GET /ui/index.html (the `Console` operationId).
 func (c *ClientWithResponses) ConsoleWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ConsoleResponse, error) {
 	rsp, err := c.Console(ctx, reqEditors...)
 	if err != nil {
@@ -4531,6 +4936,8 @@ func (c *ClientWithResponses) ConsoleWithResponse(ctx context.Context, reqEditor
 }
 
 // CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+//
+// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4545,6 +4952,8 @@ func (c *ClientWithResponses) CapabilitiesWithResponse(ctx context.Context, reqE
 
 // InspectElectionWithResponse The election's unexpired leader, if any, and how many candidates wait behind it.
 //
+// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
@@ -4558,6 +4967,8 @@ func (c *ClientWithResponses) InspectElectionWithResponse(ctx context.Context, n
 
 // CampaignWithBodyWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
 //
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/campaign (the `Campaign` operationId).
@@ -4570,6 +4981,8 @@ func (c *ClientWithResponses) CampaignWithBodyWithResponse(ctx context.Context, 
 }
 
 // CampaignWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4610,6 +5023,8 @@ func (c *ClientWithResponses) ObserveElectionWithResponse(ctx context.Context, n
 
 // ProclaimWithBodyWithResponse Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -4623,6 +5038,8 @@ func (c *ClientWithResponses) ProclaimWithBodyWithResponse(ctx context.Context, 
 
 // ProclaimWithResponse Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -4634,7 +5051,9 @@ func (c *ClientWithResponses) ProclaimWithResponse(ctx context.Context, name Nam
 	return ParseProclaimResponse(rsp)
 }
 
-// RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+// RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4647,7 +5066,9 @@ func (c *ClientWithResponses) RenewLeadershipWithBodyWithResponse(ctx context.Co
 	return ParseRenewLeadershipResponse(rsp)
 }
 
-// RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value. A leadership won in a session is renewed through the session (409 session_bound).
+// RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4662,6 +5083,8 @@ func (c *ClientWithResponses) RenewLeadershipWithResponse(ctx context.Context, n
 
 // ResignWithBodyWithResponse End the leader's term now; the next candidate in line becomes leader.
 //
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -4674,6 +5097,8 @@ func (c *ClientWithResponses) ResignWithBodyWithResponse(ctx context.Context, na
 }
 
 // ResignWithResponse End the leader's term now; the next candidate in line becomes leader.
+//
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4688,6 +5113,8 @@ func (c *ClientWithResponses) ResignWithResponse(ctx context.Context, name Name,
 
 // ListWithResponse Held locks under a key prefix, in key order, a page at a time.
 //
+// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/locks (the `List` operationId).
@@ -4700,6 +5127,8 @@ func (c *ClientWithResponses) ListWithResponse(ctx context.Context, params *List
 }
 
 // InspectWithResponse Who holds a lock, and how many wait for it.
+//
+// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4714,6 +5143,8 @@ func (c *ClientWithResponses) InspectWithResponse(ctx context.Context, key Key, 
 
 // AcquireWithBodyWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -4726,6 +5157,8 @@ func (c *ClientWithResponses) AcquireWithBodyWithResponse(ctx context.Context, k
 }
 
 // AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4740,6 +5173,8 @@ func (c *ClientWithResponses) AcquireWithResponse(ctx context.Context, key Key, 
 
 // ReleaseWithBodyWithResponse Release a lock held by lease_id.
 //
+// Ends the lease at once; the next waiter in line is granted the lock.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -4752,6 +5187,8 @@ func (c *ClientWithResponses) ReleaseWithBodyWithResponse(ctx context.Context, k
 }
 
 // ReleaseWithResponse Release a lock held by lease_id.
+//
+// Ends the lease at once; the next waiter in line is granted the lock.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4766,6 +5203,8 @@ func (c *ClientWithResponses) ReleaseWithResponse(ctx context.Context, key Key, 
 
 // RenewWithBodyWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 //
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
@@ -4778,6 +5217,8 @@ func (c *ClientWithResponses) RenewWithBodyWithResponse(ctx context.Context, key
 }
 
 // RenewWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+//
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4894,6 +5335,13 @@ func ParseHealthzResponse(rsp *http.Response) (*HealthzResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	}
 
 	return response, nil
@@ -4910,6 +5358,19 @@ func ParseHealthzHeadResponse(rsp *http.Response) (*HealthzHeadResponse, error) 
 	response := &HealthzHeadResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	}
 
 	return response, nil
@@ -4949,6 +5410,13 @@ func ParseMetricsResponse(rsp *http.Response) (*MetricsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -5002,6 +5470,13 @@ func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5040,6 +5515,22 @@ func ParseReadyzHeadResponse(rsp *http.Response) (*ReadyzHeadResponse, error) {
 		HTTPResponse: rsp,
 	}
 
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case rsp.StatusCode == 503:
+		break // No content-type
+
+	}
+
 	return response, nil
 }
 
@@ -5063,6 +5554,13 @@ func ParseConsoleResponse(rsp *http.Response) (*ConsoleResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -5103,6 +5601,13 @@ func ParseCapabilitiesResponse(rsp *http.Response) (*CapabilitiesResponse, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -5174,12 +5679,26 @@ func ParseInspectElectionResponse(rsp *http.Response) (*InspectElectionResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5275,6 +5794,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5309,6 +5835,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5397,12 +5930,26 @@ func ParseObserveElectionResponse(rsp *http.Response) (*ObserveElectionResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5498,6 +6045,13 @@ func ParseProclaimResponse(rsp *http.Response) (*ProclaimResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5525,6 +6079,13 @@ func ParseProclaimResponse(rsp *http.Response) (*ProclaimResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5620,6 +6181,13 @@ func ParseRenewLeadershipResponse(rsp *http.Response) (*RenewLeadershipResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5654,6 +6222,13 @@ func ParseRenewLeadershipResponse(rsp *http.Response) (*RenewLeadershipResponse,
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5745,6 +6320,13 @@ func ParseResignResponse(rsp *http.Response) (*ResignResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5772,6 +6354,13 @@ func ParseResignResponse(rsp *http.Response) (*ResignResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5877,6 +6466,13 @@ func ParseListResponse(rsp *http.Response) (*ListResponse, error) {
 		}
 		response.ApplicationproblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5964,12 +6560,26 @@ func ParseInspectResponse(rsp *http.Response) (*InspectResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -6058,6 +6668,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6099,6 +6716,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest Problem
@@ -6200,6 +6824,13 @@ func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6227,6 +6858,13 @@ func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -6315,6 +6953,13 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6349,6 +6994,13 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -6437,6 +7089,13 @@ func ParseOpenSessionResponse(rsp *http.Response) (*OpenSessionResponse, error) 
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6457,6 +7116,13 @@ func ParseOpenSessionResponse(rsp *http.Response) (*OpenSessionResponse, error) 
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -6548,6 +7214,13 @@ func ParseCloseSessionResponse(rsp *http.Response) (*CloseSessionResponse, error
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6575,6 +7248,13 @@ func ParseCloseSessionResponse(rsp *http.Response) (*CloseSessionResponse, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -6670,6 +7350,13 @@ func ParseRenewSessionResponse(rsp *http.Response) (*RenewSessionResponse, error
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6697,6 +7384,13 @@ func ParseRenewSessionResponse(rsp *http.Response) (*RenewSessionResponse, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported

@@ -33,11 +33,11 @@ func (s *Server) electionRoutes(r chi.Router) {
 }
 
 type campaignBody struct {
-	TTLMs     *int64  `json:"ttl_ms"`
-	WaitMs    *int64  `json:"wait_ms"`
-	Owner     *string `json:"owner"`
-	Value     *string `json:"value"`
-	SessionID *string `json:"session_id"`
+	TTLMs     *jsonInt `json:"ttl_ms"`
+	WaitMs    *jsonInt `json:"wait_ms"`
+	Owner     *string  `json:"owner"`
+	Value     *string  `json:"value"`
+	SessionID *string  `json:"session_id"`
 }
 
 type proclaimBody struct {

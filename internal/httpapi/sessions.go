@@ -23,13 +23,13 @@ func (s *Server) sessionRoutes(r chi.Router) {
 }
 
 type openSessionBody struct {
-	TTLMs *int64  `json:"ttl_ms"`
-	Owner *string `json:"owner"`
+	TTLMs *jsonInt `json:"ttl_ms"`
+	Owner *string  `json:"owner"`
 }
 
 type sessionIDBody struct {
-	SessionID *string `json:"session_id"`
-	TTLMs     *int64  `json:"ttl_ms"`
+	SessionID *string  `json:"session_id"`
+	TTLMs     *jsonInt `json:"ttl_ms"`
 }
 
 type closeSessionBody struct {
