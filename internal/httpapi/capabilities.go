@@ -20,6 +20,7 @@ type featuresJSON struct {
 	Idempotency *struct{}                 `json:"idempotency"`
 	Elections   *backend.ElectionFeatures `json:"elections"`
 	Sessions    *backend.SessionFeatures  `json:"sessions"`
+	Events      *backend.WatchFeatures    `json:"events"`
 }
 
 type locksFeature struct {
@@ -45,6 +46,10 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if e := elections(b); e != nil {
 		f := e.Features()
 		c.Features.Elections = &f
+	}
+	if w, ok := b.(backend.Watcher); ok {
+		f := w.WatchFeatures()
+		c.Features.Events = &f
 	}
 	if u, ok := b.(backend.Unsupported); ok {
 		c.Unsupported = u.Unsupported()
