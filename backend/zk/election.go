@@ -68,16 +68,26 @@ func decodeLog(raw []byte) termLog {
 // state by this replica's clock: a head removed while its lease runs
 // resigned (or left); otherwise it expired.
 func (b *Backend) logEnd(ctx context.Context, kp string, head child, v int32) (*zk.SetDataRequest, error) {
+	// Both reads at once: one round trip.
+	var (
+		c    nodeRead
+		cErr error
+		done = make(chan struct{})
+	)
+	go func() {
+		c, cErr = b.readRaw(ctx, kp)
+		close(done)
+	}()
 	r, err := b.read(ctx, kp+"/"+head.name)
+	<-done
 	if err != nil {
 		return nil, err
 	}
 	if r.stat.Version != v {
 		return nil, zk.ErrBadVersion // the multi-op would fail on it
 	}
-	c, err := b.readRaw(ctx, kp)
-	if err != nil {
-		return nil, err
+	if cErr != nil {
+		return nil, cErr
 	}
 	l := decodeLog(c.raw)
 	reason := backend.ReasonResigned

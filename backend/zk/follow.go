@@ -63,7 +63,7 @@ const watcherPrefix = "_w_"
 
 // view is one reading of a queue, made of reads on one session in this
 // order, each seeing at least what the one before saw: the children
-// (watched), the container's data (an election's term log), the head's node
+// (watched), the container's data (the term log), the head's node
 // (watched).
 type view struct {
 	exists bool  // the container
@@ -118,16 +118,14 @@ func (f *follower) read1(ctx context.Context) (view, error) {
 			continue // read the children again, with our node among them
 		}
 		v := view{exists: true, cz: st.Czxid, q: parseQueue(names)}
-		if f.b.elections {
-			c, err := f.b.readRaw(ctx, f.kp)
-			if errors.Is(err, zk.ErrNoNode) {
-				continue
-			}
-			if err != nil {
-				return view{}, err
-			}
-			v.cz, v.log = c.stat.Czxid, decodeLog(c.raw)
+		c, err := f.b.readRaw(ctx, f.kp)
+		if errors.Is(err, zk.ErrNoNode) {
+			continue
 		}
+		if err != nil {
+			return view{}, err
+		}
+		v.cz, v.log = c.stat.Czxid, decodeLog(c.raw)
 		if len(v.q) == 0 {
 			return v, nil
 		}

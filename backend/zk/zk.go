@@ -185,6 +185,8 @@ type Backend struct {
 	elections bool
 	// outage is how long followers read through an outage (followOutage).
 	outage time.Duration
+	// watchers: the keys being watched, by the last listing of each.
+	watchers watched
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -206,7 +208,7 @@ func New(conn *zk.Conn, opts Options) *Backend {
 		grace = 2 * time.Second
 	}
 	life, stop := context.WithCancel(context.Background())
-	b := &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop,
+	b := &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop, outage: followOutage,
 		idem: idemState{shards: idemShards, keep: backend.IdempotencyWindow, sweepEvery: idemSweepEvery}}
 	// The elections' expiries are not locks' (no hooks): OnExpire counts
 	// and audits locks.
@@ -307,14 +309,55 @@ func (b *Backend) queue(ctx context.Context, kp string) ([]child, error) {
 
 // listQueue reads and parses the key's queue.
 func (b *Backend) listQueue(kp string) ([]child, error) {
-	names, _, err := b.conn.Children(kp)
+	names, st, err := b.conn.Children(kp)
 	if errors.Is(err, zk.ErrNoNode) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	b.watchers.note(kp, names, st)
 	return parseQueue(names), nil
+}
+
+// watched remembers the keys whose last listing showed a follower's node
+// (watch.go): their queue's removals are logged. Only watched keys are
+// kept, so it stays as small as the number of keys being watched.
+type watched struct {
+	mu sync.Mutex
+	m  map[string]int64 // key path -> pzxid of the listing that showed one
+}
+
+// note takes in a listing of kp. An older listing (a smaller pzxid)
+// arriving late never clears a newer one's; it may keep a key logged a
+// little longer, which is only a write more.
+func (w *watched) note(kp string, names []string, st *zk.Stat) {
+	seen := false
+	for _, n := range names {
+		if strings.HasPrefix(n, watcherPrefix) {
+			seen = true
+			break
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	pz, ok := w.m[kp]
+	switch {
+	case seen && (!ok || st.Pzxid > pz):
+		if w.m == nil {
+			w.m = map[string]int64{}
+		}
+		w.m[kp] = st.Pzxid
+	case !seen && ok && st.Pzxid > pz:
+		delete(w.m, kp)
+	}
+}
+
+func (w *watched) has(kp string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.m[kp]
+	return ok
 }
 
 // parseQueue parses a queue's children, in sequence order; foreign nodes
@@ -460,17 +503,23 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
 	behind := q[1:]
-	// An election logs the end of the term in the same multi-op, and
-	// carries the value of the candidate it promotes (never written to:
-	// its data, read once, holds until the versioned write below).
+	// An election, or a lock that someone watches (q was read after the
+	// watcher's node was made, if the head was granted after: see
+	// watch.go), logs the end of the grant in the same multi-op. An
+	// election carries the value of the candidate it promotes (never
+	// written to: its data, read once, holds until the versioned write
+	// below).
 	var logOp *zk.SetDataRequest
 	var values map[string]string
-	if b.elections {
+	if b.elections || b.watchers.has(kp) {
 		op, err := b.logEnd(ctx, kp, q[0], v)
 		if err != nil {
 			return err
 		}
-		logOp, values = op, map[string]string{}
+		logOp = op
+	}
+	if b.elections {
+		values = map[string]string{}
 	}
 	for {
 		ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
