@@ -55,6 +55,10 @@ type follower struct {
 	// lives ZooKeeper does not reap the container, nor so its data (the
 	// term log). It dies with the session; the next read makes another.
 	reg string
+	sid int64 // the session reg was made in
+	// regLost: our node went with a session since the last view, so
+	// removals of an unwatched key's holder were not logged meanwhile.
+	regLost bool
 }
 
 // watcherPrefix starts the name of a follower's node; parseChild takes it
@@ -72,9 +76,12 @@ type view struct {
 	// reaps an empty one) after its children changed unseen: what its
 	// data said since (an election's term log) is gone.
 	lost bool
-	log  termLog // elections only
-	q    []child
-	head nodeRead // q[0]'s node, when q is not empty
+	// unregistered: our node went with a session since the last view
+	// (a lock's removals were not logged meanwhile).
+	unregistered bool
+	log          termLog // elections only
+	q            []child
+	head         nodeRead // q[0]'s node, when q is not empty
 }
 
 // read makes a view, setting again the watches that fired.
@@ -82,13 +89,20 @@ func (f *follower) read(ctx context.Context) (view, error) {
 	v, err := f.read1(ctx)
 	if err == nil {
 		v.lost = f.lastCz != 0 && v.cz != f.lastCz && f.changed
-		f.lastCz, f.changed = v.cz, false
+		v.unregistered = f.regLost
+		f.lastCz, f.changed, f.regLost = v.cz, false, false
 	}
 	return v, err
 }
 
 func (f *follower) read1(ctx context.Context) (view, error) {
 	for attempt := 0; attempt < 50; attempt++ {
+		if f.reg != "" && f.b.conn.SessionID() != f.sid {
+			// A new session: our node and our watches went with the old
+			// one, perhaps with no watch left to say so.
+			f.regLost, f.reg, f.changed = true, "", true
+			f.cont, f.contArmed, f.head, f.headArmed = nil, unwatched, nil, ""
+		}
 		names, st, err := f.children(ctx)
 		// A container event ZooKeeper sent before answering is in the
 		// channel by now (it orders events before later replies): take it
@@ -108,13 +122,14 @@ func (f *follower) read1(ctx context.Context) (view, error) {
 			return view{}, err
 		}
 		if f.reg == "" {
+			sid := f.b.conn.SessionID()
 			p, err := call(ctx, func() (string, error) {
 				return f.b.conn.Create(f.kp+"/"+watcherPrefix+lease.NewID()[:16], nil, zk.FlagEphemeral, f.b.acl)
 			})
 			if err != nil && !errors.Is(err, zk.ErrNoNode) {
 				return view{}, err
 			}
-			f.reg = p
+			f.reg, f.sid = p, sid
 			continue // read the children again, with our node among them
 		}
 		v := view{exists: true, cz: st.Czxid, q: parseQueue(names)}
@@ -221,6 +236,7 @@ func (f *follower) contFired(ev zk.Event, ok bool) {
 func (f *follower) lost(ev zk.Event, ok bool) {
 	if !ok || ev.Type == zk.EventNotWatching {
 		f.cont, f.contArmed, f.head, f.headArmed = nil, unwatched, nil, ""
+		f.regLost = f.regLost || f.reg != ""
 		f.reg = "" // gone with the session
 	}
 }

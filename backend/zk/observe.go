@@ -44,6 +44,8 @@ type tracker struct {
 	clk  lease.Clock
 	what string // for errors
 	sink sink
+	// logged: every removal is logged, watched or not (elections).
+	logged bool
 
 	cur     *term  // the grant last sent; nil when none
 	max     uint64 // the highest grant sent: grants only increase
@@ -102,6 +104,9 @@ func (tr *tracker) publish(v view) (time.Time, error) {
 	if v.lost {
 		return at, fmt.Errorf("%w: zk %s: the znode was reaped with changes unseen", backend.ErrUnavailable, tr.what)
 	}
+	if v.unregistered && !tr.logged {
+		return at, fmt.Errorf("%w: zk %s: the session expired, and with it the node that has removals logged", backend.ErrUnavailable, tr.what)
+	}
 	if v.cz != tr.cz {
 		tr.cz, tr.ended = v.cz, 0 // a new container (or none): its log is all new
 	}
@@ -110,7 +115,7 @@ func (tr *tracker) publish(v view) (time.Time, error) {
 		return at, fmt.Errorf("%w: zk %s: %d grants ended unseen, beyond the term log", backend.ErrUnavailable, tr.what, kept-tr.ended)
 	}
 	for _, t := range v.log.Terms[max(tr.ended-kept, 0):] {
-		if err := tr.logged(t); err != nil {
+		if err := tr.takeLogged(t); err != nil {
 			return at, err
 		}
 	}
@@ -138,8 +143,8 @@ func (tr *tracker) publish(v view) (time.Time, error) {
 	return at, nil
 }
 
-// logged takes in one ended grant of the log.
-func (tr *tracker) logged(t endedTerm) error {
+// takeLogged takes in one ended grant of the log.
+func (tr *tracker) takeLogged(t endedTerm) error {
 	if tr.cur != nil && tr.cur.id == t.Term {
 		return tr.end(t.Term, t.Reason)
 	}
@@ -183,7 +188,7 @@ func (el elections) Observe(ctx context.Context, name string) (<-chan backend.El
 		return nil, unavailable("observe", err)
 	}
 	o := &observer{ctx: ctx, out: make(chan backend.ElectionEvent, 16)}
-	tr := &tracker{clk: el.q.clock, what: fmt.Sprintf("observe %q", name), sink: o}
+	tr := &tracker{clk: el.q.clock, what: fmt.Sprintf("observe %q", name), sink: o, logged: true}
 	go func() {
 		err := f.follow(ctx, v, tr.publish)
 		f.close()

@@ -2,9 +2,12 @@ package zk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/go-zookeeper/zk"
 
 	"github.com/lockd/lockd/backend"
 )
@@ -140,4 +143,63 @@ func BenchmarkWatchedRelease(b *testing.B) {
 	}
 	b.Run("unwatched", func(b *testing.B) { run(b, false) })
 	b.Run("watched", func(b *testing.B) { run(b, true) })
+}
+
+// A key watcher whose session expires loses its node, and with it the
+// logging of the key's removals: its stream ends with ErrUnavailable (the
+// caller watches again from its last cursor) rather than go on blind. A
+// foreign node keeps ZooKeeper from reaping the key's znode meanwhile (which
+// ends the stream too, TestObserveReapedElectionEnds).
+func TestWatchSessionExpiryEnds(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := zkProxy(t, z.Addr(0))
+	conn, err := dialSession(ctxFor(t, 30*time.Second), []string{proxy.Listen}, time.Second)
+	if err != nil {
+		t.Fatalf("dial through the proxy: %v", err)
+	}
+	wb := New(conn, Options{})
+	t.Cleanup(func() { wb.Close() })
+	b := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	ctx, cancel := context.WithCancel(ctxFor(t, 60*time.Second))
+	defer cancel()
+	events, err := wb.Watch(ctx, key, "")
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	if ev := <-events; ev.Kind != backend.KeySnapshot {
+		t.Fatalf("first event %+v, want a snapshot", ev)
+	}
+	pin := b.keyPath(key) + "/pin"
+	if _, err := b.conn.Create(pin, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("create a foreign node: %v", err)
+	}
+	t.Cleanup(func() { b.conn.Delete(pin, -1) })
+	proxy.Stop()
+	time.Sleep(3 * time.Second) // three session timeouts: ZooKeeper expires it
+	g, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if err := b.Release(ctx, key, g.LeaseID); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("proxy restart: %v", err)
+	}
+	for timeout := time.After(20 * time.Second); ; {
+		select {
+		case ev := <-events:
+			if ev.Err != nil {
+				t.Logf("the stream ended: %v", ev.Err)
+				if !errors.Is(ev.Err, backend.ErrUnavailable) {
+					t.Fatalf("the stream ended with %v, want ErrUnavailable", ev.Err)
+				}
+				return
+			}
+			t.Fatalf("event %+v after the session expired, want the stream's end", ev)
+		case <-timeout:
+			t.Fatal("no error event within 20s of the new session")
+		}
+	}
 }
