@@ -12,8 +12,8 @@ import (
 )
 
 // Through lockd's HTTP API on ZooKeeper: GET /v1/capabilities shows
-// elections observed by watch, and an observe stream shows a campaign's
-// term and its resign.
+// elections observed by watch and key events without replay, and an observe
+// stream shows a campaign's term and its resign.
 func TestHTTPElectionsOnZooKeeper(t *testing.T) {
 	z := sharedZK(t, 1)
 	ts := httptest.NewServer(httpapi.New(newBackend(t, z.Addrs(), Options{}), httpapi.Options{Backend: "zk"}))
@@ -40,12 +40,16 @@ func TestHTTPElectionsOnZooKeeper(t *testing.T) {
 	var caps struct {
 		Features struct {
 			Elections map[string]any `json:"elections"`
+			Events    map[string]any `json:"events"`
 		} `json:"features"`
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&caps)
 	resp.Body.Close()
 	if caps.Features.Elections["observe"] != "watch" {
 		t.Fatalf("zk capabilities: elections = %v, want {observe: watch}", caps.Features.Elections)
+	}
+	if e := caps.Features.Events; e["changes"] != "watch" || e["replay"] != false {
+		t.Fatalf("zk capabilities: events = %v, want {replay: false, changes: watch}", e)
 	}
 
 	name := uniqueKey(t)
