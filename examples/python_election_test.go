@@ -133,3 +133,48 @@ for ev in m.Client(sys.argv[1]).observe(sys.argv[2]):
 		t.Fatalf("after the resync: %q, want the leader elected during the cut (term %d)", got, l.Term())
 	}
 }
+
+// The README's Python election snippet runs as written from the
+// repository's root against a real lockd.
+func TestReadmeElectionPython(t *testing.T) {
+	need(t, "python3")
+	srv := lockdtest.Start(t, nil)
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n## Leader election\n")
+	if !ok {
+		t.Fatal("README has no Leader election section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	_, rest, ok := strings.Cut(section, "```python\n")
+	if !ok {
+		t.Fatal("README's Leader election has no python block")
+	}
+	snippet, _, _ := strings.Cut(rest, "```\n")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "python3", "-c", snippet)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "LOCKD_ADDR="+srv.Addr)
+	out, err := cmd.CombinedOutput()
+	t.Logf("README's Python snippet:\n%s", out)
+	if err != nil {
+		t.Fatalf("python3: %v", err)
+	}
+	_, rest, ok = strings.Cut(string(out), "leading, term ")
+	if !ok {
+		t.Fatal("output lacks the term")
+	}
+	term := strings.Fields(rest)[0]
+	for _, want := range []string{
+		"'owner': 'node-d', 'value': 'http://node-d:9090'",
+		"'term': " + term,
+		"{'last_term': " + term + ", 'reason': 'resigned'}",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}

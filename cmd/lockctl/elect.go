@@ -104,7 +104,15 @@ func printObserve(g *global, ev client.ObserveEvent) {
 	case "leader":
 		fmt.Fprintf(g.stdout, "leader term=%d owner=%q value=%q expires=%s\n", o.Term, o.Owner, o.Value, o.ExpiresAt)
 	case "no_leader":
-		fmt.Fprintf(g.stdout, "no_leader last_term=%d reason=%s\n", o.LastTerm, o.Reason)
+		// The first event of a stream may not know the last term.
+		line := "no_leader"
+		if o.LastTerm > 0 {
+			line += " last_term=" + strconv.FormatUint(o.LastTerm, 10)
+		}
+		if o.Reason != "" {
+			line += " reason=" + o.Reason
+		}
+		fmt.Fprintln(g.stdout, line)
 	default:
 		fmt.Fprintf(g.stdout, "%s reason=%s\n", o.Event, o.Reason)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -281,4 +282,49 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// The README's lockctl election snippet runs as written, through a real sh,
+// with a ./scheduler.sh that records its environment.
+func TestReadmeElectSnippet(t *testing.T) {
+	srv := sharedServer(t)
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n## Leader election\n")
+	if !ok {
+		t.Fatal("README has no Leader election section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var snippet string
+	for rest := section; snippet == ""; {
+		var block string
+		if _, rest, ok = strings.Cut(rest, "```sh\n"); !ok {
+			t.Fatal("README's Leader election has no sh block with lockctl elect")
+		}
+		block, rest, _ = strings.Cut(rest, "```\n")
+		if strings.Contains(block, "lockctl elect ") {
+			snippet = block
+		}
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "scheduler.sh"), []byte("#!/bin/sh\necho \"scheduling as $LOCKD_ELECTION term=$LOCKD_TERM\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "set -e\n"+snippet)
+	cmd.Env = append(os.Environ(), "LOCKD_ADDR="+srv.Addr, "PATH="+filepath.Dir(lockctlBin)+":"+os.Getenv("PATH"))
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	t.Logf("README's lockctl snippet:\n%s", out)
+	if err != nil {
+		t.Fatalf("sh: %v", err)
+	}
+	if term := termOf(t, string(out)); term == 0 || !strings.Contains(string(out), "scheduling as scheduler term=") {
+		t.Errorf("output lacks the command's line with its term")
+	}
+	// elect resigned when the command exited: nobody leads.
+	if !strings.HasSuffix(string(out), "\nno_leader\n") {
+		t.Errorf("output does not end with observe's no_leader line")
+	}
 }
