@@ -328,3 +328,11 @@ func TestReadmeElectSnippet(t *testing.T) {
 		t.Errorf("output does not end with observe's no_leader line")
 	}
 }
+
+// observe exits with the codes of the other commands when the stream
+// cannot start: a bad name is invalid, no lockd is unavailable.
+func TestObserveRefusedExitCodes(t *testing.T) {
+	srv := sharedServer(t)
+	wantCode(t, lockctl(t, srv, "observe", "bad key!"), exitInvalid)
+	wantCode(t, lockctl(t, srv, "--server", "127.0.0.1:1", "observe", "x"), exitUnavailable)
+}

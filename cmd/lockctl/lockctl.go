@@ -43,8 +43,8 @@ commands:
       LOCKD_ELECTION, LOCKD_TERM (the fencing token), LOCKD_LEASE_ID,
       LOCKD_DEADLINE and LOCKD_ADDR; lockctl resigns when CMD exits
   observe NAME [--count N]
-      print one line per event of election NAME (leader, no_leader, resync)
-      until interrupted or after N events
+      print one line per event of election NAME (leader, no_leader, resync;
+      --json: JSON lines) until interrupted (exit 0) or after N events
   acquire KEY [--ttl 15s] [--wait 0] [--owner NAME]
       take KEY and print its lease (no renewal: renew before the deadline)
   renew KEY LEASE_ID [--ttl D]     (defaults: $LOCKD_KEY, $LOCKD_LEASE_ID)
