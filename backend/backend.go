@@ -39,6 +39,26 @@ var (
 	ErrIdempotencyKeyReused = errors.New("idempotency key reused")
 )
 
+// Unavailable is how every backend reports a store call that failed: when
+// the caller's ctx has ended, ctx's error joined with the cause (the caller
+// gave up; errors.Is(err, ErrUnavailable) is false); otherwise ErrUnavailable
+// wrapped as "<store> <op>: backend unavailable: <cause>".
+func Unavailable(ctx context.Context, store, op string, err error) error {
+	if ctx.Err() != nil {
+		return errors.Join(ctx.Err(), fmt.Errorf("%s %s: %w", store, op, err))
+	}
+	return fmt.Errorf("%s %s: %w: %w", store, op, ErrUnavailable, err)
+}
+
+// Opened is a backend that its package's Open connected from a
+// configuration (lockd's flags): the backend, what lockd says about it at
+// start, and how to close it with everything Open opened for it.
+type Opened struct {
+	Backend  Backend
+	Describe string // where the store is and how lockd reaches it, for the start-up line
+	Close    func() // closes Backend, then what Open opened for it, in reverse
+}
+
 // HeldError is returned (wrapping ErrHeld) when an acquire gives up. Holder
 // is nil when the lock was freed between the last try and the give-up, or the
 // backend could not read it.

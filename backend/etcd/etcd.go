@@ -91,8 +91,6 @@ package etcd
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -176,10 +174,7 @@ func New(cli *clientv3.Client, opts Options) *Backend {
 
 // fail maps an etcd error: the caller's context first, then unavailability.
 func fail(ctx context.Context, op string, err error) error {
-	if ctx.Err() != nil {
-		return errors.Join(ctx.Err(), fmt.Errorf("etcd %s: %w", op, err))
-	}
-	return fmt.Errorf("%w: etcd %s: %v", backend.ErrUnavailable, op, err)
+	return backend.Unavailable(ctx, "etcd", op, err)
 }
 
 func (b *Backend) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {

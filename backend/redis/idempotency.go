@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 )
 
 // Idempotent acquires.
@@ -51,13 +52,13 @@ func idemArgs(req backend.AcquireRequest) idemArg {
 // recorded under another lease (res[0] < 0). It returns the lease and waiter
 // ids to go on waiting with, or ok false and the error to return.
 func (b *Backend) replayed(req backend.AcquireRequest, res []any, waiter string, wake chan struct{}) (id, newWaiter string, ok bool, err error) {
-	switch toInt(res[0]) {
+	switch store.Int(res[0]) {
 	case -1:
 		return "", "", false, fmt.Errorf("redis acquire %q: the grant of this idempotency key ended: %w", req.Key, backend.ErrLeaseExpired)
 	case -2:
 		return "", "", false, fmt.Errorf("redis acquire %q: %w", req.Key, backend.ErrIdempotencyKeyReused)
 	}
-	id, newWaiter = toStr(res[1]), toStr(res[2])
+	id, newWaiter = store.Str(res[1]), store.Str(res[2])
 	if wake != nil {
 		// Wake-ups for the first attempt's waiter id reach this mailbox too.
 		b.mu.Lock()

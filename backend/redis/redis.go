@@ -45,16 +45,14 @@ package redis
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -178,38 +176,17 @@ func (b *Backend) Close() error {
 }
 
 func (b *Backend) keys(key string) []string {
-	base := b.prefix + "{" + key + "}:"
+	base := store.Base(b.prefix, key)
 	return []string{base + "lock", base + "fence", base + "q", base + "qt"}
 }
 
 // unavailable wraps a failed Redis call: ctx's error when ctx ended (the
 // caller gave up), ErrUnavailable otherwise.
 func unavailable(ctx context.Context, op string, err error) error {
-	if ctx.Err() != nil {
-		return errors.Join(ctx.Err(), fmt.Errorf("redis %s: %w", op, err))
-	}
-	return fmt.Errorf("redis %s: %w: %w", op, backend.ErrUnavailable, err)
+	return backend.Unavailable(ctx, "redis", op, err)
 }
 
 var errClosed = fmt.Errorf("redis: %w: backend closed", backend.ErrUnavailable)
-
-func ms(d time.Duration) int64 {
-	m := d.Milliseconds()
-	if m < 1 {
-		m = 1
-	}
-	return m
-}
-
-func toInt(v any) int64 {
-	n, _ := v.(int64)
-	return n
-}
-
-func toStr(v any) string {
-	s, _ := v.(string)
-	return s
-}
 
 // Acquire implements backend.Backend.
 func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
@@ -249,7 +226,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	first := id       // a grant under another lease id is an earlier attempt's
 	attached := false // waiting in the place of an earlier attempt with the same idempotency key
 	for {
-		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, ms(req.TTL), waiter, ms(b.beat), idem.fingerprint, idem.keepMS).Slice()
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo whatever it did
 			// (an idempotent grant stays, for the retry to find).
@@ -258,7 +235,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			}
 			return backend.Grant{}, unavailable(ctx, "acquire", err)
 		}
-		if toInt(res[0]) < 0 {
+		if store.Int(res[0]) < 0 {
 			var ok bool
 			if id, waiter, ok, err = b.replayed(req, res, waiter, wake); !ok {
 				return backend.Grant{}, err
@@ -266,10 +243,10 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 			attached = true
 			continue
 		}
-		if toInt(res[0]) == 1 {
+		if store.Int(res[0]) == 1 {
 			g := backend.Grant{
-				Key: req.Key, LeaseID: toStr(res[6]), Token: uint64(toInt(res[2])), Owner: toStr(res[1]),
-				TTL: req.TTL, ExpiresAt: time.UnixMilli(toInt(res[3])), Replayed: toStr(res[6]) != first,
+				Key: req.Key, LeaseID: store.Str(res[6]), Token: uint64(store.Int(res[2])), Owner: store.Str(res[1]),
+				TTL: req.TTL, ExpiresAt: time.UnixMilli(store.Int(res[3])), Replayed: store.Str(res[6]) != first,
 			}
 			if err := ctx.Err(); err != nil { // granted as the caller gave up
 				b.abandon(keys, "", id, false)
@@ -279,11 +256,11 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		}
 		var holder *backend.Holder
 		next := b.beat / 3
-		if toInt(res[5]) == 1 {
-			exp := toInt(res[3])
-			holder = &backend.Holder{Owner: toStr(res[1]), Token: uint64(toInt(res[2])), ExpiresAt: time.UnixMilli(exp)}
+		if store.Int(res[5]) == 1 {
+			exp := store.Int(res[3])
+			holder = &backend.Holder{Owner: store.Str(res[1]), Token: uint64(store.Int(res[2])), ExpiresAt: time.UnixMilli(exp)}
 			// Wake up when the holder's lease runs out, in Redis's time.
-			if d := time.Duration(exp-toInt(res[4])+1) * time.Millisecond; d < next {
+			if d := time.Duration(exp-store.Int(res[4])+1) * time.Millisecond; d < next {
 				next = d
 			}
 		}
@@ -334,7 +311,7 @@ func (b *Backend) abandon(keys []string, waiter, id string, idempotent bool) {
 func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
 	ttlMS := int64(0) // keep the lease's TTL
 	if ttl > 0 {
-		ttlMS = ms(ttl)
+		ttlMS = store.Ms(ttl)
 	}
 	v, err := renewScript.Run(ctx, b.client, b.keys(key), leaseID, ttlMS).Result()
 	if err != nil {
@@ -345,8 +322,8 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		return backend.Grant{}, fmt.Errorf("redis renew %q: %w", key, backend.ErrLeaseExpired)
 	}
 	return backend.Grant{
-		Key: key, LeaseID: leaseID, Owner: toStr(res[0]), Token: uint64(toInt(res[1])),
-		TTL: time.Duration(toInt(res[3])) * time.Millisecond, ExpiresAt: time.UnixMilli(toInt(res[2])),
+		Key: key, LeaseID: leaseID, Owner: store.Str(res[0]), Token: uint64(store.Int(res[1])),
+		TTL: time.Duration(store.Int(res[3])) * time.Millisecond, ExpiresAt: time.UnixMilli(store.Int(res[2])),
 	}, nil
 }
 
@@ -368,10 +345,10 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 	if err != nil {
 		return backend.LockState{}, unavailable(ctx, "inspect", err)
 	}
-	st := backend.LockState{Key: key, Waiters: int(toInt(res[3]))}
-	if tok := toInt(res[1]); tok != 0 {
+	st := backend.LockState{Key: key, Waiters: int(store.Int(res[3]))}
+	if tok := store.Int(res[1]); tok != 0 {
 		st.Held = true
-		st.Holder = &backend.Holder{Owner: toStr(res[0]), Token: uint64(tok), ExpiresAt: time.UnixMilli(toInt(res[2]))}
+		st.Holder = &backend.Holder{Owner: store.Str(res[0]), Token: uint64(tok), ExpiresAt: time.UnixMilli(store.Int(res[2]))}
 	}
 	return st, nil
 }
@@ -382,35 +359,10 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 // O(keys in Redis) on the server and O(matching keys) in lockd; fine for
 // operators' listings, not for a hot path.
 func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
-	head, tail := b.prefix+"{", "}:lock"
-	pattern := globEscape(head+prefix) + "*" + globEscape(tail)
-	var (
-		mu    sync.Mutex
-		names []string
-	)
-	scan := func(ctx context.Context, c goredis.UniversalClient) error {
-		it := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		for it.Next(ctx) {
-			k := strings.TrimSuffix(strings.TrimPrefix(it.Val(), head), tail)
-			if strings.HasPrefix(k, prefix) && k > after {
-				mu.Lock()
-				names = append(names, k)
-				mu.Unlock()
-			}
-		}
-		return it.Err()
-	}
-	var err error
-	if cc, ok := b.client.(*goredis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error { return scan(ctx, c) })
-	} else {
-		err = scan(ctx, b.client)
-	}
+	names, err := store.Keys(ctx, b.client, b.prefix, prefix, after)
 	if err != nil {
 		return nil, unavailable(ctx, "list", err)
 	}
-	sort.Strings(names)
-	names = dedup(names) // SCAN may return a key twice
 	var out []backend.LockState
 	for len(names) > 0 && len(out) < limit {
 		batch := names[:min(len(names), limit-len(out))]
@@ -427,28 +379,6 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 		}
 	}
 	return out, nil
-}
-
-func dedup(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-func globEscape(s string) string {
-	var sb strings.Builder
-	for _, r := range s {
-		switch r {
-		case '*', '?', '[', ']', '\\', '^', '-':
-			sb.WriteByte('\\')
-		}
-		sb.WriteRune(r)
-	}
-	return sb.String()
 }
 
 // Ping implements backend.Backend.

@@ -107,7 +107,6 @@ package zk
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -257,11 +256,13 @@ func isCtx(err error) bool {
 }
 
 // unavailable wraps a ZooKeeper failure for the caller.
+// Requests that gave up because the caller's ctx ended come back as ctx's
+// own error (see call), which is returned as it is.
 func unavailable(op string, err error) error {
 	if isCtx(err) {
 		return err
 	}
-	return fmt.Errorf("zk %s: %w: %w", op, backend.ErrUnavailable, err)
+	return backend.Unavailable(context.Background(), "zk", op, err)
 }
 
 // queue returns the key's queue in sequence order; a missing key is empty.

@@ -206,42 +206,6 @@ func TestEtcdCredentials(t *testing.T) {
 	}
 }
 
-// Flag combinations that cannot work are refused before anything is dialled.
-func TestEtcdCredentialFlags(t *testing.T) {
-	pw := writeFile(t, "pw", "secret\n")
-	empty := writeFile(t, "empty", "\n")
-	cases := []struct {
-		name string
-		c    etcdConfig
-		want string
-	}{
-		{"credentials for the embedded etcd", etcdConfig{user: "u", passwordFile: pw}, "apply to an external etcd"},
-		{"cert without key", etcdConfig{endpoints: "https://e:2379", cert: "c.pem"}, "--etcd-cert and --etcd-key go together"},
-		{"key without cert", etcdConfig{endpoints: "https://e:2379", key: "k.pem"}, "--etcd-cert and --etcd-key go together"},
-		{"ca with http endpoint", etcdConfig{endpoints: "e:2379", ca: "ca.pem"}, "need https:// --etcd-endpoints"},
-		{"cert with http endpoint", etcdConfig{endpoints: "http://e:2379", cert: "c.pem", key: "k.pem"}, "need https:// --etcd-endpoints"},
-		{"mixed schemes", etcdConfig{endpoints: "https://a:2379,http://b:2379"}, "mixes https:// and plain"},
-		{"user without password file", etcdConfig{endpoints: "e:2379", user: "u"}, "--etcd-user and --etcd-password-file go together"},
-		{"password file without user", etcdConfig{endpoints: "e:2379", passwordFile: pw}, "--etcd-user and --etcd-password-file go together"},
-		{"missing password file", etcdConfig{endpoints: "e:2379", user: "u", passwordFile: pw + ".nope"}, "--etcd-password-file"},
-		{"empty password", etcdConfig{endpoints: "e:2379", user: "u", passwordFile: empty}, "is empty"},
-		{"missing ca", etcdConfig{endpoints: "https://e:2379", ca: pw + ".nope"}, "--etcd-ca"},
-		{"ca without certificate", etcdConfig{endpoints: "https://e:2379", ca: pw}, "no certificate in"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.c.credentials(splitList(tc.c.endpoints))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error = %v, want one containing %q", err, tc.want)
-			}
-		})
-	}
-	cr, err := etcdConfig{user: "u", passwordFile: pw}.credentials([]string{"e:2379"})
-	if err != nil || cr.password != "secret" || cr.tls != nil {
-		t.Errorf("plain endpoint with a user: %+v, %v; want password %q without the newline and no TLS", cr, err, "secret")
-	}
-}
-
 func (s *securedEtcd) client(t *testing.T, user, pw string, cert *testserver.Issued) *clientv3.Client {
 	t.Helper()
 	cli, err := s.Client(user, pw, cert)

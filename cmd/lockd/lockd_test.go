@@ -217,7 +217,7 @@ func TestFlagsFromEnvAndHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.backend != "zk" || c.zk.root != "/x" || c.zk.session != 3*time.Second {
+	if c.backend != "zk" || c.zk.c.Root != "/x" || c.zk.c.SessionTimeout != 3*time.Second {
 		t.Errorf("config = %+v, want the flag to win over env and env to set the rest", c)
 	}
 	if _, err := parseFlags(nil, func(k string) string {

@@ -5,90 +5,23 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
+	redisb "github.com/lockd/lockd/backend/redis"
+	"github.com/lockd/lockd/backend/redis/redlock"
 	"github.com/lockd/lockd/internal/testserver"
 )
 
-// The ACL lines docs/backend-credentials.md gives operators; lockd prints
-// the same in its NOPERM errors.
-const (
-	readmeRedisACL   = "resetchannels ~lockd:* &lockd:* -@all +ping +eval +evalsha +subscribe +scan +time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish"
-	readmeRedlockACL = "resetchannels ~lockd:rl:* -@all +ping +eval +evalsha +scan +hmget +hget +hset +del +pexpire +pttl +incr +get +set"
-)
-
-func TestRedisACLLine(t *testing.T) {
-	if got := redisACL("redis", "lockd:"); got != readmeRedisACL {
-		t.Errorf("redis ACL =\n%s\nwant (the README's)\n%s", got, readmeRedisACL)
+// aclFor is the ACL line lockd suggests for its user on backendName.
+func aclFor(backendName, prefix string) string {
+	if backendName == "redlock" {
+		return redlock.ACL(prefix)
 	}
-	if got := redisACL("redlock", "lockd:rl:"); got != readmeRedlockACL {
-		t.Errorf("redlock ACL =\n%s\nwant (the README's)\n%s", got, readmeRedlockACL)
-	}
-	doc, err := os.ReadFile("../../docs/backend-credentials.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range []string{readmeRedisACL, readmeRedlockACL} {
-		if !strings.Contains(string(doc), "ACL SETUSER lockd on >CHANGE-ME "+line+"\n") {
-			t.Errorf("docs/backend-credentials.md does not give the ACL line lockd needs:\n%s", line)
-		}
-	}
-	if got := redisACL("redis", "a*b:"); !strings.Contains(got, `~a\*b:* &a\*b:*`) {
-		t.Errorf("ACL for a prefix with a glob character = %s, want it escaped", got)
-	}
-}
-
-// redisNeeds (what the startup check asks Redis about, and the ACL lockd
-// suggests) names every command the backends send or their scripts call.
-func TestRedisNeedsCoverTheBackends(t *testing.T) {
-	callRE := regexp.MustCompile(`redis\.call\('([A-Z]+)'`)
-	goRE := regexp.MustCompile(`\b(?:client|c|m)\.([A-Z][A-Za-z]*)\((?:ctx|c)\b`)
-	for _, tc := range []struct{ backend, dir, src string }{
-		{"redis", "../../backend/redis", "redis.go"},
-		{"redlock", "../../backend/redis/redlock", "redlock.go"},
-	} {
-		need := map[string]bool{"PING": true, "EVAL": true}
-		for _, n := range redisNeeds(tc.backend, "p:") {
-			need[n[0]] = true
-		}
-		used := map[string]string{}
-		scripts, _ := filepath.Glob(filepath.Join(tc.dir, "scripts", "*.lua"))
-		if len(scripts) == 0 {
-			t.Fatalf("no scripts in %s/scripts", tc.dir)
-		}
-		for _, f := range scripts {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, m := range callRE.FindAllStringSubmatch(string(b), -1) {
-				used[m[1]] = filepath.Base(f)
-			}
-		}
-		src, err := os.ReadFile(filepath.Join(tc.dir, tc.src))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range goRE.FindAllStringSubmatch(string(src), -1) {
-			used[strings.ToUpper(m[1])] = tc.src
-		}
-		if strings.Contains(string(src), "Script.Run(") {
-			used["EVALSHA"], used["EVAL"] = tc.src+" (Script.Run)", tc.src+" (Script.Run)"
-		}
-		if len(used) < 5 {
-			t.Fatalf("%s: found only %v; the patterns no longer match the code", tc.backend, used)
-		}
-		for cmd, where := range used {
-			if !need[cmd] {
-				t.Errorf("%s: %s (in %s) is missing from redisNeeds: the startup check and the suggested ACL would miss it", tc.backend, cmd, where)
-			}
-		}
-	}
+	return redisb.ACL(prefix)
 }
 
 // securedRedisSet starts n TLS-only servers that want client certificates,
@@ -98,7 +31,7 @@ func TestRedisNeedsCoverTheBackends(t *testing.T) {
 func securedRedisSet(t *testing.T, n int, backendName, prefix string, lacks ...string) (*testserver.RedisSet, *testserver.CA) {
 	t.Helper()
 	ca := testserver.TestCA(t)
-	acl := redisACL(backendName, prefix)
+	acl := aclFor(backendName, prefix)
 	users := []string{"default off", "lockd on >lockd-pw " + acl}
 	for _, cmd := range lacks {
 		weak := strings.Replace(acl+" ", " +"+cmd+" ", " ", 1)
@@ -244,8 +177,8 @@ func TestRedisCredentials(t *testing.T) {
 		{"no client certificate", redisEnvWith(env, "LOCKD_REDIS_CERT", "", "LOCKD_REDIS_KEY", ""), []string{"redis " + addr + ": ", "wants a client certificate", "--redis-cert"}},
 		{"client certificate from another CA", redisEnvWith(env, "LOCKD_REDIS_CERT", foreign.CertFile, "LOCKD_REDIS_KEY", foreign.KeyFile), []string{"redis " + addr + ": ", "refused lockd's client certificate"}},
 		{"untrusted CA", redisEnvWith(env, "LOCKD_REDIS_CA", other.CertFile), []string{"redis " + addr + ": ", "not signed by a CA lockd trusts", "unknown authority"}},
-		{"user lacking PUBLISH", redisEnvWith(env, "LOCKD_REDIS_USER", "nopublish", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM user nopublish may not run: PUBLISH lockd:wake x", "ACL SETUSER nopublish " + readmeRedisACL}},
-		{"user lacking EVAL", redisEnvWith(env, "LOCKD_REDIS_USER", "noeval", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM", "'eval'", "ACL SETUSER noeval " + readmeRedisACL}},
+		{"user lacking PUBLISH", redisEnvWith(env, "LOCKD_REDIS_USER", "nopublish", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM user nopublish may not run: PUBLISH lockd:wake x", "ACL SETUSER nopublish " + redisb.ACL("lockd:")}},
+		{"user lacking EVAL", redisEnvWith(env, "LOCKD_REDIS_USER", "noeval", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")), []string{"redis " + addr + ": ", "NOPERM", "'eval'", "ACL SETUSER noeval " + redisb.ACL("lockd:")}},
 		{"user outside its key prefix", redisEnvWith(env, "LOCKD_REDIS_PREFIX", "other:"), []string{"redis " + addr + ": ", "NOPERM user lockd may not run: SUBSCRIBE other:wake, HGET other:{lockd-startup-check}:lock id"}},
 		{"plain TCP to a TLS port", redisEnvWith(env, "LOCKD_REDIS_TLS", "", "LOCKD_REDIS_CA", "", "LOCKD_REDIS_CERT", "", "LOCKD_REDIS_KEY", ""), []string{"redis " + addr + ": ", "--redis-tls"}},
 		{"TLS to a plain-TCP server", redisEnvWith(env, "LOCKD_REDIS_ADDRS", plain.Addr(0)), []string{"redis " + plain.Addr(0) + ": ", "does not speak TLS"}},
@@ -291,7 +224,7 @@ func TestRedlockCredentials(t *testing.T) {
 
 	t.Run("user lacking INCR", func(t *testing.T) {
 		err := redisStartFails(t, redisEnvWith(env, "LOCKD_REDIS_USER", "noincr", "LOCKD_REDIS_PASSWORD_FILE", redisSecretFile(t, "pw", "weak-pw")))
-		for _, w := range []string{"NOPERM user noincr may not run: INCR lockd:rl:", "ACL SETUSER noincr " + readmeRedlockACL} {
+		for _, w := range []string{"NOPERM user noincr may not run: INCR lockd:rl:", "ACL SETUSER noincr " + redlock.ACL("lockd:rl:")} {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("error %q lacks %q", err, w)
 			}

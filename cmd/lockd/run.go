@@ -17,9 +17,11 @@ import (
 	"syscall"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/lockd/lockd/backend"
+	etcdb "github.com/lockd/lockd/backend/etcd"
+	redisb "github.com/lockd/lockd/backend/redis"
+	"github.com/lockd/lockd/backend/redis/redlock"
+	zkb "github.com/lockd/lockd/backend/zk"
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/lease"
@@ -81,9 +83,9 @@ func serverTLS(c config) (*tls.Config, error) {
 type config struct {
 	listen          string
 	backend         string
-	etcd            etcdConfig
-	zk              zkConfig
-	redis           redisConfig
+	etcd            etcdFlags
+	zk              zkFlags
+	redis           redisFlags
 	logLevel        string
 	shutdownTimeout time.Duration
 	authFile        string
@@ -168,7 +170,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.clock.MaxSkew < 0 || c.clock.MaxSkew > lease.MaxTTL {
 		return c, fmt.Errorf("--max-clock-skew must be between 0 and %v", lease.MaxTTL)
 	}
-	c.etcd.clock, c.zk.clock = c.clock, c.clock
+	c.etcd.c.Endpoints, c.etcd.c.Debug, c.etcd.c.Clock = splitList(c.etcd.endpoints), c.logLevel == "debug", c.clock
+	c.zk.c.Servers, c.zk.c.Clock = splitList(c.zk.servers), c.clock
+	c.redis.c.Addrs = splitList(c.redis.addrs)
 	if c.headerTimeout <= 0 || c.readTimeout <= 0 || c.idleTimeout <= 0 {
 		return c, errors.New("--read-header-timeout, --read-body-timeout and --idle-timeout must be more than 0")
 	}
@@ -185,46 +189,36 @@ func splitList(s string) []string {
 	return out
 }
 
-// store is an opened backend and what to say about it and close after it.
-type store struct {
-	b        backend.Backend
-	describe string
-	closers  []func()
-}
-
-func (s *store) close() {
-	if s.b != nil {
-		_ = s.b.Close()
-	}
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		s.closers[i]()
-	}
-}
-
 // openStore connects the configured backend. Adding a backend is one case.
-func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Logger) (*store, error) {
+func openStore(ctx context.Context, c config, hooks backend.Hooks, log *slog.Logger) (backend.Opened, error) {
 	var (
-		st  *store
+		st  backend.Opened
 		err error
 	)
 	switch c.backend {
 	case "etcd":
-		st, err = openEtcd(ctx, c.etcd, c.logLevel, hooks, log)
+		ec := c.etcd.c
+		ec.Hooks, ec.Logger = hooks, log
+		st, err = etcdb.Open(ctx, ec)
 	case "zk":
-		st, err = openZK(ctx, c.zk, hooks, log)
-	case "redis":
-		goredis.SetLogger(redisLog{log})
-		st, err = openRedis(ctx, c.redis, log)
-	case "redlock":
-		goredis.SetLogger(redisLog{log})
-		st, err = openRedlock(c.redis, log)
+		zc := c.zk.c
+		zc.Hooks, zc.Logger = hooks, log
+		st, err = zkb.Open(ctx, zc)
+	case "redis", "redlock":
+		rc := c.redis.c
+		rc.Logger = log
+		if c.backend == "redis" {
+			st, err = redisb.Open(ctx, rc)
+		} else {
+			st, err = redlock.Open(ctx, rc)
+		}
 	default:
-		return nil, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
+		return st, fmt.Errorf("unknown --backend %q: want etcd, zk, redis or redlock", c.backend)
 	}
 	if err != nil {
-		return nil, err
+		return st, err
 	}
-	log.Debug("backend open", "backend", st.describe)
+	log.Debug("backend open", "backend", st.Describe)
 	return st, nil
 }
 
@@ -288,9 +282,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	defer st.close()
+	defer st.Close()
 
-	api := httpapi.New(st.b, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
+	api := httpapi.New(st.Backend, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
 	go api.WatchClock(ctx, clockEvery)
 	ln = metrics.LimitListener(ln, c.maxConns)
 	srv := &http.Server{
@@ -307,7 +301,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ln = tls.NewListener(ln, tlsConf)
 	}
 	url := scheme + "://" + ln.Addr().String()
-	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.describe)
+	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.Describe)
 	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -H 'Content-Type: application/json' -d '{\"ttl_ms\": 15000}'\n", url)
 
 	served := make(chan error, 1)

@@ -10,6 +10,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -70,7 +71,7 @@ type committed struct {
 func (c committed) ok() bool { return c.exp > 0 }
 
 func committedOf(v []any) committed {
-	return committed{token: uint64(toInt(v[0])), exp: toInt(v[1]), validity: toInt(v[2])}
+	return committed{token: uint64(store.Int(v[0])), exp: store.Int(v[1]), validity: store.Int(v[2])}
 }
 
 func (c committed) grant(req backend.AcquireRequest, id string, replayed bool) backend.Grant {
@@ -138,7 +139,7 @@ func renewalOf(v []any) renewal {
 	if len(v) < 2 {
 		return renewal{}
 	}
-	return renewal{exp: toInt(v[0]), ttl: toInt(v[1])}
+	return renewal{exp: store.Int(v[0]), ttl: store.Int(v[1])}
 }
 
 // current is c as the lease stands now on the masters that hold it: a renew
@@ -173,9 +174,9 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 	start := time.Now()
 	deadline := lease.Deadline(start, req.TTL)
 	fp := "f:" + req.Idempotency.Fingerprint // never '' in the script
-	keep := ms(max(req.TTL, req.Wait) + backend.IdempotencyWindow)
+	keep := store.Ms(max(req.TTL, req.Wait) + backend.IdempotencyWindow)
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return acquireScript.Run(c, m, keys, id, req.Owner, ms(req.TTL), deadline.UnixMilli(), fp, keep).Slice()
+		return acquireScript.Run(c, m, keys, id, req.Owner, store.Ms(req.TTL), deadline.UnixMilli(), fp, keep).Slice()
 	})
 	var (
 		granted   []int // masters where id holds the lock (new or earlier)
@@ -198,10 +199,10 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 			continue
 		}
 		res := r.v.([]any)
-		switch toInt(res[0]) {
+		switch store.Int(res[0]) {
 		case 1:
 			granted = append(granted, i)
-			tokens[i] = uint64(toInt(res[1]))
+			tokens[i] = uint64(store.Int(res[1]))
 			maxToken = max(maxToken, tokens[i])
 			renewals = append(renewals, renewalOf(res[5:]))
 			if c := committedOf(res[2:5]); c.ok() {
@@ -210,23 +211,23 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 				uncommit = append(uncommit, i)
 			}
 		case 0:
-			hid := toStr(res[1])
+			hid := store.Str(res[1])
 			votes[hid]++
-			if h := holders[hid]; h == nil || uint64(toInt(res[3])) > h.Token {
-				holders[hid] = &backend.Holder{Owner: toStr(res[2]), Token: uint64(toInt(res[3])), ExpiresAt: time.UnixMilli(toInt(res[4]))}
+			if h := holders[hid]; h == nil || uint64(store.Int(res[3])) > h.Token {
+				holders[hid] = &backend.Holder{Owner: store.Str(res[2]), Token: uint64(store.Int(res[3])), ExpiresAt: time.UnixMilli(store.Int(res[4]))}
 			}
 		case -1:
 			// Gone before the deadline it was committed with: released
 			// (both times are the client's clock). Gone after it: expired
 			// here, which a renew that missed this master explains.
 			endedHere++
-			if d := toInt(res[1]); d == 0 || start.UnixMilli() < d {
+			if d := store.Int(res[1]); d == 0 || start.UnixMilli() < d {
 				released++
 			}
 		case -2:
 			reused = true
 		case 2:
-			l := toStr(res[1])
+			l := store.Str(res[1])
 			f := others[l]
 			if f == nil {
 				f = &found{commits: map[committed]int{}}
@@ -236,7 +237,7 @@ func (b *Backend) tryIdem(ctx context.Context, req backend.AcquireRequest, st *i
 			if c.ok() {
 				f.commit = c
 			}
-			if toInt(res[2]) == 1 {
+			if store.Int(res[2]) == 1 {
 				f.held++
 				if c.ok() {
 					f.commits[c]++

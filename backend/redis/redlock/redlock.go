@@ -79,13 +79,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -180,7 +180,7 @@ func (b *Backend) Close() error {
 }
 
 func (b *Backend) keys(key string) []string {
-	base := b.prefix + "{" + key + "}:"
+	base := store.Base(b.prefix, key)
 	return []string{base + "lock", base + "fence"}
 }
 
@@ -224,18 +224,6 @@ func (b *Backend) each(ctx context.Context, f func(ctx context.Context, m goredi
 		}
 	}
 	return out
-}
-
-func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
-
-func toInt(v any) int64 {
-	n, _ := v.(int64)
-	return n
-}
-
-func toStr(v any) string {
-	s, _ := v.(string)
-	return s
 }
 
 // drift is the clock drift allowed for a lease of ttl.
@@ -345,7 +333,7 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 	start := time.Now()
 	deadline := lease.Deadline(start, req.TTL)
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return acquireScript.Run(c, m, keys, id, req.Owner, ms(req.TTL), deadline.UnixMilli()).Slice()
+		return acquireScript.Run(c, m, keys, id, req.Owner, store.Ms(req.TTL), deadline.UnixMilli()).Slice()
 	})
 	var (
 		granted  []int // masters that granted
@@ -361,16 +349,16 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 			continue
 		}
 		res := r.v.([]any)
-		if toInt(res[0]) == 1 {
+		if store.Int(res[0]) == 1 {
 			granted = append(granted, i)
-			tokens[i] = uint64(toInt(res[1]))
+			tokens[i] = uint64(store.Int(res[1]))
 			maxToken = max(maxToken, tokens[i])
 			continue
 		}
-		hid := toStr(res[1])
+		hid := store.Str(res[1])
 		votes[hid]++
-		if h := holders[hid]; h == nil || uint64(toInt(res[3])) > h.Token {
-			holders[hid] = &backend.Holder{Owner: toStr(res[2]), Token: uint64(toInt(res[3])), ExpiresAt: time.UnixMilli(toInt(res[4]))}
+		if h := holders[hid]; h == nil || uint64(store.Int(res[3])) > h.Token {
+			holders[hid] = &backend.Holder{Owner: store.Str(res[2]), Token: uint64(store.Int(res[3])), ExpiresAt: time.UnixMilli(store.Int(res[4]))}
 		}
 	}
 	giveUp := func(f *failed) (backend.Grant, *failed, error) {
@@ -456,7 +444,7 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	start := time.Now()
 	ttlMS := int64(0) // keep the lease's TTL, as each master stored it
 	if ttl > 0 {
-		ttlMS = ms(ttl)
+		ttlMS = store.Ms(ttl)
 	}
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
 		return renewScript.Run(c, m, keys[:1], leaseID, ttlMS, start.UnixMilli()).Result()
@@ -470,9 +458,9 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			continue
 		}
 		if res, ok := r.v.([]any); ok {
-			g.Owner = toStr(res[0])
-			g.Token = max(g.Token, uint64(toInt(res[1])))
-			ttls = append(ttls, time.Duration(toInt(res[2]))*time.Millisecond)
+			g.Owner = store.Str(res[0])
+			g.Token = max(g.Token, uint64(store.Int(res[1])))
+			ttls = append(ttls, time.Duration(store.Int(res[2]))*time.Millisecond)
 		}
 	}
 	held := len(ttls)
@@ -559,12 +547,12 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 		votes[hid]++
 		h := holders[hid]
 		if h == nil {
-			h = &backend.Holder{Owner: toStr(res[1])}
+			h = &backend.Holder{Owner: store.Str(res[1])}
 			holders[hid] = h
 		}
 		var tok, exp uint64
-		fmt.Sscan(toStr(res[2]), &tok)
-		fmt.Sscan(toStr(res[3]), &exp)
+		fmt.Sscan(store.Str(res[2]), &tok)
+		fmt.Sscan(store.Str(res[3]), &exp)
 		h.Token = max(h.Token, tok)
 		if e := time.UnixMilli(int64(exp)); h.ExpiresAt.IsZero() || e.Before(h.ExpiresAt) {
 			h.ExpiresAt = e
@@ -589,8 +577,6 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 // after `after`: O(keys on every master) per page — for operators, not for a
 // hot path.
 func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]backend.LockState, error) {
-	head, tail := b.prefix+"{", "}:lock"
-	pattern := globEscape(head+prefix) + "*" + globEscape(tail)
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	answered := 0
@@ -599,15 +585,8 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var names []string
-			it := m.Scan(ctx, 0, pattern, 1000).Iterator()
-			for it.Next(ctx) {
-				k := strings.TrimSuffix(strings.TrimPrefix(it.Val(), head), tail)
-				if strings.HasPrefix(k, prefix) && k > after {
-					names = append(names, k)
-				}
-			}
-			if it.Err() != nil {
+			names, err := store.Keys(ctx, m, b.prefix, prefix, after)
+			if err != nil {
 				return
 			}
 			mu.Lock()
@@ -644,18 +623,6 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 		}
 	}
 	return out, nil
-}
-
-func globEscape(s string) string {
-	var sb strings.Builder
-	for _, r := range s {
-		switch r {
-		case '*', '?', '[', ']', '\\', '^', '-':
-			sb.WriteByte('\\')
-		}
-		sb.WriteRune(r)
-	}
-	return sb.String()
 }
 
 // Ping implements backend.Backend: a majority of masters must answer.

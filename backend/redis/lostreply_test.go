@@ -1,4 +1,4 @@
-package main
+package redis_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/lockd/lockd/backend"
 	redisb "github.com/lockd/lockd/backend/redis"
+	"github.com/lockd/lockd/backend/redis/internal/store"
 	"github.com/lockd/lockd/internal/testserver"
 )
 
@@ -31,7 +32,7 @@ func TestRedisLostReplyIsNotResent(t *testing.T) {
 	t.Cleanup(proxy.Stop)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	b, err := redisb.New(ctx, redisClient([]string{proxy.Listen}, redisCreds{}), redisb.Options{})
+	b, err := redisb.New(ctx, store.Client([]string{proxy.Listen}, store.Creds{}), redisb.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +111,7 @@ func TestRedisLostReplyKeyedRetryGetsGrant(t *testing.T) {
 	t.Cleanup(proxy.Stop)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	b, err := redisb.New(ctx, redisClient([]string{proxy.Listen}, redisCreds{}), redisb.Options{})
+	b, err := redisb.New(ctx, store.Client([]string{proxy.Listen}, store.Creds{}), redisb.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
