@@ -104,15 +104,14 @@ func (c *Client) stream(ctx context.Context, path string, decode func(sseFrame) 
 		attempt := 0
 		for {
 			if resp != nil {
-				got, err := c.readStream(ctx, resp, decode, out, &lastID)
-				if got {
+				// Until the stream drops, goes silent, or ctx ends.
+				if c.readStream(ctx, resp, decode, out, &lastID) {
 					attempt = 0
 				}
 				if ctx.Err() != nil {
 					final(ctx.Err())
 					return
 				}
-				_ = err // a dropped stream: reconnect
 			}
 			if err := c.pause(ctx, min(attempt, 5), nil); err != nil {
 				final(ctx.Err())
@@ -169,9 +168,9 @@ func (c *Client) openStream(ctx context.Context, path, lastID string) (*http.Res
 	return resp, nil
 }
 
-// readStream delivers resp's events until it ends or stays silent for
-// observeIdle. It reports whether any event came.
-func (c *Client) readStream(ctx context.Context, resp *http.Response, decode func(sseFrame) (ObserveEvent, bool), out chan<- ObserveEvent, lastID *string) (bool, error) {
+// readStream delivers resp's events until it ends, stays silent for
+// observeIdle, or ctx ends. It reports whether any event came.
+func (c *Client) readStream(ctx context.Context, resp *http.Response, decode func(sseFrame) (ObserveEvent, bool), out chan<- ObserveEvent, lastID *string) bool {
 	defer resp.Body.Close()
 	// A silent stream is a dead one: closing the body ends the read.
 	idle := time.AfterFunc(observeIdle, func() { resp.Body.Close() })
@@ -200,7 +199,7 @@ func (c *Client) readStream(ctx context.Context, resp *http.Response, decode fun
 				case out <- ev:
 					got = true
 				case <-ctx.Done():
-					return got, ctx.Err()
+					return got
 				}
 			}
 			f, data = sseFrame{}, nil
@@ -220,8 +219,5 @@ func (c *Client) readStream(ctx context.Context, resp *http.Response, decode fun
 			data = append(data, value)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return got, err
-	}
-	return got, io.ErrUnexpectedEOF
+	return got
 }
