@@ -16,6 +16,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -411,4 +413,118 @@ func (e *NotLeaderError) Unwrap() error { return ErrHeld }
 // order; NoFIFO says why (GET /v1/capabilities shows it).
 type Unordered interface {
 	NoFIFO() string
+}
+
+// Watcher is implemented by backends that stream a lock key's events. It is
+// an optional capability, found by type assertion; a backend without it
+// answers 501 not_supported on GET /v1/locks/{key}/events.
+type Watcher interface {
+	// Watch streams key's events, in store order, and so in token order.
+	//
+	// With after empty, the first event is a KeySnapshot: the key's state
+	// now (held, with the holder's token, owner and deadline; or free).
+	// Then come KeyAcquired {token, owner, expires_at}, KeyReleased
+	// {token} and KeyExpired {token}. Every grant seen is ended by exactly
+	// one KeyReleased or KeyExpired before the next KeyAcquired. Renewals
+	// are not events. KeyExpired comes from a timer at the holder's
+	// deadline plus the declared skew (lease.Clock.FreeAt), confirmed by a
+	// re-read of the store, even when nobody touches the key — never
+	// before the deadline, and not from the store's own clean-up.
+	//
+	// With after set to the Cursor of an event an earlier stream of the
+	// same key delivered, Watch resumes: it delivers the events that
+	// followed that one (possibly repeating some: at least once, dedupe by
+	// Cursor), with no snapshot first, when it can show that nothing was
+	// missed — by replaying the store's history (WatchFeatures.Replay), or
+	// because the key is still in the state the cursor names (the same
+	// grant holds). Otherwise — a cursor it does not know, malformed, of
+	// another key, or past the store's history, or a change it cannot
+	// replay — the first event is a KeySnapshot with Resync set. A resume
+	// never fails because of its cursor.
+	//
+	// Watch returns once the stream's starting point is read: every change
+	// after it returns is delivered. The channel never closes silently:
+	// its last event carries Err (ctx's error, or ErrUnavailable when the
+	// stream could not go on, after which the caller may Watch again from
+	// the last Cursor). Errors from Watch itself: ErrUnavailable, ctx's
+	// error.
+	Watch(ctx context.Context, key, after string) (<-chan KeyEvent, error)
+
+	// WatchFeatures says how the backend keeps key events.
+	WatchFeatures() WatchFeatures
+}
+
+// WatchFeatures describe a backend's key events in GET /v1/capabilities.
+type WatchFeatures struct {
+	// Replay: a resumed stream delivers the events it missed (within the
+	// store's history). Without it a resume continues only when nothing
+	// happened meanwhile, and resyncs otherwise.
+	Replay bool `json:"replay"`
+	// Changes is how changes reach watchers: "watch" (the store notifies)
+	// or "poll".
+	Changes string `json:"changes"`
+	// ExpiredDelay, when set, says plainly when KeyExpired may come later
+	// than the deadline plus the declared skew on this backend.
+	ExpiredDelay string `json:"expired_delay,omitempty"`
+}
+
+// Kinds of KeyEvent.
+const (
+	KeySnapshot = "snapshot"
+	KeyAcquired = "acquired"
+	KeyReleased = "released"
+	KeyExpired  = "expired"
+)
+
+// KeyEvent is one event of Watch: Kind is set, or Err (the last event).
+type KeyEvent struct {
+	Kind string
+	// Held: for a KeySnapshot, whether an unexpired grant holds the key.
+	Held bool
+	// Token names the grant the event is about (the holder's, in a held
+	// snapshot; 0 in a free one).
+	Token uint64
+	// Owner and ExpiresAt: the holder's, in KeyAcquired and a held
+	// KeySnapshot.
+	Owner     string
+	ExpiresAt time.Time
+	// Resync, in a KeySnapshot of a resumed Watch: the stream could not
+	// resume from the cursor asked, and events may have been missed.
+	Resync bool
+	// Cursor is where a later Watch resumes after this event: an opaque
+	// string of the backend's making, at most 128 bytes of
+	// [A-Za-z0-9._~:-] (so it can be an SSE id).
+	Cursor string
+	Err    error
+}
+
+// StateCursor is a cursor for backends that keep no history of a key: it
+// names the state an event left the key in (held by token, or free after
+// token; 0 when no grant was seen). ParseStateCursor reads it back. Such a
+// backend resumes without a snapshot only when the key is still held by the
+// same token; "free after token" resumes only when the backend can tell that
+// no grant came and went meanwhile.
+func StateCursor(held bool, token uint64) string {
+	if held {
+		return fmt.Sprintf("h.%d", token)
+	}
+	return fmt.Sprintf("f.%d", token)
+}
+
+// ParseStateCursor reads a StateCursor; ok is false for any other string.
+func ParseStateCursor(s string) (held bool, token uint64, ok bool) {
+	var kind byte
+	switch {
+	case strings.HasPrefix(s, "h."):
+		kind = 'h'
+	case strings.HasPrefix(s, "f."):
+		kind = 'f'
+	default:
+		return false, 0, false
+	}
+	n, err := strconv.ParseUint(s[2:], 10, 64)
+	if err != nil || strconv.FormatUint(n, 10) != s[2:] {
+		return false, 0, false
+	}
+	return kind == 'h', n, true
 }

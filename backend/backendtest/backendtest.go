@@ -61,6 +61,13 @@ type Options struct {
 	// NoElections, when set, is the reason the backend does not implement
 	// backend.Elector; the Election subtests are skipped with it.
 	NoElections string
+	// NoWatch, when set, is the reason the backend does not implement
+	// backend.Watcher; the Watch subtests are skipped with it.
+	NoWatch string
+	// NoEventReplay, when set, is the reason a resumed Watch cannot
+	// replay the events it missed (WatchFeatures.Replay is false); the
+	// Watch subtests then want a resync where a replay would come.
+	NoEventReplay string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -103,6 +110,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	}
 	tests = append(tests, s.idempotencyTests()...)
 	tests = append(tests, s.electionTests()...)
+	tests = append(tests, s.watchTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -19,16 +19,34 @@ import (
 
 // Defines values for CapabilitiesFeaturesElectionsObserve.
 const (
-	Poll  CapabilitiesFeaturesElectionsObserve = "poll"
-	Watch CapabilitiesFeaturesElectionsObserve = "watch"
+	CapabilitiesFeaturesElectionsObservePoll  CapabilitiesFeaturesElectionsObserve = "poll"
+	CapabilitiesFeaturesElectionsObserveWatch CapabilitiesFeaturesElectionsObserve = "watch"
 )
 
 // Valid indicates whether the value is a known member of the CapabilitiesFeaturesElectionsObserve enum.
 func (e CapabilitiesFeaturesElectionsObserve) Valid() bool {
 	switch e {
-	case Poll:
+	case CapabilitiesFeaturesElectionsObservePoll:
 		return true
-	case Watch:
+	case CapabilitiesFeaturesElectionsObserveWatch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapabilitiesFeaturesEventsChanges.
+const (
+	CapabilitiesFeaturesEventsChangesPoll  CapabilitiesFeaturesEventsChanges = "poll"
+	CapabilitiesFeaturesEventsChangesWatch CapabilitiesFeaturesEventsChanges = "watch"
+)
+
+// Valid indicates whether the value is a known member of the CapabilitiesFeaturesEventsChanges enum.
+func (e CapabilitiesFeaturesEventsChanges) Valid() bool {
+	switch e {
+	case CapabilitiesFeaturesEventsChangesPoll:
+		return true
+	case CapabilitiesFeaturesEventsChangesWatch:
 		return true
 	default:
 		return false
@@ -65,6 +83,7 @@ const (
 	ProblemCodeRateLimited            ProblemCode = "rate_limited"
 	ProblemCodeShuttingDown           ProblemCode = "shutting_down"
 	ProblemCodeTooManyLeases          ProblemCode = "too_many_leases"
+	ProblemCodeTooManyStreams         ProblemCode = "too_many_streams"
 	ProblemCodeTooManyWaiters         ProblemCode = "too_many_waiters"
 	ProblemCodeUnauthorized           ProblemCode = "unauthorized"
 	ProblemCodeUnknownField           ProblemCode = "unknown_field"
@@ -129,6 +148,8 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeShuttingDown:
 		return true
 	case ProblemCodeTooManyLeases:
+		return true
+	case ProblemCodeTooManyStreams:
 		return true
 	case ProblemCodeTooManyWaiters:
 		return true
@@ -204,6 +225,18 @@ type Capabilities struct {
 			Observe CapabilitiesFeaturesElectionsObserve `json:"observe"`
 		} `json:"elections"`
 
+		// Events null when the backend has no key events (GET /v1/locks/{key}/events answers 501).
+		Events *struct {
+			// Changes How changes reach watchers.
+			Changes CapabilitiesFeaturesEventsChanges `json:"changes"`
+
+			// ExpiredDelay Set when expired may come later than the deadline plus the declared skew: when and why.
+			ExpiredDelay *string `json:"expired_delay,omitempty"`
+
+			// Replay A Last-Event-ID resume replays the events missed (within the store's history); false: it resumes only when nothing happened meanwhile, else resync.
+			Replay bool `json:"replay"`
+		} `json:"events"`
+
 		// Idempotency {} when Idempotency-Key is honoured on acquire; null otherwise.
 		Idempotency *map[string]interface{} `json:"idempotency"`
 		Locks       struct {
@@ -216,6 +249,9 @@ type Capabilities struct {
 
 // CapabilitiesFeaturesElectionsObserve How changes reach observers.
 type CapabilitiesFeaturesElectionsObserve string
+
+// CapabilitiesFeaturesEventsChanges How changes reach watchers.
+type CapabilitiesFeaturesEventsChanges string
 
 // ElectionLeader defines model for ElectionLeader.
 type ElectionLeader struct {
@@ -363,6 +399,9 @@ type RateLimited = Problem
 // TooLarge defines model for TooLarge.
 type TooLarge = Problem
 
+// TooManyStreams defines model for TooManyStreams.
+type TooManyStreams = Problem
+
 // Unauthorized defines model for Unauthorized.
 type Unauthorized = Problem
 
@@ -401,6 +440,11 @@ type AcquireParams struct {
 	// acquire (409, 503) records nothing, so its retry runs afresh. Refused with 501 on
 	// a backend that cannot keep the record (none of lockd's own backends).
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// WatchLockParams defines parameters for WatchLock.
+type WatchLockParams struct {
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
 // CampaignJSONRequestBody defines body for Campaign for application/json ContentType.
@@ -561,6 +605,7 @@ type ClientInterface interface {
 	// the current state; a stream that loses the backend sends `resync` and
 	// goes on with the current state once it is back. A `: ping` comment
 	// comes at least every 15 s; stopping lockd sends `event: shutdown`.
+	// Streams count against --max-streams and --max-streams-per-key.
 	//
 	// Corresponds with GET /v1/elections/{name}/observe (the `ObserveElection` operationId).
 	ObserveElection(ctx context.Context, name Name, params *ObserveElectionParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -630,6 +675,25 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// WatchLock A server-sent event stream of one lock key (use curl -N).
+	//
+	// The first event is `snapshot` (data: KeySnapshot), the key's state
+	// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+	// grant, and `released` or `expired` (data: KeyEnded) for its end.
+	// `expired` is sent at the holder's deadline plus the declared clock
+	// skew, confirmed by a re-read of the store, even when nobody touches
+	// the key. Renewals are not events. Every event but `resync` and
+	// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+	// `Last-Event-ID` resumes without a gap (replaying missed events where
+	// the backend can, see capabilities `events.replay`), or sends `resync`
+	// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+	// resumes in the same way once it is back: never a silent close. A
+	// `: ping` comment comes at least every 15 s; stopping lockd sends
+	// `event: shutdown`. Needs the `read` right on the key.
+	//
+	// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+	WatchLock(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseWithBody Release a lock held by lease_id.
 	//
@@ -813,6 +877,7 @@ func (c *Client) Campaign(ctx context.Context, name Name, body CampaignJSONReque
 // the current state; a stream that loses the backend sends `resync` and
 // goes on with the current state once it is back. A `: ping` comment
 // comes at least every 15 s; stopping lockd sends `event: shutdown`.
+// Streams count against --max-streams and --max-streams-per-key.
 //
 // Corresponds with GET /v1/elections/{name}/observe (the `ObserveElection` operationId).
 func (c *Client) ObserveElection(ctx context.Context, name Name, params *ObserveElectionParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -983,6 +1048,35 @@ func (c *Client) AcquireWithBody(ctx context.Context, key Key, params *AcquirePa
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 func (c *Client) Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewAcquireRequest(c.Server, key, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// WatchLock A server-sent event stream of one lock key (use curl -N).
+//
+// The first event is `snapshot` (data: KeySnapshot), the key's state
+// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+// grant, and `released` or `expired` (data: KeyEnded) for its end.
+// `expired` is sent at the holder's deadline plus the declared clock
+// skew, confirmed by a re-read of the store, even when nobody touches
+// the key. Renewals are not events. Every event but `resync` and
+// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+// `Last-Event-ID` resumes without a gap (replaying missed events where
+// the backend can, see capabilities `events.replay`), or sends `resync`
+// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+// resumes in the same way once it is back: never a silent close. A
+// `: ping` comment comes at least every 15 s; stopping lockd sends
+// `event: shutdown`. Needs the `read` right on the key.
+//
+// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+func (c *Client) WatchLock(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewWatchLockRequest(c.Server, key, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1668,6 +1762,55 @@ func NewAcquireRequestWithBody(server string, key Key, params *AcquireParams, co
 	return req, nil
 }
 
+// NewWatchLockRequest constructs an http.Request for the WatchLock method
+func NewWatchLockRequest(server string, key Key, params *WatchLockParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/locks/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewReleaseRequest calls the generic Release builder with application/json body
 func NewReleaseRequest(server string, key Key, body ReleaseJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -1883,6 +2026,7 @@ type ClientWithResponsesInterface interface {
 	// the current state; a stream that loses the backend sends `resync` and
 	// goes on with the current state once it is back. A `: ping` comment
 	// comes at least every 15 s; stopping lockd sends `event: shutdown`.
+	// Streams count against --max-streams and --max-streams-per-key.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1958,6 +2102,27 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	AcquireWithResponse(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
+
+	// WatchLockWithResponse A server-sent event stream of one lock key (use curl -N).
+	//
+	// The first event is `snapshot` (data: KeySnapshot), the key's state
+	// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+	// grant, and `released` or `expired` (data: KeyEnded) for its end.
+	// `expired` is sent at the holder's deadline plus the declared clock
+	// skew, confirmed by a re-read of the store, even when nobody touches
+	// the key. Renewals are not events. Every event but `resync` and
+	// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+	// `Last-Event-ID` resumes without a gap (replaying missed events where
+	// the backend can, see capabilities `events.replay`), or sends `resync`
+	// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+	// resumes in the same way once it is back: never a silent close. A
+	// `: ping` comment comes at least every 15 s; stopping lockd sends
+	// `event: shutdown`. Needs the `read` right on the key.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+	WatchLockWithResponse(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*WatchLockResponse, error)
 
 	// ReleaseWithBodyWithResponse Release a lock held by lease_id.
 	//
@@ -2560,7 +2725,7 @@ type ObserveElectionResponse struct {
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
-	ApplicationproblemJSON429 *RateLimited
+	ApplicationproblemJSON429 *TooManyStreams
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2589,7 +2754,7 @@ func (r ObserveElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 }
 
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
-func (r ObserveElectionResponse) GetApplicationproblemJSON429() *RateLimited {
+func (r ObserveElectionResponse) GetApplicationproblemJSON429() *TooManyStreams {
 	return r.ApplicationproblemJSON429
 }
 
@@ -3346,6 +3511,103 @@ func (r AcquireResponse) ContentType() string {
 	return ""
 }
 
+// WatchLockResponse401Headers the declared response headers of an HTTP 401 response for WatchLock
+type WatchLockResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// WatchLockResponse429Headers the declared response headers of an HTTP 429 response for WatchLock
+type WatchLockResponse429Headers struct {
+	RetryAfter *int
+}
+
+// WatchLockResponse503Headers the declared response headers of an HTTP 503 response for WatchLock
+type WatchLockResponse503Headers struct {
+	RetryAfter *int
+}
+
+type WatchLockResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *TooManyStreams
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *WatchLockResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *WatchLockResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *WatchLockResponse503Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON429() *TooManyStreams {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r WatchLockResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r WatchLockResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r WatchLockResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r WatchLockResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ReleaseResponse401Headers the declared response headers of an HTTP 401 response for Release
 type ReleaseResponse401Headers struct {
 	WWWAuthenticate *string
@@ -3706,6 +3968,7 @@ func (c *ClientWithResponses) CampaignWithResponse(ctx context.Context, name Nam
 // the current state; a stream that loses the backend sends `resync` and
 // goes on with the current state once it is back. A `: ping` comment
 // comes at least every 15 s; stopping lockd sends `event: shutdown`.
+// Streams count against --max-streams and --max-streams-per-key.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3846,6 +4109,33 @@ func (c *ClientWithResponses) AcquireWithResponse(ctx context.Context, key Key, 
 		return nil, err
 	}
 	return ParseAcquireResponse(rsp)
+}
+
+// WatchLockWithResponse A server-sent event stream of one lock key (use curl -N).
+//
+// The first event is `snapshot` (data: KeySnapshot), the key's state
+// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+// grant, and `released` or `expired` (data: KeyEnded) for its end.
+// `expired` is sent at the holder's deadline plus the declared clock
+// skew, confirmed by a re-read of the store, even when nobody touches
+// the key. Renewals are not events. Every event but `resync` and
+// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+// `Last-Event-ID` resumes without a gap (replaying missed events where
+// the backend can, see capabilities `events.replay`), or sends `resync`
+// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+// resumes in the same way once it is back: never a silent close. A
+// `: ping` comment comes at least every 15 s; stopping lockd sends
+// `event: shutdown`. Needs the `read` right on the key.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+func (c *ClientWithResponses) WatchLockWithResponse(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*WatchLockResponse, error) {
+	rsp, err := c.WatchLock(ctx, key, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseWatchLockResponse(rsp)
 }
 
 // ReleaseWithBodyWithResponse Release a lock held by lease_id.
@@ -4397,7 +4687,7 @@ func ParseObserveElectionResponse(rsp *http.Response) (*ObserveElectionResponse,
 		response.ApplicationproblemJSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
-		var dest RateLimited
+		var dest TooManyStreams
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -5141,6 +5431,100 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers AcquireResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseWatchLockResponse parses an HTTP response from a WatchLockWithResponse call
+func ParseWatchLockResponse(rsp *http.Response) (*WatchLockResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &WatchLockResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyStreams
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers WatchLockResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers WatchLockResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers WatchLockResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {

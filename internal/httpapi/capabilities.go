@@ -17,6 +17,7 @@ type featuresJSON struct {
 	Locks       locksFeature              `json:"locks"`
 	Idempotency *struct{}                 `json:"idempotency"`
 	Elections   *backend.ElectionFeatures `json:"elections"`
+	Events      *backend.WatchFeatures    `json:"events"`
 }
 
 type locksFeature struct {
@@ -38,6 +39,10 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if e := elections(b); e != nil {
 		f := e.Features()
 		c.Features.Elections = &f
+	}
+	if w, ok := b.(backend.Watcher); ok {
+		f := w.WatchFeatures()
+		c.Features.Events = &f
 	}
 	return c
 }

@@ -273,12 +273,22 @@ type sse struct {
 }
 
 func (e *sse) event(name string, data any) error {
+	e.seq++
+	return e.send(fmt.Sprintf("%s-%d", e.stream, e.seq), name, data)
+}
+
+// send writes one event with id (none when empty) and flushes it.
+func (e *sse) send(id, name string, data any) error {
 	b, err := json.Marshal(data)
 	if err != nil {
 		return err
 	}
-	e.seq++
-	if _, err := fmt.Fprintf(e.w, "id: %s-%d\nevent: %s\ndata: %s\n\n", e.stream, e.seq, name, b); err != nil {
+	if id != "" {
+		if _, err := fmt.Fprintf(e.w, "id: %s\n", id); err != nil {
+			return err
+		}
+	}
+	if _, err := fmt.Fprintf(e.w, "event: %s\ndata: %s\n\n", name, b); err != nil {
 		return err
 	}
 	return e.rc.Flush()
@@ -296,6 +306,11 @@ func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	leave, ok := s.enterStream(w, r, "election", name)
+	if !ok {
+		return
+	}
+	defer leave()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	events, err := el.Observe(ctx, name)
@@ -303,13 +318,7 @@ func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var id [6]byte
-	_, _ = rand.Read(id[:])
-	out := &sse{w: w, rc: http.NewResponseController(w), stream: hex.EncodeToString(id[:])}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
-	w.WriteHeader(http.StatusOK)
+	out := startSSE(w)
 	if r.Header.Get("Last-Event-ID") != "" {
 		if out.event("resync", resyncJSON{Reason: "cursor_unknown"}) != nil {
 			return
@@ -378,6 +387,17 @@ func (s *Server) reobserve(ctx context.Context, el backend.Elections, name strin
 			return nil, false
 		}
 	}
+}
+
+// startSSE answers 200 text/event-stream, for proxies not to buffer.
+func startSSE(w http.ResponseWriter) *sse {
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	return &sse{w: w, rc: http.NewResponseController(w), stream: hex.EncodeToString(id[:])}
 }
 
 func (s *Server) streamPing() time.Duration {

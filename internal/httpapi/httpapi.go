@@ -64,6 +64,7 @@ type Server struct {
 	handler http.Handler
 
 	waiters waitGate
+	streams streamGate
 	leases  leaseBook
 	rates   rateBook
 
@@ -117,6 +118,7 @@ func New(b backend.Backend, opts Options) *Server {
 		r.Post("/{key}/acquire", s.acquire)
 		r.Post("/{key}/renew", s.renew)
 		r.Post("/{key}/release", s.release)
+		r.Get("/{key}/events", s.lockEvents)
 	})
 	r.Route("/v1/elections", s.electionRoutes)
 	s.handler = r

@@ -20,6 +20,7 @@ type Metrics struct {
 	acquires *prometheus.HistogramVec
 	held     *heldLocks
 	waiters  prometheus.Gauge
+	streams  *prometheus.GaugeVec
 	expired  prometheus.Counter
 	limited  *prometheus.CounterVec
 	conns    prometheus.Gauge
@@ -50,13 +51,17 @@ func NewMetrics() *Metrics {
 			Name: "lockd_waiters",
 			Help: "Acquire long polls waiting on this replica.",
 		}),
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockd_open_streams",
+			Help: "Event streams open on this replica, by kind (lock: key events; election: observers).",
+		}, []string{"kind"}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lockd_leases_expired_total",
 			Help: "Grants this replica found past their deadline and removed (holders that stopped renewing).",
 		}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lockd_limited_total",
-			Help: "Requests refused with 429 by the limit they hit (waiters, waiters_per_key, leases, rate), and connections closed at accept (connections).",
+			Help: "Requests refused with 429 by the limit they hit (waiters, waiters_per_key, streams, streams_per_key, leases, rate), and connections closed at accept (connections).",
 		}, []string{"limit"}),
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lockd_open_connections",
@@ -79,7 +84,7 @@ func NewMetrics() *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(build)
-	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
+	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.streams, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
