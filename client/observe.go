@@ -40,13 +40,14 @@ const observeIdle = 50 * time.Second
 // says "resync" and sends the current state again, so a change during the
 // gap shows as a resync followed by the new state, never as silence. The
 // channel never closes without a last event whose Err says why: ctx ended,
-// or the server refused the stream for good (4xx other than 429).
+// or the server refused the stream for good (4xx other than 429: a 429
+// too_many_streams is retried after its Retry-After).
 //
 // The first connection is made before Observe returns: its failure (any
 // error, as for Inspect) is Observe's error, and no channel is made. Read
 // the channel promptly: the stream waits for the reader.
 func (c *Client) Observe(ctx context.Context, name string) (<-chan ObserveEvent, error) {
-	return c.stream(ctx, electionPath(name, "observe"), decodeObserve)
+	return follow(ctx, c, electionPath(name, "observe"), decodeObserve, func(err error) ObserveEvent { return ObserveEvent{Err: err} })
 }
 
 func decodeObserve(f sseFrame) (ObserveEvent, bool) {
@@ -82,38 +83,49 @@ func decodeObserve(f sseFrame) (ObserveEvent, bool) {
 // sseFrame is one server-sent event.
 type sseFrame struct{ id, event, data string }
 
-// stream follows an SSE route, reconnecting, and delivers what decode keeps.
-func (c *Client) stream(ctx context.Context, path string, decode func(sseFrame) (ObserveEvent, bool)) (<-chan ObserveEvent, error) {
+// follow follows an SSE route, reconnecting, and delivers the events decode
+// keeps; last makes the final event from why the stream ended.
+func follow[E any](ctx context.Context, c *Client, path string, decode func(sseFrame) (E, bool), last func(error) E) (<-chan E, error) {
 	// The first connection is made here, so that a refusal is an error of
 	// the call rather than a first event.
 	resp, err := c.openStream(ctx, path, "")
 	if err != nil {
 		return nil, err
 	}
-	out := make(chan ObserveEvent)
+	out := make(chan E)
 	go func() {
 		defer close(out)
 		final := func(err error) {
-			// The reader may be gone with ctx: do not wait for it then.
+			// A refusal waits for the reader as long as ctx lives; once
+			// ctx has ended the reader may be gone too: wait a second.
+			if ctx.Err() == nil {
+				select {
+				case out <- last(err):
+					return
+				case <-ctx.Done():
+				}
+			}
 			select {
-			case out <- ObserveEvent{Err: err}:
+			case out <- last(err):
 			case <-time.After(time.Second):
 			}
 		}
 		lastID := ""
 		attempt := 0
+		var cause error // why the last reconnect failed
 		for {
 			if resp != nil {
 				// Until the stream drops, goes silent, or ctx ends.
-				if c.readStream(ctx, resp, decode, out, &lastID) {
+				if readStream(ctx, resp, decode, out, &lastID) {
 					attempt = 0
 				}
+				cause = nil
 				if ctx.Err() != nil {
 					final(ctx.Err())
 					return
 				}
 			}
-			if err := c.pause(ctx, min(attempt, 5), nil); err != nil {
+			if err := c.pause(ctx, min(attempt, 5), cause); err != nil {
 				final(ctx.Err())
 				return
 			}
@@ -124,11 +136,14 @@ func (c *Client) stream(ctx context.Context, path string, decode func(sseFrame) 
 					final(ctx.Err())
 					return
 				}
-				if !retryable(err) {
+				var e *Error
+				if !retryable(err) && !(errors.As(err, &e) && e.Status == http.StatusTooManyRequests) {
 					final(err)
 					return
 				}
-				resp = nil
+				// A 429 (too_many_streams) passes with time: its
+				// Retry-After sets the next pause.
+				cause, resp = err, nil
 			}
 		}
 	}()
@@ -170,7 +185,7 @@ func (c *Client) openStream(ctx context.Context, path, lastID string) (*http.Res
 
 // readStream delivers resp's events until it ends, stays silent for
 // observeIdle, or ctx ends. It reports whether any event came.
-func (c *Client) readStream(ctx context.Context, resp *http.Response, decode func(sseFrame) (ObserveEvent, bool), out chan<- ObserveEvent, lastID *string) bool {
+func readStream[E any](ctx context.Context, resp *http.Response, decode func(sseFrame) (E, bool), out chan<- E, lastID *string) bool {
 	defer resp.Body.Close()
 	// A silent stream is a dead one: closing the body ends the read.
 	idle := time.AfterFunc(observeIdle, func() { resp.Body.Close() })

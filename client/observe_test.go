@@ -3,6 +3,10 @@ package client_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/lockd/lockd/client"
+	"github.com/lockd/lockd/internal/lockdtest"
 )
 
 // cutter is a real TCP proxy to addr that the test can cut (Stop closes
@@ -151,5 +156,52 @@ func TestObserveRefused(t *testing.T) {
 	var e *client.Error
 	if !errors.As(err, &e) || e.Status/100 != 4 {
 		t.Fatalf("Observe of an empty name: %v, want a 4xx *client.Error", err)
+	}
+}
+
+// A reconnect the server refuses for good (here 401: the token was revoked
+// during a cut) ends the stream with a final event carrying the refusal,
+// even for a reader that comes to the channel late.
+func TestObserveRefusalOnReconnectIsFinalEvent(t *testing.T) {
+	authFile := filepath.Join(t.TempDir(), "tokens.json")
+	const secret = "observer-secret-0123456789"
+	tokens := func(names ...string) {
+		t.Helper()
+		var list []string
+		for _, n := range names {
+			list = append(list, `{"name":"`+n+`","token":"`+n+`-secret-0123456789","prefixes":[""],"rights":["lock","read"]}`)
+		}
+		if err := os.WriteFile(authFile, []byte(`{"tokens":[`+strings.Join(list, ",")+`]}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokens("observer", "admin")
+	srv := lockdtest.Start(t, &lockdtest.Options{Args: []string{"--auth-file", authFile}})
+	proxy := cutter(t, srv.Addr)
+	c := newClient(t, "http://"+proxy.Listen, &client.Options{BearerToken: secret})
+	ctx := ctxFor(t, time.Minute)
+
+	events, err := c.Observe(ctx, "revoked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, events) // the current state
+	proxy.Stop()
+	tokens("admin")
+	if err := syscall.Kill(srv.Pid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // lockd rereads its tokens file
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // a slow reader: the refusal waits for it
+	ev := next(t, events)
+	var e *client.Error
+	if !errors.As(ev.Err, &e) || e.Status != 401 {
+		t.Fatalf("after the token was revoked: %+v, want a final event with the 401", ev)
+	}
+	if _, ok := <-events; ok {
+		t.Fatal("an event after the final one")
 	}
 }
