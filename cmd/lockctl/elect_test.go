@@ -336,3 +336,77 @@ func TestObserveRefusedExitCodes(t *testing.T) {
 	wantCode(t, lockctl(t, srv, "observe", "bad key!"), exitInvalid)
 	wantCode(t, lockctl(t, srv, "--server", "127.0.0.1:1", "observe", "x"), exitUnavailable)
 }
+
+// watch prints a key's snapshot, then each grant and its end, one line per
+// event (JSON lines with --json), and exits after --count events; its
+// refusals exit as observe's do.
+func TestWatchPrintsEvents(t *testing.T) {
+	srv := sharedServer(t)
+	key := k(t, "ctl-watch")
+	cmd := command(t, srv, "watch", key, "--json", "--count", "3")
+	var out, stderr lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(out.String(), "\n"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshot; stderr: %s", stderr.String())
+		}
+	}
+	c, _ := client.New(srv.URL, nil)
+	l, err := c.Acquire(t.Context(), key, client.AcquireOptions{TTL: 5 * time.Second, Owner: "o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("watch: %v; stderr: %s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("output %q, want 3 lines", out.String())
+	}
+	var evs []keyEventLine
+	for _, line := range lines {
+		var ev keyEventLine
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		evs = append(evs, ev)
+	}
+	if evs[0].Event != "snapshot" || evs[0].Key != key || evs[0].Held == nil || *evs[0].Held ||
+		evs[1].Event != "acquired" || evs[1].Token != l.Token() || evs[1].Owner != "o" || evs[1].ExpiresAt == "" ||
+		evs[2].Event != "released" || evs[2].Token != l.Token() {
+		t.Fatalf("events %s, want snapshot (free), acquired {token %d owner o}, released", out.String(), l.Token())
+	}
+
+	// Human lines, until interrupted.
+	l, err = c.Acquire(t.Context(), key, client.AcquireOptions{TTL: 5 * time.Second, Owner: "o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	cmd = command(t, srv, "watch", key)
+	var human lockedBuffer
+	cmd.Stdout = &human
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(human.String(), "\n"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no snapshot")
+		}
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	if got := cmd.ProcessState.ExitCode(); got != exitOK {
+		t.Fatalf("exit %d after SIGINT, want 0", got)
+	}
+	if want := "snapshot " + key + " held token=" + strconv.FormatUint(l.Token(), 10) + ` owner="o" expires=20`; !strings.HasPrefix(human.String(), want) {
+		t.Fatalf("output %q, want a line starting %q", human.String(), want)
+	}
+	wantCode(t, lockctl(t, srv, "watch", "bad key!"), exitInvalid)
+}

@@ -45,6 +45,8 @@ commands:
   observe NAME [--count N]
       print one line per event of election NAME (leader, no_leader, resync;
       --json: JSON lines) until interrupted (exit 0) or after N events
+  watch KEY [--count N]
+      the same for lock KEY (snapshot, acquired, released, expired, resync)
   acquire KEY [--ttl 15s] [--wait 0] [--owner NAME]
       take KEY and print its lease (no renewal: renew before the deadline)
   renew KEY LEASE_ID [--ttl D]     (defaults: $LOCKD_KEY, $LOCKD_LEASE_ID)
@@ -117,6 +119,8 @@ func run(ctx context.Context, args []string, getenv env, stdout, stderr io.Write
 		return cmdElect(ctx, g, rest, getenv)
 	case "observe":
 		return cmdObserve(ctx, g, rest)
+	case "watch":
+		return cmdWatch(ctx, g, rest)
 	case "acquire":
 		return cmdAcquire(ctx, g, rest)
 	case "renew":

@@ -109,6 +109,8 @@ func TestUsageErrors(t *testing.T) {
 		{"observe"},
 		{"observe", "a", "b"},
 		{"observe", "a", "--count", "-1"},
+		{"watch"},
+		{"watch", "a", "b"},
 	} {
 		wantCode(t, lockctl(t, srv, args...), exitUsage)
 	}
@@ -601,7 +603,7 @@ func TestReadmeShellFlow(t *testing.T) {
 // Every command prints its help on -h and --help and exits 0.
 func TestHelpExitsZero(t *testing.T) {
 	srv := sharedServer(t)
-	for _, cmd := range []string{"run", "elect", "observe", "acquire", "renew", "release", "status", "list"} {
+	for _, cmd := range []string{"run", "elect", "observe", "watch", "acquire", "renew", "release", "status", "list"} {
 		for _, h := range []string{"-h", "--help"} {
 			r := lockctl(t, srv, cmd, h)
 			wantCode(t, r, exitOK)

@@ -1,7 +1,7 @@
 // Command lockctl uses lockd from shell scripts and cron jobs: it runs a
 // command while holding a lock (renewing it, and stopping the command before
 // the lease could run out), runs a command while leader of an election
-// (elect), follows an election (observe), and exposes acquire, renew,
+// (elect), follows an election (observe) or a key (watch), and exposes acquire, renew,
 // release, status and list for scripts.
 package main
 
