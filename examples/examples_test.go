@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/internal/testserver"
+
 	"github.com/lockd/lockd/client"
 	"github.com/lockd/lockd/examples/kvstore"
 	"github.com/lockd/lockd/internal/lockdtest"
@@ -26,10 +28,7 @@ func need(t *testing.T, tool string) string {
 	t.Helper()
 	p, err := exec.LookPath(tool)
 	if err != nil {
-		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" {
-			t.Fatalf("%s not installed (LOCKD_REQUIRE_SERVERS=1)", tool)
-		}
-		t.Skipf("%s not installed", tool)
+		testserver.Missing(t, tool+" not installed")
 	}
 	return p
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/lockd/lockd/backend"
@@ -19,7 +21,7 @@ import (
 
 // startEmbedded starts lockd's embedded etcd as lockd does, configured by
 // c, on free loopback ports and in a temp dir, for one test.
-func startEmbedded(tb testing.TB, c etcdb.EmbedConfig) *etcdb.Embedded {
+func startEmbedded(tb testing.TB, c embedded.Config) *embedded.Server {
 	tb.Helper()
 	port := func() int {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -34,7 +36,7 @@ func startEmbedded(tb testing.TB, c etcdb.EmbedConfig) *etcdb.Embedded {
 	c.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", port())
 	c.LogLevel = "fatal"
 	c.StartTimeout = 90 * time.Second
-	e, err := etcdb.StartEmbedded(context.Background(), c)
+	e, err := embedded.Start(context.Background(), c)
 	if err != nil {
 		tb.Fatalf("embedded etcd: %v", err)
 	}
@@ -130,7 +132,7 @@ func (k *compactingKV) Get(ctx context.Context, key string, opts ...clientv3.OpO
 // (what a waiter that fell behind sees once lockd compacts) looks at the
 // queue again and is granted the lock at the release, not ErrUnavailable.
 func TestWaiterWatchCompacted(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{})
+	e := startEmbedded(t, embedded.Config{})
 	holder := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
 	t.Cleanup(func() { holder.Close() })
 	cli := client(t, e.Endpoints())
@@ -181,7 +183,7 @@ func TestWaiterWatchCompacted(t *testing.T) {
 // Inspect reads the head at the revision of its first read; a compaction
 // in between must not turn into ErrUnavailable or a wrong answer.
 func TestInspectAcrossCompaction(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{})
+	e := startEmbedded(t, embedded.Config{})
 	cli := client(t, e.Endpoints())
 	f := &compactBehind{kv: cli.KV, cli: cli}
 	cli.KV = &compactingKV{KV: cli.KV, f: f}
@@ -221,11 +223,11 @@ func TestQuotaHeldByCompaction(t *testing.T) {
 	owner := strings.Repeat("o", 256)
 	for _, tc := range []struct {
 		name      string
-		cfg       etcdb.EmbedConfig
+		cfg       embedded.Config
 		wantSpace bool // NOSPACE expected
 	}{
-		{"compacted", etcdb.EmbedConfig{QuotaBackendBytes: quota}, false}, // the default compaction
-		{"uncompacted", etcdb.EmbedConfig{QuotaBackendBytes: quota, NoCompaction: true}, true},
+		{"compacted", embedded.Config{QuotaBackendBytes: quota}, false}, // the default compaction
+		{"uncompacted", embedded.Config{QuotaBackendBytes: quota, NoCompaction: true}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := startEmbedded(t, tc.cfg)

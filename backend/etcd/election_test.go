@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
 )
@@ -12,7 +14,7 @@ import (
 // fell behind sees once lockd compacts) reads the election afresh and goes
 // on: it sees the next leader and its resign, and no error ends the stream.
 func TestObserveWatchCompacted(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{})
+	e := startEmbedded(t, embedded.Config{})
 	leader := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
 	t.Cleanup(func() { leader.Close() })
 	cli := client(t, e.Endpoints())

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	etcdb "github.com/lockd/lockd/backend/etcd"
 )
 
@@ -26,10 +28,10 @@ func p50(d []time.Duration) time.Duration {
 func BenchmarkHistory(b *testing.B) {
 	for _, tc := range []struct {
 		name string
-		cfg  etcdb.EmbedConfig
+		cfg  embedded.Config
 	}{
-		{"compacted", etcdb.EmbedConfig{}},
-		{"uncompacted", etcdb.EmbedConfig{NoCompaction: true}},
+		{"compacted", embedded.Config{}},
+		{"uncompacted", embedded.Config{NoCompaction: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			e := startEmbedded(b, tc.cfg)

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -180,9 +182,9 @@ func Open(ctx context.Context, c Config) (backend.Opened, error) {
 		if c.Debug {
 			etcdLog = "warn"
 		}
-		emb, err := StartEmbedded(ctx, EmbedConfig{
+		emb, err := embedded.Start(ctx, embedded.Config{
 			DataDir: c.DataDir, ClientURL: c.EmbedClientURL, PeerURL: c.EmbedPeerURL, LogLevel: etcdLog,
-			Compact: CompactOptions{Logger: log},
+			Compact: embedded.CompactOptions{Logger: log},
 		})
 		if errors.Is(err, syscall.EADDRINUSE) {
 			// Most often a second lockd on this machine.
@@ -241,7 +243,7 @@ func Open(ctx context.Context, c Config) (backend.Opened, error) {
 			}
 			return backend.Opened{}, fmt.Errorf("--etcd-compact-every: etcd refuses to compact: %w", err)
 		}
-		comp := StartCompactor(cli, c.Prefix+"ping", CompactOptions{Every: c.CompactEvery, Logger: log})
+		comp := embedded.StartCompactor(cli, c.Prefix+"ping", embedded.CompactOptions{Every: c.CompactEvery, Logger: log})
 		closers = append(closers, comp.Close) // closed before cli
 		describe += fmt.Sprintf(", history compacted by lockd (looked at every %v)", c.CompactEvery)
 	case external:

@@ -48,10 +48,7 @@ func TestMain(m *testing.M) {
 func requireZK(t testing.TB) {
 	t.Helper()
 	if !testserver.ZooKeeperAvailable() {
-		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" {
-			t.Fatalf("%v (LOCKD_REQUIRE_SERVERS=1)", testserver.ErrZooKeeperMissing)
-		}
-		t.Skip(testserver.ErrZooKeeperMissing)
+		testserver.Missing(t, testserver.ErrZooKeeperMissing.Error())
 	}
 }
 

@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-
-	etcdb "github.com/lockd/lockd/backend/etcd"
 )
 
 // syncBuffer collects lockd's log lines while it runs.
@@ -40,7 +40,7 @@ const neverCompacted = "etcd has never compacted its history"
 // that nothing compacts, compacts it with --etcd-compact-every, and stops
 // warning once the history was compacted.
 func TestEtcdCompaction(t *testing.T) {
-	emb, err := etcdb.StartEmbedded(t.Context(), etcdb.EmbedConfig{
+	emb, err := embedded.Start(t.Context(), embedded.Config{
 		DataDir: filepath.Join(t.TempDir(), "etcd"), ClientURL: freeURL(t), PeerURL: freeURL(t),
 		LogLevel: "fatal", NoCompaction: true,
 	})
@@ -85,7 +85,7 @@ func TestEtcdCompaction(t *testing.T) {
 		t.Errorf("with --etcd-compact-every lockd warned %q", log)
 	}
 	// More writes than the compactor keeps, then it compacts revision 1 away.
-	for i := range 2*etcdb.DefaultCompactRetain + 100 {
+	for i := range 2*embedded.DefaultCompactRetain + 100 {
 		if _, err := cli.Put(ctxT(t), fmt.Sprint("/other/", i%10), "x"); err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +135,7 @@ func TestEtcdCompactionNeedsRoot(t *testing.T) {
 	log := &syncBuffer{}
 	_, _, stop := startLogging(t, env, log)
 	root := s.client(t, "root", "root-secret", s.lockd)
-	for i := range 2*etcdb.DefaultCompactRetain + 100 {
+	for i := range 2*embedded.DefaultCompactRetain + 100 {
 		if _, err := root.Put(ctxT(t), fmt.Sprint("/other/", i%10), "x"); err != nil {
 			t.Fatal(err)
 		}

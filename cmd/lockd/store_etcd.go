@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	etcdb "github.com/lockd/lockd/backend/etcd"
 )
 
@@ -24,5 +26,5 @@ func (f *etcdFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.c.Key, "etcd-key", "", "the client certificate's private key (PEM)")
 	fs.StringVar(&f.c.User, "etcd-user", "", "etcd user (RBAC) lockd logs in as; needs readwrite on the --etcd-prefix range")
 	fs.StringVar(&f.c.PasswordFile, "etcd-password-file", "", "file holding --etcd-user's password (one trailing newline is ignored)")
-	fs.DurationVar(&f.c.CompactEvery, "etcd-compact-every", 0, fmt.Sprintf("look this often (e.g. 1s) and compact the external etcd's history to its last %d revisions once as many more were written; compaction is cluster-wide, for every key. 0: lockd does not compact, and the cluster must (etcd --auto-compaction-mode=revision). The embedded etcd always compacts", etcdb.DefaultCompactRetain))
+	fs.DurationVar(&f.c.CompactEvery, "etcd-compact-every", 0, fmt.Sprintf("look this often (e.g. 1s) and compact the external etcd's history to its last %d revisions once as many more were written; compaction is cluster-wide, for every key. 0: lockd does not compact, and the cluster must (etcd --auto-compaction-mode=revision). The embedded etcd always compacts", embedded.DefaultCompactRetain))
 }

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/lockd/lockd/internal/testserver"
 )
 
 // runTarget measures one backend: every requested scenario, lockd and the
@@ -16,7 +17,7 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 	br := &BackendRun{Name: t.Name, Server: t.Server}
 	if why := t.missing(); why != "" {
 		br.Skipped, br.Install = why, t.Install
-		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" && t.start != nil {
+		if testserver.Required() && t.start != nil {
 			br.Skipped += " (LOCKD_REQUIRE_SERVERS=1: this is a failure)"
 		}
 		fmt.Fprintf(stderr, "[%s] skipped: %s; install: %s\n", t.Name, why, t.Install)

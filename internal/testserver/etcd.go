@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockd/lockd/backend/etcd/embedded"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-
-	etcdb "github.com/lockd/lockd/backend/etcd"
 )
 
 // Etcd is an in-process etcd cluster (one member or several) on free
@@ -32,7 +32,7 @@ type Etcd struct {
 }
 
 type etcdMember struct {
-	cfg  etcdb.EmbedConfig
+	cfg  embedded.Config
 	stop func() // nil while stopped
 }
 
@@ -83,7 +83,7 @@ func StartEtcdWith(n int, opts EtcdOptions) (*Etcd, error) {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("testserver: free ports: %v %v", err1, err2)
 		}
-		m := &etcdMember{cfg: etcdb.EmbedConfig{
+		m := &etcdMember{cfg: embedded.Config{
 			DataDir:      filepath.Join(dir, fmt.Sprint("m", i)),
 			Name:         fmt.Sprint("m", i),
 			ClientURL:    fmt.Sprintf("%s://127.0.0.1:%d", scheme, cp),
@@ -191,7 +191,7 @@ func (e *Etcd) start(i int) error {
 	e.mu.Unlock()
 	var stop func()
 	if e.opts == (EtcdOptions{}) {
-		emb, err := etcdb.StartEmbedded(context.Background(), m.cfg)
+		emb, err := embedded.Start(context.Background(), m.cfg)
 		if err != nil {
 			return fmt.Errorf("etcd member %d: %w", i, err)
 		}
@@ -209,10 +209,10 @@ func (e *Etcd) start(i int) error {
 	return nil
 }
 
-// startSecured starts a member configured by e.opts. etcdb.EmbedConfig
+// startSecured starts a member configured by e.opts. embedded.Config
 // (lockd's own embedded etcd) has no TLS on purpose: it listens on loopback
 // only.
-func (e *Etcd) startSecured(c etcdb.EmbedConfig) (*embed.Etcd, error) {
+func (e *Etcd) startSecured(c embedded.Config) (*embed.Etcd, error) {
 	curl, err := url.Parse(c.ClientURL)
 	if err != nil {
 		return nil, err

@@ -86,10 +86,7 @@ func RedisAvailable() bool {
 func RedisWith(tb testing.TB, n int, opts RedisOptions) *RedisSet {
 	tb.Helper()
 	if !RedisAvailable() {
-		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" {
-			tb.Fatalf("%v (LOCKD_REQUIRE_SERVERS=1); install it with: apt-get install -y redis-server", ErrRedisMissing)
-		}
-		tb.Skipf("%v; install it with: apt-get install -y redis-server", ErrRedisMissing)
+		Missing(tb, ErrRedisMissing.Error()+"; install it with: apt-get install -y redis-server")
 	}
 	r, err := StartRedis(n, opts)
 	if err != nil {

@@ -108,10 +108,7 @@ func ZooKeeper(tb testing.TB, n int) *ZK {
 func ZooKeeperWith(tb testing.TB, n int, opts ZKOptions) *ZK {
 	tb.Helper()
 	if !ZooKeeperAvailable() {
-		if os.Getenv("LOCKD_REQUIRE_SERVERS") == "1" {
-			tb.Fatalf("%v (LOCKD_REQUIRE_SERVERS=1); install it with: apt-get install -y zookeeper", ErrZooKeeperMissing)
-		}
-		tb.Skipf("%v; install it with: apt-get install -y zookeeper", ErrZooKeeperMissing)
+		Missing(tb, ErrZooKeeperMissing.Error()+"; install it with: apt-get install -y zookeeper")
 	}
 	z, err := StartZooKeeperWith(n, opts)
 	if err != nil {

@@ -1,4 +1,8 @@
-package etcd
+// Package embedded runs an etcd member inside the process (lockd's default
+// store, and the test helpers' clusters) and compacts an etcd cluster's
+// history. It knows nothing of locks: backend/etcd keeps them, and this
+// package must never import it.
+package embedded
 
 import (
 	"context"
@@ -11,8 +15,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// EmbedConfig describes an etcd server run inside the lockd process.
-type EmbedConfig struct {
+// Config describes an etcd server run inside the lockd process.
+type Config struct {
 	DataDir string // where etcd keeps its data; required
 	Name    string // member name; default "lockd"
 	// ClientURL is where the member serves clients (a second lockd replica
@@ -44,16 +48,16 @@ type EmbedConfig struct {
 	QuotaBackendBytes int64
 }
 
-// Embedded is a running in-process etcd member.
-type Embedded struct {
+// Server is a running in-process etcd member.
+type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
 	compactor *Compactor // nil with NoCompaction
 }
 
-// StartEmbedded starts an etcd member and returns once it serves clients.
+// Start starts an etcd member and returns once it serves clients.
 // Its data survives a restart on the same DataDir.
-func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
+func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.DataDir == "" {
 		return nil, errors.New("embedded etcd: a data dir is required")
 	}
@@ -112,7 +116,7 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	emb := &Embedded{etcd: e, endpoints: []string{curl.Host}}
+	emb := &Server{etcd: e, endpoints: []string{curl.Host}}
 	if !c.NoCompaction {
 		// In process: the revision from the store itself, the compaction
 		// through raft like a client's, so every member applies it.
@@ -129,7 +133,7 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 
 // Compacted returns the revision this member's compactor last compacted
 // to: 0 before the first compaction, or with NoCompaction.
-func (e *Embedded) Compacted() int64 {
+func (e *Server) Compacted() int64 {
 	if e.compactor == nil {
 		return 0
 	}
@@ -137,14 +141,14 @@ func (e *Embedded) Compacted() int64 {
 }
 
 // Endpoints returns the member's client address(es) as host:port.
-func (e *Embedded) Endpoints() []string { return e.endpoints }
+func (e *Server) Endpoints() []string { return e.endpoints }
 
 // Err reports a fatal error of the running member.
-func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
 // Close stops the member. It does not wait for leases to run out: they are
 // on disk and keep running when the member starts again.
-func (e *Embedded) Close() error {
+func (e *Server) Close() error {
 	if e.compactor != nil {
 		e.compactor.Close()
 	}
