@@ -415,6 +415,14 @@ type Unordered interface {
 	NoFIFO() string
 }
 
+// Unsupported is implemented by backends that leave out optional
+// capabilities on purpose. It names each one left out as GET
+// /v1/capabilities calls it ("elections", "watch"), with the reason, which
+// the capabilities show.
+type Unsupported interface {
+	Unsupported() map[string]string
+}
+
 // Watcher is implemented by backends that stream a lock key's events. It is
 // an optional capability, found by type assertion; a backend without it
 // answers 501 not_supported on GET /v1/locks/{key}/events.

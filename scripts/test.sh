@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs the real
-# servers the backend tests need (ZooKeeper, Redis; etcd-server for compare) when they are missing,
+# servers the backend tests need (ZooKeeper, Redis; etcd-server for compare;
+# Chromium for the web console) when they are missing,
 # then checks formatting, vets, and runs every test under the race detector.
 #
 # Set LOCKD_REQUIRE_SERVERS=1 (CI does) to turn a missing server into a test
@@ -12,6 +13,8 @@ need=()
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need+=(zookeeper)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(default-jre-headless)
+# The web console's browser test drives a headless Chromium.
+command -v chromium >/dev/null || need+=(chromium)
 # compare's external etcd cluster runs real etcd processes.
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then

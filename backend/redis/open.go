@@ -24,7 +24,7 @@ type Config = store.Config
 // runs itself): the commands this backend sends and the ones its scripts
 // call, on the keys and channel they touch. Redis 7 checks a script's
 // commands and keys against the user's ACL as it runs them.
-// TestNeedsCoverTheScripts keeps this in step with scripts/ and redis.go.
+// TestNeedsCoverTheScripts keeps this in step with scripts/ and the Go code.
 func Needs(prefix string) [][]string {
 	base := store.Base(prefix, "lockd-startup-check")
 	lock, fence, queue, beats := base+"lock", base+"fence", base+"q", base+"qt"
@@ -50,6 +50,10 @@ func Needs(prefix string) [][]string {
 		{"ZSCORE", beats, "x"},
 		{"ZCOUNT", beats, "0", "1"},
 		{"PUBLISH", wake, "x"},
+		{"XADD", base + "ev", "*", "n", "1"},
+		{"XREVRANGE", base + "ev", "+", "-"},
+		{"XREAD", "STREAMS", base + "ev", "0-0"},
+		{"XRANGE", base + "ev", "-", "+"},
 	}
 }
 

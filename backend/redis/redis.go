@@ -10,6 +10,9 @@
 //	<Prefix>{<key>}:fence  counter, INCR'd by every grant: the fencing token
 //	<Prefix>{<key>}:q      list of waiter ids in arrival order
 //	<Prefix>{<key>}:qt     zset waiter id -> heartbeat deadline (Redis ms)
+//	<Prefix>{<key>}:ev     stream: the key's event log, written by the
+//	                       scripts that change the holder (events.go)
+//	<Prefix>e:{<name>}:... the same keys for the election <name> (election.go)
 //	<Prefix>wake           pub/sub channel; a message is the waiter id to wake
 //
 // The lock hash expires with the lease (PEXPIRE), so an abandoned grant frees
@@ -71,12 +74,18 @@ var (
 	abandonLua string
 	//go:embed scripts/inspect.lua
 	inspectLua string
+	//go:embed scripts/proclaim.lua
+	proclaimLua string
+	//go:embed scripts/look.lua
+	lookLua string
 
-	acquireScript = goredis.NewScript(prelude + acquireLua)
-	renewScript   = goredis.NewScript(prelude + renewLua)
-	releaseScript = goredis.NewScript(prelude + releaseLua)
-	abandonScript = goredis.NewScript(prelude + abandonLua)
-	inspectScript = goredis.NewScript(prelude + inspectLua)
+	acquireScript  = goredis.NewScript(prelude + acquireLua)
+	renewScript    = goredis.NewScript(prelude + renewLua)
+	releaseScript  = goredis.NewScript(prelude + releaseLua)
+	abandonScript  = goredis.NewScript(prelude + abandonLua)
+	inspectScript  = goredis.NewScript(prelude + inspectLua)
+	proclaimScript = goredis.NewScript(prelude + proclaimLua)
+	lookScript     = goredis.NewScript(prelude + lookLua)
 )
 
 // Options configures a Backend. The zero value works.
@@ -87,9 +96,9 @@ type Options struct {
 	// refreshing it; it refreshes every third of it. It bounds how long a
 	// waiter whose lockd died delays the queue. Default 3s.
 	HeartbeatTimeout time.Duration
-	// There are no backend.Hooks: Redis expires a lease's key by itself and
-	// no lockd sees it happen (keyspace notifications would need server
-	// configuration), so OnExpire could never be called.
+	// There are no backend.Hooks: Redis expires a lease's key by itself,
+	// and a lockd sees it only when a script reaps it (events.go) — not
+	// at once, and not on every replica — so OnExpire is not offered.
 }
 
 // Backend is the Redis implementation of backend.Backend.
@@ -175,9 +184,18 @@ func (b *Backend) Close() error {
 	return err
 }
 
-func (b *Backend) keys(key string) []string {
-	base := store.Base(b.prefix, key)
-	return []string{base + "lock", base + "fence", base + "q", base + "qt"}
+func (b *Backend) keys(key string) []string { return b.keysIn(lockNS, key) }
+
+// Namespaces: a lock "x" and an election "x" never share a key.
+const (
+	lockNS     = ""
+	electionNS = "e:"
+)
+
+// keysIn is every script's KEYS for key in namespace ns (see prelude.lua).
+func (b *Backend) keysIn(ns, key string) []string {
+	base := store.Base(b.prefix+ns, key)
+	return []string{base + "lock", base + "fence", base + "q", base + "qt", base + "ev"}
 }
 
 // unavailable wraps a failed Redis call: ctx's error when ctx ended (the
@@ -190,6 +208,12 @@ var errClosed = fmt.Errorf("redis: %w: backend closed", backend.ErrUnavailable)
 
 // Acquire implements backend.Backend.
 func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	return b.acquire(ctx, b.idemKeys(req), req, "")
+}
+
+// acquire runs the acquire script on keys (keysIn's, then the idempotency
+// record), writing value into the grant.
+func (b *Backend) acquire(ctx context.Context, keys []string, req backend.AcquireRequest, value string) (backend.Grant, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
@@ -216,7 +240,6 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		b.active.Done()
 	}()
 
-	keys := b.idemKeys(req)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
 	timer := time.NewTimer(time.Hour)
@@ -226,7 +249,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	first := id       // a grant under another lease id is an earlier attempt's
 	attached := false // waiting in the place of an earlier attempt with the same idempotency key
 	for {
-		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS).Slice()
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS, value).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo whatever it did
 			// (an idempotent grant stays, for the retry to find).
@@ -313,23 +336,34 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	if ttl > 0 {
 		ttlMS = store.Ms(ttl)
 	}
-	v, err := renewScript.Run(ctx, b.client, b.keys(key), leaseID, ttlMS).Result()
+	g, _, err := b.update(ctx, renewScript, "renew", lockNS, key, leaseID, ttlMS)
+	return g, err
+}
+
+// update runs the renew or the proclaim script, which answer alike: the
+// grant and its value, or ErrLeaseExpired.
+func (b *Backend) update(ctx context.Context, s *goredis.Script, op, ns, key, leaseID string, arg any) (backend.Grant, string, error) {
+	v, err := s.Run(ctx, b.client, b.keysIn(ns, key), leaseID, arg).Result()
 	if err != nil {
-		return backend.Grant{}, unavailable(ctx, "renew", err)
+		return backend.Grant{}, "", unavailable(ctx, op, err)
 	}
 	res, ok := v.([]any)
 	if !ok {
-		return backend.Grant{}, fmt.Errorf("redis renew %q: %w", key, backend.ErrLeaseExpired)
+		return backend.Grant{}, "", fmt.Errorf("redis %s %q: %w", op, key, backend.ErrLeaseExpired)
 	}
 	return backend.Grant{
 		Key: key, LeaseID: leaseID, Owner: store.Str(res[0]), Token: uint64(store.Int(res[1])),
 		TTL: time.Duration(store.Int(res[3])) * time.Millisecond, ExpiresAt: time.UnixMilli(store.Int(res[2])),
-	}, nil
+	}, store.Str(res[4]), nil
 }
 
 // Release implements backend.Backend.
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
-	n, err := releaseScript.Run(ctx, b.client, b.keys(key), leaseID, b.channel).Int()
+	return b.release(ctx, lockNS, key, leaseID)
+}
+
+func (b *Backend) release(ctx context.Context, ns, key, leaseID string) error {
+	n, err := releaseScript.Run(ctx, b.client, b.keysIn(ns, key), leaseID, b.channel).Int()
 	if err != nil {
 		return unavailable(ctx, "release", err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/lockd/lockd/internal/auth"
 	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/ui"
 	"github.com/lockd/lockd/internal/version"
 )
 
@@ -99,6 +100,7 @@ type config struct {
 	readTimeout     time.Duration
 	clock           lease.Clock
 	idleTimeout     time.Duration
+	ui              bool
 }
 
 // envName is the environment variable that sets a flag: LOCKD_ and the flag
@@ -134,6 +136,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.DurationVar(&c.readTimeout, "read-body-timeout", 30*time.Second, "the time a client has to send a request's body (long polls then wait as long as they asked)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
 	fs.DurationVar(&c.clock.MaxSkew, "max-clock-skew", lease.DefaultMaxSkew, "the most any two lockd replicas' clocks may differ (etcd, zk): a lock whose holder died is free this much later, and a replica more than half of it off the shared reference is not ready")
+	fs.BoolVar(&c.ui, "ui", true, "serve the web console at /ui/ (it reads the API with the viewer's token; false: /ui/ answers 404)")
 	showVersion := fs.Bool("version", false, "print lockd's version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: lockd [flags]\n\nServes the lockd HTTP lock API. Every flag can also be set with an environment\nvariable: LOCKD_ and the flag name in upper snake case (a flag on the command\nline wins).\n\n")
@@ -289,8 +292,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	api := httpapi.New(st.Backend, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
 	go api.WatchClock(ctx, clockEvery)
 	ln = metrics.LimitListener(ln, c.maxConns)
+	var handler http.Handler = api
+	if c.ui {
+		handler = ui.With(api)
+	}
 	srv := &http.Server{
-		Handler:           api,
+		Handler:           handler,
 		ReadHeaderTimeout: c.headerTimeout,
 		IdleTimeout:       c.idleTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -305,6 +312,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	url := scheme + "://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.Describe)
 	fmt.Fprintf(stdout, "try: curl -s -X POST %s/v1/locks/demo/acquire -H 'Content-Type: application/json' -d '{\"ttl_ms\": 15000}'\n", url)
+	if c.ui {
+		fmt.Fprintf(stdout, "web console: %s/ui/\n", url)
+	}
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

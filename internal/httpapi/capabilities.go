@@ -11,6 +11,8 @@ import (
 type capabilitiesJSON struct {
 	Backend  string       `json:"backend"`
 	Features featuresJSON `json:"features"`
+	// Unsupported says why a feature is left out, when the backend says.
+	Unsupported map[string]string `json:"unsupported,omitempty"`
 }
 
 type featuresJSON struct {
@@ -43,6 +45,9 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if w, ok := b.(backend.Watcher); ok {
 		f := w.WatchFeatures()
 		c.Features.Events = &f
+	}
+	if u, ok := b.(backend.Unsupported); ok {
+		c.Unsupported = u.Unsupported()
 	}
 	return c
 }

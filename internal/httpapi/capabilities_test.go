@@ -40,6 +40,24 @@ func TestCapabilities(t *testing.T) {
 			t.Errorf("a backend without %s shows %s = %s, want null", name, name, got.Features[name])
 		}
 	}
+	// A backend that says why it leaves a feature out shows the reason.
+	why := reasoned{plain, map[string]string{"elections": "no log to observe"}}
+	ts2 := httptest.NewServer(httpapi.New(why, httpapi.Options{Backend: "reasoned"}))
+	t.Cleanup(ts2.Close)
+	resp, err = ts2.Client().Get(ts2.URL + "/v1/capabilities")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotWhy struct {
+		Features    map[string]json.RawMessage `json:"features"`
+		Unsupported map[string]string          `json:"unsupported"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&gotWhy)
+	resp.Body.Close()
+	if string(gotWhy.Features["elections"]) != "null" || gotWhy.Unsupported["elections"] != "no log to observe" {
+		t.Errorf("capabilities of a backend that says why = elections %s, unsupported %v; want null and the reason", gotWhy.Features["elections"], gotWhy.Unsupported)
+	}
+
 	for _, path := range []string{"/v1/elections/e1/campaign", "/v1/elections/e1/proclaim", "/v1/elections/e1/renew", "/v1/elections/e1/resign"} {
 		resp, err := ts.Client().Post(ts.URL+path, "application/json", nil)
 		if err != nil {
@@ -63,3 +81,11 @@ func TestCapabilities(t *testing.T) {
 		}
 	}
 }
+
+// reasoned is a real backend that declares features unsupported.
+type reasoned struct {
+	backend.Backend
+	why map[string]string
+}
+
+func (r reasoned) Unsupported() map[string]string { return r.why }

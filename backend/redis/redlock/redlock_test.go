@@ -42,8 +42,24 @@ var conformanceOptions = backendtest.Options{
 	NoWaiterCount:    "Redlock has no queue, so nothing in Redis counts waiters",
 	ValidityBelowTTL: "a Redlock grant is worth TTL − elapsed − drift, and says so",
 	StoreClock:       storeClock,
-	NoElections:      "not built yet",
-	NoWatch:          "not built yet",
+	NoElections:      NoElections,
+	NoWatch:          NoWatch,
+}
+
+// Redlock leaves elections and key events out on purpose, says why in the
+// capabilities, and does not implement their interfaces.
+func TestUnsupportedSaysWhy(t *testing.T) {
+	var b any = &Backend{}
+	if _, ok := b.(backend.Elector); ok {
+		t.Error("Redlock implements backend.Elector, yet declares elections unsupported")
+	}
+	if _, ok := b.(backend.Watcher); ok {
+		t.Error("Redlock implements backend.Watcher, yet declares key events unsupported")
+	}
+	u := b.(backend.Unsupported).Unsupported()
+	if u["elections"] != NoElections || u["watch"] != NoWatch || len(NoElections) < 40 || len(NoWatch) < 40 {
+		t.Errorf("Unsupported() = %v, want the reasons for elections and watch", u)
+	}
 }
 
 func TestConformance(t *testing.T) {

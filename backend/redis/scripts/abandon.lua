@@ -2,21 +2,25 @@
 -- ('' when it never queued), lease id (released if a grant raced with the
 -- give-up), wake channel, idempotent ('1': a grant under the lease id stays,
 -- for a retry with the same idempotency key to find; without one the
--- record KEYS[5] goes). If the lock is left free, the next waiter is woken
+-- record KEYS[6] goes). If the lock is left free, the next waiter is woken
 -- (the leaver may have been the head that was just woken).
 if ARGV[1] ~= '' then
   redis.call('LREM', queue, 0, ARGV[1])
   redis.call('ZREM', beats, ARGV[1])
 end
 local idempotent = ARGV[4] == '1'
-local id = redis.call('HGET', lock, 'id')
+local now = now_ms()
+reap(now)
+local h = redis.call('HMGET', lock, 'id', 'token', 'owner', 'value')
+local id = h[1]
 if id == ARGV[2] then
   if not idempotent then
     redis.call('DEL', lock)
+    emit(now, 'r', h[2], h[3], h[4], 0)
     id = false
   end
 elseif idempotent then
-  redis.call('DEL', KEYS[5])
+  redis.call('DEL', KEYS[6])
 end
-if not id then wake(now_ms(), ARGV[3]) end
+if not id then wake(now, ARGV[3]) end
 return 1

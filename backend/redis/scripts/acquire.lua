@@ -1,13 +1,14 @@
 -- ARGV: lease id, owner, ttl ms, waiter id ('' for a single try), heartbeat
 -- timeout ms, idempotency fingerprint ('' for none), idempotency record
--- retention ms. KEYS[5] is the idempotency record (unused without one).
+-- retention ms, value (an election's; '' for a lock). KEYS[6] is the
+-- idempotency record (unused without one).
 -- Returns {granted, owner, token, expires ms, now ms, held, lease id};
 -- granted is 1 (granted, under the lease id returned), 0 (not yet), or for
 -- an idempotent retry -1 (its grant ended), -2 (the key was used by another
 -- request) or -3 (its first attempt still waits: {-3, lease id, waiter id}
 -- to wait in its place).
 local waiter = ARGV[4]
-local idem, record = ARGV[6] or '', KEYS[5]
+local idem, record = ARGV[6] or '', KEYS[6]
 if idem ~= '' then
   local r = redis.call('HMGET', record, 'f', 'l', 'w')
   if r[1] and r[2] ~= ARGV[1] then
@@ -23,6 +24,7 @@ if idem ~= '' then
   end
 end
 local now = now_ms()
+reap(now)
 local head = prune(now)
 
 local function remember()
@@ -64,7 +66,9 @@ if head then
 end
 local token = redis.call('INCR', fence)
 local exp = now + tonumber(ARGV[3])
-redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3])
+local value = ARGV[8] or ''
+redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3], 'value', value)
 redis.call('PEXPIRE', lock, ARGV[3])
+emit(now, 'a', token, ARGV[2], value, exp)
 remember()
 return {1, ARGV[2], token, exp, now, 0, ARGV[1]}

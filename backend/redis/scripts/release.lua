@@ -1,6 +1,10 @@
 -- ARGV: lease id, wake channel. Returns 1 when released, 0 when the lease
 -- does not hold the lock.
-if redis.call('HGET', lock, 'id') ~= ARGV[1] then return 0 end
+local now = now_ms()
+reap(now)
+local h = redis.call('HMGET', lock, 'id', 'token', 'owner', 'value')
+if h[1] ~= ARGV[1] then return 0 end
 redis.call('DEL', lock)
-wake(now_ms(), ARGV[2])
+emit(now, 'r', h[2], h[3], h[4], 0)
+wake(now, ARGV[2])
 return 1
