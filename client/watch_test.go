@@ -3,9 +3,6 @@ package client_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net/http"
-	"regexp"
 	"testing"
 	"time"
 
@@ -13,152 +10,83 @@ import (
 	"github.com/lockd/lockd/internal/lockdtest"
 )
 
-func nextKey(t *testing.T, events <-chan client.KeyEvent) client.KeyEvent {
+func nextWatch(t *testing.T, events <-chan client.WatchEvent, kind string, token uint64) client.WatchEvent {
 	t.Helper()
 	select {
 	case ev, ok := <-events:
 		if !ok {
-			t.Fatal("the watch channel closed without a final event")
+			t.Fatal("the watch channel closed")
+		}
+		if ev.Kind != kind || ev.Token != token {
+			t.Fatalf("event %v (%+v), want %s token %d", ev, ev, kind, token)
 		}
 		return ev
 	case <-time.After(30 * time.Second):
-		t.Fatal("no key event within 30 s")
+		t.Fatalf("no event within 30s, want %s token %d", kind, token)
 	}
-	return client.KeyEvent{}
+	return client.WatchEvent{}
 }
 
-// Watch gives a snapshot first, then each grant's acquired and its end
-// (released, or expired when nobody renews), and a final event with ctx's
-// error before the channel closes.
-func TestWatchFollowsKey(t *testing.T) {
-	c := newClient(t, sharedServer(t).URL, nil)
-	ctx := ctxFor(t, time.Minute)
+// Watch sees the snapshot, a grant, its release and an unrenewed grant's
+// expiry; when its lockd stops and comes back, it connects again with
+// Last-Event-ID and goes on with no resync and no repeat; cancelling ends
+// the channel with ctx's error.
+func TestWatchFollowsKeyAcrossRestart(t *testing.T) {
+	srv := lockdtest.Start(t, nil)
+	c := newClient(t, srv.URL, &client.Options{RetryBackoff: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(ctxFor(t, 2*time.Minute))
+	defer cancel()
 	key := k(t, "c-watch")
-	wctx, stop := context.WithCancel(ctx)
-	events, err := c.Watch(wctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev := nextKey(t, events); ev.Type != "snapshot" || ev.Key != key || ev.Held || ev.ID == "" {
-		t.Fatalf("first event %+v, want a snapshot of %s, not held, with an id", ev, key)
-	}
-	l, err := c.Acquire(ctx, key, client.AcquireOptions{TTL: 5 * time.Second, Owner: "w"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev := nextKey(t, events); ev.Type != "acquired" || ev.Token != l.Token() || ev.Owner != "w" || ev.ExpiresAt.IsZero() {
-		t.Fatalf("after the acquire: %+v, want acquired {token %d owner w expires_at}", ev, l.Token())
-	}
-	if err := l.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if ev := nextKey(t, events); ev.Type != "released" || ev.Token != l.Token() {
-		t.Fatalf("after the release: %+v, want released {token %d}", ev, l.Token())
-	}
-	g, err := c.AcquireLease(ctx, key, client.AcquireOptions{TTL: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev := nextKey(t, events); ev.Type != "acquired" || ev.Token != g.Token {
-		t.Fatalf("after the second acquire: %+v, want acquired {token %d}", ev, g.Token)
-	}
-	if ev := nextKey(t, events); ev.Type != "expired" || ev.Token != g.Token {
-		t.Fatalf("nobody renewing: %+v, want expired {token %d}", ev, g.Token)
-	}
-	stop()
-	if ev := nextKey(t, events); !errors.Is(ev.Err, context.Canceled) {
-		t.Fatalf("after ctx ended: %+v, want a final event with context.Canceled", ev)
-	}
-	if _, ok := <-events; ok {
-		t.Fatal("an event after the final one")
-	}
-}
-
-// A watch cut by the network resumes with Last-Event-ID: the grant made
-// during the cut comes as acquired, with no new snapshot and no resync.
-func TestWatchResumesAfterCut(t *testing.T) {
-	srv := sharedServer(t)
-	direct := newClient(t, srv.URL, nil)
-	proxy := cutter(t, srv.Addr)
-	c := newClient(t, "http://"+proxy.Listen, nil)
-	ctx := ctxFor(t, time.Minute)
-	key := k(t, "c-watch-cut")
-
 	events, err := c.Watch(ctx, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextKey(t, events); ev.Type != "snapshot" || ev.Held {
-		t.Fatalf("first event %+v, want a snapshot, not held", ev)
+	if ev := nextWatch(t, events, client.WatchSnapshot, 0); ev.Held || ev.ID == "" {
+		t.Fatalf("first event %+v, want a snapshot of a free key with an id", ev)
 	}
-	proxy.Stop()
-	l, err := direct.Acquire(ctx, key, client.AcquireOptions{TTL: 10 * time.Second, Owner: "during-cut"})
+	g, err := c.AcquireLease(ctx, key, client.AcquireOptions{TTL: 30 * time.Second, Owner: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Release(context.Background())
-	time.Sleep(300 * time.Millisecond)
-	if err := proxy.Start(); err != nil {
+	if ev := nextWatch(t, events, client.WatchAcquired, g.Token); ev.Owner != "a" || ev.ExpiresAt.IsZero() {
+		t.Errorf("acquired %+v, want owner a and a deadline", ev)
+	}
+	if err := c.ReleaseLease(ctx, key, g.LeaseID); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextKey(t, events); ev.Type != "acquired" || ev.Token != l.Token() || ev.Owner != "during-cut" {
-		t.Fatalf("after the cut: %+v, want the acquire made during it {token %d}, resumed without a gap", ev, l.Token())
+	nextWatch(t, events, client.WatchReleased, g.Token)
+
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
 	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	short, err := c.AcquireLease(ctx, key, client.AcquireOptions{TTL: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextWatch(t, events, client.WatchAcquired, short.Token) // no resync, no snapshot, no repeat
+	nextWatch(t, events, client.WatchExpired, short.Token)
+
+	cancel()
+	for ev := range events {
+		if ev.Err != nil {
+			if !errors.Is(ev.Err, context.Canceled) {
+				t.Errorf("last event %v, want ctx's error", ev.Err)
+			}
+			return
+		}
+	}
+	t.Fatal("the channel closed without an error event")
 }
 
-// A reconnect refused with 429 too_many_streams (the key's only stream slot
-// taken during a cut) is retried after its Retry-After, not the end of the
-// stream: once the slot is free, the watch goes on where it left off.
-func TestWatchReconnectRetriesTooManyStreams(t *testing.T) {
-	srv := lockdtest.Start(t, &lockdtest.Options{Args: []string{"--max-streams-per-key", "1"}})
-	direct := newClient(t, srv.URL, nil)
-	proxy := cutter(t, srv.Addr)
-	c := newClient(t, "http://"+proxy.Listen, nil)
-	ctx := ctxFor(t, time.Minute)
-	key := k(t, "c-watch-429")
-
-	events, err := c.Watch(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nextKey(t, events) // the snapshot
-	proxy.Stop()
-	// Take the slot as soon as lockd has seen the cut stream go.
-	octx, closeOther := context.WithCancel(ctx)
-	defer closeOther()
-	var other <-chan client.KeyEvent
-	for deadline := time.Now().Add(20 * time.Second); other == nil; time.Sleep(50 * time.Millisecond) {
-		if other, err = direct.Watch(octx, key); err != nil && time.Now().After(deadline) {
-			t.Fatalf("the slot never came free: %v", err)
-		}
-	}
-	nextKey(t, other)
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	l, err := direct.Acquire(ctx, key, client.AcquireOptions{TTL: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release(context.Background())
-	// Free the slot only once lockd has refused the cut watch's reconnect.
-	refused := regexp.MustCompile(`lockd_limited_total\{limit="streams_per_key"\} [1-9]`)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		resp, err := http.Get(srv.URL + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if refused.Match(b) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("lockd refused no reconnect with 429 streams_per_key within 30 s")
-		}
-	}
-	closeOther()
-	if ev := nextKey(t, events); ev.Err != nil || ev.Type != "acquired" || ev.Token != l.Token() {
-		t.Fatalf("after the slot came free: %+v, want acquired {token %d}", ev, l.Token())
+// A watch the server refuses fails at once with its problem.
+func TestWatchRefused(t *testing.T) {
+	c := newClient(t, sharedServer(t).URL, nil)
+	_, err := c.Watch(ctxFor(t, 30*time.Second), "-bad")
+	var e *client.Error
+	if !errors.As(err, &e) || e.Status != 400 || e.Code != "invalid_key" {
+		t.Fatalf("Watch(-bad): %v, want 400 invalid_key", err)
 	}
 }

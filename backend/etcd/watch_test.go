@@ -9,6 +9,7 @@ import (
 
 	"github.com/lockd/lockd/backend"
 	etcdb "github.com/lockd/lockd/backend/etcd"
+	"github.com/lockd/lockd/backend/etcd/embedded"
 )
 
 // keyStream reads one Watch in a test.
@@ -80,7 +81,7 @@ func (s *keyStream) stop() {
 // the key afresh and says the history is lost (a resync snapshot), then
 // goes on; no error ends the stream.
 func TestWatchCompactedMidStreamResyncs(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{})
+	e := startEmbedded(t, embedded.Config{})
 	holder := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
 	t.Cleanup(func() { holder.Close() })
 	cli := client(t, e.Endpoints())
@@ -109,7 +110,7 @@ func TestWatchCompactedMidStreamResyncs(t *testing.T) {
 // A cursor whose revision was compacted away: the same grant still holding
 // resumes without a snapshot; anything else resyncs.
 func TestWatchResumeFromCompactedCursor(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{NoCompaction: true})
+	e := startEmbedded(t, embedded.Config{NoCompaction: true})
 	cli := client(t, e.Endpoints())
 	b := etcdb.New(cli, etcdb.Options{})
 	t.Cleanup(func() { b.Close() })
@@ -147,7 +148,7 @@ func TestWatchResumeFromCompactedCursor(t *testing.T) {
 // passed since: the history shows its entry removed but not whether in
 // time, so the resumed stream resyncs rather than guess released or expired.
 func TestWatchReplayCannotTellReleaseFromExpiry(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{NoCompaction: true})
+	e := startEmbedded(t, embedded.Config{NoCompaction: true})
 	b := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
 	t.Cleanup(func() { b.Close() })
 	ctx := t.Context()
@@ -171,7 +172,7 @@ func TestWatchReplayCannotTellReleaseFromExpiry(t *testing.T) {
 // now and still in the store: the replay sends it acquired, then expired
 // (the store confirms it was neither released nor renewed).
 func TestWatchReplayExpiresOverdueGrant(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{NoCompaction: true})
+	e := startEmbedded(t, embedded.Config{NoCompaction: true})
 	w := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
 	t.Cleanup(func() { w.Close() })
 	granter := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
@@ -221,7 +222,7 @@ func (w *delayedWatcher) Watch(ctx context.Context, key string, opts ...clientv3
 // its way through the watch: the re-read of the store shows the renewal, so
 // no expired is sent; the release that follows is.
 func TestWatchExpiryConfirmedByReread(t *testing.T) {
-	e := startEmbedded(t, etcdb.EmbedConfig{})
+	e := startEmbedded(t, embedded.Config{})
 	holder := etcdb.New(client(t, e.Endpoints()), etcdb.Options{})
 	t.Cleanup(func() { holder.Close() })
 	cli := client(t, e.Endpoints())

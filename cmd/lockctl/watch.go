@@ -55,7 +55,7 @@ func cmdWatch(ctx context.Context, g *global, args []string) int {
 			}
 			return fail(g, "watch "+key, ev.Err)
 		}
-		printKeyEvent(g, ev)
+		printKeyEvent(g, key, ev)
 		if n++; count > 0 && n >= count {
 			return exitOK
 		}
@@ -63,20 +63,20 @@ func cmdWatch(ctx context.Context, g *global, args []string) int {
 	return exitOK
 }
 
-func printKeyEvent(g *global, ev client.KeyEvent) {
-	o := keyEventLine{Event: ev.Type, ID: ev.ID, Key: ev.Key, Token: ev.Token, Owner: ev.Owner, Reason: ev.Reason}
+func printKeyEvent(g *global, key string, ev client.WatchEvent) {
+	o := keyEventLine{Event: ev.Kind, ID: ev.ID, Token: ev.Token, Owner: ev.Owner, Reason: ev.Reason}
 	if !ev.ExpiresAt.IsZero() {
 		o.ExpiresAt = lease.Format(ev.ExpiresAt)
 	}
-	if ev.Type == "snapshot" {
-		o.Held = &ev.Held
+	if ev.Kind == client.WatchSnapshot {
+		o.Key, o.Held = key, &ev.Held
 	}
 	if g.json {
 		b, _ := json.Marshal(o)
 		fmt.Fprintf(g.stdout, "%s\n", b)
 		return
 	}
-	switch ev.Type {
+	switch ev.Kind {
 	case "snapshot":
 		if ev.Held {
 			fmt.Fprintf(g.stdout, "snapshot %s held token=%d owner=%q expires=%s\n", o.Key, o.Token, o.Owner, o.ExpiresAt)

@@ -6,6 +6,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -85,7 +86,10 @@ func (s *Server) lockEvents(w http.ResponseWriter, r *http.Request) {
 	for {
 		var err error
 		select {
-		case ev := <-events:
+		case ev, open := <-events:
+			if !open {
+				ev.Err = errors.New("the backend closed its stream without saying why")
+			}
 			if ev.Err != nil {
 				// The backend's stream ended: follow a new one from
 				// the last event sent, which resumes or resyncs.
