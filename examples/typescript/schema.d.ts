@@ -84,6 +84,38 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/locks/{key}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A server-sent event stream of one lock key (use curl -N).
+         * @description The first event is `snapshot` (data: KeySnapshot), the key's state
+         *     now. Then, in token order: `acquired` (data: KeyAcquired) for every
+         *     grant, and `released` or `expired` (data: KeyEnded) for its end.
+         *     `expired` is sent at the holder's deadline plus the declared clock
+         *     skew, confirmed by a re-read of the store, even when nobody touches
+         *     the key. Renewals are not events. Every event but `resync` and
+         *     `shutdown` has an `id:`, the backend's cursor; a reconnect with
+         *     `Last-Event-ID` resumes without a gap (replaying missed events where
+         *     the backend can, see capabilities `events.replay`), or sends `resync`
+         *     (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+         *     resumes in the same way once it is back: never a silent close. A
+         *     `: ping` comment comes at least every 15 s; stopping lockd sends
+         *     `event: shutdown`. Needs the `read` right on the key.
+         */
+        get: operations["watchLock"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/locks": {
         parameters: {
             query?: never;
@@ -175,7 +207,7 @@ export interface paths {
         put?: never;
         /**
          * Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
-         * @description Extends the leader's lease, as renew does for a lock.
+         * @description Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
          */
         post: operations["renewLeadership"];
         delete?: never;
@@ -245,10 +277,71 @@ export interface paths {
          *     the current state; a stream that loses the backend sends `resync` and
          *     goes on with the current state once it is back. A `: ping` comment
          *     comes at least every 15 s; stopping lockd sends `event: shutdown`.
+         *     Streams count against --max-streams and --max-streams-per-key.
          */
         get: operations["observeElection"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+         * @description Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+         */
+        post: operations["openSession"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/renew": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+         * @description Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+         */
+        post: operations["renewSession"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/close": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+         * @description End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+         */
+        post: operations["closeSession"];
         delete?: never;
         options?: never;
         head?: never;
@@ -369,6 +462,26 @@ export interface components {
                      */
                     observe: "watch" | "poll";
                 } | null;
+                /** @description null when the backend has no sessions (their routes, and session_id on acquire and campaign, answer 501). */
+                sessions: {
+                    /**
+                     * @description Where a session's end is decided: state in the store, enforced with no lockd alive.
+                     * @enum {string}
+                     */
+                    expiry: "store";
+                } | null;
+                /** @description null when the backend has no key events (GET /v1/locks/{key}/events answers 501). */
+                events: {
+                    /** @description A Last-Event-ID resume replays the events missed (within the store's history); false: it resumes only when nothing happened meanwhile, else resync. */
+                    replay: boolean;
+                    /**
+                     * @description How changes reach watchers.
+                     * @enum {string}
+                     */
+                    changes: "watch" | "poll";
+                    /** @description Set when expired may come later than the deadline plus the declared skew: when and why. */
+                    expired_delay?: string;
+                } | null;
             };
         };
         CampaignRequest: {
@@ -380,8 +493,7 @@ export interface components {
             owner?: string;
             /** @description At most 4096 bytes of UTF-8 (code invalid_value otherwise). */
             value?: string;
-            /** @description Sessions are not built yet: 501 not_supported (400 invalid_session_id with ttl_ms). */
-            session_id?: string;
+            session_id?: components["schemas"]["SessionID"];
         };
         ProclaimRequest: {
             lease_id: components["schemas"]["LeaseID"];
@@ -419,8 +531,27 @@ export interface components {
             reason?: "resigned" | "expired";
         };
         Resync: {
-            /** @enum {string} */
-            reason: "cursor_unknown" | "backend_unavailable";
+            /**
+             * @description cursor_unknown: the Last-Event-ID cannot be resumed from; history_lost: the store's history ran out under the stream; backend_unavailable: the backend's stream ended and this is a new one.
+             * @enum {string}
+             */
+            reason: "cursor_unknown" | "history_lost" | "backend_unavailable";
+        };
+        KeySnapshot: {
+            key: string;
+            held: boolean;
+            owner?: string;
+            token?: components["schemas"]["Token"];
+            expires_at?: components["schemas"]["Timestamp"];
+        };
+        KeyAcquired: {
+            token: components["schemas"]["Token"];
+            owner: string;
+            expires_at: components["schemas"]["Timestamp"];
+        };
+        /** @description The data of released and expired: the token of the grant that ended. */
+        KeyEnded: {
+            token: components["schemas"]["Token"];
         };
         AcquireRequest: {
             /** @description The lease's TTL; 15000 when omitted. */
@@ -429,6 +560,29 @@ export interface components {
             wait_ms?: number;
             /** @description Free text shown in inspection (at most 256 characters). */
             owner?: string;
+            session_id?: components["schemas"]["SessionID"];
+        };
+        /** @description A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound). */
+        SessionID: string;
+        OpenSessionRequest: {
+            /** @description The session's TTL; 15000 when omitted. */
+            ttl_ms?: number;
+            /** @description Free text, at most 256 characters; the caller's rights and prefixes apply to it. */
+            owner?: string;
+        };
+        RenewSessionRequest: {
+            session_id: components["schemas"]["SessionID"];
+            /** @description Default: the session's current TTL. */
+            ttl_ms?: number;
+        };
+        CloseSessionRequest: {
+            session_id: components["schemas"]["SessionID"];
+        };
+        Session: {
+            session_id: components["schemas"]["SessionID"];
+            owner: string;
+            ttl_ms: number;
+            expires_at: components["schemas"]["Timestamp"];
         };
         RenewRequest: {
             lease_id: components["schemas"]["LeaseID"];
@@ -472,7 +626,7 @@ export interface components {
             status: number;
             detail: string;
             /** @enum {string} */
-            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id";
+            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound";
             holder?: {
                 owner: string;
                 token: components["schemas"]["Token"];
@@ -540,6 +694,34 @@ export interface components {
         /** @description The lease no longer holds the lock (expired, released, or never existed); code lease_expired. */
         LeaseExpired: {
             headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description The session is over (expired, closed, or never existed); code session_expired. It is never renewed. */
+        SessionExpired: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description The lease was granted in a session and is renewed only through it (POST /v1/sessions/renew); code session_bound. */
+        SessionBound: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description The caller is over its request rate (code rate_limited), or this lockd already has --max-streams event streams open, or --max-streams-per-key on this key or election (code too_many_streams). Retry after Retry-After seconds. */
+        TooManyStreams: {
+            headers: {
+                "Retry-After"?: number;
                 [name: string]: unknown;
             };
             content: {
@@ -676,7 +858,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description An acquire with this Idempotency-Key was granted and that grant has ended (released or expired); code lease_expired. A retry never gets a fresh grant. */
+            /** @description An acquire with this Idempotency-Key was granted and that grant has ended (released or expired); code lease_expired. A retry never gets a fresh grant. Or the session_id names a session that is over (expired, closed, unknown), also when it ends while the acquire waits; code session_expired. */
             410: {
                 headers: {
                     [name: string]: unknown;
@@ -712,7 +894,7 @@ export interface operations {
                 };
             };
             500: components["responses"]["InternalError"];
-            /** @description This lockd's backend does not honour Idempotency-Key; code idempotency_unsupported. Nothing was done; send the acquire without the header. */
+            /** @description This lockd's backend does not honour Idempotency-Key (code idempotency_unsupported; send the acquire without the header), or has no sessions for session_id (code not_supported). Nothing was done. */
             501: {
                 headers: {
                     [name: string]: unknown;
@@ -754,6 +936,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             408: components["responses"]["BodyTimeout"];
+            409: components["responses"]["SessionBound"];
             410: components["responses"]["LeaseExpired"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["RateLimited"];
@@ -823,6 +1006,39 @@ export interface operations {
             404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    watchLock: {
+        parameters: {
+            query?: never;
+            header?: {
+                "Last-Event-ID"?: string;
+            };
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyStreams"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
             503: components["responses"]["Unavailable"];
         };
     };
@@ -923,6 +1139,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            410: components["responses"]["SessionExpired"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
@@ -998,6 +1215,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             408: components["responses"]["BodyTimeout"];
+            409: components["responses"]["SessionBound"];
             410: components["responses"]["LeaseExpired"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["RateLimited"];
@@ -1100,6 +1318,108 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyStreams"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    openSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["OpenSessionRequest"];
+            };
+        };
+        responses: {
+            /** @description Opened. session_id is a capability (at least 128 random bits); keep it secret. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Session"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    renewSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RenewSessionRequest"];
+            };
+        };
+        responses: {
+            /** @description Renewed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Session"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            410: components["responses"]["SessionExpired"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    closeSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CloseSessionRequest"];
+            };
+        };
+        responses: {
+            /** @description Closed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            410: components["responses"]["SessionExpired"];
+            413: components["responses"]["TooLarge"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotSupported"];
