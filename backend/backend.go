@@ -501,11 +501,19 @@ type SessionFeatures struct {
 
 // Unsupported is implemented by backends that leave out optional
 // capabilities on purpose. It names each one left out as GET
-// /v1/capabilities calls it ("elections", "watch"), with the reason, which
-// the capabilities show.
+// /v1/capabilities calls it (one of the Feature names), with the reason,
+// which the capabilities show.
 type Unsupported interface {
 	Unsupported() map[string]string
 }
+
+// The names of the optional features in GET /v1/capabilities, as
+// Unsupported keys them.
+const (
+	FeatureElections = "elections"
+	FeatureEvents    = "events"
+	FeatureSessions  = "sessions"
+)
 
 // Watcher is implemented by backends that stream a lock key's events. It is
 // an optional capability, found by type assertion; a backend without it
