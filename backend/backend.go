@@ -39,6 +39,13 @@ var (
 	// earlier acquire with a different fingerprint (another request under
 	// the same key). Nothing was done.
 	ErrIdempotencyKeyReused = errors.New("idempotency key reused")
+	// ErrSessionExpired: the session is over: it expired, was closed, or
+	// never existed (indistinguishable to the caller). Nothing is granted
+	// in it any more and it cannot be renewed.
+	ErrSessionExpired = errors.New("session expired")
+	// ErrSessionBound: a renew named a lease granted in a session; such a
+	// lease lives as long as its session and is renewed only through it.
+	ErrSessionBound = errors.New("lease bound to a session")
 )
 
 // Unavailable is how every backend reports a store call that failed: when
@@ -90,7 +97,11 @@ type Holder struct {
 type AcquireRequest struct {
 	Key   string
 	Owner string        // free text shown in inspection; may be empty
-	TTL   time.Duration // lease length, counted from the grant
+	TTL   time.Duration // lease length, counted from the grant; 0 with Session
+	// Session, when set, is the id of a session (see Sessioner) the grant
+	// lives in instead of a TTL of its own: the grant shows the session's
+	// TTL and deadline, and ends when the session does.
+	Session string
 	// Wait is how long to queue for the lock. Zero means a single try.
 	// Waiters are served in arrival order (FIFO) unless the backend's
 	// conformance run declares otherwise.
@@ -153,6 +164,9 @@ type Grant struct {
 	Owner     string
 	TTL       time.Duration
 	ExpiresAt time.Time
+	// Session is set when the grant lives in a session: it is renewed
+	// only through the session, and TTL and ExpiresAt are the session's.
+	Session bool
 	// Replayed is set when an idempotent retry got the grant an earlier
 	// attempt with the same key made (see Idempotent).
 	Replayed bool
@@ -193,6 +207,7 @@ type Backend interface {
 	//
 	// Errors: ErrLeaseExpired when leaseID does not hold key (expired,
 	// released, foreign or unknown — indistinguishable to the caller);
+	// ErrSessionBound when the lease lives in an unexpired session;
 	// ErrUnavailable.
 	Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (Grant, error)
 
@@ -343,6 +358,8 @@ type CampaignRequest struct {
 	Value string // at most MaxElectionValue bytes
 	TTL   time.Duration
 	Wait  time.Duration
+	// Session, when set, replaces TTL as for AcquireRequest.Session.
+	Session string
 }
 
 // Leadership is a won election: the leader's own view, with its capability.
@@ -415,13 +432,88 @@ type Unordered interface {
 	NoFIFO() string
 }
 
+// Sessioner is implemented by backends that keep sessions. It is an optional
+// capability, found by type assertion; a backend without it answers 501
+// not_supported on the session routes and refuses AcquireRequest.Session.
+type Sessioner interface {
+	Sessions() Sessions
+}
+
+// Sessions keeps sessions: many grants kept alive by one renew.
+//
+// A session's deadline is state in the store, under the same clock policy
+// as a lease (lease.Clock): its holder counts on it until the deadline
+// (Valid), anyone else treats it as over once it is Overdue. When a session
+// ends — expiry or Close — every grant made in it ends with it, even when no
+// lockd that made them is alive, and every acquire waiting in it leaves its
+// queue at once with ErrSessionExpired. A session is never resurrected.
+//
+// A grant in a session keeps its own lease id and token (never derived from
+// the session id), so a stale release of an earlier grant of the same
+// session and key fails with ErrLeaseExpired. Releasing it works as for any
+// grant; renewing it directly fails with ErrSessionBound.
+type Sessions interface {
+	// Open starts a session of ttl for owner.
+	//
+	// Errors: ErrUnavailable.
+	Open(ctx context.Context, owner string, ttl time.Duration) (Session, error)
+
+	// Renew extends an unexpired session to ttl from now (0: its current
+	// TTL), and with it every grant made in it, in one store write.
+	//
+	// Errors: ErrSessionExpired (expired, closed, foreign or unknown);
+	// ErrUnavailable.
+	Renew(ctx context.Context, id string, ttl time.Duration) (Session, error)
+
+	// Close ends the session at once: its grants are released cleanly
+	// (their next waiters are woken) and its waiting acquires leave their
+	// queues.
+	//
+	// Errors: ErrSessionExpired as for Renew; ErrUnavailable.
+	Close(ctx context.Context, id string) error
+
+	// Get shows an unexpired session (to check a caller's rights on its
+	// owner before acting on it).
+	//
+	// Errors: ErrSessionExpired as for Renew; ErrUnavailable.
+	Get(ctx context.Context, id string) (Session, error)
+
+	// Features says how the backend keeps sessions.
+	Features() SessionFeatures
+}
+
+// Session is an open session, as its holder sees it.
+type Session struct {
+	// ID is the session's capability, with the same shape and strength as
+	// Grant.LeaseID (at least 128 random bits).
+	ID        string
+	Owner     string
+	TTL       time.Duration
+	ExpiresAt time.Time
+}
+
+// SessionFeatures describe a backend's sessions in GET /v1/capabilities.
+type SessionFeatures struct {
+	// Expiry is where a session's end is decided: "store" (state in the
+	// store, enforced with no lockd alive).
+	Expiry string `json:"expiry"`
+}
+
 // Unsupported is implemented by backends that leave out optional
 // capabilities on purpose. It names each one left out as GET
-// /v1/capabilities calls it ("elections", "watch"), with the reason, which
-// the capabilities show.
+// /v1/capabilities calls it (one of the Feature names), with the reason,
+// which the capabilities show.
 type Unsupported interface {
 	Unsupported() map[string]string
 }
+
+// The names of the optional features in GET /v1/capabilities, as
+// Unsupported keys them.
+const (
+	FeatureElections = "elections"
+	FeatureEvents    = "events"
+	FeatureSessions  = "sessions"
+)
 
 // Watcher is implemented by backends that stream a lock key's events. It is
 // an optional capability, found by type assertion; a backend without it

@@ -182,6 +182,10 @@ type AcquireOptions struct {
 	// outcome you do not know, from any process. Default: a fresh random
 	// key per call, reused on the call's own retries.
 	IdempotencyKey string
+	// Session, when set, makes the grant live in it instead of a TTL of its
+	// own (TTL is then ignored): the Lock follows the session's deadline,
+	// is renewed only by the session, and is lost with it.
+	Session *Session
 }
 
 type grantJSON struct {
@@ -276,6 +280,10 @@ func (c *Client) AcquireLease(ctx context.Context, key string, opts AcquireOptio
 		if opts.TTL == 0 {
 			delete(body, "ttl_ms")
 		}
+		if opts.Session != nil {
+			delete(body, "ttl_ms")
+			body["session_id"] = opts.Session.ID()
+		}
 		var hdr http.Header
 		keyed := !c.noIdempotency.Load()
 		if keyed {
@@ -292,6 +300,11 @@ func (c *Client) AcquireLease(ctx context.Context, key string, opts AcquireOptio
 			g := out.grant(firstSent, opts.TTL)
 			if g.Key == "" {
 				g.Key = key
+			}
+			if opts.Session != nil {
+				// Bounded by the session, whose own sends count.
+				g.Deadline = opts.Session.Deadline()
+				return g, nil
 			}
 			return c.freshen(ctx, g)
 		}

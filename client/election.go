@@ -61,6 +61,8 @@ type CampaignOptions struct {
 	// Margin and RenewEvery are as for AcquireOptions.
 	Margin     time.Duration
 	RenewEvery time.Duration
+	// Session, as for AcquireOptions: the leadership lives in it.
+	Session *Session
 }
 
 // Leadership is a won election that renews itself until Resign or until it
@@ -109,6 +111,10 @@ func (c *Client) Campaign(ctx context.Context, name string, opts CampaignOptions
 		if opts.TTL > 0 {
 			body["ttl_ms"] = ms(opts.TTL)
 		}
+		if opts.Session != nil {
+			delete(body, "ttl_ms")
+			body["session_id"] = opts.Session.ID()
+		}
 		var err error
 		sent, err = c.send(ctx, http.MethodPost, electionPath(name, "campaign"), body, &out)
 		if err == nil {
@@ -141,7 +147,10 @@ func (c *Client) Campaign(ctx context.Context, name string, opts CampaignOptions
 		_, err := c.retry(ctx, http.MethodPost, electionPath(name, "resign"), map[string]any{"lease_id": g.LeaseID}, nil)
 		return err
 	}
-	if time.Until(g.Deadline) <= g.TTL*2/3 {
+	if opts.Session != nil {
+		g.Deadline = opts.Session.Deadline()
+		renew = opts.Session.follow(g)
+	} else if time.Until(g.Deadline) <= g.TTL*2/3 {
 		// Elected after a long wait: only a new send gives a bound worth
 		// using (as AcquireLease does).
 		r, err := renew(ctx)

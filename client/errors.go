@@ -65,6 +65,9 @@ func (e *Error) Error() string {
 	if e.Holder != nil {
 		msg += fmt.Sprintf(" (held by %q, token %d, until %s)", e.Holder.Owner, e.Holder.Token, e.Holder.ExpiresAt.Format(time.RFC3339Nano))
 	}
+	if e.Leader != nil {
+		msg += fmt.Sprintf(" (led by %q, term %d, value %q, until %s)", e.Leader.Owner, e.Leader.Term, e.Leader.Value, e.Leader.ExpiresAt.Format(time.RFC3339Nano))
+	}
 	return msg
 }
 
@@ -80,6 +83,8 @@ func (e *Error) Is(target error) bool {
 		return e.Code == "backend_unavailable" || e.Status == 503
 	case ErrLimited:
 		return e.Status == 429
+	case ErrSessionExpired:
+		return e.Code == "session_expired"
 	}
 	return false
 }

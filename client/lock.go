@@ -25,6 +25,10 @@ type Lock struct {
 	err       error // why Lost closed; nil while held
 	lost      chan struct{}
 
+	state         LeaseState
+	subs          []chan LeaseState // States readers
+	jeopardyTimer *time.Timer
+
 	stop context.CancelFunc // ends the renewal loop
 	done chan struct{}      // closed when the renewal loop has returned
 
@@ -45,7 +49,11 @@ func (c *Client) Acquire(ctx context.Context, key string, opts AcquireOptions) (
 	if g.Key == "" {
 		g.Key = key
 	}
-	l := newLock(c, g, opts.Margin, opts.RenewEvery, nil, nil)
+	var follow func(context.Context) (Grant, error)
+	if opts.Session != nil {
+		follow = opts.Session.follow(g)
+	}
+	l := newLock(c, g, opts.Margin, opts.RenewEvery, follow, nil)
 	l.start()
 	return l, nil
 }
@@ -57,6 +65,7 @@ func newLock(c *Client, g Grant, margin, renewEvery time.Duration, renewFn func(
 		ttl: g.TTL, margin: margin, renewEvery: renewEvery,
 		lost: make(chan struct{}), done: make(chan struct{}),
 		renewFn: renewFn, releaseFn: releaseFn,
+		state: StateHeld,
 	}
 	if l.renewEvery <= 0 || l.renewEvery >= l.ttl {
 		l.renewEvery = l.ttl / 3
@@ -108,7 +117,8 @@ func (l *Lock) ExpiresAt() time.Time {
 // Lost is closed when the lease can no longer be trusted: a renew was
 // refused, the client's deadline (minus AcquireOptions.Margin) passed without
 // a successful renew, or the lock was released. Stop using the protected
-// resource at once when it closes.
+// resource at once when it closes. States gives the warning before it:
+// jeopardy while renewals fail.
 func (l *Lock) Lost() <-chan struct{} { return l.lost }
 
 // Err returns nil while the lock is held, and why it was lost afterwards
@@ -130,6 +140,8 @@ func (l *Lock) extendLocked(g Grant) {
 		l.timer.Stop()
 	}
 	l.timer = time.AfterFunc(time.Until(g.Deadline.Add(-l.margin)), l.checkDeadline)
+	l.armJeopardyLocked(g.Deadline.Add(-l.ttl))
+	l.setStateLocked(StateHeld)
 }
 
 // checkDeadline runs when the loss timer fires; a renew may have moved the
@@ -158,7 +170,11 @@ func (l *Lock) loseLocked(err error) {
 	if l.timer != nil {
 		l.timer.Stop()
 	}
+	if l.jeopardyTimer != nil {
+		l.jeopardyTimer.Stop()
+	}
 	close(l.lost)
+	l.setStateLocked(StateLost)
 }
 
 func (l *Lock) renewLoop(ctx context.Context) {
@@ -222,6 +238,9 @@ func (l *Lock) Renew(ctx context.Context) error {
 		return nil
 	case errors.Is(err, ErrLeaseExpired):
 		l.loseLocked(err)
+	case ctx.Err() == nil:
+		// Failing while the lease may still be valid.
+		l.setStateLocked(StateJeopardy)
 	}
 	return err
 }

@@ -2,7 +2,9 @@
 # The whole test suite, as a newcomer and CI run it: installs the real
 # servers the backend tests need (ZooKeeper, Redis; etcd-server for compare;
 # Chromium for the web console) when they are missing,
-# then checks formatting, vets, and runs every test under the race detector.
+# then checks formatting, lints the OpenAPI spec (scripts/lint-spec.sh, which
+# installs node/npm when missing), vets, and runs every test under the race
+# detector.
 #
 # Set LOCKD_REQUIRE_SERVERS=1 (CI does) to turn a missing server into a test
 # failure instead of a skip.
@@ -17,6 +19,10 @@ command -v java >/dev/null || need+=(default-jre-headless)
 command -v chromium >/dev/null || need+=(chromium)
 # compare's external etcd cluster runs real etcd processes.
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# deploy's tests: promtool checks the alert rules (systemd-analyze comes
+# with systemd where it runs); clients/python's test makes a venv.
+command -v promtool >/dev/null || need+=(prometheus)
+if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then need+=(python3-venv); fi
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== installing ${need[*]}"
 	sudo=""
@@ -31,12 +37,20 @@ fi
 if [[ " ${need[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null; then
 	$sudo systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
+# Likewise the Prometheus server Debian's prometheus package starts: only
+# its promtool is needed.
+if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi
+
+echo "== lint api/openapi.yaml"
+./scripts/lint-spec.sh
 
 echo "== go vet"
 go vet ./...

@@ -61,6 +61,9 @@ type Options struct {
 	// NoElections, when set, is the reason the backend does not implement
 	// backend.Elector; the Election subtests are skipped with it.
 	NoElections string
+	// NoSessions, when set, is the reason the backend does not implement
+	// backend.Sessioner; the Session subtests are skipped with it.
+	NoSessions string
 	// NoWatch, when set, is the reason the backend does not implement
 	// backend.Watcher; the Watch subtests are skipped with it.
 	NoWatch string
@@ -110,6 +113,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	}
 	tests = append(tests, s.idempotencyTests()...)
 	tests = append(tests, s.electionTests()...)
+	tests = append(tests, s.sessionTests()...)
 	tests = append(tests, s.watchTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -787,6 +791,12 @@ func (s *suite) waiterOutwaitsTTL(t *testing.T) {
 			tu := turn{who: who, g: g, granted: time.Now()}
 			tu.releasing = time.Now() // at once: the grant's TTL is short
 			err = b.Release(ctx, key, g.LeaseID)
+			if errors.Is(err, backend.ErrLeaseExpired) && time.Now().After(g.ExpiresAt) {
+				// The release came back after the grant's short TTL (a
+				// loaded machine): refusing it is right. Refused while the
+				// grant was still valid would be a bug, and fails below.
+				err = nil
+			}
 			mu.Lock()
 			turns = append(turns, tu)
 			mu.Unlock()

@@ -43,9 +43,10 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
+		sc, so := b.sessionWrite(rec, mine, id)
 		resp, err := b.txn(ctx, adm, "acquire",
-			append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()}, idemCmps...),
-			append([]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, idemOps...), nil)
+			append(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()}, idemCmps...), sc...),
+			append(append([]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, idemOps...), so...), nil)
 		if err == nil && !resp.Succeeded && len(idemCmps) > 0 {
 			// A twin of this acquire (same idempotency key) may have won.
 			if g, found, err := b.replay(ctx, req); found {
@@ -183,7 +184,14 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	return b.waitTurn(ctx, req, id, myRev, giveUp, value)
+	if req.Session == "" {
+		return b.waitTurn(ctx, req, id, myRev, giveUp, value)
+	}
+	// A wait in a session ends when the session does (etcd#19597).
+	sctx, stop := b.watchSession(ctx, sessionHash(req.Session))
+	defer stop()
+	g, err = b.waitTurn(sctx, req, id, myRev, giveUp, value)
+	return g, sessionEnded(ctx, sctx, err)
 }
 
 // waitTurn waits, as the queue entry of lease id created at myRev, until
@@ -207,6 +215,8 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 			clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
 		}
 		ops := []clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}
+		sc, so := b.sessionWrite(rec, mine, id)
+		cmps, ops = append(cmps, sc...), append(ops, so...)
 		if req.Idempotency.Key != "" {
 			// Twins wait on one entry: only the first grants it, and
 			// marks the record granted.

@@ -39,7 +39,7 @@ func (e *entry) leader() *backend.Leader {
 // Campaign implements backend.Elections: an acquire of the election's queue
 // whose grant writes the value with the deadline, in one put.
 func (el elections) Campaign(ctx context.Context, req backend.CampaignRequest) (backend.Leadership, error) {
-	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait}, req.Value)
+	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session}, req.Value)
 	if errors.Is(err, backend.ErrHeld) {
 		ne := &backend.NotLeaderError{Name: req.Name}
 		if st, lerr := el.Leader(ctx, req.Name); lerr == nil {
@@ -60,6 +60,9 @@ func (el elections) Proclaim(ctx context.Context, name, leaseID, value string) (
 	for attempt := 0; attempt < 3; attempt++ {
 		e, err := el.q.get(ctx, name, leaseID)
 		if err != nil {
+			return backend.Leadership{}, err
+		}
+		if err := el.q.resolve(ctx, e); err != nil {
 			return backend.Leadership{}, err
 		}
 		if e == nil || !e.rec.valid(el.q.opts.Clock) {
@@ -111,6 +114,9 @@ func (el elections) Leader(ctx context.Context, name string) (backend.ElectionSt
 	}
 	head, err := el.q.decode(kvs[0].Value, string(kvs[0].Key), kvs[0].CreateRevision, kvs[0].ModRevision)
 	if err != nil {
+		return st, err
+	}
+	if err := el.q.resolve(ctx, &head); err != nil {
 		return st, err
 	}
 	if head.rec.held() {

@@ -11,7 +11,13 @@
 //
 // Elections live the same way under <prefix>e/<name>/ (election.go): the
 // record also carries the leader's value, the term is the fencing token, and
-// observers follow the range with one watch and a timer (observe.go).
+// observers follow the range with one watch and a timer (observe.go), as
+// watchers of a lock key do (watch.go); both keep a copy of the range
+// (mirror.go).
+//
+// Sessions live under <prefix>s/ (session.go): a grant made in one carries
+// the session's name in its record and takes the session's deadline, so one
+// write renews every grant of the session.
 //
 // # Fencing token
 //
@@ -66,7 +72,8 @@
 // grows with every grant until it is compacted: uncompacted, the prefix reads
 // above walk every key a lock ever had and the database fills its quota. The
 // embedded server compacts itself (Compactor); an external cluster compacts
-// on its own or through lockd's --etcd-compact-every. lockd reads no history:
+// on its own or through lockd's --etcd-compact-every. lockd reads history
+// only to resume a key's event stream from its cursor (watch.go): other
 // watches start at the current revision, and a watch or snapshot read that
 // meets a compaction looks again.
 //
@@ -75,7 +82,7 @@
 // queue.go holds the layout and records, admission.go how round trips are
 // let through under contention, acquire.go acquiring and waiting,
 // idempotency.go retried acquires, ops.go renew, release and inspection,
-// clock.go the replicas' clock comparison, compact.go and leasepool.go the
+// session.go sessions, clock.go the replicas' clock comparison, compact.go and leasepool.go the
 // store's upkeep.
 //
 // # Clocks

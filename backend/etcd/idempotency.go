@@ -86,6 +86,9 @@ func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g bac
 		return backend.Grant{}, true, fmt.Errorf("etcd acquire %q: %w", req.Key, backend.ErrIdempotencyKeyReused)
 	}
 	e, err := b.get(ctx, req.Key, rec.LeaseID)
+	if err == nil {
+		err = b.resolve(ctx, e) // a grant in a session lives by the session's deadline
+	}
 	if err != nil {
 		return backend.Grant{}, true, err
 	}
@@ -109,7 +112,13 @@ func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g bac
 		return g, true, nil
 	}
 	// Still waiting: wait in its place.
-	g, err = b.waitTurn(ctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait), "")
+	wctx, stop := ctx, func() {}
+	if req.Session != "" {
+		wctx, stop = b.watchSession(ctx, sessionHash(req.Session))
+	}
+	defer stop()
+	g, err = b.waitTurn(wctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait), "")
+	err = sessionEnded(ctx, wctx, err)
 	g.Replayed = err == nil
 	return g, true, err
 }

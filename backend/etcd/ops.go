@@ -35,6 +35,14 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		if e == nil || !e.rec.held() {
 			return nil, backend.ErrLeaseExpired
 		}
+		if e.rec.S != "" {
+			if err := b.resolve(ctx, e); err != nil {
+				return nil, err
+			}
+			if e.rec.valid(b.opts.Clock) {
+				return nil, backend.ErrSessionBound
+			}
+		}
 		if !e.rec.valid(b.opts.Clock) {
 			if e.rec.overdue(b.opts.Clock) {
 				_ = b.removeExpired(ctx, atOnce, key, e)
@@ -88,6 +96,12 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	if !e.rec.held() {
 		return backend.ErrLeaseExpired // a waiter's entry: never a grant
 	}
+	if e.rec.S != "" {
+		_, _ = b.cli.Delete(c, b.sessionIndex(e.rec.S)+e.leaseID) // Close need not look for it
+		if err := b.resolve(ctx, &e); err != nil {
+			return err
+		}
+	}
 	if !e.rec.valid(b.opts.Clock) {
 		// It was no longer the holder's to release; removing it was
 		// right all the same.
@@ -139,6 +153,9 @@ func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, e
 	if err != nil {
 		return st, err
 	}
+	if err := b.resolve(ctx, head); err != nil {
+		return st, err
+	}
 	if head != nil && head.rec.held() {
 		st.Waiters-- // the holder's entry, expired or not, is no waiter
 		if !head.rec.overdue(b.opts.Clock) {
@@ -188,6 +205,9 @@ func (b *Backend) List(ctx context.Context, prefix, after string, limit int) ([]
 	}
 	var out []backend.LockState
 	for k, h := range heads {
+		if err := b.resolve(ctx, h); err != nil {
+			return nil, err
+		}
 		if h.rec.held() && !h.rec.overdue(b.opts.Clock) {
 			out = append(out, backend.LockState{Key: k, Held: true, Holder: h.holder()})
 		}

@@ -22,6 +22,9 @@ type record struct {
 	TTL      int64  `json:"t"`           // ms
 	Deadline int64  `json:"d,omitempty"` // unix ms; 0 while waiting
 	Value    string `json:"v,omitempty"` // an election's value; locks have none
+	// S names the session a grant lives in (session.go); its Deadline then
+	// only marks it granted, and the session's deadline is the real one.
+	S string `json:"s,omitempty"`
 }
 
 func (r record) held() bool { return r.Deadline != 0 }
@@ -44,6 +47,7 @@ type entry struct {
 	modRev    int64
 	rec       record
 	readRev   int64 // the store's revision when this entry was read (lookAhead)
+	sessRev   int64 // the mod revision of its session's record, once resolved; 0: gone
 }
 
 // queue is the range of key's entries: under q/ for locks, e/ for
@@ -74,7 +78,7 @@ func (e *entry) holder() *backend.Holder {
 func (e *entry) grant(lockKey string) backend.Grant {
 	return backend.Grant{
 		Key: lockKey, LeaseID: e.leaseID, Token: uint64(e.createRev), Owner: e.rec.Owner,
-		TTL: time.Duration(e.rec.TTL) * time.Millisecond, ExpiresAt: time.UnixMilli(e.rec.Deadline),
+		TTL: time.Duration(e.rec.TTL) * time.Millisecond, ExpiresAt: time.UnixMilli(e.rec.Deadline), Session: e.rec.S != "",
 	}
 }
 
@@ -89,9 +93,13 @@ func mustJSON(r record) string {
 
 // removeExpired deletes e if it is still the same expired entry.
 func (b *Backend) removeExpired(ctx context.Context, adm admission, lockKey string, e *entry) error {
+	ops := []clientv3.Op{clientv3.OpDelete(e.key)}
+	if e.rec.S != "" {
+		ops = append(ops, clientv3.OpDelete(b.sessionIndex(e.rec.S)+e.leaseID))
+	}
 	resp, err := b.txn(ctx, adm, "remove expired",
-		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)},
-		[]clientv3.Op{clientv3.OpDelete(e.key)}, nil)
+		append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, b.sessionGuard(e)...),
+		ops, nil)
 	if err != nil {
 		return err
 	}
@@ -104,6 +112,11 @@ func (b *Backend) removeExpired(ctx context.Context, adm admission, lockKey stri
 // holderRecord is req's record as the holder from now on, and the etcd
 // lease that will collect it after its deadline.
 func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest, value string) (record, clientv3.LeaseID, error) {
+	if req.Session != "" {
+		// No lease of its own: it lives as long as the session says.
+		h, s, err := b.liveSession(ctx, req.Session)
+		return record{Owner: req.Owner, TTL: s.ttl, Deadline: s.deadline, Value: value, S: h}, 0, err
+	}
 	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: b.opts.Clock.Deadline(req.TTL).UnixMilli(), Value: value}
 	gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
 	return rec, gcLease, err
@@ -161,6 +174,9 @@ func (b *Backend) lookAhead(ctx context.Context, adm admission, q, mine string, 
 	if head, err = b.entryFrom(hr); err != nil {
 		return nil, nil, err
 	}
+	if err := b.resolve(ctx, head); err != nil {
+		return nil, nil, err
+	}
 	// A head gone between the reads leaves head nil: the caller's next
 	// step (a guarded transaction, or a watch that finds pred changed)
 	// notices.
@@ -179,4 +195,14 @@ func (b *Backend) get(ctx context.Context, key, leaseID string) (*entry, error) 
 		return nil, fail(ctx, "read lease", err)
 	}
 	return b.entryFrom(resp)
+}
+
+// sessionWrite is what a grant of rec at the entry key of leaseID adds to
+// its transaction when it lives in a session: the session must be valid,
+// and the grant goes into the session's index.
+func (b *Backend) sessionWrite(rec record, key, leaseID string) ([]clientv3.Cmp, []clientv3.Op) {
+	if rec.S == "" {
+		return nil, nil
+	}
+	return []clientv3.Cmp{b.sessionValid(rec.S)}, []clientv3.Op{clientv3.OpPut(b.sessionIndex(rec.S)+leaseID, key)}
 }

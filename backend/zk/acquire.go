@@ -16,6 +16,11 @@ import (
 
 // Acquire implements backend.Backend.
 func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
+	return b.acquire(ctx, req, "")
+}
+
+// acquire is Acquire of a node carrying value (an election candidate's).
+func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value string) (backend.Grant, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
@@ -25,6 +30,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		req:     req,
 		kp:      b.keyPath(req.Key),
 		secret:  secret,
+		value:   value,
 		waitEnd: time.Now().Add(req.Wait),
 	}
 	if req.Idempotency.Key != "" {
@@ -41,6 +47,7 @@ type acquirer struct {
 	req     backend.AcquireRequest
 	kp      string
 	secret  string
+	value   string // an election candidate's; written with the node
 	waitEnd time.Time
 	name    string // our node, once it exists
 	// unknown: a create's reply was lost; our node may exist.
@@ -294,7 +301,7 @@ func (a *acquirer) create(ctx context.Context) error {
 	waitUntil := a.b.clock.Now().Add(time.Until(a.waitEnd) + a.b.grace)
 	name := nodeName(a.secret, a.req.TTL, waitUntil, a.req.Owner)
 	for attempt := 0; ; attempt++ {
-		data := nodeData{Deadline: a.b.clock.Deadline(a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
+		data := nodeData{Deadline: a.b.clock.Deadline(a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds(), Value: a.value}
 		p, noShard, err := a.createNode(ctx, a.kp+"/"+name, data.encode())
 		switch {
 		case err == nil:
@@ -417,7 +424,7 @@ func (a *acquirer) holding(ctx context.Context, r nodeRead) (backend.Grant, erro
 	now := a.b.clock.Now()
 	remaining := r.data.deadline().Sub(now)
 	if remaining <= 0 || r.stat.Version == 0 && remaining < a.req.TTL*9/10 {
-		d := nodeData{Deadline: lease.Deadline(now, a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds()}
+		d := nodeData{Deadline: lease.Deadline(now, a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds(), Value: r.data.Value}
 		st, err := call(ctx, func() (*zk.Stat, error) { return a.b.conn.Set(a.kp+"/"+a.name, d.encode(), r.stat.Version) })
 		if err != nil {
 			return backend.Grant{}, err
@@ -440,7 +447,7 @@ func (a *acquirer) grant(r nodeRead) backend.Grant {
 	}
 	a.b.grants.put(g.LeaseID, cached{
 		key: a.req.Key, name: a.name, owner: a.req.Owner,
-		version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid,
+		version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid, value: r.data.Value,
 	})
 	return g
 }

@@ -38,6 +38,9 @@ type nodeData struct {
 	// the queue.
 	Deadline int64 `json:"deadline_ms"`
 	TTL      int64 `json:"ttl_ms"`
+	// Value is an election candidate's (see election.go); locks have none.
+	// Every rewrite of the node keeps it; only Proclaim changes it.
+	Value string `json:"v,omitempty"`
 }
 
 func (d nodeData) encode() []byte {

@@ -20,9 +20,16 @@ func leaseExpired(op, key string) error {
 
 // Renew implements backend.Backend.
 func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
+	g, _, err := b.renew(ctx, key, leaseID, ttl)
+	return g, err
+}
+
+// renew is Renew, answering also with the node's value (an election
+// leader's, kept).
+func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, string, error) {
 	secret, seq, ok := parseLease(leaseID)
 	if !ok {
-		return backend.Grant{}, leaseExpired("renew", key)
+		return backend.Grant{}, "", leaseExpired("renew", key)
 	}
 	kp := b.keyPath(key)
 	for attempt := 0; attempt < 10; attempt++ {
@@ -33,22 +40,22 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			// or renewed by another replica.
 			q, err := b.queue(ctx, kp)
 			if err != nil {
-				return backend.Grant{}, unavailable("renew", err)
+				return backend.Grant{}, "", unavailable("renew", err)
 			}
 			i, found := byLease(q, secret, seq)
 			if !found {
 				b.grants.drop(leaseID)
-				return backend.Grant{}, leaseExpired("renew", key)
+				return backend.Grant{}, "", leaseExpired("renew", key)
 			}
 			r, err := b.read(ctx, kp+"/"+q[i].name)
 			if errors.Is(err, zk.ErrNoNode) {
 				b.grants.drop(leaseID)
-				return backend.Grant{}, leaseExpired("renew", key)
+				return backend.Grant{}, "", leaseExpired("renew", key)
 			}
 			if err != nil {
-				return backend.Grant{}, unavailable("renew", err)
+				return backend.Grant{}, "", unavailable("renew", err)
 			}
-			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid}
+			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid, value: r.data.Value}
 		}
 		now := b.clock.Now()
 		if !b.clock.Valid(time.UnixMilli(c.deadline)) {
@@ -56,13 +63,13 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 				continue // renewed elsewhere, perhaps: only the node says it ran out
 			}
 			b.grants.drop(leaseID)
-			return backend.Grant{}, leaseExpired("renew", key)
+			return backend.Grant{}, "", leaseExpired("renew", key)
 		}
 		ttl := ttl
 		if ttl <= 0 { // keep the lease's TTL
 			ttl = time.Duration(c.ttl) * time.Millisecond
 		}
-		d := nodeData{Deadline: lease.Deadline(now, ttl).UnixMilli(), TTL: ttl.Milliseconds()}
+		d := nodeData{Deadline: lease.Deadline(now, ttl).UnixMilli(), TTL: ttl.Milliseconds(), Value: c.value}
 		st, err := call(ctx, func() (*zk.Stat, error) { return b.conn.Set(kp+"/"+c.name, d.encode(), c.version) })
 		switch {
 		case err == nil:
@@ -71,17 +78,17 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			return backend.Grant{
 				Key: key, LeaseID: leaseID, Token: uint64(c.token), Owner: c.owner,
 				TTL: ttl, ExpiresAt: time.UnixMilli(d.Deadline),
-			}, nil
+			}, c.value, nil
 		case errors.Is(err, zk.ErrNoNode):
 			b.grants.drop(leaseID)
-			return backend.Grant{}, leaseExpired("renew", key)
+			return backend.Grant{}, "", leaseExpired("renew", key)
 		case errors.Is(err, zk.ErrBadVersion):
 			continue // renewed elsewhere meanwhile: read it again
 		default:
-			return backend.Grant{}, unavailable("renew", err)
+			return backend.Grant{}, "", unavailable("renew", err)
 		}
 	}
-	return backend.Grant{}, unavailable("renew", errors.New("the lease kept changing"))
+	return backend.Grant{}, "", unavailable("renew", errors.New("the lease kept changing"))
 }
 
 // Release implements backend.Backend. The release is one multi-op that

@@ -9,6 +9,7 @@
 //	<Root>/<key>                                       container node, one per key
 //	<Root>/<key>/_c_<hash>-<ttl>-<until>-<owner>-lock-<seq>   persistent sequential, one per acquirer
 //	<Root>/_idem/<shard>/<hash>                        persistent, one per idempotency key (idempotency.go)
+//	<Root>/_elect/<name>/...                           an election: the same queue, with values (election.go)
 //
 // The key's node is a container node (ZooKeeper 3.5.3 and later; Debian 12
 // ships 3.8): the server deletes it once its last child is gone, so millions
@@ -174,6 +175,17 @@ type Backend struct {
 
 	// idem is the bookkeeping of idempotency record sweeps.
 	idem idemState
+
+	// elect keeps the elections: this Backend's queue machinery under
+	// <Root>/_elect, sharing conn (see election.go). Nil in elect itself.
+	elect *Backend
+	// elections is set in elect: queue nodes carry a value, and every end
+	// of a term is logged in the container (removeHead).
+	elections bool
+	// outage is how long followers read through an outage (followOutage).
+	outage time.Duration
+	// watchers: the keys being watched, by the last listing of each.
+	watchers watched
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -195,8 +207,13 @@ func New(conn *zk.Conn, opts Options) *Backend {
 		grace = 2 * time.Second
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop,
+	b := &Backend{conn: conn, root: root, acl: acl, grace: grace, clock: opts.Clock, hooks: opts.Hooks, life: life, stop: stop, outage: followOutage,
 		idem: idemState{shards: idemShards, keep: backend.IdempotencyWindow, sweepEvery: idemSweepEvery}}
+	// The elections' expiries are not locks' (no hooks): OnExpire counts
+	// and audits locks.
+	elife, estop := context.WithCancel(life)
+	b.elect = &Backend{conn: conn, root: root + electDir, acl: acl, grace: grace, clock: opts.Clock, life: elife, stop: estop, elections: true, outage: followOutage}
+	return b
 }
 
 // Close stops background work and closes the connection; acquires still
@@ -204,10 +221,13 @@ func New(conn *zk.Conn, opts Options) *Backend {
 // deadlines.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
-		b.bgMu.Lock()
-		b.closed = true
-		b.bgMu.Unlock()
-		b.stop()
+		for _, x := range []*Backend{b.elect, b} {
+			x.bgMu.Lock()
+			x.closed = true
+			x.bgMu.Unlock()
+			x.stop()
+		}
+		b.elect.bg.Wait()
 		b.bg.Wait()
 		b.conn.Close()
 	})
@@ -290,13 +310,60 @@ func (b *Backend) queue(ctx context.Context, kp string) ([]child, error) {
 
 // listQueue reads and parses the key's queue.
 func (b *Backend) listQueue(kp string) ([]child, error) {
-	names, _, err := b.conn.Children(kp)
+	names, st, err := b.conn.Children(kp)
 	if errors.Is(err, zk.ErrNoNode) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	b.watchers.note(kp, names, st)
+	return parseQueue(names), nil
+}
+
+// watched remembers the keys whose last listing showed a follower's node
+// (watch.go): their queue's removals are logged. Only watched keys are
+// kept, so it stays as small as the number of keys being watched.
+type watched struct {
+	mu sync.Mutex
+	m  map[string]int64 // key path -> pzxid of the listing that showed one
+}
+
+// note takes in a listing of kp. An older listing (a smaller pzxid)
+// arriving late never clears a newer one's; it may keep a key logged a
+// little longer, which is only a write more.
+func (w *watched) note(kp string, names []string, st *zk.Stat) {
+	seen := false
+	for _, n := range names {
+		if strings.HasPrefix(n, watcherPrefix) {
+			seen = true
+			break
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	pz, ok := w.m[kp]
+	switch {
+	case seen && (!ok || st.Pzxid > pz):
+		if w.m == nil {
+			w.m = map[string]int64{}
+		}
+		w.m[kp] = st.Pzxid
+	case !seen && ok && st.Pzxid > pz:
+		delete(w.m, kp)
+	}
+}
+
+func (w *watched) has(kp string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.m[kp]
+	return ok
+}
+
+// parseQueue parses a queue's children, in sequence order; foreign nodes
+// are left out.
+func parseQueue(names []string) []child {
 	q := make([]child, 0, len(names))
 	for _, n := range names {
 		if c, ok := parseChild(n); ok {
@@ -304,7 +371,7 @@ func (b *Backend) listQueue(kp string) ([]child, error) {
 		}
 	}
 	sort.Slice(q, func(i, j int) bool { return q[i].seq < q[j].seq })
-	return q, nil
+	return q
 }
 
 // listings coalesces queue reads per key path: at most one is on its way
@@ -437,9 +504,28 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
 	kp := b.keyPath(key)
 	behind := q[1:]
+	// An election, or a lock that someone watches (q was read after the
+	// watcher's node was made, if the head was granted after: see
+	// watch.go), logs the end of the grant in the same multi-op. An
+	// election carries the value of the candidate it promotes (never
+	// written to: its data, read once, holds until the versioned write
+	// below).
+	var logOp *zk.SetDataRequest
+	var values map[string]string
+	if b.elections || b.watchers.has(kp) {
+		op, err := b.logEnd(ctx, kp, q[0], v)
+		if err != nil {
+			return err
+		}
+		logOp = op
+	}
+	if b.elections {
+		values = map[string]string{}
+	}
 	for {
 		ops := []any{&zk.DeleteRequest{Path: kp + "/" + q[0].name, Version: v}}
-		for _, c := range behind {
+		gone := -1 // a waiter found gone while building ops
+		for i, c := range behind {
 			// A node that never headed the queue was never written to: its
 			// data version is 0.
 			p := kp + "/" + c.name
@@ -448,26 +534,47 @@ func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32
 				continue
 			}
 			d := nodeData{Deadline: b.clock.Deadline(c.ttl).UnixMilli(), TTL: c.ttl.Milliseconds()}
+			if values != nil {
+				val, ok := values[c.name]
+				if !ok {
+					r, err := b.read(ctx, p)
+					if errors.Is(err, zk.ErrNoNode) {
+						gone = i
+						break
+					}
+					if err != nil {
+						return err
+					}
+					val = r.data.Value
+					values[c.name] = val
+				}
+				d.Value = val
+			}
 			ops = append(ops, &zk.SetDataRequest{Path: p, Data: d.encode(), Version: 0})
 			break
 		}
-		res, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
-		if err == nil || !errors.Is(err, zk.ErrNoNode) {
-			return err
-		}
-		// The op that failed is the first with an error (ZooKeeper marks
-		// those before it OK and those after it inconsistent).
-		failed := -1
-		for i, r := range res {
-			if r.Error != nil {
-				failed = i
-				break
+		if gone < 0 {
+			if logOp != nil {
+				ops = append(ops, logOp)
 			}
+			res, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
+			if err == nil || !errors.Is(err, zk.ErrNoNode) {
+				return err
+			}
+			// The op that failed is the first with an error (ZooKeeper marks
+			// those before it OK and those after it inconsistent).
+			failed := -1
+			for i, r := range res {
+				if r.Error != nil {
+					failed = i
+					break
+				}
+			}
+			if failed < 1 || failed >= len(ops) || logOp != nil && failed == len(ops)-1 {
+				return err // the head itself is gone
+			}
+			gone = failed - 1 // ops[i] is behind[i-1]
 		}
-		if failed < 1 || failed >= len(ops) {
-			return err // the head itself is gone
-		}
-		gone := failed - 1 // ops[i] is behind[i-1]
 		// q is shared with other readers: never modify it.
 		behind = append(append(make([]child, 0, len(behind)-1), behind[:gone]...), behind[gone+1:]...)
 	}
@@ -541,6 +648,7 @@ type cached struct {
 	deadline int64 // Unix ms
 	ttl      int64 // ms
 	token    int64
+	value    string // an election leader's, as of version
 }
 
 type grantCache struct {

@@ -25,11 +25,11 @@ const (
 	exitInvalid     = 65  // the server refused the request as invalid (400, 413)
 	exitUnavailable = 69  // lockd or its backend unreachable, or an acquire's outcome unknown
 	exitError       = 70  // anything else
-	exitLeaseLost   = 71  // run: lease lost, child stopped; renew/release: lease expired (410)
-	exitHeld        = 75  // lock held by someone else after --wait (409)
+	exitLeaseLost   = 71  // run/elect: lease lost, child stopped; renew/release: lease expired (410)
+	exitHeld        = 75  // lock held (elect: another leader) after --wait (409)
 	exitDenied      = 77  // not authorized (401, 403)
-	exitNoExec      = 126 // run: the command cannot be executed
-	exitNotFound    = 127 // run: the command was not found
+	exitNoExec      = 126 // run/elect: the command cannot be executed
+	exitNotFound    = 127 // run/elect: the command was not found
 )
 
 const usage = `usage: lockctl [--server ADDR] [--json] COMMAND ...
@@ -38,6 +38,15 @@ commands:
   run KEY [--ttl 15s] [--wait 0] [--owner NAME] [--grace D] -- CMD [ARGS...]
       hold KEY while CMD runs; CMD gets LOCKD_KEY, LOCKD_TOKEN, LOCKD_LEASE_ID,
       LOCKD_DEADLINE and LOCKD_ADDR in its environment
+  elect NAME [--value V] [--ttl 15s] [--wait 0] [--owner NAME] [--grace D] -- CMD [ARGS...]
+      run CMD while leader of election NAME, with run's rules; CMD gets
+      LOCKD_ELECTION, LOCKD_TERM (the fencing token), LOCKD_LEASE_ID,
+      LOCKD_DEADLINE and LOCKD_ADDR; lockctl resigns when CMD exits
+  observe NAME [--count N]
+      print one line per event of election NAME (leader, no_leader, resync;
+      --json: JSON lines) until interrupted (exit 0) or after N events
+  watch KEY [--count N]
+      the same for lock KEY (snapshot, acquired, released, expired, resync)
   acquire KEY [--ttl 15s] [--wait 0] [--owner NAME]
       take KEY and print its lease (no renewal: renew before the deadline)
   renew KEY LEASE_ID [--ttl D]     (defaults: $LOCKD_KEY, $LOCKD_LEASE_ID)
@@ -51,14 +60,15 @@ global flags (anywhere on the line):
   --json          machine-readable output
 
 exit codes:
-  0    success (run: the command's own status, 128+N if killed by signal N;
-       130/143 when SIGINT/SIGTERM interrupted the wait for the lock)
+  0    success (run, elect: the command's own status, 128+N if killed by
+       signal N; 130/143 when SIGINT/SIGTERM interrupted the wait)
   64   usage error
   65   request refused as invalid
   69   lockd or its backend unreachable, or an acquire's outcome unknown
   70   other error
-  71   lease lost (run stopped the command) or lease expired (renew/release)
-  75   lock held by someone else (not acquired within --wait)
+  71   lease or leadership lost (run/elect stopped the command), or lease
+       expired (renew/release)
+  75   lock held by someone else, or another leader (not won within --wait)
   77   not authorized
   126  command not executable;  127 command not found
 `
@@ -105,6 +115,12 @@ func run(ctx context.Context, args []string, getenv env, stdout, stderr io.Write
 	switch cmd {
 	case "run":
 		return cmdRun(ctx, g, rest, getenv)
+	case "elect":
+		return cmdElect(ctx, g, rest, getenv)
+	case "observe":
+		return cmdObserve(ctx, g, rest)
+	case "watch":
+		return cmdWatch(ctx, g, rest)
 	case "acquire":
 		return cmdAcquire(ctx, g, rest)
 	case "renew":

@@ -104,10 +104,18 @@ func TestUsageErrors(t *testing.T) {
 		{"acquire", "k", "--ttl", "1ms"},
 		{"run", "k", "--ttl", "1s", "--grace", "900ms", "--", "true"},
 		{"status"},
+		{"elect", "n"},
+		{"elect", "n", "--ttl", "1s", "--grace", "900ms", "--", "true"},
+		{"observe"},
+		{"observe", "a", "b"},
+		{"observe", "a", "--count", "-1"},
+		{"watch"},
+		{"watch", "a", "b"},
 	} {
 		wantCode(t, lockctl(t, srv, args...), exitUsage)
 	}
 	wantCode(t, lockctl(t, srv, "run", k(t, "ctl-nocmd"), "--", "no-such-command-xyz"), exitNotFound)
+	wantCode(t, lockctl(t, srv, "elect", k(t, "ctl-nocmd"), "--", "no-such-command-xyz"), exitNotFound)
 }
 
 func TestScriptCommands(t *testing.T) {
@@ -595,7 +603,7 @@ func TestReadmeShellFlow(t *testing.T) {
 // Every command prints its help on -h and --help and exits 0.
 func TestHelpExitsZero(t *testing.T) {
 	srv := sharedServer(t)
-	for _, cmd := range []string{"run", "acquire", "renew", "release", "status", "list"} {
+	for _, cmd := range []string{"run", "elect", "observe", "watch", "acquire", "renew", "release", "status", "list"} {
 		for _, h := range []string{"-h", "--help"} {
 			r := lockctl(t, srv, cmd, h)
 			wantCode(t, r, exitOK)

@@ -1,7 +1,8 @@
 // Command lockctl uses lockd from shell scripts and cron jobs: it runs a
 // command while holding a lock (renewing it, and stopping the command before
-// the lease could run out), and exposes acquire, renew, release, status and
-// list for scripts.
+// the lease could run out), runs a command while leader of an election
+// (elect), follows an election (observe) or a key (watch), and exposes acquire, renew,
+// release, status and list for scripts.
 package main
 
 import (

@@ -54,17 +54,56 @@ func defaultGrace(ttl time.Duration) time.Duration {
 }
 
 func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	return supervise(ctx, g, fs, args, getenv, superviseSpec{
+		what: "lease on", usage: "run: want KEY [flags] -- CMD [ARGS...]",
+		take: func(ctx context.Context, c *client.Client, key string, o takeOpts) (*client.Lock, []string, error) {
+			l, err := c.Acquire(ctx, key, client.AcquireOptions{
+				TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery,
+			})
+			if err != nil {
+				return nil, nil, fmt.Errorf("acquire %s: %w", key, err)
+			}
+			return l, []string{
+				"LOCKD_KEY=" + l.Key(),
+				"LOCKD_TOKEN=" + strconv.FormatUint(l.Token(), 10),
+				"LOCKD_LEASE_ID=" + l.LeaseID(),
+				"LOCKD_DEADLINE=" + lease.Format(l.Deadline()),
+			}, nil
+		},
+	})
+}
+
+// takeOpts are the lease parameters supervise hands to a superviseSpec's take.
+type takeOpts struct {
+	ttl, wait, margin, renewEvery time.Duration
+	owner                         string
+}
+
+// superviseSpec is what differs between run (a lock) and elect (a
+// leadership): everything else — flags, timings, signals, stopping the
+// child before the lease can lapse, releasing — is supervise's.
+type superviseSpec struct {
+	what  string // "lease on" or "leadership of", for messages
+	usage string
+	// take obtains the lease, renewing itself with o's timings, and
+	// returns it with the variables the child gets.
+	take func(ctx context.Context, c *client.Client, name string, o takeOpts) (*client.Lock, []string, error)
+}
+
+// supervise runs the command after the positional NAME while it holds the
+// lease spec.take obtains: fs may carry the caller's own flags.
+func supervise(ctx context.Context, g *global, fs *flag.FlagSet, args []string, getenv env, spec superviseSpec) int {
 	var a acquireFlags
 	grace := time.Duration(-1)
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	a.register(fs, getenv)
 	fs.DurationVar(&grace, "grace", -1, "time between SIGTERM and SIGKILL when renewals fail (default TTL/5, at most 10s; a refused renew: at most 500ms)")
 	pos, command, err := parse(g, fs, args, 1)
 	if err != nil {
-		return flagErr(g, "run", err)
+		return flagErr(g, fs.Name(), err)
 	}
 	if len(pos) != 1 || len(command) == 0 {
-		return usageErr(g, "run: want KEY [flags] -- CMD [ARGS...]")
+		return usageErr(g, "%s", spec.usage)
 	}
 	if code := a.check(g); code != exitOK {
 		return code
@@ -77,24 +116,25 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	// Renewals need time to succeed before the child is stopped: at least
 	// one renew period plus one more try.
 	if margin > a.ttl-renewEvery-renewEvery/2 {
-		return usageErr(g, "run: --grace %v too long for --ttl %v (at most %v)", grace, a.ttl, a.ttl-renewEvery-renewEvery/2-safety)
+		return usageErr(g, "%s: --grace %v too long for --ttl %v (at most %v)", fs.Name(), grace, a.ttl, a.ttl-renewEvery-renewEvery/2-safety)
 	}
 	path, err := exec.LookPath(command[0])
 	if err != nil {
-		fmt.Fprintf(g.stderr, "lockctl: run: %v\n", err)
+		fmt.Fprintf(g.stderr, "lockctl: %s: %v\n", fs.Name(), err)
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return exitNotFound
 		}
 		return exitNoExec
 	}
 
-	// Signals arriving while we wait for the lock cancel the wait; once the
-	// child runs they are forwarded to it.
+	// Signals arriving while we wait for the lease cancel the wait; once
+	// the child runs they are forwarded to it.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	// run handles SIGINT/SIGTERM itself (the caller's ctx is cancelled by
-	// the same signals, and must not win the race to end the wait).
+	// supervise handles SIGINT/SIGTERM itself (the caller's ctx is
+	// cancelled by the same signals, and must not win the race to end the
+	// wait).
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	interrupted := make(chan syscall.Signal, 1)
 	go func() {
@@ -111,38 +151,30 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 		cancel()
 		return usageErr(g, "%v", err)
 	}
-	key := pos[0]
-	l, err := c.Acquire(actx, key, client.AcquireOptions{
-		TTL: a.ttl, Wait: a.wait, Owner: a.owner, Margin: margin, RenewEvery: renewEvery,
-	})
+	name := pos[0]
+	l, vars, err := spec.take(actx, c, name, takeOpts{ttl: a.ttl, wait: a.wait, owner: a.owner, margin: margin, renewEvery: renewEvery})
 	cancel()
 	if err != nil {
 		select {
 		case s := <-interrupted:
 			// Interrupted while waiting: the shell's convention.
-			fmt.Fprintf(g.stderr, "lockctl: acquire %s: interrupted by %v\n", key, s)
+			fmt.Fprintf(g.stderr, "lockctl: %s %s: interrupted by %v\n", fs.Name(), name, s)
 			return 128 + int(s)
 		default:
 		}
-		return fail(g, "acquire "+key, err)
+		return fail(g, fs.Name(), err)
 	}
 
 	cmd := exec.Command(path, command[1:]...)
 	cmd.Args[0] = command[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(),
-		"LOCKD_KEY="+l.Key(),
-		"LOCKD_TOKEN="+strconv.FormatUint(l.Token(), 10),
-		"LOCKD_LEASE_ID="+l.LeaseID(),
-		"LOCKD_DEADLINE="+lease.Format(l.Deadline()),
-		"LOCKD_ADDR="+g.server,
-	)
+	cmd.Env = append(append(os.Environ(), vars...), "LOCKD_ADDR="+g.server)
 	// Its own process group: lockctl decides which signals reach the child,
 	// and a lease loss stops the child's children too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		releaseQuietly(l)
-		fmt.Fprintf(g.stderr, "lockctl: run: %v\n", err)
+		fmt.Fprintf(g.stderr, "lockctl: %s: %v\n", fs.Name(), err)
 		return exitNoExec
 	}
 	exited := make(chan struct{})
@@ -151,16 +183,24 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	group := func(sig syscall.Signal) { _ = syscall.Kill(-pgid, sig) }
 
 	lost := l.Lost()
+	states := l.States()
 	var killTimer <-chan time.Time
 	leaseLost := false
 	for {
 		select {
 		case s := <-sigs:
 			group(s.(syscall.Signal))
+		case st, ok := <-states:
+			if !ok {
+				states = nil
+			} else if st == client.StateJeopardy {
+				fmt.Fprintf(g.stderr, "lockctl: renewals of the %s %s failing; the command is stopped if none succeeds by %s\n",
+					spec.what, name, lease.Format(l.Deadline().Add(-margin)))
+			}
 		case <-lost:
 			lost = nil
 			leaseLost = true
-			fmt.Fprintf(g.stderr, "lockctl: lease on %s lost (%v); stopping the command\n", key, l.Err())
+			fmt.Fprintf(g.stderr, "lockctl: %s %s lost (%v); stopping the command\n", spec.what, name, l.Err())
 			group(syscall.SIGTERM)
 			// SIGKILL after the grace, and in any case `safety` before the
 			// deadline counted from the last renew's send; at once (after
@@ -175,7 +215,7 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 			group(syscall.SIGKILL)
 		case <-exited:
 			// Whatever the child left in its group (a `cmd &`) must not
-			// outlive the lock: kill it before the lock is released.
+			// outlive the lease: kill it before the lease is released.
 			group(syscall.SIGKILL)
 			if leaseLost {
 				releaseQuietly(l)
@@ -185,7 +225,7 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 			err := l.Release(rctx)
 			rcancel()
 			if err != nil && !errors.Is(err, client.ErrLeaseExpired) {
-				fmt.Fprintf(g.stderr, "lockctl: release %s: %v (the lease runs out on its own)\n", key, err)
+				fmt.Fprintf(g.stderr, "lockctl: releasing the %s %s: %v (the lease runs out on its own)\n", spec.what, name, err)
 			}
 			return exitStatus(cmd.ProcessState)
 		}

@@ -127,6 +127,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "require client certificates signed by this CA (PEM); their CN/DNS names map to cert_names in the tokens file")
 	fs.IntVar(&c.limits.MaxWaiters, "max-waiters", 10000, "acquire long polls waiting at once on this lockd; more get 429 too_many_waiters (0: no limit)")
 	fs.IntVar(&c.limits.MaxWaitersPerKey, "max-waiters-per-key", 1000, "long polls waiting at once for one key on this lockd; more get 429 too_many_waiters (0: no limit)")
+	fs.IntVar(&c.limits.MaxStreams, "max-streams", 10000, "event streams (key events and election observers) open at once on this lockd; more get 429 too_many_streams (0: no limit)")
+	fs.IntVar(&c.limits.MaxStreamsPerKey, "max-streams-per-key", 1000, "event streams open at once on one lock key or one election on this lockd; more get 429 too_many_streams (0: no limit)")
 	fs.IntVar(&c.limits.LeasesPerPrincipal, "max-leases-per-principal", 0, "leases one caller (token, certificate, or everyone without --auth-file) holds at once through this lockd; more get 429 too_many_leases; max_leases in the tokens file overrides it (0: no limit)")
 	fs.Float64Var(&c.limits.RatePerPrincipal, "rate-per-principal", 0, "requests per second one caller may make to this lockd, in bursts of up to one second's worth; more get 429 rate_limited with Retry-After; rate_per_sec in the tokens file overrides it (0: no limit)")
 	fs.IntVar(&c.maxConns, "max-connections", 10000, "client connections open at once; one more is closed at accept (0: no limit; mind the process's file descriptor limit)")
@@ -162,7 +164,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
 	}
-	if c.limits.MaxWaiters < 0 || c.limits.MaxWaitersPerKey < 0 || c.limits.LeasesPerPrincipal < 0 || c.limits.RatePerPrincipal < 0 || c.maxConns < 0 {
+	if c.limits.MaxWaiters < 0 || c.limits.MaxWaitersPerKey < 0 || c.limits.MaxStreams < 0 || c.limits.MaxStreamsPerKey < 0 || c.limits.LeasesPerPrincipal < 0 || c.limits.RatePerPrincipal < 0 || c.maxConns < 0 {
 		return c, errors.New("limits must be 0 (no limit) or more")
 	}
 	switch c.backend {
@@ -321,7 +323,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("stopping: long polls end with shutting_down; held leases keep running in the store")
+	log.Info("stopping: long polls end with shutting_down, event streams with event: shutdown; held leases keep running in the store")
 	api.Stopping()
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()

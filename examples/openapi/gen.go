@@ -19,16 +19,49 @@ import (
 
 // Defines values for CapabilitiesFeaturesElectionsObserve.
 const (
-	Poll  CapabilitiesFeaturesElectionsObserve = "poll"
-	Watch CapabilitiesFeaturesElectionsObserve = "watch"
+	CapabilitiesFeaturesElectionsObservePoll  CapabilitiesFeaturesElectionsObserve = "poll"
+	CapabilitiesFeaturesElectionsObserveWatch CapabilitiesFeaturesElectionsObserve = "watch"
 )
 
 // Valid indicates whether the value is a known member of the CapabilitiesFeaturesElectionsObserve enum.
 func (e CapabilitiesFeaturesElectionsObserve) Valid() bool {
 	switch e {
-	case Poll:
+	case CapabilitiesFeaturesElectionsObservePoll:
 		return true
-	case Watch:
+	case CapabilitiesFeaturesElectionsObserveWatch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapabilitiesFeaturesEventsChanges.
+const (
+	CapabilitiesFeaturesEventsChangesPoll  CapabilitiesFeaturesEventsChanges = "poll"
+	CapabilitiesFeaturesEventsChangesWatch CapabilitiesFeaturesEventsChanges = "watch"
+)
+
+// Valid indicates whether the value is a known member of the CapabilitiesFeaturesEventsChanges enum.
+func (e CapabilitiesFeaturesEventsChanges) Valid() bool {
+	switch e {
+	case CapabilitiesFeaturesEventsChangesPoll:
+		return true
+	case CapabilitiesFeaturesEventsChangesWatch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapabilitiesFeaturesSessionsExpiry.
+const (
+	Store CapabilitiesFeaturesSessionsExpiry = "store"
+)
+
+// Valid indicates whether the value is a known member of the CapabilitiesFeaturesSessionsExpiry enum.
+func (e CapabilitiesFeaturesSessionsExpiry) Valid() bool {
+	switch e {
+	case Store:
 		return true
 	default:
 		return false
@@ -63,8 +96,11 @@ const (
 	ProblemCodeNotFound               ProblemCode = "not_found"
 	ProblemCodeNotSupported           ProblemCode = "not_supported"
 	ProblemCodeRateLimited            ProblemCode = "rate_limited"
+	ProblemCodeSessionBound           ProblemCode = "session_bound"
+	ProblemCodeSessionExpired         ProblemCode = "session_expired"
 	ProblemCodeShuttingDown           ProblemCode = "shutting_down"
 	ProblemCodeTooManyLeases          ProblemCode = "too_many_leases"
+	ProblemCodeTooManyStreams         ProblemCode = "too_many_streams"
 	ProblemCodeTooManyWaiters         ProblemCode = "too_many_waiters"
 	ProblemCodeUnauthorized           ProblemCode = "unauthorized"
 	ProblemCodeUnknownField           ProblemCode = "unknown_field"
@@ -126,9 +162,15 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeRateLimited:
 		return true
+	case ProblemCodeSessionBound:
+		return true
+	case ProblemCodeSessionExpired:
+		return true
 	case ProblemCodeShuttingDown:
 		return true
 	case ProblemCodeTooManyLeases:
+		return true
+	case ProblemCodeTooManyStreams:
 		return true
 	case ProblemCodeTooManyWaiters:
 		return true
@@ -175,23 +217,35 @@ func (e Readyz200JSONResponseBodyStatus) Valid() bool {
 
 // AcquireRequest defines model for AcquireRequest.
 type AcquireRequest struct {
-	// Owner Free text shown in inspection (at most 256 bytes).
-	Owner  *string `json:"owner,omitempty"`
-	TtlMs  *int    `json:"ttl_ms,omitempty"`
-	WaitMs *int    `json:"wait_ms,omitempty"`
+	// Owner Free text shown in inspection (at most 256 characters).
+	Owner *string `json:"owner,omitempty"`
+
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId *SessionID `json:"session_id,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
 }
 
 // CampaignRequest defines model for CampaignRequest.
 type CampaignRequest struct {
+	// Owner Free text shown to observers and in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
-	// SessionId Sessions are not built yet: 501 not_supported (400 invalid_session_id with ttl_ms).
-	SessionId *string `json:"session_id,omitempty"`
-	TtlMs     *int    `json:"ttl_ms,omitempty"`
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId *SessionID `json:"session_id,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
 
 	// Value At most 4096 bytes of UTF-8 (code invalid_value otherwise).
-	Value  *string `json:"value,omitempty"`
-	WaitMs *int    `json:"wait_ms,omitempty"`
+	Value *string `json:"value,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
 }
 
 // Capabilities defines model for Capabilities.
@@ -204,6 +258,18 @@ type Capabilities struct {
 			Observe CapabilitiesFeaturesElectionsObserve `json:"observe"`
 		} `json:"elections"`
 
+		// Events null when the backend has no key events (GET /v1/locks/{key}/events answers 501).
+		Events *struct {
+			// Changes How changes reach watchers.
+			Changes CapabilitiesFeaturesEventsChanges `json:"changes"`
+
+			// ExpiredDelay Set when expired may come later than the deadline plus the declared skew: when and why.
+			ExpiredDelay *string `json:"expired_delay,omitempty"`
+
+			// Replay A Last-Event-ID resume replays the events missed (within the store's history); false: it resumes only when nothing happened meanwhile, else resync.
+			Replay bool `json:"replay"`
+		} `json:"events"`
+
 		// Idempotency {} when Idempotency-Key is honoured on acquire; null otherwise.
 		Idempotency *map[string]interface{} `json:"idempotency"`
 		Locks       struct {
@@ -211,6 +277,12 @@ type Capabilities struct {
 			Fifo         bool    `json:"fifo"`
 			NoFifoReason *string `json:"no_fifo_reason,omitempty"`
 		} `json:"locks"`
+
+		// Sessions null when the backend has no sessions (their routes, and session_id on acquire and campaign, answer 501).
+		Sessions *struct {
+			// Expiry Where a session's end is decided: state in the store, enforced with no lockd alive.
+			Expiry CapabilitiesFeaturesSessionsExpiry `json:"expiry"`
+		} `json:"sessions"`
 	} `json:"features"`
 
 	// Unsupported Why a feature this backend leaves out is left out, by feature name (e.g. elections, watch).
@@ -219,6 +291,18 @@ type Capabilities struct {
 
 // CapabilitiesFeaturesElectionsObserve How changes reach observers.
 type CapabilitiesFeaturesElectionsObserve string
+
+// CapabilitiesFeaturesEventsChanges How changes reach watchers.
+type CapabilitiesFeaturesEventsChanges string
+
+// CapabilitiesFeaturesSessionsExpiry Where a session's end is decided: state in the store, enforced with no lockd alive.
+type CapabilitiesFeaturesSessionsExpiry string
+
+// CloseSessionRequest defines model for CloseSessionRequest.
+type CloseSessionRequest struct {
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId SessionID `json:"session_id"`
+}
 
 // ElectionLeader defines model for ElectionLeader.
 type ElectionLeader struct {
@@ -286,6 +370,15 @@ type LockState struct {
 	Waiters *int `json:"waiters,omitempty"`
 }
 
+// OpenSessionRequest defines model for OpenSessionRequest.
+type OpenSessionRequest struct {
+	// Owner Free text, at most 256 characters; the caller's rights and prefixes apply to it.
+	Owner *string `json:"owner,omitempty"`
+
+	// TtlMs The session's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+}
+
 // Problem defines model for Problem.
 type Problem struct {
 	Code   ProblemCode `json:"code"`
@@ -330,6 +423,28 @@ type RenewRequest struct {
 	TtlMs *int `json:"ttl_ms,omitempty"`
 }
 
+// RenewSessionRequest defines model for RenewSessionRequest.
+type RenewSessionRequest struct {
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId SessionID `json:"session_id"`
+
+	// TtlMs Default: the session's current TTL.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+}
+
+// Session defines model for Session.
+type Session struct {
+	ExpiresAt Timestamp `json:"expires_at"`
+	Owner     string    `json:"owner"`
+
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId SessionID `json:"session_id"`
+	TtlMs     int       `json:"ttl_ms"`
+}
+
+// SessionID A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+type SessionID = string
+
 // Timestamp defines model for Timestamp.
 type Timestamp = time.Time
 
@@ -354,8 +469,14 @@ type BodyTimeout = Problem
 // Forbidden defines model for Forbidden.
 type Forbidden = Problem
 
+// InternalError defines model for InternalError.
+type InternalError = Problem
+
 // LeaseExpired defines model for LeaseExpired.
 type LeaseExpired = Problem
+
+// NotFound defines model for NotFound.
+type NotFound = Problem
 
 // NotSupported defines model for NotSupported.
 type NotSupported = Problem
@@ -363,8 +484,17 @@ type NotSupported = Problem
 // RateLimited defines model for RateLimited.
 type RateLimited = Problem
 
+// SessionBound defines model for SessionBound.
+type SessionBound = Problem
+
+// SessionExpired defines model for SessionExpired.
+type SessionExpired = Problem
+
 // TooLarge defines model for TooLarge.
 type TooLarge = Problem
+
+// TooManyStreams defines model for TooManyStreams.
+type TooManyStreams = Problem
 
 // Unauthorized defines model for Unauthorized.
 type Unauthorized = Problem
@@ -389,7 +519,9 @@ type ListParams struct {
 
 	// After Return keys after this one (the previous page's `next`).
 	After *string `form:"after,omitempty" json:"after,omitempty"`
-	Limit *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Limit Locks per page; 100 when omitted.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
 // AcquireParams defines parameters for Acquire.
@@ -404,6 +536,11 @@ type AcquireParams struct {
 	// acquire (409, 503) records nothing, so its retry runs afresh. Refused with 501 on
 	// a backend that cannot keep the record (none of lockd's own backends).
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// WatchLockParams defines parameters for WatchLock.
+type WatchLockParams struct {
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
 // CampaignJSONRequestBody defines body for Campaign for application/json ContentType.
@@ -426,6 +563,15 @@ type ReleaseJSONRequestBody = ReleaseRequest
 
 // RenewJSONRequestBody defines body for Renew for application/json ContentType.
 type RenewJSONRequestBody = RenewRequest
+
+// OpenSessionJSONRequestBody defines body for OpenSession for application/json ContentType.
+type OpenSessionJSONRequestBody = OpenSessionRequest
+
+// CloseSessionJSONRequestBody defines body for CloseSession for application/json ContentType.
+type CloseSessionJSONRequestBody = CloseSessionRequest
+
+// RenewSessionJSONRequestBody defines body for RenewSession for application/json ContentType.
+type RenewSessionJSONRequestBody = RenewSessionRequest
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -503,47 +649,63 @@ type ClientInterface interface {
 
 	// Healthz The process is up.
 	//
+	// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+	//
 	// Corresponds with GET /healthz (the `Healthz` operationId).
 	Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// HealthzHead As GET, without a body (for load balancers and monitors).
+	//
+	// Answers 200 while the process serves HTTP; it does not touch the backend.
 	//
 	// Corresponds with HEAD /healthz (the `HealthzHead` operationId).
 	HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Metrics Prometheus metrics.
 	//
+	// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+	//
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Readyz The backend is reachable and this replica's clock is within the declared skew bound.
+	//
+	// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReadyzHead As GET, without a body (for load balancers and monitors).
 	//
+	// Answers 200 when GET /readyz would, 503 otherwise.
+	//
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 	ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Console The web console (an HTML page that reads this API from the browser with the viewer's token).
 	//
-	// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+	// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 	//
-	// Corresponds with GET /ui/ (the `Console` operationId).
+	// Corresponds with GET /ui/index.html (the `Console` operationId).
 	Console(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+	//
+	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 	//
 	// Corresponds with GET /v1/capabilities (the `Capabilities` operationId).
 	Capabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// InspectElection The election's unexpired leader, if any, and how many candidates wait behind it.
 	//
+	// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+	//
 	// Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
 	InspectElection(ctx context.Context, name Name, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CampaignWithBody Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -551,6 +713,8 @@ type ClientInterface interface {
 	CampaignWithBody(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Campaign Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -571,11 +735,14 @@ type ClientInterface interface {
 	// the current state; a stream that loses the backend sends `resync` and
 	// goes on with the current state once it is back. A `: ping` comment
 	// comes at least every 15 s; stopping lockd sends `event: shutdown`.
+	// Streams count against --max-streams and --max-streams-per-key.
 	//
 	// Corresponds with GET /v1/elections/{name}/observe (the `ObserveElection` operationId).
 	ObserveElection(ctx context.Context, name Name, params *ObserveElectionParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ProclaimWithBody Set a new value for the leader's term (same term, same deadline).
+	//
+	// Replaces the leader's value; observers see a leader event with the same term.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -584,12 +751,16 @@ type ClientInterface interface {
 
 	// Proclaim Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
 	Proclaim(ctx context.Context, name Name, body ProclaimJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -598,12 +769,16 @@ type ClientInterface interface {
 
 	// RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
 	RenewLeadership(ctx context.Context, name Name, body RenewLeadershipJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ResignWithBody End the leader's term now; the next candidate in line becomes leader.
+	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -612,6 +787,8 @@ type ClientInterface interface {
 
 	// Resign End the leader's term now; the next candidate in line becomes leader.
 	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -619,15 +796,21 @@ type ClientInterface interface {
 
 	// List Held locks under a key prefix, in key order, a page at a time.
 	//
+	// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+	//
 	// Corresponds with GET /v1/locks (the `List` operationId).
 	List(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Inspect Who holds a lock, and how many wait for it.
 	//
+	// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
+	//
 	// Corresponds with GET /v1/locks/{key} (the `Inspect` operationId).
 	Inspect(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// AcquireWithBody Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -636,12 +819,35 @@ type ClientInterface interface {
 
 	// Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	Acquire(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// WatchLock A server-sent event stream of one lock key (use curl -N).
+	//
+	// The first event is `snapshot` (data: KeySnapshot), the key's state
+	// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+	// grant, and `released` or `expired` (data: KeyEnded) for its end.
+	// `expired` is sent at the holder's deadline plus the declared clock
+	// skew, confirmed by a re-read of the store, even when nobody touches
+	// the key. Renewals are not events. Every event but `resync` and
+	// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+	// `Last-Event-ID` resumes without a gap (replaying missed events where
+	// the backend can, see capabilities `events.replay`), or sends `resync`
+	// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+	// resumes in the same way once it is back: never a silent close. A
+	// `: ping` comment comes at least every 15 s; stopping lockd sends
+	// `event: shutdown`. Needs the `read` right on the key.
+	//
+	// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+	WatchLock(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ReleaseWithBody Release a lock held by lease_id.
+	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -650,12 +856,16 @@ type ClientInterface interface {
 
 	// Release Release a lock held by lease_id.
 	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
 	Release(ctx context.Context, key Key, body ReleaseJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RenewWithBody Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -664,13 +874,59 @@ type ClientInterface interface {
 
 	// Renew Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	Renew(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OpenSessionWithBody Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+	OpenSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OpenSession Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+	OpenSession(ctx context.Context, body OpenSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CloseSessionWithBody End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+	CloseSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CloseSession End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+	CloseSession(ctx context.Context, body CloseSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewSessionWithBody Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+	RenewSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewSession Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+	RenewSession(ctx context.Context, body RenewSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // Healthz The process is up.
+//
+// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
 //
 // Corresponds with GET /healthz (the `Healthz` operationId).
 func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -687,6 +943,8 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 
 // HealthzHead As GET, without a body (for load balancers and monitors).
 //
+// Answers 200 while the process serves HTTP; it does not touch the backend.
+//
 // Corresponds with HEAD /healthz (the `HealthzHead` operationId).
 func (c *Client) HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHealthzHeadRequest(c.Server)
@@ -701,6 +959,8 @@ func (c *Client) HealthzHead(ctx context.Context, reqEditors ...RequestEditorFn)
 }
 
 // Metrics Prometheus metrics.
+//
+// Prometheus text format; needs an admin token when lockd runs with a tokens file.
 //
 // Corresponds with GET /metrics (the `Metrics` operationId).
 func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -717,6 +977,8 @@ func (c *Client) Metrics(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 
 // Readyz The backend is reachable and this replica's clock is within the declared skew bound.
 //
+// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
+//
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReadyzRequest(c.Server)
@@ -731,6 +993,8 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 }
 
 // ReadyzHead As GET, without a body (for load balancers and monitors).
+//
+// Answers 200 when GET /readyz would, 503 otherwise.
 //
 // Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
 func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -747,9 +1011,9 @@ func (c *Client) ReadyzHead(ctx context.Context, reqEditors ...RequestEditorFn) 
 
 // Console The web console (an HTML page that reads this API from the browser with the viewer's token).
 //
-// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 //
-// Corresponds with GET /ui/ (the `Console` operationId).
+// Corresponds with GET /ui/index.html (the `Console` operationId).
 func (c *Client) Console(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewConsoleRequest(c.Server)
 	if err != nil {
@@ -763,6 +1027,8 @@ func (c *Client) Console(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 }
 
 // Capabilities What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+//
+// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 //
 // Corresponds with GET /v1/capabilities (the `Capabilities` operationId).
 func (c *Client) Capabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -779,6 +1045,8 @@ func (c *Client) Capabilities(ctx context.Context, reqEditors ...RequestEditorFn
 
 // InspectElection The election's unexpired leader, if any, and how many candidates wait behind it.
 //
+// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+//
 // Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
 func (c *Client) InspectElection(ctx context.Context, name Name, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewInspectElectionRequest(c.Server, name)
@@ -793,6 +1061,8 @@ func (c *Client) InspectElection(ctx context.Context, name Name, reqEditors ...R
 }
 
 // CampaignWithBody Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes any type of body and a specified content type.
 //
@@ -810,6 +1080,8 @@ func (c *Client) CampaignWithBody(ctx context.Context, name Name, contentType st
 }
 
 // Campaign Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -840,6 +1112,7 @@ func (c *Client) Campaign(ctx context.Context, name Name, body CampaignJSONReque
 // the current state; a stream that loses the backend sends `resync` and
 // goes on with the current state once it is back. A `: ping` comment
 // comes at least every 15 s; stopping lockd sends `event: shutdown`.
+// Streams count against --max-streams and --max-streams-per-key.
 //
 // Corresponds with GET /v1/elections/{name}/observe (the `ObserveElection` operationId).
 func (c *Client) ObserveElection(ctx context.Context, name Name, params *ObserveElectionParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -855,6 +1128,8 @@ func (c *Client) ObserveElection(ctx context.Context, name Name, params *Observe
 }
 
 // ProclaimWithBody Set a new value for the leader's term (same term, same deadline).
+//
+// Replaces the leader's value; observers see a leader event with the same term.
 //
 // Takes any type of body and a specified content type.
 //
@@ -873,6 +1148,8 @@ func (c *Client) ProclaimWithBody(ctx context.Context, name Name, contentType st
 
 // Proclaim Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -889,6 +1166,8 @@ func (c *Client) Proclaim(ctx context.Context, name Name, body ProclaimJSONReque
 }
 
 // RenewLeadershipWithBody Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 //
 // Takes any type of body and a specified content type.
 //
@@ -907,6 +1186,8 @@ func (c *Client) RenewLeadershipWithBody(ctx context.Context, name Name, content
 
 // RenewLeadership Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 //
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
@@ -923,6 +1204,8 @@ func (c *Client) RenewLeadership(ctx context.Context, name Name, body RenewLeade
 }
 
 // ResignWithBody End the leader's term now; the next candidate in line becomes leader.
+//
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 //
 // Takes any type of body and a specified content type.
 //
@@ -941,6 +1224,8 @@ func (c *Client) ResignWithBody(ctx context.Context, name Name, contentType stri
 
 // Resign End the leader's term now; the next candidate in line becomes leader.
 //
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -958,6 +1243,8 @@ func (c *Client) Resign(ctx context.Context, name Name, body ResignJSONRequestBo
 
 // List Held locks under a key prefix, in key order, a page at a time.
 //
+// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+//
 // Corresponds with GET /v1/locks (the `List` operationId).
 func (c *Client) List(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListRequest(c.Server, params)
@@ -973,6 +1260,8 @@ func (c *Client) List(ctx context.Context, params *ListParams, reqEditors ...Req
 
 // Inspect Who holds a lock, and how many wait for it.
 //
+// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
+//
 // Corresponds with GET /v1/locks/{key} (the `Inspect` operationId).
 func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewInspectRequest(c.Server, key)
@@ -987,6 +1276,8 @@ func (c *Client) Inspect(ctx context.Context, key Key, reqEditors ...RequestEdit
 }
 
 // AcquireWithBody Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1005,6 +1296,8 @@ func (c *Client) AcquireWithBody(ctx context.Context, key Key, params *AcquirePa
 
 // Acquire Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -1020,7 +1313,38 @@ func (c *Client) Acquire(ctx context.Context, key Key, params *AcquireParams, bo
 	return c.Client.Do(req)
 }
 
+// WatchLock A server-sent event stream of one lock key (use curl -N).
+//
+// The first event is `snapshot` (data: KeySnapshot), the key's state
+// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+// grant, and `released` or `expired` (data: KeyEnded) for its end.
+// `expired` is sent at the holder's deadline plus the declared clock
+// skew, confirmed by a re-read of the store, even when nobody touches
+// the key. Renewals are not events. Every event but `resync` and
+// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+// `Last-Event-ID` resumes without a gap (replaying missed events where
+// the backend can, see capabilities `events.replay`), or sends `resync`
+// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+// resumes in the same way once it is back: never a silent close. A
+// `: ping` comment comes at least every 15 s; stopping lockd sends
+// `event: shutdown`. Needs the `read` right on the key.
+//
+// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+func (c *Client) WatchLock(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewWatchLockRequest(c.Server, key, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ReleaseWithBody Release a lock held by lease_id.
+//
+// Ends the lease at once; the next waiter in line is granted the lock.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1039,6 +1363,8 @@ func (c *Client) ReleaseWithBody(ctx context.Context, key Key, contentType strin
 
 // Release Release a lock held by lease_id.
 //
+// Ends the lease at once; the next waiter in line is granted the lock.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -1055,6 +1381,8 @@ func (c *Client) Release(ctx context.Context, key Key, body ReleaseJSONRequestBo
 }
 
 // RenewWithBody Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+//
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1073,11 +1401,115 @@ func (c *Client) RenewWithBody(ctx context.Context, key Key, contentType string,
 
 // Renew Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 //
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 func (c *Client) Renew(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRenewRequest(c.Server, key, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OpenSessionWithBody Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+func (c *Client) OpenSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOpenSessionRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OpenSession Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+func (c *Client) OpenSession(ctx context.Context, body OpenSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOpenSessionRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CloseSessionWithBody End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+func (c *Client) CloseSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCloseSessionRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CloseSession End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+func (c *Client) CloseSession(ctx context.Context, body CloseSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCloseSessionRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewSessionWithBody Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+func (c *Client) RenewSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewSessionRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewSession Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+func (c *Client) RenewSession(ctx context.Context, body RenewSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewSessionRequest(c.Server, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1232,7 +1664,7 @@ func NewConsoleRequest(server string) (*http.Request, error) {
 		return nil, err
 	}
 
-	operationPath := fmt.Sprintf("/ui/")
+	operationPath := fmt.Sprintf("/ui/index.html")
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -1722,6 +2154,55 @@ func NewAcquireRequestWithBody(server string, key Key, params *AcquireParams, co
 	return req, nil
 }
 
+// NewWatchLockRequest constructs an http.Request for the WatchLock method
+func NewWatchLockRequest(server string, key Key, params *WatchLockParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/locks/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewReleaseRequest calls the generic Release builder with application/json body
 func NewReleaseRequest(server string, key Key, body ReleaseJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -1816,6 +2297,126 @@ func NewRenewRequestWithBody(server string, key Key, contentType string, body io
 	return req, nil
 }
 
+// NewOpenSessionRequest calls the generic OpenSession builder with application/json body
+func NewOpenSessionRequest(server string, body OpenSessionJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewOpenSessionRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewOpenSessionRequestWithBody constructs an http.Request for the OpenSession method, with any body, and a specified content type
+func NewOpenSessionRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sessions")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewCloseSessionRequest calls the generic CloseSession builder with application/json body
+func NewCloseSessionRequest(server string, body CloseSessionJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCloseSessionRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCloseSessionRequestWithBody constructs an http.Request for the CloseSession method, with any body, and a specified content type
+func NewCloseSessionRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sessions/close")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRenewSessionRequest calls the generic RenewSession builder with application/json body
+func NewRenewSessionRequest(server string, body RenewSessionJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenewSessionRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewRenewSessionRequestWithBody constructs an http.Request for the RenewSession method, with any body, and a specified content type
+func NewRenewSessionRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sessions/renew")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -1862,12 +2463,16 @@ type ClientWithResponsesInterface interface {
 
 	// HealthzWithResponse The process is up.
 	//
+	// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /healthz (the `Healthz` operationId).
 	HealthzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HealthzResponse, error)
 
 	// HealthzHeadWithResponse As GET, without a body (for load balancers and monitors).
+	//
+	// Answers 200 while the process serves HTTP; it does not touch the backend.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1876,12 +2481,16 @@ type ClientWithResponsesInterface interface {
 
 	// MetricsWithResponse Prometheus metrics.
 	//
+	// Prometheus text format; needs an admin token when lockd runs with a tokens file.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /metrics (the `Metrics` operationId).
 	MetricsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MetricsResponse, error)
 
 	// ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
+	//
+	// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1890,6 +2499,8 @@ type ClientWithResponsesInterface interface {
 
 	// ReadyzHeadWithResponse As GET, without a body (for load balancers and monitors).
 	//
+	// Answers 200 when GET /readyz would, 503 otherwise.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with HEAD /readyz (the `ReadyzHead` operationId).
@@ -1897,14 +2508,16 @@ type ClientWithResponsesInterface interface {
 
 	// ConsoleWithResponse The web console (an HTML page that reads this API from the browser with the viewer's token).
 	//
-	// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+	// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
-	// Corresponds with GET /ui/ (the `Console` operationId).
+	// Corresponds with GET /ui/index.html (the `Console` operationId).
 	ConsoleWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ConsoleResponse, error)
 
 	// CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+	//
+	// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1913,6 +2526,8 @@ type ClientWithResponsesInterface interface {
 
 	// InspectElectionWithResponse The election's unexpired leader, if any, and how many candidates wait behind it.
 	//
+	// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
@@ -1920,12 +2535,16 @@ type ClientWithResponsesInterface interface {
 
 	// CampaignWithBodyWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
 	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/campaign (the `Campaign` operationId).
 	CampaignWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CampaignResponse, error)
 
 	// CampaignWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+	//
+	// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1946,6 +2565,7 @@ type ClientWithResponsesInterface interface {
 	// the current state; a stream that loses the backend sends `resync` and
 	// goes on with the current state once it is back. A `: ping` comment
 	// comes at least every 15 s; stopping lockd sends `event: shutdown`.
+	// Streams count against --max-streams and --max-streams-per-key.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1954,12 +2574,16 @@ type ClientWithResponsesInterface interface {
 
 	// ProclaimWithBodyWithResponse Set a new value for the leader's term (same term, same deadline).
 	//
+	// Replaces the leader's value; observers see a leader event with the same term.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
 	ProclaimWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ProclaimResponse, error)
 
 	// ProclaimWithResponse Set a new value for the leader's term (same term, same deadline).
+	//
+	// Replaces the leader's value; observers see a leader event with the same term.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1968,12 +2592,16 @@ type ClientWithResponsesInterface interface {
 
 	// RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
 	RenewLeadershipWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewLeadershipResponse, error)
 
 	// RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+	//
+	// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1982,12 +2610,16 @@ type ClientWithResponsesInterface interface {
 
 	// ResignWithBodyWithResponse End the leader's term now; the next candidate in line becomes leader.
 	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
 	ResignWithBodyWithResponse(ctx context.Context, name Name, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ResignResponse, error)
 
 	// ResignWithResponse End the leader's term now; the next candidate in line becomes leader.
+	//
+	// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1996,12 +2628,16 @@ type ClientWithResponsesInterface interface {
 
 	// ListWithResponse Held locks under a key prefix, in key order, a page at a time.
 	//
+	// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/locks (the `List` operationId).
 	ListWithResponse(ctx context.Context, params *ListParams, reqEditors ...RequestEditorFn) (*ListResponse, error)
 
 	// InspectWithResponse Who holds a lock, and how many wait for it.
+	//
+	// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2010,6 +2646,8 @@ type ClientWithResponsesInterface interface {
 
 	// AcquireWithBodyWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -2017,12 +2655,37 @@ type ClientWithResponsesInterface interface {
 
 	// AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 	//
+	// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
 	AcquireWithResponse(ctx context.Context, key Key, params *AcquireParams, body AcquireJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireResponse, error)
 
+	// WatchLockWithResponse A server-sent event stream of one lock key (use curl -N).
+	//
+	// The first event is `snapshot` (data: KeySnapshot), the key's state
+	// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+	// grant, and `released` or `expired` (data: KeyEnded) for its end.
+	// `expired` is sent at the holder's deadline plus the declared clock
+	// skew, confirmed by a re-read of the store, even when nobody touches
+	// the key. Renewals are not events. Every event but `resync` and
+	// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+	// `Last-Event-ID` resumes without a gap (replaying missed events where
+	// the backend can, see capabilities `events.replay`), or sends `resync`
+	// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+	// resumes in the same way once it is back: never a silent close. A
+	// `: ping` comment comes at least every 15 s; stopping lockd sends
+	// `event: shutdown`. Needs the `read` right on the key.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+	WatchLockWithResponse(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*WatchLockResponse, error)
+
 	// ReleaseWithBodyWithResponse Release a lock held by lease_id.
+	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2031,12 +2694,16 @@ type ClientWithResponsesInterface interface {
 
 	// ReleaseWithResponse Release a lock held by lease_id.
 	//
+	// Ends the lease at once; the next waiter in line is granted the lock.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
 	ReleaseWithResponse(ctx context.Context, key Key, body ReleaseJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseResponse, error)
 
 	// RenewWithBodyWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2045,10 +2712,54 @@ type ClientWithResponsesInterface interface {
 
 	// RenewWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 	//
+	// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	RenewWithResponse(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewResponse, error)
+
+	// OpenSessionWithBodyWithResponse Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+	OpenSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OpenSessionResponse, error)
+
+	// OpenSessionWithResponse Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+	OpenSessionWithResponse(ctx context.Context, body OpenSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*OpenSessionResponse, error)
+
+	// CloseSessionWithBodyWithResponse End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+	CloseSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CloseSessionResponse, error)
+
+	// CloseSessionWithResponse End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+	CloseSessionWithResponse(ctx context.Context, body CloseSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*CloseSessionResponse, error)
+
+	// RenewSessionWithBodyWithResponse Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+	RenewSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewSessionResponse, error)
+
+	// RenewSessionWithResponse Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+	RenewSessionWithResponse(ctx context.Context, body RenewSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewSessionResponse, error)
 }
 
 type HealthzResponse struct {
@@ -2061,6 +2772,8 @@ type HealthzResponse struct {
 		// Version lockd's module version, (devel) for a build from a work tree
 		Version *string `json:"version,omitempty"`
 	}
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2071,6 +2784,11 @@ func (r HealthzResponse) GetJSON200() *struct {
 	Version *string `json:"version,omitempty"`
 } {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r HealthzResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2105,6 +2823,13 @@ func (r HealthzResponse) ContentType() string {
 type HealthzHeadResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r HealthzHeadResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2155,6 +2880,8 @@ type MetricsResponse struct {
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *MetricsResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -2174,6 +2901,11 @@ func (r MetricsResponse) GetApplicationproblemJSON403() *Forbidden {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r MetricsResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r MetricsResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2218,6 +2950,8 @@ type ReadyzResponse struct {
 		Backend string                          `json:"backend"`
 		Status  Readyz200JSONResponseBodyStatus `json:"status"`
 	}
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers503 the parsed response headers for an HTTP 503 response
@@ -2230,6 +2964,11 @@ func (r ReadyzResponse) GetJSON200() *struct {
 	Status  Readyz200JSONResponseBodyStatus `json:"status"`
 } {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReadyzResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -2269,6 +3008,13 @@ func (r ReadyzResponse) ContentType() string {
 type ReadyzHeadResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReadyzHeadResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2305,11 +3051,18 @@ type ConsoleResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 }
 
 // GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r ConsoleResponse) GetApplicationproblemJSON404() *Problem {
 	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ConsoleResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2360,6 +3113,8 @@ type CapabilitiesResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *CapabilitiesResponse401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
@@ -2379,6 +3134,11 @@ func (r CapabilitiesResponse) GetApplicationproblemJSON401() *Unauthorized {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CapabilitiesResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CapabilitiesResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetBody returns the raw response body bytes
@@ -2436,8 +3196,12 @@ type InspectElectionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2470,9 +3234,19 @@ func (r InspectElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectElectionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r InspectElectionResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectElectionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2540,14 +3314,20 @@ type CampaignResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *SessionExpired
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2580,6 +3360,11 @@ func (r CampaignResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2590,6 +3375,11 @@ func (r CampaignResponse) GetApplicationproblemJSON409() *Problem {
 	return r.ApplicationproblemJSON409
 }
 
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON410() *SessionExpired {
+	return r.ApplicationproblemJSON410
+}
+
 // GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON413() *TooLarge {
 	return r.ApplicationproblemJSON413
@@ -2598,6 +3388,11 @@ func (r CampaignResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r CampaignResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CampaignResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2663,8 +3458,12 @@ type ObserveElectionResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
-	ApplicationproblemJSON429 *RateLimited
+	ApplicationproblemJSON429 *TooManyStreams
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2692,9 +3491,19 @@ func (r ObserveElectionResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ObserveElectionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
-func (r ObserveElectionResponse) GetApplicationproblemJSON429() *RateLimited {
+func (r ObserveElectionResponse) GetApplicationproblemJSON429() *TooManyStreams {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ObserveElectionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2762,6 +3571,8 @@ type ProclaimResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -2770,6 +3581,8 @@ type ProclaimResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2802,6 +3615,11 @@ func (r ProclaimResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ProclaimResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ProclaimResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -2820,6 +3638,11 @@ func (r ProclaimResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ProclaimResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ProclaimResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -2887,14 +3710,20 @@ type RenewLeadershipResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *SessionBound
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
 	ApplicationproblemJSON410 *LeaseExpired
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2927,9 +3756,19 @@ func (r RenewLeadershipResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewLeadershipResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON409() *SessionBound {
+	return r.ApplicationproblemJSON409
 }
 
 // GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
@@ -2945,6 +3784,11 @@ func (r RenewLeadershipResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewLeadershipResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewLeadershipResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3010,6 +3854,8 @@ type ResignResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3018,6 +3864,8 @@ type ResignResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *NotSupported
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3045,6 +3893,11 @@ func (r ResignResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ResignResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ResignResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3063,6 +3916,11 @@ func (r ResignResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ResignResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ResignResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3135,6 +3993,8 @@ type ListResponse struct {
 	ApplicationproblemJSON403 *Forbidden
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3171,6 +4031,11 @@ func (r ListResponse) GetApplicationproblemJSON403() *Forbidden {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ListResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3233,8 +4098,12 @@ type InspectResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3265,9 +4134,19 @@ func (r InspectResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r InspectResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3335,6 +4214,8 @@ type AcquireResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -3347,6 +4228,8 @@ type AcquireResponse struct {
 	ApplicationproblemJSON422 *Problem
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
 	ApplicationproblemJSON501 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3381,6 +4264,11 @@ func (r AcquireResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3409,6 +4297,11 @@ func (r AcquireResponse) GetApplicationproblemJSON422() *Problem {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r AcquireResponse) GetApplicationproblemJSON429() *Problem {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r AcquireResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
@@ -3450,6 +4343,117 @@ func (r AcquireResponse) ContentType() string {
 	return ""
 }
 
+// WatchLockResponse401Headers the declared response headers of an HTTP 401 response for WatchLock
+type WatchLockResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// WatchLockResponse429Headers the declared response headers of an HTTP 429 response for WatchLock
+type WatchLockResponse429Headers struct {
+	RetryAfter *int
+}
+
+// WatchLockResponse503Headers the declared response headers of an HTTP 503 response for WatchLock
+type WatchLockResponse503Headers struct {
+	RetryAfter *int
+}
+
+type WatchLockResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *TooManyStreams
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *WatchLockResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *WatchLockResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *WatchLockResponse503Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON429() *TooManyStreams {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r WatchLockResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r WatchLockResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r WatchLockResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r WatchLockResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r WatchLockResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ReleaseResponse401Headers the declared response headers of an HTTP 401 response for Release
 type ReleaseResponse401Headers struct {
 	WWWAuthenticate *string
@@ -3474,6 +4478,8 @@ type ReleaseResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
@@ -3482,6 +4488,8 @@ type ReleaseResponse struct {
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3507,6 +4515,11 @@ func (r ReleaseResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ReleaseResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r ReleaseResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
@@ -3525,6 +4538,11 @@ func (r ReleaseResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r ReleaseResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReleaseResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3587,14 +4605,20 @@ type RenewResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
 	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *SessionBound
 	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
 	ApplicationproblemJSON410 *LeaseExpired
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *TooLarge
 	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Unavailable
 	// Headers401 the parsed response headers for an HTTP 401 response
@@ -3625,9 +4649,19 @@ func (r RenewResponse) GetApplicationproblemJSON403() *Forbidden {
 	return r.ApplicationproblemJSON403
 }
 
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
 // GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
 func (r RenewResponse) GetApplicationproblemJSON408() *BodyTimeout {
 	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON409() *SessionBound {
+	return r.ApplicationproblemJSON409
 }
 
 // GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
@@ -3643,6 +4677,11 @@ func (r RenewResponse) GetApplicationproblemJSON413() *TooLarge {
 // GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RenewResponse) GetApplicationproblemJSON429() *RateLimited {
 	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
 }
 
 // GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
@@ -3679,7 +4718,412 @@ func (r RenewResponse) ContentType() string {
 	return ""
 }
 
+// OpenSessionResponse401Headers the declared response headers of an HTTP 401 response for OpenSession
+type OpenSessionResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// OpenSessionResponse429Headers the declared response headers of an HTTP 429 response for OpenSession
+type OpenSessionResponse429Headers struct {
+	RetryAfter *int
+}
+
+// OpenSessionResponse503Headers the declared response headers of an HTTP 503 response for OpenSession
+type OpenSessionResponse503Headers struct {
+	RetryAfter *int
+}
+
+type OpenSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Session
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *OpenSessionResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *OpenSessionResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *OpenSessionResponse503Headers
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r OpenSessionResponse) GetJSON201() *Session {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r OpenSessionResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r OpenSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OpenSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OpenSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OpenSessionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// CloseSessionResponse401Headers the declared response headers of an HTTP 401 response for CloseSession
+type CloseSessionResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// CloseSessionResponse429Headers the declared response headers of an HTTP 429 response for CloseSession
+type CloseSessionResponse429Headers struct {
+	RetryAfter *int
+}
+
+// CloseSessionResponse503Headers the declared response headers of an HTTP 503 response for CloseSession
+type CloseSessionResponse503Headers struct {
+	RetryAfter *int
+}
+
+type CloseSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *SessionExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *CloseSessionResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *CloseSessionResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *CloseSessionResponse503Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON410() *SessionExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r CloseSessionResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CloseSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CloseSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CloseSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CloseSessionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RenewSessionResponse401Headers the declared response headers of an HTTP 401 response for RenewSession
+type RenewSessionResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// RenewSessionResponse429Headers the declared response headers of an HTTP 429 response for RenewSession
+type RenewSessionResponse429Headers struct {
+	RetryAfter *int
+}
+
+// RenewSessionResponse503Headers the declared response headers of an HTTP 503 response for RenewSession
+type RenewSessionResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RenewSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Session
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *SessionExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RenewSessionResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RenewSessionResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RenewSessionResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RenewSessionResponse) GetJSON200() *Session {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON410() *SessionExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RenewSessionResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RenewSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RenewSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RenewSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RenewSessionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // HealthzWithResponse The process is up.
+//
+// Answers 200 while the process serves HTTP, with lockd's version; it does not touch the backend. Never rate limited and needs no token.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3694,6 +5138,8 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 
 // HealthzHeadWithResponse As GET, without a body (for load balancers and monitors).
 //
+// Answers 200 while the process serves HTTP; it does not touch the backend.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with HEAD /healthz (the `HealthzHead` operationId).
@@ -3706,6 +5152,8 @@ func (c *ClientWithResponses) HealthzHeadWithResponse(ctx context.Context, reqEd
 }
 
 // MetricsWithResponse Prometheus metrics.
+//
+// Prometheus text format; needs an admin token when lockd runs with a tokens file.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3720,6 +5168,8 @@ func (c *ClientWithResponses) MetricsWithResponse(ctx context.Context, reqEditor
 
 // ReadyzWithResponse The backend is reachable and this replica's clock is within the declared skew bound.
 //
+// Answers 200 when a replica should get traffic: its backend answers and its clock agrees with the shared reference. Never rate limited and needs no token.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /readyz (the `Readyz` operationId).
@@ -3732,6 +5182,8 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 }
 
 // ReadyzHeadWithResponse As GET, without a body (for load balancers and monitors).
+//
+// Answers 200 when GET /readyz would, 503 otherwise.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3746,11 +5198,11 @@ func (c *ClientWithResponses) ReadyzHeadWithResponse(ctx context.Context, reqEdi
 
 // ConsoleWithResponse The web console (an HTML page that reads this API from the browser with the viewer's token).
 //
-// Served without a token (the page asks for one); its script and style are /ui/app.js and /ui/app.css. `GET /ui` redirects here. Absent with --ui=false.
+// Served without a token (the page asks for one), also at `/ui/` (`GET /ui` redirects there); its script and style are /ui/app.js and /ui/app.css. Absent with --ui=false.
 //
 // Returns a wrapper object for the known response body format(s).
 //
-// Corresponds with GET /ui/ (the `Console` operationId).
+// Corresponds with GET /ui/index.html (the `Console` operationId).
 func (c *ClientWithResponses) ConsoleWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ConsoleResponse, error) {
 	rsp, err := c.Console(ctx, reqEditors...)
 	if err != nil {
@@ -3760,6 +5212,8 @@ func (c *ClientWithResponses) ConsoleWithResponse(ctx context.Context, reqEditor
 }
 
 // CapabilitiesWithResponse What this lockd's backend supports. A null feature answers 501 not_supported on its routes.
+//
+// Tells which optional features this lockd's backend has, so a client can avoid routes that would answer 501.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3774,6 +5228,8 @@ func (c *ClientWithResponses) CapabilitiesWithResponse(ctx context.Context, reqE
 
 // InspectElectionWithResponse The election's unexpired leader, if any, and how many candidates wait behind it.
 //
+// Shows the current leader (term, owner, value, expiry) and how many candidates wait.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/elections/{name} (the `InspectElection` operationId).
@@ -3787,6 +5243,8 @@ func (c *ClientWithResponses) InspectElectionWithResponse(ctx context.Context, n
 
 // CampaignWithBodyWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
 //
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/campaign (the `Campaign` operationId).
@@ -3799,6 +5257,8 @@ func (c *ClientWithResponses) CampaignWithBodyWithResponse(ctx context.Context, 
 }
 
 // CampaignWithResponse Become leader of an election (a FIFO lock with a value), optionally waiting up to wait_ms. The term is the fencing token.
+//
+// Becomes leader at once when nobody leads, or waits in line for up to wait_ms. The leader renews like a lock holder.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3825,6 +5285,7 @@ func (c *ClientWithResponses) CampaignWithResponse(ctx context.Context, name Nam
 // the current state; a stream that loses the backend sends `resync` and
 // goes on with the current state once it is back. A `: ping` comment
 // comes at least every 15 s; stopping lockd sends `event: shutdown`.
+// Streams count against --max-streams and --max-streams-per-key.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3839,6 +5300,8 @@ func (c *ClientWithResponses) ObserveElectionWithResponse(ctx context.Context, n
 
 // ProclaimWithBodyWithResponse Set a new value for the leader's term (same term, same deadline).
 //
+// Replaces the leader's value; observers see a leader event with the same term.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/proclaim (the `Proclaim` operationId).
@@ -3851,6 +5314,8 @@ func (c *ClientWithResponses) ProclaimWithBodyWithResponse(ctx context.Context, 
 }
 
 // ProclaimWithResponse Set a new value for the leader's term (same term, same deadline).
+//
+// Replaces the leader's value; observers see a leader event with the same term.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3865,6 +5330,8 @@ func (c *ClientWithResponses) ProclaimWithResponse(ctx context.Context, name Nam
 
 // RenewLeadershipWithBodyWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
 //
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/renew (the `RenewLeadership` operationId).
@@ -3877,6 +5344,8 @@ func (c *ClientWithResponses) RenewLeadershipWithBodyWithResponse(ctx context.Co
 }
 
 // RenewLeadershipWithResponse Extend the leader's lease; without ttl_ms it keeps its TTL. Same term and value.
+//
+// Extends the leader's lease, as renew does for a lock. A leadership won in a session is renewed through the session (409 session_bound).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3891,6 +5360,8 @@ func (c *ClientWithResponses) RenewLeadershipWithResponse(ctx context.Context, n
 
 // ResignWithBodyWithResponse End the leader's term now; the next candidate in line becomes leader.
 //
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/elections/{name}/resign (the `Resign` operationId).
@@ -3903,6 +5374,8 @@ func (c *ClientWithResponses) ResignWithBodyWithResponse(ctx context.Context, na
 }
 
 // ResignWithResponse End the leader's term now; the next candidate in line becomes leader.
+//
+// Ends the term at once; observers see no_leader (reason resigned) or the next leader.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3917,6 +5390,8 @@ func (c *ClientWithResponses) ResignWithResponse(ctx context.Context, name Name,
 
 // ListWithResponse Held locks under a key prefix, in key order, a page at a time.
 //
+// Lists held locks whose key starts with prefix, in key order. Pass the previous page's next as after to get the next page.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/locks (the `List` operationId).
@@ -3929,6 +5404,8 @@ func (c *ClientWithResponses) ListWithResponse(ctx context.Context, params *List
 }
 
 // InspectWithResponse Who holds a lock, and how many wait for it.
+//
+// Shows the holder's owner, token and expiry, and how many wait; never the lease id.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3943,6 +5420,8 @@ func (c *ClientWithResponses) InspectWithResponse(ctx context.Context, key Key, 
 
 // AcquireWithBodyWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -3956,6 +5435,8 @@ func (c *ClientWithResponses) AcquireWithBodyWithResponse(ctx context.Context, k
 
 // AcquireWithResponse Acquire a lock, optionally waiting (long poll, FIFO) up to wait_ms.
 //
+// Grants the lock at once when it is free. Otherwise waits in line (first come, first served where the backend allows) for up to wait_ms, then answers 409 lock_held. Send an Idempotency-Key to make retries safe.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/acquire (the `Acquire` operationId).
@@ -3967,7 +5448,36 @@ func (c *ClientWithResponses) AcquireWithResponse(ctx context.Context, key Key, 
 	return ParseAcquireResponse(rsp)
 }
 
+// WatchLockWithResponse A server-sent event stream of one lock key (use curl -N).
+//
+// The first event is `snapshot` (data: KeySnapshot), the key's state
+// now. Then, in token order: `acquired` (data: KeyAcquired) for every
+// grant, and `released` or `expired` (data: KeyEnded) for its end.
+// `expired` is sent at the holder's deadline plus the declared clock
+// skew, confirmed by a re-read of the store, even when nobody touches
+// the key. Renewals are not events. Every event but `resync` and
+// `shutdown` has an `id:`, the backend's cursor; a reconnect with
+// `Last-Event-ID` resumes without a gap (replaying missed events where
+// the backend can, see capabilities `events.replay`), or sends `resync`
+// (data: Resync) and a fresh `snapshot`. A stream that loses the backend
+// resumes in the same way once it is back: never a silent close. A
+// `: ping` comment comes at least every 15 s; stopping lockd sends
+// `event: shutdown`. Needs the `read` right on the key.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/locks/{key}/events (the `WatchLock` operationId).
+func (c *ClientWithResponses) WatchLockWithResponse(ctx context.Context, key Key, params *WatchLockParams, reqEditors ...RequestEditorFn) (*WatchLockResponse, error) {
+	rsp, err := c.WatchLock(ctx, key, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseWatchLockResponse(rsp)
+}
+
 // ReleaseWithBodyWithResponse Release a lock held by lease_id.
+//
+// Ends the lease at once; the next waiter in line is granted the lock.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3982,6 +5492,8 @@ func (c *ClientWithResponses) ReleaseWithBodyWithResponse(ctx context.Context, k
 
 // ReleaseWithResponse Release a lock held by lease_id.
 //
+// Ends the lease at once; the next waiter in line is granted the lock.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/release (the `Release` operationId).
@@ -3994,6 +5506,8 @@ func (c *ClientWithResponses) ReleaseWithResponse(ctx context.Context, key Key, 
 }
 
 // RenewWithBodyWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
+//
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4008,6 +5522,8 @@ func (c *ClientWithResponses) RenewWithBodyWithResponse(ctx context.Context, key
 
 // RenewWithResponse Extend a lease; without ttl_ms it keeps its TTL. Same token, new expires_at.
 //
+// Extends the lease held by lease_id; the fencing token stays the same. Count the new deadline from when you sent the renew.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
@@ -4017,6 +5533,84 @@ func (c *ClientWithResponses) RenewWithResponse(ctx context.Context, key Key, bo
 		return nil, err
 	}
 	return ParseRenewResponse(rsp)
+}
+
+// OpenSessionWithBodyWithResponse Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+func (c *ClientWithResponses) OpenSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OpenSessionResponse, error) {
+	rsp, err := c.OpenSessionWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOpenSessionResponse(rsp)
+}
+
+// OpenSessionWithResponse Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sessions (the `OpenSession` operationId).
+func (c *ClientWithResponses) OpenSessionWithResponse(ctx context.Context, body OpenSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*OpenSessionResponse, error) {
+	rsp, err := c.OpenSession(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOpenSessionResponse(rsp)
+}
+
+// CloseSessionWithBodyWithResponse End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+func (c *ClientWithResponses) CloseSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CloseSessionResponse, error) {
+	rsp, err := c.CloseSessionWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCloseSessionResponse(rsp)
+}
+
+// CloseSessionWithResponse End a session at once; every grant made in it is released cleanly and its waiting acquires end with 410 session_expired.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sessions/close (the `CloseSession` operationId).
+func (c *ClientWithResponses) CloseSessionWithResponse(ctx context.Context, body CloseSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*CloseSessionResponse, error) {
+	rsp, err := c.CloseSession(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCloseSessionResponse(rsp)
+}
+
+// RenewSessionWithBodyWithResponse Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+func (c *ClientWithResponses) RenewSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewSessionResponse, error) {
+	rsp, err := c.RenewSessionWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewSessionResponse(rsp)
+}
+
+// RenewSessionWithResponse Extend a session, and every grant made in it, to ttl_ms from now (default its current TTL). An expired session is never renewed.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sessions/renew (the `RenewSession` operationId).
+func (c *ClientWithResponses) RenewSessionWithResponse(ctx context.Context, body RenewSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewSessionResponse, error) {
+	rsp, err := c.RenewSession(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewSessionResponse(rsp)
 }
 
 // ParseHealthzResponse parses an HTTP response from a HealthzWithResponse call
@@ -4045,6 +5639,13 @@ func ParseHealthzResponse(rsp *http.Response) (*HealthzResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	}
 
 	return response, nil
@@ -4061,6 +5662,19 @@ func ParseHealthzHeadResponse(rsp *http.Response) (*HealthzHeadResponse, error) 
 	response := &HealthzHeadResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	}
 
 	return response, nil
@@ -4100,6 +5714,13 @@ func ParseMetricsResponse(rsp *http.Response) (*MetricsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -4153,6 +5774,13 @@ func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4191,6 +5819,22 @@ func ParseReadyzHeadResponse(rsp *http.Response) (*ReadyzHeadResponse, error) {
 		HTTPResponse: rsp,
 	}
 
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case rsp.StatusCode == 503:
+		break // No content-type
+
+	}
+
 	return response, nil
 }
 
@@ -4214,6 +5858,13 @@ func ParseConsoleResponse(rsp *http.Response) (*ConsoleResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -4254,6 +5905,13 @@ func ParseCapabilitiesResponse(rsp *http.Response) (*CapabilitiesResponse, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	}
 
@@ -4325,12 +5983,26 @@ func ParseInspectElectionResponse(rsp *http.Response) (*InspectElectionResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4426,6 +6098,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4440,6 +6119,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 		}
 		response.ApplicationproblemJSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest SessionExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest TooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4453,6 +6139,13 @@ func ParseCampaignResponse(rsp *http.Response) (*CampaignResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4541,12 +6234,26 @@ func ParseObserveElectionResponse(rsp *http.Response) (*ObserveElectionResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
-		var dest RateLimited
+		var dest TooManyStreams
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4642,6 +6349,13 @@ func ParseProclaimResponse(rsp *http.Response) (*ProclaimResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4669,6 +6383,13 @@ func ParseProclaimResponse(rsp *http.Response) (*ProclaimResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4764,12 +6485,26 @@ func ParseRenewLeadershipResponse(rsp *http.Response) (*RenewLeadershipResponse,
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest SessionBound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
 		var dest LeaseExpired
@@ -4791,6 +6526,13 @@ func ParseRenewLeadershipResponse(rsp *http.Response) (*RenewLeadershipResponse,
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -4882,6 +6624,13 @@ func ParseResignResponse(rsp *http.Response) (*ResignResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4909,6 +6658,13 @@ func ParseResignResponse(rsp *http.Response) (*ResignResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest NotSupported
@@ -5014,6 +6770,13 @@ func ParseListResponse(rsp *http.Response) (*ListResponse, error) {
 		}
 		response.ApplicationproblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5101,12 +6864,26 @@ func ParseInspectResponse(rsp *http.Response) (*InspectResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -5195,6 +6972,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5236,6 +7020,13 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
 		var dest Problem
@@ -5299,6 +7090,114 @@ func ParseAcquireResponse(rsp *http.Response) (*AcquireResponse, error) {
 	return response, nil
 }
 
+// ParseWatchLockResponse parses an HTTP response from a WatchLockWithResponse call
+func ParseWatchLockResponse(rsp *http.Response) (*WatchLockResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &WatchLockResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyStreams
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers WatchLockResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers WatchLockResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers WatchLockResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseReleaseResponse parses an HTTP response from a ReleaseWithResponse call
 func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -5337,6 +7236,13 @@ func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5364,6 +7270,13 @@ func ParseReleaseResponse(rsp *http.Response) (*ReleaseResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -5452,12 +7365,26 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
 		var dest BodyTimeout
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest SessionBound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
 		var dest LeaseExpired
@@ -5479,6 +7406,13 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
@@ -5512,6 +7446,403 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers RenewResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseOpenSessionResponse parses an HTTP response from a OpenSessionWithResponse call
+func ParseOpenSessionResponse(rsp *http.Response) (*OpenSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OpenSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Session
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers OpenSessionResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers OpenSessionResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers OpenSessionResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseCloseSessionResponse parses an HTTP response from a CloseSessionWithResponse call
+func ParseCloseSessionResponse(rsp *http.Response) (*CloseSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CloseSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest SessionExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers CloseSessionResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers CloseSessionResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers CloseSessionResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRenewSessionResponse parses an HTTP response from a RenewSessionWithResponse call
+func ParseRenewSessionResponse(rsp *http.Response) (*RenewSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RenewSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Session
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest SessionExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers RenewSessionResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers RenewSessionResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers RenewSessionResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {

@@ -17,6 +17,7 @@ and once through a proxy that drops the first reply.
 
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -92,10 +93,68 @@ class Client:
         return lock
 
 
+    def campaign(self, name, ttl_ms=10000, wait_ms=0, owner="python", value=""):
+        sent = time.monotonic()
+        # No Idempotency-Key on campaigns: a lost reply is not retried (the
+        # leadership it may have made runs out after its TTL).
+        g = self.call("POST", f"/v1/elections/{name}/campaign",
+                      {"ttl_ms": ttl_ms, "wait_ms": wait_ms, "owner": owner, "value": value},
+                      timeout=wait_ms / 1000 + 30)
+        lead = Leadership(self, g, sent)
+        if time.monotonic() - sent > lead.ttl / 3:
+            lead.renew()  # after a long wait, as for acquire
+        lead.start()
+        return lead
+
+    def observe(self, name, idle=60.0, retries=None):
+        """Yield the events of an election's stream, reconnecting after a drop."""
+        last_id = None
+        failures = 0
+        while True:
+            req = urllib.request.Request(self.base + f"/v1/elections/{name}/observe")
+            req.add_header("Accept", "text/event-stream")
+            if last_id:
+                req.add_header("Last-Event-ID", last_id)
+            try:
+                # The server pings every 15 s: a longer silence is a dead link.
+                with urllib.request.urlopen(req, timeout=idle) as resp:
+                    failures = 0
+                    event, data = None, []
+                    for raw in resp:
+                        line = raw.decode().rstrip("\r\n")
+                        if line.startswith(":"):
+                            continue  # ": ping" and other comments
+                        if line:
+                            field, _, value = line.partition(":")
+                            value = value[1:] if value.startswith(" ") else value
+                            if field == "id":
+                                last_id = value
+                            elif field == "event":
+                                event = value
+                            elif field == "data":
+                                data.append(value)
+                            continue
+                        if event or data:
+                            if event != "shutdown":  # the server stops: reconnect
+                                yield {"event": event or "message", "id": last_id,
+                                       "data": json.loads("\n".join(data)) if data else None}
+                            event, data = None, []
+            except urllib.error.HTTPError as e:
+                if e.code < 500 and e.code != 429:
+                    raise LockdError(e.code, json.loads(e.read() or b"{}")) from None
+            except (OSError, socket.timeout):
+                pass  # dropped or silent: reconnect with Last-Event-ID
+            failures += 1
+            if retries is not None and failures > retries:
+                raise ConnectionError(f"observe {name}: gave up after {retries} reconnects")
+            time.sleep(min(2.0, 0.1 * 2 ** failures))
+
+
 class Lock:
     def __init__(self, client, grant, sent):
         self.client = client
         self.key = grant["key"]
+        self.path = f"/v1/locks/{self.key}"
         self.lease_id = grant["lease_id"]
         self.token = grant["token"]
         self.ttl = grant["ttl_ms"] / 1000
@@ -112,7 +171,7 @@ class Lock:
 
     def renew(self):
         sent = time.monotonic()
-        self.client.call("POST", f"/v1/locks/{self.key}/renew",
+        self.client.call("POST", f"{self.path}/renew",
                          {"lease_id": self.lease_id, "ttl_ms": int(self.ttl * 1000)},
                          timeout=max(0.1, self.deadline - sent))
         self.deadline = sent + self.ttl
@@ -134,11 +193,60 @@ class Lock:
     def release(self):
         self._stop.set()
         self._thread.join()
-        self.client.call("POST",
-                         f"/v1/locks/{self.key}/release", {"lease_id": self.lease_id})
+        self.client.call("POST", f"{self.path}/release", {"lease_id": self.lease_id})
+
+
+class Leadership(Lock):
+    """A won campaign: a Lock on the election whose token is the term."""
+
+    def __init__(self, client, grant, sent):
+        super().__init__(client, {**grant, "key": grant["name"], "token": grant["term"]}, sent)
+        self.name = grant["name"]
+        self.term = grant["term"]
+        self.value = grant["value"]
+        self.path = f"/v1/elections/{self.name}"
+
+    def proclaim(self, value):
+        if not self.valid():
+            raise RuntimeError("leadership no longer trusted; not proclaiming")
+        self.value = self.client.call("POST", f"{self.path}/proclaim",
+                                      {"lease_id": self.lease_id, "value": value})["value"]
+
+    def resign(self):
+        self._stop.set()
+        self._thread.join()
+        self.client.call("POST", f"{self.path}/resign", {"lease_id": self.lease_id})
+        self.lost.set()
+
+    release = resign
+
+
+def elect(client, name, value):
+    try:
+        lead = client.campaign(name, ttl_ms=10000, wait_ms=10000, owner="lockd_example.py", value=value)
+    except LockdError as e:
+        if e.code == "lock_held":
+            print(f"{name} is led by {e.problem.get('leader')}", file=sys.stderr)
+            return 75
+        raise
+    print(f"leader of {name} term={lead.term}")
+    lead.proclaim(value + "/v2")
+    print(f"proclaimed {lead.value} term={lead.term}")
+    events = client.observe(name)
+    first = next(events)
+    print(f"observed {first['event']} {json.dumps(first['data'], sort_keys=True)}")
+    lead.resign()
+    after = next(events)
+    print(f"observed {after['event']} {json.dumps(after['data'], sort_keys=True)}")
+    print(f"resigned {name}")
+    return 0
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "elect":
+        client = Client(os.environ.get("LOCKD_ADDR", "127.0.0.1:7070"))
+        return elect(client, sys.argv[2] if len(sys.argv) > 2 else "scheduler",
+                     sys.argv[3] if len(sys.argv) > 3 else "http://python:8080")
     key = sys.argv[1] if len(sys.argv) > 1 else "reports:nightly"
     client = Client(os.environ.get("LOCKD_ADDR", "127.0.0.1:7070"))
     try:

@@ -195,6 +195,9 @@ func TestResponsesMatchSpec(t *testing.T) {
 		{"POST", "/v1/locks/spec.x/acquire", `{"owner": 7}`, 400, "invalid_owner"},
 		{"POST", "/v1/locks/spec.x/acquire", `{"owner": "` + strings.Repeat("o", 257) + `"}`, 400, "invalid_owner"},
 		{"POST", "/v1/locks/spec.x/acquire", `{"ttl": 1000}`, 400, "unknown_field"},
+		{"POST", "/v1/locks/spec.x/acquire", `{"TTL_MS": 1000}`, 400, "unknown_field"},
+		{"POST", "/v1/locks/spec.x/acquire", `{"owner": "a", "owner": "b"}`, 400, "invalid_json"},
+		{"POST", "/v1/locks/spec.x/acquire", `{"ttl_ms": 1000.5}`, 400, "invalid_ttl_ms"},
 		{"POST", "/v1/locks/spec.x/acquire", `{"ttl_ms": 1000`, 400, "invalid_json"},
 		{"POST", "/v1/locks/spec.x/acquire", `{} {}`, 400, "invalid_json"},
 		{"POST", "/v1/locks/spec.x/acquire", `[]`, 400, "invalid_json"},
@@ -219,6 +222,7 @@ func TestResponsesMatchSpec(t *testing.T) {
 		{"GET", "/v1/locks?sort=key", ``, 400, "unknown_parameter"},
 		{"DELETE", "/v1/locks/spec.held", ``, 405, "method_not_allowed"},
 		{"GET", "/v2/locks", ``, 404, "not_found"},
+		{"POST", "/v1/locks/spec/x/acquire", `{}`, 404, "not_found"}, // a raw / in a key reaches no route
 	}
 	for _, b := range bad {
 		t.Run(b.code, func(t *testing.T) {
@@ -245,6 +249,7 @@ func TestResponsesMatchSpec(t *testing.T) {
 	s.want(s.do("POST", "/v1/locks/spec.held/renew", `{"lease_id": "`+leaseID+`", "ttl_ms": 20000}`), 200, "")
 	s.want(s.do("GET", "/v1/locks/spec.free", ""), 200, "")
 	s.want(s.do("POST", "/v1/locks/spec.empty/acquire", ``), 200, "")
+	s.want(s.do("POST", "/v1/locks/spec.integral/acquire", `{"ttl_ms": 1000.0, "owner": "`+strings.Repeat("é", 256)+`"}`), 200, "")
 	for _, k := range []string{"spec.list.a", "spec.list.b", "spec.list.c"} {
 		s.want(s.do("POST", "/v1/locks/"+k+"/acquire", `{"owner": "lister"}`), 200, "")
 	}

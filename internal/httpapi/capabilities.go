@@ -19,6 +19,8 @@ type featuresJSON struct {
 	Locks       locksFeature              `json:"locks"`
 	Idempotency *struct{}                 `json:"idempotency"`
 	Elections   *backend.ElectionFeatures `json:"elections"`
+	Sessions    *backend.SessionFeatures  `json:"sessions"`
+	Events      *backend.WatchFeatures    `json:"events"`
 }
 
 type locksFeature struct {
@@ -37,9 +39,17 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if _, ok := b.(backend.Idempotent); ok {
 		c.Features.Idempotency = &struct{}{}
 	}
+	if ss := sessionsOf(b); ss != nil {
+		f := ss.Features()
+		c.Features.Sessions = &f
+	}
 	if e := elections(b); e != nil {
 		f := e.Features()
 		c.Features.Elections = &f
+	}
+	if w, ok := b.(backend.Watcher); ok {
+		f := w.WatchFeatures()
+		c.Features.Events = &f
 	}
 	if u, ok := b.(backend.Unsupported); ok {
 		c.Unsupported = u.Unsupported()

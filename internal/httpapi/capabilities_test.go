@@ -89,3 +89,17 @@ type reasoned struct {
 }
 
 func (r reasoned) Unsupported() map[string]string { return r.why }
+
+// The names backends key their Unsupported reasons by are the names the
+// capabilities show their features under.
+func TestFeatureNamesAreCapabilityFields(t *testing.T) {
+	s := newSpecServer(t, httpapi.Options{})
+	r := s.do("GET", "/v1/capabilities", "")
+	s.want(r, 200, "")
+	f, _ := r.json["features"].(map[string]any)
+	for _, name := range []string{backend.FeatureElections, backend.FeatureEvents, backend.FeatureSessions} {
+		if _, ok := f[name]; !ok {
+			t.Errorf("backend.Feature %q is not a feature in %s", name, r.body)
+		}
+	}
+}

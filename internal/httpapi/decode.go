@@ -9,8 +9,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"reflect"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/lockd/lockd/internal/lease"
@@ -77,14 +80,15 @@ func checkPrefix(field, p string) error {
 }
 
 type acquireBody struct {
-	TTLMs  *int64  `json:"ttl_ms"`
-	WaitMs *int64  `json:"wait_ms"`
-	Owner  *string `json:"owner"`
+	TTLMs     *jsonInt `json:"ttl_ms"`
+	WaitMs    *jsonInt `json:"wait_ms"`
+	Owner     *string  `json:"owner"`
+	SessionID *string  `json:"session_id"`
 }
 
 type renewBody struct {
-	LeaseID *string `json:"lease_id"`
-	TTLMs   *int64  `json:"ttl_ms"`
+	LeaseID *string  `json:"lease_id"`
+	TTLMs   *jsonInt `json:"ttl_ms"`
 }
 
 type releaseBody struct {
@@ -95,6 +99,7 @@ type releaseBody struct {
 type acquireParams struct {
 	ttl, wait time.Duration
 	owner     string
+	session   string // a session id instead of a TTL; ttl is then 0
 }
 
 // decode reads one JSON object into v, strictly: no unknown fields, no
@@ -131,6 +136,9 @@ func decodeBytes(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
+	if err := checkMembers(body, v); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	dec.UseNumber()
@@ -141,6 +149,128 @@ func decodeBytes(body []byte, v any) error {
 		return badRequest("invalid_json", "the body must hold exactly one JSON object")
 	}
 	return nil
+}
+
+// checkMembers holds the body's top-level member names to the spec, which
+// encoding/json does not: each must be exactly one of v's json tags
+// (encoding/json matches them case-insensitively, so {"Owner":"x","OWNER":"y"}
+// would set owner to "y") and appear once (encoding/json keeps the last
+// duplicate). A body that is not a well-formed object passes, for Decode to
+// refuse with its own message.
+func checkMembers(body []byte, v any) error {
+	t := reflect.TypeOf(v)
+	if t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, f := range reflect.VisibleFields(t.Elem()) {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			known[name] = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		name, _ := tok.(string)
+		if !known[name] {
+			return badRequest("unknown_field", fmt.Sprintf("unknown field %q (member names are case-sensitive)", name))
+		}
+		if seen[name] {
+			return badRequest("invalid_json", fmt.Sprintf("member %q appears twice", name))
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// jsonInt is an integer field of a request: any JSON number whose value is
+// an integer, as JSON Schema's integer says (1000, 1000.0, 1e3, 1.5e3), and
+// nothing else (1000.5, "1000"). The check is exact, on the decimal digits,
+// never through a float.
+type jsonInt int64
+
+func (n *jsonInt) UnmarshalJSON(b []byte) error {
+	v, ok := integral(string(b))
+	if !ok {
+		what := "number " + string(b)
+		if len(b) > 0 && (b[0] < '0' || b[0] > '9') && b[0] != '-' {
+			what = "a non-number"
+		}
+		return &json.UnmarshalTypeError{Value: what, Type: reflect.TypeFor[int64]()}
+	}
+	*n = jsonInt(v)
+	return nil
+}
+
+// integral is the value of the JSON number s when it is an integer that
+// fits an int64.
+func integral(s string) (int64, bool) {
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	mant, exp, hasExp := strings.Cut(strings.ToLower(s), "e")
+	intPart, frac, _ := strings.Cut(mant, ".")
+	digits := strings.TrimLeft(intPart+frac, "0")
+	if intPart == "" || !allDigits(intPart) || !allDigits(frac) {
+		return 0, false
+	}
+	if digits == "" {
+		return 0, !hasExp || validExp(exp)
+	}
+	// point is where the decimal point falls in digits once the exponent
+	// is applied; only zeros may follow it.
+	point := len(digits) - len(frac)
+	if hasExp {
+		if !validExp(exp) {
+			return 0, false
+		}
+		e, err := strconv.Atoi(exp)
+		if err != nil || e > 19 || e < -MaxBody {
+			// Far too big, or a fraction: no body holds MaxBody digits.
+			return 0, false
+		}
+		point += e
+	}
+	if point < len(digits) {
+		if strings.Trim(digits[max(point, 0):], "0") != "" {
+			return 0, false
+		}
+		digits = digits[:point]
+	} else {
+		if point > 19 {
+			return 0, false
+		}
+		digits += strings.Repeat("0", point-len(digits))
+	}
+	if neg {
+		digits = "-" + digits
+	}
+	v, err := strconv.ParseInt(digits, 10, 64)
+	return v, err == nil
+}
+
+func validExp(e string) bool {
+	e = strings.TrimLeft(e, "+-")
+	return e != "" && allDigits(e)
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func jsonError(err error) error {
@@ -167,12 +297,13 @@ func jsonType(kind string) string {
 	return kind
 }
 
-func msField(field string, v *int64, def, lo, hi time.Duration) (time.Duration, error) {
+func msField(field string, v *jsonInt, def, lo, hi time.Duration) (time.Duration, error) {
 	if v == nil {
 		return def, nil
 	}
-	d := time.Duration(*v) * time.Millisecond
-	if *v < lo.Milliseconds() || *v > hi.Milliseconds() {
+	ms := int64(*v)
+	d := time.Duration(ms) * time.Millisecond
+	if ms < lo.Milliseconds() || ms > hi.Milliseconds() {
 		return 0, badRequest("invalid_"+field, fmt.Sprintf("%s must be between %d and %d", field, lo.Milliseconds(), hi.Milliseconds()))
 	}
 	return d, nil
@@ -187,9 +318,18 @@ func (b acquireBody) params() (acquireParams, error) {
 	if p.wait, err = msField("wait_ms", b.WaitMs, 0, 0, lease.MaxWait); err != nil {
 		return p, err
 	}
+	if b.SessionID != nil {
+		if b.TTLMs != nil {
+			return p, badRequest("invalid_session_id", "send ttl_ms or session_id, not both")
+		}
+		if p.session, err = checkSessionID(b.SessionID); err != nil {
+			return p, err
+		}
+		p.ttl = 0 // the session's
+	}
 	if b.Owner != nil {
-		if len(*b.Owner) > lease.MaxOwner {
-			return p, badRequest("invalid_owner", fmt.Sprintf("owner is limited to %d bytes", lease.MaxOwner))
+		if utf8.RuneCountInString(*b.Owner) > lease.MaxOwner {
+			return p, badRequest("invalid_owner", fmt.Sprintf("owner is limited to %d characters", lease.MaxOwner))
 		}
 		p.owner = *b.Owner
 	}

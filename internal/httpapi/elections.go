@@ -33,11 +33,11 @@ func (s *Server) electionRoutes(r chi.Router) {
 }
 
 type campaignBody struct {
-	TTLMs     *int64  `json:"ttl_ms"`
-	WaitMs    *int64  `json:"wait_ms"`
-	Owner     *string `json:"owner"`
-	Value     *string `json:"value"`
-	SessionID *string `json:"session_id"`
+	TTLMs     *jsonInt `json:"ttl_ms"`
+	WaitMs    *jsonInt `json:"wait_ms"`
+	Owner     *string  `json:"owner"`
+	Value     *string  `json:"value"`
+	SessionID *string  `json:"session_id"`
 }
 
 type proclaimBody struct {
@@ -114,17 +114,13 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner}.params()
+	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner, SessionID: body.SessionID}.params()
 	var value string
 	if err == nil {
 		value, err = checkValue(body.Value)
 	}
-	if err == nil && body.SessionID != nil {
-		if body.TTLMs != nil {
-			err = badRequest("invalid_session_id", "send ttl_ms or session_id, not both")
-		} else {
-			err = errNotSupported("sessions")
-		}
+	if err == nil && p.session != "" && sessionsOf(s.b) == nil {
+		err = errNotSupported("sessions")
 	}
 	if err != nil {
 		s.fail(w, r, err)
@@ -147,7 +143,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 		s.m.waiters.Inc()
 		defer s.m.waiters.Dec()
 	}
-	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait})
+	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait, Session: p.session})
 	if err == nil && r.Context().Err() != nil {
 		// Elected as the client left: nobody would renew or resign, and
 		// the election would stay led by nobody for a whole TTL.
@@ -273,12 +269,22 @@ type sse struct {
 }
 
 func (e *sse) event(name string, data any) error {
+	e.seq++
+	return e.send(fmt.Sprintf("%s-%d", e.stream, e.seq), name, data)
+}
+
+// send writes one event with id (none when empty) and flushes it.
+func (e *sse) send(id, name string, data any) error {
 	b, err := json.Marshal(data)
 	if err != nil {
 		return err
 	}
-	e.seq++
-	if _, err := fmt.Fprintf(e.w, "id: %s-%d\nevent: %s\ndata: %s\n\n", e.stream, e.seq, name, b); err != nil {
+	if id != "" {
+		if _, err := fmt.Fprintf(e.w, "id: %s\n", id); err != nil {
+			return err
+		}
+	}
+	if _, err := fmt.Fprintf(e.w, "event: %s\ndata: %s\n\n", name, b); err != nil {
 		return err
 	}
 	return e.rc.Flush()
@@ -296,6 +302,11 @@ func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	leave, ok := s.enterStream(w, r, "election", name)
+	if !ok {
+		return
+	}
+	defer leave()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	events, err := el.Observe(ctx, name)
@@ -303,13 +314,7 @@ func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var id [6]byte
-	_, _ = rand.Read(id[:])
-	out := &sse{w: w, rc: http.NewResponseController(w), stream: hex.EncodeToString(id[:])}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
-	w.WriteHeader(http.StatusOK)
+	out := startSSE(w)
 	if r.Header.Get("Last-Event-ID") != "" {
 		if out.event("resync", resyncJSON{Reason: "cursor_unknown"}) != nil {
 			return
@@ -378,6 +383,17 @@ func (s *Server) reobserve(ctx context.Context, el backend.Elections, name strin
 			return nil, false
 		}
 	}
+}
+
+// startSSE answers 200 text/event-stream, for proxies not to buffer.
+func startSSE(w http.ResponseWriter) *sse {
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	return &sse{w: w, rc: http.NewResponseController(w), stream: hex.EncodeToString(id[:])}
 }
 
 func (s *Server) streamPing() time.Duration {

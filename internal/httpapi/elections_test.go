@@ -44,7 +44,7 @@ func TestElectionsMatchSpec(t *testing.T) {
 		{"POST", "/v1/elections/spec.x/campaign", `{"value": 7}`, 400, "invalid_value"},
 		{"POST", "/v1/elections/spec.x/campaign", `{"ttl_ms": 99}`, 400, "invalid_ttl_ms"},
 		{"POST", "/v1/elections/spec.x/campaign", `{"ttl_ms": 1000, "session_id": "s"}`, 400, "invalid_session_id"},
-		{"POST", "/v1/elections/spec.x/campaign", `{"session_id": "s"}`, 501, "not_supported"},
+		{"POST", "/v1/elections/spec.x/campaign", `{"session_id": "s"}`, 410, "session_expired"},
 		{"POST", "/v1/elections/spec.x/campaign", `{"term": 1}`, 400, "unknown_field"},
 		{"POST", "/v1/elections/-x/campaign", `{}`, 400, "invalid_key"},
 		{"POST", "/v1/elections/spec.e/proclaim", `{"value": "x"}`, 400, "invalid_lease_id"},

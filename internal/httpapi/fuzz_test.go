@@ -1,12 +1,15 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"errors"
+	"math/big"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lockd/lockd/internal/lease"
 )
@@ -34,7 +37,12 @@ func FuzzValidKey(f *testing.F) {
 // ranges; whatever it refuses is a 4xx with a code.
 func FuzzDecodeAcquire(f *testing.F) {
 	for _, s := range []string{``, `{}`, `{"ttl_ms": 100}`, `{"ttl_ms": 3600000, "wait_ms": 300000, "owner": "x"}`,
-		`{"ttl_ms": 99}`, `{"wait_ms": -1}`, `{"owner": null}`, `{"ttl_ms": 1e3}`, `{"x": 1}`, `[1]`, `{} x`, `"s"`, `null`} {
+		`{"ttl_ms": 99}`, `{"wait_ms": -1}`, `{"owner": null}`, `{"ttl_ms": 1e3}`, `{"x": 1}`, `[1]`, `{} x`, `"s"`, `null`,
+		// The input rules: exact member names, no duplicates, integral
+		// numbers in any notation, owner in characters.
+		`{"TTL_MS": 1000}`, `{"Owner": "x", "OWNER": "y"}`, `{"owner": "x", "owner": "y"}`, `{"ttl_ms": 1000.0}`,
+		`{"ttl_ms": 1.5e3}`, `{"ttl_ms": 1000.5}`, `{"ttl_ms": 1e999999999}`, `{"ttl_ms": -0.0e-5}`,
+		`{"owner": "` + strings.Repeat("😀", 256) + `"}`, `{"owner": "` + strings.Repeat("é", 257) + `"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -51,8 +59,33 @@ func FuzzDecodeAcquire(f *testing.F) {
 			}
 			return
 		}
-		if p.ttl < lease.MinTTL || p.ttl > lease.MaxTTL || p.wait < 0 || p.wait > lease.MaxWait || len(p.owner) > lease.MaxOwner {
+		if p.ttl < lease.MinTTL || p.ttl > lease.MaxTTL || p.wait < 0 || p.wait > lease.MaxWait || utf8.RuneCountInString(p.owner) > lease.MaxOwner {
 			t.Fatalf("decode(%q) accepted out-of-range params %+v", body, p)
+		}
+	})
+}
+
+// An integer field takes exactly the JSON numbers whose value is an integer
+// in int64's range, in any notation: integral agrees with exact rational
+// arithmetic (math/big) on every short number.
+func FuzzJSONInteger(f *testing.F) {
+	for _, s := range []string{"0", "-0", "1000", "1000.0", "1e3", "1.5e3", "150000e-2", "1000.5", "0.05e2", "1E+3",
+		"9223372036854775807", "9223372036854775808", "-9223372036854775808", "1e19", "1e-3", "3600000.0000000000000001"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var num json.Number
+		if len(s) > 80 || json.Unmarshal([]byte(s), &num) != nil || strings.ContainsAny(s, " \t\r\n\"") {
+			return // not a bare JSON number, or too long to check with big.Rat quickly
+		}
+		r, ok := new(big.Rat).SetString(s)
+		if !ok {
+			t.Fatalf("big.Rat cannot read JSON number %q", s)
+		}
+		want := r.IsInt() && r.Num().IsInt64()
+		got, gotOK := integral(s)
+		if gotOK != want || gotOK && got != r.Num().Int64() {
+			t.Fatalf("integral(%q) = %d, %v; want %v (%s)", s, got, gotOK, want, r.RatString())
 		}
 	})
 }

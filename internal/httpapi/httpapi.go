@@ -64,6 +64,7 @@ type Server struct {
 	handler http.Handler
 
 	waiters waitGate
+	streams streamGate
 	leases  leaseBook
 	rates   rateBook
 
@@ -117,8 +118,10 @@ func New(b backend.Backend, opts Options) *Server {
 		r.Post("/{key}/acquire", s.acquire)
 		r.Post("/{key}/renew", s.renew)
 		r.Post("/{key}/release", s.release)
+		r.Get("/{key}/events", s.lockEvents)
 	})
 	r.Route("/v1/elections", s.electionRoutes)
+	r.Route("/v1/sessions", s.sessionRoutes)
 	s.handler = r
 	return s
 }
@@ -274,6 +277,10 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	if !s.allow(w, r, auth.RightLock, key) {
 		return
 	}
+	if p.session != "" && sessionsOf(s.b) == nil {
+		s.fail(w, r, errNotSupported("sessions"))
+		return
+	}
 	if _, ok := s.b.(backend.Idempotent); idemKey != "" && !ok {
 		s.fail(w, r, errIdempotencyUnsupported)
 		return
@@ -309,7 +316,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		defer s.m.waiters.Dec()
 	}
 	start := time.Now()
-	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait,
+	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session,
 		Idempotency: idempotency(who, key, idemKey, p)})
 	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
 	if counted {

@@ -83,7 +83,11 @@ func idempotency(who *auth.Principal, key, header string, p acquireParams) backe
 		return backend.Idempotency{}
 	}
 	scope := sha256.Sum256([]byte("lockd-idem-v1\x00" + who.Name + "\x00" + key + "\x00" + header))
-	fp := sha256.Sum256([]byte("lockd-fp-v1\x00" + strconv.FormatInt(p.ttl.Milliseconds(), 10) + "\x00" + p.owner))
+	in := "lockd-fp-v1\x00" + strconv.FormatInt(p.ttl.Milliseconds(), 10) + "\x00" + p.owner
+	if p.session != "" {
+		in += "\x00session\x00" + leaseHash(p.session) // a retry in another session is another request
+	}
+	fp := sha256.Sum256([]byte(in))
 	return backend.Idempotency{
 		Key:         base64.RawURLEncoding.EncodeToString(scope[:]),
 		Fingerprint: base64.RawURLEncoding.EncodeToString(fp[:16]),

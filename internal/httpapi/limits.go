@@ -32,6 +32,12 @@ type Limits struct {
 	// up to one second's worth); rate_per_sec in the tokens file
 	// overrides it.
 	RatePerPrincipal float64
+	// MaxStreams bounds event streams open at once (key events and
+	// election observers).
+	MaxStreams int
+	// MaxStreamsPerKey bounds event streams open at once on one lock key
+	// or one election.
+	MaxStreamsPerKey int
 }
 
 func tooMany(code, detail string, retryAfter time.Duration) error {
@@ -58,6 +64,11 @@ func (g *waitGate) enter(key string, l Limits) (leave func(), limit string, err 
 		return nil, "waiters_per_key", tooMany("too_many_waiters",
 			fmt.Sprintf("%d acquire requests already wait for this key on this lockd; retry later", l.MaxWaitersPerKey), time.Second)
 	}
+	return g.add(key), "", nil
+}
+
+// add counts one more on key, with g.mu held, and returns its leave.
+func (g *waitGate) add(key string) func() {
 	if g.perKey == nil {
 		g.perKey = map[string]int{}
 	}
@@ -70,7 +81,24 @@ func (g *waitGate) enter(key string, l Limits) (leave func(), limit string, err 
 		if g.perKey[key]--; g.perKey[key] == 0 {
 			delete(g.perKey, key)
 		}
-	}, "", nil
+	}
+}
+
+// streamGate counts open event streams, in all and per key.
+type streamGate struct{ g waitGate }
+
+func (s *streamGate) enter(key string, l Limits) (leave func(), limit string, err error) {
+	s.g.mu.Lock()
+	defer s.g.mu.Unlock()
+	if l.MaxStreams > 0 && s.g.total >= l.MaxStreams {
+		return nil, "streams", tooMany("too_many_streams",
+			fmt.Sprintf("this lockd already has %d event streams open; retry later", l.MaxStreams), time.Second)
+	}
+	if l.MaxStreamsPerKey > 0 && s.g.perKey[key] >= l.MaxStreamsPerKey {
+		return nil, "streams_per_key", tooMany("too_many_streams",
+			fmt.Sprintf("%d event streams are already open on this key on this lockd; retry later", l.MaxStreamsPerKey), time.Second)
+	}
+	return s.g.add(key), "", nil
 }
 
 // leaseBook counts, per principal with a lease limit, the leases granted

@@ -18,8 +18,10 @@ type Metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.HistogramVec
 	acquires *prometheus.HistogramVec
+	sessions *prometheus.HistogramVec
 	held     *heldLocks
 	waiters  prometheus.Gauge
+	streams  *prometheus.GaugeVec
 	expired  prometheus.Counter
 	limited  *prometheus.CounterVec
 	conns    prometheus.Gauge
@@ -43,6 +45,11 @@ func NewMetrics() *Metrics {
 			Help:    "Acquire calls by backend and outcome (granted, held, unavailable, cancelled, error), waits included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 18),
 		}, []string{"backend", "outcome"}),
+		sessions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lockd_session_duration_seconds",
+			Help:    "Session calls by backend, op (open, renew, close) and outcome (ok, expired, unavailable, cancelled, error).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 16),
+		}, []string{"backend", "op", "outcome"}),
 		held: &heldLocks{desc: prometheus.NewDesc("lockd_held_locks",
 			"Locks held in the whole store (every replica reports the same: take max, not sum), listed at most every 5s, at most 10000; absent when the store did not answer.",
 			nil, nil)},
@@ -50,13 +57,17 @@ func NewMetrics() *Metrics {
 			Name: "lockd_waiters",
 			Help: "Acquire long polls waiting on this replica.",
 		}),
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockd_open_streams",
+			Help: "Event streams open on this replica, by kind (lock: key events; election: observers).",
+		}, []string{"kind"}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lockd_leases_expired_total",
 			Help: "Grants this replica found past their deadline and removed (holders that stopped renewing).",
 		}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lockd_limited_total",
-			Help: "Requests refused with 429 by the limit they hit (waiters, waiters_per_key, leases, rate), and connections closed at accept (connections).",
+			Help: "Requests refused with 429 by the limit they hit (waiters, waiters_per_key, streams, streams_per_key, leases, rate), and connections closed at accept (connections).",
 		}, []string{"limit"}),
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lockd_open_connections",
@@ -79,7 +90,7 @@ func NewMetrics() *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(build)
-	m.reg.MustRegister(m.requests, m.acquires, m.held, m.waiters, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
+	m.reg.MustRegister(m.requests, m.acquires, m.sessions, m.held, m.waiters, m.streams, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

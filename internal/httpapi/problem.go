@@ -46,6 +46,8 @@ var errorTable = []struct {
 }{
 	{backend.ErrHeld, http.StatusConflict, "lock_held", "Lock held by someone else"},
 	{backend.ErrLeaseExpired, http.StatusGone, "lease_expired", "Lease no longer holds the lock"},
+	{backend.ErrSessionExpired, http.StatusGone, "session_expired", "Session expired"},
+	{backend.ErrSessionBound, http.StatusConflict, "session_bound", "Lease renewed only through its session"},
 	{backend.ErrIdempotencyKeyReused, http.StatusUnprocessableEntity, "idempotency_key_reused", "Idempotency-Key used by another request"},
 	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down", "lockd is shutting down"},
 	{errClockSkew, http.StatusServiceUnavailable, "clock_skew", "Replica clock outside the declared skew bound"},

@@ -15,7 +15,7 @@ const (
 	MinTTL     = 100 * time.Millisecond
 	MaxTTL     = time.Hour
 	MaxWait    = 5 * time.Minute
-	MaxOwner   = 256 // bytes
+	MaxOwner   = 256 // characters (code points), as the spec's maxLength counts
 	MaxIDLen   = 128 // bytes of a lease id, whatever the backend adds to it
 )
 

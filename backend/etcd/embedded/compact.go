@@ -17,8 +17,9 @@ import (
 // each deleted key in its index, and every revision in its database, until
 // the history is compacted: without compaction the range reads of an
 // acquire walk every key the lock ever had, and the database grows until
-// etcd's quota stops all writes (NOSPACE). lockd reads no history (its
-// watches start at the current revision), so a short one is enough.
+// etcd's quota stops all writes (NOSPACE). lockd reads history only to
+// resume a key's event stream, which resyncs once its cursor is compacted
+// away, so a short one is enough.
 
 // Defaults of CompactOptions. A lock that is taken and released over and
 // over has about Retain/2 to Retain deleted keys left in its range; their

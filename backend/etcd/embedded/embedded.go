@@ -37,8 +37,9 @@ type Config struct {
 	StartTimeout time.Duration
 	// Compact is how the member compacts its history (see Compactor);
 	// default CompactOptions' defaults: it looks every 100 ms and keeps
-	// 500 revisions. The member serves lockd, which reads no history, so
-	// dropping older revisions costs nothing.
+	// 500 revisions. The member serves lockd, which reads history only to
+	// resume a key's event stream (a resync once it is gone), so dropping
+	// older revisions costs little.
 	Compact CompactOptions
 	// NoCompaction turns compaction off: only to measure what it saves.
 	NoCompaction bool

@@ -44,6 +44,7 @@ var conformanceOptions = backendtest.Options{
 	StoreClock:       storeClock,
 	NoElections:      NoElections,
 	NoWatch:          NoWatch,
+	NoSessions:       NoSessions,
 }
 
 // Redlock leaves elections and key events out on purpose, says why in the
@@ -56,9 +57,18 @@ func TestUnsupportedSaysWhy(t *testing.T) {
 	if _, ok := b.(backend.Watcher); ok {
 		t.Error("Redlock implements backend.Watcher, yet declares key events unsupported")
 	}
+	if _, ok := b.(backend.Sessioner); ok {
+		t.Error("Redlock implements backend.Sessioner, yet declares sessions unsupported")
+	}
 	u := b.(backend.Unsupported).Unsupported()
-	if u["elections"] != NoElections || u["watch"] != NoWatch || len(NoElections) < 40 || len(NoWatch) < 40 {
-		t.Errorf("Unsupported() = %v, want the reasons for elections and watch", u)
+	want := map[string]string{"elections": NoElections, "events": NoWatch, "sessions": NoSessions}
+	if len(u) != len(want) {
+		t.Errorf("Unsupported() = %v, want the reasons for %v", u, want)
+	}
+	for k, v := range want {
+		if u[k] != v || len(v) < 40 {
+			t.Errorf("Unsupported()[%q] = %q, want %q (keyed as GET /v1/capabilities names the feature)", k, u[k], v)
+		}
 	}
 }
 

@@ -2,9 +2,10 @@ package redlock
 
 import "github.com/lockd/lockd/backend"
 
-// Redlock keeps no leader elections and no key events, on purpose: their
-// promises are a fenced term and every change delivered in order, and a set
-// of independent masters with no shared log can keep neither.
+// Redlock keeps no leader elections, key events or sessions, on purpose:
+// their promises are a fenced term, every change delivered in order, and one
+// deadline shared by many grants, and a set of independent masters with no
+// shared log or clock can keep none of them.
 const (
 	// NoElections is why Redlock has no elections.
 	NoElections = "a term would be a Redlock token, not safe under failures (a master that restarts empty lets a second " +
@@ -13,11 +14,15 @@ const (
 	// NoWatch is why Redlock has no key events.
 	NoWatch = "Redlock's masters keep no log, so a watcher could only poll a majority, missing grants that begin and end " +
 		"between two polls, and could replay nothing; use redis, etcd or zk for key events"
+	// NoSessions is why Redlock has no sessions.
+	NoSessions = "a session would be a second timed record on every master, and each grant's validity would have to be " +
+		"re-derived from a majority of sessions and a majority of grants that need not be the same masters, with the " +
+		"masters' clocks drifting apart; use etcd for sessions"
 )
 
 var _ backend.Unsupported = (*Backend)(nil)
 
 // Unsupported implements backend.Unsupported.
 func (b *Backend) Unsupported() map[string]string {
-	return map[string]string{"elections": NoElections, "watch": NoWatch}
+	return map[string]string{backend.FeatureElections: NoElections, backend.FeatureEvents: NoWatch, backend.FeatureSessions: NoSessions}
 }
