@@ -162,6 +162,19 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 			case h.Unmeasured == "" && !(h.FirstUs > 0 && h.LastUs > 0 && h.FreshUs > 0):
 				t.Errorf("%s history: p50s %v/%v/%v; want all measured", br.Name, h.FirstUs, h.LastUs, h.FreshUs)
 			}
+		case "election":
+			switch e := br.Election; {
+			case e == nil:
+				t.Errorf("%s election: no result", br.Name)
+			case e.Unmeasured != "" && len(e.Cells) == 0:
+				t.Logf("%s election: not measured: %s", br.Name, e.Unmeasured)
+			default:
+				for _, c := range e.Cells {
+					if !c.Pass {
+						t.Errorf("%s election %s: red on an unbroken backend: %+v", br.Name, c.Via, c.Checks)
+					}
+				}
+			}
 		case "lost-replies":
 			switch r := br.LostReplies; {
 			case r == nil:

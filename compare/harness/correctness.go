@@ -190,7 +190,6 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 					sleepCtx(runCtx, time.Duration(5+rng.IntN(10))*time.Millisecond)
 					continue
 				}
-				fseq, useq := fenced.granted(), unfenced.granted()
 				release := func() {
 					rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 					if err := l.Release(rctx, lease); err != nil && !errors.Is(err, backend.ErrLeaseExpired) && w.onError != nil {
@@ -220,8 +219,8 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 					release()
 					continue
 				}
-				fr := fenced.read(c, lease.Deadline(), start)
-				ur := unfenced.read(c, lease.Deadline(), start)
+				fr, fseq := fenced.read(c, lease.Token, lease.Deadline(), start)
+				ur, useq := unfenced.read(c, lease.Token, lease.Deadline(), start)
 				time.Sleep(time.Duration(rng.Int64N(int64(2*w.Hold) + 1)))
 				if !time.Now().Before(lease.Deadline()) {
 					fenced.abandon(c)

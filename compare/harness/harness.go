@@ -35,7 +35,7 @@ type Config struct {
 	Out       string // where compare.log goes
 	Seed      uint64
 	NoHTTP    bool
-	// SoakDuration is the soak's length; zero: 30 s (4 s with Quick).
+	// SoakDuration is the soak's length; zero: 5 min (4 s with Quick).
 	SoakDuration time.Duration
 	// ScenariosNamed: the scenarios were asked for by name (-scenarios), so
 	// no column leaves any out.
@@ -106,6 +106,26 @@ func Run(ctx context.Context, cfg Config, stderr io.Writer) (*Results, error) {
 		MaxClockSkew: cfg.MaxClockSkew.String()}
 	fmt.Fprintf(stderr, "compare: backends %s; scenarios %s; %s per cell; seed %d; lockd driven as %s\n",
 		strings.Join(cfg.Backends, ","), strings.Join(cfg.Scenarios, ","), cfg.Duration, cfg.Seed, ViaLockd())
+	var steps []planStep
+	for _, t := range targets() {
+		if !contains(cfg.Backends, t.Name) {
+			continue
+		}
+		for _, name := range cfg.Scenarios {
+			if _, skip := t.skipByDefault[name]; skip && !cfg.ScenariosNamed {
+				continue
+			}
+			steps = append(steps, planStep{backend: t.Name, scenario: name, est: estimateStep(t, name, cfg, sz)})
+		}
+	}
+	p := newPlanner(stderr, steps, !cfg.Quick)
+	// The full run's soaks run side by side at the end; the quick run's
+	// 4 s soaks stay in each column's sequence.
+	var soaks []pendingSoak
+	soakList := &soaks
+	if cfg.Quick {
+		soakList = nil
+	}
 	for _, t := range targets() {
 		if !contains(cfg.Backends, t.Name) {
 			continue
@@ -113,8 +133,9 @@ func Run(ctx context.Context, cfg Config, stderr io.Writer) (*Results, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		res.Backends = append(res.Backends, runTarget(ctx, t, cfg, sz, stderr))
+		res.Backends = append(res.Backends, runTarget(ctx, t, cfg, sz, stderr, p, soakList))
 	}
+	runSoaks(ctx, soaks, cfg, sz, stderr, p)
 	res.Finished = time.Now()
 	return res, ctx.Err()
 }
@@ -141,9 +162,9 @@ func SizesFor(cfg Config) Sizes {
 		TputKeys:       []int{1, 100, 10000},
 		TputDirects:    1,
 		RTSamples:      200,
-		ScaleLeases:    100000,
-		ScalePolls:     10000,
-		ScaleBudget:    60 * time.Second,
+		ScaleLeases:    25000,
+		ScalePolls:     3000,
+		ScaleBudget:    30 * time.Second,
 		Correct: CorrectnessConfig{Clients: 5, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
 			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second, MaxClockSkew: cfg.MaxClockSkew},
 	}
@@ -158,9 +179,9 @@ func SizesFor(cfg Config) Sizes {
 		s.Scaled = []string{
 			"handoff: 1 and 10 waiters (full run: 1, 10, 100)",
 			"throughput: 1 and 16 clients over 1 and 100 keys, (full run: 1..256 clients over 1, 100, 10,000 keys)",
-			"scale: 2,000 held leases and 200 long polls (full run: 100,000 and 10,000)",
+			"scale: 2,000 held leases and 200 long polls (full run: 25,000 and 3,000)",
 			"history: 1,000 cycles on one key (full run: 50,000)",
-			"soak: 4 s per backend (full run: 30 s; -scenarios soak -duration 5m for a long one)",
+			"soak: 4 s per backend (full run: 5 min, every backend's soak at the same time)",
 			"lost replies: 4 lost acquires per mode, TTL 2 s (full run: 12, TTL 5 s)",
 			fmt.Sprintf("correctness: %d clients, TTL %s, cells of %s (full run: 5 clients, TTL 1s, cells of 1.5 × duration)", s.Correct.Clients, s.Correct.TTL, s.Correct.Duration),
 		}

@@ -10,59 +10,68 @@ func TestRegisterFencing(t *testing.T) {
 	now := time.Now()
 	later := now.Add(time.Hour)
 	r := newRegister(true)
-	g1 := r.granted()
-	v := r.read(1, later, now)
+	v, g1 := r.read(1, 10, later, now)
 	if ok, _ := r.write(1, g1, 10, v, now); !ok {
 		t.Fatalf("first write with token 10 refused")
 	}
-	g2 := r.granted()
-	v = r.read(2, later, now)
+	v, g2 := r.read(2, 9, later, now)
 	if ok, stale := r.write(2, g2, 9, v, now); ok || stale {
 		t.Errorf("current holder's write with token 9 after 10: accepted=%v stale=%v, want refused and not stale", ok, stale)
 	}
-	u := newRegister(false)
-	u1 := u.granted()
-	u.read(1, later, now)
-	u2 := u.granted()
-	u.write(2, u2, 10, u.read(2, later, now), now)
-	if ok, stale := u.write(1, u1, 9, 0, now); !ok || !stale {
-		t.Errorf("unfenced write by a superseded holder: accepted=%v stale=%v, want accepted and stale", ok, stale)
-	}
-	if got := u.stats().StaleAccepted; got != 1 {
-		t.Errorf("unfenced stale accepted = %d, want 1", got)
+	// A superseded holder writes after its successor has: stale. The
+	// fenced register refuses it when the successor's token is higher, and
+	// accepts it when it is not.
+	for _, tc := range []struct {
+		fenced       bool
+		succ         uint64
+		wantAccepted bool
+	}{{true, 10, false}, {true, 8, true}, {false, 10, true}} {
+		u := newRegister(tc.fenced)
+		_, u1 := u.read(1, 9, later, now)
+		v, u2 := u.read(2, tc.succ, later, now)
+		u.write(2, u2, tc.succ, v, now)
+		if ok, stale := u.write(1, u1, 9, 0, now); ok != tc.wantAccepted || !stale {
+			t.Errorf("fenced=%v, successor token %d: superseded holder's late write accepted=%v stale=%v, want accepted=%v and stale",
+				tc.fenced, tc.succ, ok, stale, tc.wantAccepted)
+		}
+		st := u.stats()
+		if want := int64(map[bool]int{true: 1}[tc.wantAccepted]); st.StaleAccepted != want || st.StaleAccepted+st.StaleRejected != 1 {
+			t.Errorf("fenced=%v, successor token %d: stale accepted/refused = %d/%d, want %d accepted of 1", tc.fenced, tc.succ, st.StaleAccepted, st.StaleRejected, want)
+		}
 	}
 }
 
-// TestRegisterStaleIsSuperseded: a holder superseded by a later grant writes
-// before the new holder has: fencing cannot tell, and the register says so
-// (with "stale" meaning "token below the highest", this could never count).
-func TestRegisterStaleIsSuperseded(t *testing.T) {
+// TestRegisterSupersededBeforeSuccessorWrote: a holder superseded by a
+// later grant writes before the new holder has. The resource has seen no
+// higher token, so no fence can refuse the write: it is counted as
+// superseded, not as a stale write accepted with fencing. (Counted as stale
+// before, it turned the check red where fencing had nothing to refuse.)
+func TestRegisterSupersededBeforeSuccessorWrote(t *testing.T) {
 	now := time.Now()
 	later := now.Add(time.Hour)
 	r := newRegister(true)
-	old := r.granted()
-	v := r.read(1, now.Add(-time.Millisecond), now)
-	cur := r.granted()
-	if ok, stale := r.write(1, old, 5, v, now); !ok || !stale {
-		t.Fatalf("superseded holder's first write: accepted=%v stale=%v, want accepted and stale", ok, stale)
+	v, old := r.read(1, 5, now.Add(-time.Millisecond), now)
+	v2, cur := r.read(2, 6, later, now)
+	if ok, stale := r.write(1, old, 5, v, now); !ok || stale {
+		t.Fatalf("superseded holder's write before its successor's: accepted=%v stale=%v, want accepted, not stale", ok, stale)
 	}
-	if ok, stale := r.write(2, cur, 6, r.read(2, later, now), now); !ok || stale {
+	if ok, stale := r.write(2, cur, 6, v2, now); !ok || stale {
 		t.Errorf("new holder's write: accepted=%v stale=%v, want accepted, not stale", ok, stale)
 	}
-	if st := r.stats(); st.StaleAccepted != 1 || st.StaleRejected != 0 {
-		t.Errorf("stale accepted/refused = %d/%d, want 1/0", st.StaleAccepted, st.StaleRejected)
+	if st := r.stats(); st.StaleAccepted != 0 || st.StaleRejected != 0 || st.Superseded != 1 {
+		t.Errorf("stale accepted/refused/superseded = %d/%d/%d, want 0/0/1", st.StaleAccepted, st.StaleRejected, st.Superseded)
 	}
 }
 
 func TestRegisterCountsOverlapOnlyWhileBothLeasesLive(t *testing.T) {
 	now := time.Now()
 	r := newRegister(true)
-	r.read(1, now.Add(time.Second), now)
-	r.read(2, now.Add(time.Second), now) // both unexpired: a violation
+	r.read(1, 1, now.Add(time.Second), now)
+	r.read(2, 2, now.Add(time.Second), now) // both unexpired: a violation
 	r.abandon(1)
 	r.abandon(2)
-	r.read(3, now.Add(-time.Millisecond), now) // 3's lease already ran out
-	r.read(4, now.Add(time.Second), now)
+	r.read(3, 3, now.Add(-time.Millisecond), now) // 3's lease already ran out
+	r.read(4, 4, now.Add(time.Second), now)
 	st := r.stats()
 	if st.Overlaps != 1 || st.ExpiredOverlaps != 1 {
 		t.Errorf("overlaps = %d, expired overlaps = %d; want 1 and 1", st.Overlaps, st.ExpiredOverlaps)

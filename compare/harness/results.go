@@ -50,6 +50,10 @@ type BackendRun struct {
 	LostReplies *LostReplyResult `json:"lost_replies,omitempty"`
 	// History is the long-history scenario.
 	History *HistoryResult `json:"history,omitempty"`
+	// Election is the election-failover scenario.
+	Election *ElectionResult `json:"election,omitempty"`
+	// Steps is how long each step took, beside its estimate.
+	Steps []StepTime `json:"steps,omitempty"`
 }
 
 // NotRun is a scenario a column did not run.
@@ -100,9 +104,13 @@ type ThroughputCell struct {
 
 // ModeResult is what the resource saw in one mode (fenced or unfenced).
 type ModeResult struct {
-	Writes         int64       `json:"writes_accepted"`
-	StaleRejected  int64       `json:"stale_writes_rejected"`
-	StaleAccepted  int64       `json:"stale_writes_accepted"`
+	Writes        int64 `json:"writes_accepted"`
+	StaleRejected int64 `json:"stale_writes_rejected"`
+	StaleAccepted int64 `json:"stale_writes_accepted"`
+	// Superseded: writes of a superseded holder that landed before its
+	// successor's first write; no fence can refuse them, so they are not
+	// stale writes.
+	Superseded     int64       `json:"superseded_writes_before_successor"`
 	LostIncrements int64       `json:"lost_increments"`
 	Check          checkResult `json:"history_check"`
 }
@@ -135,7 +143,10 @@ type CorrectnessCell struct {
 	Overlaps        int64  `json:"mutual_exclusion_violations"`
 	ExpiredOverlaps int64  `json:"overlaps_after_holder_expired"`
 	FirstOverlap    string `json:"first_overlap,omitempty"`
-	StalledVanish   int64  `json:"stalls_after_vanished_waiter"`
+	// FirstStale describes the first stale write the fenced register
+	// accepted.
+	FirstStale    string `json:"first_stale_accepted,omitempty"`
+	StalledVanish int64  `json:"stalls_after_vanished_waiter"`
 	// Overran: acquires that returned more than 1 s after their wait ran
 	// out (the contract bounds an acquire by its wait).
 	Overran int64 `json:"acquires_overran_wait"`
@@ -175,12 +186,13 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig, in check
 	c.Unconfirmed, c.Unused = r.Unconfirmed, r.Unused
 	c.FirstError = r.FirstError
 	c.Overlaps, c.ExpiredOverlaps, c.FirstOverlap = r.Fenced.Overlaps, r.Fenced.ExpiredOverlaps, r.Fenced.FirstOverlap
+	c.FirstStale = r.Fenced.FirstStale
 	c.StalledVanish = r.StalledHandoffs
 	c.Overran, c.LongestCallMs = r.Overran, ms64(r.LongestCall)
 	c.TokenRegressions = r.TokenRegressions
 	c.FIFOViolations, c.FIFOWorstMs, c.FirstFIFO = r.FIFOViolations, ms64(r.FIFOWorst), r.FirstFIFO
 	mode := func(s registerStats, fenced bool) ModeResult {
-		return ModeResult{Writes: s.Accepted, StaleRejected: s.StaleRejected, StaleAccepted: s.StaleAccepted,
+		return ModeResult{Writes: s.Accepted, StaleRejected: s.StaleRejected, StaleAccepted: s.StaleAccepted, Superseded: s.Superseded,
 			LostIncrements: s.LostIncrements, Check: checkHistory(r.History, fenced, r.Started, cfg.CheckFor)}
 	}
 	c.Fenced, c.Unfenced = mode(r.Fenced, true), mode(r.Unfenced, false)

@@ -6,14 +6,25 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lockd/lockd/internal/testserver"
 )
 
+// pendingSoak is a backend's soak, left for runSoaks.
+type pendingSoak struct {
+	t  target
+	br *BackendRun
+	// d is the closed perf deployment: only what it says of the build
+	// (noBackend) is used.
+	d *deployment
+}
+
 // runTarget measures one backend: every requested scenario, lockd and the
-// direct libraries, on servers it starts and stops itself.
-func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Writer) *BackendRun {
+// direct libraries, on servers it starts and stops itself. When soaks is
+// not nil, the soak is left there for runSoaks.
+func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Writer, p *planner, soaks *[]pendingSoak) *BackendRun {
 	br := &BackendRun{Name: t.Name, Server: t.Server}
 	if why := t.missing(); why != "" {
 		br.Skipped, br.Install = why, t.Install
@@ -21,6 +32,7 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 			br.Skipped += " (LOCKD_REQUIRE_SERVERS=1: this is a failure)"
 		}
 		fmt.Fprintf(stderr, "[%s] skipped: %s; install: %s\n", t.Name, why, t.Install)
+		p.drop(t.Name)
 		return br
 	}
 	fmt.Fprintf(stderr, "[%s] starting %s (%d member(s))\n", t.Name, t.Server, t.PerfMembers)
@@ -29,6 +41,7 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 		br.Skipped = "could not start the server: " + err.Error()
 		br.Install = t.Install
 		fmt.Fprintf(stderr, "[%s] %s\n", t.Name, br.Skipped)
+		p.drop(t.Name)
 		return br
 	}
 	defer d.close()
@@ -39,105 +52,206 @@ func runTarget(ctx context.Context, t target, cfg Config, sz Sizes, stderr io.Wr
 		if ctx.Err() != nil {
 			return br
 		}
-		sc, _ := scenarioByName(name)
-		if why, ok := t.skipByDefault[name]; ok && !cfg.ScenariosNamed {
-			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
-			br.NotRun = append(br.NotRun, NotRun{Scenario: name, Why: why})
-			b.done("not run: " + why)
+		if name == "soak" && soaks != nil {
+			// Every backend's soak runs at the same time, after the other
+			// steps (runSoaks).
+			*soaks = append(*soaks, pendingSoak{t: t, br: br, d: d})
 			continue
 		}
-		if d.noBackend != "" && (!sc.Perf || sc.Name == "scale") {
-			b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
-			if sc.Name == "lost-replies" {
-				br.LostReplies = &LostReplyResult{Unmeasured: d.noBackend}
-			} else if sc.Name == "scale" {
-				br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}, {What: "clients long-polling one key", Unmeasured: d.noBackend}}
-			} else {
-				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: d.noBackend})
-			}
-			b.done("not measured: " + d.noBackend)
-			continue
-		}
-		b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
-		switch sc.Name {
-		case "latency":
-			br.Latency = runLatency(ctx, d, cfg, b)
-			b.done("")
-		case "handoff":
-			br.Handoff = runHandoff(ctx, d, cfg, sz, b)
-			b.done("")
-		case "throughput":
-			br.Throughput = runThroughput(ctx, d, cfg, sz, b)
-			b.done("")
-		case "scale":
-			br.Scale = runScale(ctx, d, sz, b)
-			b.done("")
-		case "roundtrips":
-			br.RoundTrips = runRoundTrips(ctx, d, sz, b)
-			b.done("")
-		case "clock-skew":
-			res := runSkew(ctx, d, sz.Correct, b)
-			br.Skew = res
-			cell := res.Below
-			cell.Scenario = sc.Name
-			if res.Unmeasured != "" {
-				cell = CorrectnessCell{Scenario: sc.Name, Unmeasured: res.Unmeasured}
-			} else {
-				// The readiness checks belong to the cell's verdict.
-				cell.Checks = append(cell.Checks, res.Checks...)
-				cell.Why = nil
-				for _, ch := range cell.Checks {
-					if ch.Applies && !ch.Pass {
-						cell.Why = append(cell.Why, fmt.Sprintf("%s: %s (threshold %s)", ch.Name, ch.Got, ch.Threshold))
-					}
-				}
-				cell.Pass = len(cell.Why) == 0
-			}
-			br.Correctness = append(br.Correctness, cell)
-			b.done(cellStatus(cell) + skewStatus(res))
-		case "history":
-			if d.noBackend != "" {
-				br.History = &HistoryResult{Unmeasured: d.noBackend}
-			} else {
-				br.History = runHistory(ctx, d, cfg.Quick, b)
-			}
-			b.done(historyStatus(br.History))
-		case "lost-replies":
-			br.LostReplies = runLostReplies(ctx, d, cfg.Quick, sz.Correct.skew(), b)
-			b.done(lostReplyStatus(br.LostReplies))
-		case "soak":
-			fd, err := t.start(t.FaultMembers)
-			if err != nil {
-				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
-				b.done("not measured: " + err.Error())
-				continue
-			}
-			sc2 := sz.Correct
-			sc2.Duration = soakLength(cfg.Quick, cfg.SoakDuration)
-			cell := runCorrectness(ctx, sc, fd, sc2, b.set)
-			fd.close()
-			br.Correctness = append(br.Correctness, cell)
-			b.done(cellStatus(cell))
-		case "member-kill":
-			// A fresh deployment: the kill must not disturb the store the
-			// other scenarios use, and it needs FaultMembers members.
-			fd, err := t.start(t.FaultMembers)
-			if err != nil {
-				br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
-				b.done("not measured: " + err.Error())
-				continue
-			}
-			cell := runCorrectness(ctx, sc, fd, sz.Correct, b.set)
-			fd.close()
-			br.Correctness = append(br.Correctness, cell)
-			b.done(cellStatus(cell))
-		default:
-			cell := runCorrectness(ctx, sc, d, sz.Correct, b.set)
-			br.Correctness = append(br.Correctness, cell)
-			b.done(cellStatus(cell))
-		}
+		start := time.Now()
+		runStep(ctx, t, name, cfg, sz, stderr, br, d)
+		br.Steps = append(br.Steps, p.done(t.Name, name, time.Since(start)))
 	}
 	return br
+}
+
+// runStep runs scenario name on target t's deployment d into br.
+func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, stderr io.Writer, br *BackendRun, d *deployment) {
+	sc, _ := scenarioByName(name)
+	if why, ok := t.skipByDefault[name]; ok && !cfg.ScenariosNamed {
+		b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
+		br.NotRun = append(br.NotRun, NotRun{Scenario: name, Why: why})
+		b.done("not run: " + why)
+		return
+	}
+	if d.noBackend != "" && (!sc.Perf || sc.Name == "scale") {
+		b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
+		if sc.Name == "election" {
+			br.Election = &ElectionResult{Unmeasured: d.noBackend}
+		} else if sc.Name == "lost-replies" {
+			br.LostReplies = &LostReplyResult{Unmeasured: d.noBackend}
+		} else if sc.Name == "scale" {
+			br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}, {What: "clients long-polling one key", Unmeasured: d.noBackend}}
+		} else {
+			br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: d.noBackend})
+		}
+		b.done("not measured: " + d.noBackend)
+		return
+	}
+	b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
+	switch sc.Name {
+	case "latency":
+		br.Latency = runLatency(ctx, d, cfg, b)
+		b.done("")
+	case "handoff":
+		br.Handoff = runHandoff(ctx, d, cfg, sz, b)
+		b.done("")
+	case "throughput":
+		br.Throughput = runThroughput(ctx, d, cfg, sz, b)
+		b.done("")
+	case "scale":
+		br.Scale = runScale(ctx, d, sz, b)
+		b.done("")
+	case "roundtrips":
+		br.RoundTrips = runRoundTrips(ctx, d, sz, b)
+		b.done("")
+	case "clock-skew":
+		res := runSkew(ctx, d, sz.Correct, b)
+		br.Skew = res
+		cell := res.Below
+		cell.Scenario = sc.Name
+		if res.Unmeasured != "" {
+			cell = CorrectnessCell{Scenario: sc.Name, Unmeasured: res.Unmeasured}
+		} else {
+			// The readiness checks belong to the cell's verdict.
+			cell.Checks = append(cell.Checks, res.Checks...)
+			cell.Why = nil
+			for _, ch := range cell.Checks {
+				if ch.Applies && !ch.Pass {
+					cell.Why = append(cell.Why, fmt.Sprintf("%s: %s (threshold %s)", ch.Name, ch.Got, ch.Threshold))
+				}
+			}
+			cell.Pass = len(cell.Why) == 0
+		}
+		br.Correctness = append(br.Correctness, cell)
+		b.done(cellStatus(cell) + skewStatus(res))
+	case "history":
+		if d.noBackend != "" {
+			br.History = &HistoryResult{Unmeasured: d.noBackend}
+		} else {
+			br.History = runHistory(ctx, d, cfg.Quick, b)
+		}
+		b.done(historyStatus(br.History))
+	case "election":
+		br.Election = runElection(ctx, d, isEtcd(t), cfg.Quick, sz.Correct.skew(), b.set)
+		b.done(electionStatus(br.Election))
+	case "lost-replies":
+		br.LostReplies = runLostReplies(ctx, d, cfg.Quick, sz.Correct.skew(), b)
+		b.done(lostReplyStatus(br.LostReplies))
+	case "soak":
+		fd, err := t.start(t.FaultMembers)
+		if err != nil {
+			br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
+			b.done("not measured: " + err.Error())
+			return
+		}
+		sc2 := sz.Correct
+		sc2.Duration = soakLength(cfg.Quick, cfg.SoakDuration)
+		cell := runCorrectness(ctx, sc, fd, sc2, b.set)
+		fd.close()
+		br.Correctness = append(br.Correctness, cell)
+		b.done(cellStatus(cell))
+	case "member-kill":
+		// A fresh deployment: the kill must not disturb the store the
+		// other scenarios use, and it needs FaultMembers members.
+		fd, err := t.start(t.FaultMembers)
+		if err != nil {
+			br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: fmt.Sprintf("start %d-member store: %v", t.FaultMembers, err)})
+			b.done("not measured: " + err.Error())
+			return
+		}
+		cell := runCorrectness(ctx, sc, fd, sz.Correct, b.set)
+		fd.close()
+		br.Correctness = append(br.Correctness, cell)
+		b.done(cellStatus(cell))
+	default:
+		cell := runCorrectness(ctx, sc, d, sz.Correct, b.set)
+		br.Correctness = append(br.Correctness, cell)
+		b.done(cellStatus(cell))
+	}
+}
+
+// runSoaks runs the soaks left by runTarget, all at the same time: each on
+// its own store with its own faults, sharing only the machine. Five
+// sequential 5-minute soaks alone would take 25 of the run's 30 minutes.
+func runSoaks(ctx context.Context, soaks []pendingSoak, cfg Config, sz Sizes, stderr io.Writer, p *planner) {
+	if len(soaks) == 0 {
+		return
+	}
+	length := soakLength(cfg.Quick, cfg.SoakDuration)
+	fmt.Fprintf(stderr, "[all] soak: %d backends at the same time, %s each\n", len(soaks), length)
+	lw := &lockedWriter{w: stderr}
+	// Every store is started first, one after another (three ZooKeeper
+	// JVMs starting would otherwise stall the soaks already running).
+	fds := make([]*deployment, len(soaks))
+	for i, ps := range soaks {
+		if _, skip := ps.t.skipByDefault["soak"]; (skip && !cfg.ScenariosNamed) || ps.d.noBackend != "" {
+			continue
+		}
+		fd, err := ps.t.start(ps.t.FaultMembers)
+		if err != nil {
+			ps.br.Correctness = append(ps.br.Correctness, CorrectnessCell{Scenario: "soak", Unmeasured: fmt.Sprintf("start %d-member store: %v", ps.t.FaultMembers, err)})
+			continue
+		}
+		fds[i] = fd
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(30 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				fmt.Fprintf(lw, "    soak: %s of %s\n", time.Since(start).Round(time.Second), length)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	steps := make([]time.Duration, len(soaks))
+	for i, ps := range soaks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			from := time.Now()
+			switch {
+			case fds[i] != nil:
+				sc, _ := scenarioByName("soak")
+				b := newBar(lw, fmt.Sprintf("[%s] soak", ps.t.Name))
+				sc2 := sz.Correct
+				sc2.Duration = length
+				cell := runCorrectness(ctx, sc, fds[i], sc2, nil)
+				fds[i].close()
+				ps.br.Correctness = append(ps.br.Correctness, cell)
+				b.done(cellStatus(cell))
+			case ps.br.CorrectnessOf("soak") == nil:
+				// Not run or not measured: runStep says so.
+				runStep(ctx, ps.t, "soak", cfg, sz, lw, ps.br, ps.d)
+			}
+			steps[i] = time.Since(from)
+		}()
+	}
+	wg.Wait()
+	close(done)
+	for i, ps := range soaks {
+		fmt.Fprintf(stderr, "[%s] soak", ps.t.Name)
+		ps.br.Steps = append(ps.br.Steps, p.done(ps.t.Name, "soak", steps[i]))
+	}
+}
+
+// lockedWriter serialises the lines of steps that run at the same time.
+// It is not a terminal, so their progress bars print only final lines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 func cellStatus(c CorrectnessCell) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -157,9 +158,16 @@ func runScale(ctx context.Context, d *deployment, sz Sizes, b *bar) []ScaleCell 
 		bk.Close()
 		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
 	}
-	defer r.stop()
-	cells := []ScaleCell{scaleLeases(ctx, r, d, sz, b.part(0, 2)), scalePolls(ctx, r, d, sz, b.part(1, 2))}
-	return cells
+	start := time.Now()
+	defer func() {
+		r.stop()
+		log.Printf("scale: lockd stopped at %s", time.Since(start).Round(time.Millisecond))
+	}()
+	leases := scaleLeases(ctx, r, d, sz, b.part(0, 2))
+	log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
+	polls := scalePolls(ctx, r, d, sz, b.part(1, 2))
+	log.Printf("scale: polls step done at %s", time.Since(start).Round(time.Millisecond))
+	return []ScaleCell{leases, polls}
 }
 
 // scaleLeases acquires many keys, renews every lease once (a full renewal
@@ -208,6 +216,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 		}(clients[w])
 	}
 	wg.Wait()
+	log.Printf("scale: %d leases acquired after %s", reached.Load(), time.Since(deadline.Add(-sz.ScaleBudget)).Round(time.Millisecond))
 	c.Reached = int(reached.Load())
 	// One renewal sweep over every held lease.
 	var renewed atomic.Int64
@@ -346,10 +355,13 @@ func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, p
 	if s, ok := firstErr.Load().(string); ok {
 		c.Note += "; first failed poll: " + s
 	}
+	log.Printf("scale: %d polls measured", c.Reached)
 	cancel()
 	wg.Wait()
+	log.Printf("scale: pollers gone")
 	c.PeakMB = mw.end()
 	_ = holder.Release(context.WithoutCancel(ctx), hl)
+	log.Printf("scale: holder released")
 	progress(1)
 	if c.Reached == 0 {
 		c.Unmeasured = "no poll could be started: " + c.Note
@@ -378,9 +390,21 @@ func storeRSS(d *deployment) (float64, string) {
 	return total, ""
 }
 
+// listenerPIDs caches listenerPID by address while that process lives.
+var listenerPIDs sync.Map
+
 // listenerPID finds the process listening on addr (127.0.0.1:port) from
 // /proc/net/tcp and the processes' open sockets.
 func listenerPID(addr string) (int, error) {
+	// The first call of a step, before its load, finds the process; the
+	// ones under load reuse it: with thousands of sockets open, reading
+	// /proc/net/tcp and every process's fds took minutes (Redlock's scale
+	// step took 5m48s, most of it here).
+	if pid, ok := listenerPIDs.Load(addr); ok {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid.(int))); err == nil {
+			return pid.(int), nil
+		}
+	}
 	_, ps, _ := strings.Cut(addr, ":")
 	port, err := strconv.Atoi(ps)
 	if err != nil {
@@ -409,11 +433,21 @@ func listenerPID(addr string) (int, error) {
 	}
 	target := "socket:[" + inode + "]"
 	procs, _ := filepath.Glob("/proc/[0-9]*")
+	self := strconv.Itoa(os.Getpid())
 	for _, p := range procs {
+		// Never this process: the store is not in it (storeRSS says so
+		// for embedded etcd), and it holds thousands of sockets.
+		if filepath.Base(p) == self {
+			continue
+		}
 		fds, _ := os.ReadDir(p + "/fd")
 		for _, fd := range fds {
 			if l, err := os.Readlink(p + "/fd/" + fd.Name()); err == nil && l == target {
-				return strconv.Atoi(filepath.Base(p))
+				pid, err := strconv.Atoi(filepath.Base(p))
+				if err == nil {
+					listenerPIDs.Store(addr, pid)
+				}
+				return pid, err
 			}
 		}
 	}

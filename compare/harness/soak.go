@@ -200,6 +200,6 @@ func soakLength(quick bool, explicit time.Duration) time.Duration {
 	case quick:
 		return 4 * time.Second
 	default:
-		return 30 * time.Second
+		return 5 * time.Minute
 	}
 }

@@ -41,6 +41,9 @@ type target struct {
 	// skipByDefault names scenarios this column leaves out of a run that
 	// did not ask for them by name (-scenarios), and why.
 	skipByDefault map[string]string
+	// directs is how many direct client libraries the column measures
+	// (for the run's plan; the deployment names them).
+	directs int
 }
 
 // deployment is a running store and how to reach it.
@@ -104,7 +107,7 @@ func targets() []target {
 			skipByDefault: func() map[string]string {
 				why := "left out of the default run to keep it within 30 minutes: it measures lockd's side, which the embedded etcd column shows; ask for it with -backends etcd-ext -scenarios NAME"
 				m := map[string]string{}
-				for _, n := range []string{"throughput", "roundtrips", "scale", "pause", "waiter-vanish", "lost-replies"} {
+				for _, n := range []string{"throughput", "roundtrips", "scale", "pause", "waiter-vanish", "lost-replies", "election", "clock-skew"} {
 					m[n] = why
 				}
 				return m
@@ -124,7 +127,7 @@ func targets() []target {
 		{
 			Name: "redis", Server: "redis-server (Debian package), no persistence", Install: "apt-get install -y redis-server",
 			missing:     redisMissing,
-			PerfMembers: 1, FaultMembers: 1,
+			PerfMembers: 1, FaultMembers: 1, directs: 2,
 			start: startRedis,
 		},
 		{

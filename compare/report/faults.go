@@ -119,6 +119,7 @@ func notMeasured() []string {
 		"A pause of a client during its acquire (the replies read after the lease already ran out): the pause scenario stalls a holder after its grant.",
 		"Lost replies between lockd and the store (a store write that succeeded but whose answer lockd never got): only replies from lockd to its client are dropped.",
 		"Membership changes (adding, removing or replacing a store member) and rolling upgrades of lockd or of the store.",
+		"Election failover under store faults: the election scenario kills the leader's process only; a store member killed or cut during an election, and a leader paused (SIGSTOP) past its TTL, are not injected.",
 		"Clients that misbehave on purpose (guessing lease ids, replaying another client's idempotency key).",
 	}
 }

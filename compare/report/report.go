@@ -171,6 +171,7 @@ func buildReport(r *harness.Results) *doc {
 	skewSection(d, ran)
 	lostReplySection(d, ran)
 	historySection(d, ran)
+	electionSection(d, ran)
 	meaningSection(d, ran)
 	d.h2("Not measured by this version of compare")
 	d.p("These faults are not injected by this suite, so nothing above is evidence about them:")
@@ -183,7 +184,8 @@ func buildReport(r *harness.Results) *doc {
 		}
 	}
 	d.list(items...)
-	d.p("Correctness workload: clients loop acquire (waiting) → read a counter → think (0..2 ms) → write counter+1 → release, on one key. Every critical section touches two registers at once: a fenced one that refuses a token lower than the highest it accepted, and an unfenced one that accepts everything, so one run measures both modes. Clients behave as the real Go client does: a grant that arrives with less than two thirds of its TTL left (counted from the acquire's send) is renewed at once, and a lease past its deadline is never used to start or finish a critical section; only the pause fault can make a holder write late. A mutual-exclusion violation is a critical section entered while another client is inside its own and both leases are unexpired by their holders' own clocks (deadline = send time of the last successful acquire or renew + TTL); overlaps in which either lease had run out are counted apart (fencing is what protects the resource then). A write is stale when a later grant had already returned to another client. The whole history is checked with porcupine against a fenced-mutex model (grants in real-time order carry increasing tokens; each critical section is one atomic read-modify-write; in fenced mode a refused write changes nothing); acquires that failed or timed out constrain nothing (unknown outcome).")
+	d.p("Correctness workload: clients loop acquire (waiting) → read a counter → think (0..2 ms) → write counter+1 → release, on one key. Every critical section touches two registers at once: a fenced one that refuses a token lower than the highest it accepted, and an unfenced one that accepts everything, so one run measures both modes. Clients behave as the real Go client does: a grant that arrives with less than two thirds of its TTL left (counted from the acquire's send) is renewed at once, and a lease past its deadline is never used to start or finish a critical section; only the pause fault can make a holder write late. A mutual-exclusion violation is a critical section entered while another client is inside its own and both leases are unexpired by their holders' own clocks (deadline = send time of the last successful acquire or renew + TTL); overlaps in which either lease had run out are counted apart (fencing is what protects the resource then). Grants are numbered in the order their holders enter the critical section (a grant that is never used supersedes nobody), and a write is stale when a later grant's holder has already written: the resource has seen the successor, so a fence with rising tokens refuses it. A superseded holder's write that lands before its successor's first write is not stale (no fence can refuse it; it is counted as superseded, and if it costs an increment the lost-increment check shows it). The whole history is checked with porcupine against a fenced-mutex model (grants in real-time order carry increasing tokens; each critical section is one atomic read-modify-write; in fenced mode a refused write changes nothing); acquires that failed or timed out constrain nothing (unknown outcome).")
+	runTimeSection(d, r, ran)
 	return d
 }
 
@@ -488,11 +490,11 @@ func correctnessSection(d *doc, ran []*harness.BackendRun) {
 				"%d attempts, %d granted, %d timed out, %d failed, %d vanished; availability %.1f%%; longest outage %s; free after holder death %s\n"+
 					"ME violations %d (overlaps in which a lease had run out: %d); stalls after a vanished waiter %d; acquires that overran their wait by > 1 s: %d (longest %s)\n"+
 					"tokens not above an earlier grant's: %d\n"+
-					"fenced: %d writes, %d stale refused, %d stale accepted, %d lost; check %s (%d ops)\n"+
+					"fenced: %d writes, %d stale refused, %d stale accepted, %d superseded before the successor wrote, %d lost; check %s (%d ops)\n"+
 					"unfenced: %d writes, %d stale accepted, %d lost; check %s",
 				c.Attempts, c.Granted, c.TimedOut, c.Errors, c.Vanished, 100*c.Availability, fmtMS(c.LongestUnavailMs), free,
 				c.Overlaps, c.ExpiredOverlaps, c.StalledVanish, c.Overran, fmtMS(c.LongestCallMs), c.TokenRegressions,
-				c.Fenced.Writes, c.Fenced.StaleRejected, c.Fenced.StaleAccepted, c.Fenced.LostIncrements, c.Fenced.Check.Result, c.Fenced.Check.Ops,
+				c.Fenced.Writes, c.Fenced.StaleRejected, c.Fenced.StaleAccepted, c.Fenced.Superseded, c.Fenced.LostIncrements, c.Fenced.Check.Result, c.Fenced.Check.Ops,
 				c.Unfenced.Writes, c.Unfenced.StaleAccepted, c.Unfenced.LostIncrements, c.Unfenced.Check.Result))})
 		}
 		d.table([]string{"scenario", "measured"}, rows)
@@ -504,6 +506,9 @@ func correctnessSection(d *doc, ran []*harness.BackendRun) {
 			}
 			if c.FirstOverlap != "" {
 				lines = append(lines, "first mutual-exclusion violation: "+c.FirstOverlap)
+			}
+			if c.FirstStale != "" {
+				lines = append(lines, "first stale write accepted with fencing: "+c.FirstStale)
 			}
 			if c.FirstFIFO != "" {
 				lines = append(lines, "first FIFO violation: "+c.FirstFIFO)

@@ -46,3 +46,28 @@ func TestSectionScenariosHaveNoVerdictRow(t *testing.T) {
 		t.Errorf("no Lost replies section")
 	}
 }
+
+// TestElectionSectionNamesTheFailedCheck: election failover has its own
+// section (no verdict row); a red cell names the failed check, and etcd's
+// observer, which never reports no leader, says so instead of a time.
+func TestElectionSectionNamesTheFailedCheck(t *testing.T) {
+	red := harness.ElectionCell{Via: harness.ViaHTTP, TTLms: 2000,
+		Rounds: []harness.ElectionRound{{LeaderTerm: 2, NextTerm: 3, NoLeaderMs: -1, ElectedMs: 1, ObservedMs: -1, DoubleLeader: true}},
+		Checks: []harness.Check{{Name: harness.CheckDoubleLeader, Threshold: "0 leaders elected while the previous one was still valid", Got: "1 of 1 rounds", Applies: true}}}
+	green := harness.ElectionCell{Via: harness.ViaEtcdElection, TTLms: 2000, Pass: true,
+		Rounds: []harness.ElectionRound{{LeaderTerm: 6, NextTerm: 7, NoLeaderMs: -1, ElectedMs: 2100, ObservedMs: 2101}}}
+	r := &harness.Results{Scenarios: []string{"election"}, Backends: []*harness.BackendRun{{
+		Name: "etcd", Election: &harness.ElectionResult{Cells: []harness.ElectionCell{red, green}}}}}
+	md := Markdown(r)
+	for _, want := range []string{"## Election failover", "❌ RED: double leader: 1 of 1 rounds", "✅ double leader 0, terms rising", "never (its observer reports leaders only)", "2.10 s"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+	if strings.Contains(md, "✅ ✅") || strings.Contains(md, "❌ ❌") {
+		t.Errorf("a check mark twice in one cell")
+	}
+	if strings.Contains(md, "| Election failover |") {
+		t.Errorf("election failover has a verdict row; it has its own section")
+	}
+}
