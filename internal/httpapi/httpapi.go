@@ -256,7 +256,29 @@ func toGrantJSON(g backend.Grant) grantJSON {
 	return grantJSON{Key: g.Key, LeaseID: g.LeaseID, Token: g.Token, Owner: g.Owner, TTLMs: g.TTL.Milliseconds(), ExpiresAt: lease.Format(g.ExpiresAt)}
 }
 
+// acquire reads as its three steps: admission (input, rights, features,
+// limits), the backend call, and the record of what came of it (lease
+// accounting, metrics, orphan release, audit, answer).
 func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
+	req, leave, ok := s.admitAcquire(w, r)
+	if !ok {
+		return
+	}
+	defer leave()
+	ctx, stop := s.longPoll(r.Context(), req.Wait)
+	defer stop()
+	start := time.Now()
+	g, err := s.b.Acquire(ctx, req)
+	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
+	s.recordAcquire(w, r, ctx, req.Key, g, err)
+}
+
+// admitAcquire checks an acquire before the backend sees it: the input, the
+// caller's right on the key, that the backend has what the request asks
+// (sessions, idempotency), and this lockd's waiter and lease limits. It has
+// answered when ok is false; otherwise leave must run once the acquire is
+// over.
+func (s *Server) admitAcquire(w http.ResponseWriter, r *http.Request) (req backend.AcquireRequest, leave func(), ok bool) {
 	key, err := keyParam(r)
 	var body acquireBody
 	if err == nil {
@@ -272,54 +294,63 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.fail(w, r, err)
-		return
+		return req, nil, false
 	}
 	if !s.allow(w, r, auth.RightLock, key) {
-		return
+		return req, nil, false
 	}
 	if p.session != "" && sessionsOf(s.b) == nil {
 		s.fail(w, r, errNotSupported("sessions"))
-		return
+		return req, nil, false
 	}
 	if _, ok := s.b.(backend.Idempotent); idemKey != "" && !ok {
 		s.fail(w, r, errIdempotencyUnsupported)
-		return
+		return req, nil, false
 	}
-	ctx := r.Context()
+	leave = func() {}
 	if p.wait > 0 {
-		leave, limit, err := s.waiters.enter(key, s.opts.Limits)
+		out, limit, err := s.waiters.enter(key, s.opts.Limits)
 		if err != nil {
 			s.m.limited.WithLabelValues(limit).Inc()
 			s.refuse(w, r, principal(r), err)
-			return
+			return req, nil, false
 		}
-		defer leave()
+		leave = out
 	}
-	who := principal(r)
-	counted := s.leaseLimit(who) > 0
-	if counted {
+	if who := principal(r); s.leaseLimit(who) > 0 {
 		if err := s.leases.reserve(who.Name, s.leaseLimit(who), time.Now()); err != nil {
+			leave()
 			s.m.limited.WithLabelValues("leases").Inc()
 			s.refuse(w, r, who, err)
-			return
+			return req, nil, false
 		}
 	}
-	if p.wait > 0 {
-		// A long poll: ended by the client leaving (r.Context) or by lockd
-		// stopping.
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		stop := context.AfterFunc(stoppingCtx{s.stopping}, func() { cancel(errShuttingDown) })
-		defer stop()
-		s.m.waiters.Inc()
-		defer s.m.waiters.Dec()
+	req = backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session,
+		Idempotency: idempotency(principal(r), key, idemKey, p)}
+	return req, leave, true
+}
+
+// longPoll is the context an acquire waits under: with a wait, it also ends
+// when lockd stops (cause errShuttingDown), and the wait is counted.
+func (s *Server) longPoll(ctx context.Context, wait time.Duration) (context.Context, func()) {
+	if wait <= 0 {
+		return ctx, func() {}
 	}
-	start := time.Now()
-	g, err := s.b.Acquire(ctx, backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session,
-		Idempotency: idempotency(who, key, idemKey, p)})
-	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
-	if counted {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(stoppingCtx{s.stopping}, func() { cancel(errShuttingDown) })
+	s.m.waiters.Inc()
+	return ctx, func() {
+		s.m.waiters.Dec()
+		stop()
+		cancel(nil)
+	}
+}
+
+// recordAcquire settles what an acquire came to: the caller's lease count,
+// a grant the client left before receiving, the audit line and the answer.
+func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx context.Context, key string, g backend.Grant, err error) {
+	who := principal(r)
+	if s.leaseLimit(who) > 0 {
 		if err == nil {
 			s.leases.granted(who.Name, key, g.LeaseID, g.ExpiresAt)
 		} else {
@@ -380,25 +411,38 @@ func (c stoppingCtx) Err() error {
 }
 func (c stoppingCtx) Value(any) any { return nil }
 
-func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
+// leaseRequest is the prelude renew and release share: the key, the body
+// (into body, whose lease id is at leaseID) and the lease id checked, then
+// more checks of the body's other fields (nil: none), then the lock right
+// on the key. It has answered when ok is false.
+func (s *Server) leaseRequest(w http.ResponseWriter, r *http.Request, body any, leaseID *(*string), more func() error) (key, id string, ok bool) {
 	key, err := keyParam(r)
-	var body renewBody
 	if err == nil {
-		err = s.decode(w, r, &body)
+		err = s.decode(w, r, body)
 	}
-	var id string
 	if err == nil {
-		id, err = checkLeaseID(body.LeaseID)
+		id, err = checkLeaseID(*leaseID)
 	}
-	var ttl time.Duration // zero: the lease keeps its TTL
-	if err == nil {
-		ttl, err = msField("ttl_ms", body.TTLMs, 0, lease.MinTTL, lease.MaxTTL)
+	if err == nil && more != nil {
+		err = more()
 	}
 	if err != nil {
 		s.fail(w, r, err)
-		return
+		return "", "", false
 	}
-	if !s.allow(w, r, auth.RightLock, key) {
+	return key, id, s.allow(w, r, auth.RightLock, key)
+}
+
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
+	var (
+		body renewBody
+		ttl  time.Duration // zero: the lease keeps its TTL
+	)
+	key, id, ok := s.leaseRequest(w, r, &body, &body.LeaseID, func() (err error) {
+		ttl, err = msField("ttl_ms", body.TTLMs, 0, lease.MinTTL, lease.MaxTTL)
+		return err
+	})
+	if !ok {
 		return
 	}
 	g, err := s.b.Renew(r.Context(), key, id, ttl)
@@ -418,20 +462,9 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) release(w http.ResponseWriter, r *http.Request) {
-	key, err := keyParam(r)
 	var body releaseBody
-	if err == nil {
-		err = s.decode(w, r, &body)
-	}
-	var id string
-	if err == nil {
-		id, err = checkLeaseID(body.LeaseID)
-	}
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if !s.allow(w, r, auth.RightLock, key) {
+	key, id, ok := s.leaseRequest(w, r, &body, &body.LeaseID, nil)
+	if !ok {
 		return
 	}
 	if err := s.b.Release(r.Context(), key, id); err != nil {
