@@ -242,7 +242,14 @@ func (s sessions) Close(ctx context.Context, id string) error {
 	}
 	var ops []clientv3.Op
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		ops = append(ops, clientv3.OpDelete(string(kv.Value)))
+		k, v, guarded := strings.Cut(string(kv.Value), "\n")
+		if !guarded {
+			ops = append(ops, clientv3.OpDelete(k))
+			continue
+		}
+		// A semaphore permit (semaphore.go): its slot key is reused by
+		// later holders, so it goes only while it is this permit.
+		ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(k), "=", v)}, []clientv3.Op{clientv3.OpDelete(k)}, nil))
 	}
 	for len(ops) > 0 {
 		n := min(len(ops), 100) // under etcd's default --max-txn-ops
