@@ -85,6 +85,7 @@ const (
 	ProblemCodeInvalidLeaseId         ProblemCode = "invalid_lease_id"
 	ProblemCodeInvalidLimit           ProblemCode = "invalid_limit"
 	ProblemCodeInvalidOwner           ProblemCode = "invalid_owner"
+	ProblemCodeInvalidPermits         ProblemCode = "invalid_permits"
 	ProblemCodeInvalidPrefix          ProblemCode = "invalid_prefix"
 	ProblemCodeInvalidSessionId       ProblemCode = "invalid_session_id"
 	ProblemCodeInvalidTtlMs           ProblemCode = "invalid_ttl_ms"
@@ -95,6 +96,7 @@ const (
 	ProblemCodeMethodNotAllowed       ProblemCode = "method_not_allowed"
 	ProblemCodeNotFound               ProblemCode = "not_found"
 	ProblemCodeNotSupported           ProblemCode = "not_supported"
+	ProblemCodePermitsMismatch        ProblemCode = "permits_mismatch"
 	ProblemCodeRateLimited            ProblemCode = "rate_limited"
 	ProblemCodeSessionBound           ProblemCode = "session_bound"
 	ProblemCodeSessionExpired         ProblemCode = "session_expired"
@@ -140,6 +142,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeInvalidOwner:
 		return true
+	case ProblemCodeInvalidPermits:
+		return true
 	case ProblemCodeInvalidPrefix:
 		return true
 	case ProblemCodeInvalidSessionId:
@@ -159,6 +163,8 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeNotFound:
 		return true
 	case ProblemCodeNotSupported:
+		return true
+	case ProblemCodePermitsMismatch:
 		return true
 	case ProblemCodeRateLimited:
 		return true
@@ -278,6 +284,15 @@ type Capabilities struct {
 			NoFifoReason *string `json:"no_fifo_reason,omitempty"`
 		} `json:"locks"`
 
+		// Semaphores null when the backend has no semaphores (their routes answer 501).
+		Semaphores *struct {
+			// Fifo Waiters are served in arrival order.
+			Fifo bool `json:"fifo"`
+
+			// Idempotency Idempotency-Key is honoured on semaphore acquire (otherwise 501 idempotency_unsupported).
+			Idempotency bool `json:"idempotency"`
+		} `json:"semaphores"`
+
 		// Sessions null when the backend has no sessions (their routes, and session_id on acquire and campaign, answer 501).
 		Sessions *struct {
 			// Expiry Where a session's end is decided: state in the store, enforced with no lockd alive.
@@ -379,6 +394,24 @@ type OpenSessionRequest struct {
 	TtlMs *int `json:"ttl_ms,omitempty"`
 }
 
+// Permit defines model for Permit.
+type Permit struct {
+	ExpiresAt Timestamp `json:"expires_at"`
+	Key       string    `json:"key"`
+
+	// LeaseId Opaque capability to renew and release (at least 128 random bits). Keep it secret.
+	LeaseId LeaseID `json:"lease_id"`
+	Owner   string  `json:"owner"`
+	Permits int     `json:"permits"`
+
+	// Slot The permit's slot, in 0..permits-1; no other live permit has it. Fence per (key, slot).
+	Slot int `json:"slot"`
+
+	// Token Fencing token; strictly greater than every token granted for this key before.
+	Token Token `json:"token"`
+	TtlMs int   `json:"ttl_ms"`
+}
+
 // Problem defines model for Problem.
 type Problem struct {
 	Code   ProblemCode `json:"code"`
@@ -390,10 +423,16 @@ type Problem struct {
 		// Token Fencing token; strictly greater than every token granted for this key before.
 		Token Token `json:"token"`
 	} `json:"holder,omitempty"`
-	Leader *ElectionLeader `json:"leader,omitempty"`
-	Status int             `json:"status"`
-	Title  string          `json:"title"`
-	Type   string          `json:"type"`
+
+	// Holders A semaphore's permits, when an acquire gave up (lock_held).
+	Holders *[]SemaphoreHolder `json:"holders,omitempty"`
+	Leader  *ElectionLeader    `json:"leader,omitempty"`
+
+	// Permits The semaphore's current size (permits_mismatch).
+	Permits *int   `json:"permits,omitempty"`
+	Status  int    `json:"status"`
+	Title   string `json:"title"`
+	Type    string `json:"type"`
 }
 
 // ProblemCode defines model for Problem.Code.
@@ -430,6 +469,44 @@ type RenewSessionRequest struct {
 
 	// TtlMs Default: the session's current TTL.
 	TtlMs *int `json:"ttl_ms,omitempty"`
+}
+
+// SemaphoreHolder defines model for SemaphoreHolder.
+type SemaphoreHolder struct {
+	ExpiresAt Timestamp `json:"expires_at"`
+	Owner     string    `json:"owner"`
+	Slot      int       `json:"slot"`
+
+	// Token Fencing token; strictly greater than every token granted for this key before.
+	Token Token `json:"token"`
+}
+
+// SemaphoreRequest defines model for SemaphoreRequest.
+type SemaphoreRequest struct {
+	// Owner Free text shown in inspection (at most 256 characters).
+	Owner *string `json:"owner,omitempty"`
+
+	// Permits The semaphore's size; it must match the live semaphore's (409 permits_mismatch).
+	Permits int `json:"permits"`
+
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId *SessionID `json:"session_id,omitempty"`
+
+	// TtlMs The permit's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
+}
+
+// SemaphoreState defines model for SemaphoreState.
+type SemaphoreState struct {
+	Holders []SemaphoreHolder `json:"holders"`
+	Key     string            `json:"key"`
+
+	// Permits The live size; 0 when nothing holds or waits.
+	Permits int `json:"permits"`
+	Waiters int `json:"waiters"`
 }
 
 // Session defines model for Session.
@@ -543,6 +620,20 @@ type WatchLockParams struct {
 	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
+// AcquireSemaphoreParams defines parameters for AcquireSemaphore.
+type AcquireSemaphoreParams struct {
+	// IdempotencyKey Makes retries of this acquire safe (draft-ietf-httpapi-idempotency-key-header).
+	// Send a fresh value (e.g. a UUID) per logical acquire and the same one on every
+	// retry of it: a structured-field string ("...") or a bare token, 1..255 visible
+	// ASCII characters (code invalid_idempotency_key otherwise). The record is scoped to
+	// the caller and the lock key and kept at least an hour. A retry while the grant
+	// holds gets the same grant; while the first attempt still waits, it waits in its
+	// place; after the grant ended, 410; with another owner or ttl_ms, 422. A refused
+	// acquire (409, 503) records nothing, so its retry runs afresh. Refused with 501 on
+	// a backend that cannot keep the record (none of lockd's own backends).
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // CampaignJSONRequestBody defines body for Campaign for application/json ContentType.
 type CampaignJSONRequestBody = CampaignRequest
 
@@ -563,6 +654,15 @@ type ReleaseJSONRequestBody = ReleaseRequest
 
 // RenewJSONRequestBody defines body for Renew for application/json ContentType.
 type RenewJSONRequestBody = RenewRequest
+
+// AcquireSemaphoreJSONRequestBody defines body for AcquireSemaphore for application/json ContentType.
+type AcquireSemaphoreJSONRequestBody = SemaphoreRequest
+
+// ReleaseSemaphoreJSONRequestBody defines body for ReleaseSemaphore for application/json ContentType.
+type ReleaseSemaphoreJSONRequestBody = ReleaseRequest
+
+// RenewSemaphoreJSONRequestBody defines body for RenewSemaphore for application/json ContentType.
+type RenewSemaphoreJSONRequestBody = RenewRequest
 
 // OpenSessionJSONRequestBody defines body for OpenSession for application/json ContentType.
 type OpenSessionJSONRequestBody = OpenSessionRequest
@@ -880,6 +980,85 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	Renew(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// InspectSemaphore A semaphore's size, its unexpired permits and how many wait.
+	//
+	// Shows the size (0 when nothing holds or waits), the holders by slot (owner, token, expiry; never lease ids) and the number of waiters.
+	//
+	// Corresponds with GET /v1/semaphores/{key} (the `InspectSemaphore` operationId).
+	InspectSemaphore(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AcquireSemaphoreWithBody Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants a permit at once when a slot is free and nobody waits;
+	// otherwise waits in line for up to wait_ms, then answers 409
+	// lock_held with the holders. At most `permits` unexpired permits
+	// exist at once across every replica; each has a slot in
+	// 0..permits-1 that no other live permit shares, and a token that
+	// strictly increases over all permits of the key, so per slot: fence
+	// per (key, slot). A semaphore keeps the size its live permits and
+	// waiters carry; asking for another answers 409 permits_mismatch
+	// with the current `permits`. A semaphore "x" and a lock "x" are
+	// different things.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+	AcquireSemaphoreWithBody(ctx context.Context, key Key, params *AcquireSemaphoreParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AcquireSemaphore Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants a permit at once when a slot is free and nobody waits;
+	// otherwise waits in line for up to wait_ms, then answers 409
+	// lock_held with the holders. At most `permits` unexpired permits
+	// exist at once across every replica; each has a slot in
+	// 0..permits-1 that no other live permit shares, and a token that
+	// strictly increases over all permits of the key, so per slot: fence
+	// per (key, slot). A semaphore keeps the size its live permits and
+	// waiters carry; asking for another answers 409 permits_mismatch
+	// with the current `permits`. A semaphore "x" and a lock "x" are
+	// different things.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+	AcquireSemaphore(ctx context.Context, key Key, params *AcquireSemaphoreParams, body AcquireSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseSemaphoreWithBody Give back a permit held by lease_id; the head of the line gets its slot.
+	//
+	// Frees the permit's slot at once; the first waiter in line is granted a permit.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+	ReleaseSemaphoreWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseSemaphore Give back a permit held by lease_id; the head of the line gets its slot.
+	//
+	// Frees the permit's slot at once; the first waiter in line is granted a permit.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+	ReleaseSemaphore(ctx context.Context, key Key, body ReleaseSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewSemaphoreWithBody Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+	//
+	// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+	RenewSemaphoreWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewSemaphore Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+	//
+	// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+	RenewSemaphore(ctx context.Context, key Key, body RenewSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// OpenSessionWithBody Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
 	//
@@ -1408,6 +1587,155 @@ func (c *Client) RenewWithBody(ctx context.Context, key Key, contentType string,
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 func (c *Client) Renew(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRenewRequest(c.Server, key, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// InspectSemaphore A semaphore's size, its unexpired permits and how many wait.
+//
+// Shows the size (0 when nothing holds or waits), the holders by slot (owner, token, expiry; never lease ids) and the number of waiters.
+//
+// Corresponds with GET /v1/semaphores/{key} (the `InspectSemaphore` operationId).
+func (c *Client) InspectSemaphore(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewInspectSemaphoreRequest(c.Server, key)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AcquireSemaphoreWithBody Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants a permit at once when a slot is free and nobody waits;
+// otherwise waits in line for up to wait_ms, then answers 409
+// lock_held with the holders. At most `permits` unexpired permits
+// exist at once across every replica; each has a slot in
+// 0..permits-1 that no other live permit shares, and a token that
+// strictly increases over all permits of the key, so per slot: fence
+// per (key, slot). A semaphore keeps the size its live permits and
+// waiters carry; asking for another answers 409 permits_mismatch
+// with the current `permits`. A semaphore "x" and a lock "x" are
+// different things.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+func (c *Client) AcquireSemaphoreWithBody(ctx context.Context, key Key, params *AcquireSemaphoreParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAcquireSemaphoreRequestWithBody(c.Server, key, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AcquireSemaphore Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants a permit at once when a slot is free and nobody waits;
+// otherwise waits in line for up to wait_ms, then answers 409
+// lock_held with the holders. At most `permits` unexpired permits
+// exist at once across every replica; each has a slot in
+// 0..permits-1 that no other live permit shares, and a token that
+// strictly increases over all permits of the key, so per slot: fence
+// per (key, slot). A semaphore keeps the size its live permits and
+// waiters carry; asking for another answers 409 permits_mismatch
+// with the current `permits`. A semaphore "x" and a lock "x" are
+// different things.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+func (c *Client) AcquireSemaphore(ctx context.Context, key Key, params *AcquireSemaphoreParams, body AcquireSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAcquireSemaphoreRequest(c.Server, key, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseSemaphoreWithBody Give back a permit held by lease_id; the head of the line gets its slot.
+//
+// Frees the permit's slot at once; the first waiter in line is granted a permit.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+func (c *Client) ReleaseSemaphoreWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseSemaphoreRequestWithBody(c.Server, key, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseSemaphore Give back a permit held by lease_id; the head of the line gets its slot.
+//
+// Frees the permit's slot at once; the first waiter in line is granted a permit.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+func (c *Client) ReleaseSemaphore(ctx context.Context, key Key, body ReleaseSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseSemaphoreRequest(c.Server, key, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewSemaphoreWithBody Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+//
+// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+func (c *Client) RenewSemaphoreWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewSemaphoreRequestWithBody(c.Server, key, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewSemaphore Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+//
+// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+func (c *Client) RenewSemaphore(ctx context.Context, key Key, body RenewSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewSemaphoreRequest(c.Server, key, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2297,6 +2625,196 @@ func NewRenewRequestWithBody(server string, key Key, contentType string, body io
 	return req, nil
 }
 
+// NewInspectSemaphoreRequest constructs an http.Request for the InspectSemaphore method
+func NewInspectSemaphoreRequest(server string, key Key) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/semaphores/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAcquireSemaphoreRequest calls the generic AcquireSemaphore builder with application/json body
+func NewAcquireSemaphoreRequest(server string, key Key, params *AcquireSemaphoreParams, body AcquireSemaphoreJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewAcquireSemaphoreRequestWithBody(server, key, params, "application/json", bodyReader)
+}
+
+// NewAcquireSemaphoreRequestWithBody constructs an http.Request for the AcquireSemaphore method, with any body, and a specified content type
+func NewAcquireSemaphoreRequestWithBody(server string, key Key, params *AcquireSemaphoreParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/semaphores/%s/acquire", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewReleaseSemaphoreRequest calls the generic ReleaseSemaphore builder with application/json body
+func NewReleaseSemaphoreRequest(server string, key Key, body ReleaseSemaphoreJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewReleaseSemaphoreRequestWithBody(server, key, "application/json", bodyReader)
+}
+
+// NewReleaseSemaphoreRequestWithBody constructs an http.Request for the ReleaseSemaphore method, with any body, and a specified content type
+func NewReleaseSemaphoreRequestWithBody(server string, key Key, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/semaphores/%s/release", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRenewSemaphoreRequest calls the generic RenewSemaphore builder with application/json body
+func NewRenewSemaphoreRequest(server string, key Key, body RenewSemaphoreJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenewSemaphoreRequestWithBody(server, key, "application/json", bodyReader)
+}
+
+// NewRenewSemaphoreRequestWithBody constructs an http.Request for the RenewSemaphore method, with any body, and a specified content type
+func NewRenewSemaphoreRequestWithBody(server string, key Key, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/semaphores/%s/renew", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewOpenSessionRequest calls the generic OpenSession builder with application/json body
 func NewOpenSessionRequest(server string, body OpenSessionJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -2718,6 +3236,87 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	RenewWithResponse(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewResponse, error)
+
+	// InspectSemaphoreWithResponse A semaphore's size, its unexpired permits and how many wait.
+	//
+	// Shows the size (0 when nothing holds or waits), the holders by slot (owner, token, expiry; never lease ids) and the number of waiters.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/semaphores/{key} (the `InspectSemaphore` operationId).
+	InspectSemaphoreWithResponse(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*InspectSemaphoreResponse, error)
+
+	// AcquireSemaphoreWithBodyWithResponse Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants a permit at once when a slot is free and nobody waits;
+	// otherwise waits in line for up to wait_ms, then answers 409
+	// lock_held with the holders. At most `permits` unexpired permits
+	// exist at once across every replica; each has a slot in
+	// 0..permits-1 that no other live permit shares, and a token that
+	// strictly increases over all permits of the key, so per slot: fence
+	// per (key, slot). A semaphore keeps the size its live permits and
+	// waiters carry; asking for another answers 409 permits_mismatch
+	// with the current `permits`. A semaphore "x" and a lock "x" are
+	// different things.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+	AcquireSemaphoreWithBodyWithResponse(ctx context.Context, key Key, params *AcquireSemaphoreParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireSemaphoreResponse, error)
+
+	// AcquireSemaphoreWithResponse Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+	//
+	// Grants a permit at once when a slot is free and nobody waits;
+	// otherwise waits in line for up to wait_ms, then answers 409
+	// lock_held with the holders. At most `permits` unexpired permits
+	// exist at once across every replica; each has a slot in
+	// 0..permits-1 that no other live permit shares, and a token that
+	// strictly increases over all permits of the key, so per slot: fence
+	// per (key, slot). A semaphore keeps the size its live permits and
+	// waiters carry; asking for another answers 409 permits_mismatch
+	// with the current `permits`. A semaphore "x" and a lock "x" are
+	// different things.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+	AcquireSemaphoreWithResponse(ctx context.Context, key Key, params *AcquireSemaphoreParams, body AcquireSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireSemaphoreResponse, error)
+
+	// ReleaseSemaphoreWithBodyWithResponse Give back a permit held by lease_id; the head of the line gets its slot.
+	//
+	// Frees the permit's slot at once; the first waiter in line is granted a permit.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+	ReleaseSemaphoreWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseSemaphoreResponse, error)
+
+	// ReleaseSemaphoreWithResponse Give back a permit held by lease_id; the head of the line gets its slot.
+	//
+	// Frees the permit's slot at once; the first waiter in line is granted a permit.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+	ReleaseSemaphoreWithResponse(ctx context.Context, key Key, body ReleaseSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseSemaphoreResponse, error)
+
+	// RenewSemaphoreWithBodyWithResponse Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+	//
+	// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+	RenewSemaphoreWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewSemaphoreResponse, error)
+
+	// RenewSemaphoreWithResponse Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+	//
+	// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+	RenewSemaphoreWithResponse(ctx context.Context, key Key, body RenewSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewSemaphoreResponse, error)
 
 	// OpenSessionWithBodyWithResponse Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
 	//
@@ -4718,6 +5317,555 @@ func (r RenewResponse) ContentType() string {
 	return ""
 }
 
+// InspectSemaphoreResponse401Headers the declared response headers of an HTTP 401 response for InspectSemaphore
+type InspectSemaphoreResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// InspectSemaphoreResponse429Headers the declared response headers of an HTTP 429 response for InspectSemaphore
+type InspectSemaphoreResponse429Headers struct {
+	RetryAfter *int
+}
+
+// InspectSemaphoreResponse503Headers the declared response headers of an HTTP 503 response for InspectSemaphore
+type InspectSemaphoreResponse503Headers struct {
+	RetryAfter *int
+}
+
+type InspectSemaphoreResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SemaphoreState
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *InspectSemaphoreResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *InspectSemaphoreResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *InspectSemaphoreResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r InspectSemaphoreResponse) GetJSON200() *SemaphoreState {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r InspectSemaphoreResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r InspectSemaphoreResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r InspectSemaphoreResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r InspectSemaphoreResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r InspectSemaphoreResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// AcquireSemaphoreResponse200Headers the declared response headers of an HTTP 200 response for AcquireSemaphore
+type AcquireSemaphoreResponse200Headers struct {
+	IdempotentReplayed *string
+}
+
+// AcquireSemaphoreResponse401Headers the declared response headers of an HTTP 401 response for AcquireSemaphore
+type AcquireSemaphoreResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// AcquireSemaphoreResponse429Headers the declared response headers of an HTTP 429 response for AcquireSemaphore
+type AcquireSemaphoreResponse429Headers struct {
+	RetryAfter *int
+}
+
+// AcquireSemaphoreResponse503Headers the declared response headers of an HTTP 503 response for AcquireSemaphore
+type AcquireSemaphoreResponse503Headers struct {
+	RetryAfter *int
+}
+
+type AcquireSemaphoreResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Permit
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *SessionExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *AcquireSemaphoreResponse200Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *AcquireSemaphoreResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *AcquireSemaphoreResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *AcquireSemaphoreResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AcquireSemaphoreResponse) GetJSON200() *Permit {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON410() *SessionExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON429() *Problem {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r AcquireSemaphoreResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r AcquireSemaphoreResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AcquireSemaphoreResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AcquireSemaphoreResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AcquireSemaphoreResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ReleaseSemaphoreResponse401Headers the declared response headers of an HTTP 401 response for ReleaseSemaphore
+type ReleaseSemaphoreResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// ReleaseSemaphoreResponse429Headers the declared response headers of an HTTP 429 response for ReleaseSemaphore
+type ReleaseSemaphoreResponse429Headers struct {
+	RetryAfter *int
+}
+
+// ReleaseSemaphoreResponse503Headers the declared response headers of an HTTP 503 response for ReleaseSemaphore
+type ReleaseSemaphoreResponse503Headers struct {
+	RetryAfter *int
+}
+
+type ReleaseSemaphoreResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *LeaseExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ReleaseSemaphoreResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *ReleaseSemaphoreResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ReleaseSemaphoreResponse503Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON410() *LeaseExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ReleaseSemaphoreResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseSemaphoreResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseSemaphoreResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseSemaphoreResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseSemaphoreResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RenewSemaphoreResponse401Headers the declared response headers of an HTTP 401 response for RenewSemaphore
+type RenewSemaphoreResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// RenewSemaphoreResponse429Headers the declared response headers of an HTTP 429 response for RenewSemaphore
+type RenewSemaphoreResponse429Headers struct {
+	RetryAfter *int
+}
+
+// RenewSemaphoreResponse503Headers the declared response headers of an HTTP 503 response for RenewSemaphore
+type RenewSemaphoreResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RenewSemaphoreResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Permit
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *SessionBound
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *LeaseExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RenewSemaphoreResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RenewSemaphoreResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RenewSemaphoreResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RenewSemaphoreResponse) GetJSON200() *Permit {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON409() *SessionBound {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON410() *LeaseExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RenewSemaphoreResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RenewSemaphoreResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RenewSemaphoreResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RenewSemaphoreResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RenewSemaphoreResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // OpenSessionResponse401Headers the declared response headers of an HTTP 401 response for OpenSession
 type OpenSessionResponse401Headers struct {
 	WWWAuthenticate *string
@@ -5533,6 +6681,129 @@ func (c *ClientWithResponses) RenewWithResponse(ctx context.Context, key Key, bo
 		return nil, err
 	}
 	return ParseRenewResponse(rsp)
+}
+
+// InspectSemaphoreWithResponse A semaphore's size, its unexpired permits and how many wait.
+//
+// Shows the size (0 when nothing holds or waits), the holders by slot (owner, token, expiry; never lease ids) and the number of waiters.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/semaphores/{key} (the `InspectSemaphore` operationId).
+func (c *ClientWithResponses) InspectSemaphoreWithResponse(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*InspectSemaphoreResponse, error) {
+	rsp, err := c.InspectSemaphore(ctx, key, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseInspectSemaphoreResponse(rsp)
+}
+
+// AcquireSemaphoreWithBodyWithResponse Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants a permit at once when a slot is free and nobody waits;
+// otherwise waits in line for up to wait_ms, then answers 409
+// lock_held with the holders. At most `permits` unexpired permits
+// exist at once across every replica; each has a slot in
+// 0..permits-1 that no other live permit shares, and a token that
+// strictly increases over all permits of the key, so per slot: fence
+// per (key, slot). A semaphore keeps the size its live permits and
+// waiters carry; asking for another answers 409 permits_mismatch
+// with the current `permits`. A semaphore "x" and a lock "x" are
+// different things.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+func (c *ClientWithResponses) AcquireSemaphoreWithBodyWithResponse(ctx context.Context, key Key, params *AcquireSemaphoreParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireSemaphoreResponse, error) {
+	rsp, err := c.AcquireSemaphoreWithBody(ctx, key, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAcquireSemaphoreResponse(rsp)
+}
+
+// AcquireSemaphoreWithResponse Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+//
+// Grants a permit at once when a slot is free and nobody waits;
+// otherwise waits in line for up to wait_ms, then answers 409
+// lock_held with the holders. At most `permits` unexpired permits
+// exist at once across every replica; each has a slot in
+// 0..permits-1 that no other live permit shares, and a token that
+// strictly increases over all permits of the key, so per slot: fence
+// per (key, slot). A semaphore keeps the size its live permits and
+// waiters carry; asking for another answers 409 permits_mismatch
+// with the current `permits`. A semaphore "x" and a lock "x" are
+// different things.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/semaphores/{key}/acquire (the `AcquireSemaphore` operationId).
+func (c *ClientWithResponses) AcquireSemaphoreWithResponse(ctx context.Context, key Key, params *AcquireSemaphoreParams, body AcquireSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireSemaphoreResponse, error) {
+	rsp, err := c.AcquireSemaphore(ctx, key, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAcquireSemaphoreResponse(rsp)
+}
+
+// ReleaseSemaphoreWithBodyWithResponse Give back a permit held by lease_id; the head of the line gets its slot.
+//
+// Frees the permit's slot at once; the first waiter in line is granted a permit.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+func (c *ClientWithResponses) ReleaseSemaphoreWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseSemaphoreResponse, error) {
+	rsp, err := c.ReleaseSemaphoreWithBody(ctx, key, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseSemaphoreResponse(rsp)
+}
+
+// ReleaseSemaphoreWithResponse Give back a permit held by lease_id; the head of the line gets its slot.
+//
+// Frees the permit's slot at once; the first waiter in line is granted a permit.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/semaphores/{key}/release (the `ReleaseSemaphore` operationId).
+func (c *ClientWithResponses) ReleaseSemaphoreWithResponse(ctx context.Context, key Key, body ReleaseSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseSemaphoreResponse, error) {
+	rsp, err := c.ReleaseSemaphore(ctx, key, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseSemaphoreResponse(rsp)
+}
+
+// RenewSemaphoreWithBodyWithResponse Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+//
+// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+func (c *ClientWithResponses) RenewSemaphoreWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewSemaphoreResponse, error) {
+	rsp, err := c.RenewSemaphoreWithBody(ctx, key, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewSemaphoreResponse(rsp)
+}
+
+// RenewSemaphoreWithResponse Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+//
+// Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/semaphores/{key}/renew (the `RenewSemaphore` operationId).
+func (c *ClientWithResponses) RenewSemaphoreWithResponse(ctx context.Context, key Key, body RenewSemaphoreJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewSemaphoreResponse, error) {
+	rsp, err := c.RenewSemaphore(ctx, key, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewSemaphoreResponse(rsp)
 }
 
 // OpenSessionWithBodyWithResponse Open a session; grants made with its session_id (acquire, campaign) live as long as it does and are renewed together by one renew.
@@ -7446,6 +8717,549 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers RenewResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseInspectSemaphoreResponse parses an HTTP response from a InspectSemaphoreWithResponse call
+func ParseInspectSemaphoreResponse(rsp *http.Response) (*InspectSemaphoreResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &InspectSemaphoreResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SemaphoreState
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers InspectSemaphoreResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers InspectSemaphoreResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers InspectSemaphoreResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseAcquireSemaphoreResponse parses an HTTP response from a AcquireSemaphoreWithResponse call
+func ParseAcquireSemaphoreResponse(rsp *http.Response) (*AcquireSemaphoreResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AcquireSemaphoreResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Permit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest SessionExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers AcquireSemaphoreResponse200Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 401:
+		var headers AcquireSemaphoreResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers AcquireSemaphoreResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers AcquireSemaphoreResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseReleaseSemaphoreResponse parses an HTTP response from a ReleaseSemaphoreWithResponse call
+func ParseReleaseSemaphoreResponse(rsp *http.Response) (*ReleaseSemaphoreResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseSemaphoreResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest LeaseExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ReleaseSemaphoreResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers ReleaseSemaphoreResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers ReleaseSemaphoreResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRenewSemaphoreResponse parses an HTTP response from a RenewSemaphoreWithResponse call
+func ParseRenewSemaphoreResponse(rsp *http.Response) (*RenewSemaphoreResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RenewSemaphoreResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Permit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest SessionBound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest LeaseExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers RenewSemaphoreResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers RenewSemaphoreResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers RenewSemaphoreResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {

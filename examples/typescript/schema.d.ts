@@ -348,6 +348,95 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/semaphores/{key}/acquire": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Take one permit of a counting semaphore of `permits`, optionally waiting (long poll, FIFO) up to wait_ms.
+         * @description Grants a permit at once when a slot is free and nobody waits;
+         *     otherwise waits in line for up to wait_ms, then answers 409
+         *     lock_held with the holders. At most `permits` unexpired permits
+         *     exist at once across every replica; each has a slot in
+         *     0..permits-1 that no other live permit shares, and a token that
+         *     strictly increases over all permits of the key, so per slot: fence
+         *     per (key, slot). A semaphore keeps the size its live permits and
+         *     waiters carry; asking for another answers 409 permits_mismatch
+         *     with the current `permits`. A semaphore "x" and a lock "x" are
+         *     different things.
+         */
+        post: operations["acquireSemaphore"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/semaphores/{key}/renew": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Extend a permit; without ttl_ms it keeps its TTL. Same slot and token.
+         * @description Extends the permit held by lease_id, as renew does for a lock. A permit taken in a session is renewed through the session (409 session_bound).
+         */
+        post: operations["renewSemaphore"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/semaphores/{key}/release": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give back a permit held by lease_id; the head of the line gets its slot.
+         * @description Frees the permit's slot at once; the first waiter in line is granted a permit.
+         */
+        post: operations["releaseSemaphore"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/semaphores/{key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A semaphore's size, its unexpired permits and how many wait.
+         * @description Shows the size (0 when nothing holds or waits), the holders by slot (owner, token, expiry; never lease ids) and the number of waiters.
+         */
+        get: operations["inspectSemaphore"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -482,6 +571,13 @@ export interface components {
                     /** @description Set when expired may come later than the deadline plus the declared skew: when and why. */
                     expired_delay?: string;
                 } | null;
+                /** @description null when the backend has no semaphores (their routes answer 501). */
+                semaphores: {
+                    /** @description Waiters are served in arrival order. */
+                    fifo: boolean;
+                    /** @description Idempotency-Key is honoured on semaphore acquire (otherwise 501 idempotency_unsupported). */
+                    idempotency: boolean;
+                } | null;
             };
         };
         CampaignRequest: {
@@ -562,6 +658,41 @@ export interface components {
             owner?: string;
             session_id?: components["schemas"]["SessionID"];
         };
+        SemaphoreRequest: {
+            /** @description The semaphore's size; it must match the live semaphore's (409 permits_mismatch). */
+            permits: number;
+            /** @description The permit's TTL; 15000 when omitted. */
+            ttl_ms?: number;
+            /** @description How long to wait in line; 0 (do not wait) when omitted. */
+            wait_ms?: number;
+            /** @description Free text shown in inspection (at most 256 characters). */
+            owner?: string;
+            session_id?: components["schemas"]["SessionID"];
+        };
+        Permit: {
+            key: string;
+            lease_id: components["schemas"]["LeaseID"];
+            token: components["schemas"]["Token"];
+            /** @description The permit's slot, in 0..permits-1; no other live permit has it. Fence per (key, slot). */
+            slot: number;
+            permits: number;
+            owner: string;
+            ttl_ms: number;
+            expires_at: components["schemas"]["Timestamp"];
+        };
+        SemaphoreHolder: {
+            slot: number;
+            owner: string;
+            token: components["schemas"]["Token"];
+            expires_at: components["schemas"]["Timestamp"];
+        };
+        SemaphoreState: {
+            key: string;
+            /** @description The live size; 0 when nothing holds or waits. */
+            permits: number;
+            holders: components["schemas"]["SemaphoreHolder"][];
+            waiters: number;
+        };
         /** @description A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound). */
         SessionID: string;
         OpenSessionRequest: {
@@ -626,13 +757,17 @@ export interface components {
             status: number;
             detail: string;
             /** @enum {string} */
-            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound";
+            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound" | "invalid_permits" | "permits_mismatch";
             holder?: {
                 owner: string;
                 token: components["schemas"]["Token"];
                 expires_at: components["schemas"]["Timestamp"];
             };
             leader?: components["schemas"]["ElectionLeader"];
+            /** @description A semaphore's permits, when an acquire gave up (lock_held). */
+            holders?: components["schemas"]["SemaphoreHolder"][];
+            /** @description The semaphore's current size (permits_mismatch). */
+            permits?: number;
         };
     };
     responses: {
@@ -1420,6 +1555,191 @@ export interface operations {
             408: components["responses"]["BodyTimeout"];
             410: components["responses"]["SessionExpired"];
             413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    acquireSemaphore: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes retries of this acquire safe (draft-ietf-httpapi-idempotency-key-header).
+                 *     Send a fresh value (e.g. a UUID) per logical acquire and the same one on every
+                 *     retry of it: a structured-field string ("...") or a bare token, 1..255 visible
+                 *     ASCII characters (code invalid_idempotency_key otherwise). The record is scoped to
+                 *     the caller and the lock key and kept at least an hour. A retry while the grant
+                 *     holds gets the same grant; while the first attempt still waits, it waits in its
+                 *     place; after the grant ended, 410; with another owner or ttl_ms, 422. A refused
+                 *     acquire (409, 503) records nothing, so its retry runs afresh. Refused with 501 on
+                 *     a backend that cannot keep the record (none of lockd's own backends).
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SemaphoreRequest"];
+            };
+        };
+        responses: {
+            /** @description Granted. Stop using the permit at your own deadline (counted from when you sent this request). */
+            200: {
+                headers: {
+                    /** @description true when this is the permit of an earlier request with the same Idempotency-Key. */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Permit"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            /** @description Not granted within wait_ms (code lock_held, with holders when they could be read), or the semaphore has another size (code permits_mismatch, with the current permits). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            410: components["responses"]["SessionExpired"];
+            413: components["responses"]["TooLarge"];
+            /** @description A limit refused the request (code too_many_waiters, too_many_leases or rate_limited). Retry after Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            500: components["responses"]["InternalError"];
+            /** @description This lockd's backend has no semaphores, or no sessions for session_id (code not_supported), or does not honour Idempotency-Key on semaphores (code idempotency_unsupported). Nothing was done. */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    renewSemaphore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RenewRequest"];
+            };
+        };
+        responses: {
+            /** @description Renewed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Permit"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            409: components["responses"]["SessionBound"];
+            410: components["responses"]["LeaseExpired"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    releaseSemaphore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReleaseRequest"];
+            };
+        };
+        responses: {
+            /** @description Released. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            410: components["responses"]["LeaseExpired"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    inspectSemaphore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The semaphore's state. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SemaphoreState"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotSupported"];

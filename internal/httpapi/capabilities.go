@@ -16,11 +16,12 @@ type capabilitiesJSON struct {
 }
 
 type featuresJSON struct {
-	Locks       locksFeature              `json:"locks"`
-	Idempotency *struct{}                 `json:"idempotency"`
-	Elections   *backend.ElectionFeatures `json:"elections"`
-	Sessions    *backend.SessionFeatures  `json:"sessions"`
-	Events      *backend.WatchFeatures    `json:"events"`
+	Locks       locksFeature               `json:"locks"`
+	Idempotency *struct{}                  `json:"idempotency"`
+	Elections   *backend.ElectionFeatures  `json:"elections"`
+	Sessions    *backend.SessionFeatures   `json:"sessions"`
+	Events      *backend.WatchFeatures     `json:"events"`
+	Semaphores  *backend.SemaphoreFeatures `json:"semaphores"`
 }
 
 type locksFeature struct {
@@ -50,6 +51,10 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if w, ok := b.(backend.Watcher); ok {
 		f := w.WatchFeatures()
 		c.Features.Events = &f
+	}
+	if sm := semaphoresOf(b); sm != nil {
+		f := sm.Features()
+		c.Features.Semaphores = &f
 	}
 	if u, ok := b.(backend.Unsupported); ok {
 		c.Unsupported = u.Unsupported()

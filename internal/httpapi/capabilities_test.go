@@ -97,7 +97,7 @@ func TestFeatureNamesAreCapabilityFields(t *testing.T) {
 	r := s.do("GET", "/v1/capabilities", "")
 	s.want(r, 200, "")
 	f, _ := r.json["features"].(map[string]any)
-	for _, name := range []string{backend.FeatureElections, backend.FeatureEvents, backend.FeatureSessions} {
+	for _, name := range []string{backend.FeatureElections, backend.FeatureEvents, backend.FeatureSessions, backend.FeatureSemaphores} {
 		if _, ok := f[name]; !ok {
 			t.Errorf("backend.Feature %q is not a feature in %s", name, r.body)
 		}

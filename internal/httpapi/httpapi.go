@@ -122,6 +122,7 @@ func New(b backend.Backend, opts Options) *Server {
 	})
 	r.Route("/v1/elections", s.electionRoutes)
 	r.Route("/v1/sessions", s.sessionRoutes)
+	r.Route("/v1/semaphores", s.semaphoreRoutes)
 	s.handler = r
 	return s
 }

@@ -24,6 +24,10 @@ type Problem struct {
 	Holder *holder `json:"holder,omitempty"` // lock_held only
 	// Leader is the election's leader when a campaign gave up.
 	Leader *leaderJSON `json:"leader,omitempty"`
+	// Holders are a semaphore's permits when an acquire gave up; Permits
+	// its current size when an acquire asked for another.
+	Holders *[]semHolderJSON `json:"holders,omitempty"`
+	Permits *int             `json:"permits,omitempty"`
 
 	retryAfter time.Duration // when to come back, for 429 and 503
 }
@@ -48,6 +52,7 @@ var errorTable = []struct {
 	{backend.ErrLeaseExpired, http.StatusGone, "lease_expired", "Lease no longer holds the lock"},
 	{backend.ErrSessionExpired, http.StatusGone, "session_expired", "Session expired"},
 	{backend.ErrSessionBound, http.StatusConflict, "session_bound", "Lease renewed only through its session"},
+	{backend.ErrPermitsMismatch, http.StatusConflict, "permits_mismatch", "Semaphore has another number of permits"},
 	{backend.ErrIdempotencyKeyReused, http.StatusUnprocessableEntity, "idempotency_key_reused", "Idempotency-Key used by another request"},
 	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down", "lockd is shutting down"},
 	{errClockSkew, http.StatusServiceUnavailable, "clock_skew", "Replica clock outside the declared skew bound"},
@@ -100,6 +105,7 @@ func problemFor(err error) Problem {
 			if errors.As(err, &ne) {
 				p.Leader = toLeaderJSON(ne.Leader)
 			}
+			semaphoreProblem(err, &p)
 			return p
 		}
 	}
