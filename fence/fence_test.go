@@ -177,3 +177,57 @@ func TestMiddleware(t *testing.T) {
 		})
 	}
 }
+
+// A semaphore's permits are fenced per (key, slot): holders of two slots
+// write in any order, while a stale holder of one slot is refused. Without
+// Lock-Slot the same tokens would refuse the valid holder of the other
+// slot, which is why the header exists.
+func TestMiddlewareFencesPerSlot(t *testing.T) {
+	var g Guard
+	h := Middleware(&g)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, _ := FromContext(r.Context())
+		w.Header().Set("X-Slot", strconv.Itoa(f.Slot))
+		w.Header().Set("X-Slotted", strconv.FormatBool(f.Slotted))
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	put := func(key, slot, tok string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPut, "/x", nil)
+		req.Header.Set(HeaderKey, key)
+		req.Header.Set(HeaderToken, tok)
+		if slot != "" {
+			req.Header.Set(HeaderSlot, slot)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	cases := []struct {
+		slot, tok string
+		want      int
+		code      string
+	}{
+		{"1", "11", http.StatusNoContent, ""},
+		{"0", "10", http.StatusNoContent, ""}, // older token, other slot: a valid holder
+		{"0", "12", http.StatusNoContent, ""}, // slot 0 handed on
+		{"0", "10", http.StatusConflict, "stale_lock_token"},
+		{"1", "11", http.StatusNoContent, ""},
+		{"-1", "13", http.StatusBadRequest, "invalid_lock_slot"},
+		{"x", "13", http.StatusBadRequest, "invalid_lock_slot"},
+	}
+	for i, c := range cases {
+		rec := put("sem", c.slot, c.tok)
+		if rec.Code != c.want || (c.code != "" && !strings.Contains(rec.Body.String(), `"code":"`+c.code+`"`)) {
+			t.Fatalf("case %d (slot %s token %s): %d %s, want %d %s", i, c.slot, c.tok, rec.Code, rec.Body, c.want, c.code)
+		}
+		if c.code == "" && (rec.Header().Get("X-Slot") != c.slot || rec.Header().Get("X-Slotted") != "true") {
+			t.Fatalf("case %d: handler saw slot %q slotted %q, want %s", i, rec.Header().Get("X-Slot"), rec.Header().Get("X-Slotted"), c.slot)
+		}
+	}
+	if hi, _ := g.Highest(SlotKey("sem", 0)); hi != 12 {
+		t.Errorf("Highest(SlotKey(sem, 0)) = %d, want 12", hi)
+	}
+	// The lock "sem" (no slot) is another fence.
+	if rec := put("sem", "", "1"); rec.Code != http.StatusNoContent {
+		t.Errorf("the lock sem after its semaphore's permits: %d, want 204", rec.Code)
+	}
+}

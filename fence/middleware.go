@@ -12,14 +12,27 @@ import (
 const (
 	HeaderToken = "Lock-Token" // the fencing token, a decimal uint64
 	HeaderKey   = "Lock-Key"   // the lock key the token was issued for
+	// HeaderSlot is a semaphore permit's slot (a decimal in 0..9999): its
+	// writes are fenced per (key, slot), see SlotKey.
+	HeaderSlot = "Lock-Slot"
 )
+
+// SlotKey is the Guard key of a semaphore's slot. A semaphore's tokens
+// increase over all its permits, so "refuse lower than the highest seen"
+// over the whole key would refuse valid holders of other slots; per slot,
+// a slot's tokens strictly increase. It never equals a lock key (lock keys
+// hold no '#').
+func SlotKey(key string, slot int) string { return key + "#" + strconv.Itoa(slot) }
 
 type ctxKey struct{}
 
-// Fenced is what the middleware admitted: a request's lock key and token.
+// Fenced is what the middleware admitted: a request's lock key and token,
+// and its slot when it carried Lock-Slot (Slotted).
 type Fenced struct {
-	Key   string
-	Token uint64
+	Key     string
+	Token   uint64
+	Slot    int
+	Slotted bool
 }
 
 // FromContext returns the lock key and token the middleware admitted for the
@@ -37,9 +50,11 @@ func FromContext(ctx context.Context) (Fenced, bool) {
 //
 //	428 code "lock_token_required": a header is missing
 //	400 code "invalid_lock_token":  the token is not a positive decimal uint64
+//	400 code "invalid_lock_slot":   Lock-Slot is not a decimal in 0..9999
 //	409 code "stale_lock_token":    a newer holder has already written
 //
-// The handler finds the admitted key and token with FromContext.
+// A request with Lock-Slot (a semaphore's permit) is fenced per (key, slot)
+// under SlotKey. The handler finds what was admitted with FromContext.
 func Middleware(g *Guard, safe ...string) func(http.Handler) http.Handler {
 	pass := make(map[string]bool, len(safe))
 	for _, m := range safe {
@@ -63,8 +78,17 @@ func Middleware(g *Guard, safe ...string) func(http.Handler) http.Handler {
 					HeaderToken+" must be a positive decimal integer")
 				return
 			}
-			err = g.Do(key, token, func() error {
-				ctx := context.WithValue(r.Context(), ctxKey{}, Fenced{Key: key, Token: token})
+			f, fenceKey := Fenced{Key: key, Token: token}, key
+			if raw := r.Header.Get(HeaderSlot); raw != "" {
+				slot, err := strconv.Atoi(raw)
+				if err != nil || slot < 0 || slot > 9999 || strconv.Itoa(slot) != raw {
+					problem(w, http.StatusBadRequest, "invalid_lock_slot", HeaderSlot+" must be a decimal slot in 0..9999")
+					return
+				}
+				f.Slot, f.Slotted, fenceKey = slot, true, SlotKey(key, slot)
+			}
+			err = g.Do(fenceKey, token, func() error {
+				ctx := context.WithValue(r.Context(), ctxKey{}, f)
 				next.ServeHTTP(w, r.WithContext(ctx))
 				return nil
 			})
