@@ -36,6 +36,8 @@ type Lock struct {
 	// lease than a lock's (an election's); see Campaign.
 	renewFn   func(ctx context.Context) (Grant, error)
 	releaseFn func(ctx context.Context) error
+
+	slot, permits int // a semaphore permit's (AcquireSemaphore); 0 for a lock
 }
 
 // Acquire takes key, waiting up to opts.Wait, and returns a Lock that renews
