@@ -613,3 +613,78 @@ func TestHelpExitsZero(t *testing.T) {
 		}
 	}
 }
+
+// `lockctl run -n 2` runs at most two commands at once, each with its own
+// LOCKD_SLOT; a full semaphore without --wait exits with the held code.
+func TestRunSemaphore(t *testing.T) {
+	srv := sharedServer(t)
+	key := k(t, "ctl-sem")
+	log := filepath.Join(t.TempDir(), "log")
+	script := `echo "start $LOCKD_SLOT $LOCKD_TOKEN" >> "$LOG"; sleep 0.5; echo "end $LOCKD_SLOT $LOCKD_TOKEN" >> "$LOG"`
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := command(t, srv, "run", "-n", "2", key, "--ttl", "3s", "--wait", "30s", "--", "sh", "-c", script)
+			cmd.Env = append(cmd.Env, "LOG="+log)
+			cmd.Run()
+			codes[i] = cmd.ProcessState.ExitCode()
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 0 {
+			t.Fatalf("run %d exited %d", i, c)
+		}
+	}
+	b, _ := os.ReadFile(log)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 8 {
+		t.Fatalf("log %q: want 8 lines", b)
+	}
+	inside, busy := 0, map[string]bool{}
+	for _, line := range lines {
+		f := strings.Fields(line)
+		if len(f) != 3 || (f[1] != "0" && f[1] != "1") {
+			t.Fatalf("line %q: want start|end, a slot in 0..1 and a token", line)
+		}
+		switch f[0] {
+		case "start":
+			inside++
+			if busy[f[1]] {
+				t.Fatalf("two commands in slot %s at once:\n%s", f[1], b)
+			}
+			busy[f[1]] = true
+		case "end":
+			inside--
+			busy[f[1]] = false
+		}
+		if inside > 2 {
+			t.Fatalf("%d commands at once under -n 2:\n%s", inside, b)
+		}
+	}
+
+	wantCode(t, lockctl(t, srv, "run", "-n", "1", k(t, "ctl-sem1"), "--ttl", "10s", "--", "sleep", "0"), exitOK)
+	ready := filepath.Join(t.TempDir(), "ready")
+	hold := command(t, srv, "run", "-n", "1", k(t, "ctl-sem1"), "--ttl", "10s", "--", "sh", "-c", `touch "$READY"; sleep 3`)
+	hold.Env = append(hold.Env, "READY="+ready)
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hold.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			break // hold has its permit
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the holding run never started its command")
+		}
+	}
+	marker := filepath.Join(t.TempDir(), "ran")
+	wantCode(t, lockctl(t, srv, "run", "-n", "1", k(t, "ctl-sem1"), "--", "touch", marker), exitHeld)
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran without a permit")
+	}
+}

@@ -55,9 +55,14 @@ func defaultGrace(ttl time.Duration) time.Duration {
 
 func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var permits int
+	fs.IntVar(&permits, "n", 0, "hold one of N permits of the counting semaphore KEY instead of the lock KEY (like consul lock -n)")
 	return supervise(ctx, g, fs, args, getenv, superviseSpec{
 		what: "lease on", usage: "run: want KEY [flags] -- CMD [ARGS...]",
 		take: func(ctx context.Context, c *client.Client, key string, o takeOpts) (*client.Lock, []string, error) {
+			if permits != 0 {
+				return takePermit(ctx, c, key, permits, o)
+			}
 			l, err := c.Acquire(ctx, key, client.AcquireOptions{
 				TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery,
 			})
@@ -72,6 +77,27 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 			}, nil
 		},
 	})
+}
+
+// takePermit is run -n: one permit of the semaphore key, and its slot for
+// the child to fence with (Lock-Slot).
+func takePermit(ctx context.Context, c *client.Client, key string, permits int, o takeOpts) (*client.Lock, []string, error) {
+	if permits < 1 || permits > 10000 {
+		return nil, nil, &client.Error{Status: 400, Code: "invalid_permits", Detail: "-n must be 1..10000"}
+	}
+	l, err := c.AcquireSemaphore(ctx, key, client.SemaphoreOptions{
+		Permits: permits, TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("acquire a permit of %s: %w", key, err)
+	}
+	return l, []string{
+		"LOCKD_KEY=" + l.Key(),
+		"LOCKD_SLOT=" + strconv.Itoa(l.Slot()),
+		"LOCKD_TOKEN=" + strconv.FormatUint(l.Token(), 10),
+		"LOCKD_LEASE_ID=" + l.LeaseID(),
+		"LOCKD_DEADLINE=" + lease.Format(l.Deadline()),
+	}, nil
 }
 
 // takeOpts are the lease parameters supervise hands to a superviseSpec's take.
