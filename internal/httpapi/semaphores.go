@@ -122,7 +122,7 @@ func (s *Server) semaphoreAcquire(w http.ResponseWriter, r *http.Request) {
 	ctx, stop := s.longPoll(r.Context(), req.Wait)
 	defer stop()
 	p, err := sm.Acquire(ctx, req)
-	s.recordPermit(w, r, ctx, sm, req.Key, p, err)
+	s.recordPermit(w, r, ctx, sm, req, p, err)
 }
 
 // admitPermit is admitAcquire for a permit: input, the caller's right on
@@ -195,11 +195,11 @@ func (s *Server) admitPermit(w http.ResponseWriter, r *http.Request) (req backen
 func semBookKey(key string) string { return "semaphore/" + key }
 
 // recordPermit is recordAcquire for a permit.
-func (s *Server) recordPermit(w http.ResponseWriter, r *http.Request, ctx context.Context, sm backend.Semaphores, key string, p backend.Permit, err error) {
-	who := principal(r)
+func (s *Server) recordPermit(w http.ResponseWriter, r *http.Request, ctx context.Context, sm backend.Semaphores, req backend.SemaphoreRequest, p backend.Permit, err error) {
+	key, who := req.Key, principal(r)
 	if s.leaseLimit(who) > 0 {
 		if err == nil {
-			s.leases.granted(who.Name, semBookKey(key), p.LeaseID, p.ExpiresAt)
+			s.leases.granted(who.Name, semBookKey(key), p.LeaseID, p.ExpiresAt, sessionBookRef(req.Session))
 		} else {
 			s.leases.abandoned(who.Name)
 		}
