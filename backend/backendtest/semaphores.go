@@ -368,13 +368,40 @@ func (s *suite) semFIFO(t *testing.T) {
 	if err := b.Release(ctxTimeout(t, 10*time.Second), key, first.LeaseID); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	wg.Wait()
+	// Newcomers trying once, right through the handoffs, never take a slot
+	// before the line has passed.
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	jumped := 0
+	for passed := false; !passed; {
+		select {
+		case <-done:
+			passed = true
+			continue
+		default:
+		}
+		p, err := b.Acquire(ctxTimeout(t, 10*time.Second), backend.SemaphoreRequest{Key: key, Permits: n, Owner: "newcomer", TTL: 10 * time.Second})
+		if err == nil {
+			mu.Lock()
+			if len(order) < waiters {
+				jumped++
+			}
+			mu.Unlock()
+			_ = b.Release(ctxTimeout(t, 10*time.Second), key, p.LeaseID)
+		} else if !errors.Is(err, backend.ErrHeld) {
+			t.Fatalf("newcomer: %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	close(errs)
 	for err := range errs {
 		t.Error(err)
 	}
 	if !sort.IntsAreSorted(order) || len(order) != waiters {
 		t.Errorf("waiters granted in order %v, want 0..%d in arrival order", order, waiters-1)
+	}
+	if jumped > 0 {
+		t.Errorf("%d newcomers trying once were granted a permit before the line had passed, want 0", jumped)
 	}
 	// Five handoffs through one slot, each woken by the release before it:
 	// generous, but far below what polling or a missed wake-up costs.

@@ -1,0 +1,10 @@
+-- ARGV: slot, secret, ttl ms (0: keep the permit's). Returns {slot, token,
+-- exp, ttl, owner, size}, or 0 when the lease holds no unexpired permit.
+local now = now_ms()
+local p = parse(redis.call('HGET', slots, ARGV[1]))
+if not p or p.secret ~= ARGV[2] or p.exp <= now then return 0 end
+if tonumber(ARGV[3]) > 0 then p.ttl = tonumber(ARGV[3]) end
+p.exp = now + p.ttl
+redis.call('HSET', slots, ARGV[1], record(p))
+keep(p.ttl + 1)
+return {tonumber(ARGV[1]), p.token, p.exp, p.ttl, p.owner, tonumber(redis.call('HGET', slots, 'n') or '0')}
