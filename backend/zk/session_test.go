@@ -94,7 +94,7 @@ func TestSessionGrantEventsOnWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const ttl = 1500 * time.Millisecond
+	const ttl = 3 * time.Second // room for two grants and two watches on a loaded machine
 	s2, err := ss.Open(ctx, "expirer", ttl)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestSessionGrantEventsOnWatch(t *testing.T) {
 	}
 
 	// Renewed before its first deadline: no event at that deadline.
-	r2, err := ss.Renew(ctx, s2.ID, 3*time.Second)
+	r2, err := ss.Renew(ctx, s2.ID, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestSessionSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dying, err := ss.Open(ctxFor(t, 10*time.Second), "dying", time.Second)
+	dying, err := ss.Open(ctxFor(t, 10*time.Second), "dying", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
