@@ -264,3 +264,45 @@ func TestSessionNodeName(t *testing.T) {
 		}
 	}
 }
+
+// Closing a session on one replica ends, at once, an acquire waiting in it
+// on another: the waiter watches the session's node, not only its own
+// replica's doings. Its queue node goes, and the holder keeps the key.
+func TestSessionCloseElsewhereEndsWaiter(t *testing.T) {
+	z := sharedZK(t, 1)
+	a := newBackend(t, z.Addrs(), Options{})
+	b := newBackend(t, z.Addrs(), Options{})
+	key := uniqueKey(t)
+	holder, err := a.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := a.Sessions().Open(ctxFor(t, 10*time.Second), "waiter", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Acquire(ctxFor(t, 60*time.Second), backend.AcquireRequest{Key: key, Session: sess.ID, Wait: 45 * time.Second})
+		done <- err
+	}()
+	waitFor(t, func() bool {
+		st, err := a.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 1
+	}, "the session's waiter to queue")
+	if err := a.Sessions().Close(ctxFor(t, 10*time.Second), sess.ID); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, backend.ErrSessionExpired) {
+			t.Fatalf("the waiter on the other replica: %v, want ErrSessionExpired", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter on the other replica still waits 10s after Close")
+	}
+	waitFor(t, func() bool {
+		st, err := a.Inspect(ctxFor(t, 10*time.Second), key)
+		return err == nil && st.Waiters == 0 && st.Held && st.Holder.Token == holder.Token
+	}, "the waiter's node to go, the holder keeping the key")
+}
