@@ -1,0 +1,197 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+func openSession(t *testing.T, b *Backend, owner string, ttl time.Duration) backend.Session {
+	t.Helper()
+	s, err := b.Sessions().Open(ctx(t), owner, ttl)
+	if err != nil {
+		t.Fatalf("Open session: %v", err)
+	}
+	return s
+}
+
+// A grant's key expires only as a garbage bound, an hour past its session's
+// deadline; when a renew carries the session up to that bound, the renew
+// moves every grant's key (and its event log) on, so that Redis never
+// drops a grant of a live session. The hour is simulated by bringing the
+// bound and the keys' expiry down to 2 s.
+func TestSessionRenewMovesGrantKeysExpiryOn(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	b := newFactory(srv.Addr(0), Options{})(t).(*Backend)
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	sess := openSession(t, b, "long-lived", 10*time.Second)
+	keys := []string{"gc-1", "gc-2"}
+	for _, k := range keys {
+		if _, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: k, Session: sess.ID}); err != nil {
+			t.Fatal(err)
+		}
+		if ttl := raw.PTTL(ctx(t), b.keys(k)[0]).Val(); ttl < time.Hour {
+			t.Errorf("%s's lock key expires in %v, want at least an hour past the session's deadline", k, ttl)
+		}
+	}
+	// An hour on: the bound is 2 s away, and so are the keys' expiries.
+	skey := b.sessionKeys(sess.ID)[0]
+	now, err := raw.Time(ctx(t)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const soon = 2 * time.Second
+	if err := raw.HSet(ctx(t), skey, "gc", now.Add(soon).UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		raw.PExpire(ctx(t), b.keys(k)[0], soon)
+		raw.PExpire(ctx(t), b.keys(k)[4], soon)
+	}
+	r, err := b.Sessions().Renew(ctx(t), sess.ID, 20*time.Second)
+	if err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	for _, k := range keys {
+		for i, what := range map[int]string{0: "lock key", 4: "event log"} {
+			if ttl := raw.PTTL(ctx(t), b.keys(k)[i]).Val(); ttl < 20*time.Second+time.Hour-time.Minute {
+				t.Errorf("after the renew, %s's %s expires in %v, want an hour past the session's new deadline (20s)", k, what, ttl)
+			}
+		}
+	}
+	time.Sleep(soon + 500*time.Millisecond)
+	for _, k := range keys {
+		st, err := b.Inspect(ctx(t), k)
+		if err != nil || !st.Held || !sameMs(st.Holder.ExpiresAt, r.ExpiresAt) {
+			t.Errorf("Inspect(%q) past the old bound = %+v (%v), want held until the session's %v", k, st.Holder, err, r.ExpiresAt)
+		}
+	}
+}
+
+func sameMs(a, b time.Time) bool { return a.UnixMilli() == b.UnixMilli() }
+
+// A session grant's expiry is logged at the session's deadline with nobody
+// touching the key — at the renewed deadline, not the one it was granted
+// with — and inspection reads the key free once the session is over.
+func TestSessionGrantExpiryIsAnEvent(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	b := newFactory(srv.Addr(0), Options{})(t).(*Backend)
+	other := newFactory(srv.Addr(0), Options{})(t).(*Backend)
+	key := "session-expiry-event"
+	c, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	events, err := b.Watch(c, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess := openSession(t, other, "expiring", 1500*time.Millisecond)
+	g, err := other.Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "in-session", Session: sess.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	r, err := other.Sessions().Renew(ctx(t), sess.ID, 2500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []backend.KeyEvent
+	for len(got) < 3 {
+		select {
+		case ev, ok := <-events:
+			if !ok || ev.Err != nil {
+				t.Fatalf("watch ended (%v) after %+v", ev.Err, got)
+			}
+			got = append(got, ev)
+			if ev.Kind == backend.KeyExpired && time.Now().Before(r.ExpiresAt) {
+				t.Errorf("expired logged at %v, before the renewed deadline %v", time.Now(), r.ExpiresAt)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("events %+v, want snapshot, acquired, expired", got)
+		}
+	}
+	if got[0].Kind != backend.KeySnapshot || got[1].Kind != backend.KeyAcquired || got[1].Token != g.Token || !sameMs(got[1].ExpiresAt, sess.ExpiresAt) ||
+		got[2].Kind != backend.KeyExpired || got[2].Token != g.Token {
+		t.Errorf("events %+v, want snapshot, acquired (token %d until %v), expired (token %d)", got, g.Token, sess.ExpiresAt, g.Token)
+	}
+
+	// Inspection alone (no script removes anything) reads an over
+	// session's grant as free.
+	key2 := "session-expiry-inspect"
+	s2 := openSession(t, other, "short", 300*time.Millisecond)
+	if _, err := other.Acquire(ctx(t), backend.AcquireRequest{Key: key2, Session: s2.ID}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(s2.ExpiresAt.Add(100 * time.Millisecond)))
+	if st, err := b.Inspect(ctx(t), key2); err != nil || st.Held {
+		t.Errorf("Inspect after the session's deadline = %+v (%v), want free", st, err)
+	}
+}
+
+// Closing a session on one replica ends, at once, an acquire waiting in it
+// on another replica, which runs its script again only every 20 s: the
+// close's pub/sub message wakes it, not its heartbeat.
+func TestSessionCloseEndsWaiterOnOtherReplica(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	waiterSide := newFactory(srv.Addr(0), Options{HeartbeatTimeout: time.Minute})(t).(*Backend)
+	closer := newFactory(srv.Addr(0), Options{})(t).(*Backend)
+	key := "close-wakes"
+	holder, err := closer.Acquire(ctx(t), backend.AcquireRequest{Key: key, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess := openSession(t, closer, "waiter", time.Minute)
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiterSide.Acquire(ctx(t), backend.AcquireRequest{Key: key, Session: sess.ID, Wait: 30 * time.Second})
+		done <- err
+	}()
+	waitWaiters(t, closer, key, 1)
+	if err := closer.Sessions().Close(ctx(t), sess.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, backend.ErrSessionExpired) {
+			t.Fatalf("waiter: %v, want ErrSessionExpired", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter in the closed session still waits 10 s after Close")
+	}
+	waitWaiters(t, closer, key, 0)
+	if st, err := closer.Inspect(ctx(t), key); err != nil || !st.Held || st.Holder.Token != holder.Token {
+		t.Errorf("Inspect = %+v (%v), want still the holder's", st.Holder, err)
+	}
+}
+
+// Over Redis Cluster a session's keys and its grants' are in different
+// slots: the backend offers no sessions, says why, and refuses an acquire
+// in a session before sending anything.
+func TestNoSessionsOnCluster(t *testing.T) {
+	cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	t.Cleanup(func() { _ = cc.Close() })
+	b := &Backend{client: cc}
+	if ss := b.Sessions(); ss != nil {
+		t.Errorf("Sessions() over a cluster = %v, want nil", ss)
+	}
+	if got := b.Unsupported()[backend.FeatureSessions]; got != NoClusterSessions {
+		t.Errorf("Unsupported()[sessions] = %q, want %q", got, NoClusterSessions)
+	}
+	_, err := b.Acquire(t.Context(), backend.AcquireRequest{Key: "k", Session: lease.NewID()})
+	if err == nil || !strings.Contains(err.Error(), "Redis Cluster") {
+		t.Errorf("Acquire in a session over a cluster: %v, want the reason", err)
+	}
+	standalone := &Backend{client: goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})}
+	t.Cleanup(func() { _ = standalone.client.Close() })
+	if standalone.Sessions() == nil || standalone.Unsupported() != nil {
+		t.Errorf("standalone: Sessions() = %v, Unsupported() = %v; want sessions and nothing unsupported", standalone.Sessions(), standalone.Unsupported())
+	}
+}
