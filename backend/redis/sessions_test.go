@@ -2,7 +2,10 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/httpapi"
 	"github.com/lockd/lockd/internal/lease"
 	"github.com/lockd/lockd/internal/testserver"
 )
@@ -193,5 +197,79 @@ func TestNoSessionsOnCluster(t *testing.T) {
 	t.Cleanup(func() { _ = standalone.client.Close() })
 	if standalone.Sessions() == nil || standalone.Unsupported() != nil {
 		t.Errorf("standalone: Sessions() = %v, Unsupported() = %v; want sessions and nothing unsupported", standalone.Sessions(), standalone.Unsupported())
+	}
+}
+
+// Through lockd's HTTP API on Redis: GET /v1/capabilities shows sessions
+// kept in the store, and a session's grant is released by the session's
+// close.
+func TestHTTPSessionsOnRedis(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	ts := httptest.NewServer(httpapi.New(newFactory(srv.Addr(0), Options{})(t), httpapi.Options{Backend: "redis"}))
+	t.Cleanup(ts.Close)
+	call := func(method, path, body string, want int) map[string]any {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx(t), method, ts.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := ts.Client().Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d %v, want %d", method, path, resp.StatusCode, out, want)
+		}
+		return out
+	}
+	caps := call("GET", "/v1/capabilities", "", 200)
+	if f, _ := caps["features"].(map[string]any); f == nil || f["sessions"] == nil || f["sessions"].(map[string]any)["expiry"] != "store" {
+		t.Fatalf("redis capabilities = %v, want sessions {expiry: store}", caps)
+	}
+	if u, ok := caps["unsupported"]; ok {
+		t.Errorf("redis capabilities: unsupported = %v, want none", u)
+	}
+	sess := call("POST", "/v1/sessions", `{"ttl_ms": 10000, "owner": "w"}`, 201)
+	sid, _ := sess["session_id"].(string)
+	g := call("POST", "/v1/locks/http-s/acquire", `{"session_id": "`+sid+`"}`, 200)
+	if g["expires_at"] != sess["expires_at"] {
+		t.Errorf("grant expires_at %v, want the session's %v", g["expires_at"], sess["expires_at"])
+	}
+	call("POST", "/v1/locks/http-s/renew", `{"lease_id": "`+g["lease_id"].(string)+`"}`, 409)
+	call("POST", "/v1/sessions/renew", `{"session_id": "`+sid+`"}`, 200)
+	call("POST", "/v1/sessions/close", `{"session_id": "`+sid+`"}`, 204)
+	if st := call("GET", "/v1/locks/http-s", "", 200); st["held"] != false {
+		t.Errorf("lock after the session's close = %v, want free", st)
+	}
+	call("POST", "/v1/sessions/renew", `{"session_id": "`+sid+`"}`, 410)
+}
+
+// Redis restarted without persistence forgets sessions as it forgets
+// locks: the session cannot be renewed and its grant is free at once. This
+// asserts the README's documented limit.
+func TestRestartWithoutPersistenceLosesSessions(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	b := newFactory(srv.Addr(0), Options{})(t).(*Backend)
+	sess := openSession(t, b, "forgotten", time.Minute)
+	key := "session-restart"
+	if _, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: key, Session: sess.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(0); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	var err error
+	for i := 0; i < 10; i++ { // the first command may meet the dead connection
+		if _, err = b.Sessions().Renew(ctx(t), sess.ID, 0); !errors.Is(err, backend.ErrUnavailable) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !errors.Is(err, backend.ErrSessionExpired) {
+		t.Errorf("Renew after a restart without persistence: %v, want ErrSessionExpired (the session is lost)", err)
+	}
+	if _, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: key, TTL: time.Minute}); err != nil {
+		t.Errorf("Acquire of the session's key after the restart: %v, want a grant (the lock was lost)", err)
 	}
 }
