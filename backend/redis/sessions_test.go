@@ -273,3 +273,58 @@ func TestRestartWithoutPersistenceLosesSessions(t *testing.T) {
 		t.Errorf("Acquire of the session's key after the restart: %v, want a grant (the lock was lost)", err)
 	}
 }
+
+// An election led in a session is observed like any other: its leader
+// shows the session's deadline; closing the session is a resignation, and a
+// session that runs out is an expiry at its deadline, with nobody touching
+// the election.
+func TestObserveSessionLeader(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	b := newFactory(srv.Addr(0), Options{})(t).(*Backend)
+	el := b.Elections()
+	for _, tc := range []struct {
+		name, reason string
+		ttl          time.Duration
+		end          func(sess backend.Session)
+	}{
+		{"observe-session-close", backend.ReasonResigned, time.Minute, func(sess backend.Session) {
+			if err := b.Sessions().Close(ctx(t), sess.ID); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"observe-session-expiry", backend.ReasonExpired, time.Second, func(backend.Session) {}},
+	} {
+		c, cancel := context.WithCancel(t.Context())
+		events, err := el.Observe(c, tc.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess := openSession(t, b, "leader", tc.ttl)
+		l, err := el.Campaign(ctx(t), backend.CampaignRequest{Name: tc.name, Owner: "leader", Value: "v", Session: sess.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.end(sess)
+		var got []backend.ElectionEvent
+		for len(got) < 3 {
+			select {
+			case ev := <-events:
+				if ev.Err != nil {
+					t.Fatalf("%s: observe ended: %v after %+v", tc.name, ev.Err, got)
+				}
+				got = append(got, ev)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: events %+v, want no_leader, leader, no_leader", tc.name, got)
+			}
+		}
+		cancel()
+		if got[0].NoLeader == nil || got[1].Leader == nil || got[1].Leader.Term != l.Term || !sameMs(got[1].Leader.ExpiresAt, sess.ExpiresAt) ||
+			got[2].NoLeader == nil || got[2].NoLeader.LastTerm != l.Term || got[2].NoLeader.Reason != tc.reason {
+			t.Errorf("%s: events %+v %+v %+v, want no_leader, leader (term %d until %v), no_leader (%s, last term %d)",
+				tc.name, got[0], got[1].Leader, got[2].NoLeader, l.Term, sess.ExpiresAt, tc.reason, l.Term)
+		}
+		if tc.reason == backend.ReasonExpired && time.Now().Before(sess.ExpiresAt) {
+			t.Errorf("%s: expired before the session's deadline %v", tc.name, sess.ExpiresAt)
+		}
+	}
+}
