@@ -100,6 +100,7 @@ func (w *benchWriter) Write(p []byte) (int, error) {
 	}
 	return w.body.Write(p)
 }
+
 // SetReadDeadline is there because the servers' writers have it (HTTP/1
 // and HTTP/2): without it ResponseController would make an error per call.
 func (w *benchWriter) SetReadDeadline(time.Time) error { return nil }
