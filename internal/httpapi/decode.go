@@ -110,7 +110,10 @@ type acquireParams struct {
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout)) // not every connection has deadlines (HTTP/2, tests)
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	buf := bodyBuffers.Get().(*bytes.Buffer)
+	defer bodyBuffers.Put(buf)
+	buf.Reset()
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
 		// Keep the deadline: the connection is closed after the answer,
 		// and nothing may wait for the rest of a body that is not coming.
@@ -130,8 +133,12 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return badRequest("invalid_json", "could not read the request body")
 	}
-	return decodeBytes(body, v)
+	return decodeBytes(buf.Bytes(), v) // which keeps nothing of the bytes
 }
+
+// bodyBuffers hold request bodies while they are decoded (at most MaxBody
+// and a read's worth).
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func decodeBytes(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
@@ -244,10 +251,11 @@ func member(names []string, raw []byte) (k int, name string, ok bool) {
 	}
 	text := raw[1 : len(raw)-1]
 	if !plain {
-		if json.Unmarshal(raw, &name) != nil {
+		var s string // its own variable: name would escape on every call
+		if json.Unmarshal(raw, &s) != nil {
 			return -1, "", false
 		}
-		text = []byte(name)
+		text = []byte(s)
 	}
 	for k, n := range names {
 		if string(text) == n {
