@@ -51,7 +51,7 @@ type Semaphorer interface {
 //     even when no lockd that granted it is alive. A renew never
 //     resurrects an expired permit.
 //   - A permit may live in a session (SemaphoreRequest.Session) exactly as
-//     a lock grant does (see Sessions).
+//     a lock grant does (see Sessions), when Features says so.
 type Semaphores interface {
 	// Acquire grants one permit of req.Key once a slot is free and nobody
 	// is ahead in line, waiting up to req.Wait.
@@ -100,6 +100,10 @@ type SemaphoreFeatures struct {
 	// Idempotent does for locks. Without it the API refuses an
 	// Idempotency-Key on semaphores.
 	Idempotency bool `json:"idempotency"`
+	// Sessions: a permit may live in a session (SemaphoreRequest.Session).
+	// Without it the API refuses session_id on semaphores with 501, and
+	// Acquire with one fails with ErrSessionExpired.
+	Sessions bool `json:"sessions"`
 }
 
 // SemaphoreRequest asks for one permit.

@@ -596,7 +596,7 @@ func (s *suite) semRenewOwnOnly(t *testing.T) {
 	}
 
 	ss, ok := b.(backend.Sessioner)
-	if !ok {
+	if !ok || !sm.Features().Sessions {
 		return
 	}
 	sess := openSession(t, ss.Sessions(), "sem", 10*time.Second)

@@ -58,7 +58,9 @@ func (b *Backend) Semaphores() backend.Semaphores { return semaphores{b} }
 
 type semaphores struct{ b *Backend }
 
-func (semaphores) Features() backend.SemaphoreFeatures { return backend.SemaphoreFeatures{FIFO: true} }
+func (semaphores) Features() backend.SemaphoreFeatures {
+	return backend.SemaphoreFeatures{FIFO: true, Sessions: true}
+}
 
 // semRecord is the value of a waiter (no deadline, no secret) or of a slot.
 type semRecord struct {

@@ -91,7 +91,7 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		return backend.Permit{}, err
 	}
 	if req.Session != "" {
-		return backend.Permit{}, fmt.Errorf("redis: no sessions: %w", backend.ErrSessionExpired)
+		return backend.Permit{}, fmt.Errorf("redis: permits in sessions are not built yet: %w", backend.ErrSessionExpired)
 	}
 	b.mu.Lock()
 	if b.closed {

@@ -291,6 +291,9 @@ type Capabilities struct {
 
 			// Idempotency Idempotency-Key is honoured on semaphore acquire (otherwise 501 idempotency_unsupported).
 			Idempotency bool `json:"idempotency"`
+
+			// Sessions A permit may take session_id (otherwise 501 not_supported).
+			Sessions bool `json:"sessions"`
 		} `json:"semaphores"`
 
 		// Sessions null when the backend has no sessions (their routes, and session_id on acquire and campaign, answer 501).

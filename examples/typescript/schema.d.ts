@@ -580,6 +580,8 @@ export interface components {
                     fifo: boolean;
                     /** @description Idempotency-Key is honoured on semaphore acquire (otherwise 501 idempotency_unsupported). */
                     idempotency: boolean;
+                    /** @description A permit may take session_id (otherwise 501 not_supported). */
+                    sessions: boolean;
                 } | null;
             };
         };
@@ -1631,7 +1633,7 @@ export interface operations {
                 };
             };
             500: components["responses"]["InternalError"];
-            /** @description This lockd's backend has no semaphores, or no sessions for session_id (code not_supported), or does not honour Idempotency-Key on semaphores (code idempotency_unsupported). Nothing was done. */
+            /** @description This lockd's backend has no semaphores, or no permits in sessions for session_id (code not_supported; see capabilities semaphores.sessions), or does not honour Idempotency-Key on semaphores (code idempotency_unsupported). Nothing was done. */
             501: {
                 headers: {
                     [name: string]: unknown;

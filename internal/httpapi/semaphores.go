@@ -155,8 +155,8 @@ func (s *Server) admitPermit(w http.ResponseWriter, r *http.Request) (req backen
 	if !s.allow(w, r, auth.RightLock, key) {
 		return req, nil, nil, false
 	}
-	if p.session != "" && sessionsOf(s.b) == nil {
-		s.fail(w, r, errNotSupported("sessions"))
+	if p.session != "" && (sessionsOf(s.b) == nil || !sm.Features().Sessions) {
+		s.fail(w, r, errNotSupported("permits in sessions"))
 		return req, nil, nil, false
 	}
 	if idemKey != "" && !sm.Features().Idempotency {

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/lockd/lockd/backend"
+	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
+	"github.com/lockd/lockd/internal/testserver"
 )
 
 // Every semaphore answer, over real etcd, matches the spec: grants with
@@ -215,4 +217,38 @@ func TestSemaphoresNotSupported(t *testing.T) {
 			t.Errorf("%s %s without semaphores: %d %q, want 501 not_supported", c.method, c.path, resp.StatusCode, p.Code)
 		}
 	}
+}
+
+// noSessionPermits is the real etcd backend whose semaphores say they take
+// no sessions (as Redis's do).
+type noSessionPermits struct{ backend.Semaphores }
+
+func (n noSessionPermits) Features() backend.SemaphoreFeatures {
+	f := n.Semaphores.Features()
+	f.Sessions = false
+	return f
+}
+
+type noSessionPermitsBackend struct {
+	*etcdb.Backend
+}
+
+func (b noSessionPermitsBackend) Semaphores() backend.Semaphores {
+	return noSessionPermits{b.Backend.Semaphores()}
+}
+
+// A backend whose permits cannot live in a session says so in the
+// capabilities and refuses session_id with 501, though it has sessions.
+func TestSemaphoreSessionsNotSupported(t *testing.T) {
+	e := testserver.EtcdCluster(t, 1)
+	s := newSpecServerOver(t, e, noSessionPermitsBackend{etcdOn(t, e.Endpoints(), etcdb.Options{})}, httpapi.Options{})
+	caps := s.do("GET", "/v1/capabilities", "")
+	s.want(caps, 200, "")
+	if f, _ := caps.json["features"].(map[string]any); f["semaphores"].(map[string]any)["sessions"] != false || f["sessions"] == nil {
+		t.Fatalf("capabilities = %s, want sessions, and semaphores without them", caps.body)
+	}
+	sess := s.do("POST", "/v1/sessions", `{"ttl_ms": 10000}`)
+	s.want(sess, 201, "")
+	s.want(s.do("POST", "/v1/semaphores/spec.ns/acquire", `{"permits": 2, "session_id": "`+sess.json["session_id"].(string)+`"}`), 501, "not_supported")
+	s.want(s.do("POST", "/v1/semaphores/spec.ns/acquire", `{"permits": 2}`), 200, "")
 }
