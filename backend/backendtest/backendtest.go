@@ -71,6 +71,9 @@ type Options struct {
 	// replay the events it missed (WatchFeatures.Replay is false); the
 	// Watch subtests then want a resync where a replay would come.
 	NoEventReplay string
+	// NoRWLocks, when set, is the reason the backend does not implement
+	// backend.RWLocker; the RW subtests are skipped with it.
+	NoRWLocks string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
