@@ -118,6 +118,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	tests = append(tests, s.electionTests()...)
 	tests = append(tests, s.sessionTests()...)
 	tests = append(tests, s.watchTests()...)
+	tests = append(tests, s.rwTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
