@@ -21,6 +21,7 @@ type featuresJSON struct {
 	Elections   *backend.ElectionFeatures `json:"elections"`
 	Sessions    *backend.SessionFeatures  `json:"sessions"`
 	Events      *backend.WatchFeatures    `json:"events"`
+	RWLocks     *backend.RWFeatures       `json:"rwlocks"`
 }
 
 type locksFeature struct {
@@ -50,6 +51,10 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if w, ok := b.(backend.Watcher); ok {
 		f := w.WatchFeatures()
 		c.Features.Events = &f
+	}
+	if rw := rwlocksOf(b); rw != nil {
+		f := rw.Features()
+		c.Features.RWLocks = &f
 	}
 	if u, ok := b.(backend.Unsupported); ok {
 		c.Unsupported = u.Unsupported()

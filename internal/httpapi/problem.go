@@ -24,6 +24,9 @@ type Problem struct {
 	Holder *holder `json:"holder,omitempty"` // lock_held only
 	// Leader is the election's leader when a campaign gave up.
 	Leader *leaderJSON `json:"leader,omitempty"`
+	// RWHolders are an rwlock's holders when its acquire gave up (an
+	// empty list when nobody held at the give-up).
+	RWHolders *[]rwHolderJSON `json:"holders,omitempty"`
 
 	retryAfter time.Duration // when to come back, for 429 and 503
 }
@@ -99,6 +102,11 @@ func problemFor(err error) Problem {
 			var ne *backend.NotLeaderError
 			if errors.As(err, &ne) {
 				p.Leader = toLeaderJSON(ne.Leader)
+			}
+			var rwe *backend.RWHeldError
+			if errors.As(err, &rwe) {
+				hs := toRWHoldersJSON(rwe.Holders)
+				p.RWHolders = &hs
 			}
 			return p
 		}
