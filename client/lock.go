@@ -36,6 +36,8 @@ type Lock struct {
 	// lease than a lock's (an election's); see Campaign.
 	renewFn   func(ctx context.Context) (Grant, error)
 	releaseFn func(ctx context.Context) error
+
+	mode string // a read-write lock's; "" for a lock
 }
 
 // Acquire takes key, waiting up to opts.Wait, and returns a Lock that renews
@@ -82,6 +84,10 @@ func (l *Lock) start() {
 	l.stop = stop
 	go l.renewLoop(life)
 }
+
+// Mode returns ModeRead or ModeWrite for a read-write lock (AcquireRead,
+// AcquireWrite), and "" for a lock.
+func (l *Lock) Mode() string { return l.mode }
 
 // Key returns the lock's key.
 func (l *Lock) Key() string { return l.key }
