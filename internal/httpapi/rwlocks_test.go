@@ -178,3 +178,29 @@ func TestRWLocksNotSupported(t *testing.T) {
 		}
 	}
 }
+
+// Rights and prefixes hold on rwlock keys as on lock keys: lock to
+// acquire, renew and release, read to inspect, only under the token's
+// prefixes.
+func TestRWLockRights(t *testing.T) {
+	s := newSpecServer(t, httpapi.Options{Auth: authStore(t)})
+	a := s.doAs(tokA, "POST", "/v1/rwlocks/a:rw/acquire", `{"mode": "write"}`)
+	s.want(a, 200, "")
+	lease := `{"lease_id": "` + a.json["lease_id"].(string) + `"}`
+	for _, c := range []struct {
+		token, method, path, body string
+		status                    int
+	}{
+		{tokA, "POST", "/v1/rwlocks/b:rw/acquire", `{"mode": "read"}`, 403},
+		{tokA, "GET", "/v1/rwlocks/b:rw", ``, 403},
+		{tokReader, "POST", "/v1/rwlocks/a:rw/acquire", `{"mode": "read"}`, 403},
+		{tokReader, "POST", "/v1/rwlocks/a:rw/renew", lease, 403},
+		{tokReader, "POST", "/v1/rwlocks/a:rw/release", lease, 403},
+		{tokReader, "GET", "/v1/rwlocks/a:rw", ``, 200},
+		{"", "GET", "/v1/rwlocks/a:rw", ``, 401},
+		{tokA, "POST", "/v1/rwlocks/a:rw/renew", lease, 200},
+		{tokA, "POST", "/v1/rwlocks/a:rw/release", lease, 204},
+	} {
+		s.want(s.doAs(c.token, c.method, c.path, c.body), c.status, "")
+	}
+}
