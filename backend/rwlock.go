@@ -92,6 +92,10 @@ type RWFeatures struct {
 	// Wakeup is how waiters learn that their blocker left: "watch" (the
 	// store notifies) or "pubsub".
 	Wakeup string `json:"wakeup"`
+	// Sessions: an acquire may name a session (AcquireRequest.Session) on
+	// a backend that also keeps sessions. Without it, such an acquire is
+	// refused before it reaches the backend.
+	Sessions bool `json:"sessions"`
 }
 
 // RWAcquireRequest asks for a read-write lock in Mode (ModeRead or

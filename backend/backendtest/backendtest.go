@@ -74,6 +74,10 @@ type Options struct {
 	// NoRWLocks, when set, is the reason the backend does not implement
 	// backend.RWLocker; the RW subtests are skipped with it.
 	NoRWLocks string
+	// NoRWSessions, when set, is the reason the backend's RW locks do not
+	// live in its sessions (RWFeatures.Sessions is false); RWSessionGrant
+	// is skipped with it.
+	NoRWSessions string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added

@@ -467,8 +467,17 @@ func (s *suite) rwSessionGrant(t *testing.T) {
 	b := s.newBackend(t)
 	rw := s.rwOf(t, b)
 	sr, ok := b.(backend.Sessioner)
-	if !ok {
+	if !ok || sr.Sessions() == nil {
 		t.Skip("the backend keeps no sessions")
+	}
+	if s.opts.NoRWSessions != "" {
+		if rw.Features().Sessions {
+			t.Fatalf("Options.NoRWSessions says %q, yet RWFeatures.Sessions is true", s.opts.NoRWSessions)
+		}
+		t.Skip(s.opts.NoRWSessions)
+	}
+	if !rw.Features().Sessions {
+		t.Fatal("RWFeatures.Sessions is false, and Options.NoRWSessions gives no reason")
 	}
 	ss := sr.Sessions()
 	key := s.key(t)

@@ -45,7 +45,9 @@ func (b *Backend) RWLocks() backend.RWLocks { return rwlocks{b} }
 
 type rwlocks struct{ b *Backend }
 
-func (rwlocks) Features() backend.RWFeatures { return backend.RWFeatures{Fair: true, Wakeup: "watch"} }
+func (rwlocks) Features() backend.RWFeatures {
+	return backend.RWFeatures{Fair: true, Wakeup: "watch", Sessions: true}
+}
 
 func (b *Backend) rwQueue(key string) string { return b.opts.Prefix + "rw/" + key + "/" }
 

@@ -24,6 +24,7 @@ package redis
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -91,7 +92,8 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 		return backend.RWGrant{}, err
 	}
 	if req.Session != "" {
-		return backend.RWGrant{}, backend.ErrSessionExpired // no sessions on this backend
+		// RWFeatures.Sessions is false: the HTTP layer refuses it first.
+		return backend.RWGrant{}, errors.New("redis: rwlocks do not live in sessions (not built yet)")
 	}
 	b.mu.Lock()
 	if b.closed {

@@ -376,6 +376,9 @@ type Capabilities struct {
 			// Fair One FIFO queue for both modes: a waiting writer holds back later readers.
 			Fair bool `json:"fair"`
 
+			// Sessions session_id is taken on acquire; false: it answers 501 not_supported.
+			Sessions bool `json:"sessions"`
+
 			// Wakeup How waiters learn that what blocked them is gone.
 			Wakeup CapabilitiesFeaturesRwlocksWakeup `json:"wakeup"`
 		} `json:"rwlocks"`

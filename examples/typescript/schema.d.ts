@@ -576,6 +576,8 @@ export interface components {
                 rwlocks: {
                     /** @description One FIFO queue for both modes: a waiting writer holds back later readers. */
                     fair: boolean;
+                    /** @description session_id is taken on acquire; false: it answers 501 not_supported. */
+                    sessions: boolean;
                     /**
                      * @description How waiters learn that what blocked them is gone.
                      * @enum {string}
@@ -1626,7 +1628,7 @@ export interface operations {
                 };
             };
             500: components["responses"]["InternalError"];
-            /** @description This lockd's backend has no read-write locks, or no sessions for session_id (code not_supported), or an Idempotency-Key was sent (code idempotency_unsupported; rwlock acquires do not honour it). Nothing was done. */
+            /** @description This lockd's backend has no read-write locks, or no sessions for session_id, or its read-write locks do not live in sessions (capabilities rwlocks.sessions false) (code not_supported), or an Idempotency-Key was sent (code idempotency_unsupported; rwlock acquires do not honour it). Nothing was done. */
             501: {
                 headers: {
                     [name: string]: unknown;

@@ -91,7 +91,12 @@ func (s *Server) rwAcquire(w http.ResponseWriter, r *http.Request) {
 		mode string
 	)
 	req, leave, ok := s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body.acquireBody, gate: "rwlock/",
-		more: func() (err error) { mode, err = checkMode(body.Mode); return err }})
+		more: func() (err error) {
+			if mode, err = checkMode(body.Mode); err == nil && body.SessionID != nil && !rw.Features().Sessions {
+				err = errNotSupported("sessions on rwlocks")
+			}
+			return err
+		}})
 	if !ok {
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lockd/lockd/backend"
+	etcdb "github.com/lockd/lockd/backend/etcd"
 	"github.com/lockd/lockd/internal/httpapi"
 )
 
@@ -136,8 +137,8 @@ func TestRWLocksNotSupported(t *testing.T) {
 	s := newSpecServer(t, httpapi.Options{})
 	c := s.do("GET", "/v1/capabilities", "")
 	s.want(c, 200, "")
-	if rw, _ := c.json["features"].(map[string]any)["rwlocks"].(map[string]any); rw["fair"] != true || rw["wakeup"] != "watch" {
-		t.Errorf("etcd capabilities = %s, want rwlocks {fair: true, wakeup: watch}", c.body)
+	if rw, _ := c.json["features"].(map[string]any)["rwlocks"].(map[string]any); rw["fair"] != true || rw["wakeup"] != "watch" || rw["sessions"] != true {
+		t.Errorf("etcd capabilities = %s, want rwlocks {fair: true, wakeup: watch, sessions: true}", c.body)
 	}
 	if _, ok := c.json["features"].(map[string]any)[backend.FeatureRWLocks]; !ok {
 		t.Errorf("backend.FeatureRWLocks %q is not a feature in %s", backend.FeatureRWLocks, c.body)
@@ -202,5 +203,41 @@ func TestRWLockRights(t *testing.T) {
 		{tokA, "POST", "/v1/rwlocks/a:rw/release", lease, 204},
 	} {
 		s.want(s.doAs(c.token, c.method, c.path, c.body), c.status, "")
+	}
+}
+
+// noRWSessions is a real backend whose read-write locks say they do not
+// live in sessions, though it keeps sessions.
+type noRWSessions struct{ *etcdb.Backend }
+
+func (b noRWSessions) RWLocks() backend.RWLocks { return rwNoSessions{b.Backend.RWLocks()} }
+
+type rwNoSessions struct{ backend.RWLocks }
+
+func (r rwNoSessions) Features() backend.RWFeatures {
+	f := r.RWLocks.Features()
+	f.Sessions = false
+	return f
+}
+
+// An rwlock acquire naming a session on a backend whose rwlocks do not live
+// in sessions is refused with 501 before the backend sees it.
+func TestRWLockSessionNotSupported(t *testing.T) {
+	b := noRWSessions{etcdBackend(t)}
+	ts := httptest.NewServer(httpapi.New(b, httpapi.Options{Backend: "etcd"}))
+	t.Cleanup(ts.Close)
+	sess, err := b.Sessions().Open(t.Context(), "o", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ts.Client().Post(ts.URL+"/v1/rwlocks/k/acquire", "application/json", strings.NewReader(`{"mode": "read", "session_id": "`+sess.ID+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct{ Code string }
+	_ = json.NewDecoder(resp.Body).Decode(&p)
+	resp.Body.Close()
+	if resp.StatusCode != 501 || p.Code != "not_supported" {
+		t.Errorf("rwlock acquire in a session without RW sessions: %d %q, want 501 not_supported", resp.StatusCode, p.Code)
 	}
 }
