@@ -131,3 +131,20 @@ func TestTokenOrderIsRealTime(t *testing.T) {
 		t.Errorf("token 5 asked for after token 6 returned: %d regressions, want 1", n)
 	}
 }
+
+// The report says when the longest outage began, so that it can be read
+// against the fault timeline.
+func TestLongestGapSaysWhen(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	h := []histOp{
+		{Kind: opAcquire, Granted: true, Return: at(1)},
+		{Kind: opAcquire, Granted: true, Return: at(2)},
+		{Kind: opAcquire, Unknown: true, Return: at(5)}, // not a grant
+		{Kind: opAcquire, Granted: true, Return: at(9)},
+	}
+	d, from := longestGapFrom(h, t0, at(10))
+	if d != 7*time.Second || !from.Equal(at(2)) {
+		t.Errorf("longest gap = %s from %s, want 7s from 2s", d, from.Sub(t0))
+	}
+}
