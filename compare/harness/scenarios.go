@@ -193,6 +193,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	windowTo := func() { window.Lock(); window.to = time.Now(); window.Unlock() }
 	tl := &timeline{}
 	var soak *soakEnv
+	var probe *storeProbe
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var faults sync.WaitGroup
@@ -255,6 +256,14 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 		w.onError = env.moveClient
 		faults.Add(1)
 		go func() { defer faults.Done(); env.run(runCtx) }()
+		if pb, err := d.newBackend(d.Addrs, nil); err != nil {
+			tl.add("no direct probe of the store: %v", err)
+		} else {
+			defer pb.Close()
+			probe = &storeProbe{b: pb, tl: tl}
+			faults.Add(1)
+			go func() { defer faults.Done(); probe.run(runCtx) }()
+		}
 	case "member-kill":
 		victim := d.victim()
 		faults.Add(1)
@@ -332,6 +341,9 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	window.Unlock()
 	if soak != nil {
 		in.FaultWindow = soak.longestWindow()
+	}
+	if probe != nil {
+		in.StoreSilent = probe.silentWithin(res.LongestUnavailFrom, res.LongestUnavailFrom.Add(res.LongestUnavail))
 	}
 	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs
