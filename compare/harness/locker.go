@@ -96,11 +96,16 @@ func (h *httpLocker) post(ctx context.Context, key, op string, body any) (*http.
 
 // postKeyed sends an Idempotency-Key header when idem is not empty.
 func (h *httpLocker) postKeyed(ctx context.Context, key, op string, body any, idem string) (*http.Response, error) {
+	return h.postTo(ctx, "/v1/locks/"+url.PathEscape(key)+"/"+op, body, idem)
+}
+
+// postTo posts body as JSON to path.
+func (h *httpLocker) postTo(ctx context.Context, path string, body any, idem string) (*http.Response, error) {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/locks/"+url.PathEscape(key)+"/"+op, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+path, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}

@@ -64,6 +64,26 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 			allowed: []string{CheckTokenOrder, CheckFIFO, CheckStaleFenced},
 		},
 		{
+			// The leadership workload beside the lock workload: a second
+			// leader elected while one is out, its term from the store.
+			name: "elects twice", scenario: "nofault",
+			cfg: func(c *CorrectnessConfig) { c.Hold = 20 * time.Millisecond },
+			wrap: func(b backend.Backend) backend.Backend {
+				return breakElections(b, func(x backend.Backend) backend.Backend { return newDoubleGrant(x) })
+			},
+			want:    []string{CheckFaultDoubleLeader},
+			allowed: []string{CheckFaultTermOrder},
+		},
+		{
+			name: "hands out a lower term", scenario: "nofault",
+			wrap: func(b backend.Backend) backend.Backend {
+				return breakElections(b, func(x backend.Backend) backend.Backend {
+					return &lowerToken{Backend: x, lowered: map[string]bool{}}
+				})
+			},
+			want: []string{CheckFaultTermOrder},
+		},
+		{
 			name: "hands out a lower token", scenario: "nofault",
 			wrap: func(b backend.Backend) backend.Backend { return &lowerToken{Backend: b, lowered: map[string]bool{}} },
 			want: []string{CheckTokenOrder},

@@ -167,6 +167,10 @@ type CorrectnessCell struct {
 	FIFOWorstMs    float64 `json:"fifo_worst_lead_ms,omitempty"`
 	FirstFIFO      string  `json:"first_fifo_violation,omitempty"`
 
+	// Leadership is the leadership workload that ran beside the lock
+	// workload (nil when the backend keeps no elections).
+	Leadership *LeadershipResult `json:"leadership,omitempty"`
+
 	// Checks is the verdict: every named check with its threshold. Pass is
 	// true only when every check that applies passed; Why lists the ones
 	// that failed and by how much.

@@ -114,14 +114,7 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 			cell = CorrectnessCell{Scenario: sc.Name, Unmeasured: res.Unmeasured}
 		} else {
 			// The readiness checks belong to the cell's verdict.
-			cell.Checks = append(cell.Checks, res.Checks...)
-			cell.Why = nil
-			for _, ch := range cell.Checks {
-				if ch.Applies && !ch.Pass {
-					cell.Why = append(cell.Why, fmt.Sprintf("%s: %s (threshold %s)", ch.Name, ch.Got, ch.Threshold))
-				}
-			}
-			cell.Pass = len(cell.Why) == 0
+			cell.addChecks(res.Checks...)
 		}
 		br.Correctness = append(br.Correctness, cell)
 		b.done(cellStatus(cell) + skewStatus(res))

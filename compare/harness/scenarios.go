@@ -114,6 +114,8 @@ type replicaPlan struct {
 	// backend, when set, connects replica i to the store instead of
 	// d.newBackend.
 	backend func(i int, addrs []string) (backend.Backend, error)
+	// noLeadership leaves out the leadership workload.
+	noLeadership bool
 }
 
 func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg CorrectnessConfig, progress func(float64), plan replicaPlan) CorrectnessCell {
@@ -322,6 +324,11 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	w.locker = func(c int) Locker {
 		return trackingLocker{Locker: inner(c), c: c, holding: holding, mu: &holdingMu, retry: func() Locker { return inner(c) }, onError: w.onError}
 	}
+	current := func() []*lockdReplica { return replicas }
+	if soak != nil {
+		current = soak.current
+	}
+	lead := startLeadership(runCtx, cfg, current, plan.noLeadership)
 	tl.start = time.Now()
 	res := w.run(runCtx, progress)
 	cancel()
@@ -348,6 +355,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs
 	cell.fill(res, cfg, in)
+	lead.finish(&cell)
 	return cell
 }
 

@@ -116,14 +116,14 @@ func (r *readiness) result() (time.Duration, string) {
 // both replicas' clock watches running; it returns the cell and replica 1's
 // readiness. clocked may wrap the backend (the mutation tests).
 func skewRun(ctx context.Context, d *deployment, cfg CorrectnessConfig, shift time.Duration, progress func(float64),
-	wrap func(backend.Backend) backend.Backend) (CorrectnessCell, *readiness) {
+	wrap func(backend.Backend) backend.Backend, noLeadership bool) (CorrectnessCell, *readiness) {
 	sc, _ := scenarioByName("clock-skew")
 	watchCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { stop(); wg.Wait() }()
 	var ready *readiness
 	var mu sync.Mutex
-	plan := replicaPlan{n: 2, backend: func(i int, addrs []string) (backend.Backend, error) {
+	plan := replicaPlan{n: 2, noLeadership: noLeadership, backend: func(i int, addrs []string) (backend.Backend, error) {
 		clk := lease.SystemClock(cfg.skew())
 		if i == 1 {
 			clk = clk.Shifted(shift)
@@ -172,7 +172,7 @@ func runSkewWrapped(ctx context.Context, d *deployment, cfg CorrectnessConfig, p
 	below, above := skewShifts(cfg.skew(), cfg.TTL)
 	res.BelowShift, res.AboveShift = below.String(), above.String()
 	var r *readiness
-	res.Below, r = skewRun(ctx, d, cfg, below, func(f float64) { progress(f / 2) }, wrap)
+	res.Below, r = skewRun(ctx, d, cfg, below, func(f float64) { progress(f / 2) }, wrap, false)
 	if res.Below.Unmeasured != "" {
 		res.Unmeasured = res.Below.Unmeasured
 		return res
@@ -184,7 +184,9 @@ func runSkewWrapped(ctx context.Context, d *deployment, cfg CorrectnessConfig, p
 	// without -race).
 	wcfg := cfg
 	wcfg.Hold = max(cfg.Hold, skewHold)
-	res.WithoutGate, r = skewRun(ctx, d, wcfg, above, func(f float64) { progress(0.5 + f/2) }, wrap)
+	// Only the lock workload: this run is shown, not judged, and the
+	// steals it shows are the lock workload's.
+	res.WithoutGate, r = skewRun(ctx, d, wcfg, above, func(f float64) { progress(0.5 + f/2) }, wrap, true)
 	nr, last := r.result()
 	res.NotReady, res.NotReadyAfterMs, res.Readiness = nr > 0, ms64(nr), last
 	evalSkewChecks(res, nrBelow, lastBelow)

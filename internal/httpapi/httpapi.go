@@ -270,7 +270,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	g, err := s.b.Acquire(ctx, req)
 	s.m.acquires.WithLabelValues(s.opts.Backend, outcome(err)).Observe(time.Since(start).Seconds())
-	s.recordAcquire(w, r, ctx, req.Key, g, err)
+	s.recordAcquire(w, r, ctx, req, g, err)
 }
 
 // admitAcquire checks an acquire before the backend sees it: the input, the
@@ -348,11 +348,12 @@ func (s *Server) longPoll(ctx context.Context, wait time.Duration) (context.Cont
 
 // recordAcquire settles what an acquire came to: the caller's lease count,
 // a grant the client left before receiving, the audit line and the answer.
-func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx context.Context, key string, g backend.Grant, err error) {
+func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx context.Context, req backend.AcquireRequest, g backend.Grant, err error) {
+	key := req.Key
 	who := principal(r)
 	if s.leaseLimit(who) > 0 {
 		if err == nil {
-			s.leases.granted(who.Name, key, g.LeaseID, g.ExpiresAt)
+			s.leases.granted(who.Name, key, g.LeaseID, g.ExpiresAt, sessionBookRef(req.Session))
 		} else {
 			s.leases.abandoned(who.Name)
 		}

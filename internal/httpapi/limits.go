@@ -103,16 +103,37 @@ func (s *streamGate) enter(key string, l Limits) (leave func(), limit string, er
 
 // leaseBook counts, per principal with a lease limit, the leases granted
 // or renewed through this replica that have not been released and whose
-// deadline has not passed. It holds lease ids only in memory and never
-// shows them. A restarted replica counts a lease again at its next renew.
+// deadline has not passed. A grant made in a session lives as long as the
+// session, as renewed and closed through this replica. It holds lease ids
+// only in memory and never shows them. A restarted replica counts a lease
+// again at its next renew.
 type leaseBook struct {
-	mu sync.Mutex
-	by map[string]*heldBy
+	mu       sync.Mutex
+	by       map[string]*heldBy
+	sessions map[string]time.Time // session hash → its deadline
 }
 
 type heldBy struct {
-	leases  map[string]time.Time // key + "\x00" + lease id → deadline
-	pending int                  // acquires admitted and not yet answered
+	leases  map[string]held // key + "\x00" + lease id → its deadline
+	pending int             // acquires admitted and not yet answered
+}
+
+// held is a counted lease: its deadline, or its session's when session
+// (the session's hash) is set and the book knows it.
+type held struct {
+	deadline time.Time
+	session  string
+}
+
+// deadline is when h stops counting. A session's deadline only grows
+// while it is renewed, so a lease whose session the book has forgotten
+// (expired) falls back to the deadline it was granted with, which is no
+// later.
+func (b *leaseBook) deadline(h held) time.Time {
+	if d, ok := b.sessions[h.session]; ok && h.session != "" {
+		return d
+	}
+	return h.deadline
 }
 
 func leaseRef(key, id string) string { return key + "\x00" + id }
@@ -123,7 +144,7 @@ func (b *leaseBook) entry(name string) *heldBy {
 	}
 	h := b.by[name]
 	if h == nil {
-		h = &heldBy{leases: map[string]time.Time{}}
+		h = &heldBy{leases: map[string]held{}}
 		b.by[name] = h
 	}
 	return h
@@ -136,11 +157,12 @@ func (b *leaseBook) reserve(p string, max int, now time.Time) error {
 	defer b.mu.Unlock()
 	h := b.entry(p)
 	if len(h.leases)+h.pending >= max {
-		for ref, deadline := range h.leases {
-			if !deadline.After(now) {
+		for ref, l := range h.leases {
+			if !b.deadline(l).After(now) {
 				delete(h.leases, ref)
 			}
 		}
+		b.forgetSessions(now)
 	}
 	if len(h.leases)+h.pending >= max {
 		return tooMany("too_many_leases",
@@ -157,12 +179,21 @@ func (b *leaseBook) abandoned(p string) {
 	b.forgetIdle(p)
 }
 
-func (b *leaseBook) granted(p, key, id string, deadline time.Time) {
+// granted counts a grant; session is its session's hash ("" for none).
+func (b *leaseBook) granted(p, key, id string, deadline time.Time, session string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.entry(p)
 	h.pending--
-	h.leases[leaseRef(key, id)] = deadline
+	h.leases[leaseRef(key, id)] = held{deadline: deadline, session: session}
+	if session != "" {
+		if b.sessions == nil {
+			b.sessions = map[string]time.Time{}
+		}
+		if deadline.After(b.sessions[session]) {
+			b.sessions[session] = deadline
+		}
+	}
 }
 
 // renewed notes a lease's new deadline; a renew is never refused for the
@@ -170,7 +201,44 @@ func (b *leaseBook) granted(p, key, id string, deadline time.Time) {
 func (b *leaseBook) renewed(p, key, id string, deadline time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.entry(p).leases[leaseRef(key, id)] = deadline
+	b.entry(p).leases[leaseRef(key, id)] = held{deadline: deadline}
+}
+
+// sessionRenewed moves a known session's deadline, and with it its grants'.
+func (b *leaseBook) sessionRenewed(session string, deadline time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.sessions[session]; ok {
+		b.sessions[session] = deadline
+	}
+}
+
+// sessionClosed stops counting a closed session's grants.
+func (b *leaseBook) sessionClosed(session string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.sessions[session]; !ok {
+		return
+	}
+	for p, h := range b.by {
+		for ref, l := range h.leases {
+			if l.session == session {
+				delete(h.leases, ref)
+			}
+		}
+		b.forgetIdle(p)
+	}
+	delete(b.sessions, session)
+}
+
+// forgetSessions drops sessions whose deadline has passed (their grants
+// fall back to their own, earlier deadlines).
+func (b *leaseBook) forgetSessions(now time.Time) {
+	for ref, d := range b.sessions {
+		if !d.After(now) {
+			delete(b.sessions, ref)
+		}
+	}
 }
 
 func (b *leaseBook) released(p, key, id string) {

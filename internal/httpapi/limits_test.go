@@ -165,3 +165,24 @@ func TestRateLimit(t *testing.T) {
 	s.want(s.do("GET", "/healthz", ""), 200, "")
 	s.want(s.do("GET", "/readyz", ""), 200, "")
 }
+
+// Grants made in a session live as long as the session: a session renew
+// keeps them counted against the caller's lease limit, and closing the
+// session frees their places at once.
+func TestLeaseLimitCountsSessionGrants(t *testing.T) {
+	s := newSpecServer(t, httpapi.Options{Limits: httpapi.Limits{LeasesPerPrincipal: 2}})
+	open := s.do("POST", "/v1/sessions", `{"ttl_ms": 400, "owner": "w"}`)
+	s.want(open, 201, "")
+	sid := open.json["session_id"].(string)
+	for _, k := range []string{"ls:1", "ls:2"} {
+		s.want(s.do("POST", "/v1/locks/"+k+"/acquire", `{"session_id": "`+sid+`"}`), 200, "")
+	}
+	// Outlive the grants' first deadline by renewing the session only.
+	for range 4 {
+		time.Sleep(200 * time.Millisecond)
+		s.want(s.do("POST", "/v1/sessions/renew", `{"session_id": "`+sid+`"}`), 200, "")
+	}
+	s.want(s.do("POST", "/v1/locks/ls:3/acquire", `{}`), 429, "too_many_leases")
+	s.want(s.do("POST", "/v1/sessions/close", `{"session_id": "`+sid+`"}`), 204, "")
+	s.want(s.do("POST", "/v1/locks/ls:3/acquire", `{}`), 200, "")
+}

@@ -69,6 +69,14 @@ func checkSessionID(id *string) (string, error) {
 // sessionHash is what the audit log shows of a session id.
 func sessionHash(id string) string { return leaseHash(id) }
 
+// sessionBookRef is how the lease book knows a session ("" for none).
+func sessionBookRef(id string) string {
+	if id == "" {
+		return ""
+	}
+	return sessionHash(id)
+}
+
 // sessions finds the backend's sessions and decodes the body; it answers
 // the request itself when either fails.
 func (s *Server) sessions(w http.ResponseWriter, r *http.Request, body any) (backend.Sessions, bool) {
@@ -175,6 +183,7 @@ func (s *Server) renewSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	s.leases.sessionRenewed(sessionHash(id), sess.ExpiresAt)
 	writeJSON(w, http.StatusOK, toSessionJSON(sess))
 }
 
@@ -200,6 +209,7 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit("session_close", r, "session", sessionHash(id))
+	s.leases.sessionClosed(sessionHash(id))
 	w.WriteHeader(http.StatusNoContent)
 }
 
