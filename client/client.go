@@ -75,6 +75,14 @@ type Options struct {
 	RetryBackoff time.Duration
 	// UserAgent is sent with every request. Default "lockd-go-client".
 	UserAgent string
+	// HTTP2 sends every request over HTTP/2 only: h2c (prior knowledge)
+	// for http:// and h2 by ALPN for https://, so that one connection
+	// carries all concurrent calls, long polls included (up to the
+	// server's --http2-max-streams; beyond it another connection opens).
+	// It applies to HTTPClient's Transport, which must then be an
+	// *http.Transport or nil (a copy is changed, not yours). Default
+	// false: the transport's own choice (HTTP/1.1 for http://).
+	HTTP2 bool
 }
 
 // Client talks to one lockd server (or a load balancer in front of
@@ -121,6 +129,11 @@ func New(addr string, opts *Options) (*Client, error) {
 	if c.hc == nil {
 		c.hc = &http.Client{}
 	}
+	if opts.HTTP2 {
+		if c.hc, err = http2Only(c.hc); err != nil {
+			return nil, err
+		}
+	}
 	if c.retries == 0 {
 		c.retries = 4
 	} else if c.retries < 0 {
@@ -133,6 +146,26 @@ func New(addr string, opts *Options) (*Client, error) {
 		c.ua = "lockd-go-client"
 	}
 	return c, nil
+}
+
+// http2Only is a copy of hc whose transport speaks HTTP/2 only.
+func http2Only(hc *http.Client) (*http.Client, error) {
+	var t *http.Transport
+	switch rt := hc.Transport.(type) {
+	case nil:
+		t = http.DefaultTransport.(*http.Transport).Clone()
+	case *http.Transport:
+		t = rt.Clone()
+	default:
+		return nil, fmt.Errorf("client: Options.HTTP2 needs HTTPClient.Transport to be an *http.Transport or nil, not %T", rt)
+	}
+	var p http.Protocols
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true) // without HTTP1: h2c for http:// URLs
+	t.Protocols = &p
+	cp := *hc
+	cp.Transport = t
+	return &cp, nil
 }
 
 // Grant is a lease on a lock, as the server granted or renewed it.

@@ -36,7 +36,7 @@ func (el elections) Campaign(ctx context.Context, req backend.CampaignRequest) (
 	// The acquire script's sixth key is an idempotency record; campaigns
 	// carry none, so it is never written.
 	keys := append(el.b.keysIn(electionNS, req.Name), el.b.prefix+electionNS+"{"+req.Name+"}:i:")
-	g, err := el.b.acquire(ctx, keys, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait}, req.Value)
+	g, err := el.b.acquire(ctx, keys, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session}, req.Value)
 	if errors.Is(err, backend.ErrHeld) {
 		ne := &backend.NotLeaderError{Name: req.Name}
 		if st, lerr := el.Leader(ctx, req.Name); lerr == nil {

@@ -29,6 +29,7 @@ func Needs(prefix string) [][]string {
 	base := store.Base(prefix, "lockd-startup-check")
 	lock, fence, queue, beats := base+"lock", base+"fence", base+"q", base+"qt"
 	wake := prefix + "wake"
+	sess := prefix + "s:lockd-startup-check"
 	return [][]string{
 		{"EVALSHA", "0000000000000000000000000000000000000000", "0"},
 		{"SUBSCRIBE", wake},
@@ -54,6 +55,10 @@ func Needs(prefix string) [][]string {
 		{"XREVRANGE", base + "ev", "+", "-"},
 		{"XREAD", "STREAMS", base + "ev", "0-0"},
 		{"XRANGE", base + "ev", "-", "+"},
+		// sessions (sessions.go): a session's grant set
+		{"SADD", sess + ":g", base},
+		{"SREM", sess + ":g", base},
+		{"SMEMBERS", sess + ":g"},
 	}
 }
 

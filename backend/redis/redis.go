@@ -6,7 +6,9 @@
 //
 // # Layout (one hash tag per lock key, so one cluster slot)
 //
-//	<Prefix>{<key>}:lock   hash {id, owner, token, exp}, PX = the lease's TTL
+//	<Prefix>{<key>}:lock   hash {id, owner, token, exp, ttl, value, s}, PX =
+//	                       the lease's TTL; s names the session of a grant
+//	                       made in one, whose deadline is the session's
 //	<Prefix>{<key>}:fence  counter, INCR'd by every grant: the fencing token
 //	<Prefix>{<key>}:q      list of waiter ids in arrival order
 //	<Prefix>{<key>}:qt     zset waiter id -> heartbeat deadline (Redis ms)
@@ -14,6 +16,9 @@
 //	                       scripts that change the holder (events.go)
 //	<Prefix>e:{<name>}:... the same keys for the election <name> (election.go)
 //	<Prefix>wake           pub/sub channel; a message is the waiter id to wake
+//	                       (or "s:<h>": the waiters of a closed session)
+//	<Prefix>s:<h>, s:<h>:g a session and the set of its grants (sessions.go;
+//	                       one Redis only, not Redis Cluster)
 //
 // The lock hash expires with the lease (PEXPIRE), so an abandoned grant frees
 // itself in Redis with no lockd alive. Deadlines are Redis's clock (TIME in
@@ -113,8 +118,11 @@ type Backend struct {
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // waiter id -> wake-up mailbox
-	closed  bool
-	active  sync.WaitGroup // acquires in flight, waited for by Close
+	// session wake message (sessionWake) -> the mailboxes of the
+	// acquires waiting in that session
+	inSession map[string]map[chan struct{}]bool
+	closed    bool
+	active    sync.WaitGroup // acquires in flight, waited for by Close
 
 	life      context.Context // ends on Close: waiting acquires give up
 	stop      context.CancelFunc
@@ -132,12 +140,13 @@ func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Ba
 		opts.HeartbeatTimeout = 3 * time.Second
 	}
 	b := &Backend{
-		client:  client,
-		prefix:  opts.Prefix,
-		channel: opts.Prefix + "wake",
-		beat:    opts.HeartbeatTimeout,
-		waiters: map[string]chan struct{}{},
-		subDone: make(chan struct{}),
+		client:    client,
+		prefix:    opts.Prefix,
+		channel:   opts.Prefix + "wake",
+		beat:      opts.HeartbeatTimeout,
+		waiters:   map[string]chan struct{}{},
+		inSession: map[string]map[chan struct{}]bool{},
+		subDone:   make(chan struct{}),
 	}
 	b.sub = client.Subscribe(ctx, b.channel)
 	if _, err := b.sub.Receive(ctx); err != nil { // the subscription's confirmation
@@ -156,14 +165,17 @@ func (b *Backend) dispatch() {
 	defer close(b.subDone)
 	for msg := range b.sub.Channel() {
 		b.mu.Lock()
-		ch := b.waiters[msg.Payload]
-		b.mu.Unlock()
-		if ch != nil {
+		chs := b.inSession[msg.Payload]
+		if ch := b.waiters[msg.Payload]; ch != nil {
+			chs = map[chan struct{}]bool{ch: true}
+		}
+		for ch := range chs {
 			select {
 			case ch <- struct{}{}:
 			default:
 			}
 		}
+		b.mu.Unlock()
 	}
 }
 
@@ -217,6 +229,15 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 	if err := ctx.Err(); err != nil {
 		return backend.Grant{}, err
 	}
+	var sessWake string
+	if req.Session != "" {
+		sk, err := b.sessionKey(req.Session)
+		if err != nil {
+			return backend.Grant{}, err
+		}
+		keys = append(keys[:len(keys):len(keys)], sk) // KEYS[7]
+		sessWake = sessionWake(req.Session)
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -231,11 +252,23 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 		waiter = lease.NewID()
 		wake = make(chan struct{}, 1)
 		b.waiters[waiter] = wake
+		if sessWake != "" {
+			if b.inSession[sessWake] == nil {
+				b.inSession[sessWake] = map[chan struct{}]bool{}
+			}
+			b.inSession[sessWake][wake] = true
+		}
 	}
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
 		delete(b.waiters, waiter)
+		if m := b.inSession[sessWake]; m != nil {
+			delete(m, wake)
+			if len(m) == 0 {
+				delete(b.inSession, sessWake)
+			}
+		}
 		b.mu.Unlock()
 		b.active.Done()
 	}()
@@ -258,6 +291,12 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 			}
 			return backend.Grant{}, unavailable(ctx, "acquire", err)
 		}
+		if store.Int(res[0]) == -4 {
+			if waiter != "" && !attached {
+				b.abandon(keys, waiter, id, idem.on)
+			}
+			return backend.Grant{}, fmt.Errorf("redis acquire %q: %w", req.Key, backend.ErrSessionExpired)
+		}
 		if store.Int(res[0]) < 0 {
 			var ok bool
 			if id, waiter, ok, err = b.replayed(req, res, waiter, wake); !ok {
@@ -270,6 +309,10 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 			g := backend.Grant{
 				Key: req.Key, LeaseID: store.Str(res[6]), Token: uint64(store.Int(res[2])), Owner: store.Str(res[1]),
 				TTL: req.TTL, ExpiresAt: time.UnixMilli(store.Int(res[3])), Replayed: store.Str(res[6]) != first,
+				Session: store.Int(res[8]) == 1,
+			}
+			if ttl := store.Int(res[7]); ttl > 0 {
+				g.TTL = time.Duration(ttl) * time.Millisecond
 			}
 			if err := ctx.Err(); err != nil { // granted as the caller gave up
 				b.abandon(keys, "", id, false)
@@ -284,6 +327,12 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 			holder = &backend.Holder{Owner: store.Str(res[1]), Token: uint64(store.Int(res[2])), ExpiresAt: time.UnixMilli(exp)}
 			// Wake up when the holder's lease runs out, in Redis's time.
 			if d := time.Duration(exp-store.Int(res[4])+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
+		if sexp := store.Int(res[9]); sexp > 0 {
+			// Leave when our session runs out: the script will say so.
+			if d := time.Duration(sexp-store.Int(res[4])+1) * time.Millisecond; d < next {
 				next = d
 			}
 		}
@@ -346,6 +395,9 @@ func (b *Backend) update(ctx context.Context, s *goredis.Script, op, ns, key, le
 	v, err := s.Run(ctx, b.client, b.keysIn(ns, key), leaseID, arg).Result()
 	if err != nil {
 		return backend.Grant{}, "", unavailable(ctx, op, err)
+	}
+	if n, _ := v.(int64); n == -1 {
+		return backend.Grant{}, "", fmt.Errorf("redis %s %q: %w", op, key, backend.ErrSessionBound)
 	}
 	res, ok := v.([]any)
 	if !ok {

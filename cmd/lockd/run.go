@@ -100,6 +100,7 @@ type config struct {
 	readTimeout     time.Duration
 	clock           lease.Clock
 	idleTimeout     time.Duration
+	http2Streams    int
 	ui              bool
 }
 
@@ -135,6 +136,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.DurationVar(&c.headerTimeout, "read-header-timeout", 10*time.Second, "a connection that has not sent a request's headers (and TLS handshake) in this time is closed")
 	fs.DurationVar(&c.readTimeout, "read-body-timeout", 30*time.Second, "the time a client has to send a request's body (long polls then wait as long as they asked)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
+	fs.IntVar(&c.http2Streams, "http2-max-streams", 10000, "requests (long polls included) one HTTP/2 connection may have in flight at once; a client wanting more opens another connection")
 	fs.DurationVar(&c.clock.MaxSkew, "max-clock-skew", lease.DefaultMaxSkew, "the most any two lockd replicas' clocks may differ (etcd, zk): a lock whose holder died is free this much later, and a replica more than half of it off the shared reference is not ready")
 	fs.BoolVar(&c.ui, "ui", true, "serve the web console at /ui/ (it reads the API with the viewer's token; false: /ui/ answers 404)")
 	showVersion := fs.Bool("version", false, "print lockd's version and exit")
@@ -180,6 +182,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	c.redis.c.Addrs = splitList(c.redis.addrs)
 	if c.headerTimeout <= 0 || c.readTimeout <= 0 || c.idleTimeout <= 0 {
 		return c, errors.New("--read-header-timeout, --read-body-timeout and --idle-timeout must be more than 0")
+	}
+	if c.http2Streams <= 0 {
+		return c, errors.New("--http2-max-streams must be more than 0")
 	}
 	return c, nil
 }
@@ -296,6 +301,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if c.ui {
 		handler = ui.With(api)
 	}
+	// HTTP/1.1, and HTTP/2 so that one connection carries many long polls:
+	// h2 by ALPN over TLS, h2c with prior knowledge on the plain listener.
+	// The stream limit is ours: Go's default (250) would make a client with
+	// thousands of waits open a connection per 250.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(tlsConf == nil)
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: c.headerTimeout,
@@ -303,11 +316,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         tlsConf,
+		Protocols:         &protocols,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: c.http2Streams},
 	}
-	scheme := "http"
+	scheme, serve := "http", func() error { return srv.Serve(ln) }
 	if tlsConf != nil {
-		scheme = "https"
-		ln = tls.NewListener(ln, tlsConf)
+		// ServeTLS offers h2 and http/1.1 by ALPN (a listener wrapped in
+		// tls.NewListener would offer neither).
+		scheme, serve = "https", func() error { return srv.ServeTLS(ln, "", "") }
 	}
 	url := scheme + "://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "lockd listening on %s (backend: %s)\n", url, st.Describe)
@@ -317,7 +333,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- serve() }()
 	select {
 	case err := <-served:
 		return err

@@ -272,9 +272,12 @@ export interface paths {
          *     declared clock skew, even when nobody touches the election). Terms
          *     only increase along a stream; every change of leader and every absence
          *     of one is delivered; proclaims may coalesce; renewals are not events.
-         *     Every event has an `id:`. lockd keeps no log of past events, so a
-         *     reconnect with `Last-Event-ID` gets `resync` (data: Resync) and then
-         *     the current state; a stream that loses the backend sends `resync` and
+         *     Every event has an `id:` naming the state it leaves the election in.
+         *     lockd keeps no log of past events: a reconnect with `Last-Event-ID`
+         *     resumes from the state now — in the same state nothing is repeated;
+         *     the same term with a new value, or no leader after that very term,
+         *     comes as that event; otherwise (a newer term, an unknown id) it gets
+         *     `resync` (data: Resync) and then the current state. A stream that loses the backend sends `resync` and
          *     goes on with the current state once it is back. A `: ping` comment
          *     comes at least every 15 s; stopping lockd sends `event: shutdown`.
          *     Streams count against --max-streams and --max-streams-per-key.

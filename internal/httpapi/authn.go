@@ -70,6 +70,10 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, p *auth.Principa
 	s.fail(w, r, err)
 }
 
+// auditing reports whether audit writes anything: callers on the hot path
+// check it first, so that no attribute is built for a line not written.
+func (s *Server) auditing() bool { return s.opts.Audit != nil }
+
 // audit writes one structured line about a lock event, when an audit log
 // is configured. Lease ids are capabilities: only a hash of one is logged.
 func (s *Server) audit(event string, r *http.Request, attrs ...any) {

@@ -11,8 +11,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -257,10 +259,9 @@ type resyncJSON struct {
 	Reason string `json:"reason"`
 }
 
-// sse writes server-sent events, each flushed at once, each with an id:
-// this stream's random prefix and a sequence number. lockd keeps no log of
-// past events, so a Last-Event-ID never resumes: the stream says resync and
-// sends the current state.
+// sse writes server-sent events, each flushed at once; event gives one an
+// id of this stream's random prefix and a sequence number, send the id it
+// is given.
 type sse struct {
 	w      http.ResponseWriter
 	rc     *http.ResponseController
@@ -315,11 +316,8 @@ func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := startSSE(w)
-	if r.Header.Get("Last-Event-ID") != "" {
-		if out.event("resync", resyncJSON{Reason: "cursor_unknown"}) != nil {
-			return
-		}
-	}
+	// The first event is the current state: a resume decides from it.
+	resume := r.Header.Get("Last-Event-ID")
 	if out.comment("observing "+strconv.Quote(name)) != nil {
 		return
 	}
@@ -329,11 +327,21 @@ func (s *Server) electionObserve(w http.ResponseWriter, r *http.Request) {
 		var err error
 		select {
 		case ev := <-events:
+			if resume != "" && ev.Err == nil {
+				skip, gap := resumeFrom(resume, ev)
+				resume = ""
+				if gap && out.event("resync", resyncJSON{Reason: "cursor_unknown"}) != nil {
+					return
+				}
+				if skip {
+					continue
+				}
+			}
 			switch {
 			case ev.Leader != nil:
-				err = out.event("leader", toLeaderJSON(ev.Leader))
+				err = out.send(electionEventID(ev), "leader", toLeaderJSON(ev.Leader))
 			case ev.NoLeader != nil:
-				err = out.event("no_leader", noLeaderJSON{LastTerm: ev.NoLeader.LastTerm, Reason: ev.NoLeader.Reason})
+				err = out.send(electionEventID(ev), "no_leader", noLeaderJSON{LastTerm: ev.NoLeader.LastTerm, Reason: ev.NoLeader.Reason})
 			default:
 				// The backend's stream ended. Say so, then follow a
 				// new one, whose first event is the current state.
@@ -383,6 +391,39 @@ func (s *Server) reobserve(ctx context.Context, el backend.Elections, name strin
 			return nil, false
 		}
 	}
+}
+
+// An observe event's id names the state it leaves the election in: "l.<term>.<value hash>"
+// for a leader, "n.<last term>" for none. lockd keeps no log of past
+// events; a reconnect resumes from the state its Last-Event-ID names.
+func electionEventID(ev backend.ElectionEvent) string {
+	if ev.Leader != nil {
+		h := fnv.New64a()
+		h.Write([]byte(ev.Leader.Value))
+		return fmt.Sprintf("l.%d.%016x", ev.Leader.Term, h.Sum64())
+	}
+	return fmt.Sprintf("n.%d", ev.NoLeader.LastTerm)
+}
+
+// resumeFrom decides how a stream resumed from Last-Event-ID id goes on,
+// given its first event (the election's state now): skip it (the client
+// has seen this very state) or send it, and whether changes may have been
+// missed in between (gap: resync first). Terms only increase and each names
+// one leadership, so from a leader the client saw, the same term with
+// another value is a proclaim (coalesced), and no leader after that same
+// term is its end: neither hides a change. Anything else may have (a term
+// that came and went), and so may a state with no last term to go by.
+func resumeFrom(id string, first backend.ElectionEvent) (skip, gap bool) {
+	now := electionEventID(first)
+	switch {
+	case now == id && (first.Leader != nil || first.NoLeader.LastTerm > 0):
+		return true, false
+	case first.Leader != nil && strings.HasPrefix(id, fmt.Sprintf("l.%d.", first.Leader.Term)):
+		return false, false
+	case first.NoLeader != nil && first.NoLeader.LastTerm > 0 && strings.HasPrefix(id, fmt.Sprintf("l.%d.", first.NoLeader.LastTerm)):
+		return false, false
+	}
+	return false, true
 }
 
 // startSSE answers 200 text/event-stream, for proxies not to buffer.

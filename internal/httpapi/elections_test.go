@@ -291,3 +291,61 @@ func TestObserveResyncWhenBackendStreamEnds(t *testing.T) {
 		t.Fatalf("after the resync and a campaign: %+v, want leader", ev)
 	}
 }
+
+// A reconnect resumes from the state its Last-Event-ID names: with the same
+// leader and value nothing is repeated and the next change comes next; a
+// proclaim or the leader's end made meanwhile comes as itself (nothing can
+// hide between); a new term, or an id lockd does not know, gets resync and
+// the current state.
+func TestObserveResumesFromState(t *testing.T) {
+	s := newSpecServer(t, httpapi.Options{StreamPing: time.Hour})
+	const path = "/v1/elections/obs.r/observe"
+	open := func(last string) <-chan sseEvent {
+		ctx, cancel := context.WithCancel(t.Context())
+		t.Cleanup(cancel)
+		h := http.Header{}
+		if last != "" {
+			h.Set("Last-Event-ID", last)
+		}
+		return stream(t, observe(t, ctx, s.url+path, h))
+	}
+	a := s.do("POST", "/v1/elections/obs.r/campaign", `{"ttl_ms": 30000, "owner": "a", "value": "v1"}`)
+	s.want(a, 200, "")
+	lid := a.json["lease_id"].(string)
+	first := nextSSE(t, open(""), true)
+	if first.event != "leader" || first.data["value"] != "v1" {
+		t.Fatalf("first event %+v, want leader v1", first)
+	}
+
+	// Same state: no resync, no repeat; the next change is the next event.
+	same := open(first.id)
+	time.Sleep(300 * time.Millisecond) // the stream has read the state
+	s.want(s.do("POST", "/v1/elections/obs.r/proclaim", `{"lease_id": "`+lid+`", "value": "v2"}`), 200, "")
+	ev := nextSSE(t, same, true)
+	if ev.event != "leader" || ev.data["value"] != "v2" || ev.data["term"] != a.json["term"] {
+		t.Fatalf("resumed in the same state, then a proclaim: %+v, want leader v2 (no resync, no repeat of v1)", ev)
+	}
+
+	// A proclaim made while away comes as itself.
+	s.want(s.do("POST", "/v1/elections/obs.r/proclaim", `{"lease_id": "`+lid+`", "value": "v3"}`), 200, "")
+	if ev2 := nextSSE(t, open(ev.id), true); ev2.event != "leader" || ev2.data["value"] != "v3" {
+		t.Fatalf("resumed after a proclaim made meanwhile: %+v, want leader v3 without resync", ev2)
+	}
+	v3 := nextSSE(t, same, true)
+
+	// A new term meanwhile (a resign and another campaign): resync.
+	s.want(s.do("POST", "/v1/elections/obs.r/resign", `{"lease_id": "`+lid+`"}`), 204, "")
+	s.want(s.do("POST", "/v1/elections/obs.r/campaign", `{"ttl_ms": 30000, "owner": "b", "value": "w"}`), 200, "")
+	later := open(v3.id)
+	if ev := nextSSE(t, later, true); ev.event != "resync" {
+		t.Fatalf("resumed after a new term: %+v, want resync", ev)
+	}
+	if ev := nextSSE(t, later, true); ev.event != "leader" || ev.data["owner"] != "b" {
+		t.Fatalf("after the resync: %+v, want the current leader b", ev)
+	}
+
+	// An id lockd never gave: resync.
+	if ev := nextSSE(t, open("0123abcd-7"), true); ev.event != "resync" {
+		t.Fatalf("an unknown id: %+v, want resync", ev)
+	}
+}

@@ -68,7 +68,8 @@ type Server struct {
 	leases  leaseBook
 	rates   rateBook
 
-	clock clockWatch
+	clock  clockWatch
+	routes routeCache
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed by Stopping: long polls end with shutting_down
@@ -205,7 +206,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
-		route := chi.RouteContext(r.Context()).RoutePattern()
+		route := s.routes.pattern(chi.RouteContext(r.Context()))
 		if route == "" {
 			route = "unmatched"
 		}
@@ -216,9 +217,56 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			}
 		}
 		took := time.Since(start)
-		s.m.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Observe(took.Seconds())
-		s.log.Debug("request", "method", r.Method, "route", route, "key", chi.URLParam(r, "key"), "status", sw.status, "took", took)
+		s.m.requests.WithLabelValues(route, r.Method, statusLabel(sw.status)).Observe(took.Seconds())
+		if s.log.Enabled(r.Context(), slog.LevelDebug) { // its attributes cost allocations
+			s.log.Debug("request", "method", r.Method, "route", route, "key", chi.URLParam(r, "key"), "status", sw.status, "took", took)
+		}
 	})
+}
+
+// routeCache keeps each route's pattern: chi builds it anew for every
+// request from its parts, at a few allocations each time. The keys are the
+// router's own patterns, so the cache holds one entry per route.
+type routeCache struct {
+	mu sync.RWMutex
+	m  map[[3]string]string
+}
+
+func (c *routeCache) pattern(rc *chi.Context) string {
+	if rc == nil || len(rc.RoutePatterns) > 3 {
+		return rc.RoutePattern()
+	}
+	var parts [3]string
+	copy(parts[:], rc.RoutePatterns)
+	c.mu.RLock()
+	p, ok := c.m[parts]
+	c.mu.RUnlock()
+	if ok {
+		return p
+	}
+	p = rc.RoutePattern()
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[[3]string]string{}
+	}
+	c.m[parts] = p
+	c.mu.Unlock()
+	return p
+}
+
+// statusLabels are the status codes as metric labels, made once.
+var statusLabels = func() (l [600]string) {
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func statusLabel(code int) string {
+	if code >= 0 && code < len(statusLabels) {
+		return statusLabels[code]
+	}
+	return strconv.Itoa(code)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
@@ -374,12 +422,16 @@ func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx conte
 	}
 	if g.Replayed {
 		// The same grant as the first attempt's, already counted.
-		s.audit("grant_replayed", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID))
+		if s.auditing() {
+			s.audit("grant_replayed", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID))
+		}
 		w.Header().Set(replayedHeader, "true")
 		writeJSON(w, http.StatusOK, toGrantJSON(g))
 		return
 	}
-	s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())
+	if s.auditing() {
+		s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())
+	}
 	writeJSON(w, http.StatusOK, toGrantJSON(g))
 }
 
@@ -472,7 +524,9 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.audit("release", r, "key", key, "lease", leaseHash(id))
+	if s.auditing() {
+		s.audit("release", r, "key", key, "lease", leaseHash(id))
+	}
 	s.leases.released(principal(r).Name, key, id)
 	w.WriteHeader(http.StatusNoContent)
 }

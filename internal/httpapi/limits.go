@@ -350,6 +350,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			continue
 		}
 		l.m.conns.Inc()
+		l.m.accepted.Inc()
 		return &countedConn{Conn: c, l: l}, nil
 	}
 }

@@ -25,6 +25,7 @@ type Metrics struct {
 	expired  prometheus.Counter
 	limited  *prometheus.CounterVec
 	conns    prometheus.Gauge
+	accepted prometheus.Counter
 
 	clockOffset      prometheus.Gauge
 	clockUncertainty prometheus.Gauge
@@ -73,6 +74,10 @@ func NewMetrics() *Metrics {
 			Name: "lockd_open_connections",
 			Help: "Client connections open on this replica.",
 		}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lockd_connections_accepted_total",
+			Help: "Client connections accepted on this replica (not those closed at accept by --max-connections); an HTTP/2 client carries all its requests on one.",
+		}),
 		clockOffset: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lockd_clock_offset_seconds",
 			Help: "This replica's clock minus the backend's shared reference (the store's clock, or the median of the replicas'), last measured; absent on backends whose leases run on the store's clock.",
@@ -90,7 +95,7 @@ func NewMetrics() *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(build)
-	m.reg.MustRegister(m.requests, m.acquires, m.sessions, m.held, m.waiters, m.streams, m.expired, m.limited, m.conns, m.clockOffset, m.clockUncertainty,
+	m.reg.MustRegister(m.requests, m.acquires, m.sessions, m.held, m.waiters, m.streams, m.expired, m.limited, m.conns, m.accepted, m.clockOffset, m.clockUncertainty,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

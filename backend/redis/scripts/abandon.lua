@@ -11,11 +11,12 @@ end
 local idempotent = ARGV[4] == '1'
 local now = now_ms()
 reap(now)
-local h = redis.call('HMGET', lock, 'id', 'token', 'owner', 'value')
+local h = redis.call('HMGET', lock, 'id', 'token', 'owner', 'value', 's')
 local id = h[1]
 if id == ARGV[2] then
   if not idempotent then
     redis.call('DEL', lock)
+    if h[5] then redis.call('SREM', h[5] .. ':g', base_of()) end
     emit(now, 'r', h[2], h[3], h[4], 0)
     id = false
   end

@@ -1,21 +1,35 @@
 -- ARGV: lease id, owner, ttl ms, waiter id ('' for a single try), heartbeat
 -- timeout ms, idempotency fingerprint ('' for none), idempotency record
 -- retention ms, value (an election's; '' for a lock). KEYS[6] is the
--- idempotency record (unused without one).
--- Returns {granted, owner, token, expires ms, now ms, held, lease id};
--- granted is 1 (granted, under the lease id returned), 0 (not yet), or for
--- an idempotent retry -1 (its grant ended), -2 (the key was used by another
--- request) or -3 (its first attempt still waits: {-3, lease id, waiter id}
--- to wait in its place).
+-- idempotency record (unused without one); KEYS[7], when given, the session
+-- hash the grant is to live in (ARGV[3] is then unused).
+-- Returns {granted, owner, token, expires ms, now ms, held, lease id, ttl
+-- ms, in a session (1/0), the session's deadline (0: none)}; granted is 1
+-- (granted, under the lease id returned), 0 (not yet), -4 (the session is
+-- over: nothing was done), or for an idempotent retry -1 (its grant ended),
+-- -2 (the key was used by another request) or -3 (its first attempt still
+-- waits: {-3, lease id, waiter id} to wait in its place).
 local waiter = ARGV[4]
 local idem, record = ARGV[6] or '', KEYS[6]
+local skey = KEYS[7]
+
+-- The answer for the grant in the lock hash h = {owner, token, exp, ttl, s}.
+local function granted(h, now, id)
+  local exp, ttl, ins = tonumber(h[3]), tonumber(h[4]) or 0, 0
+  if h[5] then
+    exp, ttl = session_deadline(h[5])
+    ins = 1
+  end
+  return {1, h[1], tonumber(h[2]), exp, now, 0, id, ttl, ins, 0}
+end
+
 if idem ~= '' then
   local r = redis.call('HMGET', record, 'f', 'l', 'w')
   if r[1] and r[2] ~= ARGV[1] then
     if r[1] ~= idem then return {-2} end
-    local h = redis.call('HMGET', lock, 'id', 'owner', 'token', 'exp')
-    if h[1] == r[2] then
-      return {1, h[2], tonumber(h[3]), tonumber(h[4]), now_ms(), 0, r[2]}
+    local h = redis.call('HMGET', lock, 'owner', 'token', 'exp', 'ttl', 's', 'id')
+    if h[6] == r[2] then
+      return granted(h, now_ms(), r[2])
     end
     if r[3] ~= '' and redis.call('ZSCORE', beats, r[3]) then
       return {-3, r[2], r[3]}
@@ -26,6 +40,14 @@ end
 local now = now_ms()
 reap(now)
 local head = prune(now)
+
+-- The session, when the grant is to live in one: over means nothing is
+-- granted or queued in it (never resurrected).
+local sexp, sttl = 0, 0
+if skey then
+  sexp, sttl = session_deadline(skey)
+  if sexp <= now then return {-4} end
+end
 
 local function remember()
   if idem == '' then return end
@@ -45,30 +67,45 @@ local function enqueue()
   remember()
 end
 
-local h = redis.call('HMGET', lock, 'owner', 'token', 'exp', 'id')
-if h[4] == ARGV[1] then
+local h = redis.call('HMGET', lock, 'owner', 'token', 'exp', 'ttl', 's', 'id')
+if h[6] == ARGV[1] then
   -- Our own grant (a re-run after a lost reply, or a twin waiting in the
   -- same place): the same grant again.
-  return {1, h[1], tonumber(h[2]), tonumber(h[3]), now, 0, ARGV[1]}
+  return granted(h, now, ARGV[1])
 end
 if h[2] then
   enqueue()
-  return {0, h[1], tonumber(h[2]), tonumber(h[3]), now, 1}
+  return {0, h[1], tonumber(h[2]), deadline(h[3], h[5]), now, 1, '', 0, 0, sexp}
 end
 if head and head ~= waiter then
   -- Free, but promised to the waiter at the head, who has been woken.
   enqueue()
-  return {0, '', 0, 0, now, 0}
+  return {0, '', 0, 0, now, 0, '', 0, 0, sexp}
 end
 if head then
   redis.call('LPOP', queue)
   redis.call('ZREM', beats, waiter)
 end
 local token = redis.call('INCR', fence)
-local exp = now + tonumber(ARGV[3])
 local value = ARGV[8] or ''
+if skey then
+  -- Valid while the session is; the key's own expiry is only a bound for
+  -- garbage, past the session's deadline (session_renew.lua moves it on
+  -- before the session can outlive it).
+  local gc = tonumber(redis.call('HGET', skey, 'gc')) or (sexp + keep_ms)
+  redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', sexp, 'ttl', sttl, 'value', value, 's', skey)
+  redis.call('PEXPIRE', lock, gc - now)
+  local set = skey .. ':g'
+  redis.call('SADD', set, base_of())
+  redis.call('PEXPIRE', set, sexp - now)
+  emit(now, 'a', token, ARGV[2], value, sexp)
+  redis.call('PEXPIRE', stream, gc - now + keep_ms)
+  remember()
+  return {1, ARGV[2], token, sexp, now, 0, ARGV[1], sttl, 1, 0}
+end
+local exp = now + tonumber(ARGV[3])
 redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3], 'value', value)
 redis.call('PEXPIRE', lock, ARGV[3])
 emit(now, 'a', token, ARGV[2], value, exp)
 remember()
-return {1, ARGV[2], token, exp, now, 0, ARGV[1]}
+return {1, ARGV[2], token, exp, now, 0, ARGV[1], tonumber(ARGV[3]), 0, 0}

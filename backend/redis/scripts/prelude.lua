@@ -4,6 +4,35 @@
 -- so one cluster slot.
 local lock, fence, queue, beats, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
+-- use points the functions below at another key's keys, by their common
+-- base (what a session's grant set holds): session_close.lua releases the
+-- grants of many keys in one run. The session scripts are for one Redis
+-- (standalone or Sentinel), where a script may reach keys it was not
+-- given; Redis Cluster has no sessions (sessions.go).
+local function use(base)
+  lock, fence, queue, beats, stream = base .. 'lock', base .. 'fence', base .. 'q', base .. 'qt', base .. 'ev'
+end
+
+-- The base of the current key's keys: how a session's grant set names it.
+local function base_of()
+  return string.sub(lock, 1, -5)
+end
+
+-- A grant made in a session (field s of the lock hash: the session hash's
+-- key) has no deadline of its own: it is valid while the session is, with
+-- the session's deadline and TTL. A session gone (expired, closed) reads as
+-- a deadline long past. Returns the deadline and the TTL in ms.
+local function session_deadline(s)
+  local r = redis.call('HMGET', s, 'exp', 'ttl')
+  return tonumber(r[1]) or 0, tonumber(r[2]) or 0
+end
+
+-- The deadline of a holder whose lock hash has exp e and session s.
+local function deadline(e, s)
+  if s then return (session_deadline(s)) end
+  return tonumber(e)
+end
+
 -- Redis's own clock in Unix ms: every replica of lockd agrees on it.
 local function now_ms()
   local t = redis.call('TIME')
@@ -58,9 +87,9 @@ end
 -- renew, an observer's timer at the deadline) removes a grant whose deadline
 -- passed and logs its expiry, once.
 local function reap(now)
-  local h = redis.call('HMGET', lock, 'token', 'exp')
+  local h = redis.call('HMGET', lock, 'token', 'exp', 's')
   if h[1] then
-    local e = tonumber(h[2])
+    local e = deadline(h[2], h[3])
     if not e or e > now then return end
     redis.call('DEL', lock)
   end

@@ -1,11 +1,13 @@
 -- ARGV: lease id, ttl ms (0: keep the lease's TTL). Returns {owner, token,
--- expires ms, ttl ms, value} or 0 when the lease does not hold the lock (an
--- expired key is gone: no resurrection). A renewal is not an event; it keeps
--- the event log as long as the lease.
+-- expires ms, ttl ms, value}, 0 when the lease does not hold the lock (an
+-- expired key is gone: no resurrection), or -1 when it holds it in a
+-- session (renewed only through the session). A renewal is not an event;
+-- it keeps the event log as long as the lease.
 local now = now_ms()
 reap(now)
-local h = redis.call('HMGET', lock, 'id', 'owner', 'token', 'ttl', 'value')
+local h = redis.call('HMGET', lock, 'id', 'owner', 'token', 'ttl', 'value', 's')
 if h[1] ~= ARGV[1] then return 0 end
+if h[6] then return -1 end
 local ttl = tonumber(ARGV[2])
 -- (a grant written before TTLs were stored keeps its remaining time)
 if ttl == 0 then ttl = tonumber(h[4]) or redis.call('PTTL', lock) end
