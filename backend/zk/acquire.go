@@ -2,6 +2,7 @@ package zk
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -36,7 +37,26 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 	if req.Idempotency.Key != "" {
 		a.rec = b.idemPath(req.Idempotency.Key)
 	}
-	g, err := a.run(ctx)
+	if req.Session != "" {
+		if !lease.ValidID(req.Session) {
+			return backend.Grant{}, backend.ErrSessionExpired
+		}
+		a.sess = sessionHash(req.Session)
+	}
+	run := a.run
+	if a.sess != "" && req.Wait > 0 {
+		// A wait in a session ends when the session does (etcd#19597).
+		run = func(ctx context.Context) (backend.Grant, error) {
+			sctx, stop := b.watchSession(ctx, a.sess)
+			defer stop()
+			g, err := a.run(sctx)
+			if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errSessionOver) {
+				return g, fmt.Errorf("zk acquire %q: %w", req.Key, backend.ErrSessionExpired)
+			}
+			return g, err
+		}
+	}
+	g, err := run(ctx)
 	g.Replayed = err == nil && a.replay
 	return g, err
 }
@@ -60,6 +80,8 @@ type acquirer struct {
 	// replay: the node is an earlier attempt's (same idempotency key); this
 	// acquire only waits for its grant and never removes it.
 	replay bool
+	// sess is the hash of the session the acquire is made in, or "".
+	sess string
 }
 
 var errClosed = errors.New("backend closed")
@@ -100,7 +122,7 @@ func (a *acquirer) run(ctx context.Context) (backend.Grant, error) {
 // unreachable, or ctx ended): our node, if any, leaves the queue — now if
 // possible, else in the background — and nothing is left behind.
 func (a *acquirer) fail(err error) error {
-	if !isCtx(err) && !errors.Is(err, backend.ErrUnavailable) {
+	if !isCtx(err) && !errors.Is(err, backend.ErrUnavailable) && !errors.Is(err, backend.ErrSessionExpired) {
 		err = unavailable("acquire", err)
 	}
 	if a.replay {
@@ -135,6 +157,9 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 			if isCtx(err) {
 				return g, true, a.fail(err)
 			}
+			if errors.Is(err, backend.ErrSessionExpired) {
+				return g, true, err
+			}
 			return g, false, err
 		}
 		if a.name == "" {
@@ -150,6 +175,9 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 			g, err := a.claim(ctx, self)
 			if errors.Is(err, backend.ErrLeaseExpired) {
 				return g, true, err
+			}
+			if errors.Is(err, backend.ErrSessionExpired) {
+				return g, true, a.fail(err)
 			}
 			if err == nil {
 				return g, true, nil
@@ -195,6 +223,9 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		if errors.Is(err, backend.ErrLeaseExpired) {
 			return g, true, err
 		}
+		if errors.Is(err, backend.ErrSessionExpired) {
+			return g, true, a.fail(err)
+		}
 		if err != nil {
 			if isConflict(err) {
 				return g, false, nil
@@ -228,7 +259,7 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	}
 	now := a.b.clock.Now()
 	if head.data.overdue(a.b.clock) {
-		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version, head.stat.Czxid); err != nil && !isConflict(err) {
+		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version, head.stat.Czxid, a.b.sessionGuard(head)...); err != nil && !isConflict(err) {
 			return g, false, err
 		}
 		return g, false, nil
@@ -299,11 +330,26 @@ func (a *acquirer) create(ctx context.Context) error {
 	}
 	// The end of the wait, written by this replica's clock for others to read.
 	waitUntil := a.b.clock.Now().Add(time.Until(a.waitEnd) + a.b.grace)
-	name := nodeName(a.secret, a.req.TTL, waitUntil, a.req.Owner)
 	for attempt := 0; ; attempt++ {
 		data := nodeData{Deadline: a.b.clock.Deadline(a.req.TTL).UnixMilli(), TTL: a.req.TTL.Milliseconds(), Value: a.value}
-		p, noShard, err := a.createNode(ctx, a.kp+"/"+name, data.encode())
+		sessVer := int32(-1)
+		if a.sess != "" {
+			// In a session: it must run now, and still be as read when
+			// the node joins it.
+			d, st, err := a.b.readSession(ctx, a.sess)
+			if errors.Is(err, zk.ErrNoNode) || err == nil && !a.b.clock.Valid(time.UnixMilli(d.Deadline)) {
+				return fmt.Errorf("zk acquire %q: %w", a.req.Key, backend.ErrSessionExpired)
+			}
+			if err != nil {
+				return err
+			}
+			data.Deadline, data.TTL, sessVer = d.Deadline, d.TTL, st.Version
+		}
+		name := nodeName(a.secret, time.Duration(data.TTL)*time.Millisecond, waitUntil, a.req.Owner, a.sess)
+		p, noShard, err := a.createNode(ctx, a.kp+"/"+name, data.encode(), sessVer)
 		switch {
+		case errors.Is(err, errSessionMoved) && attempt < 5:
+			continue // renewed, closed or swept meanwhile: read it again
 		case err == nil:
 			a.name = path.Base(p)
 			if a.rec != "" {
@@ -343,24 +389,48 @@ func (a *acquirer) create(ctx context.Context) error {
 	}
 }
 
-// createNode creates our queue node at p (sequential) and, for an acquire
-// with an idempotency key, its record in the same multi-op. noShard reports
-// that the record's parent is missing.
-func (a *acquirer) createNode(ctx context.Context, p string, data []byte) (created string, noShard bool, err error) {
-	if a.rec == "" {
+// errSessionMoved: the session node changed (or went) between its read and
+// the create that checks it.
+var errSessionMoved = errors.New("session node changed")
+
+// createNode creates our queue node at p (sequential) and, in the same
+// multi-op, for an acquire with an idempotency key its record, and for one
+// in a session the check that the session node is still at sessVer and the
+// session's index entry (session.go). noShard reports that the record's
+// parent is missing.
+func (a *acquirer) createNode(ctx context.Context, p string, data []byte, sessVer int32) (created string, noShard bool, err error) {
+	if a.rec == "" && a.sess == "" {
 		created, err = call(ctx, func() (string, error) { return a.b.conn.Create(p, data, zk.FlagSequence, a.b.acl) })
 		return created, false, err
 	}
-	res, err := call(ctx, func() ([]zk.MultiResponse, error) {
-		return a.b.conn.Multi(
-			&zk.CreateRequest{Path: a.rec, Data: a.b.newRecord(a.req, a.secret), Acl: a.b.acl, Flags: zk.FlagPersistent},
-			&zk.CreateRequest{Path: p, Data: data, Acl: a.b.acl, Flags: zk.FlagSequence})
-	})
+	var ops []any
+	if a.sess != "" {
+		sp := a.b.sessionPath(a.sess)
+		idx, _ := json.Marshal(indexEntry{Key: a.req.Key, Elections: a.b.elections})
+		ops = append(ops, &zk.CheckVersionRequest{Path: sp, Version: sessVer},
+			&zk.CreateRequest{Path: sp + "/" + nodeHash(a.secret), Data: idx, Acl: a.b.acl, Flags: zk.FlagPersistent})
+	}
+	recAt := len(ops)
+	if a.rec != "" {
+		ops = append(ops, &zk.CreateRequest{Path: a.rec, Data: a.b.newRecord(a.req, a.secret), Acl: a.b.acl, Flags: zk.FlagPersistent})
+	}
+	ops = append(ops, &zk.CreateRequest{Path: p, Data: data, Acl: a.b.acl, Flags: zk.FlagSequence})
+	res, err := call(ctx, func() ([]zk.MultiResponse, error) { return a.b.conn.Multi(ops...) })
 	if err != nil {
 		// The first op with an error is the one that failed.
-		return "", len(res) > 0 && res[0].Error != nil && errors.Is(err, zk.ErrNoNode), err
+		failed := -1
+		for i, r := range res {
+			if r.Error != nil {
+				failed = i
+				break
+			}
+		}
+		if a.sess != "" && failed == 0 {
+			return "", false, errSessionMoved
+		}
+		return "", a.rec != "" && failed == recAt && errors.Is(err, zk.ErrNoNode), err
 	}
-	return res[1].String, false, nil
+	return res[len(res)-1].String, false, nil
 }
 
 // claim is holding for an acquire of our own, and for a retry of an
@@ -420,7 +490,16 @@ func (b *Backend) findNode(ctx context.Context, kp, prefix string) (string, erro
 // the TTL remain, else restarted now. A deadline that passed before we
 // noticed the grant is restarted too. Either write is versioned: a competing
 // removal of our node wins or loses against it as a whole.
+//
+// A node in a session holds until its session's deadline (r carries it):
+// nothing to write, and a session over ends the acquire.
 func (a *acquirer) holding(ctx context.Context, r nodeRead) (backend.Grant, error) {
+	if r.sess != "" {
+		if !r.data.valid(a.b.clock) {
+			return backend.Grant{}, fmt.Errorf("zk acquire %q: %w", a.req.Key, backend.ErrSessionExpired)
+		}
+		return a.grant(r), nil
+	}
 	now := a.b.clock.Now()
 	remaining := r.data.deadline().Sub(now)
 	if remaining <= 0 || r.stat.Version == 0 && remaining < a.req.TTL*9/10 {
@@ -444,6 +523,10 @@ func (a *acquirer) grant(r nodeRead) backend.Grant {
 		Owner:     a.req.Owner,
 		TTL:       time.Duration(r.data.TTL) * time.Millisecond,
 		ExpiresAt: time.UnixMilli(r.data.Deadline),
+		Session:   r.sess != "",
+	}
+	if g.Session {
+		return g // every use reads the session: nothing worth caching
 	}
 	a.b.grants.put(g.LeaseID, cached{
 		key: a.req.Key, name: a.name, owner: a.req.Owner,
@@ -533,6 +616,9 @@ func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRea
 			err = b.delete(ctx, kp+"/"+name, r.stat.Version)
 		}
 		if err == nil || errors.Is(err, zk.ErrNoNode) && i > 0 {
+			if i > 0 {
+				b.dropIndex(q[i])
+			}
 			return nil
 		}
 		if !isConflict(err) {

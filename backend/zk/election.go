@@ -124,7 +124,7 @@ func (el elections) Features() backend.ElectionFeatures {
 // Campaign implements backend.Elections: an acquire of the election's queue
 // whose node carries the value.
 func (el elections) Campaign(ctx context.Context, req backend.CampaignRequest) (backend.Leadership, error) {
-	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait}, req.Value)
+	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session}, req.Value)
 	if errors.Is(err, backend.ErrHeld) {
 		ne := &backend.NotLeaderError{Name: req.Name}
 		if st, lerr := el.Leader(ctx, req.Name); lerr == nil {
@@ -172,6 +172,10 @@ func (el elections) Proclaim(ctx context.Context, name, leaseID, value string) (
 		d.Value = value
 		st, err := call(ctx, func() (*zk.Stat, error) { return b.conn.Set(p, d.encode(), r.stat.Version) })
 		switch {
+		case err == nil && r.sess != "":
+			// Not cached: a session's deadline is read with every use.
+			return backend.Leadership{Name: name, LeaseID: leaseID, Term: uint64(r.stat.Czxid), Owner: q[0].owner, Value: value,
+				TTL: time.Duration(d.TTL) * time.Millisecond, ExpiresAt: d.deadline()}, nil
 		case err == nil:
 			b.grants.put(leaseID, cached{key: name, name: q[0].name, owner: q[0].owner, version: st.Version,
 				deadline: d.Deadline, ttl: d.TTL, token: r.stat.Czxid, value: value})

@@ -121,6 +121,36 @@ func TestObserveTermBetweenTwoReads(t *testing.T) {
 	}, 20*time.Second)
 }
 
+// A proclaim and the resign right after it, both between a watch's event
+// and the read it triggers, still deliver the proclaimed value before the
+// end of the term: the term log holds the value the term ended with.
+// (Proclaims may coalesce, but the last value of a term is never lost.)
+func TestObserveProclaimThenResignBetweenTwoReads(t *testing.T) {
+	z := sharedZK(t, 1)
+	proxy := zkProxy(t, z.Addr(0))
+	slowLink(t, proxy, 200)
+	watcher := newBackend(t, []string{proxy.Listen}, Options{}).Elections()
+	el := newBackend(t, z.Addrs(), Options{}).Elections()
+	name := uniqueKey(t)
+	ctx, cancel := context.WithCancel(ctxFor(t, 60*time.Second))
+	defer cancel()
+
+	one := campaignZK(t, el, backend.CampaignRequest{Name: name, Owner: "one", Value: "1a", TTL: 20 * time.Second})
+	events, err := watcher.Observe(ctx, name)
+	if err != nil {
+		t.Fatalf("Observe: %v", err)
+	}
+	observeUntil(t, events, []step{{one.Term, "1a", ""}}, 10*time.Second)
+	time.Sleep(time.Second) // the observer's watches are set
+	if _, err := el.Proclaim(ctx, name, one.LeaseID, "1b"); err != nil {
+		t.Fatalf("Proclaim: %v", err)
+	}
+	if err := el.Resign(ctx, name, one.LeaseID); err != nil {
+		t.Fatalf("Resign: %v", err)
+	}
+	observeUntil(t, events, []step{{one.Term, "1b", ""}, {one.Term, "", backend.ReasonResigned}}, 20*time.Second)
+}
+
 // An observer goes on through a ZooKeeper restart (SIGKILL, then the same
 // data): no error event, and the changes made once the server is back reach
 // it in order.

@@ -20,6 +20,12 @@ import (
 // reading each waiter:
 //
 //	_c_<hash>-<ttl ms>-<wait until, Unix ms>-<owner, base64url>-lock-<seq>
+//	_c_<hash>-<ttl ms>s<session>-<wait until>-<owner>-lock-<seq>   (in a session)
+//
+// A node made in a session (session.go) carries the session's hash after its
+// TTL (the session's TTL when it queued); its deadline is the session's,
+// read next to it wherever the node is read (Backend.read), and the deadline
+// in its data only fills the field. Names without it are read as before.
 //
 // "_c_<hash>-" is Curator's protected prefix: hash is 128 bits of SHA-256
 // of the lease's secret. The node's data holds what changes: the lease
@@ -73,6 +79,7 @@ type child struct {
 	ttl       time.Duration
 	waitUntil int64 // Unix ms: queued behind the head after this, it is abandoned
 	owner     string
+	session   string // the session's hash (session.go); "" for a lease of its own
 }
 
 // abandoned reports whether the waiter may be removed from the queue, by
@@ -90,8 +97,12 @@ func protected(secret string) string { return protectedPrefix + nodeHash(secret)
 
 // nodeName is the name, without the sequence number ZooKeeper appends, of the
 // node an acquire creates.
-func nodeName(secret string, ttl time.Duration, waitUntil time.Time, owner string) string {
-	return fmt.Sprintf("%s%d-%d-%s%s", protected(secret), ttl.Milliseconds(), waitUntil.UnixMilli(),
+// sess is the session's hash, or "".
+func nodeName(secret string, ttl time.Duration, waitUntil time.Time, owner, sess string) string {
+	if sess != "" {
+		sess = "s" + sess
+	}
+	return fmt.Sprintf("%s%d%s-%d-%s%s", protected(secret), ttl.Milliseconds(), sess, waitUntil.UnixMilli(),
 		base64.RawURLEncoding.EncodeToString([]byte(owner)), lockMarker)
 }
 
@@ -114,13 +125,30 @@ func parseChild(name string) (c child, ok bool) {
 	if len(parts) != 3 {
 		return c, false
 	}
-	ttl, err1 := strconv.ParseInt(parts[0], 10, 64)
+	ttlPart, sess, inSession := strings.Cut(parts[0], "s")
+	if inSession && !isHex(sess, hashLen) {
+		return c, false
+	}
+	ttl, err1 := strconv.ParseInt(ttlPart, 10, 64)
 	waitUntil, err2 := strconv.ParseInt(parts[1], 10, 64)
 	owner, err3 := base64.RawURLEncoding.DecodeString(parts[2])
 	if err1 != nil || err2 != nil || err3 != nil {
 		return c, false
 	}
-	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner)}, true
+	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner), session: sess}, true
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil && strings.ToLower(s) == s
+}
+
+// secretHash is the hash of the lease's secret that c's name shows.
+func (c child) secretHash() string {
+	return c.name[len(protectedPrefix) : len(protectedPrefix)+hashLen]
 }
 
 // leaseID is "<secret>.<seq>": the capability, and where its node is.
@@ -159,9 +187,15 @@ func indexOf(q []child, name string) int {
 	return -1
 }
 
-// nodeRead is a node's data and stat.
+// nodeRead is a node's data and stat. For a node in a session, data's
+// Deadline and TTL are the session's as read with it (session.go).
 type nodeRead struct {
 	data nodeData
 	stat *zk.Stat
 	raw  []byte // only where the data is not a queue node's
+	// sess is the node's session hash; sessVer the version its session's
+	// node was read at, unless sessGone: it no longer exists.
+	sess     string
+	sessVer  int32
+	sessGone bool
 }

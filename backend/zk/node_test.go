@@ -14,7 +14,7 @@ func TestNodeNameRoundTrip(t *testing.T) {
 	until := time.UnixMilli(1_790_000_000_123)
 	for _, owner := range []string{"", "w1", "-lock-", "a-lock-0000000001", "ünïcødé / spaces", strings.Repeat("x", 256)} {
 		secret := lease.NewID()
-		name := nodeName(secret, 1500*time.Millisecond, until, owner) + "0000000042"
+		name := nodeName(secret, 1500*time.Millisecond, until, owner, "") + "0000000042"
 		c, ok := parseChild(name)
 		if !ok {
 			t.Fatalf("parseChild(%q) failed", name)

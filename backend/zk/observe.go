@@ -146,6 +146,15 @@ func (tr *tracker) publish(v view) (time.Time, error) {
 // takeLogged takes in one ended grant of the log.
 func (tr *tracker) takeLogged(t endedTerm) error {
 	if tr.cur != nil && tr.cur.id == t.Term {
+		if tr.cur.value != t.Value {
+			// Proclaimed again before it ended, unseen: the last value
+			// of a term is never lost (earlier ones may coalesce).
+			last := *tr.cur
+			last.value = t.Value
+			if err := tr.sink.changed(last); err != nil {
+				return err
+			}
+		}
 		return tr.end(t.Term, t.Reason)
 	}
 	if t.Term <= tr.max {

@@ -55,6 +55,13 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			if err != nil {
 				return backend.Grant{}, "", unavailable("renew", err)
 			}
+			if r.sess != "" {
+				// Renewed only through its session (r has its deadline).
+				if r.data.valid(b.clock) {
+					return backend.Grant{}, "", fmt.Errorf("zk renew %q: %w", key, backend.ErrSessionBound)
+				}
+				return backend.Grant{}, "", leaseExpired("renew", key)
+			}
 			c = cached{key: key, name: q[i].name, owner: q[i].owner, version: r.stat.Version, deadline: r.data.Deadline, ttl: r.data.TTL, token: r.stat.Czxid, value: r.data.Value}
 		}
 		now := b.clock.Now()
@@ -105,6 +112,7 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	}
 	kp := b.keyPath(key)
 	c, cachedOK := b.grants.get(leaseID, key)
+	var guard []any // the head's session as read, for its removal as expired
 	for attempt := 0; attempt < 20; attempt++ {
 		// The queue names the waiter to hand on to; the grant cache, if it
 		// knows the lease, saves reading the node.
@@ -130,6 +138,7 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 				return unavailable("release", err)
 			}
 			c = cached{key: key, name: q[0].name, version: r.stat.Version, deadline: r.data.Deadline, token: r.stat.Czxid}
+			guard = b.sessionGuard(r)
 		}
 		if !b.clock.Valid(time.UnixMilli(c.deadline)) {
 			if fromCache {
@@ -139,7 +148,7 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 			// once nobody could still count on it.
 			b.grants.drop(leaseID)
 			if b.clock.Overdue(time.UnixMilli(c.deadline)) {
-				if err := b.expireHead(ctx, key, q, c.version, c.token); err != nil && !isConflict(err) {
+				if err := b.expireHead(ctx, key, q, c.version, c.token, guard...); err != nil && !isConflict(err) {
 					return unavailable("release", err)
 				}
 			}

@@ -22,7 +22,7 @@ func TestLongestOwnerFits(t *testing.T) {
 	b := newBackend(t, z.Addrs(), Options{})
 	key := uniqueKey(t)
 	owner := strings.Repeat("😀", lease.MaxOwner)
-	if got := len(nodeName(strings.Repeat("s", 32), lease.MaxTTL, time.Now(), owner)); got < 1400 {
+	if got := len(nodeName(strings.Repeat("s", 32), lease.MaxTTL, time.Now(), owner, "")); got < 1400 {
 		t.Fatalf("node name of the longest owner is %d bytes; the test means the longest", got)
 	}
 	g, err := b.Acquire(ctxFor(t, 30*time.Second), backend.AcquireRequest{Key: key, Owner: owner, TTL: time.Minute})

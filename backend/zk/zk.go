@@ -10,6 +10,7 @@
 //	<Root>/<key>/_c_<hash>-<ttl>-<until>-<owner>-lock-<seq>   persistent sequential, one per acquirer
 //	<Root>/_idem/<shard>/<hash>                        persistent, one per idempotency key (idempotency.go)
 //	<Root>/_elect/<name>/...                           an election: the same queue, with values (election.go)
+//	<Root>/_sessions/<hash>                            persistent, one per session: its deadline (session.go)
 //
 // The key's node is a container node (ZooKeeper 3.5.3 and later; Debian 12
 // ships 3.8): the server deletes it once its last child is gone, so millions
@@ -186,6 +187,10 @@ type Backend struct {
 	outage time.Duration
 	// watchers: the keys being watched, by the last listing of each.
 	watchers watched
+	// sessRoot is the Root sessions live under (session.go), shared by
+	// elect; sess is the bookkeeping of their sweeps.
+	sessRoot string
+	sess     *sessState
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -213,6 +218,9 @@ func New(conn *zk.Conn, opts Options) *Backend {
 	// and audits locks.
 	elife, estop := context.WithCancel(life)
 	b.elect = &Backend{conn: conn, root: root + electDir, acl: acl, grace: grace, clock: opts.Clock, life: elife, stop: estop, elections: true, outage: followOutage}
+	b.sessRoot, b.elect.sessRoot = root, root
+	b.sess = &sessState{sweepEvery: sessSweepEvery}
+	b.elect.sess = b.sess
 	return b
 }
 
@@ -426,8 +434,9 @@ func (l *listings) run(kp string, p *listingPair, f *listing, list func(string) 
 }
 
 // read returns a node's data; zk.ErrNoNode when it is gone.
+// A node in a session comes with its session's deadline (resolve).
 func (b *Backend) read(ctx context.Context, p string) (nodeRead, error) {
-	return call(ctx, func() (nodeRead, error) {
+	r, err := call(ctx, func() (nodeRead, error) {
 		raw, st, err := b.conn.Get(p)
 		if err != nil {
 			return nodeRead{}, err
@@ -435,6 +444,10 @@ func (b *Backend) read(ctx context.Context, p string) (nodeRead, error) {
 		d, err := decodeData(p, raw)
 		return nodeRead{data: d, stat: st}, err
 	})
+	if err != nil {
+		return r, err
+	}
+	return r, b.resolve(ctx, p, &r)
 }
 
 // readW is read that also watches the node (deletion and data changes).
@@ -451,6 +464,9 @@ func (b *Backend) readW(ctx context.Context, p string) (nodeRead, <-chan zk.Even
 		d, err := decodeData(p, raw)
 		return res{nodeRead{data: d, stat: st}, ch}, err
 	})
+	if err == nil {
+		err = b.resolve(ctx, p, &r.r)
+	}
 	return r.r, r.ch, err
 }
 
@@ -501,7 +517,10 @@ func (b *Backend) delete(ctx context.Context, p string, version int32) error {
 // read are behind all of q, and fresh: their own deadlines are barely
 // started. A conflict on the head itself (the queue changed: renewed,
 // removed) comes back as an error for which isConflict is true.
-func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32) error {
+//
+// guard, if any, are checks that go last in the multi-op (the head's
+// session is still as read: sessionGuard); a failed one is a conflict.
+func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32, guard ...any) error {
 	kp := b.keyPath(key)
 	behind := q[1:]
 	// An election, or a lock that someone watches (q was read after the
@@ -554,10 +573,16 @@ func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32
 			break
 		}
 		if gone < 0 {
+			tail := len(guard) // ops after the waiters'
 			if logOp != nil {
 				ops = append(ops, logOp)
+				tail++
 			}
+			ops = append(ops, guard...)
 			res, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
+			if err == nil {
+				b.dropIndex(q[0])
+			}
 			if err == nil || !errors.Is(err, zk.ErrNoNode) {
 				return err
 			}
@@ -570,8 +595,8 @@ func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32
 					break
 				}
 			}
-			if failed < 1 || failed >= len(ops) || logOp != nil && failed == len(ops)-1 {
-				return err // the head itself is gone
+			if failed < 1 || failed >= len(ops)-tail {
+				return err // the head itself is gone, or its session changed
 			}
 			gone = failed - 1 // ops[i] is behind[i-1]
 		}
@@ -582,8 +607,8 @@ func (b *Backend) removeHead(ctx context.Context, key string, q []child, v int32
 
 // expireHead removes an expired head (q[0], granted with token) and tells
 // the hooks.
-func (b *Backend) expireHead(ctx context.Context, key string, q []child, v int32, token int64) error {
-	err := b.removeHead(ctx, key, q, v)
+func (b *Backend) expireHead(ctx context.Context, key string, q []child, v int32, token int64, guard ...any) error {
+	err := b.removeHead(ctx, key, q, v, guard...)
 	if err == nil {
 		b.hooks.Expired(backend.Expiry{Key: key, Owner: q[0].owner, Token: uint64(token)})
 	}

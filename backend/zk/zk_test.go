@@ -140,7 +140,7 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 // cannot do yet, and Clocked, an instance made by newB with opts and the
 // given clock.
 func clocked(newB func(*testing.T, Options) backend.Backend, opts Options) backendtest.Options {
-	return backendtest.Options{NoEventReplay: "ZooKeeper keeps no history of a key: a stream resumes only while the same grant holds", NoSessions: "not built yet", NoRWLocks: "not built yet", Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
+	return backendtest.Options{NoEventReplay: "ZooKeeper keeps no history of a key: a stream resumes only while the same grant holds", NoRWLocks: "not built yet", Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
 		o := opts
 		o.Clock = c
 		return newB(t, o)
@@ -659,7 +659,7 @@ func TestAbandonedWaiterIsSkipped(t *testing.T) {
 	}
 	// What a waiting lockd leaves when it dies: its node, with a wait that
 	// ended (plus grace) a moment from now.
-	deadName := nodeName(lease.NewID(), 30*time.Second, time.Now().Add(300*time.Millisecond), "dead")
+	deadName := nodeName(lease.NewID(), 30*time.Second, time.Now().Add(300*time.Millisecond), "dead", "")
 	dead := nodeData{Deadline: time.Now().Add(30 * time.Second).UnixMilli(), TTL: 30000}
 	if _, err := b.conn.Create(b.keyPath(key)+"/"+deadName, dead.encode(), zk.FlagSequence, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatalf("Create: %v", err)
