@@ -37,7 +37,8 @@ type Lock struct {
 	renewFn   func(ctx context.Context) (Grant, error)
 	releaseFn func(ctx context.Context) error
 
-	slot, permits int // a semaphore permit's (AcquireSemaphore); 0 for a lock
+	slot, permits int    // a semaphore permit's (AcquireSemaphore); 0 for a lock
+	mode          string // a read-write lock's; "" for a lock
 }
 
 // Acquire takes key, waiting up to opts.Wait, and returns a Lock that renews
@@ -84,6 +85,10 @@ func (l *Lock) start() {
 	l.stop = stop
 	go l.renewLoop(life)
 }
+
+// Mode returns ModeRead or ModeWrite for a read-write lock (AcquireRead,
+// AcquireWrite), and "" for a lock.
+func (l *Lock) Mode() string { return l.mode }
 
 // Key returns the lock's key.
 func (l *Lock) Key() string { return l.key }

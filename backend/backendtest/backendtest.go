@@ -74,6 +74,13 @@ type Options struct {
 	// NoSemaphores, when set, is the reason the backend does not implement
 	// backend.Semaphorer; the Semaphore subtests are skipped with it.
 	NoSemaphores string
+	// NoRWLocks, when set, is the reason the backend does not implement
+	// backend.RWLocker; the RW subtests are skipped with it.
+	NoRWLocks string
+	// NoRWSessions, when set, is the reason the backend's RW locks do not
+	// live in its sessions (RWFeatures.Sessions is false); RWSessionGrant
+	// is skipped with it.
+	NoRWSessions string
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -119,6 +126,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	tests = append(tests, s.sessionTests()...)
 	tests = append(tests, s.watchTests()...)
 	tests = append(tests, s.semaphoreTests()...)
+	tests = append(tests, s.rwTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

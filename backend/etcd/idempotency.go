@@ -127,16 +127,47 @@ func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g bac
 // acquire gave up. Without an idempotency key the entry goes whatever it
 // holds, so that a grant whose reply was lost is undone. With one, it goes
 // only while it still waits: a retry may have been handed its grant.
+//
+// When the store is out of reach (a partition, a member stopped or lost
+// with the leader) the removal fails, yet the waiters' lease the entry
+// hangs on outlives the fault: this Backend keeps it alive. Left there, the
+// entry would head the queue and block the key for as long as this Backend
+// lives, so the removal is tried again in the background until it is done
+// or the Backend closes (and its lease goes).
 func (b *Backend) giveUp(req backend.AcquireRequest, mine string) {
+	if b.removeEntry(req, mine) == nil {
+		return
+	}
+	go func() {
+		delay := 100 * time.Millisecond
+		for {
+			t := time.NewTimer(delay)
+			select {
+			case <-b.life.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			if b.removeEntry(req, mine) == nil {
+				return
+			}
+			delay = min(2*delay, 2*time.Second)
+		}
+	}()
+}
+
+// removeEntry is one try of giveUp's removal.
+func (b *Backend) removeEntry(req backend.AcquireRequest, mine string) error {
 	c, cancel := context.WithTimeout(b.life, b.opts.OpTimeout)
 	defer cancel()
 	if req.Idempotency.Key == "" {
-		_, _ = b.cli.Delete(c, mine)
-		return
+		_, err := b.cli.Delete(c, mine)
+		return err
 	}
 	waiting := mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()})
 	rec := b.idemKey(req)
 	gone := clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(mine), "=", 0)}, []clientv3.Op{clientv3.OpDelete(rec)}, nil)
-	_, _ = b.cli.Txn(c).If(clientv3.Compare(clientv3.Value(mine), "=", waiting)).
+	_, err := b.cli.Txn(c).If(clientv3.Compare(clientv3.Value(mine), "=", waiting)).
 		Then(clientv3.OpDelete(mine), clientv3.OpDelete(rec)).Else(gone).Commit()
+	return err
 }

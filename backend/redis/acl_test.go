@@ -13,7 +13,7 @@ import (
 // The ACL lines docs/backend-credentials.md gives operators; lockd prints
 // the same in its NOPERM errors.
 const (
-	readmeRedisACL   = "resetchannels ~lockd:* &lockd:* -@all +ping +eval +evalsha +subscribe +scan +time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish +xadd +xrevrange +xread +xrange +sadd +srem +smembers"
+	readmeRedisACL   = "resetchannels ~lockd:* &lockd:* -@all +ping +eval +evalsha +subscribe +scan +time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +lrange +hgetall +hdel +zadd +zrem +zscore +zcount +publish +xadd +xrevrange +xread +xrange +sadd +srem +smembers"
 	readmeRedlockACL = "resetchannels ~lockd:rl:* -@all +ping +eval +evalsha +scan +hmget +hget +hset +del +pexpire +pttl +incr +get +set"
 )
 

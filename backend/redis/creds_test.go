@@ -19,7 +19,7 @@ import (
 // SUBSCRIBE for wake-ups, SCAN for List, PING.
 const lockdACL = "lockd on >lockd-pw resetchannels ~lockd:* &lockd:* -@all " +
 	"+ping +eval +evalsha +subscribe +scan " +
-	"+time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +zadd +zrem +zscore +zcount +publish +xadd +xrevrange +xread +xrange +sadd +srem +smembers"
+	"+time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +lrange +hgetall +hdel +zadd +zrem +zscore +zcount +publish +xadd +xrevrange +xread +xrange +sadd +srem +smembers"
 
 // securedRedis starts one TLS-only Redis that requires client certificates,
 // whose default user is off, with lockd's least-privilege user and an admin.
@@ -51,7 +51,7 @@ func TestConformanceTLSWithLeastPrivilegeUser(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = b.Close() })
 		return b
-	}, backendtest.Options{StoreClock: storeClock})
+	}, backendtest.Options{StoreClock: storeClock, NoRWSessions: noRWSessions})
 }
 
 // lockd's user reaches only its own keys, and a client without credentials

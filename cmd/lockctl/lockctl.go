@@ -35,11 +35,11 @@ const (
 const usage = `usage: lockctl [--server ADDR] [--json] COMMAND ...
 
 commands:
-  run KEY [--ttl 15s] [--wait 0] [--owner NAME] [--grace D] -- CMD [ARGS...]
+  run KEY [--read|--write|-n N] [--ttl 15s] [--wait 0] [--owner NAME] [--grace D] -- CMD [ARGS...]
       hold KEY while CMD runs; CMD gets LOCKD_KEY, LOCKD_TOKEN, LOCKD_LEASE_ID,
-      LOCKD_DEADLINE and LOCKD_ADDR in its environment
-      with -n N: hold one of N permits of the semaphore KEY instead, and
-      CMD also gets LOCKD_SLOT (fence per slot)
+      LOCKD_DEADLINE and LOCKD_ADDR in its environment; --read or --write
+      holds KEY's read-write lock in that mode instead, and adds LOCKD_MODE;
+      -n N holds one of N permits of the semaphore KEY, and adds LOCKD_SLOT
   elect NAME [--value V] [--ttl 15s] [--wait 0] [--owner NAME] [--grace D] -- CMD [ARGS...]
       run CMD while leader of election NAME, with run's rules; CMD gets
       LOCKD_ELECTION, LOCKD_TERM (the fencing token), LOCKD_LEASE_ID,

@@ -55,26 +55,46 @@ func defaultGrace(ttl time.Duration) time.Duration {
 
 func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	var permits int
-	fs.IntVar(&permits, "n", 0, "hold one of N permits of the counting semaphore KEY instead of the lock KEY (like consul lock -n)")
+	read := fs.Bool("read", false, "hold KEY's read-write lock in read mode (shared with other readers) instead of the lock KEY")
+	write := fs.Bool("write", false, "hold KEY's read-write lock in write mode (exclusive) instead of the lock KEY")
+	permits := fs.Int("n", 0, "hold one of N permits of the counting semaphore KEY instead of the lock KEY (like consul lock -n)")
 	return supervise(ctx, g, fs, args, getenv, superviseSpec{
 		what: "lease on", usage: "run: want KEY [flags] -- CMD [ARGS...]",
+		check: func() error {
+			if *read && *write {
+				return errors.New("run: --read and --write exclude each other")
+			}
+			if *permits != 0 && (*read || *write) {
+				return errors.New("run: -n excludes --read and --write")
+			}
+			return nil
+		},
 		take: func(ctx context.Context, c *client.Client, key string, o takeOpts) (*client.Lock, []string, error) {
-			if permits != 0 {
-				return takePermit(ctx, c, key, permits, o)
+			if *permits != 0 {
+				return takePermit(ctx, c, key, *permits, o)
 			}
-			l, err := c.Acquire(ctx, key, client.AcquireOptions{
-				TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery,
-			})
+			opts := client.AcquireOptions{TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery}
+			acquire, what := c.Acquire, "acquire"
+			switch {
+			case *read:
+				acquire, what = c.AcquireRead, "acquire read"
+			case *write:
+				acquire, what = c.AcquireWrite, "acquire write"
+			}
+			l, err := acquire(ctx, key, opts)
 			if err != nil {
-				return nil, nil, fmt.Errorf("acquire %s: %w", key, err)
+				return nil, nil, fmt.Errorf("%s %s: %w", what, key, err)
 			}
-			return l, []string{
+			vars := []string{
 				"LOCKD_KEY=" + l.Key(),
 				"LOCKD_TOKEN=" + strconv.FormatUint(l.Token(), 10),
 				"LOCKD_LEASE_ID=" + l.LeaseID(),
 				"LOCKD_DEADLINE=" + lease.Format(l.Deadline()),
-			}, nil
+			}
+			if l.Mode() != "" {
+				vars = append(vars, "LOCKD_MODE="+l.Mode())
+			}
+			return l, vars, nil
 		},
 	})
 }
@@ -112,6 +132,8 @@ type takeOpts struct {
 type superviseSpec struct {
 	what  string // "lease on" or "leadership of", for messages
 	usage string
+	// check, when set, checks the caller's own flags once parsed.
+	check func() error
 	// take obtains the lease, renewing itself with o's timings, and
 	// returns it with the variables the child gets.
 	take func(ctx context.Context, c *client.Client, name string, o takeOpts) (*client.Lock, []string, error)
@@ -130,6 +152,11 @@ func supervise(ctx context.Context, g *global, fs *flag.FlagSet, args []string, 
 	}
 	if len(pos) != 1 || len(command) == 0 {
 		return usageErr(g, "%s", spec.usage)
+	}
+	if spec.check != nil {
+		if err := spec.check(); err != nil {
+			return usageErr(g, "%v", err)
+		}
 	}
 	if code := a.check(g); code != exitOK {
 		return code

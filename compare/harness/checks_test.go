@@ -132,3 +132,61 @@ func TestTokenOrderIsRealTime(t *testing.T) {
 		t.Errorf("token 5 asked for after token 6 returned: %d regressions, want 1", n)
 	}
 }
+
+// The report says when the longest outage began, so that it can be read
+// against the fault timeline.
+func TestLongestGapSaysWhen(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	h := []histOp{
+		{Kind: opAcquire, Granted: true, Return: at(1)},
+		{Kind: opAcquire, Granted: true, Return: at(2)},
+		{Kind: opAcquire, Unknown: true, Return: at(5)}, // not a grant
+		{Kind: opAcquire, Granted: true, Return: at(9)},
+	}
+	d, from := longestGapFrom(h, t0, at(10))
+	if d != 7*time.Second || !from.Equal(at(2)) {
+		t.Errorf("longest gap = %s from %s, want 7s from 2s", d, from.Sub(t0))
+	}
+}
+
+// A store that itself stopped answering (a lost quorum) is a fair outage
+// while it lasts: the limit grows by that silence, not further, and a
+// silence elsewhere in the run buys nothing.
+func TestOutageAllowsTheStoresOwnSilence(t *testing.T) {
+	for _, tc := range []struct {
+		silent, window time.Duration
+		outageMs       float64
+		pass           bool
+	}{
+		{0, 0, 4000, false},                             // lockd down 4 s with the store fine: red (limit 3 s)
+		{5 * time.Second, 0, 7500, true},                // the store silent 5 s of a 7.5 s outage: 5 + 3 s allowed
+		{5 * time.Second, 0, 8500, false},               // ... but not 8.5 s
+		{2 * time.Second, 4 * time.Second, 7500, false}, // the longer of fault window and silence, not both
+	} {
+		c := CorrectnessCell{Attempts: 100, Granted: 100, Availability: 1, LongestUnavailMs: tc.outageMs,
+			Fenced: ModeResult{Check: checkResult{Result: "linearizable"}}}
+		evalChecks(&c, checkInputs{TTL: time.Second, Wait: 2 * time.Second, Skew: time.Second, NoFIFO: "no queue", StoreSilent: tc.silent, FaultWindow: tc.window})
+		o := c.CheckOf(CheckOutage)
+		if o.Pass != tc.pass {
+			t.Errorf("silent %s, fault window %s, outage %.0f ms: pass = %v, want %v (%+v)", tc.silent, tc.window, tc.outageMs, o.Pass, tc.pass, o)
+		}
+		if tc.silent > 0 && !strings.Contains(o.Got, "the store itself silent") {
+			t.Errorf("got %q does not say how long the store itself was silent", o.Got)
+		}
+	}
+}
+
+func TestStoreProbeSilenceWithin(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	p := &storeProbe{silent: [][2]time.Time{{at(1), at(3)}, {at(10), at(14)}}}
+	for _, tc := range []struct {
+		from, to float64
+		want     time.Duration
+	}{{0, 20, 6 * time.Second}, {2, 11, 2 * time.Second}, {4, 9, 0}, {12, 30, 2 * time.Second}} {
+		if got := p.silentWithin(at(tc.from), at(tc.to)); got != tc.want {
+			t.Errorf("silent within [%g, %g] = %s, want %s", tc.from, tc.to, got, tc.want)
+		}
+	}
+}

@@ -92,6 +92,7 @@ type workloadResult struct {
 	History             []histOp
 	Deaths              []death
 	LongestUnavail      time.Duration
+	LongestUnavailFrom  time.Time // when the longest stretch without a grant began
 	TimeToFree          []time.Duration
 	StalledHandoffs     int64 // gaps > TTL/2 right after a vanished waiter
 	// Overran counts acquires that returned more than overrunSlack after
@@ -267,7 +268,7 @@ func (w *workload) run(ctx context.Context, progress func(done float64)) workloa
 	res.Ended = time.Now()
 	res.Fenced, res.Unfenced = fenced.stats(), unfenced.stats()
 	sort.Slice(res.History, func(i, j int) bool { return res.History[i].Call.Before(res.History[j].Call) })
-	res.LongestUnavail = longestGap(res.History, res.Started, res.Ended)
+	res.LongestUnavail, res.LongestUnavailFrom = longestGapFrom(res.History, res.Started, res.Ended)
 	res.TimeToFree = timesToFree(res.History, res.Deaths)
 	res.StalledHandoffs = stalledAfter(res.History, vanishTimes, w.TTL/2)
 	res.TokenRegressions = tokenRegressions(res.History)
@@ -317,14 +318,20 @@ func grantTimes(h []histOp) []time.Time {
 // longestGap is the longest stretch of the run with no grant at all: while
 // it lasted, every client that asked for the lock went without.
 func longestGap(h []histOp, start, end time.Time) time.Duration {
-	prev, longest := start, time.Duration(0)
+	d, _ := longestGapFrom(h, start, end)
+	return d
+}
+
+// longestGapFrom is longestGap and the moment it began.
+func longestGapFrom(h []histOp, start, end time.Time) (time.Duration, time.Time) {
+	prev, longest, from := start, time.Duration(0), start
 	for _, t := range append(grantTimes(h), end) {
 		if d := t.Sub(prev); d > longest {
-			longest = d
+			longest, from = d, prev
 		}
 		prev = t
 	}
-	return longest
+	return longest, from
 }
 
 // timesToFree measures, for every dead holder, how long until another

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -42,9 +43,13 @@ type opOut struct {
 	Accepted         bool
 }
 
-func lockModel(fenced bool) porcupine.Model {
+func lockModel(fenced bool) porcupine.Model { return lockModelFrom(fenced, lockState{}) }
+
+// lockModelFrom is the model started in state init (where a segment of the
+// history starts, see checkHistory).
+func lockModelFrom(fenced bool, init lockState) porcupine.Model {
 	return porcupine.Model{
-		Init: func() any { return lockState{} },
+		Init: func() any { return init },
 		Step: func(state, input, output any) (bool, any) {
 			s, in, out := state.(lockState), input.(opIn), output.(opOut)
 			switch in.Kind {
@@ -113,8 +118,31 @@ type checkResult struct {
 	FirstViolation string `json:"first_violation,omitempty"`
 }
 
+// checkHistory checks h against the model within timeout.
+//
+// The model's state is two independent objects: the grants touch only the
+// highest token granted, the critical sections only the counter and the
+// highest token written. A history is linearizable exactly when each
+// object's part of it is (linearizability is local), so the two are checked
+// apart:
+//   - the grants, exactly and in n log n: they are linearizable when no two
+//     carry the same token and a grant that returned before another was
+//     called carries the lower token (then ordering by token is a legal
+//     order that respects real time, and any legal order is that one);
+//   - the critical sections with porcupine, in segments cut where none is
+//     in flight: everything before such a point is linearized before
+//     everything after it, and the state there does not depend on the order
+//     found (the counter advanced once per accepted write, the highest
+//     token written is the largest accepted), so each segment is checked
+//     from the state the previous one left. A 5-minute soak's history is
+//     tens of thousands of operations, one search over all of which ran out
+//     its time limit; the segments are a few hundred operations each.
+//
+// A segment the search does not finish within what is left of timeout
+// leaves the verdict unknown, never linearizable.
 func checkHistory(h []histOp, fenced bool, start time.Time, timeout time.Duration) checkResult {
-	ops := make([]porcupine.Operation, 0, len(h))
+	deadline := time.Now().Add(timeout)
+	var grants, sections []porcupine.Operation
 	for _, op := range h {
 		if op.Kind == opAcquire && (op.Unknown || !op.Granted) {
 			// Always legal and changes nothing in the model: dropping it
@@ -129,23 +157,134 @@ func checkHistory(h []histOp, fenced bool, start time.Time, timeout time.Duratio
 				out = opOut{Read: op.FRead, Accepted: op.FAccepted}
 			}
 		}
-		ret := op.Return.Sub(start).Nanoseconds()
-		ops = append(ops, porcupine.Operation{ClientId: op.Client, Input: in, Output: out,
-			Call: op.Call.Sub(start).Nanoseconds(), Return: ret})
+		o := porcupine.Operation{ClientId: op.Client, Input: in, Output: out,
+			Call: op.Call.Sub(start).Nanoseconds(), Return: op.Return.Sub(start).Nanoseconds()}
+		if op.Kind == opAcquire {
+			grants = append(grants, o)
+		} else {
+			sections = append(sections, o)
+		}
 	}
-	model := lockModel(fenced)
-	res, info := porcupine.CheckOperationsVerbose(model, ops, timeout)
-	cr := checkResult{Ops: len(ops)}
-	switch res {
-	case porcupine.Ok:
-		cr.Result = "linearizable"
-	case porcupine.Illegal:
-		cr.Result = "NOT linearizable"
-		cr.FirstViolation = firstViolation(model, ops, info)
-	default:
-		cr.Result = "unknown (checker timed out)"
+	cr := checkResult{Ops: len(grants) + len(sections)}
+	if v := grantOrderViolation(grants); v != "" {
+		cr.Result, cr.FirstViolation = "NOT linearizable", v
+		return cr
 	}
+	state := lockState{}
+	for _, seg := range quiescentSegments(sections, segmentOps) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			cr.Result = "unknown (checker timed out)"
+			return cr
+		}
+		model := lockModelFrom(fenced, state)
+		res, info := porcupine.CheckOperationsVerbose(model, seg, left)
+		switch res {
+		case porcupine.Ok:
+			next, ok := finalState(model, seg, info)
+			if !ok {
+				cr.Result = "unknown (checker gave no linearization)"
+				return cr
+			}
+			state = next
+		case porcupine.Illegal:
+			cr.Result = "NOT linearizable"
+			cr.FirstViolation = firstViolation(model, seg, info)
+			return cr
+		default:
+			cr.Result = "unknown (checker timed out)"
+			return cr
+		}
+	}
+	cr.Result = "linearizable"
 	return cr
+}
+
+// segmentOps is the size from which a segment of critical sections ends at
+// the next point where none is in flight.
+const segmentOps = 256
+
+// quiescentSegments splits ops into runs of at least minOps operations (the
+// last may be shorter) such that every operation of a run returned before
+// any of the next run was called. Equal times count as overlapping, as
+// porcupine orders a call before a return at the same instant.
+func quiescentSegments(ops []porcupine.Operation, minOps int) [][]porcupine.Operation {
+	ops = slices.Clone(ops)
+	sort.SliceStable(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
+	var segs [][]porcupine.Operation
+	from := 0
+	var lastReturn int64
+	for i, o := range ops {
+		if i-from >= minOps && o.Call > lastReturn {
+			segs = append(segs, ops[from:i])
+			from = i
+		}
+		lastReturn = max(lastReturn, o.Return)
+	}
+	if from < len(ops) {
+		segs = append(segs, ops[from:])
+	}
+	return segs
+}
+
+// finalState is the state the model is in after the whole linearization of
+// an Ok segment.
+func finalState(model porcupine.Model, seg []porcupine.Operation, info porcupine.LinearizationInfo) (lockState, bool) {
+	var full []porcupine.Operation
+	for _, part := range info.PartialLinearizationsOperations() {
+		for _, lin := range part {
+			if len(lin) == len(seg) {
+				full = lin
+			}
+		}
+	}
+	if full == nil {
+		return lockState{}, false
+	}
+	state := model.Init()
+	for _, o := range full {
+		ok, next := model.Step(state, o.Input, o.Output)
+		if !ok {
+			return lockState{}, false
+		}
+		state = next
+	}
+	return state.(lockState), true
+}
+
+// grantOrderViolation checks the grants on their own (see checkHistory):
+// "" when they are linearizable, otherwise the pair that is not.
+func grantOrderViolation(grants []porcupine.Operation) string {
+	tok := func(o porcupine.Operation) uint64 { return o.Output.(opOut).Token }
+	desc := func(o porcupine.Operation) string {
+		return fmt.Sprintf("[%s → %s] %s", ms(o.Call), ms(o.Return), describeOp(o.Input.(opIn), o.Output.(opOut)))
+	}
+	byCall := slices.Clone(grants)
+	sort.SliceStable(byCall, func(i, j int) bool { return byCall[i].Call < byCall[j].Call })
+	byReturn := slices.Clone(grants)
+	sort.SliceStable(byReturn, func(i, j int) bool { return byReturn[i].Return < byReturn[j].Return })
+	seen := map[uint64]porcupine.Operation{}
+	var top *porcupine.Operation // the highest token among the grants returned so far
+	r := 0
+	for _, o := range byCall {
+		for r < len(byReturn) && byReturn[r].Return < o.Call {
+			if top == nil || tok(byReturn[r]) > tok(*top) {
+				top = &byReturn[r]
+			}
+			r++
+		}
+		if tok(o) == 0 {
+			return "a grant carries token 0, not above the initial 0:\n  " + desc(o) + "\n"
+		}
+		if top != nil && tok(o) <= tok(*top) {
+			return fmt.Sprintf("a grant carries a token not above one granted before it was asked for:\n  %s\nthen\n  %s\n", desc(*top), desc(o))
+		}
+		if twin, ok := seen[tok(o)]; ok {
+			return fmt.Sprintf("two grants carry the same token:\n  %s\n  %s\n", desc(twin), desc(o))
+		}
+		seen[tok(o)] = o
+	}
+	return ""
 }
 
 // firstViolation prints the tail of the longest explainable prefix and the

@@ -134,10 +134,13 @@ type CorrectnessCell struct {
 	Unconfirmed int64 `json:"grants_unconfirmed"`
 	Unused      int64 `json:"grants_unused_expired"`
 	// Availability = granted / attempted (vanished waits not counted).
-	Availability     float64   `json:"availability"`
-	LongestUnavailMs float64   `json:"longest_unavailability_ms"`
-	TimeToFreeMs     []float64 `json:"time_to_free_ms,omitempty"`
-	FirstError       string    `json:"first_error,omitempty"`
+	Availability     float64 `json:"availability"`
+	LongestUnavailMs float64 `json:"longest_unavailability_ms"`
+	// LongestUnavailFromS is when that stretch began, in seconds from the
+	// start of the workload (as the timeline's times).
+	LongestUnavailFromS float64   `json:"longest_unavailability_from_s,omitempty"`
+	TimeToFreeMs        []float64 `json:"time_to_free_ms,omitempty"`
+	FirstError          string    `json:"first_error,omitempty"`
 	// Overlaps: critical sections that overlapped while both holders'
 	// leases were unexpired (mutual-exclusion violations).
 	Overlaps        int64  `json:"mutual_exclusion_violations"`
@@ -184,6 +187,7 @@ func (c *CorrectnessCell) fill(r workloadResult, cfg CorrectnessConfig, in check
 		c.Availability = float64(r.Granted) / float64(r.Attempts)
 	}
 	c.LongestUnavailMs = ms64(r.LongestUnavail)
+	c.LongestUnavailFromS = r.LongestUnavailFrom.Sub(r.Started).Seconds()
 	for _, d := range r.TimeToFree {
 		c.TimeToFreeMs = append(c.TimeToFreeMs, ms64(d))
 	}

@@ -39,7 +39,7 @@ var allScenarios = []Scenario{
 	{Name: "waiter-vanish", Title: "Waiter vanishes mid-wait", About: "a third of the waits are abandoned mid-wait (the client's connection goes away)"},
 	{Name: "history", Perf: true, Title: "Long history", About: "acquire + release on one key, 50,000 times (1,000 with -quick; a 150 s budget may stop the untimed middle sooner), through lockd's backend in process: p50 of the first 500 cycles against the last 500, each of the last alternated with a cycle on a fresh key, and the store's size before and after"},
 	{Name: "election", Section: true, Title: "Election failover", About: "a leader in a process of its own (this executable re-run as a candidate) campaigns with a 2 s TTL and renews; a second candidate process waits in line; the leader is SIGKILLed (no resign). From the kill: when an observer sees no_leader, when the next candidate's campaign returns, when the observer sees the new term; over lockd's HTTP API on every backend that implements elections, and with etcd's own concurrency.Election (Campaign/Observe, its leader SIGKILLed too) on etcd. Double leader: the next leader elected while the killed one still ran; term order: the next term above the killed one's"},
-	{Name: "soak", Title: "Mixed-fault soak", About: "three lockd replicas over a fault-sized store, clients spread over them and moving to another replica when theirs fails or does not answer within wait + 0.5 s; random faults drawn from a seeded generator, one at a time, each longer than the TTL: a lockd replica killed (and a fresh one started in its place), a lockd replica paused (its requests and replies held, as under SIGSTOP), a store member SIGKILLed and restarted, a store member SIGSTOPped and continued, the lockd ↔ store network cut, latency spikes; the full check table at the end (the outage limit counts the longest single fault)"},
+	{Name: "soak", Title: "Mixed-fault soak", About: "three lockd replicas over a fault-sized store, clients spread over them and moving to another replica when theirs fails or does not answer within wait + 0.5 s; random faults drawn from a seeded generator, one at a time, each longer than the TTL: a lockd replica killed (and a fresh one started in its place), a lockd replica paused (its requests and replies held, as under SIGSTOP), a store member SIGKILLed and restarted, a store member SIGSTOPped and continued, the lockd ↔ store network cut, latency spikes; the full check table at the end (the outage limit counts the longest single fault, or the time within the outage when the store itself did not answer a direct ping, whichever is longer)"},
 	{Name: "scale", Perf: true, Title: "Scale (memory)", About: "lockd and store memory with many held leases after a full renewal sweep, and with many clients long-polling one held key"},
 }
 
@@ -195,6 +195,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	windowTo := func() { window.Lock(); window.to = time.Now(); window.Unlock() }
 	tl := &timeline{}
 	var soak *soakEnv
+	var probe *storeProbe
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var faults sync.WaitGroup
@@ -257,6 +258,14 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 		w.onError = env.moveClient
 		faults.Add(1)
 		go func() { defer faults.Done(); env.run(runCtx) }()
+		if pb, err := d.newBackend(d.Addrs, nil); err != nil {
+			tl.add("no direct probe of the store: %v", err)
+		} else {
+			defer pb.Close()
+			probe = &storeProbe{b: pb, tl: tl}
+			faults.Add(1)
+			go func() { defer faults.Done(); probe.run(runCtx) }()
+		}
 	case "member-kill":
 		victim := d.victim()
 		faults.Add(1)
@@ -339,6 +348,9 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	window.Unlock()
 	if soak != nil {
 		in.FaultWindow = soak.longestWindow()
+	}
+	if probe != nil {
+		in.StoreSilent = probe.silentWithin(res.LongestUnavailFrom, res.LongestUnavailFrom.Add(res.LongestUnavail))
 	}
 	in.Unfreed = unfreed(res.History, res.Deaths, res.Ended, in.freeLimit())
 	cell.Events = tl.evs

@@ -203,3 +203,70 @@ func soakLength(quick bool, explicit time.Duration) time.Duration {
 		return 5 * time.Minute
 	}
 }
+
+// storeProbe tells the store's own outages apart from lockd's: it pings
+// the store directly (past the proxies, so a cut between lockd and the
+// store is not the store's silence) and records the stretches in which it
+// did not answer, such as a lost quorum. An outage of lockd may last as
+// long as the store's own silence in it, plus the same allowance a fault
+// window gets (checkInputs.StoreSilent); it counts no further.
+type storeProbe struct {
+	b  interface{ Ping(context.Context) error }
+	tl *timeline
+
+	mu     sync.Mutex
+	silent [][2]time.Time // [from, to): from the send of the first failed ping to the send of the next answered one
+}
+
+const (
+	probeEvery   = 200 * time.Millisecond
+	probeTimeout = time.Second
+)
+
+func (p *storeProbe) run(ctx context.Context) {
+	var from time.Time
+	for ctx.Err() == nil {
+		sent := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		err := p.b.Ping(pctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && from.IsZero():
+			from = sent
+			p.tl.add("the store itself does not answer a direct ping (%v)", short(err))
+		case err == nil && !from.IsZero():
+			p.mu.Lock()
+			p.silent = append(p.silent, [2]time.Time{from, sent})
+			p.mu.Unlock()
+			p.tl.add("the store answers again after %s", sent.Sub(from).Round(10*time.Millisecond))
+			from = time.Time{}
+		}
+		sleepCtx(ctx, probeEvery)
+	}
+	if !from.IsZero() {
+		p.mu.Lock()
+		p.silent = append(p.silent, [2]time.Time{from, time.Now()})
+		p.mu.Unlock()
+	}
+}
+
+// silentWithin is how long the store was silent between from and to.
+func (p *storeProbe) silentWithin(from, to time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var d time.Duration
+	for _, s := range p.silent {
+		a, b := s[0], s[1]
+		if a.Before(from) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		if b.After(a) {
+			d += b.Sub(a)
+		}
+	}
+	return d
+}

@@ -501,6 +501,9 @@ func correctnessSection(d *doc, ran []*harness.BackendRun) {
 		for _, c := range br.Correctness {
 			var lines []string
 			lines = append(lines, c.Events...)
+			if c.LongestUnavailMs >= 1000 {
+				lines = append(lines, fmt.Sprintf("longest outage: no grant from %.2fs to %.2fs", c.LongestUnavailFromS, c.LongestUnavailFromS+c.LongestUnavailMs/1000))
+			}
 			if c.FirstError != "" {
 				lines = append(lines, "first failed acquire: "+c.FirstError)
 			}

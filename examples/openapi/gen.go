@@ -53,6 +53,24 @@ func (e CapabilitiesFeaturesEventsChanges) Valid() bool {
 	}
 }
 
+// Defines values for CapabilitiesFeaturesRwlocksWakeup.
+const (
+	CapabilitiesFeaturesRwlocksWakeupPubsub CapabilitiesFeaturesRwlocksWakeup = "pubsub"
+	CapabilitiesFeaturesRwlocksWakeupWatch  CapabilitiesFeaturesRwlocksWakeup = "watch"
+)
+
+// Valid indicates whether the value is a known member of the CapabilitiesFeaturesRwlocksWakeup enum.
+func (e CapabilitiesFeaturesRwlocksWakeup) Valid() bool {
+	switch e {
+	case CapabilitiesFeaturesRwlocksWakeupPubsub:
+		return true
+	case CapabilitiesFeaturesRwlocksWakeupWatch:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CapabilitiesFeaturesSessionsExpiry.
 const (
 	Store CapabilitiesFeaturesSessionsExpiry = "store"
@@ -84,6 +102,7 @@ const (
 	ProblemCodeInvalidKey             ProblemCode = "invalid_key"
 	ProblemCodeInvalidLeaseId         ProblemCode = "invalid_lease_id"
 	ProblemCodeInvalidLimit           ProblemCode = "invalid_limit"
+	ProblemCodeInvalidMode            ProblemCode = "invalid_mode"
 	ProblemCodeInvalidOwner           ProblemCode = "invalid_owner"
 	ProblemCodeInvalidPermits         ProblemCode = "invalid_permits"
 	ProblemCodeInvalidPrefix          ProblemCode = "invalid_prefix"
@@ -140,6 +159,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeInvalidLimit:
 		return true
+	case ProblemCodeInvalidMode:
+		return true
 	case ProblemCodeInvalidOwner:
 		return true
 	case ProblemCodeInvalidPermits:
@@ -185,6 +206,78 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeUnknownField:
 		return true
 	case ProblemCodeUnknownParameter:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RWAcquireRequestMode.
+const (
+	RWAcquireRequestModeRead  RWAcquireRequestMode = "read"
+	RWAcquireRequestModeWrite RWAcquireRequestMode = "write"
+)
+
+// Valid indicates whether the value is a known member of the RWAcquireRequestMode enum.
+func (e RWAcquireRequestMode) Valid() bool {
+	switch e {
+	case RWAcquireRequestModeRead:
+		return true
+	case RWAcquireRequestModeWrite:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RWGrantMode.
+const (
+	RWGrantModeRead  RWGrantMode = "read"
+	RWGrantModeWrite RWGrantMode = "write"
+)
+
+// Valid indicates whether the value is a known member of the RWGrantMode enum.
+func (e RWGrantMode) Valid() bool {
+	switch e {
+	case RWGrantModeRead:
+		return true
+	case RWGrantModeWrite:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RWHolderMode.
+const (
+	RWHolderModeRead  RWHolderMode = "read"
+	RWHolderModeWrite RWHolderMode = "write"
+)
+
+// Valid indicates whether the value is a known member of the RWHolderMode enum.
+func (e RWHolderMode) Valid() bool {
+	switch e {
+	case RWHolderModeRead:
+		return true
+	case RWHolderModeWrite:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RWLockStateMode.
+const (
+	RWLockStateModeRead  RWLockStateMode = "read"
+	RWLockStateModeWrite RWLockStateMode = "write"
+)
+
+// Valid indicates whether the value is a known member of the RWLockStateMode enum.
+func (e RWLockStateMode) Valid() bool {
+	switch e {
+	case RWLockStateModeRead:
+		return true
+	case RWLockStateModeWrite:
 		return true
 	default:
 		return false
@@ -284,6 +377,18 @@ type Capabilities struct {
 			NoFifoReason *string `json:"no_fifo_reason,omitempty"`
 		} `json:"locks"`
 
+		// Rwlocks null when the backend has no read-write locks (their routes answer 501; unsupported says why).
+		Rwlocks *struct {
+			// Fair One FIFO queue for both modes: a waiting writer holds back later readers.
+			Fair bool `json:"fair"`
+
+			// Sessions session_id is taken on acquire; false: it answers 501 not_supported.
+			Sessions bool `json:"sessions"`
+
+			// Wakeup How waiters learn that what blocked them is gone.
+			Wakeup CapabilitiesFeaturesRwlocksWakeup `json:"wakeup"`
+		} `json:"rwlocks"`
+
 		// Semaphores null when the backend has no semaphores (their routes answer 501).
 		Semaphores *struct {
 			// Fifo Waiters are served in arrival order.
@@ -312,6 +417,9 @@ type CapabilitiesFeaturesElectionsObserve string
 
 // CapabilitiesFeaturesEventsChanges How changes reach watchers.
 type CapabilitiesFeaturesEventsChanges string
+
+// CapabilitiesFeaturesRwlocksWakeup How waiters learn that what blocked them is gone.
+type CapabilitiesFeaturesRwlocksWakeup string
 
 // CapabilitiesFeaturesSessionsExpiry Where a session's end is decided: state in the store, enforced with no lockd alive.
 type CapabilitiesFeaturesSessionsExpiry string
@@ -427,9 +535,9 @@ type Problem struct {
 		Token Token `json:"token"`
 	} `json:"holder,omitempty"`
 
-	// Holders A semaphore's permits, when an acquire gave up (lock_held).
-	Holders *[]SemaphoreHolder `json:"holders,omitempty"`
-	Leader  *ElectionLeader    `json:"leader,omitempty"`
+	// Holders The unexpired holders when an acquire of an rwlock (RWHolder) or a semaphore (SemaphoreHolder) gave up (lock_held).
+	Holders *[]Problem_Holders_Item `json:"holders,omitempty"`
+	Leader  *ElectionLeader         `json:"leader,omitempty"`
 
 	// Permits The semaphore's current size (permits_mismatch).
 	Permits *int   `json:"permits,omitempty"`
@@ -441,6 +549,11 @@ type Problem struct {
 // ProblemCode defines model for Problem.Code.
 type ProblemCode string
 
+// Problem_Holders_Item defines model for Problem.holders.Item.
+type Problem_Holders_Item struct {
+	union json.RawMessage
+}
+
 // ProclaimRequest defines model for ProclaimRequest.
 type ProclaimRequest struct {
 	// LeaseId Opaque capability to renew and release (at least 128 random bits). Keep it secret.
@@ -449,6 +562,77 @@ type ProclaimRequest struct {
 	// Value At most 4096 bytes of UTF-8.
 	Value *string `json:"value,omitempty"`
 }
+
+// RWAcquireRequest defines model for RWAcquireRequest.
+type RWAcquireRequest struct {
+	// Mode read: shared with other readers; write: exclusive (code invalid_mode otherwise).
+	Mode RWAcquireRequestMode `json:"mode"`
+
+	// Owner Free text shown in inspection (at most 256 characters).
+	Owner *string `json:"owner,omitempty"`
+
+	// SessionId A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound).
+	SessionId *SessionID `json:"session_id,omitempty"`
+
+	// TtlMs The lease's TTL; 15000 when omitted.
+	TtlMs *int `json:"ttl_ms,omitempty"`
+
+	// WaitMs How long to wait in line; 0 (do not wait) when omitted.
+	WaitMs *int `json:"wait_ms,omitempty"`
+}
+
+// RWAcquireRequestMode read: shared with other readers; write: exclusive (code invalid_mode otherwise).
+type RWAcquireRequestMode string
+
+// RWGrant defines model for RWGrant.
+type RWGrant struct {
+	ExpiresAt Timestamp `json:"expires_at"`
+	Key       string    `json:"key"`
+
+	// LeaseId Opaque capability to renew and release (at least 128 random bits). Keep it secret.
+	LeaseId LeaseID     `json:"lease_id"`
+	Mode    RWGrantMode `json:"mode"`
+	Owner   string      `json:"owner"`
+
+	// Token Fencing token; strictly greater than every token granted for this key before.
+	Token Token `json:"token"`
+	TtlMs int   `json:"ttl_ms"`
+}
+
+// RWGrantMode defines model for RWGrant.Mode.
+type RWGrantMode string
+
+// RWHolder defines model for RWHolder.
+type RWHolder struct {
+	ExpiresAt Timestamp    `json:"expires_at"`
+	Mode      RWHolderMode `json:"mode"`
+	Owner     string       `json:"owner"`
+
+	// Token Fencing token; strictly greater than every token granted for this key before.
+	Token Token `json:"token"`
+}
+
+// RWHolderMode defines model for RWHolder.Mode.
+type RWHolderMode string
+
+// RWLockState defines model for RWLockState.
+type RWLockState struct {
+	Holders []RWHolder `json:"holders"`
+	Key     string     `json:"key"`
+
+	// Mode The holders' mode; omitted when nobody holds.
+	Mode    *RWLockStateMode `json:"mode,omitempty"`
+	Waiters struct {
+		// Read Readers waiting.
+		Read int `json:"read"`
+
+		// Write Writers waiting.
+		Write int `json:"write"`
+	} `json:"waiters"`
+}
+
+// RWLockStateMode The holders' mode; omitted when nobody holds.
+type RWLockStateMode string
 
 // ReleaseRequest defines model for ReleaseRequest.
 type ReleaseRequest struct {
@@ -658,6 +842,15 @@ type ReleaseJSONRequestBody = ReleaseRequest
 // RenewJSONRequestBody defines body for Renew for application/json ContentType.
 type RenewJSONRequestBody = RenewRequest
 
+// AcquireRWJSONRequestBody defines body for AcquireRW for application/json ContentType.
+type AcquireRWJSONRequestBody = RWAcquireRequest
+
+// ReleaseRWJSONRequestBody defines body for ReleaseRW for application/json ContentType.
+type ReleaseRWJSONRequestBody = ReleaseRequest
+
+// RenewRWJSONRequestBody defines body for RenewRW for application/json ContentType.
+type RenewRWJSONRequestBody = RenewRequest
+
 // AcquireSemaphoreJSONRequestBody defines body for AcquireSemaphore for application/json ContentType.
 type AcquireSemaphoreJSONRequestBody = SemaphoreRequest
 
@@ -675,6 +868,68 @@ type CloseSessionJSONRequestBody = CloseSessionRequest
 
 // RenewSessionJSONRequestBody defines body for RenewSession for application/json ContentType.
 type RenewSessionJSONRequestBody = RenewSessionRequest
+
+// AsRWHolder returns the union data inside the Problem_Holders_Item as a RWHolder
+func (t Problem_Holders_Item) AsRWHolder() (RWHolder, error) {
+	var body RWHolder
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromRWHolder overwrites any union data inside the Problem_Holders_Item as the provided RWHolder
+func (t *Problem_Holders_Item) FromRWHolder(v RWHolder) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeRWHolder performs a merge with any union data inside the Problem_Holders_Item, using the provided RWHolder
+func (t *Problem_Holders_Item) MergeRWHolder(v RWHolder) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsSemaphoreHolder returns the union data inside the Problem_Holders_Item as a SemaphoreHolder
+func (t Problem_Holders_Item) AsSemaphoreHolder() (SemaphoreHolder, error) {
+	var body SemaphoreHolder
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromSemaphoreHolder overwrites any union data inside the Problem_Holders_Item as the provided SemaphoreHolder
+func (t *Problem_Holders_Item) FromSemaphoreHolder(v SemaphoreHolder) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeSemaphoreHolder performs a merge with any union data inside the Problem_Holders_Item, using the provided SemaphoreHolder
+func (t *Problem_Holders_Item) MergeSemaphoreHolder(v SemaphoreHolder) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+func (t Problem_Holders_Item) MarshalJSON() ([]byte, error) {
+	b, err := t.union.MarshalJSON()
+	return b, err
+}
+
+func (t *Problem_Holders_Item) UnmarshalJSON(b []byte) error {
+	err := t.union.UnmarshalJSON(b)
+	return err
+}
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -986,6 +1241,81 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	Renew(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// InspectRW Who holds a read-write lock, in which mode, and how many readers and writers wait.
+	//
+	// Shows the unexpired holders (mode, owner, token, expiry; never lease ids) and the waiting readers and writers.
+	//
+	// Corresponds with GET /v1/rwlocks/{key} (the `InspectRW` operationId).
+	InspectRW(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AcquireRWWithBody Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+	//
+	// Readers and writers wait in one FIFO queue. A reader is granted when
+	// no writer is ahead of it, holding or waiting; a writer only when
+	// nobody holds and nobody is ahead. So a waiting writer holds back the
+	// readers that come after it, and readers queued together are granted
+	// together. Each reader has its own lease. A write token is greater
+	// than every token granted before it; a read token is greater than
+	// every earlier writer's. There is no upgrade from read to write and
+	// no re-entrancy. An rwlock and a lock of the same key never meet.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+	AcquireRWWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AcquireRW Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+	//
+	// Readers and writers wait in one FIFO queue. A reader is granted when
+	// no writer is ahead of it, holding or waiting; a writer only when
+	// nobody holds and nobody is ahead. So a waiting writer holds back the
+	// readers that come after it, and readers queued together are granted
+	// together. Each reader has its own lease. A write token is greater
+	// than every token granted before it; a read token is greater than
+	// every earlier writer's. There is no upgrade from read to write and
+	// no re-entrancy. An rwlock and a lock of the same key never meet.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+	AcquireRW(ctx context.Context, key Key, body AcquireRWJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseRWWithBody Release a read or write lease.
+	//
+	// Ends the lease at once and wakes the waiters it held back.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+	ReleaseRWWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseRW Release a read or write lease.
+	//
+	// Ends the lease at once and wakes the waiters it held back.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+	ReleaseRW(ctx context.Context, key Key, body ReleaseRWJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewRWWithBody Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+	//
+	// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+	RenewRWWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewRW Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+	//
+	// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+	RenewRW(ctx context.Context, key Key, body RenewRWJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// InspectSemaphore A semaphore's size, its unexpired permits and how many wait.
 	//
@@ -1596,6 +1926,151 @@ func (c *Client) RenewWithBody(ctx context.Context, key Key, contentType string,
 // Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 func (c *Client) Renew(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRenewRequest(c.Server, key, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// InspectRW Who holds a read-write lock, in which mode, and how many readers and writers wait.
+//
+// Shows the unexpired holders (mode, owner, token, expiry; never lease ids) and the waiting readers and writers.
+//
+// Corresponds with GET /v1/rwlocks/{key} (the `InspectRW` operationId).
+func (c *Client) InspectRW(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewInspectRWRequest(c.Server, key)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AcquireRWWithBody Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+//
+// Readers and writers wait in one FIFO queue. A reader is granted when
+// no writer is ahead of it, holding or waiting; a writer only when
+// nobody holds and nobody is ahead. So a waiting writer holds back the
+// readers that come after it, and readers queued together are granted
+// together. Each reader has its own lease. A write token is greater
+// than every token granted before it; a read token is greater than
+// every earlier writer's. There is no upgrade from read to write and
+// no re-entrancy. An rwlock and a lock of the same key never meet.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+func (c *Client) AcquireRWWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAcquireRWRequestWithBody(c.Server, key, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AcquireRW Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+//
+// Readers and writers wait in one FIFO queue. A reader is granted when
+// no writer is ahead of it, holding or waiting; a writer only when
+// nobody holds and nobody is ahead. So a waiting writer holds back the
+// readers that come after it, and readers queued together are granted
+// together. Each reader has its own lease. A write token is greater
+// than every token granted before it; a read token is greater than
+// every earlier writer's. There is no upgrade from read to write and
+// no re-entrancy. An rwlock and a lock of the same key never meet.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+func (c *Client) AcquireRW(ctx context.Context, key Key, body AcquireRWJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAcquireRWRequest(c.Server, key, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseRWWithBody Release a read or write lease.
+//
+// Ends the lease at once and wakes the waiters it held back.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+func (c *Client) ReleaseRWWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseRWRequestWithBody(c.Server, key, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseRW Release a read or write lease.
+//
+// Ends the lease at once and wakes the waiters it held back.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+func (c *Client) ReleaseRW(ctx context.Context, key Key, body ReleaseRWJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseRWRequest(c.Server, key, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewRWWithBody Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+//
+// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+func (c *Client) RenewRWWithBody(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewRWRequestWithBody(c.Server, key, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewRW Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+//
+// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+func (c *Client) RenewRW(ctx context.Context, key Key, body RenewRWJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewRWRequest(c.Server, key, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2634,6 +3109,181 @@ func NewRenewRequestWithBody(server string, key Key, contentType string, body io
 	return req, nil
 }
 
+// NewInspectRWRequest constructs an http.Request for the InspectRW method
+func NewInspectRWRequest(server string, key Key) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rwlocks/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAcquireRWRequest calls the generic AcquireRW builder with application/json body
+func NewAcquireRWRequest(server string, key Key, body AcquireRWJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewAcquireRWRequestWithBody(server, key, "application/json", bodyReader)
+}
+
+// NewAcquireRWRequestWithBody constructs an http.Request for the AcquireRW method, with any body, and a specified content type
+func NewAcquireRWRequestWithBody(server string, key Key, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rwlocks/%s/acquire", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewReleaseRWRequest calls the generic ReleaseRW builder with application/json body
+func NewReleaseRWRequest(server string, key Key, body ReleaseRWJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewReleaseRWRequestWithBody(server, key, "application/json", bodyReader)
+}
+
+// NewReleaseRWRequestWithBody constructs an http.Request for the ReleaseRW method, with any body, and a specified content type
+func NewReleaseRWRequestWithBody(server string, key Key, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rwlocks/%s/release", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRenewRWRequest calls the generic RenewRW builder with application/json body
+func NewRenewRWRequest(server string, key Key, body RenewRWJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenewRWRequestWithBody(server, key, "application/json", bodyReader)
+}
+
+// NewRenewRWRequestWithBody constructs an http.Request for the RenewRW method, with any body, and a specified content type
+func NewRenewRWRequestWithBody(server string, key Key, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "key", key, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rwlocks/%s/renew", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewInspectSemaphoreRequest constructs an http.Request for the InspectSemaphore method
 func NewInspectSemaphoreRequest(server string, key Key) (*http.Request, error) {
 	var err error
@@ -3248,6 +3898,83 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/locks/{key}/renew (the `Renew` operationId).
 	RenewWithResponse(ctx context.Context, key Key, body RenewJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewResponse, error)
+
+	// InspectRWWithResponse Who holds a read-write lock, in which mode, and how many readers and writers wait.
+	//
+	// Shows the unexpired holders (mode, owner, token, expiry; never lease ids) and the waiting readers and writers.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/rwlocks/{key} (the `InspectRW` operationId).
+	InspectRWWithResponse(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*InspectRWResponse, error)
+
+	// AcquireRWWithBodyWithResponse Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+	//
+	// Readers and writers wait in one FIFO queue. A reader is granted when
+	// no writer is ahead of it, holding or waiting; a writer only when
+	// nobody holds and nobody is ahead. So a waiting writer holds back the
+	// readers that come after it, and readers queued together are granted
+	// together. Each reader has its own lease. A write token is greater
+	// than every token granted before it; a read token is greater than
+	// every earlier writer's. There is no upgrade from read to write and
+	// no re-entrancy. An rwlock and a lock of the same key never meet.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+	AcquireRWWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireRWResponse, error)
+
+	// AcquireRWWithResponse Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+	//
+	// Readers and writers wait in one FIFO queue. A reader is granted when
+	// no writer is ahead of it, holding or waiting; a writer only when
+	// nobody holds and nobody is ahead. So a waiting writer holds back the
+	// readers that come after it, and readers queued together are granted
+	// together. Each reader has its own lease. A write token is greater
+	// than every token granted before it; a read token is greater than
+	// every earlier writer's. There is no upgrade from read to write and
+	// no re-entrancy. An rwlock and a lock of the same key never meet.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+	AcquireRWWithResponse(ctx context.Context, key Key, body AcquireRWJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireRWResponse, error)
+
+	// ReleaseRWWithBodyWithResponse Release a read or write lease.
+	//
+	// Ends the lease at once and wakes the waiters it held back.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+	ReleaseRWWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseRWResponse, error)
+
+	// ReleaseRWWithResponse Release a read or write lease.
+	//
+	// Ends the lease at once and wakes the waiters it held back.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+	ReleaseRWWithResponse(ctx context.Context, key Key, body ReleaseRWJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseRWResponse, error)
+
+	// RenewRWWithBodyWithResponse Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+	//
+	// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+	RenewRWWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewRWResponse, error)
+
+	// RenewRWWithResponse Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+	//
+	// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+	RenewRWWithResponse(ctx context.Context, key Key, body RenewRWJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewRWResponse, error)
 
 	// InspectSemaphoreWithResponse A semaphore's size, its unexpired permits and how many wait.
 	//
@@ -5329,6 +6056,548 @@ func (r RenewResponse) ContentType() string {
 	return ""
 }
 
+// InspectRWResponse401Headers the declared response headers of an HTTP 401 response for InspectRW
+type InspectRWResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// InspectRWResponse429Headers the declared response headers of an HTTP 429 response for InspectRW
+type InspectRWResponse429Headers struct {
+	RetryAfter *int
+}
+
+// InspectRWResponse503Headers the declared response headers of an HTTP 503 response for InspectRW
+type InspectRWResponse503Headers struct {
+	RetryAfter *int
+}
+
+type InspectRWResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RWLockState
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *InspectRWResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *InspectRWResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *InspectRWResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r InspectRWResponse) GetJSON200() *RWLockState {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r InspectRWResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r InspectRWResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r InspectRWResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r InspectRWResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r InspectRWResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// AcquireRWResponse401Headers the declared response headers of an HTTP 401 response for AcquireRW
+type AcquireRWResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// AcquireRWResponse429Headers the declared response headers of an HTTP 429 response for AcquireRW
+type AcquireRWResponse429Headers struct {
+	RetryAfter *int
+}
+
+// AcquireRWResponse503Headers the declared response headers of an HTTP 503 response for AcquireRW
+type AcquireRWResponse503Headers struct {
+	RetryAfter *int
+}
+
+type AcquireRWResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RWGrant
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *SessionExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *AcquireRWResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *AcquireRWResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *AcquireRWResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AcquireRWResponse) GetJSON200() *RWGrant {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON410() *SessionExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON429() *Problem {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r AcquireRWResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r AcquireRWResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AcquireRWResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AcquireRWResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AcquireRWResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ReleaseRWResponse401Headers the declared response headers of an HTTP 401 response for ReleaseRW
+type ReleaseRWResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// ReleaseRWResponse429Headers the declared response headers of an HTTP 429 response for ReleaseRW
+type ReleaseRWResponse429Headers struct {
+	RetryAfter *int
+}
+
+// ReleaseRWResponse503Headers the declared response headers of an HTTP 503 response for ReleaseRW
+type ReleaseRWResponse503Headers struct {
+	RetryAfter *int
+}
+
+type ReleaseRWResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *LeaseExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ReleaseRWResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *ReleaseRWResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ReleaseRWResponse503Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON410() *LeaseExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ReleaseRWResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseRWResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseRWResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseRWResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseRWResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RenewRWResponse401Headers the declared response headers of an HTTP 401 response for RenewRW
+type RenewRWResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// RenewRWResponse429Headers the declared response headers of an HTTP 429 response for RenewRW
+type RenewRWResponse429Headers struct {
+	RetryAfter *int
+}
+
+// RenewRWResponse503Headers the declared response headers of an HTTP 503 response for RenewRW
+type RenewRWResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RenewRWResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RWGrant
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Forbidden
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationproblemJSON408 *BodyTimeout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *SessionBound
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *LeaseExpired
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *RateLimited
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *NotSupported
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RenewRWResponse401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RenewRWResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RenewRWResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RenewRWResponse) GetJSON200() *RWGrant {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON403() *Forbidden {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON408() *BodyTimeout {
+	return r.ApplicationproblemJSON408
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON409() *SessionBound {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON410() *LeaseExpired {
+	return r.ApplicationproblemJSON410
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON429() *RateLimited {
+	return r.ApplicationproblemJSON429
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON501() *NotSupported {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RenewRWResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RenewRWResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RenewRWResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RenewRWResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RenewRWResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // InspectSemaphoreResponse401Headers the declared response headers of an HTTP 401 response for InspectSemaphore
 type InspectSemaphoreResponse401Headers struct {
 	WWWAuthenticate *string
@@ -6696,6 +7965,125 @@ func (c *ClientWithResponses) RenewWithResponse(ctx context.Context, key Key, bo
 		return nil, err
 	}
 	return ParseRenewResponse(rsp)
+}
+
+// InspectRWWithResponse Who holds a read-write lock, in which mode, and how many readers and writers wait.
+//
+// Shows the unexpired holders (mode, owner, token, expiry; never lease ids) and the waiting readers and writers.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/rwlocks/{key} (the `InspectRW` operationId).
+func (c *ClientWithResponses) InspectRWWithResponse(ctx context.Context, key Key, reqEditors ...RequestEditorFn) (*InspectRWResponse, error) {
+	rsp, err := c.InspectRW(ctx, key, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseInspectRWResponse(rsp)
+}
+
+// AcquireRWWithBodyWithResponse Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+//
+// Readers and writers wait in one FIFO queue. A reader is granted when
+// no writer is ahead of it, holding or waiting; a writer only when
+// nobody holds and nobody is ahead. So a waiting writer holds back the
+// readers that come after it, and readers queued together are granted
+// together. Each reader has its own lease. A write token is greater
+// than every token granted before it; a read token is greater than
+// every earlier writer's. There is no upgrade from read to write and
+// no re-entrancy. An rwlock and a lock of the same key never meet.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+func (c *ClientWithResponses) AcquireRWWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AcquireRWResponse, error) {
+	rsp, err := c.AcquireRWWithBody(ctx, key, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAcquireRWResponse(rsp)
+}
+
+// AcquireRWWithResponse Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+//
+// Readers and writers wait in one FIFO queue. A reader is granted when
+// no writer is ahead of it, holding or waiting; a writer only when
+// nobody holds and nobody is ahead. So a waiting writer holds back the
+// readers that come after it, and readers queued together are granted
+// together. Each reader has its own lease. A write token is greater
+// than every token granted before it; a read token is greater than
+// every earlier writer's. There is no upgrade from read to write and
+// no re-entrancy. An rwlock and a lock of the same key never meet.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rwlocks/{key}/acquire (the `AcquireRW` operationId).
+func (c *ClientWithResponses) AcquireRWWithResponse(ctx context.Context, key Key, body AcquireRWJSONRequestBody, reqEditors ...RequestEditorFn) (*AcquireRWResponse, error) {
+	rsp, err := c.AcquireRW(ctx, key, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAcquireRWResponse(rsp)
+}
+
+// ReleaseRWWithBodyWithResponse Release a read or write lease.
+//
+// Ends the lease at once and wakes the waiters it held back.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+func (c *ClientWithResponses) ReleaseRWWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseRWResponse, error) {
+	rsp, err := c.ReleaseRWWithBody(ctx, key, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseRWResponse(rsp)
+}
+
+// ReleaseRWWithResponse Release a read or write lease.
+//
+// Ends the lease at once and wakes the waiters it held back.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rwlocks/{key}/release (the `ReleaseRW` operationId).
+func (c *ClientWithResponses) ReleaseRWWithResponse(ctx context.Context, key Key, body ReleaseRWJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseRWResponse, error) {
+	rsp, err := c.ReleaseRW(ctx, key, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseRWResponse(rsp)
+}
+
+// RenewRWWithBodyWithResponse Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+//
+// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+func (c *ClientWithResponses) RenewRWWithBodyWithResponse(ctx context.Context, key Key, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewRWResponse, error) {
+	rsp, err := c.RenewRWWithBody(ctx, key, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewRWResponse(rsp)
+}
+
+// RenewRWWithResponse Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+//
+// Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rwlocks/{key}/renew (the `RenewRW` operationId).
+func (c *ClientWithResponses) RenewRWWithResponse(ctx context.Context, key Key, body RenewRWJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewRWResponse, error) {
+	rsp, err := c.RenewRW(ctx, key, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewRWResponse(rsp)
 }
 
 // InspectSemaphoreWithResponse A semaphore's size, its unexpired permits and how many wait.
@@ -8732,6 +10120,539 @@ func ParseRenewResponse(rsp *http.Response) (*RenewResponse, error) {
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers RenewResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseInspectRWResponse parses an HTTP response from a InspectRWWithResponse call
+func ParseInspectRWResponse(rsp *http.Response) (*InspectRWResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &InspectRWResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RWLockState
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers InspectRWResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers InspectRWResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers InspectRWResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseAcquireRWResponse parses an HTTP response from a AcquireRWWithResponse call
+func ParseAcquireRWResponse(rsp *http.Response) (*AcquireRWResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AcquireRWResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RWGrant
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest SessionExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers AcquireRWResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers AcquireRWResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers AcquireRWResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseReleaseRWResponse parses an HTTP response from a ReleaseRWWithResponse call
+func ParseReleaseRWResponse(rsp *http.Response) (*ReleaseRWResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseRWResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest LeaseExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ReleaseRWResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers ReleaseRWResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers ReleaseRWResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRenewRWResponse parses an HTTP response from a RenewRWWithResponse call
+func ParseRenewRWResponse(rsp *http.Response) (*RenewRWResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RenewRWResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RWGrant
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest BodyTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest SessionBound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest LeaseExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotSupported
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers RenewRWResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers RenewRWResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers RenewRWResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {

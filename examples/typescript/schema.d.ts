@@ -351,6 +351,93 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/rwlocks/{key}/acquire": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Acquire a read-write lock in read or write mode, optionally waiting (long poll, one FIFO queue) up to wait_ms.
+         * @description Readers and writers wait in one FIFO queue. A reader is granted when
+         *     no writer is ahead of it, holding or waiting; a writer only when
+         *     nobody holds and nobody is ahead. So a waiting writer holds back the
+         *     readers that come after it, and readers queued together are granted
+         *     together. Each reader has its own lease. A write token is greater
+         *     than every token granted before it; a read token is greater than
+         *     every earlier writer's. There is no upgrade from read to write and
+         *     no re-entrancy. An rwlock and a lock of the same key never meet.
+         */
+        post: operations["acquireRW"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rwlocks/{key}/renew": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Extend a read or write lease; without ttl_ms it keeps its TTL. Same token and mode, new expires_at.
+         * @description Extends the lease held by lease_id, as for a lock. Renewing one reader never changes another's lease.
+         */
+        post: operations["renewRW"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rwlocks/{key}/release": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Release a read or write lease.
+         * @description Ends the lease at once and wakes the waiters it held back.
+         */
+        post: operations["releaseRW"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rwlocks/{key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Who holds a read-write lock, in which mode, and how many readers and writers wait.
+         * @description Shows the unexpired holders (mode, owner, token, expiry; never lease ids) and the waiting readers and writers.
+         */
+        get: operations["inspectRW"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/semaphores/{key}/acquire": {
         parameters: {
             query?: never;
@@ -574,6 +661,18 @@ export interface components {
                     /** @description Set when expired may come later than the deadline plus the declared skew: when and why. */
                     expired_delay?: string;
                 } | null;
+                /** @description null when the backend has no read-write locks (their routes answer 501; unsupported says why). */
+                rwlocks: {
+                    /** @description One FIFO queue for both modes: a waiting writer holds back later readers. */
+                    fair: boolean;
+                    /** @description session_id is taken on acquire; false: it answers 501 not_supported. */
+                    sessions: boolean;
+                    /**
+                     * @description How waiters learn that what blocked them is gone.
+                     * @enum {string}
+                     */
+                    wakeup: "watch" | "pubsub";
+                } | null;
                 /** @description null when the backend has no semaphores (their routes answer 501). */
                 semaphores: {
                     /** @description Waiters are served in arrival order. */
@@ -653,6 +752,52 @@ export interface components {
         /** @description The data of released and expired: the token of the grant that ended. */
         KeyEnded: {
             token: components["schemas"]["Token"];
+        };
+        RWAcquireRequest: {
+            /**
+             * @description read: shared with other readers; write: exclusive (code invalid_mode otherwise).
+             * @enum {string}
+             */
+            mode: "read" | "write";
+            /** @description The lease's TTL; 15000 when omitted. */
+            ttl_ms?: number;
+            /** @description How long to wait in line; 0 (do not wait) when omitted. */
+            wait_ms?: number;
+            /** @description Free text shown in inspection (at most 256 characters). */
+            owner?: string;
+            session_id?: components["schemas"]["SessionID"];
+        };
+        RWGrant: {
+            key: string;
+            lease_id: components["schemas"]["LeaseID"];
+            token: components["schemas"]["Token"];
+            owner: string;
+            ttl_ms: number;
+            expires_at: components["schemas"]["Timestamp"];
+            /** @enum {string} */
+            mode: "read" | "write";
+        };
+        RWHolder: {
+            /** @enum {string} */
+            mode: "read" | "write";
+            owner: string;
+            token: components["schemas"]["Token"];
+            expires_at: components["schemas"]["Timestamp"];
+        };
+        RWLockState: {
+            key: string;
+            /**
+             * @description The holders' mode; omitted when nobody holds.
+             * @enum {string}
+             */
+            mode?: "read" | "write";
+            holders: components["schemas"]["RWHolder"][];
+            waiters: {
+                /** @description Readers waiting. */
+                read: number;
+                /** @description Writers waiting. */
+                write: number;
+            };
         };
         AcquireRequest: {
             /** @description The lease's TTL; 15000 when omitted. */
@@ -762,15 +907,15 @@ export interface components {
             status: number;
             detail: string;
             /** @enum {string} */
-            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound" | "invalid_permits" | "permits_mismatch";
+            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound" | "invalid_mode" | "invalid_permits" | "permits_mismatch";
             holder?: {
                 owner: string;
                 token: components["schemas"]["Token"];
                 expires_at: components["schemas"]["Timestamp"];
             };
             leader?: components["schemas"]["ElectionLeader"];
-            /** @description A semaphore's permits, when an acquire gave up (lock_held). */
-            holders?: components["schemas"]["SemaphoreHolder"][];
+            /** @description The unexpired holders when an acquire of an rwlock (RWHolder) or a semaphore (SemaphoreHolder) gave up (lock_held). */
+            holders?: (components["schemas"]["RWHolder"] | components["schemas"]["SemaphoreHolder"])[];
             /** @description The semaphore's current size (permits_mismatch). */
             permits?: number;
         };
@@ -1560,6 +1705,176 @@ export interface operations {
             408: components["responses"]["BodyTimeout"];
             410: components["responses"]["SessionExpired"];
             413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    acquireRW: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RWAcquireRequest"];
+            };
+        };
+        responses: {
+            /** @description Granted in the mode asked. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RWGrant"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            /** @description Not granted within wait_ms (code lock_held); holders lists the unexpired holders. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            410: components["responses"]["SessionExpired"];
+            413: components["responses"]["TooLarge"];
+            /** @description A limit refused the request (code too_many_waiters, too_many_leases or rate_limited). Retry after Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            500: components["responses"]["InternalError"];
+            /** @description This lockd's backend has no read-write locks, or no sessions for session_id, or its read-write locks do not live in sessions (capabilities rwlocks.sessions false) (code not_supported), or an Idempotency-Key was sent (code idempotency_unsupported; rwlock acquires do not honour it). Nothing was done. */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    renewRW: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RenewRequest"];
+            };
+        };
+        responses: {
+            /** @description Renewed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RWGrant"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            409: components["responses"]["SessionBound"];
+            410: components["responses"]["LeaseExpired"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    releaseRW: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReleaseRequest"];
+            };
+        };
+        responses: {
+            /** @description Released. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["BodyTimeout"];
+            410: components["responses"]["LeaseExpired"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            501: components["responses"]["NotSupported"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    inspectRW: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1..200 bytes of A-Z a-z 0-9 . _ : - starting with a letter or digit. */
+                key: components["parameters"]["Key"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rwlock's state (mode omitted when nobody holds). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RWLockState"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotSupported"];

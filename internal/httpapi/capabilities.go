@@ -21,6 +21,7 @@ type featuresJSON struct {
 	Elections   *backend.ElectionFeatures  `json:"elections"`
 	Sessions    *backend.SessionFeatures   `json:"sessions"`
 	Events      *backend.WatchFeatures     `json:"events"`
+	RWLocks     *backend.RWFeatures        `json:"rwlocks"`
 	Semaphores  *backend.SemaphoreFeatures `json:"semaphores"`
 }
 
@@ -55,6 +56,10 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 	if sm := semaphoresOf(b); sm != nil {
 		f := sm.Features()
 		c.Features.Semaphores = &f
+	}
+	if rw := rwlocksOf(b); rw != nil {
+		f := rw.Features()
+		c.Features.RWLocks = &f
 	}
 	if u, ok := b.(backend.Unsupported); ok {
 		c.Unsupported = u.Unsupported()

@@ -124,6 +124,7 @@ func New(b backend.Backend, opts Options) *Server {
 	r.Route("/v1/elections", s.electionRoutes)
 	r.Route("/v1/sessions", s.sessionRoutes)
 	r.Route("/v1/semaphores", s.semaphoreRoutes)
+	r.Route("/v1/rwlocks", s.rwlockRoutes)
 	s.handler = r
 	return s
 }
@@ -328,14 +329,33 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 // answered when ok is false; otherwise leave must run once the acquire is
 // over.
 func (s *Server) admitAcquire(w http.ResponseWriter, r *http.Request) (req backend.AcquireRequest, leave func(), ok bool) {
-	key, err := keyParam(r)
 	var body acquireBody
+	return s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body, idempotent: true})
+}
+
+// acquireKind is what another primitive's acquire (rwlocks.go) changes in
+// admitAcquire: its body, which holds the lock fields and more, checked by
+// more; the namespace of its keys in the waiter limits; whether the route
+// honours Idempotency-Key (when the backend does).
+type acquireKind struct {
+	body       any
+	fields     *acquireBody
+	more       func() error
+	gate       string
+	idempotent bool
+}
+
+func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acquireKind) (req backend.AcquireRequest, leave func(), ok bool) {
+	key, err := keyParam(r)
 	if err == nil {
-		err = s.decode(w, r, &body)
+		err = s.decode(w, r, kind.body)
 	}
 	var p acquireParams
 	if err == nil {
-		p, err = body.params()
+		p, err = kind.fields.params()
+	}
+	if err == nil && kind.more != nil {
+		err = kind.more()
 	}
 	var idemKey string
 	if err == nil {
@@ -352,13 +372,13 @@ func (s *Server) admitAcquire(w http.ResponseWriter, r *http.Request) (req backe
 		s.fail(w, r, errNotSupported("sessions"))
 		return req, nil, false
 	}
-	if _, ok := s.b.(backend.Idempotent); idemKey != "" && !ok {
+	if _, ok := s.b.(backend.Idempotent); idemKey != "" && (!ok || !kind.idempotent) {
 		s.fail(w, r, errIdempotencyUnsupported)
 		return req, nil, false
 	}
 	leave = func() {}
 	if p.wait > 0 {
-		out, limit, err := s.waiters.enter(key, s.opts.Limits)
+		out, limit, err := s.waiters.enter(kind.gate+key, s.opts.Limits)
 		if err != nil {
 			s.m.limited.WithLabelValues(limit).Inc()
 			s.refuse(w, r, principal(r), err)
@@ -398,6 +418,13 @@ func (s *Server) longPoll(ctx context.Context, wait time.Duration) (context.Cont
 // recordAcquire settles what an acquire came to: the caller's lease count,
 // a grant the client left before receiving, the audit line and the answer.
 func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx context.Context, req backend.AcquireRequest, g backend.Grant, err error) {
+	s.recordAcquireOf(w, r, ctx, req, g, err, toGrantJSON(g), s.b.Release)
+}
+
+// recordAcquireOf is recordAcquire for any primitive's grant g: answer is
+// its body, release ends it should its client have left.
+func (s *Server) recordAcquireOf(w http.ResponseWriter, r *http.Request, ctx context.Context, req backend.AcquireRequest, g backend.Grant, err error,
+	answer any, release func(ctx context.Context, key, leaseID string) error) {
 	key := req.Key
 	who := principal(r)
 	if s.leaseLimit(who) > 0 {
@@ -411,7 +438,7 @@ func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx conte
 		// Granted as the client left: nobody will ever renew or release
 		// it, so it would block the key for its whole TTL. (A replayed
 		// grant is the first attempt's, which may have been delivered.)
-		s.releaseOrphan(r, who, g)
+		s.releaseOrphan(r, who, g, release)
 		return
 	}
 	if err != nil {
@@ -427,13 +454,13 @@ func (s *Server) recordAcquire(w http.ResponseWriter, r *http.Request, ctx conte
 			s.audit("grant_replayed", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID))
 		}
 		w.Header().Set(replayedHeader, "true")
-		writeJSON(w, http.StatusOK, toGrantJSON(g))
+		writeJSON(w, http.StatusOK, answer)
 		return
 	}
 	if s.auditing() {
 		s.audit("grant", r, "key", key, "owner", g.Owner, "token", g.Token, "lease", leaseHash(g.LeaseID), "ttl_ms", g.TTL.Milliseconds())
 	}
-	writeJSON(w, http.StatusOK, toGrantJSON(g))
+	writeJSON(w, http.StatusOK, answer)
 }
 
 func outcome(err error) string {

@@ -171,15 +171,16 @@ func TestRateLimit(t *testing.T) {
 // session frees their places at once.
 func TestLeaseLimitCountsSessionGrants(t *testing.T) {
 	s := newSpecServer(t, httpapi.Options{Limits: httpapi.Limits{LeasesPerPrincipal: 2}})
-	open := s.do("POST", "/v1/sessions", `{"ttl_ms": 400, "owner": "w"}`)
+	open := s.do("POST", "/v1/sessions", `{"ttl_ms": 2000, "owner": "w"}`)
 	s.want(open, 201, "")
 	sid := open.json["session_id"].(string)
 	for _, k := range []string{"ls:1", "ls:2"} {
 		s.want(s.do("POST", "/v1/locks/"+k+"/acquire", `{"session_id": "`+sid+`"}`), 200, "")
 	}
-	// Outlive the grants' first deadline by renewing the session only.
-	for range 4 {
-		time.Sleep(200 * time.Millisecond)
+	// Outlive the grants' first deadline by renewing the session only
+	// (every 500 ms: room for a slow renew on a loaded machine).
+	for range 5 {
+		time.Sleep(500 * time.Millisecond)
 		s.want(s.do("POST", "/v1/sessions/renew", `{"session_id": "`+sid+`"}`), 200, "")
 	}
 	s.want(s.do("POST", "/v1/locks/ls:3/acquire", `{}`), 429, "too_many_leases")

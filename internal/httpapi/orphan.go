@@ -18,10 +18,10 @@ const orphanReleaseTimeout = 5 * time.Second
 // cancellation, and writing it to a closed connection would leave the key
 // blocked for a TTL. The release runs on its own deadline, since the
 // request's context is over; if it fails, the lease still expires.
-func (s *Server) releaseOrphan(r *http.Request, who *auth.Principal, g backend.Grant) {
+func (s *Server) releaseOrphan(r *http.Request, who *auth.Principal, g backend.Grant, release func(ctx context.Context, key, leaseID string) error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), orphanReleaseTimeout)
 	defer cancel()
-	err := s.b.Release(ctx, g.Key, g.LeaseID)
+	err := release(ctx, g.Key, g.LeaseID)
 	if s.leaseLimit(who) > 0 {
 		s.leases.released(who.Name, g.Key, g.LeaseID)
 	}

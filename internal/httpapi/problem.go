@@ -24,10 +24,12 @@ type Problem struct {
 	Holder *holder `json:"holder,omitempty"` // lock_held only
 	// Leader is the election's leader when a campaign gave up.
 	Leader *leaderJSON `json:"leader,omitempty"`
-	// Holders are a semaphore's permits when an acquire gave up; Permits
-	// its current size when an acquire asked for another.
-	Holders *[]semHolderJSON `json:"holders,omitempty"`
-	Permits *int             `json:"permits,omitempty"`
+	// Holders are the holders when an acquire of a semaphore
+	// (*[]semHolderJSON) or an rwlock (*[]rwHolderJSON, an empty list when
+	// nobody held at the give-up) gave up; Permits is a semaphore's current
+	// size when an acquire asked for another.
+	Holders any  `json:"holders,omitempty"`
+	Permits *int `json:"permits,omitempty"`
 
 	retryAfter time.Duration // when to come back, for 429 and 503
 }
@@ -106,6 +108,11 @@ func problemFor(err error) Problem {
 				p.Leader = toLeaderJSON(ne.Leader)
 			}
 			semaphoreProblem(err, &p)
+			var rwe *backend.RWHeldError
+			if errors.As(err, &rwe) {
+				hs := toRWHoldersJSON(rwe.Holders)
+				p.Holders = &hs
+			}
 			return p
 		}
 	}

@@ -46,6 +46,7 @@ var conformanceOptions = backendtest.Options{
 	NoWatch:          NoWatch,
 	NoSessions:       NoSessions,
 	NoSemaphores:     "not built yet",
+	NoRWLocks:        NoRWLocks,
 }
 
 // Redlock leaves elections and key events out on purpose, says why in the
@@ -61,8 +62,11 @@ func TestUnsupportedSaysWhy(t *testing.T) {
 	if _, ok := b.(backend.Sessioner); ok {
 		t.Error("Redlock implements backend.Sessioner, yet declares sessions unsupported")
 	}
+	if _, ok := b.(backend.RWLocker); ok {
+		t.Error("Redlock implements backend.RWLocker, yet declares rwlocks unsupported")
+	}
 	u := b.(backend.Unsupported).Unsupported()
-	want := map[string]string{"elections": NoElections, "events": NoWatch, "sessions": NoSessions}
+	want := map[string]string{"elections": NoElections, "events": NoWatch, "sessions": NoSessions, "rwlocks": NoRWLocks}
 	if len(u) != len(want) {
 		t.Errorf("Unsupported() = %v, want the reasons for %v", u, want)
 	}

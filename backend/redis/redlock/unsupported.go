@@ -18,11 +18,16 @@ const (
 	NoSessions = "a session would be a second timed record on every master, and each grant's validity would have to be " +
 		"re-derived from a majority of sessions and a majority of grants that need not be the same masters, with the " +
 		"masters' clocks drifting apart; use etcd for sessions"
+	// NoRWLocks is why Redlock has no read-write locks.
+	NoRWLocks = "fairness needs one queue of readers and writers, and Redlock's masters share none; shared mode would " +
+		"need a reader set on every master, and no majority bounds cleanly when the sets differ from master to master " +
+		"(a writer could win a majority that misses a live reader); use etcd or redis for read-write locks"
 )
 
 var _ backend.Unsupported = (*Backend)(nil)
 
 // Unsupported implements backend.Unsupported.
 func (b *Backend) Unsupported() map[string]string {
-	return map[string]string{backend.FeatureElections: NoElections, backend.FeatureEvents: NoWatch, backend.FeatureSessions: NoSessions}
+	return map[string]string{backend.FeatureElections: NoElections, backend.FeatureEvents: NoWatch, backend.FeatureSessions: NoSessions,
+		backend.FeatureRWLocks: NoRWLocks}
 }
