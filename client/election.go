@@ -99,70 +99,16 @@ func (l *Leadership) Value() string {
 // client never saw may run until its TTL ends); ErrUnavailable; ctx's
 // error.
 func (c *Client) Campaign(ctx context.Context, name string, opts CampaignOptions) (*Leadership, error) {
-	start := time.Now()
-	var out leadershipJSON
-	var sent time.Time
-	for attempt := 0; ; attempt++ {
-		wait := opts.Wait - time.Since(start)
-		if wait < 0 || opts.Wait == 0 {
-			wait = 0
-		}
-		body := map[string]any{"wait_ms": ms(wait), "owner": opts.Owner, "value": opts.Value}
-		if opts.TTL > 0 {
-			body["ttl_ms"] = ms(opts.TTL)
-		}
-		if opts.Session != nil {
-			delete(body, "ttl_ms")
-			body["session_id"] = opts.Session.ID()
-		}
-		var err error
-		sent, err = c.send(ctx, http.MethodPost, electionPath(name, "campaign"), body, &out)
-		if err == nil {
-			break
-		}
-		if !acquireRetryable(err) || attempt >= c.retries {
-			if isTransport(err) && !neverSent(err) && ctx.Err() == nil {
-				err = fmt.Errorf("%w: campaign %q: a leadership this client never saw may run until its TTL ends: %w", ErrOutcomeUnknown, name, err)
-			}
-			return nil, err
-		}
-		if err := c.pause(ctx, attempt, err); err != nil {
-			return nil, err
-		}
+	out, lk, err := callLease[leadershipJSON](ctx, c, leaseCall{
+		key: name, path: func(op string) string { return electionPath(name, op) }, acquire: "campaign", end: "resign",
+		body: map[string]any{"owner": opts.Owner, "value": opts.Value},
+		ttl:  opts.TTL, wait: opts.Wait, session: opts.Session, margin: opts.Margin, renewEvery: opts.RenewEvery,
+		lost: "a leadership", late: fmt.Sprintf("campaign %q", name),
+	})
+	if err != nil {
+		return nil, err
 	}
-	g := out.grant(sent, opts.TTL)
-	if g.Key == "" {
-		g.Key = name
-	}
-	l := &Leadership{value: out.Value}
-	renew := func(ctx context.Context) (Grant, error) {
-		var r leadershipJSON
-		sent, err := c.retry(ctx, http.MethodPost, electionPath(name, "renew"), map[string]any{"lease_id": g.LeaseID, "ttl_ms": ms(g.TTL)}, &r)
-		if err != nil {
-			return Grant{}, err
-		}
-		return r.grant(sent, g.TTL), nil
-	}
-	resign := func(ctx context.Context) error {
-		_, err := c.retry(ctx, http.MethodPost, electionPath(name, "resign"), map[string]any{"lease_id": g.LeaseID}, nil)
-		return err
-	}
-	if opts.Session != nil {
-		g.Deadline = opts.Session.Deadline()
-		renew = opts.Session.follow(g)
-	} else if time.Until(g.Deadline) <= g.TTL*2/3 {
-		// Elected after a long wait: only a new send gives a bound worth
-		// using (as AcquireLease does).
-		r, err := renew(ctx)
-		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			_ = resign(rctx)
-			return nil, fmt.Errorf("lockd: elected for %q after a long wait, but the lease could not be confirmed: %w", name, err)
-		}
-		g = r
-	}
-	l.Lock = newLock(c, g, opts.Margin, opts.RenewEvery, renew, resign)
+	l := &Leadership{Lock: lk, value: out.Value}
 	l.start()
 	return l, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"time"
 )
 
 // The modes of a read-write lock, as Lock.Mode reports them.
@@ -49,66 +48,15 @@ func (c *Client) AcquireWrite(ctx context.Context, key string, opts AcquireOptio
 }
 
 func (c *Client) acquireRW(ctx context.Context, key, mode string, opts AcquireOptions) (*Lock, error) {
-	start := time.Now()
-	var out rwGrantJSON
-	var sent time.Time
-	for attempt := 0; ; attempt++ {
-		wait := opts.Wait - time.Since(start)
-		if wait < 0 || opts.Wait == 0 {
-			wait = 0
-		}
-		body := map[string]any{"mode": mode, "wait_ms": ms(wait), "owner": opts.Owner}
-		if opts.TTL > 0 {
-			body["ttl_ms"] = ms(opts.TTL)
-		}
-		if opts.Session != nil {
-			delete(body, "ttl_ms")
-			body["session_id"] = opts.Session.ID()
-		}
-		var err error
-		sent, err = c.send(ctx, http.MethodPost, rwPath(key, "acquire"), body, &out)
-		if err == nil {
-			break
-		}
-		if !acquireRetryable(err) || attempt >= c.retries {
-			if isTransport(err) && !neverSent(err) && ctx.Err() == nil {
-				err = fmt.Errorf("%w: %s acquire %q: a grant this client never saw may run until its TTL ends: %w", ErrOutcomeUnknown, mode, key, err)
-			}
-			return nil, err
-		}
-		if err := c.pause(ctx, attempt, err); err != nil {
-			return nil, err
-		}
+	_, l, err := callLease[rwGrantJSON](ctx, c, leaseCall{
+		key: key, path: func(op string) string { return rwPath(key, op) }, acquire: "acquire", end: "release",
+		body: map[string]any{"mode": mode, "owner": opts.Owner},
+		ttl:  opts.TTL, wait: opts.Wait, session: opts.Session, margin: opts.Margin, renewEvery: opts.RenewEvery,
+		lost: "a grant", late: fmt.Sprintf("%s lock on %q", mode, key),
+	})
+	if err != nil {
+		return nil, err
 	}
-	g := out.grant(sent, opts.TTL)
-	if g.Key == "" {
-		g.Key = key
-	}
-	renew := func(ctx context.Context) (Grant, error) {
-		var r rwGrantJSON
-		sent, err := c.retry(ctx, http.MethodPost, rwPath(key, "renew"), map[string]any{"lease_id": g.LeaseID, "ttl_ms": ms(g.TTL)}, &r)
-		if err != nil {
-			return Grant{}, err
-		}
-		return r.grant(sent, g.TTL), nil
-	}
-	release := func(ctx context.Context) error { return c.releaseAt(ctx, rwPath(key, "release"), g.LeaseID) }
-	if opts.Session != nil {
-		g.Deadline = opts.Session.Deadline()
-		renew = opts.Session.follow(g)
-	} else if time.Until(g.Deadline) <= g.TTL*2/3 {
-		// Granted after a long wait: only a new send gives a bound worth
-		// using (as AcquireLease does).
-		r, err := renew(ctx)
-		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			_ = release(rctx)
-			return nil, fmt.Errorf("lockd: %s lock on %q granted after a long wait, but its lease could not be confirmed: %w", mode, key, err)
-		}
-		g = r
-	}
-	l := newLock(c, g, opts.Margin, opts.RenewEvery, renew, release)
 	l.mode = mode
 	l.start()
 	return l, nil

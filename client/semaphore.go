@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"net/url"
 	"time"
 )
@@ -45,69 +44,15 @@ func semaphorePath(key, op string) string {
 // this client never saw may run until its TTL ends); ErrUnavailable; ctx's
 // error.
 func (c *Client) AcquireSemaphore(ctx context.Context, key string, opts SemaphoreOptions) (*Lock, error) {
-	start := time.Now()
-	var out permitJSON
-	var sent time.Time
-	for attempt := 0; ; attempt++ {
-		wait := opts.Wait - time.Since(start)
-		if wait < 0 || opts.Wait == 0 {
-			wait = 0
-		}
-		body := map[string]any{"permits": opts.Permits, "wait_ms": ms(wait), "owner": opts.Owner}
-		if opts.TTL > 0 {
-			body["ttl_ms"] = ms(opts.TTL)
-		}
-		if opts.Session != nil {
-			delete(body, "ttl_ms")
-			body["session_id"] = opts.Session.ID()
-		}
-		var err error
-		sent, err = c.send(ctx, http.MethodPost, semaphorePath(key, "acquire"), body, &out)
-		if err == nil {
-			break
-		}
-		if !acquireRetryable(err) || attempt >= c.retries {
-			if isTransport(err) && !neverSent(err) && ctx.Err() == nil {
-				err = fmt.Errorf("%w: permit of %q: a permit this client never saw may run until its TTL ends: %w", ErrOutcomeUnknown, key, err)
-			}
-			return nil, err
-		}
-		if err := c.pause(ctx, attempt, err); err != nil {
-			return nil, err
-		}
+	out, l, err := callLease[permitJSON](ctx, c, leaseCall{
+		key: key, path: func(op string) string { return semaphorePath(key, op) }, acquire: "acquire", end: "release",
+		body: map[string]any{"permits": opts.Permits, "owner": opts.Owner},
+		ttl:  opts.TTL, wait: opts.Wait, session: opts.Session, margin: opts.Margin, renewEvery: opts.RenewEvery,
+		lost: "a permit", late: fmt.Sprintf("permit of %q", key),
+	})
+	if err != nil {
+		return nil, err
 	}
-	g := out.grant(sent, opts.TTL)
-	if g.Key == "" {
-		g.Key = key
-	}
-	renew := func(ctx context.Context) (Grant, error) {
-		var r permitJSON
-		sent, err := c.retry(ctx, http.MethodPost, semaphorePath(key, "renew"), map[string]any{"lease_id": g.LeaseID, "ttl_ms": ms(g.TTL)}, &r)
-		if err != nil {
-			return Grant{}, err
-		}
-		return r.grant(sent, g.TTL), nil
-	}
-	release := func(ctx context.Context) error {
-		_, err := c.retry(ctx, http.MethodPost, semaphorePath(key, "release"), map[string]any{"lease_id": g.LeaseID}, nil)
-		return err
-	}
-	if opts.Session != nil {
-		g.Deadline = opts.Session.Deadline()
-		renew = opts.Session.follow(g)
-	} else if time.Until(g.Deadline) <= g.TTL*2/3 {
-		// Granted after a long wait: only a new send gives a bound worth
-		// using (as AcquireLease does).
-		r, err := renew(ctx)
-		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			_ = release(rctx)
-			return nil, fmt.Errorf("lockd: permit of %q granted after a long wait, but the lease could not be confirmed: %w", key, err)
-		}
-		g = r
-	}
-	l := newLock(c, g, opts.Margin, opts.RenewEvery, renew, release)
 	l.slot, l.permits = out.Slot, out.Permits
 	l.start()
 	return l, nil
