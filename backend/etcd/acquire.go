@@ -342,6 +342,13 @@ func (b *Backend) waitChange(ctx context.Context, adm admission, pred *entry, re
 			return nil
 		}
 	}
+	return b.awaitChange(ctx, wch, expiry, giveUp)
+}
+
+// awaitChange returns at the first event on wch (or a compacted watch:
+// the caller looks again), at expiry (if set), at giveUp, or with ctx's
+// error.
+func (b *Backend) awaitChange(ctx context.Context, wch clientv3.WatchChan, expiry, giveUp time.Time) error {
 	wake := giveUp
 	if !expiry.IsZero() && expiry.Before(wake) {
 		wake = expiry

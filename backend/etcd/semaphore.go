@@ -467,38 +467,7 @@ func (b *Backend) semWatch(ctx context.Context, key string, prefix bool, rev int
 		opts = append(opts, clientv3.WithPrefix())
 	}
 	wch := b.cli.Watch(wctx, key, opts...)
-	wake := giveUp
-	if !expiry.IsZero() && expiry.Before(wake) {
-		wake = expiry
-	}
-	timer := time.NewTimer(time.Until(wake))
-	defer timer.Stop()
-	for {
-		select {
-		case resp, ok := <-wch:
-			if !ok {
-				return ctx.Err()
-			}
-			if err := resp.Err(); err != nil {
-				if compacted(err) {
-					return nil
-				}
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("%w: etcd watch: %v", backend.ErrUnavailable, err)
-			}
-			if len(resp.Events) > 0 {
-				return nil
-			}
-		case <-timer.C:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-b.life.Done():
-			return fmt.Errorf("%w: etcd backend closed", backend.ErrUnavailable)
-		}
-	}
+	return b.awaitChange(ctx, wch, expiry, giveUp)
 }
 
 // semLease splits a permit's lease id into its secret and slot.

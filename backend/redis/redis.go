@@ -218,6 +218,29 @@ func unavailable(ctx context.Context, op string, err error) error {
 
 var errClosed = fmt.Errorf("redis: %w: backend closed", backend.ErrUnavailable)
 
+// mailbox registers an acquire with the backend, and, when it will wait,
+// a mailbox for its wake-ups: registered before the first script call, so
+// that a release right after it queues finds it. done unregisters both.
+func (b *Backend) mailbox(wait bool) (waiter string, wake chan struct{}, done func(), err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return "", nil, nil, errClosed
+	}
+	b.active.Add(1)
+	if wait {
+		waiter = lease.NewID()
+		wake = make(chan struct{}, 1)
+		b.waiters[waiter] = wake
+	}
+	return waiter, wake, func() {
+		b.mu.Lock()
+		delete(b.waiters, waiter)
+		b.mu.Unlock()
+		b.active.Done()
+	}, nil
+}
+
 // Acquire implements backend.Backend.
 func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (backend.Grant, error) {
 	return b.acquire(ctx, b.idemKeys(req), req, "")

@@ -95,29 +95,15 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 		// RWFeatures.Sessions is false: the HTTP layer refuses it first.
 		return backend.RWGrant{}, errors.New("redis: rwlocks do not live in sessions (not built yet)")
 	}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return backend.RWGrant{}, errClosed
+	waiter, wake, done, err := b.mailbox(req.Wait > 0)
+	if err != nil {
+		return backend.RWGrant{}, err
 	}
-	b.active.Add(1)
-	var waiter, entry string
-	var wake chan struct{}
-	if req.Wait > 0 {
-		// Registered before the first script call, so that a release right
-		// after we queue finds our mailbox.
-		waiter = lease.NewID()
+	defer done()
+	var entry string
+	if waiter != "" {
 		entry = modeLetter(req.Mode) + ":" + waiter
-		wake = make(chan struct{}, 1)
-		b.waiters[waiter] = wake
 	}
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		delete(b.waiters, waiter)
-		b.mu.Unlock()
-		b.active.Done()
-	}()
 
 	keys := b.rwKeys(req.Key)
 	id := lease.NewID()

@@ -93,26 +93,11 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 	if req.Session != "" {
 		return backend.Permit{}, fmt.Errorf("redis: permits in sessions are not built yet: %w", backend.ErrSessionExpired)
 	}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return backend.Permit{}, errClosed
+	waiter, wake, done, err := b.mailbox(req.Wait > 0)
+	if err != nil {
+		return backend.Permit{}, err
 	}
-	b.active.Add(1)
-	var waiter string
-	var wake chan struct{}
-	if req.Wait > 0 {
-		waiter = lease.NewID()
-		wake = make(chan struct{}, 1)
-		b.waiters[waiter] = wake
-	}
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		delete(b.waiters, waiter)
-		b.mu.Unlock()
-		b.active.Done()
-	}()
+	defer done()
 	keys := b.semKeys(req.Key)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
