@@ -333,16 +333,19 @@ func (s *Server) admitAcquire(w http.ResponseWriter, r *http.Request) (req backe
 	return s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body, idempotent: true})
 }
 
-// acquireKind is what another primitive's acquire (rwlocks.go) changes in
-// admitAcquire: its body, which holds the lock fields and more, checked by
-// more; the namespace of its keys in the waiter limits; whether the route
-// honours Idempotency-Key (when the backend does).
+// acquireKind is what another primitive's acquire (rwlocks.go,
+// semaphores.go) changes in admitAcquire: its body, which holds the lock
+// fields and more, checked by more; the namespace of its keys in the waiter
+// limits and idempotency records; whether the route honours Idempotency-Key
+// (when the backend does); sessions, when set, refuses a session_id the
+// primitive cannot keep (default: the backend keeps no sessions).
 type acquireKind struct {
 	body       any
 	fields     *acquireBody
 	more       func() error
 	gate       string
 	idempotent bool
+	sessions   func() error
 }
 
 func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acquireKind) (req backend.AcquireRequest, leave func(), ok bool) {
@@ -368,9 +371,15 @@ func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acq
 	if !s.allow(w, r, auth.RightLock, key) {
 		return req, nil, false
 	}
-	if p.session != "" && sessionsOf(s.b) == nil {
-		s.fail(w, r, errNotSupported("sessions"))
-		return req, nil, false
+	if p.session != "" {
+		refuse := kind.sessions
+		if refuse == nil {
+			refuse = s.noSessions
+		}
+		if err := refuse(); err != nil {
+			s.fail(w, r, err)
+			return req, nil, false
+		}
 	}
 	if _, ok := s.b.(backend.Idempotent); idemKey != "" && (!ok || !kind.idempotent) {
 		s.fail(w, r, errIdempotencyUnsupported)
@@ -395,8 +404,16 @@ func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acq
 		}
 	}
 	req = backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session,
-		Idempotency: idempotency(principal(r), key, idemKey, p)}
+		Idempotency: idempotency(principal(r), kind.gate+key, idemKey, p)}
 	return req, leave, true
+}
+
+// noSessions refuses a session_id when the backend keeps no sessions.
+func (s *Server) noSessions() error {
+	if sessionsOf(s.b) == nil {
+		return errNotSupported("sessions")
+	}
+	return nil
 }
 
 // longPoll is the context an acquire waits under: with a wait, it also ends

@@ -35,11 +35,8 @@ func semaphoresOf(b backend.Backend) backend.Semaphores {
 }
 
 type semaphoreBody struct {
-	Permits   *jsonInt `json:"permits"`
-	TTLMs     *jsonInt `json:"ttl_ms"`
-	WaitMs    *jsonInt `json:"wait_ms"`
-	Owner     *string  `json:"owner"`
-	SessionID *string  `json:"session_id"`
+	acquireBody
+	Permits *jsonInt `json:"permits"`
 }
 
 // permitJSON is the body of a granted or renewed permit.
@@ -130,63 +127,29 @@ func (s *Server) semaphoreAcquire(w http.ResponseWriter, r *http.Request) {
 // this lockd's waiter and lease limits. It has answered when ok is false;
 // otherwise leave must run once the acquire is over.
 func (s *Server) admitPermit(w http.ResponseWriter, r *http.Request) (req backend.SemaphoreRequest, sm backend.Semaphores, leave func(), ok bool) {
-	key, sm, ok := s.semaphore(w, r)
+	_, sm, ok = s.semaphore(w, r)
 	if !ok {
 		return req, nil, nil, false
 	}
 	var body semaphoreBody
-	err := s.decode(w, r, &body)
-	var p acquireParams
-	if err == nil {
-		p, err = acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner, SessionID: body.SessionID}.params()
-	}
 	var permits int
-	if err == nil {
-		permits, err = checkPermits(body.Permits)
-	}
-	var idemKey string
-	if err == nil {
-		idemKey, err = parseIdempotencyKey(r.Header)
-	}
-	if err != nil {
-		s.fail(w, r, err)
+	lr, leave, ok := s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body.acquireBody, gate: "semaphore/",
+		idempotent: sm.Features().Idempotency,
+		more:       func() (err error) { permits, err = checkPermits(body.Permits); return err },
+		sessions: func() error {
+			if sessionsOf(s.b) == nil || !sm.Features().Sessions {
+				return errNotSupported("permits in sessions")
+			}
+			return nil
+		}})
+	if !ok {
 		return req, nil, nil, false
 	}
-	if !s.allow(w, r, auth.RightLock, key) {
-		return req, nil, nil, false
-	}
-	if p.session != "" && (sessionsOf(s.b) == nil || !sm.Features().Sessions) {
-		s.fail(w, r, errNotSupported("permits in sessions"))
-		return req, nil, nil, false
-	}
-	if idemKey != "" && !sm.Features().Idempotency {
-		s.fail(w, r, errIdempotencyUnsupported)
-		return req, nil, nil, false
-	}
-	leave = func() {}
-	if p.wait > 0 {
-		out, limit, err := s.waiters.enter("semaphore/"+key, s.opts.Limits)
-		if err != nil {
-			s.m.limited.WithLabelValues(limit).Inc()
-			s.refuse(w, r, principal(r), err)
-			return req, nil, nil, false
-		}
-		leave = out
-	}
-	if who := principal(r); s.leaseLimit(who) > 0 {
-		if err := s.leases.reserve(who.Name, s.leaseLimit(who), time.Now()); err != nil {
-			leave()
-			s.m.limited.WithLabelValues("leases").Inc()
-			s.refuse(w, r, who, err)
-			return req, nil, nil, false
-		}
-	}
-	idem := idempotency(principal(r), "semaphore/"+key, idemKey, p)
-	if idemKey != "" {
+	if lr.Idempotency.Key != "" {
 		// The size defines the grant too: a retry with another is another request.
-		idem.Fingerprint += fmt.Sprintf(".%d", permits)
+		lr.Idempotency.Fingerprint += fmt.Sprintf(".%d", permits)
 	}
-	req = backend.SemaphoreRequest{Key: key, Permits: permits, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session, Idempotency: idem}
+	req = backend.SemaphoreRequest{Key: lr.Key, Permits: permits, Owner: lr.Owner, TTL: lr.TTL, Wait: lr.Wait, Session: lr.Session, Idempotency: lr.Idempotency}
 	return req, sm, leave, true
 }
 
