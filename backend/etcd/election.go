@@ -98,12 +98,12 @@ func (el elections) Resign(ctx context.Context, name, leaseID string) error {
 	return el.q.Release(ctx, name, leaseID)
 }
 
-// Leader implements backend.Elections: the head's record and the count of
-// entries, in one read.
+// Leader implements backend.Elections: the head's record (the queue's first
+// key) and the count of entries, in one read.
 func (el elections) Leader(ctx context.Context, name string) (backend.ElectionState, error) {
 	q := el.q.queue(name)
 	resp, err := el.q.txn(ctx, atOnce, "leader", nil,
-		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithFirstCreate()...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithRange(clientv3.GetPrefixRangeEnd(q)), clientv3.WithLimit(1)), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
 	if err != nil {
 		return backend.ElectionState{}, err
 	}

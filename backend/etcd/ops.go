@@ -113,44 +113,22 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 
 // Inspect implements backend.Backend.
 func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
-	for attempt := 1; ; attempt++ {
-		st, err := b.inspect(ctx, key)
-		// The head is read at the revision of the first read: a compaction
-		// in between drops that revision, and a new snapshot answers.
-		if !compacted(err) {
-			return st, err
-		}
-		if attempt == 3 {
-			return st, fail(ctx, "inspect", err)
-		}
-	}
+	return b.inspect(ctx, key)
 }
 
 func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, error) {
 	q := b.queue(key)
-	// Keys only, then the head's record at the same revision: one
-	// snapshot, without reading every waiter's record.
+	// The head is the queue's first key (one record read), the count of
+	// entries from etcd's index: one snapshot, without reading every
+	// waiter's record.
 	resp, err := b.txn(ctx, atOnce, "inspect", nil,
-		[]clientv3.Op{clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithRange(clientv3.GetPrefixRangeEnd(q)), clientv3.WithLimit(1)), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
 	if err != nil {
 		return backend.LockState{}, err
 	}
 	st := backend.LockState{Key: key, Waiters: int(resp.Responses[1].GetResponseRange().Count)}
-	first := resp.Responses[0].GetResponseRange().Kvs
-	if len(first) == 0 {
-		return st, nil
-	}
-	c, cancel := b.opCtx(ctx)
-	defer cancel()
-	hr, err := b.cli.Get(c, string(first[0].Key), clientv3.WithRev(resp.Header.Revision))
-	if compacted(err) {
-		return st, err
-	}
-	if err != nil {
-		return st, fail(ctx, "inspect", err)
-	}
-	head, err := b.entryFrom(hr)
-	if err != nil {
+	head, err := b.entryFrom(resp.Responses[0].GetResponseRange())
+	if err != nil || head == nil {
 		return st, err
 	}
 	if err := b.resolve(ctx, head); err != nil {
