@@ -30,6 +30,9 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 	}
 	q := b.queue(req.Key)
 	id := lease.NewID()
+	if req.LockDelay > 0 {
+		id += delayMark
+	}
 	giveUp := time.Now().Add(req.Wait)
 	held := contended(giveUp) // for the work once the key was found held
 	// grantIfFree makes this acquire the holder when the queue is empty
@@ -87,21 +90,31 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 			}
 			continue // someone came first: look again
 		}
-		if head.rec.overdue(b.opts.Clock) {
+		if head.rec.removable(b.opts.Clock) {
 			if err := b.removeExpired(ctx, held, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
 			continue
 		}
 		if req.Wait <= 0 {
-			he := &backend.HeldError{Key: req.Key}
-			if head.rec.held() {
-				he.Holder = head.holder()
-			}
-			return backend.Grant{}, he
+			return backend.Grant{}, b.heldBy(req.Key, head)
 		}
 		return b.wait(ctx, req, id, giveUp, value)
 	}
+}
+
+// heldBy is the refusal of an acquire that found head at the head of the
+// queue: its holder, or the lock-delay it keeps after expiring.
+func (b *Backend) heldBy(key string, head *entry) error {
+	he := &backend.HeldError{Key: key}
+	switch {
+	case head == nil || !head.rec.held():
+	case head.rec.delayed(b.opts.Clock):
+		he.Delay = head.delay(b.opts.Clock)
+	default:
+		he.Holder = head.holder()
+	}
+	return he
 }
 
 // waiterLease returns the lease queue entries of this Backend hang on,
@@ -285,26 +298,22 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 			continue
 		}
 		behindHead = head != nil && head.key == pred.key
-		if head != nil && head.rec.overdue(b.opts.Clock) {
+		if head != nil && head.rec.removable(b.opts.Clock) {
 			if err := b.removeExpired(ctx, adm, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
 			continue
 		}
 		if !time.Now().Before(giveUp) {
-			he := &backend.HeldError{Key: req.Key}
-			if head != nil && head.rec.held() {
-				he.Holder = head.holder()
-			}
-			return backend.Grant{}, he
+			return backend.Grant{}, b.heldBy(req.Key, head)
 		}
 		// Wake on any change of the entry ahead, when the holder's grant
-		// may be removed (its deadline plus the declared skew, by this
-		// replica's clock, as a time of this machine's timers), or when
-		// the wait is over.
+		// may be removed (its deadline plus its lock-delay plus the
+		// declared skew, by this replica's clock), or when the wait is
+		// over.
 		var expiry time.Time
 		if head != nil && head.rec.held() {
-			expiry = time.Now().Add(b.opts.Clock.Until(b.opts.Clock.FreeAt(head.rec.deadline())))
+			expiry = head.rec.freeAt(b.opts.Clock)
 			if !behindHead {
 				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
 			}

@@ -44,7 +44,7 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			}
 		}
 		if !e.rec.valid(b.opts.Clock) {
-			if e.rec.overdue(b.opts.Clock) {
+			if e.rec.removable(b.opts.Clock) {
 				_ = b.removeExpired(ctx, atOnce, key, e)
 			}
 			return nil, backend.ErrLeaseExpired
@@ -54,7 +54,7 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			rec.TTL = ttl.Milliseconds()
 		}
 		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
-		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, rec.delayEnd())
 		if err != nil {
 			return nil, err
 		}
@@ -78,6 +78,9 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	if !lease.ValidID(leaseID) {
 		return backend.ErrLeaseExpired
+	}
+	if strings.HasSuffix(leaseID, delayMark) {
+		return b.releaseDelayed(ctx, key, leaseID)
 	}
 	c, cancel := b.opCtx(ctx)
 	defer cancel()
@@ -111,6 +114,43 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	return nil
 }
 
+// releaseDelayed is the release of a grant asked with a lock-delay: the
+// delete is guarded by the entry as read while still valid, so that a
+// release after expiry is refused and leaves the record, and so the delay,
+// in place.
+func (b *Backend) releaseDelayed(ctx context.Context, key, leaseID string) error {
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := b.get(ctx, key, leaseID)
+		if err != nil {
+			return err
+		}
+		if e == nil || !e.rec.held() {
+			return backend.ErrLeaseExpired
+		}
+		if err := b.resolve(ctx, e); err != nil {
+			return err
+		}
+		if !e.rec.valid(b.opts.Clock) {
+			if e.rec.removable(b.opts.Clock) {
+				_ = b.removeExpired(ctx, atOnce, key, e)
+			}
+			return backend.ErrLeaseExpired
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(e.key)}
+		if e.rec.S != "" {
+			ops = append(ops, clientv3.OpDelete(b.sessionIndex(e.rec.S)+e.leaseID))
+		}
+		resp, err := b.txn(ctx, atOnce, "release", []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, ops, nil)
+		if err != nil {
+			return err
+		}
+		if resp.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: release kept racing with other writers", backend.ErrUnavailable)
+}
+
 // Inspect implements backend.Backend.
 func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
 	return b.inspect(ctx, key)
@@ -136,8 +176,11 @@ func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, e
 	}
 	if head != nil && head.rec.held() {
 		st.Waiters-- // the holder's entry, expired or not, is no waiter
-		if !head.rec.overdue(b.opts.Clock) {
+		switch {
+		case !head.rec.overdue(b.opts.Clock):
 			st.Held, st.Holder = true, head.holder()
+		case head.rec.delayed(b.opts.Clock):
+			st.DelayedUntil = head.delay(b.opts.Clock).Until
 		}
 	}
 	return st, nil

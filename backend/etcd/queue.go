@@ -29,6 +29,10 @@ type record struct {
 	// S names the session a grant lives in (session.go); its Deadline then
 	// only marks it granted, and the session's deadline is the real one.
 	S string `json:"s,omitempty"`
+	// LD is the grant's lock-delay (ms): once its deadline passed without
+	// a release, the record stays, and nothing is granted in its place,
+	// until the deadline plus LD is overdue.
+	LD int64 `json:"ld,omitempty"`
 }
 
 func (r record) held() bool { return r.Deadline != 0 }
@@ -39,9 +43,40 @@ func (r record) deadline() time.Time { return time.UnixMilli(r.Deadline) }
 // and a release check.
 func (r record) valid(c lease.Clock) bool { return r.held() && c.Valid(r.deadline()) }
 
-// overdue reports whether someone other than the holder may remove the
-// grant, by c (its deadline plus the declared skew has passed).
+// overdue reports whether the grant is no longer a holder for anyone but
+// itself, by c (its deadline plus the declared skew has passed).
 func (r record) overdue(c lease.Clock) bool { return r.held() && c.Overdue(r.deadline()) }
+
+// delayEnd is when the grant's lock-delay ends: its deadline plus LD.
+func (r record) delayEnd() time.Time {
+	return r.deadline().Add(time.Duration(r.LD) * time.Millisecond)
+}
+
+// removable reports whether someone other than the holder may remove the
+// grant, by c: its deadline plus its lock-delay plus the declared skew
+// has passed.
+func (r record) removable(c lease.Clock) bool { return r.held() && c.Overdue(r.delayEnd()) }
+
+// delayed reports whether the grant expired and its lock-delay still runs:
+// not a holder, and nothing is granted in its place.
+func (r record) delayed(c lease.Clock) bool { return r.overdue(c) && !r.removable(c) }
+
+// freeAt is when the grant may be removed, by c, as a time of this
+// machine's timers.
+func (r record) freeAt(c lease.Clock) time.Time {
+	return time.Now().Add(c.Until(c.FreeAt(r.delayEnd())))
+}
+
+// delay is the lock-delay e imposes (e delayed, by c).
+func (e *entry) delay(c lease.Clock) *backend.Delay {
+	return &backend.Delay{Until: c.FreeAt(e.rec.delayEnd()), ExpiredToken: uint64(e.createRev)}
+}
+
+// delayMark ends the lease id of a grant asked with a lock-delay: its
+// release reads the grant first, so that a late one leaves the delay in
+// place; any other release is one delete. Lease ids are base64url, which
+// has no '.'.
+const delayMark = ".d"
 
 // entry is a queue entry as read from etcd.
 type entry struct {
@@ -97,7 +132,8 @@ func mustJSON(r record) string {
 	return string(b)
 }
 
-// removeExpired deletes e if it is still the same expired entry.
+// removeExpired deletes e if it is still the same expired entry (its
+// lock-delay over: the caller checked removable).
 func (b *Backend) removeExpired(ctx context.Context, adm admission, lockKey string, e *entry) error {
 	ops := []clientv3.Op{clientv3.OpDelete(e.key)}
 	if e.rec.S != "" {
@@ -121,10 +157,12 @@ func (b *Backend) holderRecord(ctx context.Context, req backend.AcquireRequest, 
 	if req.Session != "" {
 		// No lease of its own: it lives as long as the session says.
 		h, s, err := b.liveSession(ctx, req.Session)
-		return record{Owner: req.Owner, TTL: s.ttl, Deadline: s.deadline, Value: value, S: h}, 0, err
+		return record{Owner: req.Owner, TTL: s.ttl, Deadline: s.deadline, Value: value, S: h, LD: req.LockDelay.Milliseconds()}, 0, err
 	}
-	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: b.opts.Clock.Deadline(req.TTL).UnixMilli(), Value: value}
-	gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+	rec := record{Owner: req.Owner, TTL: req.TTL.Milliseconds(), Deadline: b.opts.Clock.Deadline(req.TTL).UnixMilli(), Value: value, LD: req.LockDelay.Milliseconds()}
+	// The garbage collector outlives the lock-delay too: the record is
+	// the delay.
+	gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, rec.delayEnd())
 	return rec, gcLease, err
 }
 
