@@ -161,13 +161,19 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	release, err := b.slot(ctx, contended(giveUp))
+	endTurn, err := b.seqs.turn(ctx, req.Key)
 	if err != nil {
 		return backend.Grant{}, err
 	}
+	release, err := b.slot(ctx, contended(giveUp))
+	if err != nil {
+		endTurn()
+		return backend.Grant{}, err
+	}
+	release = func(release func()) func() { return func() { release(); endTurn() } }(release)
 	// The entry goes at the end of the queue under the next sequence
 	// number; a put that finds entries at or after its name (another
-	// replica's, or a reordered one of ours) takes the number after them.
+	// replica's) takes the number after them.
 	var (
 		name, mine string
 		put        *clientv3.TxnResponse

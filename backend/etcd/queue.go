@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,10 +233,36 @@ func afterMine(q, mine string) clientv3.Op {
 // seqHints remembers per key the next sequence number to try. A hint for
 // speed only: enqueueGuard decides. Bounded: it forgets everything at 4,096
 // keys.
+//
+// This Backend's enqueues of one key go one at a time (turn): sent
+// together, etcd may apply them in any order, and every put that lands
+// after a higher number fails its guard and goes again, so a burst of k
+// would cost about k²/ln k puts instead of k.
 type seqHints struct {
-	mu   sync.Mutex
-	next map[string]int64
-	seen atomic.Int64 // the highest store revision this Backend saw
+	mu    sync.Mutex
+	next  map[string]int64
+	seen  atomic.Int64 // the highest store revision this Backend saw
+	turns [256]chan struct{}
+}
+
+// turn waits until this Backend enqueues nothing else of key (keys share
+// 256 turns by hash), and returns its end.
+func (h *seqHints) turn(ctx context.Context, key string) (func(), error) {
+	f := fnv.New32a()
+	_, _ = f.Write([]byte(key))
+	i := f.Sum32() % uint32(len(h.turns))
+	h.mu.Lock()
+	if h.turns[i] == nil {
+		h.turns[i] = make(chan struct{}, 1)
+	}
+	t := h.turns[i]
+	h.mu.Unlock()
+	select {
+	case t <- struct{}{}:
+		return func() { <-t }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // take returns a sequence number for a new entry of key, and moves the hint
