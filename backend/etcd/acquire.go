@@ -324,7 +324,7 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
 			}
 		}
-		if err := b.waitChange(ctx, adm, pred, pred.readRev, expiry, giveUp); err != nil {
+		if err := b.waitChange(ctx, adm, q, pred, pred.readRev, expiry, giveUp); err != nil {
 			return backend.Grant{}, err
 		}
 	}
@@ -336,37 +336,18 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 // the queue again, as after any wake-up.
 func compacted(err error) bool { return errors.Is(err, rpctypes.ErrCompacted) }
 
-// waitChange returns when the entry pred changes or goes, at expiry (if
-// set), at giveUp, or with ctx's error.
-func (b *Backend) waitChange(ctx context.Context, adm admission, pred *entry, readRev int64, expiry, giveUp time.Time) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	release, err := b.slot(ctx, adm)
+// waitChange returns when the entry pred of queue q changes or goes, at
+// expiry (if set), at giveUp, or with ctx's error. It waits on this
+// Backend's one watch of q (watchHub).
+func (b *Backend) waitChange(ctx context.Context, adm admission, q string, pred *entry, readRev int64, expiry, giveUp time.Time) error {
+	w, wake, stale, done, err := b.hub.subscribe(ctx, q, pred.key, readRev)
 	if err != nil {
 		return err
 	}
-	// Opened at the current revision, so etcd serves it at once.
-	wch := b.cli.Watch(wctx, pred.key, clientv3.WithCreatedNotify())
-	var created clientv3.WatchResponse
-	select {
-	case created = <-wch:
-		release()
-	case <-ctx.Done():
-		release()
-		return ctx.Err()
-	}
-	if compacted(created.Err()) {
-		return nil
-	}
-	if err := created.Err(); err != nil || !created.Created {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("%w: etcd watch: %v", backend.ErrUnavailable, created.Err())
-	}
-	// Anything written between our read and the watch's start is not in
-	// the watch: look again if the store moved on.
-	if created.Header.Revision != readRev {
+	defer done()
+	if stale {
+		// The watch may have gone past a change since our read: look at
+		// pred itself.
 		release, err := b.slot(ctx, adm)
 		if err != nil {
 			return err
@@ -382,7 +363,7 @@ func (b *Backend) waitChange(ctx context.Context, adm admission, pred *entry, re
 			return nil
 		}
 	}
-	return b.awaitChange(ctx, wch, expiry, giveUp)
+	return b.hub.awaitWake(ctx, w, wake, expiry, giveUp)
 }
 
 // awaitChange returns at the first event on wch (or a compacted watch:

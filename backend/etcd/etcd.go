@@ -50,8 +50,10 @@
 //
 // # Wake-ups
 //
-// A waiter watches only the entry ahead of it. The watch is opened at the
-// current revision, which etcd serves at once; a watch opened at a past
+// A waiter waits only for the entry ahead of it, through its Backend's one
+// watch of the queue's range, shared by all its waiters of that key
+// (watchhub.go): an event wakes only the waiters of the key it changed. The
+// watch is opened at the current revision, which etcd serves at once; a watch opened at a past
 // revision is "unsynced" and served by a loop that runs every 100 ms — the
 // reason etcd's concurrency.Mutex hands a lock over in about 100 ms. The entry
 // right behind the holder also sets a timer at the holder's deadline; the
@@ -142,6 +144,7 @@ type Backend struct {
 	leases *leasePool
 	busy   busyKeys
 	seqs   *seqHints     // per space: elect has its own
+	hub    *watchHub     // waiters' watches, one per queue (shared with elect)
 	slots  chan struct{} // see slot
 
 	life   context.Context // ends on Close
@@ -176,10 +179,10 @@ func New(cli *clientv3.Client, opts Options) *Backend {
 		opts.MaxContendedOps = 64
 	}
 	life, cancel := context.WithCancel(context.Background())
-	b := &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel, space: "q/", seqs: &seqHints{}}
+	b := &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel, space: "q/", seqs: &seqHints{}, hub: newWatchHub(cli, life)}
 	// Elections run on the same queues, leases, admission and lifetime, in
 	// their own range (with their own waiters' lease, granted on first use).
-	b.elect = &Backend{cli: cli, opts: opts, leases: b.leases, slots: b.slots, life: life, cancel: cancel, space: "e/", seqs: &seqHints{}}
+	b.elect = &Backend{cli: cli, opts: opts, leases: b.leases, slots: b.slots, life: life, cancel: cancel, space: "e/", seqs: &seqHints{}, hub: b.hub}
 	return b
 }
 

@@ -238,7 +238,7 @@ func (rw rwlocks) waitTurn(ctx context.Context, req backend.RWAcquireRequest, id
 		if pred.rec.held() {
 			expiry = pred.rec.freeAt(b.opts.Clock)
 		}
-		if err := b.waitChange(ctx, adm, pred, pred.readRev, expiry, giveUp); err != nil {
+		if err := b.waitChange(ctx, adm, b.rwQueue(req.Key), pred, pred.readRev, expiry, giveUp); err != nil {
 			return backend.RWGrant{}, err
 		}
 	}
