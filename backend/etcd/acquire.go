@@ -161,16 +161,14 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	endTurn, err := b.seqs.turn(ctx, req.Key)
+	// One enqueue of a key at a time per Backend (seqHints.turn), which
+	// bounds these round trips without an admission slot: waiting for a
+	// slot while holding the turn would stall the key's whole line behind
+	// other waiters' reads.
+	release, err := b.seqs.turn(ctx, req.Key)
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	release, err := b.slot(ctx, contended(giveUp))
-	if err != nil {
-		endTurn()
-		return backend.Grant{}, err
-	}
-	release = func(release func()) func() { return func() { release(); endTurn() } }(release)
 	// The entry goes at the end of the queue under the next sequence
 	// number; a put that finds entries at or after its name (another
 	// replica's) takes the number after them.

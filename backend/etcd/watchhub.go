@@ -12,11 +12,12 @@ package etcd
 // so the order holds across replicas. The watch closes with its last
 // waiter.
 //
-// The watch tells how far it has delivered (progress: the revision it was
-// created at, then that of the last event handled). A waiter that read the
-// queue at readRev and registers when progress is past readRev may have
-// missed an event between the two, so it reads its key once (stale); with
-// progress at or before readRev, every later change reaches it.
+// The watch tells what it has delivered: the revision it was created at
+// (floor) and, per key, that of the last event (a bounded map: emptied, it
+// raises floor to the last event's revision). A waiter that read the queue
+// at readRev and registers when its key's last event, or floor, is past
+// readRev may have missed a change between the two, so it reads its key
+// once (stale); otherwise every later change reaches it.
 
 import (
 	"context"
@@ -41,6 +42,8 @@ type queueWatch struct {
 	subs     map[string]map[chan struct{}]struct{} // key → its waiters' wake-ups
 	n        int                                   // waiters registered
 	progress int64                                 // see the file comment
+	last     map[string]int64                      // key → revision of its last event seen
+	floor    int64                                 // last was emptied at this progress
 	created  chan struct{}                         // closed once the watch started, or ended
 	ended    bool                                  // the watch ended (err says why)
 	err      error
@@ -60,7 +63,7 @@ func (h *watchHub) subscribe(ctx context.Context, q, key string, readRev int64) 
 	w = h.qs[q]
 	if w == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(h.life))
-		w = &queueWatch{subs: map[string]map[chan struct{}]struct{}{}, created: make(chan struct{}), cancel: cancel}
+		w = &queueWatch{subs: map[string]map[chan struct{}]struct{}{}, last: map[string]int64{}, created: make(chan struct{}), cancel: cancel}
 		h.qs[q] = w
 		go h.run(wctx, q, w)
 	}
@@ -95,7 +98,7 @@ func (h *watchHub) subscribe(ctx context.Context, q, key string, readRev int64) 
 		return nil, nil, false, nil, ctx.Err()
 	}
 	h.mu.Lock()
-	stale = w.ended || w.progress > readRev
+	stale = w.ended || max(w.floor, w.last[key]) > readRev
 	h.mu.Unlock()
 	return w, wake, stale, done, nil
 }
@@ -112,7 +115,7 @@ func (h *watchHub) run(ctx context.Context, q string, w *queueWatch) {
 		}
 		h.mu.Lock()
 		if resp.Created {
-			w.progress = resp.Header.Revision
+			w.progress, w.floor = resp.Header.Revision, resp.Header.Revision
 			close(w.created)
 		}
 		for _, ev := range resp.Events {
@@ -123,6 +126,10 @@ func (h *watchHub) run(ctx context.Context, q string, w *queueWatch) {
 				}
 			}
 			w.progress = max(w.progress, ev.Kv.ModRevision)
+			if len(w.last) >= 1<<16 {
+				w.last, w.floor = map[string]int64{}, w.progress
+			}
+			w.last[string(ev.Kv.Key)] = ev.Kv.ModRevision
 		}
 		h.mu.Unlock()
 	}
