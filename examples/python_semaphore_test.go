@@ -339,16 +339,21 @@ func TestPythonSemaphoreAndRWCommands(t *testing.T) {
 				t.Errorf("output lacks %q", want)
 			}
 		}
-		if got := httpGet(t, kvURL); !strings.Contains(got, "token "+m[1]) {
+		got, slot := httpGet(t, kvURL)
+		if !strings.Contains(got, "token "+m[1]) {
 			t.Errorf("kvstore holds %q, want the write with token %s", got, m[1])
 		}
-		if got := httpGet(t, srv.URL+tc.after); !strings.Contains(got, tc.free) {
+		if want := map[bool]string{true: "0"}[tc.args[0] == "semaphore"]; slot != want {
+			t.Errorf("kvstore's write has Lock-Slot %q, want %q", slot, want)
+		}
+		if got, _ := httpGet(t, srv.URL+tc.after); !strings.Contains(got, tc.free) {
 			t.Errorf("after the example %s is %s, want %s", tc.after, got, tc.free)
 		}
 	}
 }
 
-func httpGet(t *testing.T, url string) string {
+// httpGet returns url's body and its Lock-Slot header.
+func httpGet(t *testing.T, url string) (string, string) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -356,5 +361,5 @@ func httpGet(t *testing.T, url string) string {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	return string(b), resp.Header.Get("Lock-Slot")
 }
