@@ -296,9 +296,10 @@ func TestPythonRWLockWorkers(t *testing.T) {
 	}
 }
 
-// The example's semaphore, read and write commands each take their grant,
-// write to a fenced kvstore with its headers (a permit's with Lock-Slot),
-// renew, inspect and release, leaving nothing held.
+// The example's semaphore, write and read commands each take their grant;
+// the permit and the writer write to a fenced kvstore with their headers
+// (the permit's with Lock-Slot), the reader reads the writer's value; each
+// renews, inspects and releases, leaving nothing held.
 func TestPythonSemaphoreAndRWCommands(t *testing.T) {
 	need(t, "python3")
 	srv := lockdtest.Start(t, nil)
@@ -306,6 +307,7 @@ func TestPythonSemaphoreAndRWCommands(t *testing.T) {
 	t.Cleanup(kv.Close)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	var written string // the token of the last write
 	for _, tc := range []struct {
 		args  []string
 		grant *regexp.Regexp // its first group is the token
@@ -315,12 +317,13 @@ func TestPythonSemaphoreAndRWCommands(t *testing.T) {
 	}{
 		{[]string{"semaphore", "py-cmd-sem", "3"}, regexp.MustCompile(`acquired py-cmd-sem slot=0 of 3 token=(\d+)`),
 			"status: permits=3 holders(slot:token)=0:%s", "/v1/semaphores/py-cmd-sem", `"holders":[]`},
-		{[]string{"read", "py-cmd-rw"}, regexp.MustCompile(`acquired py-cmd-rw mode=read token=(\d+)`),
-			"status: mode=read holders=1", "/v1/rwlocks/py-cmd-rw", `"holders":[]`},
 		{[]string{"write", "py-cmd-rw"}, regexp.MustCompile(`acquired py-cmd-rw mode=write token=(\d+)`),
 			"status: mode=write holders=1", "/v1/rwlocks/py-cmd-rw", `"holders":[]`},
+		// The reader reads what the writer wrote, and writes nothing.
+		{[]string{"read", "py-cmd-rw"}, regexp.MustCompile(`acquired py-cmd-rw mode=read token=(\d+)`),
+			"status: mode=read holders=1", "/v1/rwlocks/py-cmd-rw", `"holders":[]`},
 	} {
-		kvURL := kv.URL + "/kv/" + tc.args[0]
+		kvURL := kv.URL + "/kv/" + tc.args[1]
 		cmd := exec.CommandContext(ctx, "python3", append([]string{"python/lockd_example.py"}, tc.args...)...)
 		cmd.Env = append(os.Environ(), "LOCKD_ADDR="+srv.Addr, "KV_URL="+kvURL)
 		out, err := cmd.CombinedOutput()
@@ -333,15 +336,21 @@ func TestPythonSemaphoreAndRWCommands(t *testing.T) {
 			t.Fatalf("output lacks %s", tc.grant)
 		}
 		key := tc.args[1]
-		for _, want := range []string{"wrote " + kvURL + ": 204", "renewed " + key + " token=" + m[1],
+		did := "wrote " + kvURL + ": 204"
+		if tc.args[0] == "read" {
+			did = "read " + kvURL + ": 200 written by python with token " + written
+		} else {
+			written = m[1]
+		}
+		for _, want := range []string{did, "renewed " + key + " token=" + m[1],
 			strings.ReplaceAll(tc.state, "%s", m[1]), "released " + key} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("output lacks %q", want)
 			}
 		}
 		got, slot := httpGet(t, kvURL)
-		if !strings.Contains(got, "token "+m[1]) {
-			t.Errorf("kvstore holds %q, want the write with token %s", got, m[1])
+		if !strings.Contains(got, "token "+written) {
+			t.Errorf("kvstore holds %q, want the write with token %s", got, written)
 		}
 		if want := map[bool]string{true: "0"}[tc.args[0] == "semaphore"]; slot != want {
 			t.Errorf("kvstore's write has Lock-Slot %q, want %q", slot, want)

@@ -315,12 +315,20 @@ def elect(client, name, value):
 
 
 def use(client, lock, what):
-    """Write to KV_URL (when set) fenced by lock, renew, inspect, release."""
+    """Write to KV_URL (when set; a reader reads it) fenced by lock, renew,
+    inspect, release."""
     key = lock.key
     print(f"acquired {what} token={lock.token}")
     try:
         kv_url = os.environ.get("KV_URL")
-        if kv_url:
+        if kv_url and getattr(lock, "mode", "") == "read":
+            # Readers share the key: they read, and only writers write.
+            try:
+                with urllib.request.urlopen(kv_url, timeout=10) as resp:
+                    print(f"read {kv_url}: {resp.status} {resp.read().decode()}")
+            except urllib.error.HTTPError as e:
+                print(f"read {kv_url}: {e.code}")
+        elif kv_url:
             if not lock.valid():
                 raise RuntimeError("lease no longer trusted; not writing")
             req = urllib.request.Request(
