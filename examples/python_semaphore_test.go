@@ -162,7 +162,7 @@ func TestPythonSemaphoreWorkers(t *testing.T) {
 	for i := range kinds {
 		kinds[i] = "permit"
 	}
-	runPyWorkers(t, ctx, srv.Addr, hs.URL, "py-sem", kinds, rounds, "2.0", 1200, permits)
+	runPyWorkers(t, ctx, srv.Addr, hs.URL, "py-sem", kinds, rounds, "2.5", 2000, permits)
 
 	res.mu.Lock()
 	defer res.mu.Unlock()
@@ -281,7 +281,7 @@ func TestPythonRWLockWorkers(t *testing.T) {
 	res.mu.Lock()
 	res.shared = nil
 	res.mu.Unlock()
-	runPyWorkers(t, ctx, srv.Addr, hs.URL, "py-rw", []string{"write", "read", "write", "read"}, 2, "1.5", 1000, 0)
+	runPyWorkers(t, ctx, srv.Addr, hs.URL, "py-rw", []string{"write", "read", "write", "read"}, 2, "2.5", 2000, 0)
 
 	res.mu.Lock()
 	defer res.mu.Unlock()
