@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/client"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -212,4 +213,23 @@ func BenchmarkLoopbackHop(b *testing.B) {
 			}
 		})
 	}
+	// The same cycle through lockd's Go client, as compare's HTTP column
+	// calls it: what the client adds on top.
+	b.Run("lockd+client", func(b *testing.B) {
+		c, err := client.New(lockd.URL, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			g, err := c.AcquireLease(ctx, "bench:key", client.AcquireOptions{TTL: 15 * time.Second, Owner: "bench"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := c.ReleaseLease(ctx, "bench:key", g.LeaseID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
