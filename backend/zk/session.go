@@ -96,6 +96,11 @@ func (b *Backend) sessionPath(h string) string { return b.sessRoot + sessionDir 
 type indexEntry struct {
 	Key       string `json:"k"`
 	Elections bool   `json:"e,omitempty"`
+	// Sem: the entry is a semaphore permit's, at Slot (semaphore.go).
+	Sem  bool `json:"sem,omitempty"`
+	Slot int  `json:"slot,omitempty"`
+	// RW: the entry is a read-write lock grant's (rwlock.go).
+	RW bool `json:"rw,omitempty"`
 }
 
 // readSession reads session h; zk.ErrNoNode when it is gone.
@@ -317,6 +322,23 @@ func (b *Backend) releaseIndexed(ctx context.Context, h string, headsOnly bool) 
 		}
 		var e indexEntry
 		if json.Unmarshal(r.raw, &e) != nil || e.Key == "" {
+			_ = b.delete(ctx, sp+"/"+n, -1)
+			continue
+		}
+		if e.Sem {
+			// A permit: its slot, if it still holds this permit (the
+			// hash matches). Never a waiter: those are not indexed.
+			x := b.semq
+			kp := x.keyPath(e.Key)
+			sl, err := x.semGetSlot(ctx, kp, e.Slot)
+			if err != nil && !errors.Is(err, zk.ErrNoNode) {
+				return unavailable("close session", err)
+			}
+			if err == nil && sl.d.H == n && sl.d.S == h {
+				if err := x.semRemove(ctx, kp, semSlot{k: sl.k, d: sl.d, st: sl.st}); err != nil && !errors.Is(err, zk.ErrNoNode) {
+					return unavailable("close session", err)
+				}
+			}
 			_ = b.delete(ctx, sp+"/"+n, -1)
 			continue
 		}
