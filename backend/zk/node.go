@@ -33,7 +33,9 @@ import (
 const (
 	protectedPrefix = "_c_"
 	lockMarker      = "-lock-"
-	hashLen         = 32 // hex characters
+	readMarker      = "-read-"  // in place of lockMarker: a reader of a read-write lock
+	writeMarker     = "-write-" // and a writer
+	hashLen         = 32        // hex characters
 )
 
 // nodeData is the changing part of a queue node: written at creation (the
@@ -47,6 +49,9 @@ type nodeData struct {
 	// Value is an election candidate's (see election.go); locks have none.
 	// Every rewrite of the node keeps it; only Proclaim changes it.
 	Value string `json:"v,omitempty"`
+	// Queued marks a read-write lock's node that waits (rwlock.go): its
+	// deadline means nothing until its acquirer claims the grant.
+	Queued bool `json:"q,omitempty"`
 }
 
 func (d nodeData) encode() []byte {
@@ -80,6 +85,7 @@ type child struct {
 	waitUntil int64 // Unix ms: queued behind the head after this, it is abandoned
 	owner     string
 	session   string // the session's hash (session.go); "" for a lease of its own
+	mode      string // a read-write lock's node: "read" or "write" (rwlock.go); "" for a lock's
 }
 
 // abandoned reports whether the waiter may be removed from the queue, by
@@ -113,13 +119,26 @@ func parseChild(name string) (c child, ok bool) {
 		return c, false
 	}
 	rest = rest[hashLen+1:]
-	i := strings.LastIndex(rest, lockMarker)
+	// The marker is the last one followed by digits only (an owner's
+	// base64url may contain any of them).
+	i, marker := -1, ""
+	for _, m := range []string{lockMarker, readMarker, writeMarker} {
+		if j := strings.LastIndex(rest, m); j > i {
+			i, marker = j, m
+		}
+	}
 	if i < 0 {
 		return c, false
 	}
-	seq, err := strconv.ParseInt(rest[i+len(lockMarker):], 10, 64)
+	seq, err := strconv.ParseInt(rest[i+len(marker):], 10, 64)
 	if err != nil {
 		return c, false
+	}
+	switch marker {
+	case readMarker:
+		c.mode = "read"
+	case writeMarker:
+		c.mode = "write"
 	}
 	parts := strings.SplitN(rest[:i], "-", 3)
 	if len(parts) != 3 {
@@ -135,7 +154,7 @@ func parseChild(name string) (c child, ok bool) {
 	if err1 != nil || err2 != nil || err3 != nil {
 		return c, false
 	}
-	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner), session: sess}, true
+	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner), session: sess, mode: c.mode}, true
 }
 
 func isHex(s string, n int) bool {

@@ -598,6 +598,9 @@ func (a *semAcquirer) step(ctx context.Context) (p backend.Permit, done bool, er
 		}
 	}
 	if !waiting {
+		if err := b.sessionOver(ctx, a.sess, "semaphore acquire", a.req.Key); err != nil {
+			return p, true, err
+		}
 		return p, true, b.semHeld(a.req.Key, size, v)
 	}
 	if a.name == "" {

@@ -342,6 +342,32 @@ func (b *Backend) releaseIndexed(ctx context.Context, h string, headsOnly bool) 
 			_ = b.delete(ctx, sp+"/"+n, -1)
 			continue
 		}
+		if e.RW {
+			// A read-write lock's node: its grant now, a queued one once
+			// the session is over (its acquire leaves by itself).
+			x := b.rwq
+			kp := x.keyPath(e.Key)
+			name, err := x.rwFind(ctx, kp, protectedPrefix+n+"-")
+			if err != nil {
+				return unavailable("close session", err)
+			}
+			if name != "" {
+				r, err := x.read(ctx, kp+"/"+name)
+				if err != nil && !errors.Is(err, zk.ErrNoNode) {
+					return unavailable("close session", err)
+				}
+				if err == nil && headsOnly && r.data.Queued {
+					continue
+				}
+				if err == nil {
+					if err := x.delete(ctx, kp+"/"+name, r.stat.Version); err != nil && !isConflict(err) {
+						return unavailable("close session", err)
+					}
+				}
+			}
+			_ = b.delete(ctx, sp+"/"+n, -1)
+			continue
+		}
 		x := b
 		if e.Elections {
 			x = b.elect
@@ -368,6 +394,20 @@ func (b *Backend) releaseIndexed(ctx context.Context, h string, headsOnly bool) 
 		_ = b.delete(ctx, sp+"/"+n, -1)
 	}
 	return nil
+}
+
+// sessionOver is, for an acquire in session h (none when ""), refused
+// because nothing was free: ErrSessionExpired when the session is over, so
+// that an acquire in an ended session says so rather than "held".
+func (b *Backend) sessionOver(ctx context.Context, h, op, key string) error {
+	if h == "" {
+		return nil
+	}
+	d, _, err := b.readSession(ctx, h)
+	if errors.Is(err, zk.ErrNoNode) || err == nil && !b.clock.Valid(time.UnixMilli(d.Deadline)) {
+		return fmt.Errorf("zk %s %q: %w", op, key, backend.ErrSessionExpired)
+	}
+	return nil // unreadable: the refusal stands
 }
 
 // errSessionOver ends the wait of an acquire whose session ended.

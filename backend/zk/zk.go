@@ -399,7 +399,7 @@ func (w *watched) has(kp string) bool {
 func parseQueue(names []string) []child {
 	q := make([]child, 0, len(names))
 	for _, n := range names {
-		if c, ok := parseChild(n); ok {
+		if c, ok := parseChild(n); ok && c.mode == "" {
 			q = append(q, c)
 		}
 	}
