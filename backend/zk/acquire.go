@@ -258,13 +258,13 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		return g, false, err
 	}
 	now := a.b.clock.Now()
-	if head.data.overdue(a.b.clock) {
+	if q[0].removable(a.b.clock, head.data) {
 		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version, head.stat.Czxid, a.b.sessionGuard(head)...); err != nil && !isConflict(err) {
 			return g, false, err
 		}
 		return g, false, nil
 	}
-	dies := a.b.clock.FreeAt(head.data.deadline()).UnixMilli() // when our predecessor stops counting, Unix ms
+	dies := q[0].delayedUntil(a.b.clock, head.data).UnixMilli() // when our predecessor stops counting, Unix ms
 	pred := q[i-1]
 	if i > 1 {
 		if pred.abandoned(a.b.clock) {
@@ -345,7 +345,7 @@ func (a *acquirer) create(ctx context.Context) error {
 			}
 			data.Deadline, data.TTL, sessVer = d.Deadline, d.TTL, st.Version
 		}
-		name := nodeName(a.secret, time.Duration(data.TTL)*time.Millisecond, waitUntil, a.req.Owner, a.sess)
+		name := queueName(a.secret, time.Duration(data.TTL)*time.Millisecond, a.req.LockDelay, waitUntil, a.req.Owner, a.sess)
 		p, noShard, err := a.createNode(ctx, a.kp+"/"+name, data.encode(), sessVer)
 		switch {
 		case errors.Is(err, errSessionMoved) && attempt < 5:
@@ -540,9 +540,13 @@ func (a *acquirer) grant(r nodeRead) backend.Grant {
 // grant stands.
 func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.Grant, bool, error) {
 	holder := &backend.Holder{Owner: head.owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+	delay := head.delayOf(a.b.clock, r)
+	if delay != nil {
+		holder = nil // expired: not a holder, but delayed
+	}
 	if a.replay {
 		// The node stays for the attempt that made it.
-		return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
+		return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder, Delay: delay}
 	}
 	var g backend.Grant
 	granted := false
@@ -558,18 +562,20 @@ func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.
 	if granted {
 		return g, true, nil
 	}
-	return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
+	return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder, Delay: delay}
 }
 
 // held reports the key held by whoever heads q.
 func (a *acquirer) held(ctx context.Context, q []child) error {
-	var holder *backend.Holder
+	he := &backend.HeldError{Key: a.req.Key}
 	if len(q) > 0 {
 		if r, err := a.b.read(ctx, a.kp+"/"+q[0].name); err == nil && !r.data.overdue(a.b.clock) {
-			holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+			he.Holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+		} else if err == nil {
+			he.Delay = q[0].delayOf(a.b.clock, r)
 		}
 	}
-	return &backend.HeldError{Key: a.req.Key, Holder: holder}
+	return he
 }
 
 // leave removes node name from key's queue, handing the lock on if the node

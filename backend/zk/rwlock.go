@@ -110,12 +110,13 @@ func nearestBlocker(q []child, end int, mode string) int {
 }
 
 // rwDead reports whether the node c, read as r, may be removed by anyone:
-// queued and abandoned, or granted and overdue.
+// queued and abandoned, or granted and overdue with its lock-delay. A
+// delayed writer so keeps out both modes, a delayed reader writers only.
 func (b *Backend) rwDead(c child, r nodeRead) bool {
 	if r.data.Queued {
 		return c.abandoned(b.clock)
 	}
-	return r.data.overdue(b.clock)
+	return c.removable(b.clock, r.data)
 }
 
 // rwRemove deletes c if it is still exactly as read (and its session too).
@@ -166,13 +167,24 @@ func (b *Backend) rwHolders(q []child, rs []nodeRead) []backend.RWHolder {
 	return hs
 }
 
-// rwHeld is the give-up of an acquire: who holds, as far as can be read.
-func (b *Backend) rwHeld(ctx context.Context, key string) error {
+// rwHeld is the give-up of an acquire of mode (whose node, if any, is
+// mine): who holds, as far as can be read, and the soonest-ending lock-delay
+// of a node ahead that blocks it.
+func (b *Backend) rwHeld(ctx context.Context, key, mode, mine string) error {
 	he := &backend.RWHeldError{Key: key}
 	kp := b.keyPath(key)
 	if q, _, _, err := b.rwList(ctx, kp); err == nil {
 		if cs, rs, err := b.rwReadAll(ctx, kp, q); err == nil {
 			he.Holders = b.rwHolders(cs, rs)
+			for i, c := range cs {
+				if c.name == mine {
+					break
+				}
+				if d := c.delayOf(b.clock, rs[i]); d != nil && !rs[i].data.Queued && blocks(c, mode) &&
+					(he.Delay == nil || d.Until.Before(he.Delay.Until)) {
+					he.Delay = d
+				}
+			}
 		}
 	}
 	return he
@@ -369,7 +381,7 @@ func (a *rwAcquirer) create(ctx context.Context, ver int32, queued bool) (nodeRe
 	if a.req.Mode == backend.ModeWrite {
 		marker = writeMarker
 	}
-	name := strings.TrimSuffix(nodeName(a.secret, time.Duration(d.TTL)*time.Millisecond, waitUntil, a.req.Owner, a.sess), lockMarker) + marker
+	name := strings.TrimSuffix(queueName(a.secret, time.Duration(d.TTL)*time.Millisecond, a.req.LockDelay, waitUntil, a.req.Owner, a.sess), lockMarker) + marker
 	ops = append(ops, &zk.CreateRequest{Path: a.kp + "/" + name, Data: d.encode(), Acl: b.acl, Flags: zk.FlagSequence})
 	res, err := call(ctx, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
 	if err != nil {
@@ -513,7 +525,7 @@ func (a *rwAcquirer) step(ctx context.Context) (g backend.RWGrant, done bool, er
 		if err := b.sessionOver(ctx, a.sess, "rwlock acquire", a.req.Key); err != nil {
 			return g, true, err
 		}
-		return g, true, b.rwHeld(ctx, a.req.Key)
+		return g, true, b.rwHeld(ctx, a.req.Key, a.req.Mode, a.name)
 	}
 	if a.name == "" {
 		_, err := a.create(ctx, ver, true)
@@ -525,11 +537,11 @@ func (a *rwAcquirer) step(ctx context.Context) (g backend.RWGrant, done bool, er
 		}
 		return g, false, err
 	}
-	at := time.UnixMilli(blocker.waitUntil)
+	at := b.clock.FreeAt(time.UnixMilli(blocker.waitUntil))
 	if !r.data.Queued {
-		at = r.data.deadline()
+		at = blocker.delayedUntil(b.clock, r.data)
 	}
-	expiry := time.NewTimer(b.clock.Until(b.clock.FreeAt(at)) + time.Millisecond)
+	expiry := time.NewTimer(b.clock.Until(at) + time.Millisecond)
 	defer expiry.Stop()
 	waitOver := time.NewTimer(time.Until(a.waitEnd))
 	defer waitOver.Stop()
@@ -588,7 +600,7 @@ func (rw rwlocks) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			return backend.RWGrant{}, fmt.Errorf("zk rwlock renew %q: %w", key, backend.ErrSessionBound)
 		}
 		if !r.data.valid(b.clock) {
-			if r.data.overdue(b.clock) {
+			if c.removable(b.clock, r.data) { // a late renew or release lifts no lock-delay
 				_ = b.rwRemove(ctx, kp, c, r)
 			}
 			return backend.RWGrant{}, leaseExpired("rwlock renew", key)
@@ -628,7 +640,7 @@ func (rw rwlocks) Release(ctx context.Context, key, leaseID string) error {
 			return leaseExpired("rwlock release", key)
 		}
 		if !r.data.valid(b.clock) {
-			if r.data.overdue(b.clock) {
+			if c.removable(b.clock, r.data) { // a late renew or release lifts no lock-delay
 				_ = b.rwRemove(ctx, kp, c, r)
 			}
 			return leaseExpired("rwlock release", key)
@@ -663,6 +675,9 @@ func (rw rwlocks) Inspect(ctx context.Context, key string) (backend.RWState, err
 		st.Mode = st.Holders[0].Mode
 	}
 	for i, c := range cs {
+		if d := c.delayOf(b.clock, rs[i]); d != nil && !rs[i].data.Queued && d.Until.After(st.DelayedUntil) {
+			st.DelayedUntil = d.Until
+		}
 		if !rs[i].data.Queued || c.abandoned(b.clock) {
 			continue
 		}

@@ -81,10 +81,11 @@ func (semaphores) Features() backend.SemaphoreFeatures {
 type semData struct {
 	Deadline int64  `json:"deadline_ms,omitempty"` // Unix ms; the session's when S is set
 	TTL      int64  `json:"ttl_ms"`
-	P        int    `json:"p"`               // the semaphore's size
-	Owner    string `json:"owner,omitempty"` // a holder's
-	H        string `json:"h,omitempty"`     // nodeHash of the permit's secret
-	S        string `json:"s,omitempty"`     // the session's hash, or ""
+	P        int    `json:"p"`                  // the semaphore's size
+	Owner    string `json:"owner,omitempty"`    // a holder's
+	H        string `json:"h,omitempty"`        // nodeHash of the permit's secret
+	S        string `json:"s,omitempty"`        // the session's hash, or ""
+	D        int64  `json:"delay_ms,omitempty"` // the permit's lock-delay
 }
 
 func (d semData) encode() []byte {
@@ -104,7 +105,24 @@ type semSlot struct {
 func (sl semSlot) deadline() time.Time        { return time.UnixMilli(sl.d.Deadline) }
 func (sl semSlot) valid(c lease.Clock) bool   { return c.Valid(sl.deadline()) }
 func (sl semSlot) overdue(c lease.Clock) bool { return c.Overdue(sl.deadline()) }
-func slotName(k int) string                   { return slotPrefix + strconv.Itoa(k) }
+
+// removable: the permit's deadline plus its lock-delay is overdue; until
+// then an expired permit holds its slot, delayed.
+func (sl semSlot) removable(c lease.Clock) bool { return c.Overdue(sl.freeFrom()) }
+
+// freeFrom is the deadline plus the lock-delay.
+func (sl semSlot) freeFrom() time.Time {
+	return sl.deadline().Add(time.Duration(sl.d.D) * time.Millisecond)
+}
+
+// delay is the lock-delay in force on sl, or nil.
+func (sl semSlot) delay(c lease.Clock) *backend.Delay {
+	if !sl.overdue(c) || sl.removable(c) {
+		return nil
+	}
+	return &backend.Delay{Until: c.FreeAt(sl.freeFrom()), ExpiredToken: uint64(sl.st.Czxid)}
+}
+func slotName(k int) string { return slotPrefix + strconv.Itoa(k) }
 func (sl semSlot) holder() backend.SemaphoreHolder {
 	return backend.SemaphoreHolder{Slot: sl.k, Owner: sl.d.Owner, Token: uint64(sl.st.Czxid), ExpiresAt: sl.deadline()}
 }
@@ -229,12 +247,13 @@ func (b *Backend) semRemove(ctx context.Context, kp string, sl semSlot) error {
 	return err
 }
 
-// semPrune removes v's overdue permits and takes them out of v; again is set
-// when a removal lost a race (the caller reads again).
+// semPrune removes v's permits whose deadline and lock-delay are overdue and
+// takes them out of v; again is set when a removal lost a race (the caller
+// reads again). Delayed permits stay in v: their slots are not free.
 func (b *Backend) semPrune(ctx context.Context, kp string, v *semView) (again bool, err error) {
 	live := v.slots[:0:0]
 	for _, sl := range v.slots {
-		if !sl.overdue(b.clock) {
+		if !sl.removable(b.clock) {
 			live = append(live, sl)
 			continue
 		}
@@ -263,8 +282,10 @@ func (v semView) liveWaiters(c lease.Clock) []child {
 // size is the live semaphore's size: its holders', else its first live
 // waiter's (read from its node); 0 when empty.
 func (b *Backend) semSize(ctx context.Context, kp string, v semView) (int, error) {
-	if len(v.slots) > 0 {
-		return v.slots[0].d.P, nil
+	for _, sl := range v.slots {
+		if !sl.overdue(b.clock) {
+			return sl.d.P, nil // delayed permits are not live
+		}
 	}
 	for _, w := range v.liveWaiters(b.clock) {
 		r, err := b.readRaw(ctx, kp+"/"+w.name)
@@ -299,7 +320,15 @@ func (v semView) free(n int) int {
 func (b *Backend) semHeld(key string, size int, v semView) error {
 	he := &backend.SemaphoreHeldError{Key: key, Permits: size, Holders: []backend.SemaphoreHolder{}}
 	for _, sl := range v.slots {
-		he.Holders = append(he.Holders, sl.holder())
+		if d := sl.delay(b.clock); d != nil {
+			if he.Delay == nil || d.Until.Before(he.Delay.Until) {
+				he.Delay = d
+			}
+			continue
+		}
+		if !sl.overdue(b.clock) {
+			he.Holders = append(he.Holders, sl.holder())
+		}
 	}
 	return he
 }
@@ -332,7 +361,7 @@ var errConflict = errors.New("changed meanwhile")
 // deletes its node. errConflict when a guard failed.
 func (a *semAcquirer) grant(ctx context.Context, k int, v semView) (backend.Permit, error) {
 	b := a.b
-	d := semData{TTL: a.req.TTL.Milliseconds(), P: a.req.Permits, Owner: a.req.Owner, H: nodeHash(a.secret)}
+	d := semData{TTL: a.req.TTL.Milliseconds(), P: a.req.Permits, Owner: a.req.Owner, H: nodeHash(a.secret), D: a.req.LockDelay.Milliseconds()}
 	ops := []any{&zk.SetDataRequest{Path: a.kp, Data: nil, Version: v.ver}}
 	var sd sessionData
 	if a.sess != "" {
@@ -620,7 +649,7 @@ func (a *semAcquirer) step(ctx context.Context) (p backend.Permit, done bool, er
 			werr error
 		)
 		for _, sl := range v.slots {
-			at := time.Now().Add(b.clock.Until(b.clock.FreeAt(sl.deadline())))
+			at := time.Now().Add(b.clock.Until(b.clock.FreeAt(sl.freeFrom())))
 			if expiry.IsZero() || at.Before(expiry) {
 				expiry = at
 			}
@@ -763,7 +792,7 @@ func (s semaphores) Renew(ctx context.Context, key, leaseID string, ttl time.Dur
 			return backend.Permit{}, fmt.Errorf("zk semaphore renew %q: %w", key, backend.ErrSessionBound)
 		}
 		if !sl.valid(b.clock) {
-			if sl.overdue(b.clock) {
+			if sl.removable(b.clock) { // a late renew or release lifts no lock-delay
 				_ = b.semRemove(ctx, kp, sl)
 			}
 			return backend.Permit{}, leaseExpired("semaphore renew", key)
@@ -804,7 +833,7 @@ func (s semaphores) Release(ctx context.Context, key, leaseID string) error {
 			return leaseExpired("semaphore release", key)
 		}
 		if !sl.valid(b.clock) {
-			if sl.overdue(b.clock) {
+			if sl.removable(b.clock) { // a late renew or release lifts no lock-delay
 				_ = b.semRemove(ctx, kp, sl)
 			}
 			return leaseExpired("semaphore release", key)
@@ -830,20 +859,18 @@ func (s semaphores) Inspect(ctx context.Context, key string) (backend.SemaphoreS
 	if err != nil {
 		return backend.SemaphoreState{}, unavailable("semaphore inspect", err)
 	}
-	live := v.slots[:0:0]
-	for _, sl := range v.slots {
-		if !sl.overdue(b.clock) {
-			live = append(live, sl)
-		}
-	}
-	v.slots = live
 	size, err := b.semSize(ctx, kp, v)
 	if err != nil {
 		return backend.SemaphoreState{}, unavailable("semaphore inspect", err)
 	}
 	st := backend.SemaphoreState{Key: key, Permits: size, Waiters: len(v.liveWaiters(b.clock)), Holders: []backend.SemaphoreHolder{}}
-	for _, sl := range live {
-		st.Holders = append(st.Holders, sl.holder())
+	for _, sl := range v.slots {
+		switch d := sl.delay(b.clock); {
+		case d != nil:
+			st.Delayed = append(st.Delayed, backend.SlotDelay{Slot: sl.k, Delay: *d})
+		case !sl.overdue(b.clock):
+			st.Holders = append(st.Holders, sl.holder())
+		}
 	}
 	return st, nil
 }

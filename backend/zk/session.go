@@ -466,6 +466,9 @@ func (b *Backend) watchSession(ctx context.Context, h string) (context.Context, 
 // its elections.
 type sessState struct {
 	sweepEvery time.Duration
+	// delayKeep is how long past its deadline an expired session's node
+	// is kept, for the lock-delays of its grants (backend.MaxLockDelay).
+	delayKeep time.Duration
 
 	mu       sync.Mutex
 	sweeping bool
@@ -526,7 +529,10 @@ func (b *Backend) sweepSessions(ctx context.Context) (int, error) {
 			break
 		}
 		d, st, err := b.readSession(ctx, h)
-		if err != nil || !b.clock.Overdue(time.UnixMilli(d.Deadline)) {
+		// An expired session's grants may be under a lock-delay, which
+		// runs from its deadline: its node stays until the longest could
+		// end. A closed one (deadline 0) released them all.
+		if err != nil || d.Deadline > 0 && !b.clock.Overdue(time.UnixMilli(d.Deadline).Add(b.sess.delayKeep)) {
 			continue // unreadable (left alone), or still counted on
 		}
 		sp := b.sessionPath(h)

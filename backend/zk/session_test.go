@@ -205,6 +205,7 @@ func TestSessionIndexEmptiesAsNodesLeave(t *testing.T) {
 func TestSessionSweep(t *testing.T) {
 	z := sharedZK(t, 1)
 	b := newBackend(t, z.Addrs(), Options{Root: uniqueRoot(t)})
+	b.sess.delayKeep = 0 // no lock-delay asked for: nothing to keep the node for (set before any sweep runs)
 	ss := b.Sessions()
 	live, err := ss.Open(ctxFor(t, 10*time.Second), "live", 30*time.Second)
 	if err != nil {

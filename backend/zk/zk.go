@@ -229,7 +229,7 @@ func New(conn *zk.Conn, opts Options) *Backend {
 	elife, estop := context.WithCancel(life)
 	b.elect = &Backend{conn: conn, root: root + electDir, acl: acl, grace: grace, clock: opts.Clock, life: elife, stop: estop, elections: true, outage: followOutage}
 	b.sessRoot, b.elect.sessRoot = root, root
-	b.sess = &sessState{sweepEvery: sessSweepEvery}
+	b.sess = &sessState{sweepEvery: sessSweepEvery, delayKeep: backend.MaxLockDelay}
 	b.elect.sess = b.sess
 	// Semaphores and read-write locks keep their nodes in namespaces of
 	// their own (semaphore.go, rwlock.go), on the same conn and clock.
@@ -741,4 +741,13 @@ func (c *grantCache) drop(id string) {
 	c.mu.Lock()
 	delete(c.m, id)
 	c.mu.Unlock()
+}
+
+var _ backend.LockDelayer = (*Backend)(nil)
+
+// LockDelay implements backend.LockDelayer: every primitive keeps an expired
+// grant's node in place, delayed, until its deadline plus its lock-delay is
+// overdue (child.removable, semSlot.removable).
+func (b *Backend) LockDelay() backend.LockDelayFeatures {
+	return backend.LockDelayFeatures{Locks: true, Semaphores: true, RWLocks: true, Elections: true}
 }
