@@ -82,6 +82,11 @@ type acquirer struct {
 	replay bool
 	// sess is the hash of the session the acquire is made in, or "".
 	sess string
+	// fresh is our node as its create wrote it (its czxid the create's
+	// zxid), when the create told: the first look at the queue then needs
+	// no read of it.
+	fresh     *nodeRead
+	freshZxid int64
 }
 
 var errClosed = errors.New("backend closed")
@@ -189,7 +194,20 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	}
 	// Our node is read along with the queue: when we head it, that is the
 	// grant.
-	q, self, err, selfErr := a.b.queueAndRead(ctx, a.kp, a.name)
+	var (
+		q       []child
+		self    nodeRead
+		selfErr error
+	)
+	if a.fresh != nil {
+		// Just created, and read by nobody but a handoff to us, which
+		// only moves the deadline later and the version up: holding's
+		// versioned write, or the next renew or release, sees it.
+		self, a.fresh = *a.fresh, nil
+		q, err = a.b.queue(ctx, a.kp)
+	} else {
+		q, self, err, selfErr = a.b.queueAndRead(ctx, a.kp, a.name)
+	}
 	if err != nil {
 		return g, false, err
 	}
@@ -352,6 +370,9 @@ func (a *acquirer) create(ctx context.Context) error {
 			continue // renewed, closed or swept meanwhile: read it again
 		case err == nil:
 			a.name = path.Base(p)
+			if a.freshZxid != 0 {
+				a.fresh = &nodeRead{data: data, stat: &zk.Stat{Czxid: a.freshZxid}}
+			}
 			if a.rec != "" {
 				a.b.maybeSweep(a.rec)
 			}
@@ -400,8 +421,28 @@ var errSessionMoved = errors.New("session node changed")
 // parent is missing.
 func (a *acquirer) createNode(ctx context.Context, p string, data []byte, sessVer int32) (created string, noShard bool, err error) {
 	if a.rec == "" && a.sess == "" {
-		created, err = call(ctx, func() (string, error) { return a.b.conn.Create(p, data, zk.FlagSequence, a.b.acl) })
-		return created, false, err
+		// With a setData of the token node in the same multi-op, whose
+		// stat (mzxid) is the multi-op's zxid, so our node's czxid: the
+		// grant needs no read of the node (create, getChildren: two
+		// requests when uncontended).
+		tok := a.b.sessRoot + clockNode
+		for attempt := 0; ; attempt++ {
+			res, err := call(ctx, func() ([]zk.MultiResponse, error) {
+				return a.b.conn.Multi(&zk.CreateRequest{Path: p, Data: data, Acl: a.b.acl, Flags: zk.FlagSequence},
+					&zk.SetDataRequest{Path: tok, Data: nil, Version: -1})
+			})
+			if err == nil {
+				a.freshZxid = res[1].Stat.Mzxid
+				return res[0].String, false, nil
+			}
+			if attempt > 0 || !errors.Is(err, zk.ErrNoNode) || len(res) < 2 || res[0].Error != nil {
+				return "", false, err
+			}
+			// No token node yet (it is ClockOffset's node): make it.
+			if _, err := call(ctx, func() (string, error) { return a.b.conn.Create(tok, nil, zk.FlagPersistent, a.b.acl) }); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+				return "", false, err
+			}
+		}
 	}
 	var ops []any
 	if a.sess != "" {
