@@ -84,8 +84,11 @@ type HandoffCell struct {
 	FIFOViolations int64        `json:"fifo_violations"`
 	LongestWaitMs  float64      `json:"longest_wait_ms"`
 	CDF            [][2]float64 `json:"cdf,omitempty"`
-	Error          string       `json:"error,omitempty"`
-	Unmeasured     string       `json:"unmeasured,omitempty"`
+	// StoreOrder: grants out of the order the store queued their holders
+	// in (lockd rows; storeorder.go).
+	StoreOrder *StoreOrder `json:"store_order,omitempty"`
+	Error      string      `json:"error,omitempty"`
+	Unmeasured string      `json:"unmeasured,omitempty"`
 }
 
 // ThroughputCell: closed-loop grants per second.
@@ -98,8 +101,9 @@ type ThroughputCell struct {
 	PerSec  float64 `json:"grants_per_s"`
 	// CPUPer1000 is this process's CPU seconds per 1,000 grants: the load
 	// generator and lockd (and, for etcd, the embedded server) together.
-	CPUPer1000 float64 `json:"process_cpu_s_per_1000_grants"`
-	Unmeasured string  `json:"unmeasured,omitempty"`
+	CPUPer1000 float64     `json:"process_cpu_s_per_1000_grants"`
+	StoreOrder *StoreOrder `json:"store_order,omitempty"`
+	Unmeasured string      `json:"unmeasured,omitempty"`
 }
 
 // ModeResult is what the resource saw in one mode (fenced or unfenced).

@@ -264,6 +264,9 @@ type via struct {
 	name      string
 	newClient clientFactory
 	close     func()
+	// lockd: a lockd row; startOrder starts the store-order probe for it.
+	lockd      bool
+	startOrder func() (orderProbe, error)
 }
 
 // vias returns lockd (one replica over a fresh backend) and then every
@@ -297,7 +300,8 @@ func vias(d *deployment, maxDirect int, both bool) ([]via, error) {
 			closeVias(out)
 			return nil, err
 		}
-		out = append(out, via{name: name, newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
+		out = append(out, via{name: name, newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop,
+			lockd: true, startOrder: func() (orderProbe, error) { return startOrder(d) }})
 	}
 	for i, dl := range d.directs {
 		if i >= maxDirect {
@@ -306,6 +310,14 @@ func vias(d *deployment, maxDirect int, both bool) ([]via, error) {
 		out = append(out, via{name: dl.Name, newClient: func() (Locker, error) { return dl.New(d.Addrs, nil) }, close: func() {}})
 	}
 	return out, nil
+}
+
+// order starts the via's store-order probe (none for a direct library).
+func (v via) order() (orderProbe, error) {
+	if v.startOrder == nil {
+		return nil, nil
+	}
+	return v.startOrder()
 }
 
 func closeVias(vs []via) {
@@ -347,10 +359,14 @@ func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar
 	n, i := len(vs)*len(sz.HandoffWaiters), 0
 	for _, w := range sz.HandoffWaiters {
 		for _, v := range vs {
+			probe, perr := v.order()
 			r, err := measureHandoff(ctx, v.newClient, w, cfg.Duration, b.part(i, n))
 			i++
 			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins, EarlyGrants: r.EarlyGrants,
 				FIFOViolations: r.FIFOViolations, LongestWaitMs: ms64(r.LongestWait)}
+			if v.lockd {
+				c.StoreOrder = storeOrderOf(d, probe, perr, r.Tokens)
+			}
 			if r.Hist != nil {
 				c.Lat, c.CDF = percentiles(r.Hist), cdf(r.Hist)
 			}
@@ -385,9 +401,13 @@ func runThroughput(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *
 	for _, keys := range sz.TputKeys {
 		for _, clients := range sz.TputClients {
 			for _, v := range vs {
+				probe, perr := v.order()
 				r, err := measureThroughput(ctx, v.newClient, clients, keys, cellDur, b.part(i, n))
 				i++
 				c := ThroughputCell{Via: v.name, Clients: clients, Keys: keys, Grants: r.Grants, Errors: r.Errors}
+				if v.lockd {
+					c.StoreOrder = storeOrderOf(d, probe, perr, r.Tokens)
+				}
 				if err != nil {
 					c.Unmeasured = err.Error()
 				} else {

@@ -79,6 +79,11 @@ type deployment struct {
 	// serve waiters in arrival order (as its conformance run declares); the
 	// FIFO check does not apply then.
 	noFIFO string
+	// watchOrder, when set, starts a probe of the order the store queues
+	// waiters in (storeorder.go); nil when the fencing token is that
+	// order. orderHow says how it reads it.
+	watchOrder func() (orderProbe, error)
+	orderHow   string
 	// inProcess: the store runs inside this process (embedded etcd).
 	inProcess bool
 	// notes are facts about this deployment the report must state.
@@ -253,6 +258,8 @@ func startRedis(members int) (*deployment, error) {
 		return redisb.New(ctx, redisClient(addrs[0], rt), redisb.Options{Prefix: "lockd-compare:"})
 	}
 	d.directs = []directLib{{Name: "SET NX PX", New: newSetNX}, {Name: "redsync (1 Redis)", New: newRedsync}}
+	d.watchOrder = func() (orderProbe, error) { return startRedisMonitor(d.Addrs[0]) }
+	d.orderHow = redisOrderHow
 	return d, nil
 }
 

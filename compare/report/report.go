@@ -50,7 +50,7 @@ func httpHopTarget(backend string) targetSpec {
 }
 
 func targetSpecs() []targetSpec {
-	return []targetSpec{
+	return append([]targetSpec{
 		overheadTarget("etcd", "concurrency.Mutex", 1.10),
 		overheadTarget("zk", "zk.Lock", 1.10),
 		overheadTarget("redis", "SET NX PX", 1.30),
@@ -79,7 +79,7 @@ func targetSpecs() []targetSpec {
 			}
 			return l.P50 / d.P50, fmt.Sprintf("%s / %s", fmtUS(l.P50), fmtUS(d.P50)), true
 		}},
-	}
+	}, scaleTargetSpecs()...)
 }
 
 func fmtUS(us float64) string {
@@ -96,6 +96,9 @@ func fmtUS(us float64) string {
 func fmtTarget(v float64, unit string) string {
 	if unit == "µs" {
 		return fmtUS(v)
+	}
+	if strings.HasPrefix(unit, " ") { // a count: " grants", " MB"
+		return fmt.Sprintf("%.0f%s", v, unit)
 	}
 	return fmt.Sprintf("%.2f%s", v, unit)
 }
