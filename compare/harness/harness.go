@@ -148,23 +148,31 @@ type Sizes struct {
 	TputDirects    int // how many direct libraries the throughput matrix covers
 	RTSamples      int
 	ScaleLeases    int
-	ScalePolls     int
 	ScaleBudget    time.Duration // per step
-	Correct        CorrectnessConfig
-	Scaled         []string
+	// The waiter steps (scalewaiters.go): polls on one key, polls spread
+	// over keys, each step's budget, idle-key acquires sampled.
+	ScaleWaiters, ScaleSpread, ScaleSpreadKeys int
+	ScaleWaiterBudget                          time.Duration
+	IdleSamples                                int
+	Correct                                    CorrectnessConfig
+	Scaled                                     []string
 }
 
 // SizesFor sizes a run.
 func SizesFor(cfg Config) Sizes {
 	s := Sizes{
-		HandoffWaiters: []int{1, 10, 100},
-		TputClients:    []int{1, 4, 16, 64, 256},
-		TputKeys:       []int{1, 100, 10000},
-		TputDirects:    1,
-		RTSamples:      200,
-		ScaleLeases:    25000,
-		ScalePolls:     3000,
-		ScaleBudget:    30 * time.Second,
+		HandoffWaiters:    []int{1, 10, 100},
+		TputClients:       []int{1, 4, 16, 64, 256},
+		TputKeys:          []int{1, 100, 10000},
+		TputDirects:       1,
+		RTSamples:         200,
+		ScaleLeases:       25000,
+		ScaleWaiters:      10000,
+		ScaleSpread:       50000,
+		ScaleSpreadKeys:   1000,
+		ScaleWaiterBudget: 60 * time.Second,
+		IdleSamples:       500,
+		ScaleBudget:       30 * time.Second,
 		Correct: CorrectnessConfig{Clients: 5, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
 			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second, MaxClockSkew: cfg.MaxClockSkew},
 	}
@@ -173,13 +181,14 @@ func SizesFor(cfg Config) Sizes {
 		s.TputClients = []int{1, 16}
 		s.TputKeys = []int{1, 100}
 		s.RTSamples = 30
-		s.ScaleLeases, s.ScalePolls, s.ScaleBudget = 2000, 200, 10*time.Second
+		s.ScaleLeases, s.ScaleBudget = 2000, 10*time.Second
+		s.ScaleWaiters, s.ScaleSpread, s.ScaleSpreadKeys, s.ScaleWaiterBudget, s.IdleSamples = 500, 2000, 20, 15*time.Second, 100
 		s.Correct = CorrectnessConfig{Clients: 4, TTL: 300 * time.Millisecond, Wait: 600 * time.Millisecond, Hold: time.Millisecond,
 			Duration: max(cfg.Duration*5/2, 2500*time.Millisecond), Seed: cfg.Seed, CheckFor: 10 * time.Second, MaxClockSkew: cfg.MaxClockSkew}
 		s.Scaled = []string{
 			"handoff: 1 and 10 waiters (full run: 1, 10, 100)",
 			"throughput: 1 and 16 clients over 1 and 100 keys, (full run: 1..256 clients over 1, 100, 10,000 keys)",
-			"scale: 2,000 held leases and 200 long polls (full run: 25,000 and 3,000)",
+			"scale: 2,000 held leases; 500 long polls on one key and 2,000 over 20 keys (full run: 25,000; 10,000; 50,000 over 1,000 keys)",
 			"history: 1,000 cycles on one key (full run: 50,000)",
 			"soak: 4 s per backend (full run: 5 min, every backend's soak at the same time)",
 			"lost replies: 4 lost acquires per mode, TTL 2 s (full run: 12, TTL 5 s)",

@@ -34,13 +34,16 @@ type BackendRun struct {
 	// LockdMissing says why lockd itself could not run on this store in
 	// this build (its backend is not in the tree); the direct libraries
 	// still were measured.
-	LockdMissing string            `json:"lockd_missing,omitempty"`
-	Latency      []LatencyCell     `json:"latency,omitempty"`
-	Handoff      []HandoffCell     `json:"handoff,omitempty"`
-	Throughput   []ThroughputCell  `json:"throughput,omitempty"`
-	RoundTrips   []RoundTripCell   `json:"round_trips,omitempty"`
-	Scale        []ScaleCell       `json:"scale,omitempty"`
-	Correctness  []CorrectnessCell `json:"correctness,omitempty"`
+	LockdMissing string           `json:"lockd_missing,omitempty"`
+	Latency      []LatencyCell    `json:"latency,omitempty"`
+	Handoff      []HandoffCell    `json:"handoff,omitempty"`
+	Throughput   []ThroughputCell `json:"throughput,omitempty"`
+	RoundTrips   []RoundTripCell  `json:"round_trips,omitempty"`
+	Scale        []ScaleCell      `json:"scale,omitempty"`
+	// Waiters are the scale scenario's long-poll steps, lockd in its own
+	// process (scalewaiters.go).
+	Waiters     []WaiterCell      `json:"scale_waiters,omitempty"`
+	Correctness []CorrectnessCell `json:"correctness,omitempty"`
 	// NotRun are the scenarios this column left out, and why.
 	NotRun []NotRun `json:"not_run,omitempty"`
 	// Skew is the clock-skew scenario's detail (its below-bound cell is

@@ -81,7 +81,8 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 		} else if sc.Name == "lost-replies" {
 			br.LostReplies = &LostReplyResult{Unmeasured: d.noBackend}
 		} else if sc.Name == "scale" {
-			br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}, {What: "clients long-polling one key", Unmeasured: d.noBackend}}
+			br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}}
+			br.Waiters = []WaiterCell{{What: WaitersOneKey, Unmeasured: d.noBackend}, {What: WaitersSpread, Unmeasured: d.noBackend}}
 		} else {
 			br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: d.noBackend})
 		}
@@ -100,7 +101,7 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 		br.Throughput = runThroughput(ctx, d, cfg, sz, b)
 		b.done("")
 	case "scale":
-		br.Scale = runScale(ctx, d, sz, b)
+		br.Scale, br.Waiters = runScale(ctx, t.Name, d, sz, b)
 		b.done("")
 	case "roundtrips":
 		br.RoundTrips = runRoundTrips(ctx, d, sz, b)

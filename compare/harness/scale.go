@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -133,41 +132,25 @@ func goMemMB() float64 {
 	return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
 }
 
-// fdBudget is how many long polls this process can hold: each is two
-// sockets here (the client's end and lockd's end), under the open-file limit.
-func fdBudget() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 1000
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
-		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
-	}
-	return max(int(rl.Cur)-2000, 0) / 2
-}
-
-func runScale(ctx context.Context, d *deployment, sz Sizes, b *bar) []ScaleCell {
+func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar) ([]ScaleCell, []WaiterCell) {
+	leases := ScaleCell{What: "held leases, each renewed", Unmeasured: "not run"}
 	bk, err := d.newBackend(d.Addrs, nil)
 	if err != nil {
-		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
-	}
-	r, err := startLockd(bk)
-	if err != nil {
+		leases.Unmeasured = err.Error()
+	} else if r, err := startLockd(bk); err != nil {
 		bk.Close()
-		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
-	}
-	start := time.Now()
-	defer func() {
+		leases.Unmeasured = err.Error()
+	} else {
+		start := time.Now()
+		leases = scaleLeases(ctx, r, d, sz, b.part(0, 3))
 		r.stop()
-		log.Printf("scale: lockd stopped at %s", time.Since(start).Round(time.Millisecond))
-	}()
-	leases := scaleLeases(ctx, r, d, sz, b.part(0, 2))
-	log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
-	polls := scalePolls(ctx, r, d, sz, b.part(1, 2))
-	log.Printf("scale: polls step done at %s", time.Since(start).Round(time.Millisecond))
-	return []ScaleCell{leases, polls}
+		log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
+	}
+	// The waiters: lockd in a process of its own, so that its memory is
+	// not mixed with the clients'.
+	one := scaleWaiters(ctx, name, d, WaitersOneKey, sz.ScaleWaiters, 1, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(1, 3))
+	spread := scaleWaiters(ctx, name, d, WaitersSpread, sz.ScaleSpread, sz.ScaleSpreadKeys, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(2, 3))
+	return []ScaleCell{leases}, []WaiterCell{one, spread}
 }
 
 // scaleLeases acquires many keys, renews every lease once (a full renewal
@@ -269,103 +252,6 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	}
 	// The leases are not released: that would take as long again. Scale
 	// runs last, and the store is thrown away after it.
-	return c
-}
-
-// scalePolls parks many waiters on one held key and measures memory while
-// they wait.
-func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, progress func(float64)) ScaleCell {
-	want := sz.ScalePolls
-	c := ScaleCell{What: "clients long-polling one key", Wanted: want}
-	if r.srv != nil {
-		if budget := fdBudget(); budget < want {
-			c.Note = fmt.Sprintf("scaled to %d: the open-file limit allows about that many HTTP long polls with both ends in this process", budget)
-			want = budget
-		}
-	}
-	key := fmt.Sprintf("compare-polls-%d", time.Now().UnixNano())
-	holder := r.Locker()
-	defer holder.Close()
-	hl, err := holder.Acquire(ctx, key, "holder", 10*time.Minute, 0)
-	if err != nil {
-		c.Unmeasured = "holder: " + err.Error()
-		return c
-	}
-	mem0 := goMemMB()
-	rss0, _ := storeRSS(d)
-	mw := watchMem()
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		// Past the cap, every poller leaves at once.
-		select {
-		case <-mw.over:
-			cancel()
-		case <-pctx.Done():
-		}
-	}()
-	var started, failed atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	shared := r.Locker()
-	defer shared.Close()
-	launched := 0
-	for i := 0; i < want && !mw.tripped() && ctx.Err() == nil; i++ {
-		launched++
-		// One client (one connection pool) for all: each long poll holds
-		// its own connection anyway.
-		l := shared
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			started.Add(1)
-			_, err := l.Acquire(pctx, key, "poller", time.Minute, 4*time.Minute)
-			if err != nil && pctx.Err() == nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			}
-		}()
-		if i%200 == 199 {
-			progress(0.8 * float64(i) / float64(want))
-			time.Sleep(20 * time.Millisecond) // let the store keep up with the queue
-		}
-	}
-	// Let every poller reach the store's queue before measuring.
-	settle := time.Now().Add(sz.ScaleBudget / 2)
-	for time.Now().Before(settle) && ctx.Err() == nil && !mw.tripped() {
-		st, err := r.b.Inspect(ctx, key)
-		if err == nil && st.Waiters >= launched-int(failed.Load()) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	st, ierr := r.b.Inspect(ctx, key)
-	if mw.tripped() {
-		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; stopped after %d pollers: process memory passed %d MB", launched, MemCap>>20), "; ")
-	}
-	c.ProcessMB = goMemMB() - mem0
-	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
-	if rss0 > 0 && c.StoreRSSMB > 0 {
-		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
-	}
-	c.Reached = launched - int(failed.Load())
-	if ierr == nil {
-		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; the store counted %d waiters", st.Waiters), "; ")
-	}
-	if s, ok := firstErr.Load().(string); ok {
-		c.Note += "; first failed poll: " + s
-	}
-	log.Printf("scale: %d polls measured", c.Reached)
-	cancel()
-	wg.Wait()
-	log.Printf("scale: pollers gone")
-	c.PeakMB = mw.end()
-	_ = holder.Release(context.WithoutCancel(ctx), hl)
-	log.Printf("scale: holder released")
-	progress(1)
-	if c.Reached == 0 {
-		c.Unmeasured = "no poll could be started: " + c.Note
-	}
 	return c
 }
 

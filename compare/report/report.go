@@ -170,6 +170,7 @@ func buildReport(r *harness.Results) *doc {
 	throughputSection(d, ran)
 	roundTripSection(d, ran)
 	scaleSection(d, ran)
+	waitersSection(d, ran)
 	correctnessSection(d, ran)
 	skewSection(d, ran)
 	lostReplySection(d, ran)
@@ -240,6 +241,10 @@ func verdicts(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 			}
 			any = true
 			v, how, ok := t.measure(br)
+			if !ok && how != "" {
+				row = append(row, plain("not judged: "+how))
+				continue
+			}
 			if !ok {
 				row = append(row, plain("not measured (a latency or handoff cell is missing)"))
 				continue
@@ -363,6 +368,8 @@ func targetsSection(d *doc, ran []*harness.BackendRun) {
 		}
 		v, how, ok := t.measure(br)
 		switch {
+		case !ok && how != "":
+			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not judged: %s.", t.Backend, t.What, fmtTarget(t.Limit, t.Unit), how))
 		case !ok:
 			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not measured (a needed cell is missing).", t.Backend, t.What, fmtTarget(t.Limit, t.Unit)))
 		case v <= t.Limit:

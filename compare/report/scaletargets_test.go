@@ -34,3 +34,27 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestWaiterTargetsJudgedOnlyAtSize: a waiter step smaller than the
+// issue's (-quick) is shown, not judged; at size it is met or missed.
+func TestWaiterTargetsJudgedOnlyAtSize(t *testing.T) {
+	md := func(polls, reached int, rss float64) string {
+		return Markdown(&harness.Results{Lockd: harness.ViaHTTP, Backends: []*harness.BackendRun{{Name: "zk",
+			Waiters: []harness.WaiterCell{{What: harness.WaitersOneKey, Polls: polls, Reached: reached, Keys: 1, Conns: 10, LockdRSSMB: rss}}}}})
+	}
+	const row = "zk — lockd's own RSS, 10,000 long polls on one key"
+	for _, tc := range []struct {
+		polls, reached int
+		rss            float64
+		want           string
+	}{
+		{500, 500, 60, row + " ≤ 250 MB: not judged: measured 60 MB with 500 polls"},
+		{10000, 9000, 200, row + " ≤ 250 MB: not judged: measured 200 MB with 9000 polls"},
+		{10000, 10000, 200, row + ": **200 MB, met**"},
+		{10000, 10000, 931, row + ": **931 MB, MISSED**"},
+	} {
+		if got := md(tc.polls, tc.reached, tc.rss); !strings.Contains(got, tc.want) {
+			t.Errorf("%d of %d polls, %.0f MB: report lacks %q:\n%s", tc.reached, tc.polls, tc.rss, tc.want, grepLines(got, "10,000 long polls"))
+		}
+	}
+}
