@@ -42,7 +42,10 @@ type BackendRun struct {
 	Scale        []ScaleCell      `json:"scale,omitempty"`
 	// Waiters are the scale scenario's long-poll steps, lockd in its own
 	// process (scalewaiters.go).
-	Waiters     []WaiterCell      `json:"scale_waiters,omitempty"`
+	Waiters []WaiterCell `json:"scale_waiters,omitempty"`
+	// Sessions is the scale scenario's many-locks-in-few-sessions step
+	// (scalesessions.go).
+	Sessions    *SessionCell      `json:"scale_sessions,omitempty"`
 	Correctness []CorrectnessCell `json:"correctness,omitempty"`
 	// NotRun are the scenarios this column left out, and why.
 	NotRun []NotRun `json:"not_run,omitempty"`

@@ -101,7 +101,7 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 		br.Throughput = runThroughput(ctx, d, cfg, sz, b)
 		b.done("")
 	case "scale":
-		br.Scale, br.Waiters = runScale(ctx, t.Name, d, sz, b)
+		br.Scale, br.Waiters, br.Sessions = runScale(ctx, t.Name, d, sz, b)
 		b.done("")
 	case "roundtrips":
 		br.RoundTrips = runRoundTrips(ctx, d, sz, b)

@@ -52,6 +52,10 @@ type ScaleCell struct {
 	Wanted   int    `json:"wanted"`
 	Reached  int    `json:"reached"`
 	Renewals int64  `json:"renewals,omitempty"`
+	// SweepRequests: store requests lockd's backend sent during the
+	// renewal sweep (roundtrips.go's counters), without sessions.
+	SweepRequests int64 `json:"sweep_store_requests,omitempty"`
+	SweepWrites   int64 `json:"sweep_store_writes,omitempty"`
 	// ProcessMB: Go heap + stacks in use in this process after a GC, minus
 	// the same before the step: lockd and the clients it serves (and, for
 	// etcd, the embedded server), all in one process.
@@ -132,9 +136,10 @@ func goMemMB() float64 {
 	return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
 }
 
-func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar) ([]ScaleCell, []WaiterCell) {
+func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar) ([]ScaleCell, []WaiterCell, *SessionCell) {
 	leases := ScaleCell{What: "held leases, each renewed", Unmeasured: "not run"}
-	bk, err := d.newBackend(d.Addrs, nil)
+	rt := &rtCounter{}
+	bk, err := d.newBackend(d.Addrs, rt)
 	if err != nil {
 		leases.Unmeasured = err.Error()
 	} else if r, err := startLockd(bk); err != nil {
@@ -142,20 +147,23 @@ func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar)
 		leases.Unmeasured = err.Error()
 	} else {
 		start := time.Now()
-		leases = scaleLeases(ctx, r, d, sz, b.part(0, 3))
+		leases = scaleLeases(ctx, r, d, sz, rt, b.part(0, 4))
 		r.stop()
 		log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
 	}
+	sessions := scaleSessions(ctx, d, sz.ScaleSessionLocks, sz.ScaleSessions, sz.ScaleBudget, b.part(1, 4))
 	// The waiters: lockd in a process of its own, so that its memory is
 	// not mixed with the clients'.
-	one := scaleWaiters(ctx, name, d, WaitersOneKey, sz.ScaleWaiters, 1, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(1, 3))
-	spread := scaleWaiters(ctx, name, d, WaitersSpread, sz.ScaleSpread, sz.ScaleSpreadKeys, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(2, 3))
-	return []ScaleCell{leases}, []WaiterCell{one, spread}
+	one := scaleWaiters(ctx, name, d, WaitersOneKey, sz.ScaleWaiters, 1, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(2, 4))
+	spread := scaleWaiters(ctx, name, d, WaitersSpread, sz.ScaleSpread, sz.ScaleSpreadKeys, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(3, 4))
+	return []ScaleCell{leases}, []WaiterCell{one, spread}, &sessions
 }
 
 // scaleLeases acquires many keys, renews every lease once (a full renewal
 // sweep), and measures memory.
-func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, progress func(float64)) ScaleCell {
+// rt counts the requests lockd's backend sends to the store: the sweep's
+// are SweepRequests.
+func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, rt *rtCounter, progress func(float64)) ScaleCell {
 	c := ScaleCell{What: "held leases, each renewed", Wanted: sz.ScaleLeases}
 	const ttl = 10 * time.Minute
 	const workers = 32
@@ -202,6 +210,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	log.Printf("scale: %d leases acquired after %s", reached.Load(), time.Since(deadline.Add(-sz.ScaleBudget)).Round(time.Millisecond))
 	c.Reached = int(reached.Load())
 	// One renewal sweep over every held lease.
+	rt0, w0 := rt.load(), rt.writes()
 	var renewed atomic.Int64
 	var idx atomic.Int64
 	for w := 0; w < workers; w++ {
@@ -232,6 +241,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	}
 	wg.Wait()
 	c.Renewals = renewed.Load()
+	c.SweepRequests, c.SweepWrites = rt.load()-rt0, rt.writes()-w0
 	c.PeakMB = mw.end()
 	c.ProcessMB = goMemMB() - mem0
 	if mw.tripped() {

@@ -171,6 +171,7 @@ func buildReport(r *harness.Results) *doc {
 	roundTripSection(d, ran)
 	scaleSection(d, ran)
 	waitersSection(d, ran)
+	sessionsSection(d, ran)
 	correctnessSection(d, ran)
 	skewSection(d, ran)
 	lostReplySection(d, ran)

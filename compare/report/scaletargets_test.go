@@ -58,3 +58,26 @@ func TestWaiterTargetsJudgedOnlyAtSize(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionsTargetCountsWrites: the sessions row is judged on the round's
+// store writes, at the size only.
+func TestSessionsTargetCountsWrites(t *testing.T) {
+	md := func(locks, reached int, writes int64) string {
+		return Markdown(&harness.Results{Lockd: harness.ViaHTTP, Backends: []*harness.BackendRun{{Name: "etcd",
+			Sessions: &harness.SessionCell{Locks: locks, Sessions: 1000, Reached: reached, RoundWrites: writes, RoundRequests: 2 * writes}}}})
+	}
+	const row = "etcd — store writes per renewal round, 100,000 locks under 1,000 sessions"
+	for _, tc := range []struct {
+		locks, reached int
+		writes         int64
+		want           string
+	}{
+		{2000, 2000, 20, row + " ≤ 1000 writes: not judged: measured 20 writes"},
+		{100000, 100000, 1000, row + ": **1000 writes, met**"},
+		{100000, 100000, 2000, row + ": **2000 writes, MISSED**"},
+	} {
+		if got := md(tc.locks, tc.reached, tc.writes); !strings.Contains(got, tc.want) {
+			t.Errorf("%d locks, %d writes: report lacks %q:\n%s", tc.locks, tc.writes, tc.want, grepLines(got, "renewal round"))
+		}
+	}
+}
