@@ -34,19 +34,13 @@ type BackendRun struct {
 	// LockdMissing says why lockd itself could not run on this store in
 	// this build (its backend is not in the tree); the direct libraries
 	// still were measured.
-	LockdMissing string           `json:"lockd_missing,omitempty"`
-	Latency      []LatencyCell    `json:"latency,omitempty"`
-	Handoff      []HandoffCell    `json:"handoff,omitempty"`
-	Throughput   []ThroughputCell `json:"throughput,omitempty"`
-	RoundTrips   []RoundTripCell  `json:"round_trips,omitempty"`
-	Scale        []ScaleCell      `json:"scale,omitempty"`
-	// Waiters are the scale scenario's long-poll steps, lockd in its own
-	// process (scalewaiters.go).
-	Waiters []WaiterCell `json:"scale_waiters,omitempty"`
-	// Sessions is the scale scenario's many-locks-in-few-sessions step
-	// (scalesessions.go).
-	Sessions    *SessionCell      `json:"scale_sessions,omitempty"`
-	Correctness []CorrectnessCell `json:"correctness,omitempty"`
+	LockdMissing string            `json:"lockd_missing,omitempty"`
+	Latency      []LatencyCell     `json:"latency,omitempty"`
+	Handoff      []HandoffCell     `json:"handoff,omitempty"`
+	Throughput   []ThroughputCell  `json:"throughput,omitempty"`
+	RoundTrips   []RoundTripCell   `json:"round_trips,omitempty"`
+	Scale        []ScaleCell       `json:"scale,omitempty"`
+	Correctness  []CorrectnessCell `json:"correctness,omitempty"`
 	// NotRun are the scenarios this column left out, and why.
 	NotRun []NotRun `json:"not_run,omitempty"`
 	// Skew is the clock-skew scenario's detail (its below-bound cell is
@@ -60,6 +54,13 @@ type BackendRun struct {
 	Election *ElectionResult `json:"election,omitempty"`
 	// Steps is how long each step took, beside its estimate.
 	Steps []StepTime `json:"steps,omitempty"`
+
+	// Waiters are the scale scenario's long-poll steps, lockd in its own
+	// process (scalewaiters.go).
+	Waiters []WaiterCell `json:"scale_waiters,omitempty"`
+	// Sessions is the scale scenario's many-locks-in-few-sessions step
+	// (scalesessions.go).
+	Sessions *SessionCell `json:"scale_sessions,omitempty"`
 }
 
 // NotRun is a scenario a column did not run.
@@ -90,11 +91,12 @@ type HandoffCell struct {
 	FIFOViolations int64        `json:"fifo_violations"`
 	LongestWaitMs  float64      `json:"longest_wait_ms"`
 	CDF            [][2]float64 `json:"cdf,omitempty"`
+	Error          string       `json:"error,omitempty"`
+	Unmeasured     string       `json:"unmeasured,omitempty"`
+
 	// StoreOrder: grants out of the order the store queued their holders
 	// in (lockd rows; storeorder.go).
 	StoreOrder *StoreOrder `json:"store_order,omitempty"`
-	Error      string      `json:"error,omitempty"`
-	Unmeasured string      `json:"unmeasured,omitempty"`
 }
 
 // ThroughputCell: closed-loop grants per second.
@@ -107,9 +109,10 @@ type ThroughputCell struct {
 	PerSec  float64 `json:"grants_per_s"`
 	// CPUPer1000 is this process's CPU seconds per 1,000 grants: the load
 	// generator and lockd (and, for etcd, the embedded server) together.
-	CPUPer1000 float64     `json:"process_cpu_s_per_1000_grants"`
+	CPUPer1000 float64 `json:"process_cpu_s_per_1000_grants"`
+	Unmeasured string  `json:"unmeasured,omitempty"`
+
 	StoreOrder *StoreOrder `json:"store_order,omitempty"`
-	Unmeasured string      `json:"unmeasured,omitempty"`
 }
 
 // ModeResult is what the resource saw in one mode (fenced or unfenced).
