@@ -220,8 +220,10 @@ var errClosed = fmt.Errorf("redis: %w: backend closed", backend.ErrUnavailable)
 
 // mailbox registers an acquire with the backend, and, when it will wait,
 // a mailbox for its wake-ups: registered before the first script call, so
-// that a release right after it queues finds it. done unregisters both.
-func (b *Backend) mailbox(wait bool) (waiter string, wake chan struct{}, done func(), err error) {
+// that a release right after it queues finds it. An acquire in a session
+// (sessWake its sessionWake) is also woken when the session closes. done
+// unregisters both.
+func (b *Backend) mailbox(wait bool, sessWake string) (waiter string, wake chan struct{}, done func(), err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -232,10 +234,22 @@ func (b *Backend) mailbox(wait bool) (waiter string, wake chan struct{}, done fu
 		waiter = lease.NewID()
 		wake = make(chan struct{}, 1)
 		b.waiters[waiter] = wake
+		if sessWake != "" {
+			if b.inSession[sessWake] == nil {
+				b.inSession[sessWake] = map[chan struct{}]bool{}
+			}
+			b.inSession[sessWake][wake] = true
+		}
 	}
 	return waiter, wake, func() {
 		b.mu.Lock()
 		delete(b.waiters, waiter)
+		if m := b.inSession[sessWake]; m != nil {
+			delete(m, wake)
+			if len(m) == 0 {
+				delete(b.inSession, sessWake)
+			}
+		}
 		b.mu.Unlock()
 		b.active.Done()
 	}, nil
@@ -261,39 +275,16 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 		keys = append(keys[:len(keys):len(keys)], sk) // KEYS[7]
 		sessWake = sessionWake(req.Session)
 	}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return backend.Grant{}, errClosed
+	waiter, wake, done, err := b.mailbox(req.Wait > 0, sessWake)
+	if err != nil {
+		return backend.Grant{}, err
 	}
-	b.active.Add(1)
-	var waiter string
-	var wake chan struct{}
-	if req.Wait > 0 {
-		// Registered before the first script call, so that a release right
-		// after we queue finds our mailbox.
-		waiter = lease.NewID()
-		wake = make(chan struct{}, 1)
-		b.waiters[waiter] = wake
-		if sessWake != "" {
-			if b.inSession[sessWake] == nil {
-				b.inSession[sessWake] = map[chan struct{}]bool{}
-			}
-			b.inSession[sessWake][wake] = true
-		}
-	}
-	b.mu.Unlock()
 	defer func() {
+		// replayed may have moved the mailbox to another waiter id.
 		b.mu.Lock()
 		delete(b.waiters, waiter)
-		if m := b.inSession[sessWake]; m != nil {
-			delete(m, wake)
-			if len(m) == 0 {
-				delete(b.inSession, sessWake)
-			}
-		}
 		b.mu.Unlock()
-		b.active.Done()
+		done()
 	}()
 
 	id := lease.NewID()

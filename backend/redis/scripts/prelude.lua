@@ -13,6 +13,21 @@ local function use(base)
   lock, fence, queue, beats, stream = base .. 'lock', base .. 'fence', base .. 'q', base .. 'qt', base .. 'ev'
 end
 
+-- What a session's grant set member m names, under the backend's key
+-- prefix: 'lock' (a lock's or an election's base: the grant is the one its
+-- lock hash holds), or 'sem' / 'rw' with the base of a semaphore's or an
+-- rwlock's keys and the grant's lease id after it. Every base ends with
+-- '}:', and lease ids have neither '}' nor ':'.
+local function session_member(m, prefix)
+  local base, id = string.match(m, '^(.*}:)([^}:]*)$')
+  if not base then return nil end
+  if id == '' then return 'lock', base end
+  local rest = string.sub(base, #prefix + 1)
+  if string.sub(rest, 1, 3) == 's:{' then return 'sem', base, id end
+  if string.sub(rest, 1, 4) == 'rw:{' then return 'rw', base, id end
+  return nil
+end
+
 -- The base of the current key's keys: how a session's grant set names it.
 local function base_of()
   return string.sub(lock, 1, -5)
@@ -25,6 +40,21 @@ end
 local function session_deadline(s)
   local r = redis.call('HMGET', s, 'exp', 'ttl')
   return tonumber(r[1]) or 0, tonumber(r[2]) or 0
+end
+
+-- A session's deadline, TTL and garbage bound gc (its grants' keys are kept
+-- at least that long), read once per script run; a session gone reads as
+-- a deadline long past. (For the semaphore and rwlock scripts, whose
+-- grants in a session may be many per key.)
+local session_cache = {}
+local function session_info(s)
+  local c = session_cache[s]
+  if not c then
+    local r = redis.call('HMGET', s, 'exp', 'ttl', 'gc')
+    c = {tonumber(r[1]) or 0, tonumber(r[2]) or 0, tonumber(r[3]) or 0}
+    session_cache[s] = c
+  end
+  return c[1], c[2], c[3]
 end
 
 -- The deadline of a holder whose lock hash has exp e and session s.

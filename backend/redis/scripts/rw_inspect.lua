@@ -1,9 +1,9 @@
 -- Returns {waiting readers, waiting writers, then per unexpired holder:
 -- mode, owner, token, expires ms}.
 local now = now_ms()
-local hs = live(now)
+local hs = rw_live(now)
 local nr, nw = 0, 0
-for _, e in ipairs(waiters(now)) do
+for _, e in ipairs(rw_waiters(now)) do
   if string.sub(e, 1, 2) == 'w:' then nw = nw + 1 else nr = nr + 1 end
 end
 local out = {nr, nw}

@@ -2,9 +2,23 @@
 -- and wake they use: KEYS[3] and KEYS[4] are the waiters' queue and
 -- heartbeats as for a lock, KEYS[2] the fencing counter. KEYS[1] is the
 -- slots hash: field "n" the live size, field "<k>" slot k's permit as
--- "token|exp|ttl|secret|owner" (exp in Redis ms; "" when free). Only the
--- commands lock scripts already run are used, so lockd's ACL stays as it is.
+-- "token|exp|ttl|secret|owner" (exp in Redis ms; "" when free). A permit in
+-- a session has exp and ttl 0, and field "<k>:s" names the session hash: it
+-- has the session's deadline and TTL, and ends when the session does.
+-- KEYS[5], for an acquire in a session, is the session hash.
 local slots = KEYS[1]
+
+-- sem_use points the functions at another semaphore's keys, by their base
+-- (its queue and heartbeats are named as a lock's: prelude's use).
+local function sem_use(base)
+  use(base)
+  slots = base .. 'slots'
+end
+
+-- The base of this semaphore's keys, as a session's grant set names them.
+local function sem_base()
+  return string.sub(slots, 1, -6)
+end
 
 local function parse(rec)
   if not rec or rec == '' then return nil end
@@ -16,9 +30,34 @@ local function record(p)
   return p.token .. '|' .. p.exp .. '|' .. p.ttl .. '|' .. p.secret .. '|' .. p.owner
 end
 
+-- A parsed permit in a session takes its session's deadline, TTL and gc.
+local function in_session(p, k)
+  if p and p.exp == 0 then
+    p.sess = redis.call('HGET', slots, k .. ':s')
+    if p.sess then p.exp, p.ttl, p.gc = session_info(p.sess) end
+  end
+  return p
+end
+
+-- Slot k's permit (k a string), live or not, or nil.
+local function load(k)
+  return in_session(parse(redis.call('HGET', slots, k)), k)
+end
+
+-- Frees slot k, whose permit is p, as a release does: out of its session's
+-- grant set too.
+local function clear(k, p)
+  if p.sess then
+    redis.call('HDEL', slots, k .. ':s')
+    redis.call('SREM', p.sess .. ':g', sem_base() .. p.secret .. '.' .. k)
+  end
+  redis.call('HSET', slots, k, '')
+end
+
 -- The unexpired permits of slots 0..n-1 (by slot), how many, and the latest
--- deadline. A permit past its deadline is never counted, whoever looks: no
--- lockd need be alive for it to end.
+-- deadline (a session's gc bound for a permit in one). A permit past its
+-- deadline is never counted, whoever looks: no lockd need be alive for it
+-- to end.
 local function read(now, n)
   local live, count, last = {}, 0, 0
   local k = 0
@@ -27,11 +66,11 @@ local function read(now, n)
     for i = k, math.min(k + 999, n - 1) do fields[#fields + 1] = tostring(i) end
     local recs = redis.call('HMGET', slots, unpack(fields))
     for i, rec in ipairs(fields) do
-      local p = parse(recs[i])
+      local p = in_session(parse(recs[i]), rec)
       if p and p.exp > now then
         live[tonumber(rec)] = p
         count = count + 1
-        last = math.max(last, p.exp)
+        last = math.max(last, p.gc or p.exp)
       end
     end
     k = k + 1000
