@@ -45,7 +45,7 @@ var conformanceOptions = backendtest.Options{
 	NoElections:      NoElections,
 	NoWatch:          NoWatch,
 	NoSessions:       NoSessions,
-	NoSemaphores:     "not built yet",
+	NoSemaphoreFIFO:  NoSemaphoreFIFO,
 	NoRWLocks:        NoRWLocks,
 }
 
