@@ -296,7 +296,7 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 	first := id       // a grant under another lease id is an earlier attempt's
 	attached := false // waiting in the place of an earlier attempt with the same idempotency key
 	for {
-		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS, value).Slice()
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS, value, req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo whatever it did
 			// (an idempotent grant stays, for the retry to find).
@@ -344,6 +344,14 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 				next = d
 			}
 		}
+		var delay *backend.Delay
+		if until := store.Int(res[10]); until > 0 {
+			// An expired grant's lock-delay: wake up at its end.
+			delay = &backend.Delay{Until: time.UnixMilli(until), ExpiredToken: uint64(store.Int(res[11]))}
+			if d := time.Duration(until-store.Int(res[4])+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
 		if sexp := store.Int(res[9]); sexp > 0 {
 			// Leave when our session runs out: the script will say so.
 			if d := time.Duration(sexp-store.Int(res[4])+1) * time.Millisecond; d < next {
@@ -355,7 +363,7 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 			if waiter != "" && !attached {
 				b.abandon(keys, waiter, id, idem.on)
 			}
-			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: holder}
+			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: holder, Delay: delay}
 		}
 		if left < next {
 			next = left
@@ -446,6 +454,9 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 		return backend.LockState{}, unavailable(ctx, "inspect", err)
 	}
 	st := backend.LockState{Key: key, Waiters: int(store.Int(res[3]))}
+	if until := store.Int(res[4]); until > 0 {
+		st.DelayedUntil = time.UnixMilli(until)
+	}
 	if tok := store.Int(res[1]); tok != 0 {
 		st.Held = true
 		st.Holder = &backend.Holder{Owner: store.Str(res[0]), Token: uint64(tok), ExpiresAt: time.UnixMilli(store.Int(res[2]))}

@@ -29,7 +29,7 @@ func newFactory(addr string, opts Options) backendtest.Factory {
 
 func TestConformance(t *testing.T) {
 	srv := testserver.Redis(t, 1)
-	backendtest.Run(t, newFactory(srv.Addr(0), Options{}), backendtest.Options{StoreClock: storeClock, NoLockDelay: backendtest.NoLockDelays("not built yet")})
+	backendtest.Run(t, newFactory(srv.Addr(0), Options{}), backendtest.Options{StoreClock: storeClock, NoLockDelay: noLockDelay})
 }
 
 func ctx(t *testing.T) context.Context {

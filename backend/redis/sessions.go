@@ -86,10 +86,14 @@ func (b *Backend) Sessions() backend.Sessions {
 
 // Unsupported implements backend.Unsupported.
 func (b *Backend) Unsupported() map[string]string {
+	u := noLockDelays()
 	if b.cluster() {
-		return map[string]string{backend.FeatureSessions: NoClusterSessions}
+		u[backend.FeatureSessions] = NoClusterSessions
 	}
-	return nil
+	if len(u) == 0 {
+		return nil
+	}
+	return u
 }
 
 type sessions struct{ b *Backend }

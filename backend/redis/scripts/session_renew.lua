@@ -14,7 +14,7 @@ local ttl = tonumber(ARGV[1])
 if ttl == 0 then ttl = tonumber(r[2]) end
 local exp = now + ttl
 redis.call('HSET', s, 'ttl', ttl, 'exp', exp)
-redis.call('PEXPIRE', s, ttl)
+redis.call('PEXPIRE', s, ttl + max_lock_delay)
 redis.call('PEXPIRE', set, ttl)
 local gc = tonumber(r[4]) or 0
 if exp >= gc then
