@@ -16,12 +16,11 @@ var _ backend.LockDelayer = (*Backend)(nil)
 
 // LockDelay implements backend.LockDelayer.
 func (b *Backend) LockDelay() backend.LockDelayFeatures {
-	return backend.LockDelayFeatures{Locks: true, Elections: true}
+	return backend.LockDelayFeatures{Locks: true, Elections: true, Semaphores: true}
 }
 
 // noLockDelay are the primitives this backend does not delay, and why.
 var noLockDelay = map[string]string{
-	backend.PrimitiveSemaphores: "not built yet on Redis: an expired permit's slot is free at once",
 	backend.PrimitiveRWLocks:    "not built yet on Redis: an expired rwlock grant frees its place at once",
 }
 

@@ -85,6 +85,23 @@ func semHolders(flat []any) []backend.SemaphoreHolder {
 	return out
 }
 
+// semDelays reads a script's delays (count, then slot, until, token each)
+// at the start of flat, and returns them by slot and what follows.
+func semDelays(flat []any) ([]backend.SlotDelay, []any) {
+	n := int(store.Int(flat[0]))
+	var out []backend.SlotDelay
+	for i := range n {
+		j := 1 + 3*i
+		out = append(out, backend.SlotDelay{Slot: int(store.Int(flat[j])), Delay: backend.Delay{Until: time.UnixMilli(store.Int(flat[j+1])), ExpiredToken: uint64(store.Int(flat[j+2]))}})
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].Slot < out[j-1].Slot; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out, flat[1+3*n:]
+}
+
 func sortHolders(hs []backend.SemaphoreHolder) {
 	for i := 1; i < len(hs); i++ {
 		for j := i; j > 0 && hs[j].Slot < hs[j-1].Slot; j-- {
@@ -127,7 +144,7 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		_ = semReleaseScript.Run(c, b.client, keys, "", id, b.channel, waiter).Err()
 	}
 	for {
-		res, err := semAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), req.Permits, b.channel).Slice()
+		res, err := semAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), req.Permits, b.channel, req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
 			leave() // the script may have run (a lost reply)
 			return backend.Permit{}, unavailable(ctx, "semaphore acquire", err)
@@ -148,8 +165,21 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 			return backend.Permit{}, fmt.Errorf("redis acquire permit of %q: %w", req.Key, backend.ErrSessionExpired)
 		}
 		now := store.Int(res[1])
-		holders := semHolders(res[4:])
+		delays, rest := semDelays(res[4:])
+		holders := semHolders(rest)
 		next := b.beat / 3
+		var delay *backend.Delay
+		for _, d := range delays {
+			if delay == nil || d.Until.Before(delay.Until) {
+				delay = &backend.Delay{Until: d.Until, ExpiredToken: d.ExpiredToken}
+			}
+		}
+		if delay != nil {
+			// A slot in an expired permit's lock-delay frees at its end.
+			if d := time.Duration(delay.Until.UnixMilli()-now+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
 		if sexp := store.Int(res[3]); sexp > 0 {
 			// Leave when our session runs out: the script will say so.
 			if d := time.Duration(sexp-now+1) * time.Millisecond; d < next {
@@ -171,7 +201,7 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 			if waiter != "" {
 				leave()
 			}
-			return backend.Permit{}, &backend.SemaphoreHeldError{Key: req.Key, Permits: int(store.Int(res[2])), Holders: holders}
+			return backend.Permit{}, &backend.SemaphoreHeldError{Key: req.Key, Permits: int(store.Int(res[2])), Holders: holders, Delay: delay}
 		}
 		timer.Reset(min(next, left))
 		select {
@@ -236,7 +266,8 @@ func (s semaphores) Inspect(ctx context.Context, key string) (backend.SemaphoreS
 	if err != nil {
 		return backend.SemaphoreState{}, unavailable(ctx, "semaphore inspect", err)
 	}
-	return backend.SemaphoreState{Key: key, Permits: int(store.Int(res[0])), Waiters: int(store.Int(res[1])), Holders: semHolders(res[2:])}, nil
+	delays, rest := semDelays(res[2:])
+	return backend.SemaphoreState{Key: key, Permits: int(store.Int(res[0])), Waiters: int(store.Int(res[1])), Holders: semHolders(rest), Delayed: delays}, nil
 }
 
 // semLease splits a permit's lease id into its secret and slot.

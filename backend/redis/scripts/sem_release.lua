@@ -1,4 +1,4 @@
--- ARGV: slot ('' when unknown: then any permit with the secret goes),
+-- ARGV: slot ('' when unknown: then any live permit with the secret goes),
 -- secret, wake channel, waiter id ('' for none: an acquire that gives up
 -- leaves the line too). Returns 1 when a live permit was released, 0
 -- otherwise. The head of the line is woken: for the freed slot, or because
@@ -18,8 +18,13 @@ if ARGV[1] == '' and ARGV[2] ~= '' then
 elseif ARGV[1] ~= '' then
   local p = load(ARGV[1])
   if p and p.secret == ARGV[2] then
-    if p.exp > now then released = 1 end
-    clear(ARGV[1], p)
+    if p.exp > now then
+      released = 1
+      clear(ARGV[1], p)
+    elseif p.exp + p.d <= now then
+      clear(ARGV[1], p)
+    end
+    -- (expired inside its lock-delay: refused, and the delay stays)
   end
 end
 wake(now, ARGV[3])

@@ -8,5 +8,5 @@ if p.sess then return -1 end
 if tonumber(ARGV[3]) > 0 then p.ttl = tonumber(ARGV[3]) end
 p.exp = now + p.ttl
 redis.call('HSET', slots, ARGV[1], record(p))
-keep(p.ttl + 1)
+keep(p.ttl + p.d + 1)
 return {tonumber(ARGV[1]), p.token, p.exp, p.ttl, p.owner, tonumber(redis.call('HGET', slots, 'n') or '0')}
