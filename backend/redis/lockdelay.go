@@ -21,7 +21,7 @@ func (b *Backend) LockDelay() backend.LockDelayFeatures {
 
 // noLockDelay are the primitives this backend does not delay, and why.
 var noLockDelay = map[string]string{
-	backend.PrimitiveRWLocks:    "not built yet on Redis: an expired rwlock grant frees its place at once",
+	backend.PrimitiveRWLocks: "not built yet on Redis: an expired rwlock grant frees its place at once",
 }
 
 // noLockDelays is noLockDelay keyed as Unsupported keys it.
