@@ -16,13 +16,12 @@ var _ backend.LockDelayer = (*Backend)(nil)
 
 // LockDelay implements backend.LockDelayer.
 func (b *Backend) LockDelay() backend.LockDelayFeatures {
-	return backend.LockDelayFeatures{Locks: true, Elections: true, Semaphores: true}
+	return backend.LockDelayFeatures{Locks: true, Elections: true, Semaphores: true, RWLocks: true}
 }
 
-// noLockDelay are the primitives this backend does not delay, and why.
-var noLockDelay = map[string]string{
-	backend.PrimitiveRWLocks: "not built yet on Redis: an expired rwlock grant frees its place at once",
-}
+// noLockDelay are the primitives this backend does not delay, and why:
+// none.
+var noLockDelay = map[string]string{}
 
 // noLockDelays is noLockDelay keyed as Unsupported keys it.
 func noLockDelays() map[string]string {

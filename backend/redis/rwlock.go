@@ -124,7 +124,7 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 	timer.Stop()
 	defer timer.Stop()
 	for {
-		res, err := rwAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), modeLetter(req.Mode)).Slice()
+		res, err := rwAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), modeLetter(req.Mode), req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo what it did.
 			b.rwAbandon(keys, entry, id)
@@ -147,7 +147,12 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 		next := b.beat / 3
 		// Wake up when the earliest holder's lease runs out, or our session
 		// (the script then says so), in Redis's time.
-		for _, at := range []int64{store.Int(res[4]), store.Int(res[7])} {
+		// An expired grant's lock-delay that keeps us out: wake at its end.
+		var delay *backend.Delay
+		if du := store.Int(res[8]); du > 0 {
+			delay = &backend.Delay{Until: time.UnixMilli(du), ExpiredToken: uint64(store.Int(res[9]))}
+		}
+		for _, at := range []int64{store.Int(res[4]), store.Int(res[7]), store.Int(res[8])} {
 			if d := time.Duration(at-now+1) * time.Millisecond; at > 0 && d < next {
 				next = d
 			}
@@ -157,7 +162,7 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 			if entry != "" {
 				b.rwAbandon(keys, entry, id)
 			}
-			he := &backend.RWHeldError{Key: req.Key}
+			he := &backend.RWHeldError{Key: req.Key, Delay: delay}
 			if st, err := rw.Inspect(ctx, req.Key); err == nil {
 				he.Holders = st.Holders
 			}
@@ -228,7 +233,10 @@ func (rw rwlocks) Inspect(ctx context.Context, key string) (backend.RWState, err
 		return backend.RWState{}, unavailable(ctx, "rw inspect", err)
 	}
 	st := backend.RWState{Key: key, WaitingReaders: int(store.Int(res[0])), WaitingWriters: int(store.Int(res[1]))}
-	for i := 2; i+3 < len(res); i += 4 {
+	if du := store.Int(res[2]); du > 0 {
+		st.DelayedUntil = time.UnixMilli(du)
+	}
+	for i := 3; i+3 < len(res); i += 4 {
 		st.Holders = append(st.Holders, backend.RWHolder{Mode: modeName(store.Str(res[i])),
 			Holder: backend.Holder{Owner: store.Str(res[i+1]), Token: uint64(store.Int(res[i+2])), ExpiresAt: time.UnixMilli(store.Int(res[i+3]))}})
 	}

@@ -1,7 +1,8 @@
 -- Shared by the read-write lock scripts, after prelude.lua (whose now_ms,
 -- use and session reading they use; its lock, queue and beats are this
 -- lock's KEYS[1], KEYS[3] and KEYS[4] too). KEYS, in order: the holders hash
--- (lease id -> "deadline|mode|token|ttl|owner"), the fencing counter, the
+-- (lease id -> "deadline|mode|token|ttl|delay|owner", delay the grant's
+-- lock-delay in ms, '' for none), the fencing counter, the
 -- queue list (entries "r:<waiter>" or "w:<waiter>", in arrival order: one
 -- FIFO queue for both modes), the waiters' heartbeat deadlines (zset entry
 -- -> Redis ms); KEYS[5], for an acquire in a session, the session hash. One
@@ -27,17 +28,20 @@ local function rw_base()
 end
 
 local function rw_parse(v)
-  local exp, mode, token, ttl, owner = string.match(v, '^(%d+)|(%a)|(%d+)|(%d+)|(.*)$')
-  return {exp = tonumber(exp), mode = mode, token = tonumber(token), ttl = tonumber(ttl), owner = owner}
+  local exp, mode, token, ttl, d, owner = string.match(v, '^(%d+)|(%a)|(%d+)|(%d+)|(%d*)|(.*)$')
+  return {exp = tonumber(exp), mode = mode, token = tonumber(token), ttl = tonumber(ttl), d = tonumber(d) or 0, owner = owner}
 end
 
-local function rw_record(exp, mode, token, ttl, owner)
-  return exp .. '|' .. mode .. '|' .. token .. '|' .. ttl .. '|' .. owner
+local function rw_record(exp, mode, token, ttl, d, owner)
+  if (d or 0) == 0 then d = '' end
+  return exp .. '|' .. mode .. '|' .. token .. '|' .. ttl .. '|' .. d .. '|' .. owner
 end
 
 -- The unexpired holders, in no order, after removing the expired ones (each
--- reader's lease is its own: one expiring never touches another). A grant
--- in a session carries its session (sess) and the session's gc bound.
+-- reader's lease is its own: one expiring never touches another), and the
+-- lock-delays in force: an expired grant inside its delay stays in the hash,
+-- not a holder, listed as {mode, until, token}. A grant in a session
+-- carries its session (sess) and the session's gc bound.
 local function rw_live(now)
   local all = redis.call('HGETALL', holders)
   local recs, sess = {}, {}
@@ -50,21 +54,33 @@ local function rw_live(now)
       recs[f] = all[i + 1]
     end
   end
-  local out = {}
+  local out, delays = {}, {}
   for _, f in ipairs(recs) do
     local r = rw_parse(recs[f])
     if r.exp == 0 and sess[f] then
       r.sess = sess[f]
       r.exp, r.ttl, r.gc = session_info(r.sess)
     end
-    if r.exp <= now then
-      redis.call('HDEL', holders, f, f .. ':s')
-    else
+    if r.exp > now then
       r.id = f
       out[#out + 1] = r
+    elseif r.exp + r.d > now then
+      delays[#delays + 1] = {mode = r.mode, ends = r.exp + r.d, token = r.token}
+    else
+      redis.call('HDEL', holders, f, f .. ':s')
     end
   end
-  return out
+  return out, delays
+end
+
+-- The soonest-ending of the delays that keep mode out (an expired writer's
+-- delays both modes, an expired reader's writers only), or nil.
+local function rw_blocking(delays, mode)
+  local soonest
+  for _, d in ipairs(delays) do
+    if (mode == 'w' or d.mode == 'w') and (not soonest or d.ends < soonest.ends) then soonest = d end
+  end
+  return soonest
 end
 
 local function writer_holds(hs)
@@ -74,12 +90,16 @@ local function writer_holds(hs)
   return false
 end
 
--- The hash lives as long as its last lease, or its sessions' garbage bound
--- (garbage collection only: every decision compares deadlines with now).
-local function rw_keep(hs, now)
+-- The hash lives as long as its last lease (and its lock-delay), or its
+-- sessions' garbage bound (garbage collection only: every decision compares
+-- deadlines with now).
+local function rw_keep(hs, now, delays)
   local last = 0
   for _, h in ipairs(hs) do
-    last = math.max(last, h.gc or h.exp)
+    last = math.max(last, h.gc or h.exp, h.exp + (h.d or 0))
+  end
+  for _, d in ipairs(delays or {}) do
+    last = math.max(last, d.ends)
   end
   if last > now then redis.call('PEXPIRE', holders, last - now) end
 end
@@ -119,10 +139,10 @@ end
 -- out of the hash and out of its session's grant set. Returns the holders
 -- left, for rw_keep and rw_wake.
 local function rw_drop(hs, id)
-  redis.call('HDEL', holders, id, id .. ':s')
   local left = {}
   for _, h in ipairs(hs) do
     if h.id == id then
+      redis.call('HDEL', holders, id, id .. ':s')
       if h.sess then redis.call('SREM', h.sess .. ':g', rw_base() .. id) end
     else
       left[#left + 1] = h

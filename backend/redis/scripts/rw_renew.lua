@@ -3,7 +3,7 @@
 -- resurrection), or -1 when it holds in a session (renewed only through the
 -- session). Only this lease's deadline moves.
 local now = now_ms()
-local hs = rw_live(now)
+local hs, delays = rw_live(now)
 local r
 for _, h in ipairs(hs) do
   if h.id == ARGV[1] then r = h end
@@ -13,7 +13,7 @@ if r.sess then return -1 end
 local ttl = tonumber(ARGV[2])
 if ttl == 0 then ttl = r.ttl end
 local exp = now + ttl
-redis.call('HSET', holders, ARGV[1], rw_record(exp, r.mode, r.token, ttl, r.owner))
+redis.call('HSET', holders, ARGV[1], rw_record(exp, r.mode, r.token, ttl, r.d, r.owner))
 r.exp = exp
-rw_keep(hs, now)
+rw_keep(hs, now, delays)
 return {r.mode, r.token, exp, ttl, r.owner}

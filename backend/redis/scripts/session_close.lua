@@ -31,11 +31,11 @@ for _, m in ipairs(redis.call('SMEMBERS', set)) do
     end
   elseif kind == 'rw' then
     rw_use(base)
-    local hs = rw_live(now)
+    local hs, delays = rw_live(now)
     for _, h in ipairs(hs) do
       if h.id == id and h.sess == s then
         local left = rw_drop(hs, id)
-        rw_keep(left, now)
+        rw_keep(left, now, delays)
         rw_wake(left, rw_waiters(now), ARGV[1])
         break
       end
