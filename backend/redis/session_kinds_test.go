@@ -210,3 +210,38 @@ func TestSessionCloseWakesPermitAndRWWaitersOnOtherReplica(t *testing.T) {
 		}
 	}
 }
+
+// A grant in a session that expires is delayed from the session's last
+// deadline, with its granting replica gone: the session's record outlives
+// its deadline by MaxLockDelay, so the scripts still know when the grant
+// ended. The next grant starts (Redis time) at that deadline + the delay.
+func TestLockDelayAfterSessionExpiry(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	newB := newFactory(srv.Addr(0), Options{})
+	granter, other := newB(t).(*Backend), newB(t).(*Backend)
+	sess := openSession(t, granter, "dies", 600*time.Millisecond)
+	const delay = 1500 * time.Millisecond
+	g, err := granter.Acquire(ctx(t), backend.AcquireRequest{Key: "sd", Owner: "in-session", Session: sess.ID, LockDelay: delay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := granter.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(sess.ExpiresAt.Add(300 * time.Millisecond)))
+	_, err = other.Acquire(ctx(t), backend.AcquireRequest{Key: "sd", Owner: "probe", TTL: 5 * time.Second})
+	var he *backend.HeldError
+	if !errors.As(err, &he) || he.Delay == nil {
+		t.Fatalf("single try after the session expired: %v, want ErrHeld with the lock-delay", err)
+	}
+	if want := sess.ExpiresAt.Add(delay); !sameMs(he.Delay.Until, want) || he.Delay.ExpiredToken != g.Token {
+		t.Errorf("delay = %+v, want until the session's deadline + %v (%v) after token %d", *he.Delay, delay, want, g.Token)
+	}
+	n, err := other.Acquire(ctx(t), backend.AcquireRequest{Key: "sd", Owner: "next", TTL: 5 * time.Second, Wait: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start := n.ExpiresAt.Add(-n.TTL); start.Before(sess.ExpiresAt.Add(delay)) {
+		t.Errorf("next grant at %v (Redis time), inside the delay that ends at %v", start, sess.ExpiresAt.Add(delay))
+	}
+}
