@@ -74,6 +74,10 @@ type Options struct {
 	// NoSemaphores, when set, is the reason the backend does not implement
 	// backend.Semaphorer; the Semaphore subtests are skipped with it.
 	NoSemaphores string
+	// NoSemaphoreFIFO, when set, is the reason the backend's semaphores do
+	// not serve waiters in arrival order (SemaphoreFeatures.FIFO false);
+	// SemaphoreFIFOWaiters is skipped with it.
+	NoSemaphoreFIFO string
 	// NoRWLocks, when set, is the reason the backend does not implement
 	// backend.RWLocker; the RW subtests are skipped with it.
 	NoRWLocks string

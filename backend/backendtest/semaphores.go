@@ -329,8 +329,14 @@ func (s *suite) semReleaseAfterExpiry(t *testing.T) {
 func (s *suite) semFIFO(t *testing.T) {
 	a, _ := s.semaphores(t)
 	b, _ := s.semaphores(t)
+	if s.opts.NoSemaphoreFIFO != "" {
+		if a.Features().FIFO {
+			t.Fatalf("Options.NoSemaphoreFIFO says %q, yet SemaphoreFeatures.FIFO is true", s.opts.NoSemaphoreFIFO)
+		}
+		t.Skip("not FIFO: " + s.opts.NoSemaphoreFIFO)
+	}
 	if !a.Features().FIFO {
-		t.Skip("the backend's semaphores are not FIFO (Features)")
+		t.Fatal("SemaphoreFeatures.FIFO is false, and Options.NoSemaphoreFIFO gives no reason")
 	}
 	key := s.key(t)
 	const n = 2
@@ -577,9 +583,10 @@ func (s *suite) semRenewOwnOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
-	if r.Token != p.Token || r.Slot != p.Slot || r.LeaseID != p.LeaseID || r.TTL != 20*time.Second || !r.ExpiresAt.After(p.ExpiresAt) {
-		t.Errorf("Renew = %+v, want token %d slot %d, the same lease, ttl 20s and a later deadline than %v", r, p.Token, p.Slot, p.ExpiresAt)
+	if r.Token != p.Token || r.Slot != p.Slot || r.LeaseID != p.LeaseID || r.Permits != p.Permits || !r.ExpiresAt.After(p.ExpiresAt) {
+		t.Errorf("Renew = %+v, want token %d slot %d permits %d, the same lease and a later deadline than %v", r, p.Token, p.Slot, p.Permits, p.ExpiresAt)
 	}
+	s.wantTTL(t, "renewed permit", r.TTL, 20*time.Second)
 	_, err = sm.Renew(ctx, key, q.LeaseID, 20*time.Second)
 	wantLeaseExpired(t, err, "renew with another key's permit")
 	_, err = sm.Renew(ctx, key, lease.NewID(), 20*time.Second)

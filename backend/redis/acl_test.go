@@ -14,7 +14,7 @@ import (
 // the same in its NOPERM errors.
 const (
 	readmeRedisACL   = "resetchannels ~lockd:* &lockd:* -@all +ping +eval +evalsha +subscribe +scan +time +hget +hmget +hset +del +pexpire +pttl +incr +lindex +lpop +rpush +lrem +lrange +hgetall +hdel +zadd +zrem +zscore +zcount +publish +xadd +xrevrange +xread +xrange +sadd +srem +smembers"
-	readmeRedlockACL = "resetchannels ~lockd:rl:* -@all +ping +eval +evalsha +scan +hmget +hget +hset +del +pexpire +pttl +incr +get +set"
+	readmeRedlockACL = "resetchannels ~lockd:rl:* -@all +ping +eval +evalsha +scan +hmget +hget +hset +del +pexpire +pttl +incr +get +set +time +zadd +zrem +zcount +zrangebyscore"
 )
 
 func TestACLLine(t *testing.T) {

@@ -36,9 +36,13 @@ func (el elections) Campaign(ctx context.Context, req backend.CampaignRequest) (
 	// The acquire script's sixth key is an idempotency record; campaigns
 	// carry none, so it is never written.
 	keys := append(el.b.keysIn(electionNS, req.Name), el.b.prefix+electionNS+"{"+req.Name+"}:i:")
-	g, err := el.b.acquire(ctx, keys, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session}, req.Value)
+	g, err := el.b.acquire(ctx, keys, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session, LockDelay: req.LockDelay}, req.Value)
 	if errors.Is(err, backend.ErrHeld) {
 		ne := &backend.NotLeaderError{Name: req.Name}
+		var he *backend.HeldError
+		if errors.As(err, &he) {
+			ne.Delay = he.Delay
+		}
 		if st, lerr := el.Leader(ctx, req.Name); lerr == nil {
 			ne.Leader = st.Leader
 		}
@@ -83,7 +87,7 @@ func (el elections) Leader(ctx context.Context, name string) (backend.ElectionSt
 	if err != nil {
 		return backend.ElectionState{}, err
 	}
-	return backend.ElectionState{Name: name, Leader: s.leader(), Candidates: s.Waiters}, nil
+	return backend.ElectionState{Name: name, Leader: s.leader(), Candidates: s.Waiters, DelayedUntil: s.DelayedUntil}, nil
 }
 
 func (s snapshot) leader() *backend.Leader {

@@ -55,8 +55,11 @@ type snapshot struct {
 	Value     string
 	ExpiresAt time.Time
 	Waiters   int
-	Last      logEntry      // the log's last entry (ID, N, Kind, Token); ID "0-0" when the log is empty
-	until     time.Duration // from the read to the holder's deadline, on Redis's clock
+	Last      logEntry // the log's last entry (ID, N, Kind, Token); ID "0-0" when the log is empty
+	// DelayedUntil is the end of an expired grant's lock-delay in force
+	// (zero: none); the key then reads as free (Token 0).
+	DelayedUntil time.Time
+	until        time.Duration // from the read to the holder's deadline, on Redis's clock
 }
 
 func (b *Backend) look(ctx context.Context, keys []string) (snapshot, error) {
@@ -69,6 +72,9 @@ func (b *Backend) look(ctx context.Context, keys []string) (snapshot, error) {
 		Waiters: int(store.Int(res[5])),
 		Last:    logEntry{ID: store.Str(res[6]), N: store.Int(res[7]), Kind: store.Str(res[8]), Token: uint64(store.Int(res[9]))},
 		until:   time.Duration(store.Int(res[3])-store.Int(res[4])) * time.Millisecond,
+	}
+	if u := store.Int(res[10]); u > 0 {
+		s.DelayedUntil = time.UnixMilli(u)
 	}
 	return s, nil
 }

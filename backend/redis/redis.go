@@ -220,8 +220,10 @@ var errClosed = fmt.Errorf("redis: %w: backend closed", backend.ErrUnavailable)
 
 // mailbox registers an acquire with the backend, and, when it will wait,
 // a mailbox for its wake-ups: registered before the first script call, so
-// that a release right after it queues finds it. done unregisters both.
-func (b *Backend) mailbox(wait bool) (waiter string, wake chan struct{}, done func(), err error) {
+// that a release right after it queues finds it. An acquire in a session
+// (sessWake its sessionWake) is also woken when the session closes. done
+// unregisters both.
+func (b *Backend) mailbox(wait bool, sessWake string) (waiter string, wake chan struct{}, done func(), err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -232,10 +234,22 @@ func (b *Backend) mailbox(wait bool) (waiter string, wake chan struct{}, done fu
 		waiter = lease.NewID()
 		wake = make(chan struct{}, 1)
 		b.waiters[waiter] = wake
+		if sessWake != "" {
+			if b.inSession[sessWake] == nil {
+				b.inSession[sessWake] = map[chan struct{}]bool{}
+			}
+			b.inSession[sessWake][wake] = true
+		}
 	}
 	return waiter, wake, func() {
 		b.mu.Lock()
 		delete(b.waiters, waiter)
+		if m := b.inSession[sessWake]; m != nil {
+			delete(m, wake)
+			if len(m) == 0 {
+				delete(b.inSession, sessWake)
+			}
+		}
 		b.mu.Unlock()
 		b.active.Done()
 	}, nil
@@ -261,39 +275,16 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 		keys = append(keys[:len(keys):len(keys)], sk) // KEYS[7]
 		sessWake = sessionWake(req.Session)
 	}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return backend.Grant{}, errClosed
+	waiter, wake, done, err := b.mailbox(req.Wait > 0, sessWake)
+	if err != nil {
+		return backend.Grant{}, err
 	}
-	b.active.Add(1)
-	var waiter string
-	var wake chan struct{}
-	if req.Wait > 0 {
-		// Registered before the first script call, so that a release right
-		// after we queue finds our mailbox.
-		waiter = lease.NewID()
-		wake = make(chan struct{}, 1)
-		b.waiters[waiter] = wake
-		if sessWake != "" {
-			if b.inSession[sessWake] == nil {
-				b.inSession[sessWake] = map[chan struct{}]bool{}
-			}
-			b.inSession[sessWake][wake] = true
-		}
-	}
-	b.mu.Unlock()
 	defer func() {
+		// replayed may have moved the mailbox to another waiter id.
 		b.mu.Lock()
 		delete(b.waiters, waiter)
-		if m := b.inSession[sessWake]; m != nil {
-			delete(m, wake)
-			if len(m) == 0 {
-				delete(b.inSession, sessWake)
-			}
-		}
 		b.mu.Unlock()
-		b.active.Done()
+		done()
 	}()
 
 	id := lease.NewID()
@@ -305,7 +296,7 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 	first := id       // a grant under another lease id is an earlier attempt's
 	attached := false // waiting in the place of an earlier attempt with the same idempotency key
 	for {
-		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS, value).Slice()
+		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS, value, req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo whatever it did
 			// (an idempotent grant stays, for the retry to find).
@@ -353,6 +344,14 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 				next = d
 			}
 		}
+		var delay *backend.Delay
+		if until := store.Int(res[10]); until > 0 {
+			// An expired grant's lock-delay: wake up at its end.
+			delay = &backend.Delay{Until: time.UnixMilli(until), ExpiredToken: uint64(store.Int(res[11]))}
+			if d := time.Duration(until-store.Int(res[4])+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
 		if sexp := store.Int(res[9]); sexp > 0 {
 			// Leave when our session runs out: the script will say so.
 			if d := time.Duration(sexp-store.Int(res[4])+1) * time.Millisecond; d < next {
@@ -364,7 +363,7 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 			if waiter != "" && !attached {
 				b.abandon(keys, waiter, id, idem.on)
 			}
-			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: holder}
+			return backend.Grant{}, &backend.HeldError{Key: req.Key, Holder: holder, Delay: delay}
 		}
 		if left < next {
 			next = left
@@ -455,6 +454,9 @@ func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, e
 		return backend.LockState{}, unavailable(ctx, "inspect", err)
 	}
 	st := backend.LockState{Key: key, Waiters: int(store.Int(res[3]))}
+	if until := store.Int(res[4]); until > 0 {
+		st.DelayedUntil = time.UnixMilli(until)
+	}
 	if tok := store.Int(res[1]); tok != 0 {
 		st.Held = true
 		st.Holder = &backend.Holder{Owner: store.Str(res[0]), Token: uint64(tok), ExpiresAt: time.UnixMilli(store.Int(res[2]))}

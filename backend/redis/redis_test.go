@@ -29,7 +29,7 @@ func newFactory(addr string, opts Options) backendtest.Factory {
 
 func TestConformance(t *testing.T) {
 	srv := testserver.Redis(t, 1)
-	backendtest.Run(t, newFactory(srv.Addr(0), Options{}), backendtest.Options{StoreClock: storeClock, NoRWSessions: noRWSessions, NoLockDelay: backendtest.NoLockDelays("not built yet")})
+	backendtest.Run(t, newFactory(srv.Addr(0), Options{}), backendtest.Options{StoreClock: storeClock, NoLockDelay: noLockDelay})
 }
 
 func ctx(t *testing.T) context.Context {
@@ -129,6 +129,3 @@ func TestRestartWithAOFKeepsLockAndCounter(t *testing.T) {
 
 // storeClock is why the clock subtests do not apply to this backend.
 const storeClock = "a grant's key expires on the Redis server's clock (PEXPIRE; deadlines computed from TIME in the scripts): no lockd replica's clock decides an expiry"
-
-// noRWSessions is why the RW subtest in a session is skipped on Redis.
-const noRWSessions = "not built yet: a session's close and expiry release lock grants only (session_close.lua), so Redis rwlocks refuse session_id (RWFeatures.Sessions false; HTTP answers 501)"

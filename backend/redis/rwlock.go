@@ -20,11 +20,16 @@ package redis
 // holder's deadline notices an expiry with no lockd alive. Tokens come from
 // one counter, so a write token is above every earlier grant and a read
 // token above every earlier writer's.
+//
+// A grant in a session (one Redis only: sessions.go) has deadline 0 in its
+// record and a field "<lease id>:s" naming the session hash, whose deadline
+// every script reads as the grant's; the session's close releases it as
+// rw_release.lua does (publishing whoever may go now), and its renew moves
+// the hash's garbage expiry on.
 
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -50,11 +55,11 @@ var (
 	//go:embed scripts/rw_inspect.lua
 	rwInspectLua string
 
-	rwAcquireScript = goredis.NewScript(rwPrelude + rwAcquireLua)
-	rwReleaseScript = goredis.NewScript(rwPrelude + rwReleaseLua)
-	rwRenewScript   = goredis.NewScript(rwPrelude + rwRenewLua)
-	rwAbandonScript = goredis.NewScript(rwPrelude + rwAbandonLua)
-	rwInspectScript = goredis.NewScript(rwPrelude + rwInspectLua)
+	rwAcquireScript = goredis.NewScript(prelude + rwPrelude + rwAcquireLua)
+	rwReleaseScript = goredis.NewScript(prelude + rwPrelude + rwReleaseLua)
+	rwRenewScript   = goredis.NewScript(prelude + rwPrelude + rwRenewLua)
+	rwAbandonScript = goredis.NewScript(prelude + rwPrelude + rwAbandonLua)
+	rwInspectScript = goredis.NewScript(prelude + rwPrelude + rwInspectLua)
 )
 
 var _ backend.RWLocker = (*Backend)(nil)
@@ -64,7 +69,9 @@ func (b *Backend) RWLocks() backend.RWLocks { return rwlocks{b} }
 
 type rwlocks struct{ b *Backend }
 
-func (rwlocks) Features() backend.RWFeatures { return backend.RWFeatures{Fair: true, Wakeup: "pubsub"} }
+func (rw rwlocks) Features() backend.RWFeatures {
+	return backend.RWFeatures{Fair: true, Wakeup: "pubsub", Sessions: !rw.b.cluster()}
+}
 
 func (b *Backend) rwKeys(key string) []string {
 	base := store.Base(b.prefix+"rw:", key)
@@ -91,11 +98,17 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 	if err := ctx.Err(); err != nil {
 		return backend.RWGrant{}, err
 	}
+	keys := b.rwKeys(req.Key)
+	var sessWake string
 	if req.Session != "" {
-		// RWFeatures.Sessions is false: the HTTP layer refuses it first.
-		return backend.RWGrant{}, errors.New("redis: rwlocks do not live in sessions (not built yet)")
+		sk, err := b.sessionKey(req.Session)
+		if err != nil {
+			return backend.RWGrant{}, err
+		}
+		keys = append(keys, sk) // KEYS[5]
+		sessWake = sessionWake(req.Session)
 	}
-	waiter, wake, done, err := b.mailbox(req.Wait > 0)
+	waiter, wake, done, err := b.mailbox(req.Wait > 0, sessWake)
 	if err != nil {
 		return backend.RWGrant{}, err
 	}
@@ -105,31 +118,42 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 		entry = modeLetter(req.Mode) + ":" + waiter
 	}
 
-	keys := b.rwKeys(req.Key)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
 	for {
-		res, err := rwAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), modeLetter(req.Mode)).Slice()
+		res, err := rwAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), modeLetter(req.Mode), req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
 			// The script may have run (a lost reply): undo what it did.
 			b.rwAbandon(keys, entry, id)
 			return backend.RWGrant{}, unavailable(ctx, "rw acquire", err)
 		}
-		if store.Int(res[0]) == 1 {
+		switch store.Int(res[0]) {
+		case 1:
 			if err := ctx.Err(); err != nil { // granted as the caller gave up
 				b.rwAbandon(keys, "", id)
 				return backend.RWGrant{}, err
 			}
 			return backend.RWGrant{Mode: req.Mode, Grant: backend.Grant{Key: req.Key, LeaseID: id, Token: uint64(store.Int(res[1])),
-				Owner: req.Owner, TTL: req.TTL, ExpiresAt: time.UnixMilli(store.Int(res[2]))}}, nil
+				Owner: req.Owner, TTL: time.Duration(store.Int(res[5])) * time.Millisecond, ExpiresAt: time.UnixMilli(store.Int(res[2])),
+				Session: store.Int(res[6]) == 1}}, nil
+		case -4:
+			b.rwAbandon(keys, entry, id)
+			return backend.RWGrant{}, fmt.Errorf("redis rw acquire %q: %w", req.Key, backend.ErrSessionExpired)
 		}
+		now := store.Int(res[3])
 		next := b.beat / 3
-		if first := store.Int(res[4]); first > 0 {
-			// Wake up when the earliest holder's lease runs out, in Redis's time.
-			if d := time.Duration(first-store.Int(res[3])+1) * time.Millisecond; d < next {
+		// Wake up when the earliest holder's lease runs out, or our session
+		// (the script then says so), in Redis's time.
+		// An expired grant's lock-delay that keeps us out: wake at its end.
+		var delay *backend.Delay
+		if du := store.Int(res[8]); du > 0 {
+			delay = &backend.Delay{Until: time.UnixMilli(du), ExpiredToken: uint64(store.Int(res[9]))}
+		}
+		for _, at := range []int64{store.Int(res[4]), store.Int(res[7]), store.Int(res[8])} {
+			if d := time.Duration(at-now+1) * time.Millisecond; at > 0 && d < next {
 				next = d
 			}
 		}
@@ -138,7 +162,7 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 			if entry != "" {
 				b.rwAbandon(keys, entry, id)
 			}
-			he := &backend.RWHeldError{Key: req.Key}
+			he := &backend.RWHeldError{Key: req.Key, Delay: delay}
 			if st, err := rw.Inspect(ctx, req.Key); err == nil {
 				he.Holders = st.Holders
 			}
@@ -179,6 +203,9 @@ func (rw rwlocks) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 	if err != nil {
 		return backend.RWGrant{}, unavailable(ctx, "rw renew", err)
 	}
+	if n, _ := v.(int64); n == -1 {
+		return backend.RWGrant{}, fmt.Errorf("redis rw renew %q: %w", key, backend.ErrSessionBound)
+	}
 	res, ok := v.([]any)
 	if !ok {
 		return backend.RWGrant{}, fmt.Errorf("redis rw renew %q: %w", key, backend.ErrLeaseExpired)
@@ -206,7 +233,10 @@ func (rw rwlocks) Inspect(ctx context.Context, key string) (backend.RWState, err
 		return backend.RWState{}, unavailable(ctx, "rw inspect", err)
 	}
 	st := backend.RWState{Key: key, WaitingReaders: int(store.Int(res[0])), WaitingWriters: int(store.Int(res[1]))}
-	for i := 2; i+3 < len(res); i += 4 {
+	if du := store.Int(res[2]); du > 0 {
+		st.DelayedUntil = time.UnixMilli(du)
+	}
+	for i := 3; i+3 < len(res); i += 4 {
 		st.Holders = append(st.Holders, backend.RWHolder{Mode: modeName(store.Str(res[i])),
 			Holder: backend.Holder{Owner: store.Str(res[i+1]), Token: uint64(store.Int(res[i+2])), ExpiresAt: time.UnixMilli(store.Int(res[i+3]))}})
 	}

@@ -17,6 +17,13 @@ package redis
 // waits); a release, or a grant that leaves slots free, wakes the next in
 // line by pub/sub, and a waiter also wakes at the earliest holder's
 // deadline, as for locks.
+//
+// A permit in a session (one Redis only, as for locks: sessions.go) has
+// exp 0 in its record and a field "<k>:s" naming the session hash, whose
+// deadline and TTL every script reads as the permit's; the session's grant
+// set names it by the semaphore's base and its lease id, so that the
+// session's close releases it (waking the head of the line) and its renew
+// moves the slots hash's garbage expiry on.
 
 import (
 	"context"
@@ -58,7 +65,9 @@ func (b *Backend) Semaphores() backend.Semaphores { return semaphores{b} }
 
 type semaphores struct{ b *Backend }
 
-func (semaphores) Features() backend.SemaphoreFeatures { return backend.SemaphoreFeatures{FIFO: true} }
+func (s semaphores) Features() backend.SemaphoreFeatures {
+	return backend.SemaphoreFeatures{FIFO: true, Sessions: !s.b.cluster()}
+}
 
 // semKeys is the semaphore scripts' KEYS (see sem_prelude.lua).
 func (b *Backend) semKeys(key string) []string {
@@ -76,6 +85,23 @@ func semHolders(flat []any) []backend.SemaphoreHolder {
 	return out
 }
 
+// semDelays reads a script's delays (count, then slot, until, token each)
+// at the start of flat, and returns them by slot and what follows.
+func semDelays(flat []any) ([]backend.SlotDelay, []any) {
+	n := int(store.Int(flat[0]))
+	var out []backend.SlotDelay
+	for i := range n {
+		j := 1 + 3*i
+		out = append(out, backend.SlotDelay{Slot: int(store.Int(flat[j])), Delay: backend.Delay{Until: time.UnixMilli(store.Int(flat[j+1])), ExpiredToken: uint64(store.Int(flat[j+2]))}})
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].Slot < out[j-1].Slot; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out, flat[1+3*n:]
+}
+
 func sortHolders(hs []backend.SemaphoreHolder) {
 	for i := 1; i < len(hs); i++ {
 		for j := i; j > 0 && hs[j].Slot < hs[j-1].Slot; j-- {
@@ -90,15 +116,21 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 	if err := ctx.Err(); err != nil {
 		return backend.Permit{}, err
 	}
+	keys := b.semKeys(req.Key)
+	var sessWake string
 	if req.Session != "" {
-		return backend.Permit{}, fmt.Errorf("redis: permits in sessions are not built yet: %w", backend.ErrSessionExpired)
+		sk, err := b.sessionKey(req.Session)
+		if err != nil {
+			return backend.Permit{}, err
+		}
+		keys = append(keys, sk) // KEYS[5]
+		sessWake = sessionWake(req.Session)
 	}
-	waiter, wake, done, err := b.mailbox(req.Wait > 0)
+	waiter, wake, done, err := b.mailbox(req.Wait > 0, sessWake)
 	if err != nil {
 		return backend.Permit{}, err
 	}
 	defer done()
-	keys := b.semKeys(req.Key)
 	id := lease.NewID()
 	giveUpAt := time.Now().Add(req.Wait)
 	timer := time.NewTimer(time.Hour)
@@ -112,7 +144,7 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		_ = semReleaseScript.Run(c, b.client, keys, "", id, b.channel, waiter).Err()
 	}
 	for {
-		res, err := semAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), req.Permits, b.channel).Slice()
+		res, err := semAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), req.Permits, b.channel, req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
 			leave() // the script may have run (a lost reply)
 			return backend.Permit{}, unavailable(ctx, "semaphore acquire", err)
@@ -120,7 +152,8 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		switch store.Int(res[0]) {
 		case 1:
 			p := backend.Permit{Grant: backend.Grant{Key: req.Key, LeaseID: id + "." + strconv.FormatInt(store.Int(res[1]), 10), Token: uint64(store.Int(res[2])), Owner: req.Owner,
-				TTL: req.TTL, ExpiresAt: time.UnixMilli(store.Int(res[3]))}, Slot: int(store.Int(res[1])), Permits: req.Permits}
+				TTL: time.Duration(store.Int(res[5])) * time.Millisecond, ExpiresAt: time.UnixMilli(store.Int(res[3])), Session: store.Int(res[6]) == 1},
+				Slot: int(store.Int(res[1])), Permits: req.Permits}
 			if err := ctx.Err(); err != nil { // granted as the caller gave up
 				leave()
 				return backend.Permit{}, err
@@ -128,10 +161,31 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 			return p, nil
 		case -4:
 			return backend.Permit{}, &backend.PermitsMismatchError{Key: req.Key, Permits: int(store.Int(res[1]))}
+		case -5:
+			return backend.Permit{}, fmt.Errorf("redis acquire permit of %q: %w", req.Key, backend.ErrSessionExpired)
 		}
 		now := store.Int(res[1])
-		holders := semHolders(res[3:])
+		delays, rest := semDelays(res[4:])
+		holders := semHolders(rest)
 		next := b.beat / 3
+		var delay *backend.Delay
+		for _, d := range delays {
+			if delay == nil || d.Until.Before(delay.Until) {
+				delay = &backend.Delay{Until: d.Until, ExpiredToken: d.ExpiredToken}
+			}
+		}
+		if delay != nil {
+			// A slot in an expired permit's lock-delay frees at its end.
+			if d := time.Duration(delay.Until.UnixMilli()-now+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
+		if sexp := store.Int(res[3]); sexp > 0 {
+			// Leave when our session runs out: the script will say so.
+			if d := time.Duration(sexp-now+1) * time.Millisecond; d < next {
+				next = d
+			}
+		}
 		if len(holders) >= req.Permits {
 			// Wake when the first permit runs out, in Redis's time.
 			first := holders[0].ExpiresAt.UnixMilli()
@@ -147,7 +201,7 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 			if waiter != "" {
 				leave()
 			}
-			return backend.Permit{}, &backend.SemaphoreHeldError{Key: req.Key, Permits: int(store.Int(res[2])), Holders: holders}
+			return backend.Permit{}, &backend.SemaphoreHeldError{Key: req.Key, Permits: int(store.Int(res[2])), Holders: holders, Delay: delay}
 		}
 		timer.Reset(min(next, left))
 		select {
@@ -177,6 +231,9 @@ func (s semaphores) Renew(ctx context.Context, key, leaseID string, ttl time.Dur
 	v, err := semRenewScript.Run(ctx, s.b.client, s.b.semKeys(key), slot, secret, ttlMS).Result()
 	if err != nil {
 		return backend.Permit{}, unavailable(ctx, "semaphore renew", err)
+	}
+	if n, _ := v.(int64); n == -1 {
+		return backend.Permit{}, fmt.Errorf("redis renew permit of %q: %w", key, backend.ErrSessionBound)
 	}
 	res, ok := v.([]any)
 	if !ok {
@@ -209,7 +266,8 @@ func (s semaphores) Inspect(ctx context.Context, key string) (backend.SemaphoreS
 	if err != nil {
 		return backend.SemaphoreState{}, unavailable(ctx, "semaphore inspect", err)
 	}
-	return backend.SemaphoreState{Key: key, Permits: int(store.Int(res[0])), Waiters: int(store.Int(res[1])), Holders: semHolders(res[2:])}, nil
+	delays, rest := semDelays(res[2:])
+	return backend.SemaphoreState{Key: key, Permits: int(store.Int(res[0])), Waiters: int(store.Int(res[1])), Holders: semHolders(rest), Delayed: delays}, nil
 }
 
 // semLease splits a permit's lease id into its secret and slot.

@@ -4,11 +4,14 @@ package redis
 // or Sentinel).
 //
 //	<Prefix>s:<h>     hash {owner, ttl, exp, gc}, PX = the session's TTL
-//	<Prefix>s:<h>:g   set of the bases (<Prefix>{<key>}:) of its grants
+//	<Prefix>s:<h>:g   set of its grants: a lock's or election's base
+//	                  (<Prefix>{<key>}:), or a semaphore's or rwlock's
+//	                  base followed by the grant's lease id
 //
 // h is a hash of the session id (the id, a capability, is never stored).
 // Every operation is one script (scripts/session_*.lua, and acquire.lua
-// with the session hash as KEYS[7]). A grant made in a session stores the
+// with the session hash as KEYS[7], sem_acquire.lua and rw_acquire.lua with
+// it as KEYS[5]). A grant made in a session stores the
 // session hash's key in its lock hash (field s) and has no deadline of its
 // own: every script that reads a holder's deadline reads the session's
 // (prelude.lua), so one write to the session renews every grant, and a
@@ -56,10 +59,12 @@ var (
 	//go:embed scripts/session_close.lua
 	sessionCloseLua string
 
-	sessionOpenScript  = goredis.NewScript(prelude + sessionOpenLua)
-	sessionGetScript   = goredis.NewScript(prelude + sessionGetLua)
-	sessionRenewScript = goredis.NewScript(prelude + sessionRenewLua)
-	sessionCloseScript = goredis.NewScript(prelude + sessionCloseLua)
+	sessionOpenScript = goredis.NewScript(prelude + sessionOpenLua)
+	sessionGetScript  = goredis.NewScript(prelude + sessionGetLua)
+	// Renew and close reach the grants of every kind: they hold the
+	// semaphores' and rwlocks' functions too.
+	sessionRenewScript = goredis.NewScript(prelude + semPrelude + rwPrelude + sessionRenewLua)
+	sessionCloseScript = goredis.NewScript(prelude + semPrelude + rwPrelude + sessionCloseLua)
 )
 
 // NoClusterSessions is why a Backend over Redis Cluster has no sessions.
@@ -81,10 +86,14 @@ func (b *Backend) Sessions() backend.Sessions {
 
 // Unsupported implements backend.Unsupported.
 func (b *Backend) Unsupported() map[string]string {
+	u := noLockDelays()
 	if b.cluster() {
-		return map[string]string{backend.FeatureSessions: NoClusterSessions}
+		u[backend.FeatureSessions] = NoClusterSessions
 	}
-	return nil
+	if len(u) == 0 {
+		return nil
+	}
+	return u
 }
 
 type sessions struct{ b *Backend }
@@ -140,7 +149,7 @@ func (s sessions) Renew(ctx context.Context, id string, ttl time.Duration) (back
 	if ttl > 0 {
 		ttlMS = store.Ms(ttl)
 	}
-	return s.run(ctx, sessionRenewScript, "renew session", id, ttlMS)
+	return s.run(ctx, sessionRenewScript, "renew session", id, ttlMS, s.b.prefix)
 }
 
 func (s sessions) run(ctx context.Context, script *goredis.Script, op, id string, args ...any) (backend.Session, error) {
@@ -160,7 +169,7 @@ func (s sessions) Close(ctx context.Context, id string) error {
 	if !lease.ValidID(id) {
 		return backend.ErrSessionExpired
 	}
-	n, err := sessionCloseScript.Run(ctx, s.b.client, s.b.sessionKeys(id), s.b.channel, sessionWake(id)).Int()
+	n, err := sessionCloseScript.Run(ctx, s.b.client, s.b.sessionKeys(id), s.b.channel, sessionWake(id), s.b.prefix).Int()
 	if err != nil {
 		return unavailable(ctx, "close session", err)
 	}

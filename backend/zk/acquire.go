@@ -82,6 +82,11 @@ type acquirer struct {
 	replay bool
 	// sess is the hash of the session the acquire is made in, or "".
 	sess string
+	// fresh is our node as its create wrote it (its czxid the create's
+	// zxid), when the create told: the first look at the queue then needs
+	// no read of it.
+	fresh     *nodeRead
+	freshZxid int64
 }
 
 var errClosed = errors.New("backend closed")
@@ -189,7 +194,20 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 	}
 	// Our node is read along with the queue: when we head it, that is the
 	// grant.
-	q, self, err, selfErr := a.b.queueAndRead(ctx, a.kp, a.name)
+	var (
+		q       []child
+		self    nodeRead
+		selfErr error
+	)
+	if a.fresh != nil {
+		// Just created, and read by nobody but a handoff to us, which
+		// only moves the deadline later and the version up: holding's
+		// versioned write, or the next renew or release, sees it.
+		self, a.fresh = *a.fresh, nil
+		q, err = a.b.queue(ctx, a.kp)
+	} else {
+		q, self, err, selfErr = a.b.queueAndRead(ctx, a.kp, a.name)
+	}
 	if err != nil {
 		return g, false, err
 	}
@@ -258,13 +276,13 @@ func (a *acquirer) step(ctx context.Context) (g backend.Grant, done bool, err er
 		return g, false, err
 	}
 	now := a.b.clock.Now()
-	if head.data.overdue(a.b.clock) {
+	if q[0].removable(a.b.clock, head.data) {
 		if err := a.b.expireHead(ctx, a.req.Key, q, head.stat.Version, head.stat.Czxid, a.b.sessionGuard(head)...); err != nil && !isConflict(err) {
 			return g, false, err
 		}
 		return g, false, nil
 	}
-	dies := a.b.clock.FreeAt(head.data.deadline()).UnixMilli() // when our predecessor stops counting, Unix ms
+	dies := q[0].delayedUntil(a.b.clock, head.data).UnixMilli() // when our predecessor stops counting, Unix ms
 	pred := q[i-1]
 	if i > 1 {
 		if pred.abandoned(a.b.clock) {
@@ -345,13 +363,16 @@ func (a *acquirer) create(ctx context.Context) error {
 			}
 			data.Deadline, data.TTL, sessVer = d.Deadline, d.TTL, st.Version
 		}
-		name := nodeName(a.secret, time.Duration(data.TTL)*time.Millisecond, waitUntil, a.req.Owner, a.sess)
+		name := queueName(a.secret, time.Duration(data.TTL)*time.Millisecond, a.req.LockDelay, waitUntil, a.req.Owner, a.sess)
 		p, noShard, err := a.createNode(ctx, a.kp+"/"+name, data.encode(), sessVer)
 		switch {
 		case errors.Is(err, errSessionMoved) && attempt < 5:
 			continue // renewed, closed or swept meanwhile: read it again
 		case err == nil:
 			a.name = path.Base(p)
+			if a.freshZxid != 0 {
+				a.fresh = &nodeRead{data: data, stat: &zk.Stat{Czxid: a.freshZxid}}
+			}
 			if a.rec != "" {
 				a.b.maybeSweep(a.rec)
 			}
@@ -400,8 +421,28 @@ var errSessionMoved = errors.New("session node changed")
 // parent is missing.
 func (a *acquirer) createNode(ctx context.Context, p string, data []byte, sessVer int32) (created string, noShard bool, err error) {
 	if a.rec == "" && a.sess == "" {
-		created, err = call(ctx, func() (string, error) { return a.b.conn.Create(p, data, zk.FlagSequence, a.b.acl) })
-		return created, false, err
+		// With a setData of the token node in the same multi-op, whose
+		// stat (mzxid) is the multi-op's zxid, so our node's czxid: the
+		// grant needs no read of the node (create, getChildren: two
+		// requests when uncontended).
+		tok := a.b.sessRoot + clockNode
+		for attempt := 0; ; attempt++ {
+			res, err := call(ctx, func() ([]zk.MultiResponse, error) {
+				return a.b.conn.Multi(&zk.CreateRequest{Path: p, Data: data, Acl: a.b.acl, Flags: zk.FlagSequence},
+					&zk.SetDataRequest{Path: tok, Data: nil, Version: -1})
+			})
+			if err == nil {
+				a.freshZxid = res[1].Stat.Mzxid
+				return res[0].String, false, nil
+			}
+			if attempt > 0 || !errors.Is(err, zk.ErrNoNode) || len(res) < 2 || res[0].Error != nil {
+				return "", false, err
+			}
+			// No token node yet (it is ClockOffset's node): make it.
+			if _, err := call(ctx, func() (string, error) { return a.b.conn.Create(tok, nil, zk.FlagPersistent, a.b.acl) }); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+				return "", false, err
+			}
+		}
 	}
 	var ops []any
 	if a.sess != "" {
@@ -540,9 +581,13 @@ func (a *acquirer) grant(r nodeRead) backend.Grant {
 // grant stands.
 func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.Grant, bool, error) {
 	holder := &backend.Holder{Owner: head.owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+	delay := head.delayOf(a.b.clock, r)
+	if delay != nil {
+		holder = nil // expired: not a holder, but delayed
+	}
 	if a.replay {
 		// The node stays for the attempt that made it.
-		return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
+		return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder, Delay: delay}
 	}
 	var g backend.Grant
 	granted := false
@@ -558,18 +603,20 @@ func (a *acquirer) giveUp(ctx context.Context, head child, r nodeRead) (backend.
 	if granted {
 		return g, true, nil
 	}
-	return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder}
+	return backend.Grant{}, true, &backend.HeldError{Key: a.req.Key, Holder: holder, Delay: delay}
 }
 
 // held reports the key held by whoever heads q.
 func (a *acquirer) held(ctx context.Context, q []child) error {
-	var holder *backend.Holder
+	he := &backend.HeldError{Key: a.req.Key}
 	if len(q) > 0 {
 		if r, err := a.b.read(ctx, a.kp+"/"+q[0].name); err == nil && !r.data.overdue(a.b.clock) {
-			holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+			he.Holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+		} else if err == nil {
+			he.Delay = q[0].delayOf(a.b.clock, r)
 		}
 	}
-	return &backend.HeldError{Key: a.req.Key, Holder: holder}
+	return he
 }
 
 // leave removes node name from key's queue, handing the lock on if the node

@@ -124,9 +124,14 @@ func (el elections) Features() backend.ElectionFeatures {
 // Campaign implements backend.Elections: an acquire of the election's queue
 // whose node carries the value.
 func (el elections) Campaign(ctx context.Context, req backend.CampaignRequest) (backend.Leadership, error) {
-	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session}, req.Value)
+	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session, LockDelay: req.LockDelay}, req.Value)
 	if errors.Is(err, backend.ErrHeld) {
 		ne := &backend.NotLeaderError{Name: req.Name}
+		var he *backend.HeldError
+		if errors.As(err, &he) && he.Delay != nil {
+			ne.Delay = he.Delay // an expired leader is not a leader
+			return backend.Leadership{}, ne
+		}
 		if st, lerr := el.Leader(ctx, req.Name); lerr == nil {
 			ne.Leader = st.Leader
 		}
@@ -227,6 +232,8 @@ func (el elections) Leader(ctx context.Context, name string) (backend.ElectionSt
 		st.Candidates = len(q) - 1
 		if !r.data.overdue(b.clock) {
 			st.Leader = &backend.Leader{Term: uint64(r.stat.Czxid), Owner: q[0].owner, Value: r.data.Value, ExpiresAt: r.data.deadline()}
+		} else if d := q[0].delayOf(b.clock, r); d != nil {
+			st.DelayedUntil = d.Until
 		}
 		return st, nil
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -33,7 +34,9 @@ import (
 const (
 	protectedPrefix = "_c_"
 	lockMarker      = "-lock-"
-	hashLen         = 32 // hex characters
+	readMarker      = "-read-"  // in place of lockMarker: a reader of a read-write lock
+	writeMarker     = "-write-" // and a writer
+	hashLen         = 32        // hex characters
 )
 
 // nodeData is the changing part of a queue node: written at creation (the
@@ -47,6 +50,9 @@ type nodeData struct {
 	// Value is an election candidate's (see election.go); locks have none.
 	// Every rewrite of the node keeps it; only Proclaim changes it.
 	Value string `json:"v,omitempty"`
+	// Queued marks a read-write lock's node that waits (rwlock.go): its
+	// deadline means nothing until its acquirer claims the grant.
+	Queued bool `json:"q,omitempty"`
 }
 
 func (d nodeData) encode() []byte {
@@ -79,7 +85,32 @@ type child struct {
 	ttl       time.Duration
 	waitUntil int64 // Unix ms: queued behind the head after this, it is abandoned
 	owner     string
-	session   string // the session's hash (session.go); "" for a lease of its own
+	session   string        // the session's hash (session.go); "" for a lease of its own
+	mode      string        // a read-write lock's node: "read" or "write" (rwlock.go); "" for a lock's
+	delay     time.Duration // the grant's lock-delay (backend.LockDelayer); 0: none
+}
+
+// removable reports whether the grant of c, read as d, may be removed by
+// anyone: its deadline plus its lock-delay is overdue (lease.Clock). Until
+// then an expired grant stays where it is, delayed: not a holder, but
+// nothing is granted in its place.
+func (c child) removable(clk lease.Clock, d nodeData) bool {
+	return clk.Overdue(d.deadline().Add(c.delay))
+}
+
+// delayedUntil is when c's grant, read as d, stops blocking anyone: its
+// deadline plus its lock-delay plus the skew.
+func (c child) delayedUntil(clk lease.Clock, d nodeData) time.Time {
+	return clk.FreeAt(d.deadline().Add(c.delay))
+}
+
+// delay is the lock-delay in force of c's grant read as r (with the token
+// r's czxid), or nil: its deadline is overdue and its delay is not.
+func (c child) delayOf(clk lease.Clock, r nodeRead) *backend.Delay {
+	if !r.data.overdue(clk) || c.removable(clk, r.data) {
+		return nil
+	}
+	return &backend.Delay{Until: c.delayedUntil(clk, r.data), ExpiredToken: uint64(r.stat.Czxid)}
 }
 
 // abandoned reports whether the waiter may be removed from the queue, by
@@ -99,10 +130,21 @@ func protected(secret string) string { return protectedPrefix + nodeHash(secret)
 // node an acquire creates.
 // sess is the session's hash, or "".
 func nodeName(secret string, ttl time.Duration, waitUntil time.Time, owner, sess string) string {
+	return queueName(secret, ttl, 0, waitUntil, owner, sess)
+}
+
+// queueName is nodeName for a grant that asks for a lock-delay (0: none),
+// which the name then carries after its TTL ("d<ms>"): every handoff and
+// every removal of the node as expired reads it from there.
+func queueName(secret string, ttl, delay time.Duration, waitUntil time.Time, owner, sess string) string {
 	if sess != "" {
 		sess = "s" + sess
 	}
-	return fmt.Sprintf("%s%d%s-%d-%s%s", protected(secret), ttl.Milliseconds(), sess, waitUntil.UnixMilli(),
+	d := ""
+	if delay > 0 {
+		d = fmt.Sprintf("d%d", delay.Milliseconds())
+	}
+	return fmt.Sprintf("%s%d%s%s-%d-%s%s", protected(secret), ttl.Milliseconds(), d, sess, waitUntil.UnixMilli(),
 		base64.RawURLEncoding.EncodeToString([]byte(owner)), lockMarker)
 }
 
@@ -113,13 +155,26 @@ func parseChild(name string) (c child, ok bool) {
 		return c, false
 	}
 	rest = rest[hashLen+1:]
-	i := strings.LastIndex(rest, lockMarker)
+	// The marker is the last one followed by digits only (an owner's
+	// base64url may contain any of them).
+	i, marker := -1, ""
+	for _, m := range []string{lockMarker, readMarker, writeMarker} {
+		if j := strings.LastIndex(rest, m); j > i {
+			i, marker = j, m
+		}
+	}
 	if i < 0 {
 		return c, false
 	}
-	seq, err := strconv.ParseInt(rest[i+len(lockMarker):], 10, 64)
+	seq, err := strconv.ParseInt(rest[i+len(marker):], 10, 64)
 	if err != nil {
 		return c, false
+	}
+	switch marker {
+	case readMarker:
+		c.mode = "read"
+	case writeMarker:
+		c.mode = "write"
 	}
 	parts := strings.SplitN(rest[:i], "-", 3)
 	if len(parts) != 3 {
@@ -129,13 +184,21 @@ func parseChild(name string) (c child, ok bool) {
 	if inSession && !isHex(sess, hashLen) {
 		return c, false
 	}
+	ttlPart, delayPart, delayed := strings.Cut(ttlPart, "d")
+	var delay int64
+	if delayed {
+		var err error
+		if delay, err = strconv.ParseInt(delayPart, 10, 64); err != nil || delay <= 0 {
+			return c, false
+		}
+	}
 	ttl, err1 := strconv.ParseInt(ttlPart, 10, 64)
 	waitUntil, err2 := strconv.ParseInt(parts[1], 10, 64)
 	owner, err3 := base64.RawURLEncoding.DecodeString(parts[2])
 	if err1 != nil || err2 != nil || err3 != nil {
 		return c, false
 	}
-	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner), session: sess}, true
+	return child{name: name, seq: seq, ttl: time.Duration(ttl) * time.Millisecond, waitUntil: waitUntil, owner: string(owner), session: sess, mode: c.mode, delay: time.Duration(delay) * time.Millisecond}, true
 }
 
 func isHex(s string, n int) bool {

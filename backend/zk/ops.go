@@ -145,9 +145,10 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 				continue // renewed elsewhere, perhaps: only the node says it ran out
 			}
 			// Too late: the lease ran out. Clear it for the next waiter
-			// once nobody could still count on it.
+			// once nobody could still count on it and its lock-delay is
+			// over: a late release lifts no delay.
 			b.grants.drop(leaseID)
-			if b.clock.Overdue(time.UnixMilli(c.deadline)) {
+			if q[0].removable(b.clock, nodeData{Deadline: c.deadline}) {
 				if err := b.expireHead(ctx, key, q, c.version, c.token, guard...); err != nil && !isConflict(err) {
 					return unavailable("release", err)
 				}
@@ -198,6 +199,8 @@ func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, e
 		if !r.data.overdue(b.clock) {
 			st.Held = true
 			st.Holder = &backend.Holder{Owner: q[0].owner, Token: uint64(r.stat.Czxid), ExpiresAt: time.UnixMilli(r.data.Deadline)}
+		} else if d := q[0].delayOf(b.clock, r); d != nil {
+			st.DelayedUntil = d.Until
 		}
 		return st, nil
 	}

@@ -96,6 +96,11 @@ func (b *Backend) sessionPath(h string) string { return b.sessRoot + sessionDir 
 type indexEntry struct {
 	Key       string `json:"k"`
 	Elections bool   `json:"e,omitempty"`
+	// Sem: the entry is a semaphore permit's, at Slot (semaphore.go).
+	Sem  bool `json:"sem,omitempty"`
+	Slot int  `json:"slot,omitempty"`
+	// RW: the entry is a read-write lock grant's (rwlock.go).
+	RW bool `json:"rw,omitempty"`
 }
 
 // readSession reads session h; zk.ErrNoNode when it is gone.
@@ -320,6 +325,49 @@ func (b *Backend) releaseIndexed(ctx context.Context, h string, headsOnly bool) 
 			_ = b.delete(ctx, sp+"/"+n, -1)
 			continue
 		}
+		if e.Sem {
+			// A permit: its slot, if it still holds this permit (the
+			// hash matches). Never a waiter: those are not indexed.
+			x := b.semq
+			kp := x.keyPath(e.Key)
+			sl, err := x.semGetSlot(ctx, kp, e.Slot)
+			if err != nil && !errors.Is(err, zk.ErrNoNode) {
+				return unavailable("close session", err)
+			}
+			if err == nil && sl.d.H == n && sl.d.S == h {
+				if err := x.semRemove(ctx, kp, semSlot{k: sl.k, d: sl.d, st: sl.st}); err != nil && !errors.Is(err, zk.ErrNoNode) {
+					return unavailable("close session", err)
+				}
+			}
+			_ = b.delete(ctx, sp+"/"+n, -1)
+			continue
+		}
+		if e.RW {
+			// A read-write lock's node: its grant now, a queued one once
+			// the session is over (its acquire leaves by itself).
+			x := b.rwq
+			kp := x.keyPath(e.Key)
+			name, err := x.rwFind(ctx, kp, protectedPrefix+n+"-")
+			if err != nil {
+				return unavailable("close session", err)
+			}
+			if name != "" {
+				r, err := x.read(ctx, kp+"/"+name)
+				if err != nil && !errors.Is(err, zk.ErrNoNode) {
+					return unavailable("close session", err)
+				}
+				if err == nil && headsOnly && r.data.Queued {
+					continue
+				}
+				if err == nil {
+					if err := x.delete(ctx, kp+"/"+name, r.stat.Version); err != nil && !isConflict(err) {
+						return unavailable("close session", err)
+					}
+				}
+			}
+			_ = b.delete(ctx, sp+"/"+n, -1)
+			continue
+		}
 		x := b
 		if e.Elections {
 			x = b.elect
@@ -346,6 +394,20 @@ func (b *Backend) releaseIndexed(ctx context.Context, h string, headsOnly bool) 
 		_ = b.delete(ctx, sp+"/"+n, -1)
 	}
 	return nil
+}
+
+// sessionOver is, for an acquire in session h (none when ""), refused
+// because nothing was free: ErrSessionExpired when the session is over, so
+// that an acquire in an ended session says so rather than "held".
+func (b *Backend) sessionOver(ctx context.Context, h, op, key string) error {
+	if h == "" {
+		return nil
+	}
+	d, _, err := b.readSession(ctx, h)
+	if errors.Is(err, zk.ErrNoNode) || err == nil && !b.clock.Valid(time.UnixMilli(d.Deadline)) {
+		return fmt.Errorf("zk %s %q: %w", op, key, backend.ErrSessionExpired)
+	}
+	return nil // unreadable: the refusal stands
 }
 
 // errSessionOver ends the wait of an acquire whose session ended.
@@ -404,6 +466,9 @@ func (b *Backend) watchSession(ctx context.Context, h string) (context.Context, 
 // its elections.
 type sessState struct {
 	sweepEvery time.Duration
+	// delayKeep is how long past its deadline an expired session's node
+	// is kept, for the lock-delays of its grants (backend.MaxLockDelay).
+	delayKeep time.Duration
 
 	mu       sync.Mutex
 	sweeping bool
@@ -464,7 +529,10 @@ func (b *Backend) sweepSessions(ctx context.Context) (int, error) {
 			break
 		}
 		d, st, err := b.readSession(ctx, h)
-		if err != nil || !b.clock.Overdue(time.UnixMilli(d.Deadline)) {
+		// An expired session's grants may be under a lock-delay, which
+		// runs from its deadline: its node stays until the longest could
+		// end. A closed one (deadline 0) released them all.
+		if err != nil || d.Deadline > 0 && !b.clock.Overdue(time.UnixMilli(d.Deadline).Add(b.sess.delayKeep)) {
 			continue // unreadable (left alone), or still counted on
 		}
 		sp := b.sessionPath(h)

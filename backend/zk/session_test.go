@@ -205,6 +205,7 @@ func TestSessionIndexEmptiesAsNodesLeave(t *testing.T) {
 func TestSessionSweep(t *testing.T) {
 	z := sharedZK(t, 1)
 	b := newBackend(t, z.Addrs(), Options{Root: uniqueRoot(t)})
+	b.sess.delayKeep = 0 // no lock-delay asked for: nothing to keep the node for (set before any sweep runs)
 	ss := b.Sessions()
 	live, err := ss.Open(ctxFor(t, 10*time.Second), "live", 30*time.Second)
 	if err != nil {
@@ -305,4 +306,31 @@ func TestSessionCloseElsewhereEndsWaiter(t *testing.T) {
 		st, err := a.Inspect(ctxFor(t, 10*time.Second), key)
 		return err == nil && st.Waiters == 0 && st.Held && st.Holder.Token == holder.Token
 	}, "the waiter's node to go, the holder keeping the key")
+}
+
+// A grant in a session that expires keeps its lock-delay even when a sweep
+// runs inside the delay: the session's node, whose deadline the delay runs
+// from, is kept until MaxLockDelay has passed.
+func TestSessionSweepKeepsLockDelay(t *testing.T) {
+	z := sharedZK(t, 1)
+	b := newBackend(t, z.Addrs(), Options{Root: uniqueRoot(t)})
+	ss := b.Sessions()
+	s, err := ss.Open(ctxFor(t, 10*time.Second), "dying", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := uniqueKey(t)
+	g, err := b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, Session: s.ID, LockDelay: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(s.ExpiresAt.Add(200 * time.Millisecond)))
+	if n, err := b.sweepSessions(ctxFor(t, 20*time.Second)); err != nil || n != 0 {
+		t.Fatalf("sweep inside the lock-delay = %d (%v), want the expired session kept", n, err)
+	}
+	_, err = b.Acquire(ctxFor(t, 10*time.Second), backend.AcquireRequest{Key: key, TTL: 10 * time.Second})
+	var he *backend.HeldError
+	if !errors.As(err, &he) || he.Delay == nil || he.Delay.ExpiredToken != g.Token {
+		t.Fatalf("single try after the sweep: %v, want refused with the session grant's lock-delay", err)
+	}
 }

@@ -11,6 +11,8 @@
 //	<Root>/_idem/<shard>/<hash>                        persistent, one per idempotency key (idempotency.go)
 //	<Root>/_elect/<name>/...                           an election: the same queue, with values (election.go)
 //	<Root>/_sessions/<hash>                            persistent, one per session: its deadline (session.go)
+//	<Root>/_sem/<key>/...                              a counting semaphore (semaphore.go)
+//	<Root>/_rw/<key>/...                               a read-write lock (rwlock.go)
 //
 // The key's node is a container node (ZooKeeper 3.5.3 and later; Debian 12
 // ships 3.8): the server deletes it once its last child is gone, so millions
@@ -123,6 +125,11 @@ import (
 
 var _ backend.Backend = (*Backend)(nil)
 
+// rwDir is the read-write locks' namespace under Root (rwlock.go). Like
+// every name of lockd's own under Root it starts with '_', which no lock key
+// does, so List never takes it for a key.
+const rwDir = "/_rw"
+
 // Options configures a Backend. The zero value works.
 type Options struct {
 	// Root is the znode under which lock nodes live, created when missing.
@@ -191,6 +198,9 @@ type Backend struct {
 	// elect; sess is the bookkeeping of their sweeps.
 	sessRoot string
 	sess     *sessState
+	// semq and rwq keep the semaphores and read-write locks: Backends
+	// sharing conn whose Root is <Root>/_sem and <Root>/_rw. Nil in them.
+	semq, rwq *Backend
 }
 
 // New returns a backend on conn. The backend owns conn from then on: Close
@@ -219,9 +229,22 @@ func New(conn *zk.Conn, opts Options) *Backend {
 	elife, estop := context.WithCancel(life)
 	b.elect = &Backend{conn: conn, root: root + electDir, acl: acl, grace: grace, clock: opts.Clock, life: elife, stop: estop, elections: true, outage: followOutage}
 	b.sessRoot, b.elect.sessRoot = root, root
-	b.sess = &sessState{sweepEvery: sessSweepEvery}
+	b.sess = &sessState{sweepEvery: sessSweepEvery, delayKeep: backend.MaxLockDelay}
 	b.elect.sess = b.sess
+	// Semaphores and read-write locks keep their nodes in namespaces of
+	// their own (semaphore.go, rwlock.go), on the same conn and clock.
+	b.semq = b.sub(root + semDir)
+	b.rwq = b.sub(root + rwDir)
 	return b
+}
+
+// sub is a Backend sharing b's conn, clock, ACL and sessions, whose keys live
+// under root: a primitive's own namespace. Its expiries are not locks' (no
+// hooks).
+func (b *Backend) sub(root string) *Backend {
+	life, stop := context.WithCancel(b.life)
+	return &Backend{conn: b.conn, root: root, acl: b.acl, grace: b.grace, clock: b.clock, life: life, stop: stop,
+		outage: followOutage, sessRoot: b.sessRoot, sess: b.sess}
 }
 
 // Close stops background work and closes the connection; acquires still
@@ -229,14 +252,16 @@ func New(conn *zk.Conn, opts Options) *Backend {
 // deadlines.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
-		for _, x := range []*Backend{b.elect, b} {
+		all := []*Backend{b.elect, b.semq, b.rwq, b}
+		for _, x := range all {
 			x.bgMu.Lock()
 			x.closed = true
 			x.bgMu.Unlock()
 			x.stop()
 		}
-		b.elect.bg.Wait()
-		b.bg.Wait()
+		for _, x := range all {
+			x.bg.Wait()
+		}
 		b.conn.Close()
 	})
 	return nil
@@ -374,7 +399,7 @@ func (w *watched) has(kp string) bool {
 func parseQueue(names []string) []child {
 	q := make([]child, 0, len(names))
 	for _, n := range names {
-		if c, ok := parseChild(n); ok {
+		if c, ok := parseChild(n); ok && c.mode == "" {
 			q = append(q, c)
 		}
 	}
@@ -716,4 +741,13 @@ func (c *grantCache) drop(id string) {
 	c.mu.Lock()
 	delete(c.m, id)
 	c.mu.Unlock()
+}
+
+var _ backend.LockDelayer = (*Backend)(nil)
+
+// LockDelay implements backend.LockDelayer: every primitive keeps an expired
+// grant's node in place, delayed, until its deadline plus its lock-delay is
+// overdue (child.removable, semSlot.removable).
+func (b *Backend) LockDelay() backend.LockDelayFeatures {
+	return backend.LockDelayFeatures{Locks: true, Semaphores: true, RWLocks: true, Elections: true}
 }

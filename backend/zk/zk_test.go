@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,7 +141,7 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 // cannot do yet, and Clocked, an instance made by newB with opts and the
 // given clock.
 func clocked(newB func(*testing.T, Options) backend.Backend, opts Options) backendtest.Options {
-	return backendtest.Options{NoEventReplay: "ZooKeeper keeps no history of a key: a stream resumes only while the same grant holds", NoRWLocks: "not built yet", NoSemaphores: "not built yet", NoLockDelay: backendtest.NoLockDelays("not built yet"), Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
+	return backendtest.Options{NoEventReplay: "ZooKeeper keeps no history of a key: a stream resumes only while the same grant holds", Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
 		o := opts
 		o.Clock = c
 		return newB(t, o)
@@ -424,7 +425,7 @@ type faults struct {
 
 const (
 	opCreate = 1  // ZooKeeper's opcode for create
-	opMulti  = 14 // and for multi, which a keyed acquire creates with
+	opMulti  = 14 // and for multi, which every acquire creates with
 )
 
 func (c *faultyConn) Write(p []byte) (int, error) {
@@ -455,7 +456,7 @@ func (c *faultyConn) Read(p []byte) (int, error) {
 // protected prefix instead of queueing a second one behind an orphan.
 func TestLostCreateReplyLeavesNoOrphan(t *testing.T) {
 	z := sharedZK(t, 1)
-	f := &faults{}
+	f := &faults{multi: true} // the create rides in a multi-op with the token node's touch
 	conn := dial(t, z.Addrs(), zk.WithDialer(func(network, addr string, timeout time.Duration) (net.Conn, error) {
 		c, err := net.DialTimeout(network, addr, timeout)
 		if err != nil {
@@ -1595,4 +1596,64 @@ func slowLink(t *testing.T, proxy *toxiproxy.Proxy, ms int) {
 			t.Fatalf("latency toxic: %v", err)
 		}
 	}
+}
+
+// packetsReceived reads the server's count of client packets received
+// (mntr, a four-letter word the test server allows).
+func packetsReceived(tb testing.TB, addr string) int64 {
+	tb.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		tb.Fatalf("mntr: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("mntr")); err != nil {
+		tb.Fatalf("mntr: %v", err)
+	}
+	out, _ := io.ReadAll(c)
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "zk_packets_received\t"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	tb.Fatalf("mntr: no zk_packets_received in %q", out)
+	return 0
+}
+
+// BenchmarkUncontendedAcquireRequests counts the requests ZooKeeper
+// receives for one uncontended acquire of a key that exists (its release is
+// not counted), on a ZooKeeper of its own: go-zookeeper's zk.Lock makes two
+// (create, getChildren).
+func BenchmarkUncontendedAcquireRequests(b *testing.B) {
+	requireZK(b)
+	z := testserver.ZooKeeper(b, 1)
+	be := newBackend(b, z.Addrs(), Options{})
+	ctx := context.Background()
+	key := uniqueKey(b)
+	g, err := be.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: time.Minute}) // the key's node, the token node
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := be.Release(ctx, key, g.LeaseID); err != nil {
+		b.Fatal(err)
+	}
+	// mntr's own request counts too: measure it.
+	self := -packetsReceived(b, z.Addrs()[0]) + packetsReceived(b, z.Addrs()[0])
+	var requests, acquires int64
+	for b.Loop() {
+		before := packetsReceived(b, z.Addrs()[0])
+		g, err := be.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		requests += packetsReceived(b, z.Addrs()[0]) - before - self
+		acquires++
+		if err := be.Release(ctx, key, g.LeaseID); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(requests)/float64(acquires), "requests/acquire")
 }

@@ -17,7 +17,7 @@ import (
 // command they call, HMGET for Inspect, SCAN for List, PING.
 const lockdACL = "lockd on >lockd-pw resetchannels ~lockd:rl:* -@all " +
 	"+ping +eval +evalsha +scan +hmget " +
-	"+hget +hset +del +pexpire +pttl +incr +get +set"
+	"+hget +hset +del +pexpire +pttl +incr +get +set +time +zadd +zrem +zcount +zrangebyscore"
 
 // Every promise Redlock makes holds over three TLS-only masters that require
 // client certificates, as the least-privilege user.

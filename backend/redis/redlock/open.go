@@ -38,6 +38,12 @@ func Needs(prefix string) [][]string {
 		{"INCR", fence},
 		{"GET", fence},
 		{"SET", fence, "1"},
+		// semaphores (semaphore.go): each master's live permits by slot
+		{"TIME"},
+		{"ZADD", base + "live", "1", "0"},
+		{"ZREM", base + "live", "0"},
+		{"ZCOUNT", base + "live", "0", "1"},
+		{"ZRANGEBYSCORE", base + "live", "0", "1"},
 	}
 }
 

@@ -256,6 +256,35 @@ type failed struct {
 	// switched: an idempotent acquire found an earlier attempt's lease
 	// and tries again under it at once.
 	switched bool
+	// mismatch: masters that refused because their live semaphore has
+	// another size, by that size (semaphores only).
+	mismatch map[int]int
+}
+
+// A target is one Redlock mutex as every master keeps it: a lock, or one
+// slot of a semaphore. keys[0] is its hash {id, owner, token, exp, ttl},
+// keys[1] the fencing counter (fence.lua's KEYS); acquire runs one master's
+// half of an acquire (acquire.lua's answers, plus {-4, size} for a
+// semaphore of another size), release its half of a release (1: released
+// there).
+type target struct {
+	key     string
+	keys    []string
+	acquire func(c context.Context, m goredis.UniversalClient, id string, deadline time.Time) ([]any, error)
+	release func(c context.Context, m goredis.UniversalClient, id string) (int, error)
+}
+
+// lockTarget is the lock of key.
+func (b *Backend) lockTarget(req backend.AcquireRequest) target {
+	keys := b.keys(req.Key)
+	return target{key: req.Key, keys: keys,
+		acquire: func(c context.Context, m goredis.UniversalClient, id string, deadline time.Time) ([]any, error) {
+			return acquireScript.Run(c, m, keys, id, req.Owner, store.Ms(req.TTL), deadline.UnixMilli()).Slice()
+		},
+		release: func(c context.Context, m goredis.UniversalClient, id string) (int, error) {
+			return releaseScript.Run(c, m, keys[:1], id).Int()
+		},
+	}
 }
 
 // maxSplitRetries bounds the extra attempts past the wait after split
@@ -280,7 +309,7 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 		if req.Idempotency.Key != "" {
 			g, f, err = b.tryIdem(ctx, req, idem)
 		} else {
-			g, f, err = b.try(ctx, req)
+			g, f, err = b.try(ctx, b.lockTarget(req), req.Owner, req.TTL)
 		}
 		if err != nil {
 			return backend.Grant{}, err
@@ -325,15 +354,15 @@ func (b *Backend) Acquire(ctx context.Context, req backend.AcquireRequest) (back
 	}
 }
 
-// try makes one Redlock attempt. It returns a grant, or why none was made
-// (having undone any partial grant), or ctx's error.
-func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.Grant, *failed, error) {
-	keys := b.keys(req.Key)
+// try makes one Redlock attempt on t. It returns a grant, or why none was
+// made (having undone any partial grant), or ctx's error.
+func (b *Backend) try(ctx context.Context, t target, owner string, ttl time.Duration) (backend.Grant, *failed, error) {
+	keys := t.keys
 	id := lease.NewID()
 	start := time.Now()
-	deadline := lease.Deadline(start, req.TTL)
+	deadline := lease.Deadline(start, ttl)
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return acquireScript.Run(c, m, keys, id, req.Owner, store.Ms(req.TTL), deadline.UnixMilli()).Slice()
+		return t.acquire(c, m, id, deadline)
 	})
 	var (
 		granted  []int // masters that granted
@@ -341,6 +370,7 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 		maxToken uint64
 		holders  = map[string]*backend.Holder{}
 		votes    = map[string]int{}
+		mismatch map[int]int
 		errs     []error
 	)
 	for i, r := range replies {
@@ -349,6 +379,13 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 			continue
 		}
 		res := r.v.([]any)
+		if store.Int(res[0]) == -4 {
+			if mismatch == nil {
+				mismatch = map[int]int{}
+			}
+			mismatch[int(store.Int(res[1]))]++
+			continue
+		}
 		if store.Int(res[0]) == 1 {
 			granted = append(granted, i)
 			tokens[i] = uint64(store.Int(res[1]))
@@ -363,7 +400,7 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 	}
 	giveUp := func(f *failed) (backend.Grant, *failed, error) {
 		if len(granted) > 0 || len(errs) > 0 { // a timed-out master may have granted
-			b.releaseAll(keys, id)
+			b.releaseOn(t, id)
 		}
 		if err := ctx.Err(); err != nil {
 			return backend.Grant{}, nil, err
@@ -371,7 +408,7 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 		return backend.Grant{}, f, nil
 	}
 	if len(granted) < b.quorum {
-		f := &failed{}
+		f := &failed{mismatch: mismatch}
 		best := 0
 		for hid, n := range votes {
 			if n > best {
@@ -381,7 +418,7 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 		f.split = best < b.quorum
 		if len(b.masters)-len(errs) < b.quorum {
 			f.unavailable = fmt.Errorf("redlock acquire %q: %w: %d of %d masters answered, %d needed: %w",
-				req.Key, backend.ErrUnavailable, len(b.masters)-len(errs), len(b.masters), b.quorum, errors.Join(errs...))
+				t.key, backend.ErrUnavailable, len(b.masters)-len(errs), len(b.masters), b.quorum, errors.Join(errs...))
 		}
 		return giveUp(f)
 	}
@@ -409,30 +446,38 @@ func (b *Backend) try(ctx context.Context, req backend.AcquireRequest) (backend.
 		}
 		if ok < b.quorum {
 			return giveUp(&failed{unavailable: fmt.Errorf("redlock acquire %q: %w: the token reached %d masters, %d needed",
-				req.Key, backend.ErrUnavailable, ok, b.quorum)})
+				t.key, backend.ErrUnavailable, ok, b.quorum)})
 		}
 	}
-	validity := b.validity(start, req.TTL)
+	validity := b.validity(start, ttl)
 	if validity <= 0 {
 		// The majority was won too slowly to be worth anything.
 		return giveUp(&failed{slow: true, unavailable: fmt.Errorf("redlock acquire %q: %w: majority won after %v, no validity left of a %v TTL",
-			req.Key, backend.ErrUnavailable, time.Since(start).Round(time.Millisecond), req.TTL)})
+			t.key, backend.ErrUnavailable, time.Since(start).Round(time.Millisecond), ttl)})
 	}
-	g := backend.Grant{Key: req.Key, LeaseID: id, Token: maxToken, Owner: req.Owner, TTL: validity, ExpiresAt: lease.Deadline(start, validity)}
+	g := backend.Grant{Key: t.key, LeaseID: id, Token: maxToken, Owner: owner, TTL: validity, ExpiresAt: lease.Deadline(start, validity)}
 	if err := ctx.Err(); err != nil { // granted as the caller gave up
-		b.releaseAll(keys, id)
+		b.releaseOn(t, id)
 		return backend.Grant{}, nil, err
 	}
 	return g, nil, nil
 }
 
-// releaseAll deletes id's grant on every master, on its own deadline: the
-// caller's context may be over. A master that misses it lets it expire.
+// releaseAll deletes id's grant of the lock keys[0] on every master, on its
+// own deadline: the caller's context may be over. A master that misses it
+// lets it expire.
 func (b *Backend) releaseAll(keys []string, id string) {
+	b.releaseOn(target{keys: keys, release: func(c context.Context, m goredis.UniversalClient, id string) (int, error) {
+		return releaseScript.Run(c, m, keys[:1], id).Int()
+	}}, id)
+}
+
+// releaseOn deletes id's grant of t on every master, as releaseAll does.
+func (b *Backend) releaseOn(t target, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*b.opts.NodeTimeout)
 	defer cancel()
 	b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return releaseScript.Run(c, m, keys[:1], id).Int()
+		return t.release(c, m, id)
 	})
 }
 
@@ -441,16 +486,29 @@ func (b *Backend) releaseAll(keys []string, id string) {
 // validity. A lease that no longer holds a majority is released everywhere.
 func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (backend.Grant, error) {
 	keys := b.keys(key)
+	g, _, err := b.renewOn(ctx, b.lockTarget(backend.AcquireRequest{Key: key}), leaseID, ttl, func(c context.Context, m goredis.UniversalClient, ttlMS int64, start time.Time) (any, error) {
+		return renewScript.Run(c, m, keys[:1], leaseID, ttlMS, start.UnixMilli()).Result()
+	})
+	return g, err
+}
+
+// renewOn is Renew on t, whose masters answer run with {owner, token, ttl
+// ms, extra...} or a non-table when the lease does not hold there. extra
+// is the first extra field (a semaphore's size) of the masters that held.
+func (b *Backend) renewOn(ctx context.Context, t target, leaseID string, ttl time.Duration,
+	run func(c context.Context, m goredis.UniversalClient, ttlMS int64, start time.Time) (any, error)) (backend.Grant, int64, error) {
+	key := t.key
 	start := time.Now()
 	ttlMS := int64(0) // keep the lease's TTL, as each master stored it
 	if ttl > 0 {
 		ttlMS = store.Ms(ttl)
 	}
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return renewScript.Run(c, m, keys[:1], leaseID, ttlMS, start.UnixMilli()).Result()
+		return run(c, m, ttlMS, start)
 	})
 	g := backend.Grant{Key: key, LeaseID: leaseID}
 	var ttls []time.Duration // the TTL each master that still held it set
+	var extra int64
 	errs := 0
 	for _, r := range replies {
 		if r.err != nil {
@@ -461,11 +519,14 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			g.Owner = store.Str(res[0])
 			g.Token = max(g.Token, uint64(store.Int(res[1])))
 			ttls = append(ttls, time.Duration(store.Int(res[2]))*time.Millisecond)
+			if len(res) > 3 {
+				extra = store.Int(res[3])
+			}
 		}
 	}
 	held := len(ttls)
 	if err := ctx.Err(); err != nil {
-		return backend.Grant{}, err
+		return backend.Grant{}, 0, err
 	}
 	if held >= b.quorum {
 		// The lease holds while a majority holds it: until the quorum-th
@@ -477,15 +538,15 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 		// without a ttl_ms does not shorten the lease step by step.
 		if validity := b.validity(start, ttls[b.quorum-1]); validity > 0 {
 			g.TTL, g.ExpiresAt = validity, lease.Deadline(start, validity)
-			return g, nil
+			return g, extra, nil
 		}
 	}
 	if held+errs >= b.quorum {
-		return backend.Grant{}, fmt.Errorf("redlock renew %q: %w: %d of %d masters renewed, %d did not answer",
+		return backend.Grant{}, 0, fmt.Errorf("redlock renew %q: %w: %d of %d masters renewed, %d did not answer",
 			key, backend.ErrUnavailable, held, len(b.masters), errs)
 	}
-	b.releaseAll(keys, leaseID)
-	return backend.Grant{}, fmt.Errorf("redlock renew %q: %w", key, backend.ErrLeaseExpired)
+	b.releaseOn(t, leaseID)
+	return backend.Grant{}, 0, fmt.Errorf("redlock renew %q: %w", key, backend.ErrLeaseExpired)
 }
 
 // Release implements backend.Backend. It deletes the lease's copy on every
@@ -494,8 +555,14 @@ func (b *Backend) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 // copy until it expires, and the masters that did can form a majority
 // without it.
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
+	return b.releaseMajority(ctx, b.lockTarget(backend.AcquireRequest{Key: key}), leaseID)
+}
+
+// releaseMajority is Release on t.
+func (b *Backend) releaseMajority(ctx context.Context, t target, leaseID string) error {
+	key := t.key
 	replies := b.each(ctx, func(c context.Context, m goredis.UniversalClient) (any, error) {
-		return releaseScript.Run(c, m, b.keys(key)[:1], leaseID).Int()
+		return t.release(c, m, leaseID)
 	})
 	released, errs := 0, 0
 	for _, r := range replies {

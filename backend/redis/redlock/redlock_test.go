@@ -45,9 +45,9 @@ var conformanceOptions = backendtest.Options{
 	NoElections:      NoElections,
 	NoWatch:          NoWatch,
 	NoSessions:       NoSessions,
-	NoSemaphores:     "not built yet",
+	NoSemaphoreFIFO:  NoSemaphoreFIFO,
 	NoRWLocks:        NoRWLocks,
-	NoLockDelay:      backendtest.NoLockDelays("not built yet"),
+	NoLockDelay:      NoLockDelay,
 }
 
 // Redlock leaves elections and key events out on purpose, says why in the
@@ -67,7 +67,9 @@ func TestUnsupportedSaysWhy(t *testing.T) {
 		t.Error("Redlock implements backend.RWLocker, yet declares rwlocks unsupported")
 	}
 	u := b.(backend.Unsupported).Unsupported()
-	want := map[string]string{"elections": NoElections, "events": NoWatch, "sessions": NoSessions, "rwlocks": NoRWLocks}
+	want := map[string]string{"elections": NoElections, "events": NoWatch, "sessions": NoSessions, "rwlocks": NoRWLocks,
+		"lock_delay.locks": NoLockDelay["locks"], "lock_delay.semaphores": NoLockDelay["semaphores"],
+		"lock_delay.rwlocks": NoRWLocks, "lock_delay.elections": NoElections}
 	if len(u) != len(want) {
 		t.Errorf("Unsupported() = %v, want the reasons for %v", u, want)
 	}

@@ -24,10 +24,32 @@ const (
 		"(a writer could win a majority that misses a live reader); use etcd or redis for read-write locks"
 )
 
-var _ backend.Unsupported = (*Backend)(nil)
+// NoLockDelay is why Redlock delays no primitive after an expiry, by
+// primitive (backend.LockDelayFeature keys them in Unsupported).
+var NoLockDelay = map[string]string{
+	backend.PrimitiveLocks: "not built yet: each master forgets an expired copy at its own PEXPIRE; a delay needs every master to keep " +
+		"the expired copy and judge deadline + delay on its own clock, and release, renew, inspect and idempotent retries to tell " +
+		"a delayed copy from a live one; use redis, etcd or zk for lock-delay",
+	backend.PrimitiveSemaphores: "not built yet: a permit is a slot's Redlock mutex, and Redlock locks have no lock-delay yet",
+	backend.PrimitiveRWLocks:    NoRWLocks,
+	backend.PrimitiveElections:  NoElections,
+}
+
+var (
+	_ backend.Unsupported = (*Backend)(nil)
+	_ backend.LockDelayer = (*Backend)(nil)
+)
+
+// LockDelay implements backend.LockDelayer: nothing is delayed (NoLockDelay
+// says why).
+func (b *Backend) LockDelay() backend.LockDelayFeatures { return backend.LockDelayFeatures{} }
 
 // Unsupported implements backend.Unsupported.
 func (b *Backend) Unsupported() map[string]string {
-	return map[string]string{backend.FeatureElections: NoElections, backend.FeatureEvents: NoWatch, backend.FeatureSessions: NoSessions,
+	u := map[string]string{backend.FeatureElections: NoElections, backend.FeatureEvents: NoWatch, backend.FeatureSessions: NoSessions,
 		backend.FeatureRWLocks: NoRWLocks}
+	for p, why := range NoLockDelay {
+		u[backend.LockDelayFeature(p)] = why
+	}
+	return u
 }

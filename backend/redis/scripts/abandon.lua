@@ -11,17 +11,17 @@ end
 local idempotent = ARGV[4] == '1'
 local now = now_ms()
 reap(now)
-local h = redis.call('HMGET', lock, 'id', 'token', 'owner', 'value', 's')
-local id = h[1]
+local h, delayed = holder(now, 'id', 'owner', 'value')
+local id = h and h[5]
 if id == ARGV[2] then
   if not idempotent then
     redis.call('DEL', lock)
-    if h[5] then redis.call('SREM', h[5] .. ':g', base_of()) end
-    emit(now, 'r', h[2], h[3], h[4], 0)
+    if h[2] then redis.call('SREM', h[2] .. ':g', base_of()) end
+    emit(now, 'r', h[4], h[6], h[7], 0)
     id = false
   end
 elseif idempotent then
   redis.call('DEL', KEYS[6])
 end
-if not id then wake(now, ARGV[3]) end
+if not id and not delayed then wake(now, ARGV[3]) end
 return 1

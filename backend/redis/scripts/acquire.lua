@@ -1,6 +1,7 @@
 -- ARGV: lease id, owner, ttl ms, waiter id ('' for a single try), heartbeat
 -- timeout ms, idempotency fingerprint ('' for none), idempotency record
--- retention ms, value (an election's; '' for a lock). KEYS[6] is the
+-- retention ms, value (an election's; '' for a lock), lock-delay ms (0:
+-- none). KEYS[6] is the
 -- idempotency record (unused without one); KEYS[7], when given, the session
 -- hash the grant is to live in (ARGV[3] is then unused).
 -- Returns {granted, owner, token, expires ms, now ms, held, lease id, ttl
@@ -8,28 +9,33 @@
 -- (granted, under the lease id returned), 0 (not yet), -4 (the session is
 -- over: nothing was done), or for an idempotent retry -1 (its grant ended),
 -- -2 (the key was used by another request) or -3 (its first attempt still
--- waits: {-3, lease id, waiter id} to wait in its place).
+-- waits: {-3, lease id, waiter id} to wait in its place). When not granted
+-- for a lock-delay, {0, ..., delay's end ms, the expired grant's token}
+-- follow (else 0, 0).
 local waiter = ARGV[4]
 local idem, record = ARGV[6] or '', KEYS[6]
 local skey = KEYS[7]
 
--- The answer for the grant in the lock hash h = {owner, token, exp, ttl, s}.
+local delay = tonumber(ARGV[9]) or 0
+
+-- The answer for the live grant h (holder's: exp, s, d, token, owner, ttl).
 local function granted(h, now, id)
-  local exp, ttl, ins = tonumber(h[3]), tonumber(h[4]) or 0, 0
-  if h[5] then
-    exp, ttl = session_deadline(h[5])
+  local exp, ttl, ins = tonumber(h[1]), tonumber(h[6]) or 0, 0
+  if h[2] then
+    exp, ttl = session_deadline(h[2])
     ins = 1
   end
-  return {1, h[1], tonumber(h[2]), exp, now, 0, id, ttl, ins, 0}
+  return {1, h[5], tonumber(h[4]), exp, now, 0, id, ttl, ins, 0, 0, 0}
 end
 
 if idem ~= '' then
   local r = redis.call('HMGET', record, 'f', 'l', 'w')
   if r[1] and r[2] ~= ARGV[1] then
     if r[1] ~= idem then return {-2} end
-    local h = redis.call('HMGET', lock, 'owner', 'token', 'exp', 'ttl', 's', 'id')
-    if h[6] == r[2] then
-      return granted(h, now_ms(), r[2])
+    local t = now_ms()
+    local h = holder(t, 'owner', 'ttl', 'id')
+    if h and h[7] == r[2] then
+      return granted(h, t, r[2])
     end
     if r[3] ~= '' and redis.call('ZSCORE', beats, r[3]) then
       return {-3, r[2], r[3]}
@@ -67,20 +73,26 @@ local function enqueue()
   remember()
 end
 
-local h = redis.call('HMGET', lock, 'owner', 'token', 'exp', 'ttl', 's', 'id')
-if h[6] == ARGV[1] then
+local h, delayed = holder(now, 'owner', 'ttl', 'id')
+if h and h[7] == ARGV[1] then
   -- Our own grant (a re-run after a lost reply, or a twin waiting in the
   -- same place): the same grant again.
   return granted(h, now, ARGV[1])
 end
-if h[2] then
+if h then
   enqueue()
-  return {0, h[1], tonumber(h[2]), deadline(h[3], h[5]), now, 1, '', 0, 0, sexp}
+  return {0, h[5], tonumber(h[4]), deadline(h[1], h[2]), now, 1, '', 0, 0, sexp, 0, 0}
+end
+if delayed then
+  -- An expired grant's lock-delay: nobody holds, nobody is granted; the
+  -- waiters keep their places and wake at its end.
+  enqueue()
+  return {0, '', 0, 0, now, 0, '', 0, 0, sexp, delayed[1], delayed[2]}
 end
 if head and head ~= waiter then
   -- Free, but promised to the waiter at the head, who has been woken.
   enqueue()
-  return {0, '', 0, 0, now, 0, '', 0, 0, sexp}
+  return {0, '', 0, 0, now, 0, '', 0, 0, sexp, 0, 0}
 end
 if head then
   redis.call('LPOP', queue)
@@ -94,6 +106,7 @@ if skey then
   -- before the session can outlive it).
   local gc = tonumber(redis.call('HGET', skey, 'gc')) or (sexp + keep_ms)
   redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', sexp, 'ttl', sttl, 'value', value, 's', skey)
+  if delay > 0 then redis.call('HSET', lock, 'd', delay) end
   redis.call('PEXPIRE', lock, gc - now)
   local set = skey .. ':g'
   redis.call('SADD', set, base_of())
@@ -101,11 +114,16 @@ if skey then
   emit(now, 'a', token, ARGV[2], value, sexp)
   redis.call('PEXPIRE', stream, gc - now + keep_ms)
   remember()
-  return {1, ARGV[2], token, sexp, now, 0, ARGV[1], sttl, 1, 0}
+  return {1, ARGV[2], token, sexp, now, 0, ARGV[1], sttl, 1, 0, 0, 0}
 end
 local exp = now + tonumber(ARGV[3])
-redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3], 'value', value)
-redis.call('PEXPIRE', lock, ARGV[3])
+if delay > 0 then
+  redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3], 'value', value, 'd', delay)
+else
+  redis.call('HSET', lock, 'id', ARGV[1], 'owner', ARGV[2], 'token', token, 'exp', exp, 'ttl', ARGV[3], 'value', value)
+end
+-- The hash outlives the deadline by the lock-delay (reap keeps it then).
+redis.call('PEXPIRE', lock, tonumber(ARGV[3]) + delay)
 emit(now, 'a', token, ARGV[2], value, exp)
 remember()
-return {1, ARGV[2], token, exp, now, 0, ARGV[1], tonumber(ARGV[3]), 0, 0}
+return {1, ARGV[2], token, exp, now, 0, ARGV[1], tonumber(ARGV[3]), 0, 0, 0, 0}

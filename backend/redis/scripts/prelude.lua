@@ -13,6 +13,21 @@ local function use(base)
   lock, fence, queue, beats, stream = base .. 'lock', base .. 'fence', base .. 'q', base .. 'qt', base .. 'ev'
 end
 
+-- What a session's grant set member m names, under the backend's key
+-- prefix: 'lock' (a lock's or an election's base: the grant is the one its
+-- lock hash holds), or 'sem' / 'rw' with the base of a semaphore's or an
+-- rwlock's keys and the grant's lease id after it. Every base ends with
+-- '}:', and lease ids have neither '}' nor ':'.
+local function session_member(m, prefix)
+  local base, id = string.match(m, '^(.*}:)([^}:]*)$')
+  if not base then return nil end
+  if id == '' then return 'lock', base end
+  local rest = string.sub(base, #prefix + 1)
+  if string.sub(rest, 1, 3) == 's:{' then return 'sem', base, id end
+  if string.sub(rest, 1, 4) == 'rw:{' then return 'rw', base, id end
+  return nil
+end
+
 -- The base of the current key's keys: how a session's grant set names it.
 local function base_of()
   return string.sub(lock, 1, -5)
@@ -25,6 +40,21 @@ end
 local function session_deadline(s)
   local r = redis.call('HMGET', s, 'exp', 'ttl')
   return tonumber(r[1]) or 0, tonumber(r[2]) or 0
+end
+
+-- A session's deadline, TTL and garbage bound gc (its grants' keys are kept
+-- at least that long), read once per script run; a session gone reads as
+-- a deadline long past. (For the semaphore and rwlock scripts, whose
+-- grants in a session may be many per key.)
+local session_cache = {}
+local function session_info(s)
+  local c = session_cache[s]
+  if not c then
+    local r = redis.call('HMGET', s, 'exp', 'ttl', 'gc')
+    c = {tonumber(r[1]) or 0, tonumber(r[2]) or 0, tonumber(r[3]) or 0}
+    session_cache[s] = c
+  end
+  return c[1], c[2], c[3]
 end
 
 -- The deadline of a holder whose lock hash has exp e and session s.
@@ -83,18 +113,52 @@ local function emit(now, kind, token, owner, value, exp)
   redis.call('PEXPIRE', stream, math.max(exp - now, 0) + keep_ms)
 end
 
+-- backend.MaxLockDelay in ms: a session's hash outlives its deadline by it,
+-- so that a grant in it that expired still knows its deadline for its
+-- lock-delay (every session script compares exp with now, never asks
+-- whether the hash exists).
+local max_lock_delay = 60000
+
+-- A grant's lock-delay (field d of its lock hash, ms; absent: none): a grant
+-- that ends by expiry keeps its lock hash, not a holder but "delayed", until
+-- its deadline + d, and nothing is granted on the key meanwhile; a release
+-- deletes the hash, which lifts it. The hash's own expiry outlives
+-- deadline + d (acquire.lua, renew.lua). Returns the delay's end, or nil
+-- when the grant with deadline e and delay d is live (e > now) or its delay
+-- is over.
+local function delayed_until(e, d, now)
+  if e > now then return nil end
+  local u = e + (tonumber(d) or 0)
+  if u > now then return u end
+  return nil
+end
+
 -- Redis expires a lease's key unseen. Whoever looks next (an acquire, a
 -- renew, an observer's timer at the deadline) removes a grant whose deadline
--- passed and logs its expiry, once.
+-- passed and logs its expiry, once. A grant inside its lock-delay stays
+-- (expired, logged, not a holder) until the delay ends.
 local function reap(now)
-  local h = redis.call('HMGET', lock, 'token', 'exp', 's')
+  local h = redis.call('HMGET', lock, 'token', 'exp', 's', 'd')
   if h[1] then
     local e = deadline(h[2], h[3])
     if not e or e > now then return end
-    redis.call('DEL', lock)
+    if not delayed_until(e, h[4], now) then redis.call('DEL', lock) end
   end
   local last = last_event()
   if last and (last.e == 'a' or last.e == 'p') then
     emit(now, 'x', last.t, last.o, last.v, last.x)
   end
+end
+
+-- The lock's live holder after reap: its hash fields as asked for (names),
+-- or nil, and the lock-delay in force {until, token} (nil: none). names
+-- must not include exp, s, d or token: they come first.
+local function holder(now, ...)
+  local h = redis.call('HMGET', lock, 'exp', 's', 'd', 'token', ...)
+  if not h[4] then return nil, nil end
+  local e = deadline(h[1], h[2]) or 0
+  if e > now then return h, nil end
+  local u = delayed_until(e, h[3], now)
+  if u then return nil, {u, tonumber(h[4])} end
+  return nil, nil
 end

@@ -5,8 +5,7 @@ if ARGV[1] ~= '' then
   redis.call('LREM', queue, 0, ARGV[1])
   redis.call('ZREM', beats, ARGV[1])
 end
-redis.call('HDEL', holders, ARGV[2])
 local now = now_ms()
-local hs = live(now)
-wake(hs, waiters(now), ARGV[3])
+local hs = rw_drop(rw_live(now), ARGV[2])
+rw_wake(hs, rw_waiters(now), ARGV[3])
 return 1

@@ -1,13 +1,14 @@
 -- ARGV: lease id, wake channel. Returns 1 when released, 0 when the lease
--- holds nothing (expired, released, unknown). Wakes whoever may go now.
+-- holds nothing (expired — inside its lock-delay too, which stays —,
+-- released, unknown). Wakes whoever may go now.
 local now = now_ms()
-local hs = live(now)
-if not redis.call('HGET', holders, ARGV[1]) then return 0 end
-redis.call('HDEL', holders, ARGV[1])
-local left = {}
+local hs, delays = rw_live(now)
+local held = false
 for _, h in ipairs(hs) do
-  if h.id ~= ARGV[1] then left[#left + 1] = h end
+  if h.id == ARGV[1] then held = true end
 end
-keep(left, now)
-wake(left, waiters(now), ARGV[2])
+if not held then return 0 end
+local left = rw_drop(hs, ARGV[1])
+rw_keep(left, now, delays)
+rw_wake(left, rw_waiters(now), ARGV[2])
 return 1

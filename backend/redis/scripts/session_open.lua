@@ -8,5 +8,5 @@ local now = now_ms()
 local ttl = tonumber(ARGV[2])
 local exp = now + ttl
 redis.call('HSET', s, 'owner', ARGV[1], 'ttl', ttl, 'exp', exp, 'gc', exp + keep_ms)
-redis.call('PEXPIRE', s, ttl)
+redis.call('PEXPIRE', s, ttl + max_lock_delay)
 return {ARGV[1], ttl, exp}
