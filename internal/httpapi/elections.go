@@ -145,7 +145,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
-		stop := context.AfterFunc(stoppingCtx{s.stopping}, func() { cancel(errShuttingDown) })
+		stop := context.AfterFunc(s.stopCtx, func() { cancel(errShuttingDown) })
 		defer stop()
 		s.m.waiters.Inc()
 		defer s.m.waiters.Dec()

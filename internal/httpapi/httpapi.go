@@ -75,8 +75,12 @@ type Server struct {
 	clock  clockWatch
 	routes routeCache
 
-	stopOnce sync.Once
-	stopping chan struct{} // closed by Stopping: long polls end with shutting_down
+	// stopCtx ends when Stopping is called: long polls end with
+	// shutting_down. A cancel context, so that AfterFunc on it needs no
+	// goroutine per waiter.
+	stopCtx  context.Context
+	stopping <-chan struct{} // stopCtx.Done()
+	stop     context.CancelFunc
 }
 
 // New returns the API over b.
@@ -93,7 +97,9 @@ func New(b backend.Backend, opts Options) *Server {
 	if opts.BodyTimeout <= 0 {
 		opts.BodyTimeout = 30 * time.Second
 	}
-	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger, stopping: make(chan struct{})}
+	s := &Server{b: b, opts: opts, m: opts.Metrics, log: opts.Logger}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
+	s.stopping = s.stopCtx.Done()
 	if b != nil {
 		s.m.held.use(b)
 	}
@@ -138,7 +144,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // Stopping ends every long poll with a shutting_down problem; call it before
 // http.Server.Shutdown so that waiters do not hold the shutdown up. Requests
 // that do not wait run to completion.
-func (s *Server) Stopping() { s.stopOnce.Do(func() { close(s.stopping) }) }
+func (s *Server) Stopping() { s.stop() }
 
 // statusClientClosed is how a request whose client left before its answer
 // is counted (nginx's "client closed request"). It is never sent: there is
@@ -437,7 +443,7 @@ func (s *Server) longPoll(ctx context.Context, wait time.Duration) (context.Cont
 		return ctx, func() {}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(stoppingCtx{s.stopping}, func() { cancel(errShuttingDown) })
+	stop := context.AfterFunc(s.stopCtx, func() { cancel(errShuttingDown) })
 	s.m.waiters.Inc()
 	return ctx, func() {
 		s.m.waiters.Dec()
@@ -507,21 +513,6 @@ func outcome(err error) string {
 	}
 	return "error"
 }
-
-// stoppingCtx lets context.AfterFunc watch the stopping channel.
-type stoppingCtx struct{ done chan struct{} }
-
-func (c stoppingCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c stoppingCtx) Done() <-chan struct{}       { return c.done }
-func (c stoppingCtx) Err() error {
-	select {
-	case <-c.done:
-		return context.Canceled
-	default:
-		return nil
-	}
-}
-func (c stoppingCtx) Value(any) any { return nil }
 
 // leaseRequest is the prelude renew and release share: the key, the body
 // (into body, whose lease id is at leaseID) and the lease id checked, then
