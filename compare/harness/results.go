@@ -52,6 +52,9 @@ type BackendRun struct {
 	History *HistoryResult `json:"history,omitempty"`
 	// Election is the election-failover scenario.
 	Election *ElectionResult `json:"election,omitempty"`
+	// Semaphores and RWLocks are the semaphores and rwlocks scenarios.
+	Semaphores *SemaphorePerf `json:"semaphores,omitempty"`
+	RWLocks    *RWLockPerf    `json:"rwlocks,omitempty"`
 	// Steps is how long each step took, beside its estimate.
 	Steps []StepTime `json:"steps,omitempty"`
 }
