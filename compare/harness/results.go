@@ -173,6 +173,10 @@ type CorrectnessCell struct {
 	// Leadership is the leadership workload that ran beside the lock
 	// workload (nil when the backend keeps no elections).
 	Leadership *LeadershipResult `json:"leadership,omitempty"`
+	// Semaphore and RWLock are the primitive workloads that ran beside it
+	// (nil when the backend does not keep it).
+	Semaphore *SemaphoreWork `json:"semaphore,omitempty"`
+	RWLock    *RWLockWork    `json:"rwlock,omitempty"`
 
 	// Checks is the verdict: every named check with its threshold. Pass is
 	// true only when every check that applies passed; Why lists the ones

@@ -204,3 +204,80 @@ func rwStatus(r *RWLockPerf) string {
 	}
 	return out
 }
+
+// rwRegister records who holds a read-write lock in which mode: a writer
+// holding together with any other holder, both valid by their own
+// deadlines, is an overlap.
+type rwRegister struct {
+	mu     sync.Mutex
+	inside map[int]rwInside
+	rwStats
+}
+
+type rwInside struct {
+	mode     string
+	deadline time.Time
+}
+
+type rwStats struct {
+	overlaps, expired, writes, reads, shared int64
+	first                                    string
+}
+
+func newRWRegister() *rwRegister { return &rwRegister{inside: map[int]rwInside{}} }
+
+// hold notes that client holds in mode from now, and counts the overlaps
+// with those holding already.
+func (r *rwRegister) hold(client int, mode string, deadline, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if mode == backend.ModeWrite {
+		r.writes++
+	} else {
+		r.reads++
+	}
+	shared := false
+	for c, in := range r.inside {
+		if c == client {
+			continue
+		}
+		valid := now.Before(in.deadline) && now.Before(deadline)
+		switch {
+		case mode != backend.ModeWrite && in.mode != backend.ModeWrite:
+			shared = shared || valid
+		case valid:
+			r.overlaps++
+			if r.first == "" {
+				r.first = fmt.Sprintf("client %d was granted %s mode while client %d held %s mode, both valid", client, mode, c, in.mode)
+			}
+		default:
+			r.expired++
+		}
+	}
+	if shared {
+		r.shared++
+	}
+	r.inside[client] = rwInside{mode: mode, deadline: deadline}
+}
+
+// extend moves client's deadline after a renew.
+func (r *rwRegister) extend(client int, deadline time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if in, ok := r.inside[client]; ok {
+		in.deadline = deadline
+		r.inside[client] = in
+	}
+}
+
+func (r *rwRegister) leave(client int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.inside, client)
+}
+
+func (r *rwRegister) stats() rwStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rwStats
+}

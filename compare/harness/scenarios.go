@@ -331,6 +331,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 		current = soak.current
 	}
 	lead := startLeadership(runCtx, cfg, current, plan.noLeadership)
+	prims := startPrimitives(runCtx, cfg, current, plan.noLeadership)
 	tl.start = time.Now()
 	res := w.run(runCtx, progress)
 	cancel()
@@ -358,6 +359,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	cell.Events = tl.evs
 	cell.fill(res, cfg, in)
 	lead.finish(&cell)
+	prims.finish(&cell)
 	return cell
 }
 

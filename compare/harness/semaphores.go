@@ -298,3 +298,98 @@ func semaphoreStatus(s *SemaphorePerf) string {
 	}
 	return out
 }
+
+// semRegister is the resource of the semaphore workload: a fenced register
+// per slot, each refusing a token lower than the highest it has taken, and
+// a record of who is inside with which permit.
+type semRegister struct {
+	permits int
+
+	mu      sync.Mutex
+	inside  map[int]semInside // client → its permit, while held
+	highest map[int]uint64    // slot → highest token taken
+	semStats
+}
+
+type semInside struct {
+	slot     int
+	token    uint64
+	deadline time.Time
+}
+
+type semStats struct {
+	overN, regressions, writes, refused int64
+	most                                int
+	firstOverN, firstRegression         string
+}
+
+func newSemRegister(permits int) *semRegister {
+	return &semRegister{permits: permits, inside: map[int]semInside{}, highest: map[int]uint64{}}
+}
+
+// hold notes that client holds a permit from now: more than permits valid
+// permits held at once (the newcomer's included) is a violation.
+func (r *semRegister) hold(client, slot int, token uint64, deadline, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inside[client] = semInside{slot: slot, token: token, deadline: deadline}
+	live := 0
+	var who []string
+	for c, in := range r.inside {
+		if now.Before(in.deadline) {
+			live++
+			who = append(who, fmt.Sprintf("client %d slot %d token %d", c, in.slot, in.token))
+		}
+	}
+	r.most = max(r.most, live)
+	if live > r.permits && now.Before(deadline) {
+		r.overN++
+		if r.firstOverN == "" {
+			r.firstOverN = fmt.Sprintf("%d valid permits held at once: %v", live, who)
+		}
+	}
+}
+
+// write is client's write to its slot's register: refused below the
+// slot's highest token; a lower token within the writer's own lease is a
+// regression of the slot's tokens.
+func (r *semRegister) write(client, slot int, token uint64, deadline, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hi := r.highest[slot]
+	if token < hi {
+		r.refused++
+		if now.Before(deadline) {
+			r.regressions++
+			if r.firstRegression == "" {
+				r.firstRegression = fmt.Sprintf("client %d wrote slot %d with token %d, %s before its deadline, after the slot had taken token %d",
+					client, slot, token, deadline.Sub(now).Round(time.Millisecond), hi)
+			}
+		}
+		return
+	}
+	r.highest[slot] = token
+	r.writes++
+}
+
+// extend moves client's deadline after a renew.
+func (r *semRegister) extend(client int, deadline time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if in, ok := r.inside[client]; ok {
+		in.deadline = deadline
+		r.inside[client] = in
+	}
+}
+
+func (r *semRegister) leave(client int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.inside, client)
+}
+
+func (r *semRegister) stats() semStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.semStats
+}
