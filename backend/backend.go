@@ -74,9 +74,15 @@ type Opened struct {
 type HeldError struct {
 	Key    string
 	Holder *Holder
+	// Delay is set when a lock-delay kept the acquire out (see
+	// LockDelayer); Holder is then nil.
+	Delay *Delay
 }
 
 func (e *HeldError) Error() string {
+	if e.Delay != nil && e.Holder == nil {
+		return fmt.Sprintf("lock %q delayed until %s (token %d expired)", e.Key, e.Delay.Until.Format(time.RFC3339Nano), e.Delay.ExpiredToken)
+	}
 	if e.Holder == nil {
 		return fmt.Sprintf("lock %q held", e.Key)
 	}
@@ -109,6 +115,9 @@ type AcquireRequest struct {
 	// Idempotency, when its Key is set, makes a retry of this acquire safe;
 	// see Idempotent.
 	Idempotency Idempotency
+	// LockDelay, 0..MaxLockDelay, is how long nothing is granted in this
+	// grant's place after it expires (see LockDelayer).
+	LockDelay time.Duration
 }
 
 // Idempotency identifies one logical acquire across its retries. The HTTP
@@ -178,6 +187,8 @@ type LockState struct {
 	Held    bool
 	Holder  *Holder // nil when not held
 	Waiters int     // queued acquirers, when the backend can count them
+	// DelayedUntil is the end of a lock-delay in force (zero: none).
+	DelayedUntil time.Time
 }
 
 // Backend holds lock state. All methods are safe for concurrent use.
@@ -360,6 +371,8 @@ type CampaignRequest struct {
 	Wait  time.Duration
 	// Session, when set, replaces TTL as for AcquireRequest.Session.
 	Session string
+	// LockDelay as for AcquireRequest.LockDelay.
+	LockDelay time.Duration
 }
 
 // Leadership is a won election: the leader's own view, with its capability.
@@ -386,6 +399,8 @@ type ElectionState struct {
 	Name       string
 	Leader     *Leader // nil when nobody leads
 	Candidates int     // waiting behind the leader
+	// DelayedUntil is the end of a lock-delay in force (zero: none).
+	DelayedUntil time.Time
 }
 
 // Reasons an election has no leader.
@@ -415,9 +430,14 @@ type NoLeader struct {
 type NotLeaderError struct {
 	Name   string
 	Leader *Leader // nil when nobody could be read as leader
+	// Delay is set when a lock-delay kept the candidate out.
+	Delay *Delay
 }
 
 func (e *NotLeaderError) Error() string {
+	if e.Delay != nil && e.Leader == nil {
+		return fmt.Sprintf("election %q delayed until %s (term %d expired)", e.Name, e.Delay.Until.Format(time.RFC3339Nano), e.Delay.ExpiredToken)
+	}
 	if e.Leader == nil {
 		return fmt.Sprintf("election %q: not leader", e.Name)
 	}

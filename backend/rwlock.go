@@ -128,6 +128,9 @@ type RWState struct {
 	Holders []RWHolder
 	// WaitingReaders and WaitingWriters count the queued acquirers.
 	WaitingReaders, WaitingWriters int
+	// DelayedUntil is the end of a lock-delay in force (zero: none): of
+	// an expired writer (delaying both modes) or reader (delaying writers).
+	DelayedUntil time.Time
 }
 
 // RWHeldError is returned (wrapping ErrHeld) when an rwlock acquire gives
@@ -136,6 +139,8 @@ type RWState struct {
 type RWHeldError struct {
 	Key     string
 	Holders []RWHolder
+	// Delay is set when a lock-delay kept the acquire out.
+	Delay *Delay
 }
 
 func (e *RWHeldError) Error() string {

@@ -119,6 +119,9 @@ type SemaphoreRequest struct {
 	Wait time.Duration
 	// Idempotency, honoured only when Features().Idempotency is set.
 	Idempotency Idempotency
+	// LockDelay as for AcquireRequest.LockDelay: it delays the permit's
+	// slot.
+	LockDelay time.Duration
 }
 
 // Permit is a held permit: a Grant (key, lease id, token, owner, TTL,
@@ -145,6 +148,8 @@ type SemaphoreState struct {
 	Permits int
 	Holders []SemaphoreHolder // ordered by slot
 	Waiters int
+	// Delayed are the slots under a lock-delay, ordered by slot.
+	Delayed []SlotDelay
 }
 
 // SemaphoreHeldError is returned (wrapping ErrHeld) when an acquire gives
@@ -153,6 +158,9 @@ type SemaphoreHeldError struct {
 	Key     string
 	Permits int
 	Holders []SemaphoreHolder
+	// Delay is the soonest-ending lock-delay among the slots that kept
+	// the acquire out, when one did.
+	Delay *Delay
 }
 
 func (e *SemaphoreHeldError) Error() string {

@@ -219,6 +219,23 @@ type AcquireOptions struct {
 	// own (TTL is then ignored): the Lock follows the session's deadline,
 	// is renewed only by the session, and is lost with it.
 	Session *Session
+	// LockDelay asks that, should this grant expire rather than be
+	// released, nothing be granted in its place until its deadline plus
+	// LockDelay (≤ 60 s): time for a holder that was only slow to stop.
+	// 0 takes the server's default (--lock-delay); negative asks for none.
+	LockDelay time.Duration
+}
+
+// lockDelayField adds d to an acquire's body as lock_delay_ms (see
+// AcquireOptions.LockDelay).
+func lockDelayField(body map[string]any, d time.Duration) map[string]any {
+	switch {
+	case d > 0:
+		body["lock_delay_ms"] = ms(d)
+	case d < 0:
+		body["lock_delay_ms"] = 0
+	}
+	return body
 }
 
 type grantJSON struct {
@@ -309,7 +326,7 @@ func (c *Client) AcquireLease(ctx context.Context, key string, opts AcquireOptio
 		if wait < 0 || opts.Wait == 0 {
 			wait = 0
 		}
-		body := map[string]any{"ttl_ms": ms(opts.TTL), "wait_ms": ms(wait), "owner": opts.Owner}
+		body := lockDelayField(map[string]any{"ttl_ms": ms(opts.TTL), "wait_ms": ms(wait), "owner": opts.Owner}, opts.LockDelay)
 		if opts.TTL == 0 {
 			delete(body, "ttl_ms")
 		}
@@ -652,12 +669,20 @@ func decodeProblem(resp *http.Response, data []byte) error {
 		Code   string      `json:"code"`
 		Holder *holderJSON `json:"holder"`
 		Leader *leaderJSON `json:"leader"`
+		Delay  *struct {
+			Until        string `json:"until"`
+			ExpiredToken uint64 `json:"expired_token"`
+		} `json:"lock_delay"`
 	}
 	e := &Error{Status: resp.StatusCode}
 	if json.Unmarshal(data, &p) == nil {
 		e.Type, e.Title, e.Detail, e.Code = p.Type, p.Title, p.Detail, p.Code
 		e.Holder = p.Holder.holder()
 		e.Leader = p.Leader.leader()
+		if p.Delay != nil {
+			until, _ := time.Parse(time.RFC3339Nano, p.Delay.Until)
+			e.LockDelay = &LockDelay{Until: until, ExpiredToken: p.Delay.ExpiredToken}
+		}
 	} else {
 		e.Detail = strings.TrimSpace(string(data))
 		if len(e.Detail) > 200 {

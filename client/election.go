@@ -63,6 +63,9 @@ type CampaignOptions struct {
 	RenewEvery time.Duration
 	// Session, as for AcquireOptions: the leadership lives in it.
 	Session *Session
+	// LockDelay, as for AcquireOptions: after a leader expires, nobody is
+	// elected until its deadline plus LockDelay.
+	LockDelay time.Duration
 }
 
 // Leadership is a won election that renews itself until Resign or until it
@@ -101,7 +104,7 @@ func (l *Leadership) Value() string {
 func (c *Client) Campaign(ctx context.Context, name string, opts CampaignOptions) (*Leadership, error) {
 	out, lk, err := callLease[leadershipJSON](ctx, c, leaseCall{
 		key: name, path: func(op string) string { return electionPath(name, op) }, acquire: "campaign", end: "resign",
-		body: map[string]any{"owner": opts.Owner, "value": opts.Value},
+		body: lockDelayField(map[string]any{"owner": opts.Owner, "value": opts.Value}, opts.LockDelay),
 		ttl:  opts.TTL, wait: opts.Wait, session: opts.Session, margin: opts.Margin, renewEvery: opts.RenewEvery,
 		lost: "a leadership", late: fmt.Sprintf("campaign %q", name),
 	})

@@ -38,6 +38,12 @@ var (
 	ErrReleased = errors.New("lockd: lock released")
 )
 
+// LockDelay is a lock-delay in force (see AcquireOptions.LockDelay).
+type LockDelay struct {
+	Until        time.Time
+	ExpiredToken uint64
+}
+
 // Error is an error reply of the server (application/problem+json).
 type Error struct {
 	Status int    // HTTP status
@@ -49,6 +55,10 @@ type Error struct {
 	Holder *Holder
 	// Leader is the election's leader for a refused campaign, when known.
 	Leader *Leader
+	// LockDelay is set on a "lock_held" reply when a lock-delay kept the
+	// acquire out: the grant of ExpiredToken expired, and nothing is
+	// granted until Until.
+	LockDelay *LockDelay
 	// RetryAfter is the server's Retry-After, when it sent one.
 	RetryAfter time.Duration
 }
@@ -64,6 +74,9 @@ func (e *Error) Error() string {
 	}
 	if e.Holder != nil {
 		msg += fmt.Sprintf(" (held by %q, token %d, until %s)", e.Holder.Owner, e.Holder.Token, e.Holder.ExpiresAt.Format(time.RFC3339Nano))
+	}
+	if e.LockDelay != nil {
+		msg += fmt.Sprintf(" (lock-delay after token %d expired, until %s)", e.LockDelay.ExpiredToken, e.LockDelay.Until.Format(time.RFC3339Nano))
 	}
 	if e.Leader != nil {
 		msg += fmt.Sprintf(" (led by %q, term %d, value %q, until %s)", e.Leader.Owner, e.Leader.Term, e.Leader.Value, e.Leader.ExpiresAt.Format(time.RFC3339Nano))

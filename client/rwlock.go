@@ -50,7 +50,7 @@ func (c *Client) AcquireWrite(ctx context.Context, key string, opts AcquireOptio
 func (c *Client) acquireRW(ctx context.Context, key, mode string, opts AcquireOptions) (*Lock, error) {
 	_, l, err := callLease[rwGrantJSON](ctx, c, leaseCall{
 		key: key, path: func(op string) string { return rwPath(key, op) }, acquire: "acquire", end: "release",
-		body: map[string]any{"mode": mode, "owner": opts.Owner},
+		body: lockDelayField(map[string]any{"mode": mode, "owner": opts.Owner}, opts.LockDelay),
 		ttl:  opts.TTL, wait: opts.Wait, session: opts.Session, margin: opts.Margin, renewEvery: opts.RenewEvery,
 		lost: "a grant", late: fmt.Sprintf("%s lock on %q", mode, key),
 	})

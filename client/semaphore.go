@@ -19,6 +19,8 @@ type SemaphoreOptions struct {
 	RenewEvery time.Duration
 	// Session, as for AcquireOptions: the permit lives in it.
 	Session *Session
+	// LockDelay, as for AcquireOptions: it holds the permit's slot.
+	LockDelay time.Duration
 }
 
 type permitJSON struct {
@@ -46,7 +48,7 @@ func semaphorePath(key, op string) string {
 func (c *Client) AcquireSemaphore(ctx context.Context, key string, opts SemaphoreOptions) (*Lock, error) {
 	out, l, err := callLease[permitJSON](ctx, c, leaseCall{
 		key: key, path: func(op string) string { return semaphorePath(key, op) }, acquire: "acquire", end: "release",
-		body: map[string]any{"permits": opts.Permits, "owner": opts.Owner},
+		body: lockDelayField(map[string]any{"permits": opts.Permits, "owner": opts.Owner}, opts.LockDelay),
 		ttl:  opts.TTL, wait: opts.Wait, session: opts.Session, margin: opts.Margin, renewEvery: opts.RenewEvery,
 		lost: "a permit", late: fmt.Sprintf("permit of %q", key),
 	})

@@ -92,4 +92,27 @@ func TestTypeScriptClient(t *testing.T) {
 			t.Errorf("walk.js output lacks %q", line)
 		}
 	}
+
+	// The semaphore walk, same client: slots, the typed refusals, a waiter
+	// served in the freed slot with a higher token.
+	out = run(t, ctx, dir, []string{"LOCKD_URL=http://" + srv.Addr}, "node", "dist/semaphore.js", "api:quota")
+	t.Logf("semaphore.js:\n%s", out)
+	for _, line := range []string{
+		"permit ts-1 slot=0 token=",
+		"permit ts-2 slot=1 token=",
+		"refused api:quota: lock_held holders(slots)=0,1",
+		"refused permits=3: permits_mismatch permits=2",
+		"permit ts-3 slot=0 token=",
+		`waiter took slot=0 token=`, `{"Lock-Key":"api:quota","Lock-Slot":"0","Lock-Token":"`,
+		"renewed slot=1 token=",
+		"inspected api:quota permits=2 holders=ts-2,ts-3",
+		"released all; again: 410 lease_expired",
+	} {
+		if !strings.Contains(out, line) {
+			t.Errorf("semaphore.js output lacks %q", line)
+		}
+	}
+	if got, _ := httpGet(t, srv.URL+"/v1/semaphores/api:quota"); !strings.Contains(got, `"holders":[]`) {
+		t.Errorf("after semaphore.js: %s, want no holders", got)
+	}
 }

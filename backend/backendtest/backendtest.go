@@ -81,6 +81,15 @@ type Options struct {
 	// live in its sessions (RWFeatures.Sessions is false); RWSessionGrant
 	// is skipped with it.
 	NoRWSessions string
+	// NoLockDelay is, for each primitive (backend.PrimitiveLocks, ...)
+	// the backend does not delay (backend.LockDelayer), the reason; the
+	// LockDelay subtests of that primitive are skipped with it.
+	NoLockDelay map[string]string
+}
+
+// NoLockDelays is a NoLockDelay giving one reason for every primitive.
+func NoLockDelays(reason string) map[string]string {
+	return map[string]string{backend.PrimitiveLocks: reason, backend.PrimitiveSemaphores: reason, backend.PrimitiveRWLocks: reason, backend.PrimitiveElections: reason}
 }
 
 // schedSlack absorbs scheduling noise on shared two-core machines; it is added
@@ -127,6 +136,7 @@ func Run(t *testing.T, newBackend Factory, opts Options) {
 	tests = append(tests, s.watchTests()...)
 	tests = append(tests, s.semaphoreTests()...)
 	tests = append(tests, s.rwTests()...)
+	tests = append(tests, s.lockDelayTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -51,7 +51,7 @@ func TestConformanceTLSWithLeastPrivilegeUser(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = b.Close() })
 		return b
-	}, backendtest.Options{StoreClock: storeClock, NoRWSessions: noRWSessions})
+	}, backendtest.Options{StoreClock: storeClock, NoRWSessions: noRWSessions, NoLockDelay: backendtest.NoLockDelays("not built yet")})
 }
 
 // lockd's user reaches only its own keys, and a client without credentials

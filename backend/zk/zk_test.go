@@ -140,7 +140,7 @@ func factory(addrs []string, opts Options) backendtest.Factory {
 // cannot do yet, and Clocked, an instance made by newB with opts and the
 // given clock.
 func clocked(newB func(*testing.T, Options) backend.Backend, opts Options) backendtest.Options {
-	return backendtest.Options{NoEventReplay: "ZooKeeper keeps no history of a key: a stream resumes only while the same grant holds", NoRWLocks: "not built yet", NoSemaphores: "not built yet", Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
+	return backendtest.Options{NoEventReplay: "ZooKeeper keeps no history of a key: a stream resumes only while the same grant holds", NoRWLocks: "not built yet", NoSemaphores: "not built yet", NoLockDelay: backendtest.NoLockDelays("not built yet"), Clocked: func(t *testing.T, c lease.Clock) backend.Backend {
 		o := opts
 		o.Clock = c
 		return newB(t, o)

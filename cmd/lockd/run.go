@@ -82,6 +82,7 @@ func serverTLS(c config) (*tls.Config, error) {
 
 // config is everything lockd is told at start.
 type config struct {
+	lockDelay       time.Duration
 	listen          string
 	backend         string
 	etcd            etcdFlags
@@ -138,6 +139,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this")
 	fs.IntVar(&c.http2Streams, "http2-max-streams", 10000, "requests (long polls included) one HTTP/2 connection may have in flight at once; a client wanting more opens another connection")
 	fs.DurationVar(&c.clock.MaxSkew, "max-clock-skew", lease.DefaultMaxSkew, "the most any two lockd replicas' clocks may differ (etcd, zk): a lock whose holder died is free this much later, and a replica more than half of it off the shared reference is not ready")
+	fs.DurationVar(&c.lockDelay, "lock-delay", 0, "lock-delay of acquires and campaigns that do not send lock_delay_ms: after a grant expires (its holder stopped renewing, it was not released), nothing is granted in its place for this long after its deadline; applied on the primitives the backend delays (GET /v1/capabilities); 0..60s")
 	fs.BoolVar(&c.ui, "ui", true, "serve the web console at /ui/ (it reads the API with the viewer's token; false: /ui/ answers 404)")
 	showVersion := fs.Bool("version", false, "print lockd's version and exit")
 	fs.Usage = func() {
@@ -185,6 +187,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if c.http2Streams <= 0 {
 		return c, errors.New("--http2-max-streams must be more than 0")
+	}
+	if c.lockDelay < 0 || c.lockDelay > backend.MaxLockDelay || c.lockDelay%time.Millisecond != 0 {
+		return c, fmt.Errorf("--lock-delay must be whole milliseconds between 0 and %v", backend.MaxLockDelay)
 	}
 	return c, nil
 }
@@ -294,7 +299,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer st.Close()
 
-	api := httpapi.New(st.Backend, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock})
+	api := httpapi.New(st.Backend, httpapi.Options{Backend: c.backend, Metrics: metrics, Logger: log, Auth: authStore, Audit: audit, Limits: c.limits, BodyTimeout: c.readTimeout, Clock: c.clock, LockDelay: c.lockDelay})
+	if c.lockDelay > 0 {
+		if f := backend.LockDelaysOf(st.Backend); !f.Locks || !f.Semaphores || !f.RWLocks || !f.Elections {
+			log.Warn("--lock-delay applies only to the primitives this backend delays; the others get none", "backend", c.backend, "delays", f)
+		}
+	}
 	go api.WatchClock(ctx, clockEvery)
 	ln = metrics.LimitListener(ln, c.maxConns)
 	var handler http.Handler = api

@@ -101,3 +101,22 @@ func TestPrimitiveRows(t *testing.T) {
 		t.Errorf("the semaphores rows have a verdict row")
 	}
 }
+
+// TestHTTPOverheadTarget: lockd over HTTP against the direct library is a
+// target row of its own (issue 15), met or missed by the ratio of p50s.
+func TestHTTPOverheadTarget(t *testing.T) {
+	run := func(httpP50 float64) string {
+		r := &harness.Results{Scenarios: []string{"latency"}, Backends: []*harness.BackendRun{{Name: "etcd", Latency: []harness.LatencyCell{
+			{Via: harness.ViaHTTP, Lat: &harness.Percentiles{P50: httpP50}},
+			{Via: harness.ViaContract, Lat: &harness.Percentiles{P50: 1000}},
+			{Via: "concurrency.Mutex", Lat: &harness.Percentiles{P50: 1000}},
+		}}}}
+		return Markdown(r)
+	}
+	if md := run(1500); !strings.Contains(md, "etcd — lockd over HTTP/concurrency.Mutex uncontended p50: **1.50×, MISSED** (target ≤ 1.25×) 1.50 ms / 1.00 ms") {
+		t.Errorf("1.5× over HTTP is not shown missed:\n%s", md)
+	}
+	if md := run(1200); strings.Contains(md, "lockd over HTTP/concurrency.Mutex uncontended p50: **1.20×, MISSED**") || !strings.Contains(md, "1.20×") {
+		t.Errorf("1.2× over HTTP is not shown met")
+	}
+}

@@ -15,6 +15,11 @@ import (
 // Store is an in-memory key-value store that accepts writes only from the
 // current lock holder: every PUT or DELETE carries Lock-Key and Lock-Token,
 // and a token lower than one already seen for that lock is refused with 409.
+//
+// A semaphore's permit holders add Lock-Slot, and are fenced per (key,
+// slot): a semaphore's tokens increase over all its permits, so a holder of
+// another slot may validly carry a lower token than the last writer, while a
+// permit that expired and whose slot went to a newer holder is refused.
 type Store struct {
 	guard fence.Guard
 
@@ -25,12 +30,14 @@ type Store struct {
 type entry struct {
 	value []byte
 	token uint64 // the token of the write that stored it
+	slot  string // and its Lock-Slot, if it was a permit's
 }
 
 // NewStore returns an empty store.
 func NewStore() *Store { return &Store{data: make(map[string]entry)} }
 
-// Handler serves GET, PUT and DELETE on /kv/{name}. Reads are not fenced.
+// Handler serves GET, PUT and DELETE on /kv/{name}. Reads are not fenced;
+// they show the stored write's Lock-Token (and Lock-Slot, for a permit's).
 func (s *Store) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /kv/{name}", s.get)
@@ -47,7 +54,10 @@ func (s *Store) get(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	w.Header().Set("Lock-Token", strconv.FormatUint(e.token, 10))
+	w.Header().Set(fence.HeaderToken, strconv.FormatUint(e.token, 10))
+	if e.slot != "" {
+		w.Header().Set(fence.HeaderSlot, e.slot)
+	}
 	w.Write(e.value)
 }
 
@@ -60,8 +70,12 @@ func (s *Store) put(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	e := entry{value: v, token: f.Token}
+	if f.Slotted {
+		e.slot = strconv.Itoa(f.Slot)
+	}
 	s.mu.Lock()
-	s.data[r.PathValue("name")] = entry{value: v, token: f.Token}
+	s.data[r.PathValue("name")] = e
 	s.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
 }

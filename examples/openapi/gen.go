@@ -102,6 +102,7 @@ const (
 	ProblemCodeInvalidKey             ProblemCode = "invalid_key"
 	ProblemCodeInvalidLeaseId         ProblemCode = "invalid_lease_id"
 	ProblemCodeInvalidLimit           ProblemCode = "invalid_limit"
+	ProblemCodeInvalidLockDelayMs     ProblemCode = "invalid_lock_delay_ms"
 	ProblemCodeInvalidMode            ProblemCode = "invalid_mode"
 	ProblemCodeInvalidOwner           ProblemCode = "invalid_owner"
 	ProblemCodeInvalidPermits         ProblemCode = "invalid_permits"
@@ -158,6 +159,8 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeInvalidLeaseId:
 		return true
 	case ProblemCodeInvalidLimit:
+		return true
+	case ProblemCodeInvalidLockDelayMs:
 		return true
 	case ProblemCodeInvalidMode:
 		return true
@@ -316,6 +319,9 @@ func (e Readyz200JSONResponseBodyStatus) Valid() bool {
 
 // AcquireRequest defines model for AcquireRequest.
 type AcquireRequest struct {
+	// LockDelayMs Lock-delay: should this grant expire (not be released), nothing is granted in its place until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive.
+	LockDelayMs *int `json:"lock_delay_ms,omitempty"`
+
 	// Owner Free text shown in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
@@ -331,6 +337,9 @@ type AcquireRequest struct {
 
 // CampaignRequest defines model for CampaignRequest.
 type CampaignRequest struct {
+	// LockDelayMs Lock-delay: should this grant expire (not be released), nothing is granted in its place until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive.
+	LockDelayMs *int `json:"lock_delay_ms,omitempty"`
+
 	// Owner Free text shown to observers and in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
@@ -371,7 +380,16 @@ type Capabilities struct {
 
 		// Idempotency {} when Idempotency-Key is honoured on acquire; null otherwise.
 		Idempotency *map[string]interface{} `json:"idempotency"`
-		Locks       struct {
+
+		// LockDelay null when the backend keeps no lock-delays (lock_delay_ms above 0 answers 501). Otherwise which primitives it delays (a false one: unsupported["lock_delay.<primitive>"] says why) and lockd's default (--lock-delay).
+		LockDelay *struct {
+			DefaultMs  int  `json:"default_ms"`
+			Elections  bool `json:"elections"`
+			Locks      bool `json:"locks"`
+			Rwlocks    bool `json:"rwlocks"`
+			Semaphores bool `json:"semaphores"`
+		} `json:"lock_delay"`
+		Locks struct {
 			// Fifo Waiters are served in arrival order.
 			Fifo         bool    `json:"fifo"`
 			NoFifoReason *string `json:"no_fifo_reason,omitempty"`
@@ -443,9 +461,12 @@ type ElectionLeader struct {
 // ElectionState defines model for ElectionState.
 type ElectionState struct {
 	// Candidates Candidates waiting behind the leader.
-	Candidates int             `json:"candidates"`
-	Leader     *ElectionLeader `json:"leader,omitempty"`
-	Name       string          `json:"name"`
+	Candidates int `json:"candidates"`
+
+	// DelayedUntil Set while a lock-delay after an expired leader is in force: nobody is elected before it.
+	DelayedUntil *Timestamp      `json:"delayed_until,omitempty"`
+	Leader       *ElectionLeader `json:"leader,omitempty"`
+	Name         string          `json:"name"`
 }
 
 // Grant defines model for Grant.
@@ -484,10 +505,12 @@ type LeaseID = string
 
 // LockState defines model for LockState.
 type LockState struct {
-	ExpiresAt *Timestamp `json:"expires_at,omitempty"`
-	Held      bool       `json:"held"`
-	Key       string     `json:"key"`
-	Owner     *string    `json:"owner,omitempty"`
+	// DelayedUntil Set while a lock-delay after an expired grant is in force: nothing is granted before it (inspection only).
+	DelayedUntil *Timestamp `json:"delayed_until,omitempty"`
+	ExpiresAt    *Timestamp `json:"expires_at,omitempty"`
+	Held         bool       `json:"held"`
+	Key          string     `json:"key"`
+	Owner        *string    `json:"owner,omitempty"`
 
 	// Token Fencing token; strictly greater than every token granted for this key before.
 	Token *Token `json:"token,omitempty"`
@@ -539,6 +562,13 @@ type Problem struct {
 	Holders *[]Problem_Holders_Item `json:"holders,omitempty"`
 	Leader  *ElectionLeader         `json:"leader,omitempty"`
 
+	// LockDelay Set on lock_held when a lock-delay kept the acquire out: the grant of expired_token expired, and nothing is granted in its place before until.
+	LockDelay *struct {
+		// ExpiredToken Fencing token; strictly greater than every token granted for this key before.
+		ExpiredToken Token     `json:"expired_token"`
+		Until        Timestamp `json:"until"`
+	} `json:"lock_delay,omitempty"`
+
 	// Permits The semaphore's current size (permits_mismatch).
 	Permits *int   `json:"permits,omitempty"`
 	Status  int    `json:"status"`
@@ -565,6 +595,9 @@ type ProclaimRequest struct {
 
 // RWAcquireRequest defines model for RWAcquireRequest.
 type RWAcquireRequest struct {
+	// LockDelayMs Lock-delay: should this grant expire (not be released), nothing is granted in its place until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive.
+	LockDelayMs *int `json:"lock_delay_ms,omitempty"`
+
 	// Mode read: shared with other readers; write: exclusive (code invalid_mode otherwise).
 	Mode RWAcquireRequestMode `json:"mode"`
 
@@ -617,8 +650,10 @@ type RWHolderMode string
 
 // RWLockState defines model for RWLockState.
 type RWLockState struct {
-	Holders []RWHolder `json:"holders"`
-	Key     string     `json:"key"`
+	// DelayedUntil Set while a lock-delay is in force: after an expired writer nothing is granted before it, after an expired reader no writer.
+	DelayedUntil *Timestamp `json:"delayed_until,omitempty"`
+	Holders      []RWHolder `json:"holders"`
+	Key          string     `json:"key"`
 
 	// Mode The holders' mode; omitted when nobody holds.
 	Mode    *RWLockStateMode `json:"mode,omitempty"`
@@ -670,6 +705,9 @@ type SemaphoreHolder struct {
 
 // SemaphoreRequest defines model for SemaphoreRequest.
 type SemaphoreRequest struct {
+	// LockDelayMs Lock-delay: should this grant expire (not be released), nothing is granted in its slot until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive.
+	LockDelayMs *int `json:"lock_delay_ms,omitempty"`
+
 	// Owner Free text shown in inspection (at most 256 characters).
 	Owner *string `json:"owner,omitempty"`
 
@@ -688,6 +726,13 @@ type SemaphoreRequest struct {
 
 // SemaphoreState defines model for SemaphoreState.
 type SemaphoreState struct {
+	// Delayed Slots under a lock-delay after an expired permit: not granted before until.
+	Delayed *[]struct {
+		// ExpiredToken Fencing token; strictly greater than every token granted for this key before.
+		ExpiredToken Token     `json:"expired_token"`
+		Slot         int       `json:"slot"`
+		Until        Timestamp `json:"until"`
+	} `json:"delayed,omitempty"`
 	Holders []SemaphoreHolder `json:"holders"`
 	Key     string            `json:"key"`
 

@@ -13,6 +13,15 @@ lost reply (connection reset, timeout) or a 503 the retry gets the grant the
 first attempt made, so a lost reply never leaves an orphan that blocks the
 key for a TTL. The tests in examples/ run this file against a real lockd,
 and once through a proxy that drops the first reply.
+
+    python3 examples/python/lockd_example.py semaphore KEY [PERMITS]
+    python3 examples/python/lockd_example.py read|write KEY
+
+take a semaphore permit (at most PERMITS holders at once, each in its own
+slot) or a read or write lock, renewed the same way. A permit's writes carry
+Lock-Slot: its tokens increase per slot, so a resource fences per (key, slot).
+Semaphores and RW locks take no Idempotency-Key yet, so their acquires are
+sent once, not retried (a lost reply holds a slot until its TTL ends).
 """
 
 import json
@@ -93,6 +102,32 @@ class Client:
         return lock
 
 
+    def acquire_semaphore(self, key, permits, ttl_ms=10000, wait_ms=0, owner="python"):
+        """One permit of a semaphore of `permits`: a renewing Permit with a slot."""
+        return self._hold(Permit, f"/v1/semaphores/{key}/acquire",
+                          {"permits": permits, "ttl_ms": ttl_ms, "wait_ms": wait_ms, "owner": owner}, wait_ms)
+
+    def acquire_read(self, key, ttl_ms=10000, wait_ms=0, owner="python"):
+        """A shared hold of an RW lock: readers share, no writer meanwhile."""
+        return self._hold(RWLock, f"/v1/rwlocks/{key}/acquire",
+                          {"mode": "read", "ttl_ms": ttl_ms, "wait_ms": wait_ms, "owner": owner}, wait_ms)
+
+    def acquire_write(self, key, ttl_ms=10000, wait_ms=0, owner="python"):
+        """The exclusive hold of an RW lock: no reader, no other writer."""
+        return self._hold(RWLock, f"/v1/rwlocks/{key}/acquire",
+                          {"mode": "write", "ttl_ms": ttl_ms, "wait_ms": wait_ms, "owner": owner}, wait_ms)
+
+    def _hold(self, cls, path, body, wait_ms):
+        # Sent once: these acquires take no Idempotency-Key yet, and a retry
+        # after a lost reply would make a second grant beside the first.
+        sent = time.monotonic()
+        g = self.call("POST", path, body, timeout=wait_ms / 1000 + 30)
+        lock = cls(self, g, sent)
+        if time.monotonic() - sent > lock.ttl / 3:
+            lock.renew()  # after a long wait, as for acquire
+        lock.start()
+        return lock
+
     def campaign(self, name, ttl_ms=10000, wait_ms=0, owner="python", value=""):
         sent = time.monotonic()
         # No Idempotency-Key on campaigns: a lost reply is not retried (the
@@ -151,10 +186,12 @@ class Client:
 
 
 class Lock:
+    kind = "locks"  # the API's collection: /v1/{kind}/{key}/renew, /release
+
     def __init__(self, client, grant, sent):
         self.client = client
         self.key = grant["key"]
-        self.path = f"/v1/locks/{self.key}"
+        self.path = f"/v1/{self.kind}/{self.key}"
         self.lease_id = grant["lease_id"]
         self.token = grant["token"]
         self.ttl = grant["ttl_ms"] / 1000
@@ -194,6 +231,41 @@ class Lock:
         self._stop.set()
         self._thread.join()
         self.client.call("POST", f"{self.path}/release", {"lease_id": self.lease_id})
+
+    def fence_headers(self):
+        """The headers a fenced resource (examples/kvstore) checks on a write."""
+        return {"Lock-Key": self.key, "Lock-Token": str(self.token)}
+
+
+class Permit(Lock):
+    """A semaphore permit: a Lock on one slot of `permits`.
+
+    Tokens increase over all permits of the key, so another slot's valid
+    holder may carry a lower token than this one: a resource fences per
+    (key, slot), which Lock-Slot tells it.
+    """
+    kind = "semaphores"
+
+    def __init__(self, client, grant, sent):
+        super().__init__(client, grant, sent)
+        self.slot = grant["slot"]
+        self.permits = grant["permits"]
+
+    def fence_headers(self):
+        return {**super().fence_headers(), "Lock-Slot": str(self.slot)}
+
+
+class RWLock(Lock):
+    """A read or write hold of an RW lock (`mode`), each with its own lease.
+
+    A write token is above every token granted before it, so a resource
+    fences writes as for locks; readers share the key and need no fence.
+    """
+    kind = "rwlocks"
+
+    def __init__(self, client, grant, sent):
+        super().__init__(client, grant, sent)
+        self.mode = grant["mode"]
 
 
 class Leadership(Lock):
@@ -242,39 +314,69 @@ def elect(client, name, value):
     return 0
 
 
-def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "elect":
-        client = Client(os.environ.get("LOCKD_ADDR", "127.0.0.1:7070"))
-        return elect(client, sys.argv[2] if len(sys.argv) > 2 else "scheduler",
-                     sys.argv[3] if len(sys.argv) > 3 else "http://python:8080")
-    key = sys.argv[1] if len(sys.argv) > 1 else "reports:nightly"
-    client = Client(os.environ.get("LOCKD_ADDR", "127.0.0.1:7070"))
-    try:
-        lock = client.acquire(key, ttl_ms=10000, wait_ms=10000, owner="lockd_example.py")
-    except LockdError as e:
-        if e.code == "lock_held":
-            print(f"{key} is held by {e.problem.get('holder')}", file=sys.stderr)
-            return 75
-        raise
-    print(f"acquired {key} token={lock.token}")
+def use(client, lock, what):
+    """Write to KV_URL (when set; a reader reads it) fenced by lock, renew,
+    inspect, release."""
+    key = lock.key
+    print(f"acquired {what} token={lock.token}")
     try:
         kv_url = os.environ.get("KV_URL")
-        if kv_url:
+        if kv_url and getattr(lock, "mode", "") == "read":
+            # Readers share the key: they read, and only writers write.
+            try:
+                with urllib.request.urlopen(kv_url, timeout=10) as resp:
+                    print(f"read {kv_url}: {resp.status} {resp.read().decode()}")
+            except urllib.error.HTTPError as e:
+                print(f"read {kv_url}: {e.code}")
+        elif kv_url:
             if not lock.valid():
                 raise RuntimeError("lease no longer trusted; not writing")
             req = urllib.request.Request(
                 kv_url, data=f"written by python with token {lock.token}".encode(), method="PUT",
-                headers={"Lock-Key": key, "Lock-Token": str(lock.token)})
+                headers=lock.fence_headers())
             with urllib.request.urlopen(req, timeout=10) as resp:
                 print(f"wrote {kv_url}: {resp.status}")
         lock.renew()
         print(f"renewed {key} token={lock.token}")
-        state = client.call("GET", f"/v1/locks/{key}")
-        print(f"status: held={state['held']} token={state.get('token')}")
+        state = client.call("GET", lock.path)
+        if isinstance(lock, Permit):
+            slots = " ".join(f"{h['slot']}:{h['token']}" for h in state["holders"])
+            print(f"status: permits={state['permits']} holders(slot:token)={slots}")
+        elif isinstance(lock, RWLock):
+            print(f"status: mode={state.get('mode')} holders={len(state['holders'])}")
+        else:
+            print(f"status: held={state['held']} token={state.get('token')}")
     finally:
         lock.release()
     print(f"released {key}")
     return 0
+
+
+def main():
+    client = Client(os.environ.get("LOCKD_ADDR", "127.0.0.1:7070"))
+    args = sys.argv[1:]
+    if args and args[0] == "elect":
+        return elect(client, args[1] if len(args) > 1 else "scheduler",
+                     args[2] if len(args) > 2 else "http://python:8080")
+    owner = "lockd_example.py"
+    try:
+        if args and args[0] == "semaphore":
+            key = args[1] if len(args) > 1 else "api:quota"
+            permits = int(args[2]) if len(args) > 2 else 5
+            p = client.acquire_semaphore(key, permits, ttl_ms=10000, wait_ms=10000, owner=owner)
+            return use(client, p, f"{key} slot={p.slot} of {p.permits}")
+        if args and args[0] in ("read", "write"):
+            key = args[1] if len(args) > 1 else "catalog"
+            get = client.acquire_read if args[0] == "read" else client.acquire_write
+            rw = get(key, ttl_ms=10000, wait_ms=10000, owner=owner)
+            return use(client, rw, f"{key} mode={rw.mode}")
+        key = args[0] if args else "reports:nightly"
+        return use(client, client.acquire(key, ttl_ms=10000, wait_ms=10000, owner=owner), key)
+    except LockdError as e:
+        if e.code == "lock_held":
+            print(f"held: {e.problem.get('holder') or e.problem.get('holders')}", file=sys.stderr)
+            return 75
+        raise
 
 
 if __name__ == "__main__":

@@ -682,6 +682,14 @@ export interface components {
                     /** @description A permit may take session_id (otherwise 501 not_supported). */
                     sessions: boolean;
                 } | null;
+                /** @description null when the backend keeps no lock-delays (lock_delay_ms above 0 answers 501). Otherwise which primitives it delays (a false one: unsupported["lock_delay.<primitive>"] says why) and lockd's default (--lock-delay). */
+                lock_delay: {
+                    locks: boolean;
+                    semaphores: boolean;
+                    rwlocks: boolean;
+                    elections: boolean;
+                    default_ms: number;
+                } | null;
             };
         };
         CampaignRequest: {
@@ -693,6 +701,8 @@ export interface components {
             owner?: string;
             /** @description At most 4096 bytes of UTF-8 (code invalid_value otherwise). */
             value?: string;
+            /** @description Lock-delay: should this grant expire (not be released), nothing is granted in its place until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive. */
+            lock_delay_ms?: number;
             session_id?: components["schemas"]["SessionID"];
         };
         ProclaimRequest: {
@@ -720,6 +730,8 @@ export interface components {
             leader?: components["schemas"]["ElectionLeader"];
             /** @description Candidates waiting behind the leader. */
             candidates: number;
+            /** @description Set while a lock-delay after an expired leader is in force: nobody is elected before it. */
+            delayed_until?: components["schemas"]["Timestamp"];
         };
         NoLeader: {
             /** @description The term that ended; 0 when the stream saw none. */
@@ -766,6 +778,8 @@ export interface components {
             /** @description Free text shown in inspection (at most 256 characters). */
             owner?: string;
             session_id?: components["schemas"]["SessionID"];
+            /** @description Lock-delay: should this grant expire (not be released), nothing is granted in its place until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive. */
+            lock_delay_ms?: number;
         };
         RWGrant: {
             key: string;
@@ -798,6 +812,8 @@ export interface components {
                 /** @description Writers waiting. */
                 write: number;
             };
+            /** @description Set while a lock-delay is in force: after an expired writer nothing is granted before it, after an expired reader no writer. */
+            delayed_until?: components["schemas"]["Timestamp"];
         };
         AcquireRequest: {
             /** @description The lease's TTL; 15000 when omitted. */
@@ -807,6 +823,8 @@ export interface components {
             /** @description Free text shown in inspection (at most 256 characters). */
             owner?: string;
             session_id?: components["schemas"]["SessionID"];
+            /** @description Lock-delay: should this grant expire (not be released), nothing is granted in its place until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive. */
+            lock_delay_ms?: number;
         };
         SemaphoreRequest: {
             /** @description The semaphore's size; it must match the live semaphore's (409 permits_mismatch). */
@@ -818,6 +836,8 @@ export interface components {
             /** @description Free text shown in inspection (at most 256 characters). */
             owner?: string;
             session_id?: components["schemas"]["SessionID"];
+            /** @description Lock-delay: should this grant expire (not be released), nothing is granted in its slot until its deadline plus this; lockd's --lock-delay when omitted (on the primitives the backend delays, features.lock_delay). 501 not_supported when the backend does not delay this primitive. */
+            lock_delay_ms?: number;
         };
         Permit: {
             key: string;
@@ -842,6 +862,12 @@ export interface components {
             permits: number;
             holders: components["schemas"]["SemaphoreHolder"][];
             waiters: number;
+            /** @description Slots under a lock-delay after an expired permit: not granted before until. */
+            delayed?: {
+                slot: number;
+                until: components["schemas"]["Timestamp"];
+                expired_token: components["schemas"]["Token"];
+            }[];
         };
         /** @description A session's capability, instead of ttl_ms (both: 400 invalid_session_id). The grant lives as long as the session, shows its ttl_ms and expires_at, and is renewed only through it (a direct renew: 409 session_bound). */
         SessionID: string;
@@ -899,6 +925,8 @@ export interface components {
             expires_at?: components["schemas"]["Timestamp"];
             /** @description Queued acquirers (inspection only). */
             waiters?: number;
+            /** @description Set while a lock-delay after an expired grant is in force: nothing is granted before it (inspection only). */
+            delayed_until?: components["schemas"]["Timestamp"];
         };
         Problem: {
             /** Format: uri */
@@ -907,7 +935,7 @@ export interface components {
             status: number;
             detail: string;
             /** @enum {string} */
-            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound" | "invalid_mode" | "invalid_permits" | "permits_mismatch";
+            code: "lock_held" | "lease_expired" | "backend_unavailable" | "shutting_down" | "clock_skew" | "invalid_key" | "invalid_json" | "invalid_ttl_ms" | "invalid_wait_ms" | "invalid_owner" | "invalid_lease_id" | "invalid_prefix" | "invalid_after" | "invalid_limit" | "invalid_idempotency_key" | "idempotency_key_reused" | "idempotency_unsupported" | "unknown_field" | "unknown_parameter" | "body_too_large" | "body_timeout" | "not_found" | "unauthorized" | "forbidden" | "method_not_allowed" | "too_many_waiters" | "too_many_leases" | "too_many_streams" | "rate_limited" | "internal_error" | "not_supported" | "invalid_value" | "invalid_session_id" | "session_expired" | "session_bound" | "invalid_mode" | "invalid_permits" | "permits_mismatch" | "invalid_lock_delay_ms";
             holder?: {
                 owner: string;
                 token: components["schemas"]["Token"];
@@ -918,6 +946,11 @@ export interface components {
             holders?: (components["schemas"]["RWHolder"] | components["schemas"]["SemaphoreHolder"])[];
             /** @description The semaphore's current size (permits_mismatch). */
             permits?: number;
+            /** @description Set on lock_held when a lock-delay kept the acquire out: the grant of expired_token expired, and nothing is granted in its place before until. */
+            lock_delay?: {
+                until: components["schemas"]["Timestamp"];
+                expired_token: components["schemas"]["Token"];
+            };
         };
     };
     responses: {

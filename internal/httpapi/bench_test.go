@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/client"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -166,6 +167,68 @@ func BenchmarkAcquireHandler(b *testing.B) {
 			rel.send(s, w)
 			if w.status != http.StatusNoContent {
 				b.Fatalf("release: %d %s", w.status, w.body.String())
+			}
+		}
+	})
+}
+
+// BenchmarkLoopbackHop is one acquire + release cycle over real loopback
+// TCP (net/http's client and server, HTTP/1.1 keep-alive), through lockd
+// over memBackend, beside the same two requests to a handler that answers
+// at once: the difference is what lockd's handler path adds to net/http's
+// own round trip.
+func BenchmarkLoopbackHop(b *testing.B) {
+	mem := &memBackend{held: map[string]backend.Grant{}}
+	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	lockd := httptest.NewServer(New(mem, Options{Backend: "mem", Logger: log}))
+	defer lockd.Close()
+	bare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(`{"key":"bench:key","lease_id":"` + benchLeaseID + `","token":1,"owner":"bench","ttl_ms":15000,"expires_at":"2026-12-01T00:00:00.000Z"}` + "\n"))
+	}))
+	defer bare.Close()
+	post := func(b *testing.B, c *http.Client, url, body string, want int) {
+		resp, err := c.Post(url, "application/json", bytes.NewReader([]byte(body)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want && want != 0 {
+			b.Fatalf("%s: %d, want %d", url, resp.StatusCode, want)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		srv  *httptest.Server
+	}{{"bare", bare}, {"lockd", lockd}} {
+		b.Run(tc.name, func(b *testing.B) {
+			c := tc.srv.Client()
+			b.ReportAllocs()
+			for b.Loop() {
+				post(b, c, tc.srv.URL+"/v1/locks/bench:key/acquire", `{"ttl_ms": 15000, "owner": "bench"}`, 200)
+				post(b, c, tc.srv.URL+"/v1/locks/bench:key/release", `{"lease_id": "`+benchLeaseID+`"}`, 0)
+			}
+		})
+	}
+	// The same cycle through lockd's Go client, as compare's HTTP column
+	// calls it: what the client adds on top.
+	b.Run("lockd+client", func(b *testing.B) {
+		c, err := client.New(lockd.URL, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			g, err := c.AcquireLease(ctx, "bench:key", client.AcquireOptions{TTL: 15 * time.Second, Owner: "bench"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := c.ReleaseLease(ctx, "bench:key", g.LeaseID); err != nil {
+				b.Fatal(err)
 			}
 		}
 	})

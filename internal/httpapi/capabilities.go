@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/lockd/lockd/backend"
 )
@@ -23,6 +24,7 @@ type featuresJSON struct {
 	Events      *backend.WatchFeatures     `json:"events"`
 	RWLocks     *backend.RWFeatures        `json:"rwlocks"`
 	Semaphores  *backend.SemaphoreFeatures `json:"semaphores"`
+	LockDelay   *lockDelayCapabilities     `json:"lock_delay"`
 }
 
 type locksFeature struct {
@@ -33,7 +35,7 @@ type locksFeature struct {
 
 // capabilitiesOf reads the features off b by type assertion, so that what
 // is shown is what the routes will do.
-func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
+func capabilitiesOf(name string, b backend.Backend, defaultDelay time.Duration) capabilitiesJSON {
 	c := capabilitiesJSON{Backend: name, Features: featuresJSON{Locks: locksFeature{FIFO: true}}}
 	if u, ok := b.(backend.Unordered); ok {
 		c.Features.Locks = locksFeature{FIFO: false, NoFIFOReason: u.NoFIFO()}
@@ -61,6 +63,9 @@ func capabilitiesOf(name string, b backend.Backend) capabilitiesJSON {
 		f := rw.Features()
 		c.Features.RWLocks = &f
 	}
+	if d, ok := b.(backend.LockDelayer); ok {
+		c.Features.LockDelay = &lockDelayCapabilities{LockDelayFeatures: d.LockDelay(), DefaultMs: defaultDelay.Milliseconds()}
+	}
 	if u, ok := b.(backend.Unsupported); ok {
 		c.Unsupported = u.Unsupported()
 	}
@@ -76,7 +81,7 @@ func elections(b backend.Backend) backend.Elections {
 }
 
 func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, capabilitiesOf(s.opts.Backend, s.b))
+	writeJSON(w, http.StatusOK, capabilitiesOf(s.opts.Backend, s.b, s.opts.LockDelay))
 }
 
 // errNotSupported answers the routes of a feature the backend lacks.

@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/lockd/lockd/backend"
 	"github.com/lockd/lockd/internal/lease"
 )
 
@@ -85,6 +86,8 @@ type acquireBody struct {
 	WaitMs    *jsonInt `json:"wait_ms"`
 	Owner     *string  `json:"owner"`
 	SessionID *string  `json:"session_id"`
+	// LockDelayMs: see backend.LockDelayer; default Options.LockDelay.
+	LockDelayMs *jsonInt `json:"lock_delay_ms"`
 }
 
 type renewBody struct {
@@ -101,6 +104,9 @@ type acquireParams struct {
 	ttl, wait time.Duration
 	owner     string
 	session   string // a session id instead of a TTL; ttl is then 0
+	// lockDelay is the lock-delay asked for, when lockDelaySet.
+	lockDelay    time.Duration
+	lockDelaySet bool
 }
 
 // decode reads one JSON object into v, strictly: no unknown fields, no
@@ -404,7 +410,11 @@ func jsonError(err error) error {
 		if te.Field == "" {
 			return badRequest("invalid_json", "the body must be a JSON object")
 		}
-		return badRequest("invalid_"+te.Field, fmt.Sprintf("%s: want %s, got %s", te.Field, jsonType(te.Type.Kind().String()), te.Value))
+		// The path names embedded structs too (acquireBody.ttl_ms in a
+		// semaphore's body); the field is its last part, as the client
+		// sent it (no body has nested objects).
+		field := te.Field[strings.LastIndexByte(te.Field, '.')+1:]
+		return badRequest("invalid_"+field, fmt.Sprintf("%s: want %s, got %s", field, jsonType(te.Type.Kind().String()), te.Value))
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
 		return badRequest("unknown_field", "unknown field "+strings.TrimPrefix(msg, "json: unknown field "))
@@ -443,6 +453,10 @@ func (b acquireBody) params() (acquireParams, error) {
 	if p.wait, err = msField("wait_ms", b.WaitMs, 0, 0, lease.MaxWait); err != nil {
 		return p, err
 	}
+	if p.lockDelay, err = msField("lock_delay_ms", b.LockDelayMs, 0, 0, backend.MaxLockDelay); err != nil {
+		return p, err
+	}
+	p.lockDelaySet = b.LockDelayMs != nil
 	if b.SessionID != nil {
 		if b.TTLMs != nil {
 			return p, badRequest("invalid_session_id", "send ttl_ms or session_id, not both")

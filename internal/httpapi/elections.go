@@ -40,6 +40,8 @@ type campaignBody struct {
 	Owner     *string  `json:"owner"`
 	Value     *string  `json:"value"`
 	SessionID *string  `json:"session_id"`
+	// LockDelayMs as for an acquire.
+	LockDelayMs *jsonInt `json:"lock_delay_ms"`
 }
 
 type proclaimBody struct {
@@ -116,10 +118,13 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner, SessionID: body.SessionID}.params()
+	p, err := acquireBody{TTLMs: body.TTLMs, WaitMs: body.WaitMs, Owner: body.Owner, SessionID: body.SessionID, LockDelayMs: body.LockDelayMs}.params()
 	var value string
 	if err == nil {
 		value, err = checkValue(body.Value)
+	}
+	if err == nil {
+		p.lockDelay, err = s.lockDelayFor(p, backend.PrimitiveElections)
 	}
 	if err == nil && p.session != "" && sessionsOf(s.b) == nil {
 		err = errNotSupported("sessions")
@@ -145,7 +150,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) {
 		s.m.waiters.Inc()
 		defer s.m.waiters.Dec()
 	}
-	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait, Session: p.session})
+	l, err := el.Campaign(ctx, backend.CampaignRequest{Name: name, Owner: p.owner, Value: value, TTL: p.ttl, Wait: p.wait, Session: p.session, LockDelay: p.lockDelay})
 	if err == nil && r.Context().Err() != nil {
 		// Elected as the client left: nobody would renew or resign, and
 		// the election would stay led by nobody for a whole TTL.
@@ -243,10 +248,11 @@ func (s *Server) electionLeader(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, struct {
-		Name       string      `json:"name"`
-		Leader     *leaderJSON `json:"leader,omitempty"`
-		Candidates int         `json:"candidates"`
-	}{name, toLeaderJSON(st.Leader), st.Candidates})
+		Name         string      `json:"name"`
+		Leader       *leaderJSON `json:"leader,omitempty"`
+		Candidates   int         `json:"candidates"`
+		DelayedUntil *string     `json:"delayed_until,omitempty"`
+	}{name, toLeaderJSON(st.Leader), st.Candidates, delayedUntil(st.DelayedUntil)})
 }
 
 // The events of an observe stream.

@@ -53,6 +53,10 @@ type Options struct {
 	// StreamPing is how often an event stream sends a ": ping" comment;
 	// default 15 s.
 	StreamPing time.Duration
+	// LockDelay is the lock-delay of an acquire that does not ask for one
+	// (lock_delay_ms), on the primitives the backend delays; 0..
+	// backend.MaxLockDelay.
+	LockDelay time.Duration
 }
 
 // Server is the HTTP handler of lockd.
@@ -346,6 +350,9 @@ type acquireKind struct {
 	gate       string
 	idempotent bool
 	sessions   func() error
+	// primitive names the primitive for lock-delays (backend.Primitive*;
+	// default locks).
+	primitive string
 }
 
 func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acquireKind) (req backend.AcquireRequest, leave func(), ok bool) {
@@ -359,6 +366,13 @@ func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acq
 	}
 	if err == nil && kind.more != nil {
 		err = kind.more()
+	}
+	if err == nil {
+		primitive := kind.primitive
+		if primitive == "" {
+			primitive = backend.PrimitiveLocks
+		}
+		p.lockDelay, err = s.lockDelayFor(p, primitive)
 	}
 	var idemKey string
 	if err == nil {
@@ -403,7 +417,7 @@ func (s *Server) admitAcquireOf(w http.ResponseWriter, r *http.Request, kind acq
 			return req, nil, false
 		}
 	}
-	req = backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session,
+	req = backend.AcquireRequest{Key: key, Owner: p.owner, TTL: p.ttl, Wait: p.wait, Session: p.session, LockDelay: p.lockDelay,
 		Idempotency: idempotency(principal(r), kind.gate+key, idemKey, p)}
 	return req, leave, true
 }
@@ -584,6 +598,8 @@ type lockJSON struct {
 	Token     *uint64 `json:"token,omitempty"`
 	ExpiresAt *string `json:"expires_at,omitempty"`
 	Waiters   *int    `json:"waiters,omitempty"`
+	// DelayedUntil: a lock-delay is in force (inspection only).
+	DelayedUntil *string `json:"delayed_until,omitempty"`
 }
 
 func toLockJSON(st backend.LockState, withWaiters bool) lockJSON {
@@ -613,7 +629,9 @@ func (s *Server) inspect(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toLockJSON(st, true))
+	l := toLockJSON(st, true)
+	l.DelayedUntil = delayedUntil(st.DelayedUntil)
+	writeJSON(w, http.StatusOK, l)
 }
 
 const (

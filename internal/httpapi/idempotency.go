@@ -87,6 +87,9 @@ func idempotency(who *auth.Principal, key, header string, p acquireParams) backe
 	if p.session != "" {
 		in += "\x00session\x00" + leaseHash(p.session) // a retry in another session is another request
 	}
+	if p.lockDelay > 0 {
+		in += "\x00delay\x00" + strconv.FormatInt(p.lockDelay.Milliseconds(), 10)
+	}
 	fp := sha256.Sum256([]byte(in))
 	return backend.Idempotency{
 		Key:         base64.RawURLEncoding.EncodeToString(scope[:]),

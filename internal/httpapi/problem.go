@@ -30,6 +30,8 @@ type Problem struct {
 	// size when an acquire asked for another.
 	Holders any  `json:"holders,omitempty"`
 	Permits *int `json:"permits,omitempty"`
+	// LockDelay is the lock-delay that kept an acquire out.
+	LockDelay *lockDelayJSON `json:"lock_delay,omitempty"`
 
 	retryAfter time.Duration // when to come back, for 429 and 503
 }
@@ -108,6 +110,7 @@ func problemFor(err error) Problem {
 				p.Leader = toLeaderJSON(ne.Leader)
 			}
 			semaphoreProblem(err, &p)
+			p.LockDelay = toLockDelayJSON(delayOfRefusal(err))
 			var rwe *backend.RWHeldError
 			if errors.As(err, &rwe) {
 				hs := toRWHoldersJSON(rwe.Holders)

@@ -90,7 +90,7 @@ func (s *Server) rwAcquire(w http.ResponseWriter, r *http.Request) {
 		body rwAcquireBody
 		mode string
 	)
-	req, leave, ok := s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body.acquireBody, gate: "rwlock/",
+	req, leave, ok := s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body.acquireBody, gate: "rwlock/", primitive: backend.PrimitiveRWLocks,
 		more: func() (err error) {
 			if mode, err = checkMode(body.Mode); err == nil && body.SessionID != nil && !rw.Features().Sessions {
 				err = errNotSupported("sessions on rwlocks")
@@ -162,6 +162,8 @@ type rwStateJSON struct {
 	Mode    string         `json:"mode,omitempty"`
 	Holders []rwHolderJSON `json:"holders"`
 	Waiters rwWaitersJSON  `json:"waiters"`
+	// DelayedUntil: a lock-delay is in force.
+	DelayedUntil *string `json:"delayed_until,omitempty"`
 }
 
 type rwWaitersJSON struct {
@@ -188,5 +190,5 @@ func (s *Server) rwInspect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rwStateJSON{Key: key, Mode: st.Mode, Holders: toRWHoldersJSON(st.Holders),
-		Waiters: rwWaitersJSON{Read: st.WaitingReaders, Write: st.WaitingWriters}})
+		Waiters: rwWaitersJSON{Read: st.WaitingReaders, Write: st.WaitingWriters}, DelayedUntil: delayedUntil(st.DelayedUntil)})
 }

@@ -133,7 +133,7 @@ func (s *Server) admitPermit(w http.ResponseWriter, r *http.Request) (req backen
 	}
 	var body semaphoreBody
 	var permits int
-	lr, leave, ok := s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body.acquireBody, gate: "semaphore/",
+	lr, leave, ok := s.admitAcquireOf(w, r, acquireKind{body: &body, fields: &body.acquireBody, gate: "semaphore/", primitive: backend.PrimitiveSemaphores,
 		idempotent: sm.Features().Idempotency,
 		more:       func() (err error) { permits, err = checkPermits(body.Permits); return err },
 		sessions: func() error {
@@ -149,7 +149,7 @@ func (s *Server) admitPermit(w http.ResponseWriter, r *http.Request) (req backen
 		// The size defines the grant too: a retry with another is another request.
 		lr.Idempotency.Fingerprint += fmt.Sprintf(".%d", permits)
 	}
-	req = backend.SemaphoreRequest{Key: lr.Key, Permits: permits, Owner: lr.Owner, TTL: lr.TTL, Wait: lr.Wait, Session: lr.Session, Idempotency: lr.Idempotency}
+	req = backend.SemaphoreRequest{Key: lr.Key, Permits: permits, Owner: lr.Owner, TTL: lr.TTL, Wait: lr.Wait, Session: lr.Session, Idempotency: lr.Idempotency, LockDelay: lr.LockDelay}
 	return req, sm, leave, true
 }
 
@@ -261,10 +261,21 @@ func (s *Server) semaphoreInspect(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	var delayed []semDelayJSON
+	for _, d := range st.Delayed {
+		delayed = append(delayed, semDelayJSON{Slot: d.Slot, lockDelayJSON: *toLockDelayJSON(&d.Delay)})
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Key     string          `json:"key"`
 		Permits int             `json:"permits"`
 		Holders []semHolderJSON `json:"holders"`
 		Waiters int             `json:"waiters"`
-	}{key, st.Permits, toSemHolders(st.Holders), st.Waiters})
+		Delayed []semDelayJSON  `json:"delayed,omitempty"`
+	}{key, st.Permits, toSemHolders(st.Holders), st.Waiters, delayed})
+}
+
+// semDelayJSON is a slot under a lock-delay, in inspection.
+type semDelayJSON struct {
+	Slot int `json:"slot"`
+	lockDelayJSON
 }

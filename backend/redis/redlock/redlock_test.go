@@ -47,6 +47,7 @@ var conformanceOptions = backendtest.Options{
 	NoSessions:       NoSessions,
 	NoSemaphores:     "not built yet",
 	NoRWLocks:        NoRWLocks,
+	NoLockDelay:      backendtest.NoLockDelays("not built yet"),
 }
 
 // Redlock leaves elections and key events out on purpose, says why in the

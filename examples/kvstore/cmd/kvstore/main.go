@@ -8,6 +8,11 @@
 // A writer whose lease ran out while it was paused still holds its old
 // token; once a newer holder has written, the old token is refused (409
 // stale_lock_token), so the late write cannot clobber the newer one.
+//
+// A semaphore's permit holder adds its slot, and is fenced per (key, slot):
+//
+//	curl -X PUT -H "Lock-Key: $LOCKD_KEY" -H "Lock-Slot: $LOCKD_SLOT" \
+//	     -H "Lock-Token: $LOCKD_TOKEN" --data 'part' http://127.0.0.1:7071/kv/part-$LOCKD_SLOT
 package main
 
 import (
