@@ -272,9 +272,9 @@ func (c *contractPrim) waiters(ctx context.Context, key string) (int, error) {
 
 func (c *contractPrim) Close() error { return nil }
 
-// primDeployment is a lockd replica over a fresh backend for the perf rows
-// of feature, with what it needs said when it cannot be measured: why not
-// ("" when it can), or an error.
+// primReplica starts a lockd replica over a fresh backend for the perf
+// rows of feature. When the backend keeps no feature it returns no replica
+// and the reason; when it cannot start one, the error.
 func primReplica(ctx context.Context, d *deployment, feature string) (r *lockdReplica, unsupported string, err error) {
 	if d.noBackend != "" {
 		return nil, "", errors.New(d.noBackend)

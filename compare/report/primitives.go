@@ -150,7 +150,7 @@ func primitiveWorkloadsNote(d *doc, ran []*harness.BackendRun) {
 			break
 		}
 	}
-	d.p("The semaphore and read-write lock checks come from two more workloads beside the lock workload in every cell, on the same replicas under the same fault: 4 clients hold permits of a semaphore of 3 (a TTL on average, renewed every TTL/3), each writing to a fenced register per (key, slot) with its token; 3 clients take a read-write lock, one acquire in three in write mode. A holder holds from its grant's return until it sends its release or its own deadline passes. Over N permits: a grant that returned while N other valid permits were held. Slot token order: a write, within the writer's lease, with a token below one its slot's register had already taken. Writer overlap: a writer holding while any other valid holder held.")
+	d.p("The semaphore and read-write lock checks come from two more workloads beside the lock workload in every cell, on the same replicas under the same fault: %d clients hold permits of a semaphore of %d (a TTL on average, renewed every TTL/3), each writing to a fenced register per (key, slot) with its token; 3 clients take a read-write lock, one acquire in three in write mode. A holder holds from its grant's return until it sends its release or its own deadline passes. Over N permits: a grant that returned while N other valid permits were held. Slot token order: a write, within the writer's lease, with a token below one its slot's register had already taken. Writer overlap: a writer holding while any other valid holder held.", semClients(ran), semPermits(ran))
 	if len(off) > 0 {
 		d.p("Not applicable where the backend keeps no such primitive (the cell names the reason /v1/capabilities gives): %s.", strings.Join(dedupe(off), ", "))
 	}
@@ -166,4 +166,26 @@ func dedupe(xs []string) []string {
 		}
 	}
 	return out
+}
+
+func semClients(ran []*harness.BackendRun) int {
+	for _, br := range ran {
+		for _, c := range br.Correctness {
+			if c.Semaphore != nil {
+				return c.Semaphore.Clients
+			}
+		}
+	}
+	return 0
+}
+
+func semPermits(ran []*harness.BackendRun) int {
+	for _, br := range ran {
+		for _, c := range br.Correctness {
+			if c.Semaphore != nil {
+				return c.Semaphore.Permits
+			}
+		}
+	}
+	return 0
 }
