@@ -138,12 +138,17 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 				}
 			}
 		case "scale":
-			if len(br.Scale) != 2 {
-				t.Errorf("%s scale: got %d cells, want 2", br.Name, len(br.Scale))
+			if len(br.Scale) != 1 || len(br.Waiters) != 2 {
+				t.Errorf("%s scale: got %d lease cells and %d waiter cells, want 1 and 2", br.Name, len(br.Scale), len(br.Waiters))
 			}
 			for _, c := range br.Scale {
 				if c.Unmeasured == "" && c.Reached == 0 {
 					t.Errorf("%s scale %q: nothing reached and no reason", br.Name, c.What)
+				}
+			}
+			for _, c := range br.Waiters {
+				if c.Unmeasured == "" && (c.Reached == 0 || c.LockdRSSMB <= 0) {
+					t.Errorf("%s scale %q: no poll waiting or no lockd RSS, and no reason", br.Name, c.What)
 				}
 			}
 		case "roundtrips":

@@ -30,20 +30,25 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 	}
 	q := b.queue(req.Key)
 	id := lease.NewID()
-	mine := q + id
+	if req.LockDelay > 0 {
+		id += delayMark
+	}
 	giveUp := time.Now().Add(req.Wait)
 	held := contended(giveUp) // for the work once the key was found held
-	// grantIfFree makes this acquire the holder when the queue is empty.
+	// grantIfFree makes this acquire the holder when the queue is empty
+	// (so any sequence number keeps the queue in order).
 	grantIfFree := func(adm admission) (backend.Grant, bool, error) {
+		name := leaf(b.seqs.take(req.Key), id)
+		mine := q + name
 		rec, gcLease, err := b.holderRecord(ctx, req, value)
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
-		idemCmps, idemOps, err := b.idemWrite(ctx, req, id, true)
+		idemCmps, idemOps, err := b.idemWrite(ctx, req, name, true)
 		if err != nil {
 			return backend.Grant{}, false, err
 		}
-		sc, so := b.sessionWrite(rec, mine, id)
+		sc, so := b.sessionWrite(rec, mine, name)
 		resp, err := b.txn(ctx, adm, "acquire",
 			append(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()}, idemCmps...), sc...),
 			append(append([]clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}, idemOps...), so...), nil)
@@ -56,7 +61,8 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err
 		}
-		e := entry{key: mine, leaseID: id, createRev: resp.Header.Revision, rec: rec}
+		b.seqs.saw(resp.Header.Revision)
+		e := entry{key: mine, leaseID: name, seq: seqOf(name), createRev: resp.Header.Revision, rec: rec}
 		return e.grant(req.Key), true, nil
 	}
 	for first := true; ; first = false {
@@ -84,21 +90,31 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 			}
 			continue // someone came first: look again
 		}
-		if head.rec.overdue(b.opts.Clock) {
+		if head.rec.removable(b.opts.Clock) {
 			if err := b.removeExpired(ctx, held, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
 			continue
 		}
 		if req.Wait <= 0 {
-			he := &backend.HeldError{Key: req.Key}
-			if head.rec.held() {
-				he.Holder = head.holder()
-			}
-			return backend.Grant{}, he
+			return backend.Grant{}, b.heldBy(req.Key, head)
 		}
 		return b.wait(ctx, req, id, giveUp, value)
 	}
+}
+
+// heldBy is the refusal of an acquire that found head at the head of the
+// queue: its holder, or the lock-delay it keeps after expiring.
+func (b *Backend) heldBy(key string, head *entry) error {
+	he := &backend.HeldError{Key: key}
+	switch {
+	case head == nil || !head.rec.held():
+	case head.rec.delayed(b.opts.Clock):
+		he.Delay = head.delay(b.opts.Clock)
+	default:
+		he.Holder = head.holder()
+	}
+	return he
 }
 
 // waiterLease returns the lease queue entries of this Backend hang on,
@@ -141,7 +157,6 @@ var errEntryLost = fmt.Errorf("%w: etcd: queue entry lost while waiting", backen
 
 func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id string, giveUp time.Time, value string) (g backend.Grant, err error) {
 	q := b.queue(req.Key)
-	mine := q + id
 	wl, err := b.waiterLease(ctx)
 	if err != nil {
 		return backend.Grant{}, err
@@ -150,15 +165,34 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
-	idemCmps, idemOps, err := b.idemWrite(ctx, req, id, false)
-	if err != nil {
-		release()
-		return backend.Grant{}, err
+	// The entry goes at the end of the queue under the next sequence
+	// number; a put that finds entries at or after its name (another
+	// replica's, or a reordered one of ours) takes the number after them.
+	var (
+		name, mine string
+		put        *clientv3.TxnResponse
+	)
+	for attempt := 0; ; attempt++ {
+		name = leaf(b.seqs.take(req.Key), id)
+		mine = q + name
+		idemCmps, idemOps, ierr := b.idemWrite(ctx, req, name, false)
+		if ierr != nil {
+			release()
+			return backend.Grant{}, ierr
+		}
+		c, cancel := b.opCtx(ctx)
+		put, err = b.cli.Txn(c).If(append([]clientv3.Cmp{enqueueGuard(q, mine)}, idemCmps...)...).Then(append([]clientv3.Op{
+			clientv3.OpPut(mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))}, idemOps...)...).
+			Else(afterMine(q, mine)).Commit()
+		cancel()
+		if err != nil || put.Succeeded || !b.retrySeq(req.Key, put, 0) {
+			break
+		}
+		if attempt == 20 {
+			release()
+			return backend.Grant{}, fmt.Errorf("%w: etcd: enqueue kept racing with other replicas", backend.ErrUnavailable)
+		}
 	}
-	c, cancel := b.opCtx(ctx)
-	put, err := b.cli.Txn(c).If(idemCmps...).Then(append([]clientv3.Op{
-		clientv3.OpPut(mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))}, idemOps...)...).Commit()
-	cancel()
 	release()
 	if err != nil {
 		err = fail(ctx, "enqueue", err)
@@ -168,6 +202,8 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 			return g, err
 		}
 		return backend.Grant{}, fmt.Errorf("%w: etcd: idempotency record vanished while enqueuing", backend.ErrUnavailable)
+	} else {
+		b.seqs.after(req.Key, seqOf(name), put.Header.Revision)
 	}
 	myRev := int64(0)
 	if err == nil {
@@ -185,26 +221,28 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		return backend.Grant{}, err
 	}
 	if req.Session == "" {
-		return b.waitTurn(ctx, req, id, myRev, giveUp, value)
+		return b.waitTurn(ctx, req, name, myRev, giveUp, value)
 	}
 	// A wait in a session ends when the session does (etcd#19597).
 	sctx, stop := b.watchSession(ctx, sessionHash(req.Session))
 	defer stop()
-	g, err = b.waitTurn(sctx, req, id, myRev, giveUp, value)
+	g, err = b.waitTurn(sctx, req, name, myRev, giveUp, value)
 	return g, sessionEnded(ctx, sctx, err)
 }
 
-// waitTurn waits, as the queue entry of lease id created at myRev, until
-// nothing is ahead of it, and takes the lock; or gives up at giveUp with
-// ErrHeld. It leaves the entry to its caller.
+// waitTurn waits, as the queue entry of lease id (its name's last element)
+// created at myRev, until nothing is ahead of it, and takes the lock; or
+// gives up at giveUp with ErrHeld. It leaves the entry to its caller.
 func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time, value string) (backend.Grant, error) {
 	q := b.queue(req.Key)
 	mine := q + id
 	adm := contended(giveUp)
 
-	// grant takes the lock if nothing is ahead of this entry. Entries
-	// created later have larger revisions, so when nothing is ahead only
-	// the loss of our own entry can fail it.
+	// grant takes the lock if nothing is ahead of this entry: a compare
+	// over the names below mine, which etcd answers from the few keys in
+	// that range (none, when it holds). Entries created later sort after
+	// mine, so when nothing is ahead only the loss of our own entry can
+	// fail it.
 	grant := func() (backend.Grant, bool, error) {
 		rec, gcLease, err := b.holderRecord(ctx, req, value)
 		if err != nil {
@@ -212,7 +250,7 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 		}
 		cmps := []clientv3.Cmp{
 			clientv3.Compare(clientv3.CreateRevision(mine), "=", myRev),
-			clientv3.Compare(clientv3.CreateRevision(q), ">", myRev-1).WithPrefix(),
+			nothingAhead(q, mine),
 		}
 		ops := []clientv3.Op{clientv3.OpPut(mine, mustJSON(rec), clientv3.WithLease(gcLease))}
 		sc, so := b.sessionWrite(rec, mine, id)
@@ -231,7 +269,7 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err
 		}
-		e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
+		e := entry{key: mine, leaseID: id, seq: seqOf(id), createRev: myRev, rec: rec}
 		return e.grant(req.Key), true, nil
 	}
 	behindHead := false // the entry ahead was the holder when last looked at
@@ -260,26 +298,22 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 			continue
 		}
 		behindHead = head != nil && head.key == pred.key
-		if head != nil && head.rec.overdue(b.opts.Clock) {
+		if head != nil && head.rec.removable(b.opts.Clock) {
 			if err := b.removeExpired(ctx, adm, req.Key, head); err != nil {
 				return backend.Grant{}, err
 			}
 			continue
 		}
 		if !time.Now().Before(giveUp) {
-			he := &backend.HeldError{Key: req.Key}
-			if head != nil && head.rec.held() {
-				he.Holder = head.holder()
-			}
-			return backend.Grant{}, he
+			return backend.Grant{}, b.heldBy(req.Key, head)
 		}
 		// Wake on any change of the entry ahead, when the holder's grant
-		// may be removed (its deadline plus the declared skew, by this
-		// replica's clock, as a time of this machine's timers), or when
-		// the wait is over.
+		// may be removed (its deadline plus its lock-delay plus the
+		// declared skew, by this replica's clock), or when the wait is
+		// over.
 		var expiry time.Time
 		if head != nil && head.rec.held() {
-			expiry = time.Now().Add(b.opts.Clock.Until(b.opts.Clock.FreeAt(head.rec.deadline())))
+			expiry = head.rec.freeAt(b.opts.Clock)
 			if !behindHead {
 				expiry = expiry.Add(time.Second) // the waiter behind the holder goes first
 			}

@@ -2,12 +2,14 @@ package etcd_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/lockd/lockd/backend"
@@ -114,4 +116,130 @@ func BenchmarkHandoff(b *testing.B) {
 		}
 		benchHandoff(b, mk(), mk())
 	})
+}
+
+// BenchmarkWaiters has N acquirers arrive at once on one held key (all
+// through one Backend, as behind one lockd) and reports how long until all
+// of them are queued, then releases the lock down the line: each grant
+// releases at once, and the time from a release call to the next grant is
+// one handoff.
+func BenchmarkWaiters(b *testing.B) {
+	e := testserver.EtcdCluster(b, 1)
+	for _, n := range []int{100, 1000, 3000} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				benchWaiters(b, e.Endpoints(), fmt.Sprintf("bench-waiters-%d-%d", n, i), n)
+			}
+		})
+	}
+}
+
+func benchWaiters(b *testing.B, endpoints []string, key string, n int) {
+	be := etcdb.New(client(b, endpoints), etcdb.Options{})
+	defer be.Close()
+	ctx := b.Context()
+	g, err := be.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: 5 * time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hist := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
+	var (
+		mu       sync.Mutex
+		released time.Time
+		failed   atomic.Int64
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, err := be.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: time.Minute, Wait: 5 * time.Minute})
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			mu.Lock()
+			_ = hist.RecordValue(time.Since(released).Microseconds())
+			released = time.Now()
+			mu.Unlock()
+			if err := be.Release(ctx, key, w.LeaseID); err != nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	for {
+		st, err := be.Inspect(ctx, key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st.Waiters >= n {
+			break
+		}
+		if time.Since(start) > 5*time.Minute {
+			b.Fatalf("after %s only %d of %d waiters queued", time.Since(start), st.Waiters, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	queued := time.Since(start)
+	mu.Lock()
+	released = time.Now()
+	mu.Unlock()
+	if err := be.Release(ctx, key, g.LeaseID); err != nil {
+		b.Fatal(err)
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d of %d waiters failed", f, n)
+	}
+	b.ReportMetric(queued.Seconds(), "queued-s")
+	b.ReportMetric(float64(hist.ValueAtQuantile(50)), "handoff-p50-µs")
+	b.ReportMetric(float64(hist.ValueAtQuantile(99)), "handoff-p99-µs")
+}
+
+// BenchmarkQueueLook is etcd's own cost of one waiter's look at a queue of
+// N entries, asked the two ways: by create revision (the head by
+// WithFirstCreate, the predecessor by WithLastCreate+WithMaxCreateRev: etcd
+// reads every key of the queue to answer) and by key order (limit-1 reads:
+// the head is the queue's first key, the predecessor the entry one
+// sequence number below). The waiter is the last entry.
+func BenchmarkQueueLook(b *testing.B) {
+	e := testserver.EtcdCluster(b, 1)
+	cli := client(b, e.Endpoints())
+	ctx := b.Context()
+	for _, n := range []int{100, 1000, 3000} {
+		q := fmt.Sprintf("/bench-look/%d/", n)
+		var last *clientv3.PutResponse
+		key := func(i int) string { return fmt.Sprintf("%s%020d.%s", q, i, "x") }
+		for i := 1; i <= n; i++ {
+			r, err := cli.Put(ctx, key(i), `{"t":60000}`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			last = r
+		}
+		myRev, mine := last.Header.Revision, key(n)
+		b.Run(fmt.Sprintf("create-order/n=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if _, err := cli.Txn(ctx).Then(
+					clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...),
+					clientv3.OpGet(mine, clientv3.WithKeysOnly()),
+					clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(myRev-1), clientv3.WithKeysOnly())...),
+				).Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("key-order/n=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if _, err := cli.Txn(ctx).Then(
+					clientv3.OpGet(q, clientv3.WithRange(clientv3.GetPrefixRangeEnd(q)), clientv3.WithLimit(1)),
+					clientv3.OpGet(mine, clientv3.WithKeysOnly()),
+					clientv3.OpGet(fmt.Sprintf("%s%020d.", q, n-1), clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly()),
+				).Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

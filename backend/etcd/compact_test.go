@@ -180,31 +180,6 @@ func TestWaiterWatchCompacted(t *testing.T) {
 	}
 }
 
-// Inspect reads the head at the revision of its first read; a compaction
-// in between must not turn into ErrUnavailable or a wrong answer.
-func TestInspectAcrossCompaction(t *testing.T) {
-	e := startEmbedded(t, embedded.Config{})
-	cli := client(t, e.Endpoints())
-	f := &compactBehind{kv: cli.KV, cli: cli}
-	cli.KV = &compactingKV{KV: cli.KV, f: f}
-	b := etcdb.New(cli, etcdb.Options{})
-	t.Cleanup(func() { b.Close() })
-	ctx := t.Context()
-	g, err := b.Acquire(ctx, backend.AcquireRequest{Key: "inspect", Owner: "me", TTL: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.left.Store(1)
-	st, err := b.Inspect(ctx, "inspect")
-	f.check(t, 1)
-	if err != nil {
-		t.Fatalf("Inspect: %v, want the state", err)
-	}
-	if !st.Held || st.Holder == nil || st.Holder.Token != g.Token || st.Holder.Owner != "me" || st.Waiters != 0 {
-		t.Errorf("Inspect = %+v (holder %+v), want held by me with token %d and no waiters", st, st.Holder, g.Token)
-	}
-}
-
 // The embedded etcd compacts: with a quota that its uncompacted history
 // would fill several times over, every acquire and release succeeds and
 // etcd raises no alarm. Without compaction the same run hits NOSPACE,

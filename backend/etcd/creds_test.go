@@ -38,7 +38,7 @@ func TestTLSAndRBAC(t *testing.T) {
 	// revoke), transactions and watches all work under least privilege.
 	t.Run("Conformance", func(t *testing.T) {
 		backendtest.Run(t, func(t *testing.T) backend.Backend { return replica(t, etcdb.Options{}) },
-			backendtest.Options{NoLockDelay: backendtest.NoLockDelays("not built yet"), Clocked: clocked(replica, etcdb.Options{})})
+			backendtest.Options{Clocked: clocked(replica, etcdb.Options{})})
 	})
 
 	// Any change to etcd's users or roles makes every token issued before

@@ -39,10 +39,13 @@ func (e *entry) leader() *backend.Leader {
 // Campaign implements backend.Elections: an acquire of the election's queue
 // whose grant writes the value with the deadline, in one put.
 func (el elections) Campaign(ctx context.Context, req backend.CampaignRequest) (backend.Leadership, error) {
-	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session}, req.Value)
+	g, err := el.q.acquire(ctx, backend.AcquireRequest{Key: req.Name, Owner: req.Owner, TTL: req.TTL, Wait: req.Wait, Session: req.Session, LockDelay: req.LockDelay}, req.Value)
 	if errors.Is(err, backend.ErrHeld) {
 		ne := &backend.NotLeaderError{Name: req.Name}
-		if st, lerr := el.Leader(ctx, req.Name); lerr == nil {
+		var he *backend.HeldError
+		if errors.As(err, &he) && he.Delay != nil {
+			ne.Delay = he.Delay
+		} else if st, lerr := el.Leader(ctx, req.Name); lerr == nil {
 			ne.Leader = st.Leader
 		}
 		return backend.Leadership{}, ne
@@ -98,12 +101,12 @@ func (el elections) Resign(ctx context.Context, name, leaseID string) error {
 	return el.q.Release(ctx, name, leaseID)
 }
 
-// Leader implements backend.Elections: the head's record and the count of
-// entries, in one read.
+// Leader implements backend.Elections: the head's record (the queue's first
+// key) and the count of entries, in one read.
 func (el elections) Leader(ctx context.Context, name string) (backend.ElectionState, error) {
 	q := el.q.queue(name)
 	resp, err := el.q.txn(ctx, atOnce, "leader", nil,
-		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithFirstCreate()...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithRange(clientv3.GetPrefixRangeEnd(q)), clientv3.WithLimit(1)), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
 	if err != nil {
 		return backend.ElectionState{}, err
 	}
@@ -121,8 +124,11 @@ func (el elections) Leader(ctx context.Context, name string) (backend.ElectionSt
 	}
 	if head.rec.held() {
 		st.Candidates--
-		if !head.rec.overdue(el.q.opts.Clock) {
+		switch {
+		case !head.rec.overdue(el.q.opts.Clock):
 			st.Leader = head.leader()
+		case head.rec.delayed(el.q.opts.Clock):
+			st.DelayedUntil = head.delay(el.q.opts.Clock).Until
 		}
 	}
 	return st, nil

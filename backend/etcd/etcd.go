@@ -3,11 +3,13 @@
 //
 // # Layout
 //
-// Every acquire of lock K is one key <prefix>q/<K>/<lease id>. Lock keys never
-// contain '/', so the range <prefix>q/<K>/ holds K's entries and no other
-// lock's. The entry with the lowest create revision is at the head of the
-// queue; it holds the lock when its record carries a deadline. Entries behind
-// it are waiters, served in create-revision order (FIFO).
+// Every acquire of lock K is one key <prefix>q/<K>/~<seq>.<id>, id random,
+// seq a 20-digit sequence number; "~<seq>.<id>" is the grant's lease id. Lock
+// keys never contain '/', so the range <prefix>q/<K>/ holds K's entries and
+// no other lock's. Entries are written only at the end of the queue by key
+// (queue.go), so key order is create-revision order: the first key is the
+// head of the queue; it holds the lock when its record carries a deadline.
+// Entries behind it are waiters, served in that order (FIFO).
 //
 // Elections live the same way under <prefix>e/<name>/ (election.go): the
 // record also carries the leader's value, the term is the fencing token, and
@@ -57,14 +59,15 @@
 //
 // # Cost under contention
 //
-// Which entry is ahead is asked keys-only (the head, the predecessor), which
-// etcd answers from its in-memory index on its read path; the one guarded
-// write that grants runs only once nothing is ahead. A transaction that
-// compares against a whole queue runs in etcd's serial apply loop and reads
-// every entry, so with thousands of waiters on a key it must stay rare: an
-// acquire of a key this instance found held in the last ten seconds reads
-// before it writes, any other tries the write at once (one round trip when
-// the key is free).
+// Which entry is ahead is asked by key (the head is the first key, the
+// predecessor the entry one sequence number below), a few keys per look
+// whatever the queue's length, on etcd's read path; the one guarded write
+// that grants runs only once nothing is ahead, and compares only the names
+// below the waiter's (none, then). A transaction that compares against a
+// whole queue runs in etcd's serial apply loop and reads every entry, so
+// with thousands of waiters on a key it must stay rare: an acquire of a key
+// this instance found held in the last ten seconds reads before it writes,
+// any other tries the write at once (one round trip when the key is free).
 //
 // # History
 //
@@ -138,6 +141,7 @@ type Backend struct {
 
 	leases *leasePool
 	busy   busyKeys
+	seqs   *seqHints     // per space: elect has its own
 	slots  chan struct{} // see slot
 
 	life   context.Context // ends on Close
@@ -172,10 +176,10 @@ func New(cli *clientv3.Client, opts Options) *Backend {
 		opts.MaxContendedOps = 64
 	}
 	life, cancel := context.WithCancel(context.Background())
-	b := &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel, space: "q/"}
+	b := &Backend{cli: cli, opts: opts, leases: newLeasePool(cli), slots: make(chan struct{}, opts.MaxContendedOps), life: life, cancel: cancel, space: "q/", seqs: &seqHints{}}
 	// Elections run on the same queues, leases, admission and lifetime, in
 	// their own range (with their own waiters' lease, granted on first use).
-	b.elect = &Backend{cli: cli, opts: opts, leases: b.leases, slots: b.slots, life: life, cancel: cancel, space: "e/"}
+	b.elect = &Backend{cli: cli, opts: opts, leases: b.leases, slots: b.slots, life: life, cancel: cancel, space: "e/", seqs: &seqHints{}}
 	return b
 }
 

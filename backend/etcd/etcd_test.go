@@ -52,7 +52,7 @@ func clocked(replica func(*testing.T, etcdb.Options) backend.Backend, opts etcdb
 }
 
 func conformance(endpoints []string, opts etcdb.Options) backendtest.Options {
-	return backendtest.Options{NoLockDelay: backendtest.NoLockDelays("not built yet"), Clocked: clocked(func(t *testing.T, o etcdb.Options) backend.Backend { return factory(endpoints, o)(t) }, opts)}
+	return backendtest.Options{Clocked: clocked(func(t *testing.T, o etcdb.Options) backend.Backend { return factory(endpoints, o)(t) }, opts)}
 }
 
 func TestConformanceSingleMember(t *testing.T) {

@@ -44,7 +44,7 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			}
 		}
 		if !e.rec.valid(b.opts.Clock) {
-			if e.rec.overdue(b.opts.Clock) {
+			if e.rec.removable(b.opts.Clock) {
 				_ = b.removeExpired(ctx, atOnce, key, e)
 			}
 			return nil, backend.ErrLeaseExpired
@@ -54,7 +54,7 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			rec.TTL = ttl.Milliseconds()
 		}
 		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
-		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, rec.delayEnd())
 		if err != nil {
 			return nil, err
 		}
@@ -78,6 +78,9 @@ func (b *Backend) renew(ctx context.Context, key, leaseID string, ttl time.Durat
 func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	if !lease.ValidID(leaseID) {
 		return backend.ErrLeaseExpired
+	}
+	if strings.HasSuffix(leaseID, delayMark) {
+		return b.releaseDelayed(ctx, key, leaseID)
 	}
 	c, cancel := b.opCtx(ctx)
 	defer cancel()
@@ -111,46 +114,61 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 	return nil
 }
 
-// Inspect implements backend.Backend.
-func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
-	for attempt := 1; ; attempt++ {
-		st, err := b.inspect(ctx, key)
-		// The head is read at the revision of the first read: a compaction
-		// in between drops that revision, and a new snapshot answers.
-		if !compacted(err) {
-			return st, err
+// releaseDelayed is the release of a grant asked with a lock-delay: the
+// delete is guarded by the entry as read while still valid, so that a
+// release after expiry is refused and leaves the record, and so the delay,
+// in place.
+func (b *Backend) releaseDelayed(ctx context.Context, key, leaseID string) error {
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := b.get(ctx, key, leaseID)
+		if err != nil {
+			return err
 		}
-		if attempt == 3 {
-			return st, fail(ctx, "inspect", err)
+		if e == nil || !e.rec.held() {
+			return backend.ErrLeaseExpired
+		}
+		if err := b.resolve(ctx, e); err != nil {
+			return err
+		}
+		if !e.rec.valid(b.opts.Clock) {
+			if e.rec.removable(b.opts.Clock) {
+				_ = b.removeExpired(ctx, atOnce, key, e)
+			}
+			return backend.ErrLeaseExpired
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(e.key)}
+		if e.rec.S != "" {
+			ops = append(ops, clientv3.OpDelete(b.sessionIndex(e.rec.S)+e.leaseID))
+		}
+		resp, err := b.txn(ctx, atOnce, "release", []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, ops, nil)
+		if err != nil {
+			return err
+		}
+		if resp.Succeeded {
+			return nil
 		}
 	}
+	return fmt.Errorf("%w: release kept racing with other writers", backend.ErrUnavailable)
+}
+
+// Inspect implements backend.Backend.
+func (b *Backend) Inspect(ctx context.Context, key string) (backend.LockState, error) {
+	return b.inspect(ctx, key)
 }
 
 func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, error) {
 	q := b.queue(key)
-	// Keys only, then the head's record at the same revision: one
-	// snapshot, without reading every waiter's record.
+	// The head is the queue's first key (one record read), the count of
+	// entries from etcd's index: one snapshot, without reading every
+	// waiter's record.
 	resp, err := b.txn(ctx, atOnce, "inspect", nil,
-		[]clientv3.Op{clientv3.OpGet(q, append(clientv3.WithFirstCreate(), clientv3.WithKeysOnly())...), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
+		[]clientv3.Op{clientv3.OpGet(q, clientv3.WithRange(clientv3.GetPrefixRangeEnd(q)), clientv3.WithLimit(1)), clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())}, nil)
 	if err != nil {
 		return backend.LockState{}, err
 	}
 	st := backend.LockState{Key: key, Waiters: int(resp.Responses[1].GetResponseRange().Count)}
-	first := resp.Responses[0].GetResponseRange().Kvs
-	if len(first) == 0 {
-		return st, nil
-	}
-	c, cancel := b.opCtx(ctx)
-	defer cancel()
-	hr, err := b.cli.Get(c, string(first[0].Key), clientv3.WithRev(resp.Header.Revision))
-	if compacted(err) {
-		return st, err
-	}
-	if err != nil {
-		return st, fail(ctx, "inspect", err)
-	}
-	head, err := b.entryFrom(hr)
-	if err != nil {
+	head, err := b.entryFrom(resp.Responses[0].GetResponseRange())
+	if err != nil || head == nil {
 		return st, err
 	}
 	if err := b.resolve(ctx, head); err != nil {
@@ -158,8 +176,11 @@ func (b *Backend) inspect(ctx context.Context, key string) (backend.LockState, e
 	}
 	if head != nil && head.rec.held() {
 		st.Waiters-- // the holder's entry, expired or not, is no waiter
-		if !head.rec.overdue(b.opts.Clock) {
+		switch {
+		case !head.rec.overdue(b.opts.Clock):
 			st.Held, st.Holder = true, head.holder()
+		case head.rec.delayed(b.opts.Clock):
+			st.DelayedUntil = head.delay(b.opts.Clock).Until
 		}
 	}
 	return st, nil

@@ -93,6 +93,9 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 		return backend.RWGrant{}, fmt.Errorf("etcd: rwlock mode %q", req.Mode)
 	}
 	id := lease.NewID()
+	if req.LockDelay > 0 {
+		id += delayMark
+	}
 	mine := b.rwQueue(req.Key) + rwSub(req.Mode) + id
 	giveUp := time.Now().Add(req.Wait)
 	for attempt := 0; attempt < 5; attempt++ {
@@ -123,17 +126,26 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 			return backend.RWGrant{}, err
 		}
 		removed := false
+		var delay *backend.Delay // the soonest-ending one that blocks
 		for i := range entries {
 			e := &entries[i]
-			if (req.Mode == backend.ModeWrite || rwMode(e.key) == backend.ModeWrite) && e.rec.overdue(b.opts.Clock) {
+			if req.Mode != backend.ModeWrite && rwMode(e.key) != backend.ModeWrite {
+				continue // a reader blocks no reader
+			}
+			switch {
+			case e.rec.removable(b.opts.Clock):
 				if err := b.rwRemoveExpired(ctx, atOnce, e); err != nil {
 					return backend.RWGrant{}, err
 				}
 				removed = true
+			case e.rec.delayed(b.opts.Clock):
+				if d := e.delay(b.opts.Clock); delay == nil || d.Until.Before(delay.Until) {
+					delay = d
+				}
 			}
 		}
 		if !removed {
-			return backend.RWGrant{}, &backend.RWHeldError{Key: req.Key, Holders: rw.holders(entries)}
+			return backend.RWGrant{}, &backend.RWHeldError{Key: req.Key, Holders: rw.holders(entries), Delay: delay}
 		}
 	}
 	return backend.RWGrant{}, fmt.Errorf("%w: rwlock acquire kept racing with other writers", backend.ErrUnavailable)
@@ -203,7 +215,7 @@ func (rw rwlocks) waitTurn(ctx context.Context, req backend.RWAcquireRequest, id
 			e := entry{key: mine, leaseID: id, createRev: myRev, rec: rec}
 			return e.rwGrant(req.Key), nil
 		}
-		if pred.rec.overdue(b.opts.Clock) {
+		if pred.rec.removable(b.opts.Clock) {
 			if err := b.rwRemoveExpired(ctx, adm, pred); err != nil {
 				return backend.RWGrant{}, err
 			}
@@ -214,14 +226,17 @@ func (rw rwlocks) waitTurn(ctx context.Context, req backend.RWAcquireRequest, id
 			if entries, _, err := rw.read(ctx, req.Key); err == nil {
 				he.Holders = rw.holders(entries)
 			}
+			if pred.rec.delayed(b.opts.Clock) {
+				he.Delay = pred.delay(b.opts.Clock)
+			}
 			return backend.RWGrant{}, he
 		}
 		// Wake on any change of the blocker, or when its grant may be
-		// removed (its deadline plus the declared skew), or at the end of
-		// the wait.
+		// removed (its deadline plus its lock-delay plus the declared
+		// skew), or at the end of the wait.
 		var expiry time.Time
 		if pred.rec.held() {
-			expiry = time.Now().Add(b.opts.Clock.Until(b.opts.Clock.FreeAt(pred.rec.deadline())))
+			expiry = pred.rec.freeAt(b.opts.Clock)
 		}
 		if err := b.waitChange(ctx, adm, pred, pred.readRev, expiry, giveUp); err != nil {
 			return backend.RWGrant{}, err
@@ -354,7 +369,7 @@ func (rw rwlocks) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			}
 		}
 		if !e.rec.valid(b.opts.Clock) {
-			if e.rec.overdue(b.opts.Clock) {
+			if e.rec.removable(b.opts.Clock) {
 				_ = b.rwRemoveExpired(ctx, atOnce, e)
 			}
 			return backend.RWGrant{}, backend.ErrLeaseExpired
@@ -364,7 +379,7 @@ func (rw rwlocks) Renew(ctx context.Context, key, leaseID string, ttl time.Durat
 			rec.TTL = ttl.Milliseconds()
 		}
 		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
-		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(rec.Deadline))
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, rec.delayEnd())
 		if err != nil {
 			return backend.RWGrant{}, err
 		}
@@ -388,6 +403,9 @@ func (rw rwlocks) Release(ctx context.Context, key, leaseID string) error {
 	b := rw.b
 	if !lease.ValidID(leaseID) || strings.Contains(leaseID, "/") {
 		return backend.ErrLeaseExpired
+	}
+	if strings.HasSuffix(leaseID, delayMark) {
+		return rw.releaseDelayed(ctx, key, leaseID)
 	}
 	q := b.rwQueue(key)
 	c, cancel := b.opCtx(ctx)
@@ -426,6 +444,42 @@ func (rw rwlocks) Release(ctx context.Context, key, leaseID string) error {
 	return nil
 }
 
+// releaseDelayed is Release of a grant asked with a lock-delay, as a lock's
+// (Backend.releaseDelayed): a late release is refused and leaves it.
+func (rw rwlocks) releaseDelayed(ctx context.Context, key, leaseID string) error {
+	b := rw.b
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := rw.get(ctx, key, leaseID)
+		if err != nil {
+			return err
+		}
+		if e == nil || !e.rec.held() {
+			return backend.ErrLeaseExpired
+		}
+		if err := b.resolve(ctx, e); err != nil {
+			return err
+		}
+		if !e.rec.valid(b.opts.Clock) {
+			if e.rec.removable(b.opts.Clock) {
+				_ = b.rwRemoveExpired(ctx, atOnce, e)
+			}
+			return backend.ErrLeaseExpired
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(e.key)}
+		if e.rec.S != "" {
+			ops = append(ops, clientv3.OpDelete(b.sessionIndex(e.rec.S)+e.leaseID))
+		}
+		resp, err := b.txn(ctx, atOnce, "rw release", []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, ops, nil)
+		if err != nil {
+			return err
+		}
+		if resp.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: rwlock release kept racing with other writers", backend.ErrUnavailable)
+}
+
 // Inspect implements backend.RWLocks: the whole queue, read at once.
 func (rw rwlocks) Inspect(ctx context.Context, key string) (backend.RWState, error) {
 	entries, _, err := rw.read(ctx, key)
@@ -437,6 +491,11 @@ func (rw rwlocks) Inspect(ctx context.Context, key string) (backend.RWState, err
 		st.Mode = st.Holders[0].Mode
 	}
 	for _, e := range entries {
+		if e.rec.delayed(rw.b.opts.Clock) {
+			if u := e.delay(rw.b.opts.Clock).Until; u.After(st.DelayedUntil) {
+				st.DelayedUntil = u
+			}
+		}
 		if e.rec.held() {
 			continue
 		}

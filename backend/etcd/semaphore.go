@@ -121,17 +121,30 @@ type semView struct {
 	pred    *entry // keys only
 }
 
-// live returns the unexpired slots, and those anyone may remove.
+// live returns the unexpired slots, and those anyone may remove; the
+// slots of expired permits whose lock-delay still runs are in neither.
 func (v semView) live(c lease.Clock) (live, overdue []semSlot) {
 	for _, sl := range v.slots {
 		switch {
-		case sl.rec.overdue(c):
+		case sl.rec.removable(c):
 			overdue = append(overdue, sl)
+		case sl.rec.overdue(c):
 		case sl.rec.held():
 			live = append(live, sl)
 		}
 	}
 	return live, overdue
+}
+
+// delayed returns the slots of expired permits whose lock-delay still runs.
+func (v semView) delayed(c lease.Clock) []semSlot {
+	var out []semSlot
+	for _, sl := range v.slots {
+		if sl.rec.delayed(c) {
+			out = append(out, sl)
+		}
+	}
+	return out
 }
 
 // size is the live semaphore's size: its holders', else its first
@@ -247,6 +260,11 @@ func (b *Backend) semHeld(key string, v semView) error {
 	for _, sl := range live {
 		he.Holders = append(he.Holders, sl.holder())
 	}
+	for _, sl := range v.delayed(b.opts.Clock) {
+		if d := sl.delay(b.opts.Clock); he.Delay == nil || d.Until.Before(he.Delay.Until) {
+			he.Delay = d
+		}
+	}
 	return he
 }
 
@@ -254,7 +272,7 @@ func (b *Backend) semHeld(key string, v semView) error {
 // guards and ops come from the caller (a waiter's own entry). ok is false
 // when a guard failed: the caller reads again.
 func (b *Backend) semGrant(ctx context.Context, adm admission, req backend.SemaphoreRequest, secret string, k int, v semView, cmps []clientv3.Cmp, ops []clientv3.Op) (backend.Permit, bool, string, error) {
-	rec, gcLease, err := b.holderRecord(ctx, backend.AcquireRequest{Key: req.Key, Owner: req.Owner, TTL: req.TTL, Session: req.Session}, "")
+	rec, gcLease, err := b.holderRecord(ctx, backend.AcquireRequest{Key: req.Key, Owner: req.Owner, TTL: req.TTL, Session: req.Session, LockDelay: req.LockDelay}, "")
 	if err != nil {
 		return backend.Permit{}, false, "", err
 	}
@@ -439,8 +457,8 @@ func (b *Backend) semWait(ctx context.Context, req backend.SemaphoreRequest, sec
 				continue
 			}
 			watch, prefix = b.semSlots(req.Key), true
-			for _, sl := range live {
-				at := time.Now().Add(b.opts.Clock.Until(b.opts.Clock.FreeAt(sl.rec.deadline())))
+			for _, sl := range append(live, v.delayed(b.opts.Clock)...) {
+				at := sl.rec.freeAt(b.opts.Clock)
 				if expiry.IsZero() || at.Before(expiry) {
 					expiry = at
 				}
@@ -527,7 +545,7 @@ func (s semaphores) Renew(ctx context.Context, key, leaseID string, ttl time.Dur
 			return backend.Permit{}, backend.ErrSessionBound
 		}
 		if !sl.rec.valid(b.opts.Clock) {
-			if sl.rec.overdue(b.opts.Clock) {
+			if sl.rec.removable(b.opts.Clock) {
 				_, _ = b.semRemove(ctx, atOnce, *sl)
 			}
 			return backend.Permit{}, backend.ErrLeaseExpired
@@ -537,7 +555,7 @@ func (s semaphores) Renew(ctx context.Context, key, leaseID string, ttl time.Dur
 			rec.TTL = ttl.Milliseconds()
 		}
 		rec.Deadline = b.opts.Clock.Deadline(time.Duration(rec.TTL) * time.Millisecond).UnixMilli()
-		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, rec.deadline())
+		gcLease, err := b.leases.get(ctx, b.opts.OpTimeout, rec.delayEnd())
 		if err != nil {
 			return backend.Permit{}, err
 		}
@@ -568,6 +586,10 @@ func (s semaphores) Release(ctx context.Context, key, leaseID string) error {
 		if sl == nil || !sl.rec.held() {
 			return backend.ErrLeaseExpired
 		}
+		if !sl.rec.valid(b.opts.Clock) && !sl.rec.removable(b.opts.Clock) {
+			// Expired inside its lock-delay: the slot stays delayed.
+			return backend.ErrLeaseExpired
+		}
 		ok, err := b.semRemove(ctx, atOnce, *sl)
 		if err != nil {
 			return err
@@ -594,6 +616,9 @@ func (s semaphores) Inspect(ctx context.Context, key string) (backend.SemaphoreS
 	st := backend.SemaphoreState{Key: key, Permits: v.size(live), Waiters: v.waiters, Holders: []backend.SemaphoreHolder{}}
 	for _, sl := range live {
 		st.Holders = append(st.Holders, sl.holder())
+	}
+	for _, sl := range v.delayed(b.opts.Clock) {
+		st.Delayed = append(st.Delayed, backend.SlotDelay{Slot: sl.slot, Delay: *sl.delay(b.opts.Clock)})
 	}
 	return st, nil
 }

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+
 	"github.com/lockd/lockd/backend"
 )
 
@@ -202,7 +204,7 @@ func (w *keyWatch) confirmExpired(ctx context.Context) error {
 		w.renewed = w.m.q.opts.Clock.Now().Add(200 * time.Millisecond) // try again soon
 		return nil
 	}
-	e, err := w.m.q.entryFrom(resp)
+	e, err := w.m.q.entryFrom((*etcdserverpb.RangeResponse)(resp))
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ func cmdElect(ctx context.Context, g *global, args []string, getenv env) int {
 		what: "leadership of", usage: "elect: want NAME [flags] -- CMD [ARGS...]",
 		take: func(ctx context.Context, c *client.Client, name string, o takeOpts) (*client.Lock, []string, error) {
 			l, err := c.Campaign(ctx, name, client.CampaignOptions{
-				TTL: o.ttl, Wait: o.wait, Owner: o.owner, Value: value, Margin: o.margin, RenewEvery: o.renewEvery,
+				TTL: o.ttl, Wait: o.wait, Owner: o.owner, Value: value, Margin: o.margin, RenewEvery: o.renewEvery, LockDelay: o.lockDelay,
 			})
 			if err != nil {
 				return nil, nil, fmt.Errorf("campaign %s: %w", name, err)

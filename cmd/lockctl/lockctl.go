@@ -226,14 +226,15 @@ func codeOf(err error) int {
 }
 
 type acquireFlags struct {
-	ttl, wait time.Duration
-	owner     string
+	ttl, wait, lockDelay time.Duration
+	owner                string
 }
 
 func (a *acquireFlags) register(fs *flag.FlagSet, getenv env) {
 	fs.DurationVar(&a.ttl, "ttl", lease.DefaultTTL, "lease length")
 	fs.DurationVar(&a.wait, "wait", 0, "how long to wait for the lock (0: one try)")
 	fs.StringVar(&a.owner, "owner", "", "owner shown to others (default user@host:pid)")
+	fs.DurationVar(&a.lockDelay, "lock-delay", 0, "should the lease expire (this process stopped renewing) rather than be released, nothing is granted in its place for this long after its deadline (0: the server's --lock-delay)")
 }
 
 func (a *acquireFlags) check(g *global) int {
@@ -242,6 +243,9 @@ func (a *acquireFlags) check(g *global) int {
 	}
 	if a.wait < 0 || a.wait > lease.MaxWait {
 		return usageErr(g, "--wait %v out of range 0..%v", a.wait, lease.MaxWait)
+	}
+	if a.lockDelay < 0 || a.lockDelay > 60*time.Second {
+		return usageErr(g, "--lock-delay %v out of range 0..60s", a.lockDelay)
 	}
 	if a.owner == "" {
 		a.owner = defaultOwner()
@@ -310,7 +314,7 @@ func cmdAcquire(ctx context.Context, g *global, args []string) int {
 	if err != nil {
 		return usageErr(g, "%v", err)
 	}
-	gr, err := c.AcquireLease(ctx, pos[0], client.AcquireOptions{TTL: a.ttl, Wait: a.wait, Owner: a.owner, IdempotencyKey: idem})
+	gr, err := c.AcquireLease(ctx, pos[0], client.AcquireOptions{TTL: a.ttl, Wait: a.wait, Owner: a.owner, IdempotencyKey: idem, LockDelay: a.lockDelay})
 	if err != nil {
 		return fail(g, "acquire "+pos[0], err)
 	}

@@ -73,7 +73,7 @@ func cmdRun(ctx context.Context, g *global, args []string, getenv env) int {
 			if *permits != 0 {
 				return takePermit(ctx, c, key, *permits, o)
 			}
-			opts := client.AcquireOptions{TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery}
+			opts := client.AcquireOptions{TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery, LockDelay: o.lockDelay}
 			acquire, what := c.Acquire, "acquire"
 			switch {
 			case *read:
@@ -106,7 +106,7 @@ func takePermit(ctx context.Context, c *client.Client, key string, permits int, 
 		return nil, nil, &client.Error{Status: 400, Code: "invalid_permits", Detail: "-n must be 1..10000"}
 	}
 	l, err := c.AcquireSemaphore(ctx, key, client.SemaphoreOptions{
-		Permits: permits, TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery,
+		Permits: permits, TTL: o.ttl, Wait: o.wait, Owner: o.owner, Margin: o.margin, RenewEvery: o.renewEvery, LockDelay: o.lockDelay,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("acquire a permit of %s: %w", key, err)
@@ -122,8 +122,8 @@ func takePermit(ctx context.Context, c *client.Client, key string, permits int, 
 
 // takeOpts are the lease parameters supervise hands to a superviseSpec's take.
 type takeOpts struct {
-	ttl, wait, margin, renewEvery time.Duration
-	owner                         string
+	ttl, wait, margin, renewEvery, lockDelay time.Duration
+	owner                                    string
 }
 
 // superviseSpec is what differs between run (a lock) and elect (a
@@ -205,7 +205,7 @@ func supervise(ctx context.Context, g *global, fs *flag.FlagSet, args []string, 
 		return usageErr(g, "%v", err)
 	}
 	name := pos[0]
-	l, vars, err := spec.take(actx, c, name, takeOpts{ttl: a.ttl, wait: a.wait, owner: a.owner, margin: margin, renewEvery: renewEvery})
+	l, vars, err := spec.take(actx, c, name, takeOpts{ttl: a.ttl, wait: a.wait, owner: a.owner, margin: margin, renewEvery: renewEvery, lockDelay: a.lockDelay})
 	cancel()
 	if err != nil {
 		select {

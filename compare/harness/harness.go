@@ -148,10 +148,18 @@ type Sizes struct {
 	TputDirects    int // how many direct libraries the throughput matrix covers
 	RTSamples      int
 	ScaleLeases    int
-	ScalePolls     int
 	ScaleBudget    time.Duration // per step
 	Correct        CorrectnessConfig
 	Scaled         []string
+
+	// The waiter steps (scalewaiters.go): polls on one key, polls spread
+	// over keys, each step's budget, idle-key acquires sampled.
+	ScaleWaiters, ScaleSpread, ScaleSpreadKeys int
+	ScaleWaiterBudget                          time.Duration
+	IdleSamples                                int
+	// ScaleSessionLocks locks held in ScaleSessions sessions
+	// (scalesessions.go).
+	ScaleSessionLocks, ScaleSessions int
 }
 
 // SizesFor sizes a run.
@@ -162,24 +170,27 @@ func SizesFor(cfg Config) Sizes {
 		TputKeys:       []int{1, 100, 10000},
 		TputDirects:    1,
 		RTSamples:      200,
-		ScaleLeases:    25000,
-		ScalePolls:     3000,
-		ScaleBudget:    30 * time.Second,
+		ScaleLeases:    100000,
+		ScaleBudget:    60 * time.Second,
 		Correct: CorrectnessConfig{Clients: 5, TTL: time.Second, Wait: 2 * time.Second, Hold: time.Millisecond,
 			Duration: cfg.Duration * 3 / 2, Seed: cfg.Seed, CheckFor: 60 * time.Second, MaxClockSkew: cfg.MaxClockSkew},
 	}
+	s.ScaleWaiters, s.ScaleSpread, s.ScaleSpreadKeys, s.ScaleWaiterBudget, s.IdleSamples = 10000, 50000, 1000, 60*time.Second, 500
+	s.ScaleSessionLocks, s.ScaleSessions = 100000, 1000
 	if cfg.Quick {
 		s.HandoffWaiters = []int{1, 10}
 		s.TputClients = []int{1, 16}
 		s.TputKeys = []int{1, 100}
 		s.RTSamples = 30
-		s.ScaleLeases, s.ScalePolls, s.ScaleBudget = 2000, 200, 10*time.Second
+		s.ScaleLeases, s.ScaleBudget = 2000, 10*time.Second
+		s.ScaleWaiters, s.ScaleSpread, s.ScaleSpreadKeys, s.ScaleWaiterBudget, s.IdleSamples = 500, 2000, 20, 15*time.Second, 100
+		s.ScaleSessionLocks, s.ScaleSessions = 2000, 20
 		s.Correct = CorrectnessConfig{Clients: 4, TTL: 300 * time.Millisecond, Wait: 600 * time.Millisecond, Hold: time.Millisecond,
 			Duration: max(cfg.Duration*5/2, 2500*time.Millisecond), Seed: cfg.Seed, CheckFor: 10 * time.Second, MaxClockSkew: cfg.MaxClockSkew}
 		s.Scaled = []string{
 			"handoff: 1 and 10 waiters (full run: 1, 10, 100)",
 			"throughput: 1 and 16 clients over 1 and 100 keys, (full run: 1..256 clients over 1, 100, 10,000 keys)",
-			"scale: 2,000 held leases and 200 long polls (full run: 25,000 and 3,000)",
+			"scale: 2,000 held leases; 2,000 locks in 20 sessions; 500 long polls on one key and 2,000 over 20 keys (full run: 100,000; 100,000 in 1,000; 10,000; 50,000 over 1,000 keys)",
 			"history: 1,000 cycles on one key (full run: 50,000)",
 			"soak: 4 s per backend (full run: 5 min, every backend's soak at the same time)",
 			"lost replies: 4 lost acquires per mode, TTL 2 s (full run: 12, TTL 5 s)",

@@ -110,6 +110,8 @@ type handoffResult struct {
 	EarlyGrants    int64 // grants that returned before the previous holder sent its release
 	FIFOViolations int64
 	LongestWait    time.Duration
+	// Tokens are the grants' keys and tokens, for the store-order count.
+	Tokens []tokenGrant
 }
 
 // grantEvent is one grant or release seen by a contending client.
@@ -118,6 +120,8 @@ type grantEvent struct {
 	Called      time.Time // acquire sent
 	Granted     time.Time // acquire returned
 	ReleaseSent time.Time
+	Key         string
+	Token       uint64
 }
 
 // FIFOSlack: two acquires sent closer together than this have no arrival
@@ -194,7 +198,7 @@ func measureHandoff(ctx context.Context, newClient clientFactory, waiters int, d
 				rerr := c.Release(rctx, lease)
 				rcancel()
 				mu.Lock()
-				events = append(events, grantEvent{Client: i, Called: called, Granted: granted, ReleaseSent: rel})
+				events = append(events, grantEvent{Client: i, Called: called, Granted: granted, ReleaseSent: rel, Key: key, Token: lease.Token})
 				if rerr != nil && firstErr == nil {
 					firstErr = fmt.Errorf("release: %w", rerr)
 				}
@@ -206,6 +210,9 @@ func measureHandoff(ctx context.Context, newClient clientFactory, waiters int, d
 	wg.Wait()
 	res := handoffsOf(events)
 	res.FIFOViolations = fifo
+	for _, e := range events {
+		res.Tokens = append(res.Tokens, tokenGrant{key: e.Key, token: e.Token, granted: e.Granted})
+	}
 	return res, firstErr
 }
 
@@ -243,6 +250,7 @@ type throughputResult struct {
 	Errors     int64
 	Elapsed    time.Duration
 	CPUSeconds float64 // user+system CPU of this whole process during the run
+	Tokens     []tokenGrant
 }
 
 // measureThroughput: clients loop acquire (waiting) → release on keys
@@ -270,6 +278,8 @@ func measureThroughput(ctx context.Context, newClient clientFactory, clients, ke
 	var grants, errs atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	var tokMu sync.Mutex
+	var tokens []tokenGrant
 	cpu0 := cpuSeconds()
 	start := time.Now()
 	for i, c := range cs {
@@ -280,6 +290,12 @@ func measureThroughput(ctx context.Context, newClient clientFactory, clients, ke
 			for runCtx.Err() == nil {
 				key := fmt.Sprint(prefix, rng.IntN(keys))
 				lease, err := c.Acquire(runCtx, key, "tput", 30*time.Second, 5*time.Second)
+				if err == nil {
+					tg := tokenGrant{key: key, token: lease.Token, granted: time.Now()}
+					tokMu.Lock()
+					tokens = append(tokens, tg)
+					tokMu.Unlock()
+				}
 				if err != nil {
 					if runCtx.Err() == nil {
 						errs.Add(1)
@@ -301,7 +317,7 @@ func measureThroughput(ctx context.Context, newClient clientFactory, clients, ke
 		}(i, c)
 	}
 	wg.Wait()
-	res := throughputResult{Grants: grants.Load(), Errors: errs.Load(), Elapsed: time.Since(start), CPUSeconds: cpuSeconds() - cpu0}
+	res := throughputResult{Grants: grants.Load(), Errors: errs.Load(), Elapsed: time.Since(start), CPUSeconds: cpuSeconds() - cpu0, Tokens: tokens}
 	if res.Grants == 0 {
 		if s, ok := firstErr.Load().(string); ok {
 			return res, errors.New(s)

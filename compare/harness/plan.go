@@ -66,8 +66,9 @@ func estimateStep(t target, name string, cfg Config, sz Sizes) time.Duration {
 	case "soak":
 		return soakLength(cfg.Quick, cfg.SoakDuration) + 10*time.Second
 	case "scale":
-		// The leases step's budget, its renewal sweep, the polls' settle.
-		return sz.ScaleBudget*2 + 20*time.Second
+		// The leases step's budget and its renewal sweep, the sessions
+		// step's, the two waiter steps' budgets.
+		return sz.ScaleBudget*5/2 + sz.ScaleWaiterBudget*2 + 20*time.Second
 	}
 	return 10 * time.Second
 }

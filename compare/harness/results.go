@@ -57,6 +57,13 @@ type BackendRun struct {
 	RWLocks    *RWLockPerf    `json:"rwlocks,omitempty"`
 	// Steps is how long each step took, beside its estimate.
 	Steps []StepTime `json:"steps,omitempty"`
+
+	// Waiters are the scale scenario's long-poll steps, lockd in its own
+	// process (scalewaiters.go).
+	Waiters []WaiterCell `json:"scale_waiters,omitempty"`
+	// Sessions is the scale scenario's many-locks-in-few-sessions step
+	// (scalesessions.go).
+	Sessions *SessionCell `json:"scale_sessions,omitempty"`
 }
 
 // NotRun is a scenario a column did not run.
@@ -89,6 +96,10 @@ type HandoffCell struct {
 	CDF            [][2]float64 `json:"cdf,omitempty"`
 	Error          string       `json:"error,omitempty"`
 	Unmeasured     string       `json:"unmeasured,omitempty"`
+
+	// StoreOrder: grants out of the order the store queued their holders
+	// in (lockd rows; storeorder.go).
+	StoreOrder *StoreOrder `json:"store_order,omitempty"`
 }
 
 // ThroughputCell: closed-loop grants per second.
@@ -103,6 +114,8 @@ type ThroughputCell struct {
 	// generator and lockd (and, for etcd, the embedded server) together.
 	CPUPer1000 float64 `json:"process_cpu_s_per_1000_grants"`
 	Unmeasured string  `json:"unmeasured,omitempty"`
+
+	StoreOrder *StoreOrder `json:"store_order,omitempty"`
 }
 
 // ModeResult is what the resource saw in one mode (fenced or unfenced).

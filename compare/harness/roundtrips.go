@@ -15,12 +15,28 @@ import (
 // rtCounter counts requests a client sends to its store, seen from inside
 // the real client: a gRPC interceptor for etcd, a go-redis hook, a counting
 // net.Conn for ZooKeeper. A nil counter counts nothing.
-type rtCounter struct{ n atomic.Int64 }
+type rtCounter struct{ n, w atomic.Int64 }
 
 func (c *rtCounter) add(d int64) {
 	if c != nil {
 		c.n.Add(d)
 	}
+}
+
+// addWrite counts a request that writes (storewrites.go), beside add.
+func (c *rtCounter) addWrite() {
+	if c != nil {
+		c.w.Add(1)
+	}
+}
+
+// writes is how many of the requests counted wrote (where the client can
+// tell; every request on Redis).
+func (c *rtCounter) writes() int64 {
+	if c == nil {
+		return 0
+	}
+	return c.w.Load()
 }
 
 func (c *rtCounter) load() int64 {
@@ -39,6 +55,9 @@ func grpcCounting(c *rtCounter) []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			c.add(1)
+			if etcdWrites(method) {
+				c.addWrite()
+			}
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}),
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
@@ -70,6 +89,7 @@ func (h redisHook) DialHook(next goredislib.DialHook) goredislib.DialHook { retu
 func (h redisHook) ProcessHook(next goredislib.ProcessHook) goredislib.ProcessHook {
 	return func(ctx context.Context, cmd goredislib.Cmder) error {
 		h.c.add(1)
+		h.c.addWrite()
 		return next(ctx, cmd)
 	}
 }
@@ -77,6 +97,7 @@ func (h redisHook) ProcessHook(next goredislib.ProcessHook) goredislib.ProcessHo
 func (h redisHook) ProcessPipelineHook(next goredislib.ProcessPipelineHook) goredislib.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []goredislib.Cmder) error {
 		h.c.add(1)
+		h.c.addWrite()
 		return next(ctx, cmds)
 	}
 }
@@ -100,6 +121,9 @@ type countingConn struct {
 
 func (cc *countingConn) Write(p []byte) (int, error) {
 	cc.c.add(1)
+	if zkWrites(p) {
+		cc.c.addWrite()
+	}
 	return cc.Conn.Write(p)
 }
 

@@ -81,7 +81,8 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 		} else if sc.Name == "lost-replies" {
 			br.LostReplies = &LostReplyResult{Unmeasured: d.noBackend}
 		} else if sc.Name == "scale" {
-			br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}, {What: "clients long-polling one key", Unmeasured: d.noBackend}}
+			br.Scale = []ScaleCell{{What: "held leases, each renewed", Unmeasured: d.noBackend}}
+			br.Waiters = []WaiterCell{{What: WaitersOneKey, Unmeasured: d.noBackend}, {What: WaitersSpread, Unmeasured: d.noBackend}}
 		} else {
 			br.Correctness = append(br.Correctness, CorrectnessCell{Scenario: sc.Name, Unmeasured: d.noBackend})
 		}
@@ -100,7 +101,7 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 		br.Throughput = runThroughput(ctx, d, cfg, sz, b)
 		b.done("")
 	case "scale":
-		br.Scale = runScale(ctx, d, sz, b)
+		br.Scale, br.Waiters, br.Sessions = runScale(ctx, t.Name, d, sz, b)
 		b.done("")
 	case "roundtrips":
 		br.RoundTrips = runRoundTrips(ctx, d, sz, b)
@@ -270,6 +271,9 @@ type via struct {
 	name      string
 	newClient clientFactory
 	close     func()
+	// lockd: a lockd row; startOrder starts the store-order probe for it.
+	lockd      bool
+	startOrder func() (orderProbe, error)
 }
 
 // vias returns lockd (one replica over a fresh backend) and then every
@@ -303,7 +307,8 @@ func vias(d *deployment, maxDirect int, both bool) ([]via, error) {
 			closeVias(out)
 			return nil, err
 		}
-		out = append(out, via{name: name, newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop})
+		out = append(out, via{name: name, newClient: func() (Locker, error) { return r.Locker(), nil }, close: r.stop,
+			lockd: true, startOrder: func() (orderProbe, error) { return startOrder(d) }})
 	}
 	for i, dl := range d.directs {
 		if i >= maxDirect {
@@ -312,6 +317,14 @@ func vias(d *deployment, maxDirect int, both bool) ([]via, error) {
 		out = append(out, via{name: dl.Name, newClient: func() (Locker, error) { return dl.New(d.Addrs, nil) }, close: func() {}})
 	}
 	return out, nil
+}
+
+// order starts the via's store-order probe (none for a direct library).
+func (v via) order() (orderProbe, error) {
+	if v.startOrder == nil {
+		return nil, nil
+	}
+	return v.startOrder()
 }
 
 func closeVias(vs []via) {
@@ -353,10 +366,14 @@ func runHandoff(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *bar
 	n, i := len(vs)*len(sz.HandoffWaiters), 0
 	for _, w := range sz.HandoffWaiters {
 		for _, v := range vs {
+			probe, perr := v.order()
 			r, err := measureHandoff(ctx, v.newClient, w, cfg.Duration, b.part(i, n))
 			i++
 			c := HandoffCell{Via: v.name, Waiters: w, Grants: r.Grants, Handoffs: r.Handoffs, ReWins: r.ReWins, EarlyGrants: r.EarlyGrants,
 				FIFOViolations: r.FIFOViolations, LongestWaitMs: ms64(r.LongestWait)}
+			if v.lockd {
+				c.StoreOrder = storeOrderOf(d, probe, perr, r.Tokens)
+			}
 			if r.Hist != nil {
 				c.Lat, c.CDF = percentiles(r.Hist), cdf(r.Hist)
 			}
@@ -391,9 +408,13 @@ func runThroughput(ctx context.Context, d *deployment, cfg Config, sz Sizes, b *
 	for _, keys := range sz.TputKeys {
 		for _, clients := range sz.TputClients {
 			for _, v := range vs {
+				probe, perr := v.order()
 				r, err := measureThroughput(ctx, v.newClient, clients, keys, cellDur, b.part(i, n))
 				i++
 				c := ThroughputCell{Via: v.name, Clients: clients, Keys: keys, Grants: r.Grants, Errors: r.Errors}
+				if v.lockd {
+					c.StoreOrder = storeOrderOf(d, probe, perr, r.Tokens)
+				}
 				if err != nil {
 					c.Unmeasured = err.Error()
 				} else {

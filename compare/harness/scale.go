@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -53,6 +52,10 @@ type ScaleCell struct {
 	Wanted   int    `json:"wanted"`
 	Reached  int    `json:"reached"`
 	Renewals int64  `json:"renewals,omitempty"`
+	// SweepRequests: store requests lockd's backend sent during the
+	// renewal sweep (roundtrips.go's counters), without sessions.
+	SweepRequests int64 `json:"sweep_store_requests,omitempty"`
+	SweepWrites   int64 `json:"sweep_store_writes,omitempty"`
 	// ProcessMB: Go heap + stacks in use in this process after a GC, minus
 	// the same before the step: lockd and the clients it serves (and, for
 	// etcd, the embedded server), all in one process.
@@ -133,46 +136,34 @@ func goMemMB() float64 {
 	return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
 }
 
-// fdBudget is how many long polls this process can hold: each is two
-// sockets here (the client's end and lockd's end), under the open-file limit.
-func fdBudget() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 1000
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
-		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
-	}
-	return max(int(rl.Cur)-2000, 0) / 2
-}
-
-func runScale(ctx context.Context, d *deployment, sz Sizes, b *bar) []ScaleCell {
-	bk, err := d.newBackend(d.Addrs, nil)
+func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar) ([]ScaleCell, []WaiterCell, *SessionCell) {
+	leases := ScaleCell{What: "held leases, each renewed", Unmeasured: "not run"}
+	rt := &rtCounter{}
+	bk, err := d.newBackend(d.Addrs, rt)
 	if err != nil {
-		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
-	}
-	r, err := startLockd(bk)
-	if err != nil {
+		leases.Unmeasured = err.Error()
+	} else if r, err := startLockd(bk); err != nil {
 		bk.Close()
-		return []ScaleCell{{What: "held leases", Unmeasured: err.Error()}, {What: "long polls", Unmeasured: err.Error()}}
-	}
-	start := time.Now()
-	defer func() {
+		leases.Unmeasured = err.Error()
+	} else {
+		start := time.Now()
+		leases = scaleLeases(ctx, r, d, sz, rt, b.part(0, 4))
 		r.stop()
-		log.Printf("scale: lockd stopped at %s", time.Since(start).Round(time.Millisecond))
-	}()
-	leases := scaleLeases(ctx, r, d, sz, b.part(0, 2))
-	log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
-	polls := scalePolls(ctx, r, d, sz, b.part(1, 2))
-	log.Printf("scale: polls step done at %s", time.Since(start).Round(time.Millisecond))
-	return []ScaleCell{leases, polls}
+		log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
+	}
+	sessions := scaleSessions(ctx, d, sz.ScaleSessionLocks, sz.ScaleSessions, sz.ScaleBudget, b.part(1, 4))
+	// The waiters: lockd in a process of its own, so that its memory is
+	// not mixed with the clients'.
+	one := scaleWaiters(ctx, name, d, WaitersOneKey, sz.ScaleWaiters, 1, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(2, 4))
+	spread := scaleWaiters(ctx, name, d, WaitersSpread, sz.ScaleSpread, sz.ScaleSpreadKeys, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(3, 4))
+	return []ScaleCell{leases}, []WaiterCell{one, spread}, &sessions
 }
 
 // scaleLeases acquires many keys, renews every lease once (a full renewal
 // sweep), and measures memory.
-func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, progress func(float64)) ScaleCell {
+// rt counts the requests lockd's backend sends to the store: the sweep's
+// are SweepRequests.
+func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, rt *rtCounter, progress func(float64)) ScaleCell {
 	c := ScaleCell{What: "held leases, each renewed", Wanted: sz.ScaleLeases}
 	const ttl = 10 * time.Minute
 	const workers = 32
@@ -219,6 +210,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	log.Printf("scale: %d leases acquired after %s", reached.Load(), time.Since(deadline.Add(-sz.ScaleBudget)).Round(time.Millisecond))
 	c.Reached = int(reached.Load())
 	// One renewal sweep over every held lease.
+	rt0, w0 := rt.load(), rt.writes()
 	var renewed atomic.Int64
 	var idx atomic.Int64
 	for w := 0; w < workers; w++ {
@@ -249,6 +241,7 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	}
 	wg.Wait()
 	c.Renewals = renewed.Load()
+	c.SweepRequests, c.SweepWrites = rt.load()-rt0, rt.writes()-w0
 	c.PeakMB = mw.end()
 	c.ProcessMB = goMemMB() - mem0
 	if mw.tripped() {
@@ -269,103 +262,6 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	}
 	// The leases are not released: that would take as long again. Scale
 	// runs last, and the store is thrown away after it.
-	return c
-}
-
-// scalePolls parks many waiters on one held key and measures memory while
-// they wait.
-func scalePolls(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, progress func(float64)) ScaleCell {
-	want := sz.ScalePolls
-	c := ScaleCell{What: "clients long-polling one key", Wanted: want}
-	if r.srv != nil {
-		if budget := fdBudget(); budget < want {
-			c.Note = fmt.Sprintf("scaled to %d: the open-file limit allows about that many HTTP long polls with both ends in this process", budget)
-			want = budget
-		}
-	}
-	key := fmt.Sprintf("compare-polls-%d", time.Now().UnixNano())
-	holder := r.Locker()
-	defer holder.Close()
-	hl, err := holder.Acquire(ctx, key, "holder", 10*time.Minute, 0)
-	if err != nil {
-		c.Unmeasured = "holder: " + err.Error()
-		return c
-	}
-	mem0 := goMemMB()
-	rss0, _ := storeRSS(d)
-	mw := watchMem()
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		// Past the cap, every poller leaves at once.
-		select {
-		case <-mw.over:
-			cancel()
-		case <-pctx.Done():
-		}
-	}()
-	var started, failed atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	shared := r.Locker()
-	defer shared.Close()
-	launched := 0
-	for i := 0; i < want && !mw.tripped() && ctx.Err() == nil; i++ {
-		launched++
-		// One client (one connection pool) for all: each long poll holds
-		// its own connection anyway.
-		l := shared
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			started.Add(1)
-			_, err := l.Acquire(pctx, key, "poller", time.Minute, 4*time.Minute)
-			if err != nil && pctx.Err() == nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			}
-		}()
-		if i%200 == 199 {
-			progress(0.8 * float64(i) / float64(want))
-			time.Sleep(20 * time.Millisecond) // let the store keep up with the queue
-		}
-	}
-	// Let every poller reach the store's queue before measuring.
-	settle := time.Now().Add(sz.ScaleBudget / 2)
-	for time.Now().Before(settle) && ctx.Err() == nil && !mw.tripped() {
-		st, err := r.b.Inspect(ctx, key)
-		if err == nil && st.Waiters >= launched-int(failed.Load()) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	st, ierr := r.b.Inspect(ctx, key)
-	if mw.tripped() {
-		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; stopped after %d pollers: process memory passed %d MB", launched, MemCap>>20), "; ")
-	}
-	c.ProcessMB = goMemMB() - mem0
-	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
-	if rss0 > 0 && c.StoreRSSMB > 0 {
-		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
-	}
-	c.Reached = launched - int(failed.Load())
-	if ierr == nil {
-		c.Note = strings.TrimPrefix(c.Note+fmt.Sprintf("; the store counted %d waiters", st.Waiters), "; ")
-	}
-	if s, ok := firstErr.Load().(string); ok {
-		c.Note += "; first failed poll: " + s
-	}
-	log.Printf("scale: %d polls measured", c.Reached)
-	cancel()
-	wg.Wait()
-	log.Printf("scale: pollers gone")
-	c.PeakMB = mw.end()
-	_ = holder.Release(context.WithoutCancel(ctx), hl)
-	log.Printf("scale: holder released")
-	progress(1)
-	if c.Reached == 0 {
-		c.Unmeasured = "no poll could be started: " + c.Note
-	}
 	return c
 }
 

@@ -79,6 +79,11 @@ type deployment struct {
 	// serve waiters in arrival order (as its conformance run declares); the
 	// FIFO check does not apply then.
 	noFIFO string
+	// watchOrder, when set, starts a probe of the order the store queues
+	// waiters in (storeorder.go); nil when the fencing token is that
+	// order. orderHow says how it reads it.
+	watchOrder func() (orderProbe, error)
+	orderHow   string
 	// inProcess: the store runs inside this process (embedded etcd).
 	inProcess bool
 	// notes are facts about this deployment the report must state.
@@ -145,18 +150,8 @@ func startZK(members int) (*deployment, error) {
 		return nil, err
 	}
 	d := &deployment{
-		Addrs: z.Addrs(),
-		newBackend: func(addrs []string, rt *rtCounter) (backend.Backend, error) {
-			conn, ev, err := zk.Connect(addrs, 4*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}), zk.WithDialer(zkCountingDialer(rt)))
-			if err != nil {
-				return nil, err
-			}
-			if err := waitZKConnected(ev, 15*time.Second); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			return zkb.New(conn, zkb.Options{Root: "/lockd-compare"}), nil
-		},
+		Addrs:      z.Addrs(),
+		newBackend: zkConnect,
 		clocked: func(addrs []string, clk lease.Clock) (backend.Backend, error) {
 			conn, ev, err := zk.Connect(addrs, 4*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}))
 			if err != nil {
@@ -247,12 +242,11 @@ func startRedis(members int) (*deployment, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.newBackend = func(addrs []string, rt *rtCounter) (backend.Backend, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return redisb.New(ctx, redisClient(addrs[0], rt), redisb.Options{Prefix: "lockd-compare:"})
-	}
+	d.newBackend = redisConnect
 	d.directs = []directLib{{Name: "SET NX PX", New: newSetNX}, {Name: "redsync (1 Redis)", New: newRedsync}}
+	d.watchOrder = func() (orderProbe, error) { return startRedisMonitor(d.Addrs[0]) }
+	d.orderHow = redisOrderHow
+	d.notes = append(d.notes, "lockd's handoff and throughput rows on this Redis run with a MONITOR connection attached (the store-order probe): Redis copies every command to it, which costs lockd's rows some speed that the direct rows do not pay.")
 	return d, nil
 }
 
@@ -261,13 +255,7 @@ func startRedlock(members int) (*deployment, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.newBackend = func(addrs []string, rt *rtCounter) (backend.Backend, error) {
-		var masters []goredis.UniversalClient
-		for _, a := range addrs {
-			masters = append(masters, redisClient(a, rt))
-		}
-		return redlockb.New(masters, redlockb.Options{Prefix: "lockd-compare:rl:"})
-	}
+	d.newBackend = redlockConnect
 	d.directs = []directLib{{Name: "redsync (5 Redis)", New: newRedsync}}
 	d.noFIFO = "Redlock has no queue: waiters retry with jittered back-off and whoever tries first after a release wins"
 	return d, nil
@@ -293,16 +281,10 @@ func startEtcd(members int) (*deployment, error) {
 		return nil, err
 	}
 	d := &deployment{
-		Addrs:     e.Endpoints(),
-		Version:   "etcd " + etcdversion.Version + " (embedded)",
-		inProcess: true,
-		newBackend: func(addrs []string, rt *rtCounter) (backend.Backend, error) {
-			cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), DialOptions: grpcCounting(rt)})
-			if err != nil {
-				return nil, err
-			}
-			return etcdBackend{Backend: etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/"}), cli: cli}, nil
-		},
+		Addrs:      e.Endpoints(),
+		Version:    "etcd " + etcdversion.Version + " (embedded)",
+		inProcess:  true,
+		newBackend: etcdConnect,
 		clocked: func(addrs []string, clk lease.Clock) (backend.Backend, error) {
 			cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 			if err != nil {
@@ -353,4 +335,57 @@ func etcdLeader(endpoints []string) int {
 		}
 	}
 	return 0
+}
+
+// The connections lockd's backends make to each store: the deployments'
+// newBackend, and the lockd process of the scale scenario (lockdproc.go),
+// which connects by target name.
+
+func etcdConnect(addrs []string, rt *rtCounter) (backend.Backend, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), DialOptions: grpcCounting(rt)})
+	if err != nil {
+		return nil, err
+	}
+	return etcdBackend{Backend: etcdb.New(cli, etcdb.Options{Prefix: "/lockd-compare/"}), cli: cli}, nil
+}
+
+func zkConnect(addrs []string, rt *rtCounter) (backend.Backend, error) {
+	conn, ev, err := zk.Connect(addrs, 4*time.Second, zk.WithLogInfo(false), zk.WithLogger(nopLogger{}), zk.WithDialer(zkCountingDialer(rt)))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitZKConnected(ev, 15*time.Second); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return zkb.New(conn, zkb.Options{Root: "/lockd-compare"}), nil
+}
+
+func redisConnect(addrs []string, rt *rtCounter) (backend.Backend, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return redisb.New(ctx, redisClient(addrs[0], rt), redisb.Options{Prefix: "lockd-compare:"})
+}
+
+func redlockConnect(addrs []string, rt *rtCounter) (backend.Backend, error) {
+	var masters []goredis.UniversalClient
+	for _, a := range addrs {
+		masters = append(masters, redisClient(a, rt))
+	}
+	return redlockb.New(masters, redlockb.Options{Prefix: "lockd-compare:rl:"})
+}
+
+// connectByName connects a lockd backend to target name's store.
+func connectByName(name string, addrs []string) (backend.Backend, error) {
+	switch name {
+	case "etcd", "etcd-ext":
+		return etcdConnect(addrs, nil)
+	case "zk":
+		return zkConnect(addrs, nil)
+	case "redis":
+		return redisConnect(addrs, nil)
+	case "redlock":
+		return redlockConnect(addrs, nil)
+	}
+	return nil, fmt.Errorf("no backend named %q", name)
 }

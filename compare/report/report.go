@@ -63,7 +63,7 @@ func httpHopTarget(backend string) targetSpec {
 }
 
 func targetSpecs() []targetSpec {
-	return []targetSpec{
+	return append([]targetSpec{
 		overheadTarget("etcd", "concurrency.Mutex", 1.10),
 		overheadTarget("zk", "zk.Lock", 1.10),
 		overheadTarget("redis", "SET NX PX", 1.30),
@@ -95,7 +95,7 @@ func targetSpecs() []targetSpec {
 			}
 			return l.P50 / d.P50, fmt.Sprintf("%s / %s", fmtUS(l.P50), fmtUS(d.P50)), true
 		}},
-	}
+	}, scaleTargetSpecs()...)
 }
 
 func fmtUS(us float64) string {
@@ -112,6 +112,9 @@ func fmtUS(us float64) string {
 func fmtTarget(v float64, unit string) string {
 	if unit == "µs" {
 		return fmtUS(v)
+	}
+	if strings.HasPrefix(unit, " ") { // a count: " grants", " MB"
+		return fmt.Sprintf("%.0f%s", v, unit)
 	}
 	return fmt.Sprintf("%.2f%s", v, unit)
 }
@@ -185,6 +188,8 @@ func buildReport(r *harness.Results) *doc {
 	semaphoreSection(d, ran)
 	rwlockSection(d, ran)
 	scaleSection(d, ran)
+	waitersSection(d, ran)
+	sessionsSection(d, ran)
 	correctnessSection(d, ran)
 	skewSection(d, ran)
 	lostReplySection(d, ran)
@@ -255,6 +260,10 @@ func verdicts(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 			}
 			any = true
 			v, how, ok := t.measure(br)
+			if !ok && how != "" {
+				row = append(row, plain("not judged: "+how))
+				continue
+			}
 			if !ok {
 				row = append(row, plain("not measured (a latency or handoff cell is missing)"))
 				continue
@@ -379,6 +388,8 @@ func targetsSection(d *doc, ran []*harness.BackendRun) {
 		}
 		v, how, ok := t.measure(br)
 		switch {
+		case !ok && how != "":
+			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not judged: %s.", t.Backend, t.What, fmtTarget(t.Limit, t.Unit), how))
 		case !ok:
 			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not measured (a needed cell is missing).", t.Backend, t.What, fmtTarget(t.Limit, t.Unit)))
 		case v <= t.Limit:
