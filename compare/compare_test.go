@@ -180,6 +180,8 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 					}
 				}
 			}
+		case "semaphores", "rwlocks":
+			checkPrimitiveRows(t, br, s)
 		case "lost-replies":
 			switch r := br.LostReplies; {
 			case r == nil:
@@ -209,6 +211,42 @@ func checkCells(t *testing.T, br *harness.BackendRun, cfg harness.Config, sz har
 			}
 			if s == "nofault" && c != nil && c.Unmeasured == "" && !c.Pass {
 				t.Errorf("%s nofault (no fault injected) is not safe: %v", br.Name, c.Why)
+			}
+		}
+	}
+}
+
+// checkPrimitiveRows: the semaphores and rwlocks rows are measured, or say
+// why not (not supported: the capabilities' reason).
+func checkPrimitiveRows(t *testing.T, br *harness.BackendRun, s string) {
+	t.Helper()
+	if s == "semaphores" {
+		switch p := br.Semaphores; {
+		case p == nil:
+			t.Errorf("%s semaphores: no result", br.Name)
+		case p.Unsupported != "" || p.Unmeasured != "":
+			t.Logf("%s semaphores: unsupported %q, not measured %q", br.Name, p.Unsupported, p.Unmeasured)
+		default:
+			for _, c := range p.Throughput {
+				if c.Unmeasured == "" && !(c.PerSec > 0) {
+					t.Errorf("%s semaphores N=%d: no rate and no reason", br.Name, c.Permits)
+				}
+			}
+			if p.Handoff == nil || (p.Handoff.Lat == nil && p.Handoff.Unmeasured == "") {
+				t.Errorf("%s semaphores: handoff cell empty: %+v", br.Name, p.Handoff)
+			}
+		}
+		return
+	}
+	switch p := br.RWLocks; {
+	case p == nil:
+		t.Errorf("%s rwlocks: no result", br.Name)
+	case p.Unsupported != "" || p.Unmeasured != "":
+		t.Logf("%s rwlocks: unsupported %q, not measured %q", br.Name, p.Unsupported, p.Unmeasured)
+	default:
+		for _, c := range p.Flood {
+			if c.WriterWait == nil && c.Unmeasured == "" {
+				t.Errorf("%s rwlocks %d readers: no writer wait and no reason", br.Name, c.Readers)
 			}
 		}
 	}

@@ -26,7 +26,7 @@ const (
 // CheckNames are the checks in the order the report shows them.
 var CheckNames = []string{CheckMutualExclusion, CheckTokenOrder, CheckLinearizable, CheckStaleFenced,
 	CheckLostIncrements, CheckAvailability, CheckOutage, CheckOverrun, CheckFIFO, CheckTimeToFree,
-	CheckFaultDoubleLeader, CheckFaultTermOrder}
+	CheckFaultDoubleLeader, CheckFaultTermOrder, CheckSemOverN, CheckSemSlotOrder, CheckRWWriterOverlap}
 
 // DefaultMaxClockSkew is the clock skew the checks allow between the
 // machines of a deployment unless told otherwise (lockd's --max-clock-skew

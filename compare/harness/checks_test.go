@@ -73,9 +73,10 @@ func TestEvalChecksNamesWhatFailed(t *testing.T) {
 	if f := c.CheckOf(CheckFIFO); f == nil || f.Applies || !strings.Contains(f.NotApplicable, "no queue") {
 		t.Errorf("FIFO check on a backend that does not promise it: %+v", f)
 	}
-	// The leadership workload's two checks are added after it ends.
-	if len(c.Checks) != len(CheckNames)-2 {
-		t.Errorf("%d checks, want %d", len(c.Checks), len(CheckNames)-2)
+	// The leadership workload's two checks and the primitive workloads'
+	// three are added after they end.
+	if want := len(CheckNames) - 2 - 3; len(c.Checks) != want {
+		t.Errorf("%d checks, want %d", len(c.Checks), want)
 	}
 }
 

@@ -107,6 +107,44 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 			allowed: []string{CheckTokenOrder, CheckLinearizable, CheckLostIncrements},
 		},
 		{
+			// The semaphore and read-write lock workloads beside the lock
+			// workload (prim_mutation_test.go). The lock workload runs
+			// with 2 clients in these cases, its checks still all green:
+			// on a machine at load 20 its 4 clients' waits timed out or
+			// crossed now and then, turning availability or FIFO red in
+			// cells whose point is the primitives.
+			name: "grants a permit beyond N", scenario: "nofault",
+			// N+1 permits held at once needs every client holding: twice
+			// the usual length, for a loaded machine's slow acquires.
+			cfg:  func(c *CorrectnessConfig) { c.Duration = 8 * time.Second; c.Clients = 2 },
+			wrap: func(b backend.Backend) backend.Backend { return breakPrims(b, newGrantsPermitTwice, nil) },
+			want: []string{CheckSemOverN},
+			// The twin's slot is a live one's too.
+			allowed: []string{CheckSemSlotOrder},
+		},
+		{
+			name: "hands out a lower permit token", scenario: "nofault",
+			cfg: func(c *CorrectnessConfig) { c.Clients = 2 },
+			wrap: func(b backend.Backend) backend.Backend {
+				return breakPrims(b, func(s backend.Semaphores) backend.Semaphores { return &lowerPermitToken{Semaphores: s} }, nil)
+			},
+			want: []string{CheckSemSlotOrder},
+		},
+		{
+			name: "reuses a live permit's slot", scenario: "nofault",
+			cfg:  func(c *CorrectnessConfig) { c.Clients = 2 },
+			wrap: func(b backend.Backend) backend.Backend { return breakPrims(b, newReusesSlot, nil) },
+			want: []string{CheckSemSlotOrder},
+		},
+		{
+			name: "shares the write lock", scenario: "nofault",
+			cfg: func(c *CorrectnessConfig) { c.Clients = 2 },
+			wrap: func(b backend.Backend) backend.Backend {
+				return breakPrims(b, nil, func(rw backend.RWLocks) backend.RWLocks { return sharesWrites{rw} })
+			},
+			want: []string{CheckRWWriterOverlap},
+		},
+		{
 			name: "ignores FIFO", scenario: "nofault",
 			wrap: func(b backend.Backend) backend.Backend { return &ignoresFIFO{Backend: b} },
 			want: []string{CheckFIFO},
@@ -179,6 +217,14 @@ func TestEveryCheckIsShownToFail(t *testing.T) {
 				cell := runCorrectness(t.Context(), sc, &md, cfg, nil)
 				if cell.Unmeasured != "" {
 					t.Fatalf("not measured: %s", cell.Unmeasured)
+				}
+				if tc.wrap == nil {
+					// Green must not be vacuous: the primitives ran.
+					for _, name := range []string{CheckSemOverN, CheckSemSlotOrder, CheckRWWriterOverlap} {
+						if ch := cell.CheckOf(name); ch == nil || !ch.Applies {
+							t.Errorf("%s does not apply on the unbroken backend: %+v", name, ch)
+						}
+					}
 				}
 				red := cell.Failed()
 				for _, r := range red {

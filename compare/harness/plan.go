@@ -43,6 +43,11 @@ func estimateStep(t target, name string, cfg Config, sz Sizes) time.Duration {
 		return time.Duration(2*len(sz.TputClients)*len(sz.TputKeys))*(cellDur+300*time.Millisecond) + 2*time.Second
 	case "roundtrips":
 		return 5 * time.Second
+	case "semaphores":
+		permits, cell := semSizes(cfg)
+		return time.Duration(len(permits))*(cell+300*time.Millisecond) + d + 2*time.Second
+	case "rwlocks":
+		return time.Duration(len(rwFloodSizes(cfg)))*d + 2*time.Second
 	case "nofault", "pause", "partition", "replica-kill", "waiter-vanish":
 		return cell + 3*time.Second
 	case "member-kill":

@@ -52,6 +52,9 @@ type BackendRun struct {
 	History *HistoryResult `json:"history,omitempty"`
 	// Election is the election-failover scenario.
 	Election *ElectionResult `json:"election,omitempty"`
+	// Semaphores and RWLocks are the semaphores and rwlocks scenarios.
+	Semaphores *SemaphorePerf `json:"semaphores,omitempty"`
+	RWLocks    *RWLockPerf    `json:"rwlocks,omitempty"`
 	// Steps is how long each step took, beside its estimate.
 	Steps []StepTime `json:"steps,omitempty"`
 
@@ -183,6 +186,10 @@ type CorrectnessCell struct {
 	// Leadership is the leadership workload that ran beside the lock
 	// workload (nil when the backend keeps no elections).
 	Leadership *LeadershipResult `json:"leadership,omitempty"`
+	// Semaphore and RWLock are the primitive workloads that ran beside it
+	// (nil when the backend does not keep it).
+	Semaphore *SemaphoreWork `json:"semaphore,omitempty"`
+	RWLock    *RWLockWork    `json:"rwlock,omitempty"`
 
 	// Checks is the verdict: every named check with its threshold. Pass is
 	// true only when every check that applies passed; Why lists the ones

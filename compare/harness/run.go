@@ -106,6 +106,12 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 	case "roundtrips":
 		br.RoundTrips = runRoundTrips(ctx, d, sz, b)
 		b.done("")
+	case "semaphores":
+		br.Semaphores = runSemaphores(ctx, t, d, cfg, b)
+		b.done(semaphoreStatus(br.Semaphores))
+	case "rwlocks":
+		br.RWLocks = runRWLocks(ctx, t, d, cfg, b)
+		b.done(rwStatus(br.RWLocks))
 	case "clock-skew":
 		res := runSkew(ctx, d, sz.Correct, b)
 		br.Skew = res

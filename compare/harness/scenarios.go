@@ -29,6 +29,8 @@ var allScenarios = []Scenario{
 	{Name: "handoff", Perf: true, Title: "Contended handoff", About: "N waiters on one key; release by one client → grant to the next, different client"},
 	{Name: "throughput", Perf: true, Title: "Throughput", About: "closed loop: clients acquire (waiting) → release on keys drawn at random"},
 	{Name: "roundtrips", Perf: true, Title: "Store round trips", About: "requests each client sends to the store per uncontended acquire and per release, counted inside the real client; the floor is one linearizable write per acquire"},
+	{Name: "semaphores", Perf: true, Title: "Semaphores", About: "one semaphore of N permits (N = 1, 4, 16; 1 and 4 with -quick), 2N clients in a closed loop acquire (waiting) → release; and permit handoff: a semaphore of 4, every permit held and 2 clients in line, one permit released → the head of the line granted"},
+	{Name: "rwlocks", Perf: true, Title: "Read-write locks", About: "a reader flood on one read-write lock: readers (4 and 16; 4 with -quick) in a closed loop each holding its read lock 10 ms, and one writer arriving again and again (holding 1 ms, pausing 20 ms): the writer's wait from send to grant (the starvation number) and the readers' grants per second"},
 	{Name: "nofault", Title: "No fault", About: "the correctness workload with no fault: the control row"},
 	{Name: "pause", Title: "Holder pause > TTL", About: "a holder stalls for 2×TTL after its grant (a GC pause), then writes"},
 	{Name: "member-kill", Title: "Store member SIGKILL + restart", About: "one store member (the leader where there is one) is killed with SIGKILL and restarted on the same port and data directory (Redis runs without persistence, so it comes back empty)"},
@@ -329,6 +331,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 		current = soak.current
 	}
 	lead := startLeadership(runCtx, cfg, current, plan.noLeadership)
+	prims := startPrimitives(runCtx, cfg, current, plan.noLeadership)
 	tl.start = time.Now()
 	res := w.run(runCtx, progress)
 	cancel()
@@ -356,6 +359,7 @@ func runCorrectnessWith(ctx context.Context, sc Scenario, d *deployment, cfg Cor
 	cell.Events = tl.evs
 	cell.fill(res, cfg, in)
 	lead.finish(&cell)
+	prims.finish(&cell)
 	return cell
 }
 

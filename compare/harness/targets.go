@@ -112,7 +112,7 @@ func targets() []target {
 			skipByDefault: func() map[string]string {
 				why := "left out of the default run to keep it within 30 minutes: it measures lockd's side, which the embedded etcd column shows; ask for it with -backends etcd-ext -scenarios NAME"
 				m := map[string]string{}
-				for _, n := range []string{"throughput", "roundtrips", "scale", "pause", "waiter-vanish", "lost-replies", "election", "clock-skew"} {
+				for _, n := range []string{"throughput", "roundtrips", "semaphores", "rwlocks", "scale", "pause", "waiter-vanish", "lost-replies", "election", "clock-skew"} {
 					m[n] = why
 				}
 				return m

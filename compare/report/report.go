@@ -185,6 +185,8 @@ func buildReport(r *harness.Results) *doc {
 	handoffSection(d, ran)
 	throughputSection(d, ran)
 	roundTripSection(d, ran)
+	semaphoreSection(d, ran)
+	rwlockSection(d, ran)
 	scaleSection(d, ran)
 	waitersSection(d, ran)
 	sessionsSection(d, ran)
@@ -316,7 +318,8 @@ func applying(c *harness.CorrectnessCell) int {
 // correctness scenario with its threshold.
 func checkTableSection(d *doc, r *harness.Results, ran []*harness.BackendRun) {
 	d.h3("Check table")
-	d.p("Each check is shown to fail: compare/harness's mutation tests wrap the real etcd backend in a broken one (grants twice, hands out a lower token, reuses a dead holder's token, ignores FIFO, stalls past the wait, never frees a dead holder's lock, elects twice, hands out a lower term) and assert that the matching check turns red. The two election checks come from a leadership workload that runs beside the lock workload in every cell, on the same replicas and under the same fault: a few clients campaign for an election of their own and use their term as a fence, stopping at their own send-time deadline. Thresholds: time to free and longest outage allow TTL + the declared clock skew + 1 s, plus the fault's own window where the store was out of reach.")
+	d.p("Each check is shown to fail: compare/harness's mutation tests wrap the real etcd backend in a broken one (grants twice, hands out a lower token, reuses a dead holder's token, ignores FIFO, stalls past the wait, never frees a dead holder's lock, elects twice, hands out a lower term, grants a permit beyond N, hands out a lower permit token, reuses a live permit's slot, shares the write lock) and assert that the matching check turns red. The two election checks come from a leadership workload that runs beside the lock workload in every cell, on the same replicas and under the same fault: a few clients campaign for an election of their own and use their term as a fence, stopping at their own send-time deadline. Thresholds: time to free and longest outage allow TTL + the declared clock skew + 1 s, plus the fault's own window where the store was out of reach.")
+	primitiveWorkloadsNote(d, ran)
 	var scens []harness.Scenario
 	for _, s := range harness.Scenarios() {
 		if !s.Perf && !s.Section && contains(r.Scenarios, s.Name) {

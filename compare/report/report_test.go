@@ -72,6 +72,36 @@ func TestElectionSectionNamesTheFailedCheck(t *testing.T) {
 	}
 }
 
+// TestPrimitiveRows: the semaphore and read-write lock sections show the
+// measured rows, and a backend without the primitive says so with the
+// capabilities' reason instead of a number; the verdict table has no row
+// for them (they are perf rows).
+func TestPrimitiveRows(t *testing.T) {
+	lat := &harness.Percentiles{N: 10, P50: 700, P99: 4000, Max: 5000}
+	r := &harness.Results{Scenarios: []string{"semaphores", "rwlocks"}, Backends: []*harness.BackendRun{
+		{Name: "redis",
+			Semaphores: &harness.SemaphorePerf{Via: harness.ViaHTTP, Direct: "none: redsync has Mutex only",
+				Throughput: []harness.SemThroughputCell{{Permits: 1, Clients: 2, PerSec: 1336}, {Permits: 4, Clients: 8, PerSec: 898}},
+				Handoff:    &harness.SemHandoffCell{Permits: 4, Waiters: 2, Handoffs: 10, Lat: lat}},
+			RWLocks: &harness.RWLockPerf{Via: harness.ViaHTTP, Direct: "none: redsync has Mutex only",
+				Flood: []harness.RWFloodCell{{Readers: 4, HoldMs: 10, Writes: 10, WriterWait: lat, Reads: 255, ReadsPerS: 255}}}},
+		{Name: "redlock",
+			Semaphores: &harness.SemaphorePerf{Via: harness.ViaHTTP, Unsupported: "semaphores is null in /v1/capabilities, with no reason given"},
+			RWLocks:    &harness.RWLockPerf{Via: harness.ViaHTTP, Unsupported: "fairness needs one queue"}},
+	}}
+	md := Markdown(r)
+	for _, want := range []string{"## Semaphores", "| N = 1 (2 clients) | N = 4 (8 clients) |", "| 1336 grants/s | 898 grants/s | 700 µs |",
+		"n/a (not supported: semaphores is null in /v1/capabilities, with no reason given)", "## Read-write locks",
+		"| redis | lockd (HTTP) | 4 | 700 µs (10 writes) |", "n/a (not supported: fairness needs one queue)"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+	if strings.Contains(md, "| Semaphores |") {
+		t.Errorf("the semaphores rows have a verdict row")
+	}
+}
+
 // TestHTTPOverheadTarget: lockd over HTTP against the direct library is a
 // target row of its own (issue 15), met or missed by the ratio of p50s.
 func TestHTTPOverheadTarget(t *testing.T) {
