@@ -36,6 +36,7 @@ func (s *suite) lockDelayTests() []struct {
 		{"LockDelayAfterExpiry", s.lockDelayAfterExpiry},
 		{"LockDelayNotAfterRelease", s.lockDelayNotAfterRelease},
 		{"LockDelayWithGranterGone", s.lockDelayGranterGone},
+		{"LockDelayAfterSessionExpiry", s.lockDelayAfterSessionExpiry},
 		{"SemaphoreLockDelayHoldsTheSlot", s.semLockDelay},
 		{"SemaphoreLockDelayNotAfterRelease", s.semLockDelayNotAfterRelease},
 		{"RWLockDelayAfterExpiredWriter", s.rwLockDelayWriter},
@@ -386,5 +387,43 @@ func (s *suite) electionLockDelay(t *testing.T) {
 	wantGrantedAtDelayEnd(t, "the waiting candidate", time.Now(), l.ExpiresAt)
 	if n.Term <= l.Term {
 		t.Errorf("term %d after %d, want greater", n.Term, l.Term)
+	}
+}
+
+// sessionDelay is long enough to outlast what a store keeps of an expired
+// session for its own upkeep (etcd's pooled leases outlive a deadline by up
+// to 12 s): the delay must hold because the backend keeps it, not by luck.
+const sessionDelay = 15 * time.Second
+
+// A grant in a session that expires (nobody renewed it) is an expiry like
+// any other: its lock-delay counts from the session's deadline, and holds
+// past the time the store would have dropped the session's record.
+func (s *suite) lockDelayAfterSessionExpiry(t *testing.T) {
+	ss, b := s.sessions(t)
+	if !backend.LockDelaysOf(b).Has(backend.PrimitiveLocks) {
+		if r := s.noLockDelay(backend.PrimitiveLocks); r != "" {
+			t.Skip(r)
+		}
+		t.Fatal("the backend does not delay locks, and Options.NoLockDelay gives no reason")
+	}
+	key := s.key(t)
+	sess := openSession(t, ss, "dies", delayTTL)
+	g := acquire(t, b, backend.AcquireRequest{Key: key, Owner: "in session", Session: sess.ID, LockDelay: sessionDelay})
+	end := sess.ExpiresAt.Add(sessionDelay)
+	sleepUntil(end.Add(-2 * time.Second))
+	_, err := s.tryAcquire(t, s.newBackend(t), key)
+	var he *backend.HeldError
+	if !errors.As(err, &he) || he.Delay == nil {
+		t.Fatalf("single try after the session expired, inside its grant's %v lock-delay (%v before its end): %v, want ErrHeld with the delay", sessionDelay, time.Until(end).Round(time.Millisecond), err)
+	}
+	if he.Delay.ExpiredToken != g.Token || he.Delay.Until.Before(end.Add(-delayEarly)) {
+		t.Errorf("delay = %+v, want token %d delayed until the session's deadline + %v (%v)", *he.Delay, g.Token, sessionDelay, end.Format(time.StampMilli))
+	}
+	g2 := acquire(t, s.newBackend(t), backend.AcquireRequest{Key: key, Owner: "next", TTL: 10 * time.Second, Wait: 15 * time.Second})
+	if at := time.Now(); at.Before(end.Add(-delayEarly)) || at.After(end.Add(delayLate)) {
+		t.Errorf("granted %v after the session's deadline, want at the end of its grant's %v lock-delay (within %v)", at.Sub(sess.ExpiresAt), sessionDelay, delayLate)
+	}
+	if g2.Token <= g.Token {
+		t.Errorf("token %d after %d, want strictly greater", g2.Token, g.Token)
 	}
 }

@@ -169,9 +169,11 @@ func (r sessionRecord) session(id string) backend.Session {
 // put writes session h if cmps hold; ErrSessionExpired if not.
 func (s sessions) put(ctx context.Context, h string, r sessionRecord, cmps []clientv3.Cmp) error {
 	b := s.b
-	// The record outlives the deadline by the skew: until anyone may
-	// treat the session as over, its record is there to say so.
-	gc, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(r.deadline).Add(b.opts.Clock.MaxSkew))
+	// The record outlives the deadline by the skew, so that until anyone
+	// may treat the session as over its record is there to say so, and by
+	// the longest lock-delay, so that an expired grant of the session keeps
+	// its delay counted from the session's deadline (resolve).
+	gc, err := b.leases.get(ctx, b.opts.OpTimeout, time.UnixMilli(r.deadline).Add(b.opts.Clock.MaxSkew+backend.MaxLockDelay))
 	if err != nil {
 		return err
 	}
