@@ -119,8 +119,18 @@ func (b *Backend) Release(ctx context.Context, key, leaseID string) error {
 // release after expiry is refused and leaves the record, and so the delay,
 // in place.
 func (b *Backend) releaseDelayed(ctx context.Context, key, leaseID string) error {
+	return b.releaseValid(ctx, "release",
+		func() (*entry, error) { return b.get(ctx, key, leaseID) },
+		func(e *entry) { _ = b.removeExpired(ctx, atOnce, key, e) })
+}
+
+// releaseValid deletes the grant get reads, guarded by its mod revision,
+// only while it is valid; an expired one is refused (and removed with
+// removeExpired once its lock-delay is over). The guarded release of every
+// queue (locks, read-write locks).
+func (b *Backend) releaseValid(ctx context.Context, what string, get func() (*entry, error), removeExpired func(*entry)) error {
 	for attempt := 0; attempt < 3; attempt++ {
-		e, err := b.get(ctx, key, leaseID)
+		e, err := get()
 		if err != nil {
 			return err
 		}
@@ -132,7 +142,7 @@ func (b *Backend) releaseDelayed(ctx context.Context, key, leaseID string) error
 		}
 		if !e.rec.valid(b.opts.Clock) {
 			if e.rec.removable(b.opts.Clock) {
-				_ = b.removeExpired(ctx, atOnce, key, e)
+				removeExpired(e)
 			}
 			return backend.ErrLeaseExpired
 		}
@@ -140,7 +150,7 @@ func (b *Backend) releaseDelayed(ctx context.Context, key, leaseID string) error
 		if e.rec.S != "" {
 			ops = append(ops, clientv3.OpDelete(b.sessionIndex(e.rec.S)+e.leaseID))
 		}
-		resp, err := b.txn(ctx, atOnce, "release", []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, ops, nil)
+		resp, err := b.txn(ctx, atOnce, what, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, ops, nil)
 		if err != nil {
 			return err
 		}
@@ -148,7 +158,7 @@ func (b *Backend) releaseDelayed(ctx context.Context, key, leaseID string) error
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: release kept racing with other writers", backend.ErrUnavailable)
+	return fmt.Errorf("%w: %s kept racing with other writers", backend.ErrUnavailable, what)
 }
 
 // Inspect implements backend.Backend.

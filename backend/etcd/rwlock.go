@@ -448,36 +448,9 @@ func (rw rwlocks) Release(ctx context.Context, key, leaseID string) error {
 // (Backend.releaseDelayed): a late release is refused and leaves it.
 func (rw rwlocks) releaseDelayed(ctx context.Context, key, leaseID string) error {
 	b := rw.b
-	for attempt := 0; attempt < 3; attempt++ {
-		e, err := rw.get(ctx, key, leaseID)
-		if err != nil {
-			return err
-		}
-		if e == nil || !e.rec.held() {
-			return backend.ErrLeaseExpired
-		}
-		if err := b.resolve(ctx, e); err != nil {
-			return err
-		}
-		if !e.rec.valid(b.opts.Clock) {
-			if e.rec.removable(b.opts.Clock) {
-				_ = b.rwRemoveExpired(ctx, atOnce, e)
-			}
-			return backend.ErrLeaseExpired
-		}
-		ops := []clientv3.Op{clientv3.OpDelete(e.key)}
-		if e.rec.S != "" {
-			ops = append(ops, clientv3.OpDelete(b.sessionIndex(e.rec.S)+e.leaseID))
-		}
-		resp, err := b.txn(ctx, atOnce, "rw release", []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)}, ops, nil)
-		if err != nil {
-			return err
-		}
-		if resp.Succeeded {
-			return nil
-		}
-	}
-	return fmt.Errorf("%w: rwlock release kept racing with other writers", backend.ErrUnavailable)
+	return b.releaseValid(ctx, "rwlock release",
+		func() (*entry, error) { return rw.get(ctx, key, leaseID) },
+		func(e *entry) { _ = b.rwRemoveExpired(ctx, atOnce, e) })
 }
 
 // Inspect implements backend.RWLocks: the whole queue, read at once.

@@ -43,20 +43,7 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 		}
 		a.sess = sessionHash(req.Session)
 	}
-	run := a.run
-	if a.sess != "" && req.Wait > 0 {
-		// A wait in a session ends when the session does (etcd#19597).
-		run = func(ctx context.Context) (backend.Grant, error) {
-			sctx, stop := b.watchSession(ctx, a.sess)
-			defer stop()
-			g, err := a.run(sctx)
-			if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errSessionOver) {
-				return g, fmt.Errorf("zk acquire %q: %w", req.Key, backend.ErrSessionExpired)
-			}
-			return g, err
-		}
-	}
-	g, err := run(ctx)
+	g, err := inSession(ctx, b, a.sess, req.Wait, fmt.Sprintf("zk acquire %q", req.Key), a.run)
 	g.Replayed = err == nil && a.replay
 	return g, err
 }
@@ -96,31 +83,56 @@ var errClosed = errors.New("backend closed")
 const retryDelay = 100 * time.Millisecond
 
 func (a *acquirer) run(ctx context.Context) (backend.Grant, error) {
+	// A step that ends with an error has already left the queue.
+	return runSteps(ctx, a.b, a.waitEnd, a.step, a.fail, func(err error) error { return err })
+}
+
+// runSteps runs step until it is done, trying again after retryDelay while
+// ZooKeeper fails us and the wait lasts: the loop of every acquirer (locks,
+// semaphores, read-write locks). fail ends an acquire that got nothing
+// because of err; doneErr maps the error of a step that ended the acquire.
+func runSteps[G any](ctx context.Context, b *Backend, waitEnd time.Time, step func(context.Context) (G, bool, error), fail, doneErr func(error) error) (G, error) {
+	var zero G
 	var lastErr error
 	for {
 		if lastErr != nil {
-			// ZooKeeper failed us: try again while the wait lasts.
-			if isCtx(lastErr) || !time.Now().Add(retryDelay).Before(a.waitEnd) {
-				return backend.Grant{}, a.fail(lastErr)
+			if isCtx(lastErr) || !time.Now().Add(retryDelay).Before(waitEnd) {
+				return zero, fail(lastErr)
 			}
 			select {
 			case <-ctx.Done():
-				return backend.Grant{}, a.fail(ctx.Err())
-			case <-a.b.life.Done():
-				return backend.Grant{}, a.fail(errClosed)
+				return zero, fail(ctx.Err())
+			case <-b.life.Done():
+				return zero, fail(errClosed)
 			case <-time.After(retryDelay):
 			}
 			lastErr = nil
 		}
-		g, done, err := a.step(ctx)
+		g, done, err := step(ctx)
 		if done {
 			if err != nil {
-				return backend.Grant{}, err
+				return zero, doneErr(err)
 			}
 			return g, nil
 		}
 		lastErr = err
 	}
+}
+
+// inSession runs run under a context that ends when session sess does (a
+// wait in a session ends with it, etcd#19597), when there is a session and
+// a wait; what names the acquire in the error.
+func inSession[G any](ctx context.Context, b *Backend, sess string, wait time.Duration, what string, run func(context.Context) (G, error)) (G, error) {
+	if sess == "" || wait <= 0 {
+		return run(ctx)
+	}
+	sctx, stop := b.watchSession(ctx, sess)
+	defer stop()
+	g, err := run(sctx)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errSessionOver) {
+		return g, fmt.Errorf("%s: %w", what, backend.ErrSessionExpired)
+	}
+	return g, err
 }
 
 // fail ends an acquire that did not get the lock because of err (ZooKeeper

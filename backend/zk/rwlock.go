@@ -219,45 +219,12 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 		}
 		a.sess = sessionHash(req.Session)
 	}
-	if a.sess == "" || req.Wait <= 0 {
-		return a.run(ctx)
-	}
-	// A wait in a session ends when the session does (etcd#19597).
-	sctx, stop := b.watchSession(ctx, a.sess)
-	defer stop()
-	g, err := a.run(sctx)
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errSessionOver) {
-		return g, fmt.Errorf("zk rwlock acquire %q: %w", req.Key, backend.ErrSessionExpired)
-	}
-	return g, err
+	return inSession(ctx, b, a.sess, req.Wait, fmt.Sprintf("zk rwlock acquire %q", req.Key), a.run)
 }
 
 // run retries steps while ZooKeeper fails and the wait lasts.
 func (a *rwAcquirer) run(ctx context.Context) (backend.RWGrant, error) {
-	var lastErr error
-	for {
-		if lastErr != nil {
-			if isCtx(lastErr) || !time.Now().Add(retryDelay).Before(a.waitEnd) {
-				return backend.RWGrant{}, a.fail(lastErr)
-			}
-			select {
-			case <-ctx.Done():
-				return backend.RWGrant{}, a.fail(ctx.Err())
-			case <-a.b.life.Done():
-				return backend.RWGrant{}, a.fail(errClosed)
-			case <-time.After(retryDelay):
-			}
-			lastErr = nil
-		}
-		g, done, err := a.step(ctx)
-		if done {
-			if err != nil {
-				return backend.RWGrant{}, a.fail(err)
-			}
-			return g, nil
-		}
-		lastErr = err
-	}
+	return runSteps(ctx, a.b, a.waitEnd, a.step, a.fail, a.fail)
 }
 
 // fail ends an acquire that got no grant: our node leaves the queue (a

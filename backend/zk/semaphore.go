@@ -421,45 +421,12 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		}
 		a.sess = sessionHash(req.Session)
 	}
-	if a.sess == "" || req.Wait <= 0 {
-		return a.run(ctx)
-	}
-	// A wait in a session ends when the session does (etcd#19597).
-	sctx, stop := b.watchSession(ctx, a.sess)
-	defer stop()
-	p, err := a.run(sctx)
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errSessionOver) {
-		return p, fmt.Errorf("zk semaphore acquire %q: %w", req.Key, backend.ErrSessionExpired)
-	}
-	return p, err
+	return inSession(ctx, b, a.sess, req.Wait, fmt.Sprintf("zk semaphore acquire %q", req.Key), a.run)
 }
 
 // run retries steps while ZooKeeper fails and the wait lasts.
 func (a *semAcquirer) run(ctx context.Context) (backend.Permit, error) {
-	var lastErr error
-	for {
-		if lastErr != nil {
-			if isCtx(lastErr) || !time.Now().Add(retryDelay).Before(a.waitEnd) {
-				return backend.Permit{}, a.fail(lastErr)
-			}
-			select {
-			case <-ctx.Done():
-				return backend.Permit{}, a.fail(ctx.Err())
-			case <-a.b.life.Done():
-				return backend.Permit{}, a.fail(errClosed)
-			case <-time.After(retryDelay):
-			}
-			lastErr = nil
-		}
-		p, done, err := a.step(ctx)
-		if done {
-			if err != nil {
-				return backend.Permit{}, a.fail(err)
-			}
-			return p, nil
-		}
-		lastErr = err
-	}
+	return runSteps(ctx, a.b, a.waitEnd, a.step, a.fail, a.fail)
 }
 
 // fail ends an acquire that got no permit: its waiter node and any permit
