@@ -693,24 +693,33 @@ func (b *Backend) leave(ctx context.Context, key, name string, keep func(nodeRea
 // may still be on its way.
 func (b *Backend) cleanupLater(kp, prefix, rec string) {
 	key := strings.TrimPrefix(kp, b.root+"/")
+	b.cleanupUntilGone(func(ctx context.Context) (bool, error) {
+		name, err := b.findNode(ctx, kp, prefix)
+		if err == nil && name != "" {
+			err = b.leave(ctx, key, name, nil, rec)
+		}
+		return name != "", err
+	})
+}
+
+// cleanupUntilGone runs pass in the background once a second until two
+// passes found nothing left to remove (a create abandoned with its caller's
+// context may land a moment later), or for a minute at most. pass reports
+// whether it found something. A closed Backend starts nothing: a stopped
+// lockd's queued nodes are abandoned once their wait ends.
+func (b *Backend) cleanupUntilGone(pass func(ctx context.Context) (found bool, err error)) {
 	b.bgMu.Lock()
 	defer b.bgMu.Unlock()
 	if b.closed {
-		return // a stopped lockd's queue nodes are abandoned once their wait ends
+		return
 	}
 	b.bg.Add(1)
 	go func() {
 		defer b.bg.Done()
 		ctx, cancel := context.WithTimeout(b.life, time.Minute)
 		defer cancel()
-		// A create abandoned with its caller's context may land a moment
-		// later: stop after two clean looks a second apart.
 		for misses := 0; misses < 2; {
-			name, err := b.findNode(ctx, kp, prefix)
-			if err == nil && name != "" {
-				err = b.leave(ctx, key, name, nil, rec)
-			}
-			if err == nil && name == "" {
+			if found, err := pass(ctx); err == nil && !found {
 				misses++
 			}
 			select {

@@ -254,34 +254,16 @@ func (a *rwAcquirer) fail(err error) error {
 // with secret's protected prefix, once ZooKeeper answers: its create's reply
 // may have been lost, or the create may still be on its way.
 func (b *Backend) rwCleanupLater(kp, secret, sess string) {
-	b.bgMu.Lock()
-	defer b.bgMu.Unlock()
-	if b.closed {
-		return // a stopped lockd's queued nodes are abandoned once their wait ends
-	}
-	b.bg.Add(1)
-	go func() {
-		defer b.bg.Done()
-		ctx, cancel := context.WithTimeout(b.life, time.Minute)
-		defer cancel()
-		for misses := 0; misses < 2; {
-			name, err := b.rwFind(ctx, kp, protected(secret))
-			if err == nil && name != "" {
-				err = b.delete(ctx, kp+"/"+name, -1)
-				if err == nil {
-					b.dropIndex(child{name: protected(secret), session: sess})
-				}
-			}
-			if err == nil && name == "" {
-				misses++
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
+	b.cleanupUntilGone(func(ctx context.Context) (bool, error) {
+		name, err := b.rwFind(ctx, kp, protected(secret))
+		if err == nil && name != "" {
+			err = b.delete(ctx, kp+"/"+name, -1)
+			if err == nil {
+				b.dropIndex(child{name: protected(secret), session: sess})
 			}
 		}
-	}()
+		return name != "", err
+	})
 }
 
 // rwFind looks for the node whose name starts with prefix, after a sync (see

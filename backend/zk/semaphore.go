@@ -481,34 +481,16 @@ func (b *Backend) semUndo(ctx context.Context, kp string, k int, h string) error
 // permit at slot k (if any) once ZooKeeper answers: a create or grant whose
 // reply was lost may have landed, or may still be on its way.
 func (b *Backend) semCleanupLater(kp, secret string, k int) {
-	b.bgMu.Lock()
-	defer b.bgMu.Unlock()
-	if b.closed {
-		return // a stopped lockd's waiter nodes are abandoned once their wait ends
-	}
-	b.bg.Add(1)
-	go func() {
-		defer b.bg.Done()
-		ctx, cancel := context.WithTimeout(b.life, time.Minute)
-		defer cancel()
-		for misses := 0; misses < 2; {
-			name, err := b.findNode(ctx, kp, protected(secret))
-			if err == nil && name != "" {
-				err = b.delete(ctx, kp+"/"+name, 0)
-			}
-			if err == nil {
-				err = b.semUndo(ctx, kp, k, nodeHash(secret))
-			}
-			if err == nil && name == "" {
-				misses++
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
+	b.cleanupUntilGone(func(ctx context.Context) (bool, error) {
+		name, err := b.findNode(ctx, kp, protected(secret))
+		if err == nil && name != "" {
+			err = b.delete(ctx, kp+"/"+name, 0)
 		}
-	}()
+		if err == nil {
+			err = b.semUndo(ctx, kp, k, nodeHash(secret))
+		}
+		return name != "", err
+	})
 }
 
 // step makes one pass: read the semaphore, and either grant, clear what is
