@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,7 +59,32 @@ type EtcdOptions struct {
 func StartEtcd(n int) (*Etcd, error) { return StartEtcdWith(n, EtcdOptions{}) }
 
 // StartEtcdWith is StartEtcd with client TLS and/or authentication on.
+//
+// A port found free may be bound by another process before the member
+// binds it (parallel test packages pick from the same range); the whole
+// cluster is then started again on fresh ports, a few times.
 func StartEtcdWith(n int, opts EtcdOptions) (*Etcd, error) {
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		var e *Etcd
+		if e, err = startEtcdOnce(n, opts); err == nil || !portTaken(err) {
+			return e, err
+		}
+	}
+	return nil, err
+}
+
+// portTaken reports whether err is a listener's bind refused because the
+// address is in use.
+func portTaken(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+// etcdPort picks a free loopback port for a member; a test replaces it to
+// hand out a taken one.
+var etcdPort = freePort
+
+func startEtcdOnce(n int, opts EtcdOptions) (*Etcd, error) {
 	dir, err := os.MkdirTemp("", "lockd-etcd-")
 	if err != nil {
 		return nil, err
@@ -77,8 +103,8 @@ func StartEtcdWith(n int, opts EtcdOptions) (*Etcd, error) {
 	}
 	var peers []string
 	for i := 0; i < n; i++ {
-		cp, err1 := freePort()
-		pp, err2 := freePort()
+		cp, err1 := etcdPort()
+		pp, err2 := etcdPort()
 		if err1 != nil || err2 != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("testserver: free ports: %v %v", err1, err2)
