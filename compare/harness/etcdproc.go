@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,8 +70,27 @@ func freeLoopbackPort() (int, error) {
 }
 
 // startEtcdProcs starts an n-member cluster and waits until every member
-// answers.
+// answers. A port found free may be bound by another process before the
+// member binds it; the cluster is then started again on fresh ports.
 func startEtcdProcs(n int) (*etcdProcs, error) {
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		var c *etcdProcs
+		if c, err = startEtcdProcsOnce(n); err == nil || !errors.Is(err, errPortTaken) {
+			return c, err
+		}
+	}
+	return nil, err
+}
+
+// errPortTaken is a member that exited because its port was bound first.
+var errPortTaken = errors.New("address already in use")
+
+// etcdProcPort picks a free loopback port for a member; a test replaces it
+// to hand out a taken one.
+var etcdProcPort = freeLoopbackPort
+
+func startEtcdProcsOnce(n int) (*etcdProcs, error) {
 	bin := etcdBinary()
 	if bin == "" {
 		return nil, errors.New("etcd-server not installed")
@@ -84,8 +104,8 @@ func startEtcdProcs(n int) (*etcdProcs, error) {
 	type ports struct{ client, peer int }
 	var ps []ports
 	for i := 0; i < n; i++ {
-		cp, err1 := freeLoopbackPort()
-		pp, err2 := freeLoopbackPort()
+		cp, err1 := etcdProcPort()
+		pp, err2 := etcdProcPort()
 		if err1 != nil || err2 != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("free ports: %v %v", err1, err2)
@@ -156,6 +176,9 @@ func (c *etcdProcs) waitServing(i int, within time.Duration) error {
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if log, _ := os.ReadFile(c.members[i].logPath); bytes.Contains(log, []byte(errPortTaken.Error())) {
+			return fmt.Errorf("etcd member %d: %w", i, errPortTaken)
 		}
 		if time.Now().After(deadline) {
 			tail, _ := os.ReadFile(c.members[i].logPath)

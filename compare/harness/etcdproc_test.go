@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"errors"
+	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -60,4 +62,35 @@ func TestEtcdProcsKillIsASIGKILL(t *testing.T) {
 	if _, err := cli.Status(ctx, c.endpoints()[victim]); err != nil {
 		t.Errorf("restarted member %d: %v", victim, err)
 	}
+}
+
+// A member whose port was bound by someone else between the pick and its
+// own bind costs a retry on fresh ports, not the run.
+func TestEtcdProcsStartAgainWhenAPortWasTaken(t *testing.T) {
+	if why := etcdProcMissing(); why != "" {
+		testserver.Missing(t, why)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	var calls atomic.Int32
+	etcdProcPort = func() (int, error) {
+		if calls.Add(1) == 1 {
+			return taken.Addr().(*net.TCPAddr).Port, nil
+		}
+		return freeLoopbackPort()
+	}
+	t.Cleanup(func() { etcdProcPort = freeLoopbackPort })
+	start := time.Now()
+	c, err := startEtcdProcs(1)
+	if err != nil {
+		t.Fatalf("start with the first port taken: %v", err)
+	}
+	defer c.close()
+	if calls.Load() < 4 {
+		t.Fatalf("%d ports picked, want a second pair after the taken one", calls.Load())
+	}
+	t.Logf("started in %v", time.Since(start))
 }
