@@ -1,0 +1,308 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockd/lockd/backend"
+	"github.com/lockd/lockd/internal/lease"
+	"github.com/lockd/lockd/internal/testserver"
+)
+
+// scriptCalls is how many scripts Redis ran (EVALSHA and EVAL) since its
+// statistics were last reset.
+func scriptCalls(t testing.TB, c *goredis.Client) int {
+	t.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatalf("INFO commandstats: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		v, err := strconv.Atoi(calls)
+		if err != nil {
+			t.Fatalf("INFO line %q: %v", line, err)
+		}
+		n += v
+	}
+	return n
+}
+
+// waitAll starts n waiters on key through the replicas in turn and waits
+// until Redis has queued all of them. The waiters give up when the test ends.
+func waitAll(t *testing.T, replicas []backend.Backend, key string, n int) {
+	t.Helper()
+	c, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = replicas[i%len(replicas)].Acquire(c, backend.AcquireRequest{Key: key, Owner: fmt.Sprint("w", i), TTL: time.Minute, Wait: time.Minute})
+		}()
+	}
+	waitWaiters(t, replicas[0], key, n)
+}
+
+// Queued waiters cost Redis a few script runs per heartbeat period and key
+// (one per replica with waiters there), not one per waiter: 200 waiters on
+// one key over two replicas for 3 s (3 heartbeat periods) make Redis run a
+// handful of scripts, where one re-run of the acquire script per waiter and
+// period would be 600. Meanwhile a single try on an idle key is answered
+// at once and costs one script.
+func TestWaitersBeatPerKeyNotPerWaiter(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: 3 * time.Second})
+	replicas := []backend.Backend{f(t), f(t)}
+	key := "many-waiters"
+	if _, err := replicas[0].Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	const waiters = 200
+	waitAll(t, replicas, key, waiters)
+
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	if err := raw.ConfigResetStat(ctx(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	const tries = 30
+	for i := range tries {
+		g, err := replicas[i%2].Acquire(ctx(t), backend.AcquireRequest{Key: fmt.Sprint("idle-", i), Owner: "single", TTL: time.Minute})
+		if err != nil {
+			t.Fatalf("single try on an idle key while %d wait: %v", waiters, err)
+		}
+		if err := replicas[i%2].Release(ctx(t), g.Key, g.LeaseID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	calls := scriptCalls(t, raw) - 2*tries // the tries' acquires and releases
+	// 3 periods x 2 replicas = 6 beats; a generous bound, far below 600.
+	if calls > 40 {
+		t.Errorf("Redis ran %d scripts for %d waiters on one key in about 3 heartbeat periods, want a few per period (at most 40), not one per waiter", calls, waiters)
+	}
+	t.Logf("scripts run for %d waiters over 3 s: %d", waiters, calls)
+	st, err := replicas[1].Inspect(ctx(t), key)
+	if err != nil || st.Waiters != waiters {
+		t.Errorf("after 3 s: Inspect = %+v, %v; want all %d waiters still queued", st, err, waiters)
+	}
+}
+
+// queueKind is one kind of queue (lock, semaphore, read-write lock) as the
+// heartbeat tests drive it.
+type queueKind struct {
+	name string
+	// hold takes key for a minute and returns its release.
+	hold func(t *testing.T, b *Backend, key string) (release func() error)
+	// queueDead is a dead lockd's only act: one acquire script run that
+	// queued waiter on key through raw.
+	queueDead func(c context.Context, b *Backend, raw *goredis.Client, key, waiter string) error
+	// wait waits for key (up to 15 s) and returns the acquire's error.
+	wait func(c context.Context, b *Backend, key string) error
+	// waiters is how many wait on key, as Inspect counts them.
+	waiters func(t *testing.T, b *Backend, key string) int
+	// keys are key's Redis keys; the first holds the grants.
+	keys func(b *Backend, key string) []string
+}
+
+var queueKinds = []queueKind{
+	{
+		name: "lock",
+		hold: func(t *testing.T, b *Backend, key string) func() error {
+			g, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() error { return b.Release(ctx(t), key, g.LeaseID) }
+		},
+		queueDead: func(c context.Context, b *Backend, raw *goredis.Client, key, waiter string) error {
+			return acquireScript.Run(c, raw, b.keys(key), lease.NewID(), "dead", 60000, waiter, b.beat.Milliseconds()).Err()
+		},
+		wait: func(c context.Context, b *Backend, key string) error {
+			_, err := b.Acquire(c, backend.AcquireRequest{Key: key, Owner: "live", TTL: time.Minute, Wait: 15 * time.Second})
+			return err
+		},
+		waiters: func(t *testing.T, b *Backend, key string) int {
+			st, err := b.Inspect(ctx(t), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.Waiters
+		},
+		keys: func(b *Backend, key string) []string { return b.keys(key) },
+	},
+	{
+		name: "semaphore",
+		hold: func(t *testing.T, b *Backend, key string) func() error {
+			p, err := b.Semaphores().Acquire(ctx(t), backend.SemaphoreRequest{Key: key, Permits: 1, Owner: "holder", TTL: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() error { return b.Semaphores().Release(ctx(t), key, p.LeaseID) }
+		},
+		queueDead: func(c context.Context, b *Backend, raw *goredis.Client, key, waiter string) error {
+			return semAcquireScript.Run(c, raw, b.semKeys(key), lease.NewID(), "dead", 60000, waiter, b.beat.Milliseconds(), 1, b.channel, 0).Err()
+		},
+		wait: func(c context.Context, b *Backend, key string) error {
+			_, err := b.Semaphores().Acquire(c, backend.SemaphoreRequest{Key: key, Permits: 1, Owner: "live", TTL: time.Minute, Wait: 15 * time.Second})
+			return err
+		},
+		waiters: func(t *testing.T, b *Backend, key string) int {
+			st, err := b.Semaphores().Inspect(ctx(t), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.Waiters
+		},
+		keys: func(b *Backend, key string) []string { return b.semKeys(key) },
+	},
+	{
+		name: "rwlock",
+		hold: func(t *testing.T, b *Backend, key string) func() error {
+			g, err := b.RWLocks().Acquire(ctx(t), backend.RWAcquireRequest{Mode: backend.ModeWrite, AcquireRequest: backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() error { return b.RWLocks().Release(ctx(t), key, g.LeaseID) }
+		},
+		queueDead: func(c context.Context, b *Backend, raw *goredis.Client, key, waiter string) error {
+			return rwAcquireScript.Run(c, raw, b.rwKeys(key), lease.NewID(), "dead", 60000, waiter, b.beat.Milliseconds(), "w", 0).Err()
+		},
+		wait: func(c context.Context, b *Backend, key string) error {
+			_, err := b.RWLocks().Acquire(c, backend.RWAcquireRequest{Mode: backend.ModeWrite, AcquireRequest: backend.AcquireRequest{Key: key, Owner: "live", TTL: time.Minute, Wait: 15 * time.Second}})
+			return err
+		},
+		waiters: func(t *testing.T, b *Backend, key string) int {
+			st, err := b.RWLocks().Inspect(ctx(t), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.WaitingReaders + st.WaitingWriters
+		},
+		keys: func(b *Backend, key string) []string { return b.rwKeys(key) },
+	},
+}
+
+func (k queueKind) waitFor(t *testing.T, b *Backend, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for k.waiters(t, b, key) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %q: %d waiters, want %d", k.name, key, k.waiters(t, b, key), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A lockd that queued a waiter and died never beats nor leaves. Once it is
+// at the head and its heartbeat lapsed, the beat of another replica with a
+// waiter on the key drops it and wakes that waiter: granted within about a
+// HeartbeatTimeout of the release, not stuck until its own wait ends.
+func TestDeadHeadDroppedNextReplicaGranted(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	const beat = 600 * time.Millisecond
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: beat})
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	for _, k := range queueKinds {
+		t.Run(k.name, func(t *testing.T) {
+			holder, live := f(t).(*Backend), f(t).(*Backend)
+			key := "dead-head-" + k.name
+			release := k.hold(t, holder, key)
+			if err := k.queueDead(ctx(t), holder, raw, key, "dead-waiter-id"); err != nil {
+				t.Fatalf("queue the dead waiter: %v", err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- k.wait(ctx(t), live, key) }()
+			k.waitFor(t, holder, key, 2)
+			released := time.Now()
+			if err := release(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("live waiter behind a dead head: %v", err)
+			}
+			if took := time.Since(released); took > beat+2*time.Second {
+				t.Errorf("live waiter granted %v after the release, want within about %v (the dead head's heartbeat timeout and one beat)", took, beat+beat/3)
+			}
+		})
+	}
+}
+
+// A wake-up can be lost (here: the grant vanishes without any script
+// publishing, as when a pub/sub message is lost to a reconnect). The
+// replica's next beat sees the head waiter's key free and wakes it, long
+// before the holder's deadline (a minute) or the waiter's give-up (15 s).
+func TestLostWakeUpMadeUpByBeat(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	const beat = 600 * time.Millisecond
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: beat})
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	for _, k := range queueKinds {
+		t.Run(k.name, func(t *testing.T) {
+			holder, live := f(t).(*Backend), f(t).(*Backend)
+			key := "lost-wake-" + k.name
+			k.hold(t, holder, key)
+			done := make(chan error, 1)
+			go func() { done <- k.wait(ctx(t), live, key) }()
+			k.waitFor(t, holder, key, 1)
+			freed := time.Now()
+			if err := raw.Del(ctx(t), k.keys(holder, key)[0]).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("waiter whose wake-up was lost: %v", err)
+			}
+			if took := time.Since(freed); took > 5*time.Second {
+				t.Errorf("waiter granted %v after its key was freed silently, want within a few beats (%v each)", took, beat/3)
+			}
+		})
+	}
+}
+
+// A Redis that forgot its queues (restarted empty, or flushed) forgets the
+// waiters' places. The beat answers that they are no longer queued; they
+// re-run their acquire, which queues them again (or grants: the key is
+// free now), instead of waiting out their wait unqueued.
+func TestForgottenWaitersQueueAgain(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	const beat = 600 * time.Millisecond
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: beat})
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	for _, k := range queueKinds {
+		t.Run(k.name, func(t *testing.T) {
+			holder, live := f(t).(*Backend), f(t).(*Backend)
+			key := "forgotten-" + k.name
+			k.hold(t, holder, key)
+			done := make(chan error, 1)
+			go func() { done <- k.wait(ctx(t), live, key) }()
+			k.waitFor(t, holder, key, 1)
+			flushed := time.Now()
+			if err := raw.Del(ctx(t), k.keys(holder, key)...).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("waiter whose queue was forgotten: %v", err)
+			}
+			if took := time.Since(flushed); took > 5*time.Second {
+				t.Errorf("waiter granted %v after Redis forgot the key, want within a few beats (%v each)", took, beat/3)
+			}
+		})
+	}
+}
