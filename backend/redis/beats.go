@@ -84,7 +84,8 @@ func (b *Backend) joinBeat(script *goredis.Script, keys []string, entry string, 
 // Backend closes.
 func (b *Backend) beatLoop(name string, g *beatGroup) {
 	defer b.beaters.Done()
-	t := time.NewTicker(b.beat / 3)
+	every := max(b.beat/3, time.Millisecond)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	timeout := store.Ms(b.beat)
 	for {
@@ -106,20 +107,19 @@ func (b *Backend) beatLoop(name string, g *beatGroup) {
 		}
 		b.mu.Unlock()
 
-		c, cancel := context.WithTimeout(b.life, b.beat/3)
+		// As long as a place lasts: a beat late under load still keeps it.
+		c, cancel := context.WithTimeout(b.life, b.beat)
 		wakes, err := g.script.Run(c, b.client, g.keys, args...).StringSlice()
 		cancel()
-		if b.life.Err() != nil {
-			return
+		if err != nil {
+			// Redis slow or out of reach. Waking every waiter here would
+			// send a herd of acquires at a Redis that is already behind;
+			// they notice at their own next run, and if their places lapse
+			// meanwhile the next beat that gets through tells them to queue
+			// again.
+			continue
 		}
 		b.mu.Lock()
-		if err != nil {
-			// Redis is out of reach: every waiter re-runs its acquire, and
-			// returns its error, as it would have had it been polling.
-			for _, m := range g.members {
-				wakeAll(m)
-			}
-		}
 		for _, e := range wakes {
 			wakeAll(g.members[e])
 		}

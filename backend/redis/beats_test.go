@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -305,4 +306,48 @@ func TestForgottenWaitersQueueAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A beat that fails (here: Redis paused for longer than a beat's period)
+// must not wake every waiter: a herd of acquires at a Redis that is behind
+// keeps it behind (issue 15's compare run: a lockd whose beats timed out
+// under load re-ran all 10,000 waiters' acquires, over and over). After the
+// pause the waiters keep their places, and Redis runs a few scripts, not
+// one per waiter.
+func TestFailedBeatWakesNoHerd(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	const beat = 3 * time.Second // beats every second
+	// A read timeout longer than the pause: only the beat's own deadline
+	// (its period, before this fix) could end it.
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0), MaxRetries: -1, ContextTimeoutEnabled: true, ReadTimeout: 10 * time.Second})
+	b, err := New(ctx(t), c, Options{HeartbeatTimeout: beat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	key := "paused-beat"
+	if _, err := b.Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	const waiters = 200
+	waitAll(t, []backend.Backend{b}, key, waiters)
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	if err := raw.ConfigResetStat(ctx(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// More than two beat periods (a beat starts in the first and waits a
+	// whole period), less than the heartbeat timeout.
+	if err := srv.Signal(0, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if err := srv.Signal(0, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if calls := scriptCalls(t, raw); calls > 20 {
+		t.Errorf("Redis ran %d scripts in the 5.5 s around a 2.5 s pause with %d waiters, want a few beats (at most 20), not a re-run per waiter", calls, waiters)
+	}
+	waitWaiters(t, b, key, waiters)
 }
