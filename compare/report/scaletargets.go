@@ -185,16 +185,16 @@ func sessionsTarget(backend string) targetSpec {
 			if c.Unmeasured != "" {
 				return 0, c.Unmeasured, false
 			}
-			how := fmt.Sprintf("%d locks held in %d sessions, round in %.2f s, %d requests in all", c.Reached, c.Sessions, c.RoundSeconds, c.RoundRequests)
+			how := fmt.Sprintf("%d locks held in %d sessions, round in %.2f s, %d requests in all; %d writes counted, less %d the backend wrote on its own over an idle span as long (its background: clock heartbeats, pings)", c.Reached, c.Sessions, c.RoundSeconds, c.RoundRequests, c.RoundWrites, c.IdleWrites)
 			for _, l := range br.Scale {
 				if l.SweepRequests > 0 {
 					how += fmt.Sprintf("; without sessions, renewing %d leases cost %d writes", l.Renewals, l.SweepWrites)
 				}
 			}
 			if c.Locks < locks || c.Sessions != sessions || c.Reached < c.Locks {
-				return 0, fmt.Sprintf("measured %d writes with %s, not at the target's %d locks", c.RoundWrites, how, locks), false
+				return 0, fmt.Sprintf("measured %d writes with %s, not at the target's %d locks", max(c.RoundWrites-c.IdleWrites, 0), how, locks), false
 			}
-			return float64(c.RoundWrites), how, true
+			return float64(max(c.RoundWrites-c.IdleWrites, 0)), how, true
 		}}
 }
 
