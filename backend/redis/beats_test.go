@@ -351,3 +351,113 @@ func TestFailedBeatWakesNoHerd(t *testing.T) {
 	}
 	waitWaiters(t, b, key, waiters)
 }
+
+// A holder that keeps renewing a short lease does not make every waiter
+// re-run the acquire script at each deadline it saw: only the head of the
+// line needs to look when the holder's lease may have run out (it is the
+// only one that could take the lock); the others wait to be woken. 200
+// waiters behind a holder renewing a 300 ms lease for 3 s.
+func TestRenewingHolderWakesOnlyTheHead(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: 3 * time.Second})
+	replicas := []backend.Backend{f(t), f(t)}
+	key := "renewing-holder"
+	const ttl = 300 * time.Millisecond
+	g, err := replicas[0].Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "holder", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	renewed := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(ttl / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				renewed <- nil
+				return
+			case <-tick.C:
+				if _, err := replicas[0].Renew(context.Background(), key, g.LeaseID, 0); err != nil {
+					renewed <- err
+					return
+				}
+			}
+		}
+	}()
+	const waiters = 200
+	waitAll(t, replicas, key, waiters)
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	t.Cleanup(func() { _ = raw.Close() })
+	if err := raw.ConfigResetStat(ctx(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	calls := scriptCalls(t, raw)
+	close(stop)
+	if err := <-renewed; err != nil {
+		t.Fatalf("holder's renew: %v", err)
+	}
+	// 3 s: ~30 renews, ~10 deadlines seen by the head, ~6 beats; one re-run
+	// per waiter and deadline would be about 2,000.
+	if calls > 150 {
+		t.Errorf("Redis ran %d scripts in 3 s for %d waiters behind a holder renewing a %v lease, want the renews, the beats and the head's looks (at most 150), not one per waiter and deadline", calls, waiters, ttl)
+	}
+	t.Logf("scripts in 3 s: %d", calls)
+}
+
+// A waiter that was not at the head when it last looked, and became the
+// head when the waiter before it was granted, is granted when that grant's
+// lease runs out, not up to a heartbeat period later: its replica's beat
+// wakes it shortly before the deadline, it looks, finds itself at the head
+// and sets its timer. Three rounds, each: a holder on replica 0, a first
+// waiter on replica 0 that takes the lock at the release and then never
+// releases it (a 2 s lease), and a second waiter on replica 1.
+func TestNewHeadGrantedAtTheDeadline(t *testing.T) {
+	srv := testserver.Redis(t, 1)
+	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: 3 * time.Second})
+	replicas := []backend.Backend{f(t), f(t)}
+	const ttl = 2 * time.Second
+	var worst time.Duration
+	for round := range 3 {
+		key := fmt.Sprint("new-head-", round)
+		g0, err := replicas[0].Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "holder", TTL: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := make(chan backend.Grant, 1)
+		go func() {
+			g, err := replicas[0].Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "first", TTL: ttl, Wait: time.Minute})
+			if err != nil {
+				t.Errorf("first waiter: %v", err)
+			}
+			first <- g
+		}()
+		waitWaiters(t, replicas[0], key, 1)
+		second := make(chan time.Time, 1)
+		go func() {
+			_, err := replicas[1].Acquire(ctx(t), backend.AcquireRequest{Key: key, Owner: "second", TTL: time.Minute, Wait: time.Minute})
+			if err != nil {
+				t.Errorf("second waiter: %v", err)
+			}
+			second <- time.Now()
+		}()
+		waitWaiters(t, replicas[0], key, 2)
+		if err := replicas[0].Release(ctx(t), key, g0.LeaseID); err != nil {
+			t.Fatal(err)
+		}
+		g1 := <-first
+		at := <-second
+		late := at.Sub(g1.ExpiresAt)
+		t.Logf("round %d: second waiter granted %v after the first's deadline", round, late)
+		if late < -50*time.Millisecond {
+			t.Fatalf("round %d: second waiter granted %v before the first's deadline", round, -late)
+		}
+		worst = max(worst, late)
+	}
+	// A beat period is 1 s: waking only at the first beat after the
+	// deadline would be late by up to that, uniformly.
+	if worst > 400*time.Millisecond {
+		t.Errorf("the new head was granted up to %v after its predecessor's deadline, want at the deadline (within 400ms)", worst)
+	}
+}

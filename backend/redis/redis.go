@@ -357,11 +357,15 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 		}
 		var holder *backend.Holder
 		next := time.Duration(1<<63 - 1) // only the timers below, and wake-ups
+		// Only the head of the line looks again when the holder's lease or
+		// a lock-delay may have ended: the others are woken when they reach
+		// the head (a release, a leaving waiter or a beat publishes to it).
+		head := len(res) < 13 || store.Int(res[12]) == 1
 		if store.Int(res[5]) == 1 {
 			exp := store.Int(res[3])
 			holder = &backend.Holder{Owner: store.Str(res[1]), Token: uint64(store.Int(res[2])), ExpiresAt: time.UnixMilli(exp)}
 			// Wake up when the holder's lease runs out, in Redis's time.
-			if d := time.Duration(exp-store.Int(res[4])+1) * time.Millisecond; d < next {
+			if d := time.Duration(exp-store.Int(res[4])+1) * time.Millisecond; d < next && head {
 				next = d
 			}
 		}
@@ -369,7 +373,7 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 		if until := store.Int(res[10]); until > 0 {
 			// An expired grant's lock-delay: wake up at its end.
 			delay = &backend.Delay{Until: time.UnixMilli(until), ExpiredToken: uint64(store.Int(res[11]))}
-			if d := time.Duration(until-store.Int(res[4])+1) * time.Millisecond; d < next {
+			if d := time.Duration(until-store.Int(res[4])+1) * time.Millisecond; d < next && head {
 				next = d
 			}
 		}
