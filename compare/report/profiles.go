@@ -123,7 +123,7 @@ func roundTripGap(br *harness.BackendRun, a, b string) string {
 	if ra == nil || rb == nil {
 		return ""
 	}
-	return fmt.Sprintf("store requests per cycle %.2f (%s) against %.2f (%s)", ra.PerAcquire+ra.PerRelease, a, rb.PerAcquire+rb.PerRelease, b)
+	return fmt.Sprintf("store requests per acquire + release %.2f + %.2f (%s) against %.2f + %.2f (%s)", ra.PerAcquire, ra.PerRelease, a, rb.PerAcquire, rb.PerRelease, b)
 }
 
 // whyGap joins the profile and round-trip comparisons of a and b.

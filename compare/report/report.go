@@ -94,7 +94,9 @@ func targetSpecs() []targetSpec {
 			}
 			return h.P99, "", true
 		}},
-		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", measure: func(br *harness.BackendRun) (float64, string, bool) {
+		{Backend: "zk", What: "handoff p50 lockd/zk.Lock, 1 waiter", Limit: 1.2, Unit: "×", why: func(br *harness.BackendRun) string {
+			return roundTripGap(br, br.LockdVia(), "zk.Lock")
+		}, measure: func(br *harness.BackendRun) (float64, string, bool) {
 			l, d := br.HandoffOf(br.LockdVia(), 1), br.HandoffOf("zk.Lock", 1)
 			if l == nil || d == nil {
 				return 0, "", false
