@@ -66,13 +66,32 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 		return e.grant(req.Key), true, nil
 	}
 	for first := true; ; first = false {
-		if first && !b.busy.recent(req.Key, time.Now()) {
-			// A key not seen queued lately: one transaction, that writes
-			// when the queue is empty and reads nothing otherwise.
-			if g, ok, err := grantIfFree(atOnce); ok || err != nil {
-				return g, err
+		if first {
+			end, try, err := b.busy.firstTry(ctx, req.Key)
+			if err != nil {
+				return backend.Grant{}, err
 			}
-			b.busy.mark(req.Key, time.Now()) // the acquirers right behind read first
+			if try {
+				// A key not seen queued lately: one transaction, that
+				// writes when the queue is empty and reads nothing
+				// otherwise.
+				g, ok, err := grantIfFree(atOnce)
+				if !ok && err == nil {
+					b.busy.mark(req.Key, time.Now()) // the acquirers right behind queue at once
+				}
+				end()
+				if ok || err != nil {
+					return g, err
+				}
+			}
+			if req.Wait > 0 {
+				// Held, or lately queued, and willing to wait: straight
+				// into the queue. waitTurn's first look does what a read
+				// here would (grant at once when nothing is ahead, remove
+				// an expired head), so each waiter of a burst costs one
+				// read less.
+				return b.wait(ctx, req, id, giveUp, value)
+			}
 		}
 		// Held, or lately queued: a read first. On a key with a queue,
 		// acquirers must not turn into transactions that etcd applies one
