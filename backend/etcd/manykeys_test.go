@@ -20,7 +20,9 @@ import (
 
 // Many waiters over many held keys, all launched at once through one
 // Backend (what the compare's long-poll step does through one lockd): every
-// one of them gets its queue entry. LOCKD_MANYKEYS_WAITERS raises the count.
+// one of them gets its queue entry. LOCKD_MANYKEYS_WAITERS sets the count
+// (50000: the compare's), LOCKD_MANYKEYS_SLOTS Options.MaxContendedOps, and
+// LOCKD_MANYKEYS_DUMP a file for the goroutines when it fails.
 func TestManyWaitersOverManyKeysAllQueue(t *testing.T) {
 	keys, n := 1000, 5000
 	if s := os.Getenv("LOCKD_MANYKEYS_WAITERS"); s != "" {
@@ -28,7 +30,8 @@ func TestManyWaitersOverManyKeysAllQueue(t *testing.T) {
 	}
 	e := testserver.EtcdCluster(t, 1)
 	cli := client(t, e.Endpoints())
-	b := etcdb.New(cli, etcdb.Options{})
+	slots, _ := strconv.Atoi(os.Getenv("LOCKD_MANYKEYS_SLOTS"))
+	b := etcdb.New(cli, etcdb.Options{MaxContendedOps: slots})
 	t.Cleanup(func() { b.Close() })
 	ctx := t.Context()
 	key := func(i int) string { return fmt.Sprintf("many-%d", i%keys) }
