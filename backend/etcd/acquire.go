@@ -38,7 +38,8 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 	// grantIfFree makes this acquire the holder when the queue is empty
 	// (so any sequence number keeps the queue in order).
 	grantIfFree := func(adm admission) (backend.Grant, bool, error) {
-		name := leaf(b.seqs.take(req.Key), id)
+		seq := b.seqs.take(req.Key)
+		name := leaf(seq, id)
 		mine := q + name
 		rec, gcLease, err := b.holderRecord(ctx, req, value)
 		if err != nil {
@@ -57,6 +58,9 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 			if g, found, err := b.replay(ctx, req); found {
 				return g, true, err
 			}
+		}
+		if err == nil && !resp.Succeeded {
+			b.seqs.untake(req.Key, seq)
 		}
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,12 +22,17 @@ import (
 // Many waiters over many held keys, all launched at once through one
 // Backend (what the compare's long-poll step does through one lockd): every
 // one of them gets its queue entry. LOCKD_MANYKEYS_WAITERS sets the count
-// (50000: the compare's), LOCKD_MANYKEYS_SLOTS Options.MaxContendedOps, and
-// LOCKD_MANYKEYS_DUMP a file for the goroutines when it fails.
+// (50000: the compare's), LOCKD_MANYKEYS_KEYS the keys,
+// LOCKD_MANYKEYS_SLOTS Options.MaxContendedOps, LOCKD_MANYKEYS_HEAP a file
+// for a heap profile while they wait, and LOCKD_MANYKEYS_DUMP one for the
+// goroutines when it fails.
 func TestManyWaitersOverManyKeysAllQueue(t *testing.T) {
-	keys, n := 1000, 5000
+	keys, n := 1000, 2000
 	if s := os.Getenv("LOCKD_MANYKEYS_WAITERS"); s != "" {
 		n, _ = strconv.Atoi(s)
+	}
+	if s := os.Getenv("LOCKD_MANYKEYS_KEYS"); s != "" {
+		keys, _ = strconv.Atoi(s)
 	}
 	e := testserver.EtcdCluster(t, 1)
 	cli := client(t, e.Endpoints())
@@ -79,9 +85,16 @@ func TestManyWaitersOverManyKeysAllQueue(t *testing.T) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	t.Logf("%d of %d waiters queued over %d keys in %v, %d failed; heap in use +%.0f MB (%.1f KB/waiter), %d goroutines",
+	heap, stack := float64(ms.HeapInuse)-float64(ms0.HeapInuse), float64(ms.StackInuse)-float64(ms0.StackInuse)
+	t.Logf("%d of %d waiters queued over %d keys in %v, %d failed; heap in use +%.0f MB (%.1f KB/waiter), stacks +%.0f MB (%.1f KB/waiter), %d goroutines",
 		queued, n, keys, took.Round(time.Millisecond), failed.Load(),
-		float64(ms.HeapInuse-ms0.HeapInuse)/(1<<20), float64(ms.HeapInuse-ms0.HeapInuse)/1024/float64(n), runtime.NumGoroutine())
+		heap/(1<<20), heap/1024/float64(n), stack/(1<<20), stack/1024/float64(n), runtime.NumGoroutine())
+	if p := os.Getenv("LOCKD_MANYKEYS_HEAP"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	if queued != n || failed.Load() != 0 {
 		if os.Getenv("LOCKD_MANYKEYS_DUMP") != "" {
 			buf := make([]byte, 64<<20)
