@@ -80,8 +80,11 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 				// writes when the queue is empty and reads nothing
 				// otherwise.
 				g, ok, err := grantIfFree(atOnce)
-				if !ok && err == nil {
-					b.busy.mark(req.Key, time.Now()) // the acquirers right behind queue at once
+				if !ok {
+					// Held, or etcd did not answer in time: either way the
+					// acquirers right behind queue at once, instead of each
+					// trying (and, with etcd behind, timing out) in turn.
+					b.busy.mark(req.Key, time.Now())
 				}
 				end()
 				if ok || err != nil {

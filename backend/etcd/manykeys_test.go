@@ -113,6 +113,9 @@ type writeCountingKV struct {
 	delay     time.Duration
 	slowUntil atomic.Int64
 	writes    atomic.Int64
+	// failFirstTries: a write transaction with no Else (an acquire's
+	// first try; an enqueue has one) fails unsent, as a timeout.
+	failFirstTries atomic.Bool
 }
 
 func (kv *writeCountingKV) Txn(ctx context.Context) clientv3.Txn {
@@ -121,8 +124,8 @@ func (kv *writeCountingKV) Txn(ctx context.Context) clientv3.Txn {
 
 type countingTxn struct {
 	clientv3.Txn
-	kv    *writeCountingKV
-	write bool
+	kv             *writeCountingKV
+	write, hasElse bool
 }
 
 func (t *countingTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
@@ -135,6 +138,7 @@ func (t *countingTxn) Then(ops ...clientv3.Op) clientv3.Txn {
 
 func (t *countingTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 	t.note(ops)
+	t.hasElse = t.hasElse || len(ops) > 0
 	t.Txn = t.Txn.Else(ops...)
 	return t
 }
@@ -146,6 +150,9 @@ func (t *countingTxn) note(ops []clientv3.Op) {
 }
 
 func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
+	if t.write && !t.hasElse && t.kv.failFirstTries.Load() {
+		return nil, context.DeadlineExceeded
+	}
 	if t.write {
 		t.kv.writes.Add(1)
 		if time.Now().UnixNano() < t.kv.slowUntil.Load() {
@@ -209,5 +216,55 @@ func TestBurstOnHeldKeyMakesOneFirstTry(t *testing.T) {
 	// One enqueue each, and one first try for the whole burst.
 	if got, want := kv.writes.Load()-w0, int64(n+1); got > want {
 		t.Errorf("got %d write transactions for %d waiters of a held key, want at most %d", got, n, want)
+	}
+}
+
+// A first try that etcd does not answer in time fails its own acquire, but
+// the acquirers that waited for it queue at once instead of each trying
+// (and timing out) in turn: with etcd behind, a burst lost one poll per
+// OpTimeout per key.
+func TestFirstTryTimeoutQueuesTheOthers(t *testing.T) {
+	const key, n = "first-try-timeout", 50
+	e := testserver.EtcdCluster(t, 1)
+	cli := client(t, e.Endpoints())
+	kv := &writeCountingKV{KV: cli.KV, delay: 200 * time.Millisecond}
+	cli.KV = kv
+	b := etcdb.New(cli, etcdb.Options{})
+	t.Cleanup(func() { b.Close() })
+	ctx := t.Context()
+	if _, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: 10 * time.Minute}); err != nil {
+		t.Fatalf("holder's acquire: %v", err)
+	}
+	kv.failFirstTries.Store(true)
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Int64
+	)
+	t.Cleanup(wg.Wait)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: time.Minute, Wait: 5 * time.Minute}); err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	close(start)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, err := b.Inspect(ctx, key)
+		if err == nil && int64(st.Waiters)+failed.Load() == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out: %+v, %v, %d failed", st, err, failed.Load())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := failed.Load(); got != 1 {
+		t.Errorf("got %d of %d acquirers failed after first tries that timed out, want 1 (the one whose try it was)", got, n)
 	}
 }
