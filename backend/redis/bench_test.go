@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -238,6 +239,74 @@ func BenchmarkHandoff20Waiters(b *testing.B) {
 				lockers = append(lockers, backendLocker(replicas[i%2], key))
 			}
 			runContenders(b, lockers, hold)
+		})
+	}
+}
+
+// BenchmarkIdleKeyWhileManyWait: N waiters (over two lockd replicas) wait
+// on one held key while each iteration is a single try and a release on an
+// idle key. It reports what the waiters cost: the scripts Redis runs per
+// second for them (scripts/s, the tries' own taken out), the idle key's
+// try+release p99 (idle-p99-µs), and this process's heap in use with them
+// waiting (heap-MB).
+func BenchmarkIdleKeyWhileManyWait(b *testing.B) {
+	srv := testserver.Redis(b, 1)
+	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
+	b.Cleanup(func() { _ = raw.Close() })
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			replicas := []backend.Backend{benchRedisBackend(b, srv.Addr(0)), benchRedisBackend(b, srv.Addr(0))}
+			key := fmt.Sprint("many-", n, "-", b.N)
+			if _, err := replicas[0].Acquire(context.Background(), backend.AcquireRequest{Key: key, Owner: "holder", TTL: 10 * time.Minute}); err != nil {
+				b.Fatal(err)
+			}
+			c, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			defer func() { cancel(); wg.Wait() }()
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, _ = replicas[i%2].Acquire(c, backend.AcquireRequest{Key: key, TTL: time.Minute, Wait: 10 * time.Minute})
+				}()
+			}
+			for deadline := time.Now().Add(time.Minute); ; {
+				st, err := replicas[0].Inspect(context.Background(), key)
+				if err == nil && st.Waiters == n {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatalf("Inspect = %+v, %v; want %d waiters", st, err, n)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			hist := hdrhistogram.New(1, 60_000_000, 3)
+			if err := raw.ConfigResetStat(context.Background()).Err(); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				k := fmt.Sprint("idle-", i%100)
+				g, err := replicas[i%2].Acquire(context.Background(), backend.AcquireRequest{Key: k, TTL: time.Minute})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := replicas[i%2].Release(context.Background(), k, g.LeaseID); err != nil {
+					b.Fatal(err)
+				}
+				_ = hist.RecordValue(time.Since(t0).Microseconds())
+			}
+			b.StopTimer()
+			took := time.Since(start)
+			calls := scriptCalls(b, raw) - 2*b.N
+			b.ReportMetric(float64(calls)/took.Seconds(), "scripts/s")
+			b.ReportMetric(float64(hist.ValueAtQuantile(99)), "idle-p99-µs")
+			b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MB")
 		})
 	}
 }

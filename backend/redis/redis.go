@@ -33,20 +33,28 @@
 //
 // # Waiting
 //
-// A waiter pushes its id on the queue and keeps a heartbeat deadline in the
-// zset (refreshed every HeartbeatTimeout/3 by re-running the acquire
-// script). Only the head of the queue may take a free lock; a single try
+// A waiter pushes its id on the queue with a heartbeat deadline in the
+// zset. Its lockd keeps that deadline ahead with ONE beat script per queue
+// it has waiters on, every HeartbeatTimeout/3, for all of them at once
+// (beats.go): Redis runs O(queues × replicas) scripts per period, not one
+// per waiter. Only the head of the queue may take a free lock; a single try
 // (Wait 0) never jumps the queue. A release, or a waiter leaving, publishes
 // the id of the first live waiter; each Backend holds ONE subscription and
 // hands the message to the waiting goroutine with that id, so a release
-// wakes one waiter, not the herd. A holder that never releases is noticed by
-// a timer at its expiry (the acquire script returns the holder's deadline).
-// A waiter whose lockd died stops beating and is dropped when it reaches the
-// head, after at most HeartbeatTimeout; a pub/sub message lost to a
-// reconnect is made up for by the next heartbeat.
+// wakes one waiter, not the herd. A waiter re-runs the acquire script only
+// when woken, at its holder's deadline (the script returns it), at a
+// lock-delay's or its session's end, or when it gives up. A waiter whose
+// lockd died stops beating; once it is at the head and its deadline passed,
+// the next beat of any replica with waiters on the key drops it and wakes
+// the new head, so it delays the queue by at most about HeartbeatTimeout.
+// A pub/sub message lost to a reconnect is made up for by the next beat of
+// the head's replica (it answers whether the head may go now), and a waiter
+// whose place Redis forgot (a restart without persistence) is told by it
+// to queue again.
 //
 // This package must never keep state that matters only in its memory: the
-// waiter registry is only a mailbox for wake-ups; every decision is made by a
+// waiter registry is only a mailbox for wake-ups and the list of whose
+// heartbeats to send; every decision is made by a
 // script from what Redis holds.
 package redis
 
@@ -98,8 +106,9 @@ type Options struct {
 	// Prefix starts every Redis key and the wake channel. Default "lockd:".
 	Prefix string
 	// HeartbeatTimeout is how long a queued waiter keeps its place without
-	// refreshing it; it refreshes every third of it. It bounds how long a
-	// waiter whose lockd died delays the queue. Default 3s.
+	// a heartbeat; each Backend beats for all its waiters on a key every
+	// third of it. It bounds how long a waiter whose lockd died delays the
+	// queue. Default 3s.
 	HeartbeatTimeout time.Duration
 	// There are no backend.Hooks: Redis expires a lease's key by itself,
 	// and a lockd sees it only when a script reaps it (events.go) — not
@@ -122,7 +131,9 @@ type Backend struct {
 	// acquires waiting in that session
 	inSession map[string]map[chan struct{}]bool
 	closed    bool
-	active    sync.WaitGroup // acquires in flight, waited for by Close
+	active    sync.WaitGroup        // acquires in flight, waited for by Close
+	groups    map[string]*beatGroup // a queue's zset key -> its local waiters (beats.go)
+	beaters   sync.WaitGroup        // the groups' heartbeat goroutines
 
 	life      context.Context // ends on Close: waiting acquires give up
 	stop      context.CancelFunc
@@ -146,6 +157,7 @@ func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Ba
 		beat:      opts.HeartbeatTimeout,
 		waiters:   map[string]chan struct{}{},
 		inSession: map[string]map[chan struct{}]bool{},
+		groups:    map[string]*beatGroup{},
 		subDone:   make(chan struct{}),
 	}
 	b.sub = client.Subscribe(ctx, b.channel)
@@ -160,7 +172,7 @@ func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Ba
 
 // dispatch hands each wake message to the waiter it names. go-redis
 // resubscribes after a reconnect; messages published meanwhile are lost, and
-// the waiters' heartbeats make up for them.
+// the beats make up for them (beats.go).
 func (b *Backend) dispatch() {
 	defer close(b.subDone)
 	for msg := range b.sub.Channel() {
@@ -189,6 +201,7 @@ func (b *Backend) Close() error {
 		b.mu.Unlock()
 		b.stop()
 		b.active.Wait()
+		b.beaters.Wait()
 		_ = b.sub.Close()
 		<-b.subDone
 		err = b.client.Close()
@@ -295,6 +308,8 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 	idem := idemArgs(req)
 	first := id       // a grant under another lease id is an earlier attempt's
 	attached := false // waiting in the place of an earlier attempt with the same idempotency key
+	beating, leaveBeat := "", func() {}
+	defer func() { leaveBeat() }()
 	for {
 		res, err := acquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), idem.fingerprint, idem.keepMS, value, req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
@@ -334,13 +349,23 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 			}
 			return g, nil
 		}
+		if waiter != beating {
+			// Queued (perhaps in an earlier attempt's place): our replica's
+			// heartbeat for this key keeps the place from now on.
+			leaveBeat()
+			leaveBeat, beating = b.joinBeat(beatScript, keys[:5], waiter, wake), waiter
+		}
 		var holder *backend.Holder
-		next := b.beat / 3
+		next := time.Duration(1<<63 - 1) // only the timers below, and wake-ups
+		// Only the head of the line looks again when the holder's lease or
+		// a lock-delay may have ended: the others are woken when they reach
+		// the head (a release, a leaving waiter or a beat publishes to it).
+		head := len(res) < 13 || store.Int(res[12]) == 1
 		if store.Int(res[5]) == 1 {
 			exp := store.Int(res[3])
 			holder = &backend.Holder{Owner: store.Str(res[1]), Token: uint64(store.Int(res[2])), ExpiresAt: time.UnixMilli(exp)}
 			// Wake up when the holder's lease runs out, in Redis's time.
-			if d := time.Duration(exp-store.Int(res[4])+1) * time.Millisecond; d < next {
+			if d := time.Duration(exp-store.Int(res[4])+1) * time.Millisecond; d < next && head {
 				next = d
 			}
 		}
@@ -348,7 +373,7 @@ func (b *Backend) acquire(ctx context.Context, keys []string, req backend.Acquir
 		if until := store.Int(res[10]); until > 0 {
 			// An expired grant's lock-delay: wake up at its end.
 			delay = &backend.Delay{Until: time.UnixMilli(until), ExpiredToken: uint64(store.Int(res[11]))}
-			if d := time.Duration(until-store.Int(res[4])+1) * time.Millisecond; d < next {
+			if d := time.Duration(until-store.Int(res[4])+1) * time.Millisecond; d < next && head {
 				next = d
 			}
 		}

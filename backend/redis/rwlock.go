@@ -123,6 +123,7 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var leaveBeat func()
 	for {
 		res, err := rwAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), modeLetter(req.Mode), req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
@@ -143,8 +144,13 @@ func (rw rwlocks) Acquire(ctx context.Context, req backend.RWAcquireRequest) (ba
 			b.rwAbandon(keys, entry, id)
 			return backend.RWGrant{}, fmt.Errorf("redis rw acquire %q: %w", req.Key, backend.ErrSessionExpired)
 		}
+		if entry != "" && leaveBeat == nil {
+			// Queued: our replica's heartbeat for this key keeps the place.
+			leaveBeat = b.joinBeat(rwBeatScript, keys[:4], entry, wake)
+			defer leaveBeat()
+		}
 		now := store.Int(res[3])
-		next := b.beat / 3
+		next := time.Duration(1<<63 - 1) // only the timers below, and wake-ups
 		// Wake up when the earliest holder's lease runs out, or our session
 		// (the script then says so), in Redis's time.
 		// An expired grant's lock-delay that keeps us out: wake at its end.

@@ -143,6 +143,7 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		// permit that expires: both free themselves.
 		_ = semReleaseScript.Run(c, b.client, keys, "", id, b.channel, waiter).Err()
 	}
+	var leaveBeat func()
 	for {
 		res, err := semAcquireScript.Run(ctx, b.client, keys, id, req.Owner, store.Ms(req.TTL), waiter, store.Ms(b.beat), req.Permits, b.channel, req.LockDelay.Milliseconds()).Slice()
 		if err != nil {
@@ -164,10 +165,15 @@ func (s semaphores) Acquire(ctx context.Context, req backend.SemaphoreRequest) (
 		case -5:
 			return backend.Permit{}, fmt.Errorf("redis acquire permit of %q: %w", req.Key, backend.ErrSessionExpired)
 		}
+		if waiter != "" && leaveBeat == nil {
+			// Queued: our replica's heartbeat for this key keeps the place.
+			leaveBeat = b.joinBeat(semBeatScript, keys[:4], waiter, wake)
+			defer leaveBeat()
+		}
 		now := store.Int(res[1])
 		delays, rest := semDelays(res[4:])
 		holders := semHolders(rest)
-		next := b.beat / 3
+		next := time.Duration(1<<63 - 1) // only the timers below, and wake-ups
 		var delay *backend.Delay
 		for _, d := range delays {
 			if delay == nil || d.Until.Before(delay.Until) {

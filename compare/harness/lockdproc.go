@@ -55,7 +55,7 @@ func lockdChild(name string, addrs []string, stdin io.Reader, stdout io.Writer) 
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
 	api := httpapi.New(b, httpapi.Options{Backend: name, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, Protocols: &p,
+	srv := &http.Server{Handler: serveMemDebug(api), ReadHeaderTimeout: 5 * time.Second, Protocols: &p,
 		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: lockdChildStreams}}
 	go srv.Serve(ln)
 	fmt.Fprintf(stdout, "lockd http://%s\n", ln.Addr())

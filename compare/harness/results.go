@@ -74,10 +74,12 @@ type NotRun struct {
 
 // LatencyCell: uncontended acquire+release through one way of locking.
 type LatencyCell struct {
-	Via        string       `json:"via"`
-	Lat        *Percentiles `json:"latency,omitempty"`
-	CDF        [][2]float64 `json:"cdf,omitempty"`
-	Unmeasured string       `json:"unmeasured,omitempty"`
+	Via string       `json:"via"`
+	Lat *Percentiles `json:"latency,omitempty"`
+	CDF [][2]float64 `json:"cdf,omitempty"`
+	// CPU is where the row's time went (a CPU profile over the row).
+	CPU        *CPUProfile `json:"cpu,omitempty"`
+	Unmeasured string      `json:"unmeasured,omitempty"`
 }
 
 // HandoffCell: contended handoff with Waiters waiters on one key.
@@ -233,6 +235,26 @@ func (br *BackendRun) LatencyOf(via string) *Percentiles {
 	for _, c := range br.Latency {
 		if c.Via == via && c.Lat != nil {
 			return c.Lat
+		}
+	}
+	return nil
+}
+
+// CPUOf is the CPU profile of the uncontended latency row via via, or nil.
+func (br *BackendRun) CPUOf(via string) *CPUProfile {
+	for _, c := range br.Latency {
+		if c.Via == via && c.CPU != nil && c.CPU.Unmeasured == "" {
+			return c.CPU
+		}
+	}
+	return nil
+}
+
+// RoundTripsOf is the store round-trip count via via, or nil.
+func (br *BackendRun) RoundTripsOf(via string) *RoundTripCell {
+	for i, c := range br.RoundTrips {
+		if c.Via == via && c.Unmeasured == "" {
+			return &br.RoundTrips[i]
 		}
 	}
 	return nil

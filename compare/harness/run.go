@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/lockd/lockd/internal/testserver"
 )
 
@@ -92,7 +93,7 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 	b := newBar(stderr, fmt.Sprintf("[%s] %s", t.Name, sc.Name))
 	switch sc.Name {
 	case "latency":
-		br.Latency = runLatency(ctx, d, cfg, b)
+		br.Latency = runLatency(ctx, t.Name, d, cfg, b)
 		b.done("")
 	case "handoff":
 		br.Handoff = runHandoff(ctx, d, cfg, sz, b)
@@ -101,7 +102,7 @@ func runStep(ctx context.Context, t target, name string, cfg Config, sz Sizes, s
 		br.Throughput = runThroughput(ctx, d, cfg, sz, b)
 		b.done("")
 	case "scale":
-		br.Scale, br.Waiters, br.Sessions = runScale(ctx, t.Name, d, sz, b)
+		br.Scale, br.Waiters, br.Sessions = runScale(ctx, t.Name, cfg.Out, d, sz, b)
 		b.done("")
 	case "roundtrips":
 		br.RoundTrips = runRoundTrips(ctx, d, sz, b)
@@ -333,16 +334,27 @@ func closeVias(vs []via) {
 	}
 }
 
-func runLatency(ctx context.Context, d *deployment, cfg Config, b *bar) []LatencyCell {
+func runLatency(ctx context.Context, name string, d *deployment, cfg Config, b *bar) []LatencyCell {
 	vs, err := vias(d, len(d.directs), true)
 	if err != nil {
 		return []LatencyCell{{Via: ViaLockd(), Unmeasured: err.Error()}}
 	}
 	defer closeVias(vs)
 	var cells []LatencyCell
+	pids, note := storePIDs(d)
 	for i, v := range vs {
-		h, err := measureLatency(ctx, v.newClient, cfg.Duration, b.part(i, len(vs)))
+		var (
+			h   *hdrhistogram.Histogram
+			err error
+		)
 		c := LatencyCell{Via: v.name}
+		c.CPU = profileCPU(pids, note, func() int64 {
+			if h, err = measureLatency(ctx, v.newClient, cfg.Duration, b.part(i, len(vs))); h == nil {
+				return 0
+			}
+			return h.TotalCount()
+		})
+		c.CPU.save(cfg.Out, name+"-latency-"+v.name)
 		if h != nil {
 			c.Lat, c.CDF = percentiles(h), cdf(h)
 		}

@@ -56,6 +56,10 @@ type ScaleCell struct {
 	// renewal sweep (roundtrips.go's counters), without sessions.
 	SweepRequests int64 `json:"sweep_store_requests,omitempty"`
 	SweepWrites   int64 `json:"sweep_store_writes,omitempty"`
+	// SweepSeconds is how long the sweep ran; SweepCPU where its time
+	// went, per renewal.
+	SweepSeconds float64     `json:"sweep_seconds,omitempty"`
+	SweepCPU     *CPUProfile `json:"sweep_cpu,omitempty"`
 	// ProcessMB: Go heap + stacks in use in this process after a GC, minus
 	// the same before the step: lockd and the clients it serves (and, for
 	// etcd, the embedded server), all in one process.
@@ -136,7 +140,7 @@ func goMemMB() float64 {
 	return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
 }
 
-func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar) ([]ScaleCell, []WaiterCell, *SessionCell) {
+func runScale(ctx context.Context, name, out string, d *deployment, sz Sizes, b *bar) ([]ScaleCell, []WaiterCell, *SessionCell) {
 	leases := ScaleCell{What: "held leases, each renewed", Unmeasured: "not run"}
 	rt := &rtCounter{}
 	bk, err := d.newBackend(d.Addrs, rt)
@@ -147,15 +151,15 @@ func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar)
 		leases.Unmeasured = err.Error()
 	} else {
 		start := time.Now()
-		leases = scaleLeases(ctx, r, d, sz, rt, b.part(0, 4))
+		leases = scaleLeases(ctx, name, out, r, d, sz, rt, b.part(0, 4))
 		r.stop()
 		log.Printf("scale: leases step done at %s", time.Since(start).Round(time.Millisecond))
 	}
 	sessions := scaleSessions(ctx, d, sz.ScaleSessionLocks, sz.ScaleSessions, sz.ScaleBudget, b.part(1, 4))
 	// The waiters: lockd in a process of its own, so that its memory is
 	// not mixed with the clients'.
-	one := scaleWaiters(ctx, name, d, WaitersOneKey, sz.ScaleWaiters, 1, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(2, 4))
-	spread := scaleWaiters(ctx, name, d, WaitersSpread, sz.ScaleSpread, sz.ScaleSpreadKeys, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(3, 4))
+	one := scaleWaiters(ctx, name, out, d, WaitersOneKey, sz.ScaleWaiters, 1, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(2, 4))
+	spread := scaleWaiters(ctx, name, out, d, WaitersSpread, sz.ScaleSpread, sz.ScaleSpreadKeys, sz.ScaleWaiterBudget, sz.IdleSamples, b.part(3, 4))
 	return []ScaleCell{leases}, []WaiterCell{one, spread}, &sessions
 }
 
@@ -163,7 +167,7 @@ func runScale(ctx context.Context, name string, d *deployment, sz Sizes, b *bar)
 // sweep), and measures memory.
 // rt counts the requests lockd's backend sends to the store: the sweep's
 // are SweepRequests.
-func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, rt *rtCounter, progress func(float64)) ScaleCell {
+func scaleLeases(ctx context.Context, name, out string, r *lockdReplica, d *deployment, sz Sizes, rt *rtCounter, progress func(float64)) ScaleCell {
 	c := ScaleCell{What: "held leases, each renewed", Wanted: sz.ScaleLeases}
 	const ttl = 10 * time.Minute
 	const workers = 32
@@ -213,33 +217,16 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	rt0, w0 := rt.load(), rt.writes()
 	var renewed atomic.Int64
 	var idx atomic.Int64
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(l Locker) {
-			defer wg.Done()
-			rn, ok := l.(renewer)
-			if !ok {
-				return
-			}
-			for ctx.Err() == nil && time.Now().Before(deadline.Add(sz.ScaleBudget/2)) && !mw.tripped() {
-				i := idx.Add(1) - 1
-				if i >= int64(len(leases)) {
-					return
-				}
-				if leases[i] == nil {
-					continue
-				}
-				if err := rn.Renew(ctx, leases[i], ttl); err == nil {
-					if n := renewed.Add(1); n%256 == 0 {
-						progress(0.5 + 0.5*float64(n)/float64(max(c.Reached, 1)))
-					}
-				} else {
-					firstErr.CompareAndSwap(nil, "renew: "+err.Error())
-				}
-			}
-		}(clients[w])
-	}
-	wg.Wait()
+	pids, pnote := storePIDs(d)
+	sweep0 := time.Now()
+	c.SweepCPU = profileCPU(pids, pnote, func() int64 {
+		renewSweep(ctx, clients, leases, &idx, &renewed, &firstErr, func() bool {
+			return ctx.Err() == nil && time.Now().Before(deadline.Add(sz.ScaleBudget/2)) && !mw.tripped()
+		}, func(n int64) { progress(0.5 + 0.5*float64(n)/float64(max(c.Reached, 1))) })
+		return renewed.Load()
+	})
+	c.SweepSeconds = time.Since(sweep0).Seconds()
+	c.SweepCPU.save(out, name+"-leases-renewal-sweep")
 	c.Renewals = renewed.Load()
 	c.SweepRequests, c.SweepWrites = rt.load()-rt0, rt.writes()-w0
 	c.PeakMB = mw.end()
@@ -263,6 +250,39 @@ func scaleLeases(ctx context.Context, r *lockdReplica, d *deployment, sz Sizes, 
 	// The leases are not released: that would take as long again. Scale
 	// runs last, and the store is thrown away after it.
 	return c
+}
+
+// renewSweep renews every held lease once, its workers taking the next
+// index from idx while more() holds.
+func renewSweep(ctx context.Context, clients []Locker, leases []*Lease, idx, renewed *atomic.Int64, firstErr *atomic.Value, more func() bool, progress func(n int64)) {
+	var wg sync.WaitGroup
+	for _, l := range clients {
+		rn, ok := l.(renewer)
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for more() {
+				i := idx.Add(1) - 1
+				if i >= int64(len(leases)) {
+					return
+				}
+				if leases[i] == nil {
+					continue
+				}
+				if err := rn.Renew(ctx, leases[i], 10*time.Minute); err == nil {
+					if n := renewed.Add(1); n%256 == 0 {
+						progress(n)
+					}
+				} else {
+					firstErr.CompareAndSwap(nil, "renew: "+err.Error())
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // storeRSS sums the resident memory of the processes listening on the

@@ -23,7 +23,10 @@ type SessionCell struct {
 	// and any read, so an upper bound on the round's writes.
 	RoundRequests int64 `json:"round_store_requests"`
 	// RoundWrites: those of them that write (storewrites.go).
-	RoundWrites  int64   `json:"round_store_writes"`
+	RoundWrites int64 `json:"round_store_writes"`
+	// IdleWrites: writes the backend sent on its own over an idle span as
+	// long as the round, right after it: its background traffic.
+	IdleWrites   int64   `json:"idle_store_writes"`
 	RoundSeconds float64 `json:"round_seconds"`
 	Counted      string  `json:"counted_by"`
 	Note         string  `json:"note,omitempty"`
@@ -105,6 +108,11 @@ func scaleSessions(ctx context.Context, d *deployment, locks, sessions int, budg
 	}
 	c.RoundSeconds = time.Since(t0).Seconds()
 	c.RoundRequests, c.RoundWrites = rt.load()-before, rt.writes()-wbefore
+	// The backend's own background writes over an idle span as long as
+	// the round (clock heartbeats, pings), to tell them from the round's.
+	idle0 := rt.writes()
+	sleepCtx(ctx, time.Since(t0))
+	c.IdleWrites = rt.writes() - idle0
 	if s, ok := firstErr.Load().(string); ok {
 		c.Note = joinNote(c.Note, "first error: "+s)
 	}

@@ -41,8 +41,14 @@ type WaiterCell struct {
 	// IdleAcquire: single-try acquires of an idle key (its own HTTP/1.1
 	// connection) while the polls wait.
 	IdleAcquire *Percentiles `json:"idle_acquire,omitempty"`
-	Note        string       `json:"note,omitempty"`
-	Unmeasured  string       `json:"unmeasured,omitempty"`
+	// Memory is lockd's own account of where its memory is while they
+	// wait (its Go runtime, heap and goroutine profiles).
+	Memory *MemProfile `json:"memory,omitempty"`
+	// CPU is lockd's CPU while they wait, per second (the cycles are
+	// seconds), taken during the idle-key acquires.
+	CPU        *CPUProfile `json:"cpu_per_second,omitempty"`
+	Note       string      `json:"note,omitempty"`
+	Unmeasured string      `json:"unmeasured,omitempty"`
 }
 
 // The waiter steps' titles, which the report's targets find them by.
@@ -59,7 +65,7 @@ const PollsPerConn = 1000
 // keys, parks polls long polls on them through HTTP/2 connections of
 // PollsPerConn each, and measures lockd's and the store's memory and an
 // idle key's acquire while they wait.
-func scaleWaiters(ctx context.Context, name string, d *deployment, what string, polls, keys int, budget time.Duration, idleSamples int, progress func(float64)) WaiterCell {
+func scaleWaiters(ctx context.Context, name, out string, d *deployment, what string, polls, keys int, budget time.Duration, idleSamples int, progress func(float64)) WaiterCell {
 	conns := max(1, (polls+PollsPerConn-1)/PollsPerConn)
 	c := WaiterCell{What: what, Polls: polls, Keys: keys, Conns: conns}
 	p, err := startLockdProc(name, d.Addrs)
@@ -165,6 +171,11 @@ func scaleWaiters(ctx context.Context, name string, d *deployment, what string, 
 		c.Unmeasured = "lockd RSS: " + err.Error()
 	}
 	c.Sockets = p.sockets()
+	step := "waiters-one-key"
+	if keys > 1 {
+		step = "waiters-spread"
+	}
+	c.Memory = fetchMem(p.url, out, name+"-"+step)
 	c.StoreRSSMB, c.StoreRSSNote = storeRSS(d)
 	if rss0 > 0 && c.StoreRSSMB > 0 {
 		c.StoreRSSDeltaMB = c.StoreRSSMB - rss0
@@ -175,7 +186,11 @@ func scaleWaiters(ctx context.Context, name string, d *deployment, what string, 
 	if c.Reached > 0 {
 		c.PerWaiterKB = (c.LockdRSSMB - c.LockdRSS0MB) * 1024 / float64(c.Reached)
 	}
-	// An idle key's acquire while they wait.
+	// An idle key's acquire while they wait, and where lockd's CPU goes
+	// meanwhile.
+	pids, pnote := storePIDs(d)
+	cpuDone := make(chan *CPUProfile, 1)
+	go func() { cpuDone <- fetchCPU(p.url, out, name+"-"+step+"-idle", 5, pids, pnote) }()
 	idle := newHTTPLocker(p.url)
 	h := newHist()
 	ikey := prefix + "idle"
@@ -193,6 +208,7 @@ func scaleWaiters(ctx context.Context, name string, d *deployment, what string, 
 	}
 	idle.Close()
 	c.IdleAcquire = percentiles(h)
+	c.CPU = <-cpuDone
 	// The store may still be taking in the last polls: say so.
 	var notes []string
 	if launched < polls {

@@ -15,7 +15,7 @@ func TestScaleWaitersMeasureLockdInItsOwnProcess(t *testing.T) {
 	}
 	d := etcdDeployment(t)
 	const polls, keys, idle = 300, 3, 20
-	c := scaleWaiters(t.Context(), "etcd", d, WaitersSpread, polls, keys, time.Minute, idle, func(float64) {})
+	c := scaleWaiters(t.Context(), "etcd", "", d, WaitersSpread, polls, keys, time.Minute, idle, func(float64) {})
 	t.Logf("%+v", c)
 	if c.Unmeasured != "" {
 		t.Fatalf("not measured: %s", c.Unmeasured)

@@ -21,12 +21,16 @@ type targetSpec struct {
 	Limit   float64
 	Unit    string
 	measure func(br *harness.BackendRun) (float64, string, bool) // value, how it was computed, ok
+	// why, when set, says where the cost of a missed target lies, from the
+	// run's profiles ("" when it has none to say).
+	why func(br *harness.BackendRun) string
 }
 
 // overheadTarget: lockd in process (the backend contract, no HTTP) against
 // the store's best direct library, uncontended p50.
 func overheadTarget(backend, direct string, limit float64) targetSpec {
 	return targetSpec{Backend: backend, What: "in-process lockd/" + direct + " uncontended p50", Limit: limit, Unit: "×",
+		why: func(br *harness.BackendRun) string { return whyGap(br, harness.ViaContract, direct) },
 		measure: func(br *harness.BackendRun) (float64, string, bool) {
 			l, d := br.LatencyOf(harness.ViaContract), br.LatencyOf(direct)
 			if l == nil || d == nil {
@@ -40,6 +44,7 @@ func overheadTarget(backend, direct string, limit float64) targetSpec {
 // store's best direct library, uncontended p50 (issue 15).
 func httpOverheadTarget(backend, direct string, limit float64) targetSpec {
 	return targetSpec{Backend: backend, What: "lockd over HTTP/" + direct + " uncontended p50", Limit: limit, Unit: "×",
+		why: func(br *harness.BackendRun) string { return whyGap(br, harness.ViaHTTP, direct) },
 		measure: func(br *harness.BackendRun) (float64, string, bool) {
 			h, d := br.LatencyOf(harness.ViaHTTP), br.LatencyOf(direct)
 			if h == nil || d == nil {
@@ -53,6 +58,7 @@ func httpOverheadTarget(backend, direct string, limit float64) targetSpec {
 // HTTP and in-process acquire+release p50s apart, over the two requests.
 func httpHopTarget(backend string) targetSpec {
 	return targetSpec{Backend: backend, What: "HTTP hop per request (p50, loopback)", Limit: 60, Unit: "µs",
+		why: func(br *harness.BackendRun) string { return whyGap(br, harness.ViaHTTP, harness.ViaContract) },
 		measure: func(br *harness.BackendRun) (float64, string, bool) {
 			h, c := br.LatencyOf(harness.ViaHTTP), br.LatencyOf(harness.ViaContract)
 			if h == nil || c == nil {
@@ -182,6 +188,7 @@ func buildReport(r *harness.Results) *doc {
 	verdicts(d, r, ran)
 	targetsSection(d, ran)
 	latencySection(d, ran)
+	profilesSection(d, ran)
 	handoffSection(d, ran)
 	throughputSection(d, ran)
 	roundTripSection(d, ran)
@@ -389,13 +396,25 @@ func targetsSection(d *doc, ran []*harness.BackendRun) {
 		v, how, ok := t.measure(br)
 		switch {
 		case !ok && how != "":
-			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not judged: %s.", t.Backend, t.What, fmtTarget(t.Limit, t.Unit), how))
+			item := fmt.Sprintf("%s — %s ≤ %s: not judged: %s.", t.Backend, t.What, fmtTarget(t.Limit, t.Unit), how)
+			if t.why != nil {
+				if w := t.why(br); w != "" {
+					item += " Where the cost is: " + w + "."
+				}
+			}
+			items = append(items, item)
 		case !ok:
 			items = append(items, fmt.Sprintf("%s — %s ≤ %s: not measured (a needed cell is missing).", t.Backend, t.What, fmtTarget(t.Limit, t.Unit)))
 		case v <= t.Limit:
 			items = append(items, fmt.Sprintf("%s — %s: **%s, met** (target ≤ %s) %s", t.Backend, t.What, fmtTarget(v, t.Unit), fmtTarget(t.Limit, t.Unit), how))
 		default:
-			items = append(items, fmt.Sprintf("%s — %s: **%s, MISSED** (target ≤ %s) %s", t.Backend, t.What, fmtTarget(v, t.Unit), fmtTarget(t.Limit, t.Unit), how))
+			item := fmt.Sprintf("%s — %s: **%s, MISSED** (target ≤ %s) %s", t.Backend, t.What, fmtTarget(v, t.Unit), fmtTarget(t.Limit, t.Unit), how)
+			if t.why != nil {
+				if w := t.why(br); w != "" {
+					item += ". Where the cost is: " + w
+				}
+			}
+			items = append(items, item)
 		}
 	}
 	d.list(items...)

@@ -120,3 +120,24 @@ func TestHTTPOverheadTarget(t *testing.T) {
 		t.Errorf("1.2× over HTTP is not shown met")
 	}
 }
+
+// A missed target says where the cost is, from the rows' CPU profiles: the
+// HTTP hop names the side that grew between lockd in process and over HTTP.
+func TestMissedTargetSaysWhereTheCostIs(t *testing.T) {
+	prof := func(total float64, sides ...harness.CPUPart) *harness.CPUProfile {
+		return &harness.CPUProfile{Cycles: 100, PerCycleUS: total, Sides: sides, Parts: sides}
+	}
+	r := &harness.Results{Scenarios: []string{"latency"}, Backends: []*harness.BackendRun{{Name: "redis", Latency: []harness.LatencyCell{
+		{Via: harness.ViaHTTP, Lat: &harness.Percentiles{P50: 600}, CPU: prof(500, harness.CPUPart{Name: harness.SideLockdHTTP, PerCycleUS: 300}, harness.CPUPart{Name: harness.SideLockdBackend, PerCycleUS: 100})},
+		{Via: harness.ViaContract, Lat: &harness.Percentiles{P50: 250}, CPU: prof(100, harness.CPUPart{Name: harness.SideLockdBackend, PerCycleUS: 100})},
+		{Via: "SET NX PX", Lat: &harness.Percentiles{P50: 100}},
+	}}}}
+	md := Markdown(r)
+	want := "redis — HTTP hop per request (p50, loopback): **175 µs, MISSED** (target ≤ 60 µs) (600 µs over HTTP − 250 µs in process) / 2 requests. Where the cost is: CPU per cycle 500 µs (lockd (HTTP)) against 100 µs (lockd (contract, no HTTP)); more CPU in lockd: HTTP server and API +300 µs"
+	if !strings.Contains(md, want) {
+		t.Errorf("the missed hop does not say where its cost is; want\n%s\nin\n%s", want, md)
+	}
+	if !strings.Contains(md, "## Where the time goes") {
+		t.Errorf("no profiles section")
+	}
+}

@@ -60,7 +60,17 @@ func waiterOf(br *harness.BackendRun, what string) *harness.WaiterCell {
 // waiterTarget judges a waiter step only at the size, with every
 // poll waiting: a smaller step (-quick) is shown, not judged.
 func waiterTarget(backend, what, step string, polls int, limit float64, unit string, value func(c *harness.WaiterCell) (float64, bool)) targetSpec {
-	return targetSpec{Backend: backend, What: what, Limit: limit, Unit: unit,
+	why := func(br *harness.BackendRun) string {
+		c := waiterOf(br, step)
+		if c == nil {
+			return ""
+		}
+		if unit == " MB" {
+			return c.Memory.Summary(c.Reached)
+		}
+		return cpuSummary("lockd's CPU while they wait, per second", c.CPU)
+	}
+	return targetSpec{Backend: backend, What: what, Limit: limit, Unit: unit, why: why,
 		measure: func(br *harness.BackendRun) (float64, string, bool) {
 			c := waiterOf(br, step)
 			if c == nil || c.Unmeasured != "" {
@@ -137,7 +147,16 @@ func waitersSection(d *doc, ran []*harness.BackendRun) {
 // budget: the value is how many fell short.
 func leasesTarget(backend string) targetSpec {
 	const want = 100000
-	return targetSpec{Backend: backend, What: "held leases not renewed within the step's budget, of 100,000", Limit: 0, Unit: " leases",
+	why := func(br *harness.BackendRun) string {
+		for _, c := range br.Scale {
+			if c.Unmeasured == "" && c.SweepSeconds > 0 {
+				return fmt.Sprintf("the sweep renewed %d leases in %.1f s (%.0f a second, 32 clients over HTTP); ", c.Renewals, c.SweepSeconds, float64(c.Renewals)/c.SweepSeconds) +
+					cpuSummary("CPU per renewal", c.SweepCPU)
+			}
+		}
+		return ""
+	}
+	return targetSpec{Backend: backend, What: "held leases not renewed within the step's budget, of 100,000", Limit: 0, Unit: " leases", why: why,
 		measure: func(br *harness.BackendRun) (float64, string, bool) {
 			for _, c := range br.Scale {
 				if c.Unmeasured != "" || c.Wanted == 0 {
@@ -166,16 +185,16 @@ func sessionsTarget(backend string) targetSpec {
 			if c.Unmeasured != "" {
 				return 0, c.Unmeasured, false
 			}
-			how := fmt.Sprintf("%d locks held in %d sessions, round in %.2f s, %d requests in all", c.Reached, c.Sessions, c.RoundSeconds, c.RoundRequests)
+			how := fmt.Sprintf("%d locks held in %d sessions, round in %.2f s, %d requests in all; %d writes counted, less %d the backend wrote on its own over an idle span as long (its background: clock heartbeats, pings)", c.Reached, c.Sessions, c.RoundSeconds, c.RoundRequests, c.RoundWrites, c.IdleWrites)
 			for _, l := range br.Scale {
 				if l.SweepRequests > 0 {
 					how += fmt.Sprintf("; without sessions, renewing %d leases cost %d writes", l.Renewals, l.SweepWrites)
 				}
 			}
 			if c.Locks < locks || c.Sessions != sessions || c.Reached < c.Locks {
-				return 0, fmt.Sprintf("measured %d writes with %s, not at the target's %d locks", c.RoundWrites, how, locks), false
+				return 0, fmt.Sprintf("measured %d writes with %s, not at the target's %d locks", max(c.RoundWrites-c.IdleWrites, 0), how, locks), false
 			}
-			return float64(c.RoundWrites), how, true
+			return float64(max(c.RoundWrites-c.IdleWrites, 0)), how, true
 		}}
 }
 

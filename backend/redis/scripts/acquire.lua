@@ -11,7 +11,8 @@
 -- -2 (the key was used by another request) or -3 (its first attempt still
 -- waits: {-3, lease id, waiter id} to wait in its place). When not granted
 -- for a lock-delay, {0, ..., delay's end ms, the expired grant's token}
--- follow (else 0, 0).
+-- follow (else 0, 0); a queued waiter's answer ends with 1 when it is the
+-- head of the line (0 otherwise).
 local waiter = ARGV[4]
 local idem, record = ARGV[6] or '', KEYS[6]
 local skey = KEYS[7]
@@ -79,15 +80,20 @@ if h and h[7] == ARGV[1] then
   -- same place): the same grant again.
   return granted(h, now, ARGV[1])
 end
+-- Whether this waiter is (or, queued now, becomes) the head of the line:
+-- only the head looks again at the holder's deadline or the delay's end;
+-- the others are woken when they reach the head.
+local first = 0
+if waiter ~= '' and (not head or head == waiter) then first = 1 end
 if h then
   enqueue()
-  return {0, h[5], tonumber(h[4]), deadline(h[1], h[2]), now, 1, '', 0, 0, sexp, 0, 0}
+  return {0, h[5], tonumber(h[4]), deadline(h[1], h[2]), now, 1, '', 0, 0, sexp, 0, 0, first}
 end
 if delayed then
   -- An expired grant's lock-delay: nobody holds, nobody is granted; the
   -- waiters keep their places and wake at its end.
   enqueue()
-  return {0, '', 0, 0, now, 0, '', 0, 0, sexp, delayed[1], delayed[2]}
+  return {0, '', 0, 0, now, 0, '', 0, 0, sexp, delayed[1], delayed[2], first}
 end
 if head and head ~= waiter then
   -- Free, but promised to the waiter at the head, who has been woken.

@@ -162,3 +162,50 @@ local function holder(now, ...)
   if u then return nil, {u, tonumber(h[4])} end
   return nil, nil
 end
+
+-- The beat scripts (beats.go): ARGV is the heartbeat timeout ms, the wake
+-- channel, then one replica's queue entries on this key. refresh moves the
+-- heartbeat deadline of each entry still queued on to now + timeout (an
+-- entry that left, was granted or was dropped is never put back) and
+-- returns the entries no longer queued (their waiters re-run their acquire,
+-- which queues them again: after a Redis that restarted empty, say) and the
+-- set of all the entries given.
+local function refresh(now)
+  local timeout, out, mine, args = tonumber(ARGV[1]), {}, {}, {}
+  for i = 3, #ARGV do
+    local e = ARGV[i]
+    mine[e] = true
+    if redis.call('ZSCORE', beats, e) then
+      args[#args + 1] = now + timeout
+      args[#args + 1] = e
+    else
+      out[#out + 1] = e
+    end
+    if #args >= 1000 or (i == #ARGV and #args > 0) then
+      redis.call('ZADD', beats, 'XX', unpack(args))
+      args = {}
+    end
+  end
+  redis.call('PEXPIRE', queue, timeout)
+  redis.call('PEXPIRE', beats, timeout)
+  return out, mine
+end
+
+-- After refresh: drops the dead waiters at the head of the queue, and, when
+-- the entries go (those the caller found may go now; nil: the head) may be
+-- granted, adds those of this replica to out for it to wake, and publishes
+-- the others when a dead head was just dropped (their own replicas' beats
+-- would wake them a little later).
+local function wake_heads(now, out, mine, go_now)
+  local first = redis.call('LINDEX', queue, 0)
+  local head = prune(now)
+  if not head then return out end
+  for _, e in ipairs(go_now(head)) do
+    if mine[e] then
+      out[#out + 1] = e
+    elseif head ~= first then
+      redis.call('PUBLISH', ARGV[2], e)
+    end
+  end
+  return out
+end
