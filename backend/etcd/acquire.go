@@ -38,7 +38,8 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 	// grantIfFree makes this acquire the holder when the queue is empty
 	// (so any sequence number keeps the queue in order).
 	grantIfFree := func(adm admission) (backend.Grant, bool, error) {
-		name := leaf(b.seqs.take(req.Key), id)
+		seq := b.seqs.take(req.Key)
+		name := leaf(seq, id)
 		mine := q + name
 		rec, gcLease, err := b.holderRecord(ctx, req, value)
 		if err != nil {
@@ -58,6 +59,9 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 				return g, true, err
 			}
 		}
+		if err == nil && !resp.Succeeded {
+			b.seqs.untake(req.Key, seq)
+		}
 		if err != nil || !resp.Succeeded {
 			return backend.Grant{}, false, err
 		}
@@ -66,13 +70,35 @@ func (b *Backend) acquire(ctx context.Context, req backend.AcquireRequest, value
 		return e.grant(req.Key), true, nil
 	}
 	for first := true; ; first = false {
-		if first && !b.busy.recent(req.Key, time.Now()) {
-			// A key not seen queued lately: one transaction, that writes
-			// when the queue is empty and reads nothing otherwise.
-			if g, ok, err := grantIfFree(atOnce); ok || err != nil {
-				return g, err
+		if first {
+			end, try, err := b.busy.firstTry(ctx, req.Key)
+			if err != nil {
+				return backend.Grant{}, err
 			}
-			b.busy.mark(req.Key, time.Now()) // the acquirers right behind read first
+			if try {
+				// A key not seen queued lately: one transaction, that
+				// writes when the queue is empty and reads nothing
+				// otherwise.
+				g, ok, err := grantIfFree(atOnce)
+				if !ok {
+					// Held, or etcd did not answer in time: either way the
+					// acquirers right behind queue at once, instead of each
+					// trying (and, with etcd behind, timing out) in turn.
+					b.busy.mark(req.Key, time.Now())
+				}
+				end()
+				if ok || err != nil {
+					return g, err
+				}
+			}
+			if req.Wait > 0 {
+				// Held, or lately queued, and willing to wait: straight
+				// into the queue. waitTurn's first look does what a read
+				// here would (grant at once when nothing is ahead, remove
+				// an expired head), so each waiter of a burst costs one
+				// read less.
+				return b.wait(ctx, req, id, giveUp, value)
+			}
 		}
 		// Held, or lately queued: a read first. On a key with a queue,
 		// acquirers must not turn into transactions that etcd applies one
@@ -175,6 +201,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	var (
 		name, mine string
 		put        *clientv3.TxnResponse
+		looks      int // the index of put's first read of lookOps
 	)
 	for attempt := 0; ; attempt++ {
 		name = leaf(b.seqs.take(req.Key), id)
@@ -184,9 +211,14 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 			release()
 			return backend.Grant{}, ierr
 		}
+		// The put also reads what waitTurn's first look would (lookOps),
+		// as of right after it: one round trip less per waiter.
+		then := append(append([]clientv3.Op{
+			clientv3.OpPut(mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))}, idemOps...),
+			lookOps(q, mine)...)
+		looks = len(then) - len(lookOps(q, mine))
 		c, cancel := b.opCtx(ctx)
-		put, err = b.cli.Txn(c).If(append([]clientv3.Cmp{enqueueGuard(q, mine)}, idemCmps...)...).Then(append([]clientv3.Op{
-			clientv3.OpPut(mine, mustJSON(record{Owner: req.Owner, TTL: req.TTL.Milliseconds()}), clientv3.WithLease(wl))}, idemOps...)...).
+		put, err = b.cli.Txn(c).If(append([]clientv3.Cmp{enqueueGuard(q, mine)}, idemCmps...)...).Then(then...).
 			Else(afterMine(q, mine)).Commit()
 		cancel()
 		if err != nil || put.Succeeded || !b.retrySeq(req.Key, put, 0) {
@@ -208,6 +240,7 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 		return backend.Grant{}, fmt.Errorf("%w: etcd: idempotency record vanished while enqueuing", backend.ErrUnavailable)
 	} else {
 		b.seqs.after(req.Key, seqOf(name), put.Header.Revision)
+		b.busy.mark(req.Key, time.Now()) // while waiters queue, the next ones skip the first try
 	}
 	myRev := int64(0)
 	if err == nil {
@@ -224,20 +257,61 @@ func (b *Backend) wait(ctx context.Context, req backend.AcquireRequest, id strin
 	if err != nil {
 		return backend.Grant{}, err
 	}
+	seen := b.enqueuedLook(ctx, q, mine, put, looks)
 	if req.Session == "" {
-		return b.waitTurn(ctx, req, name, myRev, giveUp, value)
+		return b.waitTurn(ctx, req, name, myRev, giveUp, value, seen)
 	}
 	// A wait in a session ends when the session does (etcd#19597).
 	sctx, stop := b.watchSession(ctx, sessionHash(req.Session))
 	defer stop()
-	g, err = b.waitTurn(sctx, req, name, myRev, giveUp, value)
+	g, err = b.waitTurn(sctx, req, name, myRev, giveUp, value, seen)
 	return g, sessionEnded(ctx, sctx, err)
+}
+
+// look is what a look at the queue found: its head, and the entry just
+// ahead of the waiter's (nil when none is).
+type look struct{ head, pred *entry }
+
+// lookOps are the reads of lookAhead's common case, for the transaction
+// that puts mine: the queue's head, and the entry one sequence number
+// below mine.
+func lookOps(q, mine string) []clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpGet(q, clientv3.WithRange(clientv3.GetPrefixRangeEnd(q)), clientv3.WithLimit(1))}
+	if seq := seqOf(mine[len(q):]); seq > 1 {
+		ops = append(ops, clientv3.OpGet(seqPrefix(q, seq-1), clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly()))
+	}
+	return ops
+}
+
+// enqueuedLook is the look that the put of mine read (lookOps, from index
+// i of its responses); nil when it cannot stand in for lookAhead (the
+// entry ahead is not the one right below mine), and waitTurn looks itself.
+func (b *Backend) enqueuedLook(ctx context.Context, q, mine string, put *clientv3.TxnResponse, i int) *look {
+	head, err := b.entryFrom(put.Responses[i].GetResponseRange())
+	if err != nil || head == nil {
+		return nil
+	}
+	l := &look{head: head}
+	if head.key != mine {
+		if len(put.Responses) <= i+1 {
+			return nil
+		}
+		if l.pred = keyOnly(put.Responses[i+1].GetResponseRange()); l.pred == nil {
+			return nil
+		}
+		l.pred.readRev = put.Header.Revision
+	}
+	if b.resolve(ctx, head) != nil {
+		return nil
+	}
+	return l
 }
 
 // waitTurn waits, as the queue entry of lease id (its name's last element)
 // created at myRev, until nothing is ahead of it, and takes the lock; or
 // gives up at giveUp with ErrHeld. It leaves the entry to its caller.
-func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time, value string) (backend.Grant, error) {
+// seen, when set, is a look at the queue made at myRev: the first look.
+func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id string, myRev int64, giveUp time.Time, value string, seen *look) (backend.Grant, error) {
 	q := b.queue(req.Key)
 	mine := q + id
 	adm := contended(giveUp)
@@ -288,8 +362,13 @@ func (b *Backend) waitTurn(ctx context.Context, req backend.AcquireRequest, id s
 				return g, err
 			}
 		}
-		head, pred, err := b.lookAhead(ctx, adm, q, mine, myRev)
-		if err != nil {
+		var (
+			head, pred *entry
+			err        error
+		)
+		if seen != nil {
+			head, pred, seen = seen.head, seen.pred, nil
+		} else if head, pred, err = b.lookAhead(ctx, adm, q, mine, myRev); err != nil {
 			return backend.Grant{}, err
 		}
 		if head != nil && head.key == mine && head.rec.held() {

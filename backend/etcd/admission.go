@@ -73,11 +73,55 @@ func (b *Backend) txn(ctx context.Context, adm admission, op string, cmps []clie
 }
 
 // busyKeys remembers the keys this instance lately found held, so that an
-// acquire there reads before it writes. A hint for speed only: every
-// decision is made by etcd. Bounded: it forgets everything at 4,096 keys.
+// acquire there queues without trying the write that takes a free key. A
+// hint for speed only: every decision is made by etcd. Bounded: it forgets
+// everything at 4,096 keys.
+//
+// It also knows the keys whose first try is in flight: an acquirer of such
+// a key waits for that try's answer instead of sending one more. Without
+// that, a burst (50,000 long polls over 1,000 held keys) sends one write
+// each before the first reply marks their key busy; etcd applies them one
+// after another, and those still unanswered at OpTimeout fail.
 type busyKeys struct {
-	mu    sync.Mutex
-	until map[string]time.Time
+	mu       sync.Mutex
+	until    map[string]time.Time
+	inFlight map[string]chan struct{} // closed when the key's first try ends
+}
+
+// firstTry reports whether an acquire of key should try the write that
+// takes a free key: the key was not lately found held, and no other first
+// try of it is in flight (one that is, is waited for, or ctx). When true,
+// the caller must call end once the try's answer is in (after mark, if
+// the key was held).
+func (k *busyKeys) firstTry(ctx context.Context, key string) (end func(), try bool, err error) {
+	for {
+		k.mu.Lock()
+		if k.recentLocked(key, time.Now()) {
+			k.mu.Unlock()
+			return nil, false, nil
+		}
+		ch, ok := k.inFlight[key]
+		if !ok {
+			if k.inFlight == nil {
+				k.inFlight = map[string]chan struct{}{}
+			}
+			ch = make(chan struct{})
+			k.inFlight[key] = ch
+			k.mu.Unlock()
+			return func() {
+				k.mu.Lock()
+				delete(k.inFlight, key)
+				k.mu.Unlock()
+				close(ch)
+			}, true, nil
+		}
+		k.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+	}
 }
 
 const busyFor = 10 * time.Second
@@ -94,6 +138,10 @@ func (k *busyKeys) mark(key string, now time.Time) {
 func (k *busyKeys) recent(key string, now time.Time) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	return k.recentLocked(key, now)
+}
+
+func (k *busyKeys) recentLocked(key string, now time.Time) bool {
 	t, ok := k.until[key]
 	if ok && now.After(t) {
 		delete(k.until, key)

@@ -117,7 +117,7 @@ func (b *Backend) replay(ctx context.Context, req backend.AcquireRequest) (g bac
 		wctx, stop = b.watchSession(ctx, sessionHash(req.Session))
 	}
 	defer stop()
-	g, err = b.waitTurn(wctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait), "")
+	g, err = b.waitTurn(wctx, req, rec.LeaseID, e.createRev, time.Now().Add(req.Wait), "", nil)
 	err = sessionEnded(ctx, wctx, err)
 	g.Replayed = err == nil
 	return g, true, err

@@ -281,6 +281,18 @@ func (h *seqHints) take(key string) int64 {
 	return n
 }
 
+// untake gives back n, taken for key by a write that did not happen (a
+// first try that found the key held), unless another was taken since: the
+// next waiter's entry is then the one right after the holder's, and its
+// first look needs no search (enqueuedLook).
+func (h *seqHints) untake(key string, n int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.next[key] == n+1 {
+		h.next[key] = n
+	}
+}
+
 // after tells the hints that key has an entry with sequence number n, and
 // that the store reached revision rev.
 func (h *seqHints) after(key string, n, rev int64) {
