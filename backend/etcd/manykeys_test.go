@@ -162,6 +162,23 @@ func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
 	return t.Txn.Commit()
 }
 
+// heldThroughCountingKV is a backend on a fresh etcd whose client's KV
+// counts (and can slow or fail) write transactions, with key held for ten
+// minutes.
+func heldThroughCountingKV(t *testing.T, key string) (*etcdb.Backend, *writeCountingKV) {
+	t.Helper()
+	e := testserver.EtcdCluster(t, 1)
+	cli := client(t, e.Endpoints())
+	kv := &writeCountingKV{KV: cli.KV, delay: 200 * time.Millisecond}
+	cli.KV = kv
+	b := etcdb.New(cli, etcdb.Options{})
+	t.Cleanup(func() { b.Close() })
+	if _, err := b.Acquire(t.Context(), backend.AcquireRequest{Key: key, TTL: 10 * time.Minute}); err != nil {
+		t.Fatalf("holder's acquire: %v", err)
+	}
+	return b, kv
+}
+
 // A burst of acquirers on a held key, all arriving before the store
 // answered the first: only one of them tries the write that takes a free
 // key; the others queue at once. Each try is a raft proposal that etcd
@@ -170,16 +187,8 @@ func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
 // unanswered after OpTimeout failed with "context deadline exceeded".
 func TestBurstOnHeldKeyMakesOneFirstTry(t *testing.T) {
 	const key, n = "burst", 200
-	e := testserver.EtcdCluster(t, 1)
-	cli := client(t, e.Endpoints())
-	kv := &writeCountingKV{KV: cli.KV, delay: 200 * time.Millisecond}
-	cli.KV = kv
-	b := etcdb.New(cli, etcdb.Options{})
-	t.Cleanup(func() { b.Close() })
+	b, kv := heldThroughCountingKV(t, key)
 	ctx := t.Context()
-	if _, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: 10 * time.Minute}); err != nil {
-		t.Fatalf("holder's acquire: %v", err)
-	}
 	w0 := kv.writes.Load()
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait)
@@ -225,16 +234,8 @@ func TestBurstOnHeldKeyMakesOneFirstTry(t *testing.T) {
 // OpTimeout per key.
 func TestFirstTryTimeoutQueuesTheOthers(t *testing.T) {
 	const key, n = "first-try-timeout", 50
-	e := testserver.EtcdCluster(t, 1)
-	cli := client(t, e.Endpoints())
-	kv := &writeCountingKV{KV: cli.KV, delay: 200 * time.Millisecond}
-	cli.KV = kv
-	b := etcdb.New(cli, etcdb.Options{})
-	t.Cleanup(func() { b.Close() })
+	b, kv := heldThroughCountingKV(t, key)
 	ctx := t.Context()
-	if _, err := b.Acquire(ctx, backend.AcquireRequest{Key: key, TTL: 10 * time.Minute}); err != nil {
-		t.Fatalf("holder's acquire: %v", err)
-	}
 	kv.failFirstTries.Store(true)
 	var (
 		wg     sync.WaitGroup

@@ -249,31 +249,8 @@ func TestDeadHeadDroppedNextReplicaGranted(t *testing.T) {
 // replica's next beat sees the head waiter's key free and wakes it, long
 // before the holder's deadline (a minute) or the waiter's give-up (15 s).
 func TestLostWakeUpMadeUpByBeat(t *testing.T) {
-	srv := testserver.Redis(t, 1)
-	const beat = 600 * time.Millisecond
-	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: beat})
-	raw := goredis.NewClient(&goredis.Options{Addr: srv.Addr(0)})
-	t.Cleanup(func() { _ = raw.Close() })
-	for _, k := range queueKinds {
-		t.Run(k.name, func(t *testing.T) {
-			holder, live := f(t).(*Backend), f(t).(*Backend)
-			key := "lost-wake-" + k.name
-			k.hold(t, holder, key)
-			done := make(chan error, 1)
-			go func() { done <- k.wait(ctx(t), live, key) }()
-			k.waitFor(t, holder, key, 1)
-			freed := time.Now()
-			if err := raw.Del(ctx(t), k.keys(holder, key)[0]).Err(); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-done; err != nil {
-				t.Fatalf("waiter whose wake-up was lost: %v", err)
-			}
-			if took := time.Since(freed); took > 5*time.Second {
-				t.Errorf("waiter granted %v after its key was freed silently, want within a few beats (%v each)", took, beat/3)
-			}
-		})
-	}
+	grantedAfterBeats(t, "lost-wake-", "waiter whose wake-up was lost", "after its key was freed silently",
+		func(k queueKind, b *Backend, key string) []string { return k.keys(b, key)[:1] })
 }
 
 // A Redis that forgot its queues (restarted empty, or flushed) forgets the
@@ -281,6 +258,14 @@ func TestLostWakeUpMadeUpByBeat(t *testing.T) {
 // re-run their acquire, which queues them again (or grants: the key is
 // free now), instead of waiting out their wait unqueued.
 func TestForgottenWaitersQueueAgain(t *testing.T) {
+	grantedAfterBeats(t, "forgotten-", "waiter whose queue was forgotten", "after Redis forgot the key",
+		func(k queueKind, b *Backend, key string) []string { return k.keys(b, key) })
+}
+
+// grantedAfterBeats holds a key of every queue kind, queues a waiter on
+// another replica, deletes the Redis keys drop names behind the scripts'
+// backs, and wants the waiter granted within a few beats.
+func grantedAfterBeats(t *testing.T, prefix, who, after string, drop func(k queueKind, b *Backend, key string) []string) {
 	srv := testserver.Redis(t, 1)
 	const beat = 600 * time.Millisecond
 	f := newFactory(srv.Addr(0), Options{HeartbeatTimeout: beat})
@@ -289,20 +274,20 @@ func TestForgottenWaitersQueueAgain(t *testing.T) {
 	for _, k := range queueKinds {
 		t.Run(k.name, func(t *testing.T) {
 			holder, live := f(t).(*Backend), f(t).(*Backend)
-			key := "forgotten-" + k.name
+			key := prefix + k.name
 			k.hold(t, holder, key)
 			done := make(chan error, 1)
 			go func() { done <- k.wait(ctx(t), live, key) }()
 			k.waitFor(t, holder, key, 1)
-			flushed := time.Now()
-			if err := raw.Del(ctx(t), k.keys(holder, key)...).Err(); err != nil {
+			dropped := time.Now()
+			if err := raw.Del(ctx(t), drop(k, holder, key)...).Err(); err != nil {
 				t.Fatal(err)
 			}
 			if err := <-done; err != nil {
-				t.Fatalf("waiter whose queue was forgotten: %v", err)
+				t.Fatalf("%s: %v", who, err)
 			}
-			if took := time.Since(flushed); took > 5*time.Second {
-				t.Errorf("waiter granted %v after Redis forgot the key, want within a few beats (%v each)", took, beat/3)
+			if took := time.Since(dropped); took > 5*time.Second {
+				t.Errorf("waiter granted %v %s, want within a few beats (%v each)", took, after, beat/3)
 			}
 		})
 	}
