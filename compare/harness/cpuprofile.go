@@ -52,13 +52,17 @@ func (p *CPUProfile) save(out, name string) {
 	if p == nil || len(p.raw) == 0 || out == "" {
 		return
 	}
-	rel := filepath.Join("profiles", fileSafe(name)+".cpu.pb.gz")
-	if err := os.MkdirAll(filepath.Join(out, "profiles"), 0o755); err != nil {
-		return
+	p.File = saveProfile(out, name+".cpu", p.raw)
+}
+
+// saveProfile writes raw as out/profiles/<name>.pb.gz (name made safe for a
+// file name) and returns that path relative to out ("" when not written).
+func saveProfile(out, name string, raw []byte) string {
+	rel := filepath.Join("profiles", fileSafe(name)+".pb.gz")
+	if os.MkdirAll(filepath.Join(out, "profiles"), 0o755) != nil || os.WriteFile(filepath.Join(out, rel), raw, 0o644) != nil {
+		return ""
 	}
-	if os.WriteFile(filepath.Join(out, rel), p.raw, 0o644) == nil {
-		p.File = rel
-	}
+	return rel
 }
 
 // CPUPart is a share of a row's CPU.

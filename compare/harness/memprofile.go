@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"sort"
@@ -199,10 +197,7 @@ func fetchMem(url, out, name string) *MemProfile {
 	if err != nil {
 		return &m
 	}
-	rel := filepath.Join("profiles", fileSafe(name)+".heap.pb.gz")
-	if os.MkdirAll(filepath.Join(out, "profiles"), 0o755) == nil && os.WriteFile(filepath.Join(out, rel), raw, 0o644) == nil {
-		m.File = rel
-	}
+	m.File = saveProfile(out, name+".heap", raw)
 	return &m
 }
 
